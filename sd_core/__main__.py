@@ -1,0 +1,154 @@
+"""Command line: `python -m sd_core generate|info|samplers`.
+
+Bad input ends with exit code 2 and one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m sd_core", description="Dali's Stable Diffusion v1.x engine")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="generate images from a prompt")
+    gen.add_argument("--checkpoint", help="SD v1.x .safetensors/.ckpt (default: built-in model)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--seed", type=int, default=None, help="default: random")
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--sampler", default=None, help="default: the model's (see `samplers`)")
+    gen.add_argument("--guidance", type=float, default=7.0)
+    gen.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--batch", type=int, default=1)
+    gen.add_argument("--init-image", type=Path, default=None)
+    gen.add_argument("--strength", type=float, default=0.75)
+    gen.add_argument("--mask", type=Path, default=None, help="white = repaint")
+    gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    gen.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    gen.add_argument("--low-memory", action="store_true")
+    gen.add_argument("--out", type=Path, required=True, help="PATH.png")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    info = sub.add_parser("info", help="describe a checkpoint")
+    info.add_argument("path", type=Path)
+    info.add_argument("--json", action="store_true")
+
+    sub.add_parser("samplers", help="list sampler names")
+    return parser
+
+
+def _open_image(path: Path, what: str):  # type: ignore[no-untyped-def]
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"{what} {str(path)!r} is not a readable image ({e})") from e
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """out.png, out-1.png, out-2.png, … for a batch."""
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must end in .png, got {str(out)!r}")
+    return [out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    import sd_core
+    from sd_core.pngmeta import save_png
+
+    paths = output_paths(args.out, max(1, args.batch))
+    init = _open_image(args.init_image, "--init-image") if args.init_image else None
+    mask = _open_image(args.mask, "--mask") if args.mask else None
+    pipe = sd_core.load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype,
+                                 low_memory=args.low_memory)
+    bar = None
+
+    def progress(step: int, total: int, _latents: object) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc="sampling", unit="step")
+        bar.update(step - bar.n)
+
+    try:
+        images = pipe.generate(
+            prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+            steps=args.steps, sampler=args.sampler, guidance=args.guidance, width=args.width,
+            height=args.height, batch=args.batch, init_image=init, strength=args.strength,
+            mask=mask, callback=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    for image, path in zip(images, paths, strict=True):
+        save_png(image, path)
+        print(f"{path}  seed {image.info['seed']}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from sd_core.checkpoint import checkpoint_info
+
+    info = checkpoint_info(args.path)
+    record = {
+        "path": str(info.path),
+        "variant": info.variant,
+        "dtype": info.dtype,
+        "parameters": info.parameters,
+        "sha256": info.sha256,
+        "short_hash": info.short_hash,
+    }
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print(f"path:       {info.path}")
+        print(f"variant:    {info.variant}")
+        print(f"dtype:      {info.dtype}")
+        for component, count in info.parameters.items():
+            print(f"{component + ':':<12}{count:,} parameters")
+        print(f"sha256:     {info.sha256}")
+        print(f"short hash: {info.short_hash}  (AUTOMATIC1111 'Model hash')")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "samplers":
+        from sd_core.samplers import sampler_names
+
+        print("\n".join(sampler_names()))
+        return 0
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"  # type: ignore[assignment]
+    try:
+        return _generate(args) if args.command == "generate" else _info(args)
+    except ValueError as e:  # our input errors (incl. CheckpointError)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
