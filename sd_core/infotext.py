@@ -332,13 +332,13 @@ def _rank(key: str) -> int:
 
 def _key_order(keys: Iterable[str], written_order: Iterable[str]) -> list[str]:
     """The keys in the order they were read, each key not read placed where A1111 would put it:
-    before the first key that A1111 writes after it."""
+    right after the last key that A1111 writes before it (or first, if there is none)."""
     keys = list(keys)
     order = [key for key in written_order if key in keys]
     for key in sorted((key for key in keys if key not in order), key=_rank):  # stable sort
         rank = _rank(key)
-        at = next((i for i, other in enumerate(order) if _rank(other) > rank), len(order))
-        order.insert(at, key)
+        earlier = [i for i, other in enumerate(order) if _rank(other) <= rank]
+        order.insert(earlier[-1] + 1 if earlier else 0, key)
     return order
 
 
