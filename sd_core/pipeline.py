@@ -29,6 +29,7 @@ from sd_core.devices import resolve_device, resolve_dtype
 
 ProgressCallback = Callable[[int, int, Tensor], None]
 CancelCheck = Callable[[], bool]
+TraceCallback = Callable[[int, int, Tensor, Tensor], None]
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 150
@@ -77,6 +78,17 @@ def _check_size(name: str, value: Any) -> int:
             f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, got {size}"
         )
     return size
+
+
+def slerp(t: float, a: Tensor, b: Tensor) -> Tensor:
+    """Spherical interpolation per image between noise tensors a and b (B, C, h, w)."""
+    a_flat, b_flat = a.flatten(1), b.flatten(1)
+    dot = (a_flat / a_flat.norm(dim=1, keepdim=True) * b_flat / b_flat.norm(dim=1, keepdim=True)).sum(1)
+    omega = torch.acos(dot.clamp(-1.0, 1.0)).view(-1, 1, 1, 1)
+    so = torch.sin(omega)
+    safe = so.abs() > 1e-6
+    mixed = (torch.sin((1.0 - t) * omega) * a + torch.sin(t * omega) * b) / torch.where(safe, so, 1.0)
+    return torch.where(safe, mixed, (1.0 - t) * a + t * b)
 
 
 def image_to_tensor(image: Image.Image, width: int, height: int) -> Tensor:
@@ -289,13 +301,51 @@ class StableDiffusionPipeline:
         mask: Image.Image | None = None,
         callback: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        variation_seed: int | None = None,
+        variation_strength: float = 0.0,
+        trace: TraceCallback | None = None,
     ) -> list[Image.Image]:
         """Generate `batch` images; image i has seed `seed + i`.
 
         Returns PIL images carrying `info["parameters"]` (AUTOMATIC1111 infotext),
         `info["dali"]` (JSON) and `info["seed"]`. Raises ValueError for bad arguments and
         GenerationCancelled when `cancel()` turns True (checked before every model call).
+        `variation_seed`/`variation_strength` blend the initial noise towards another seed's
+        (AUTOMATIC1111's variation seeds: spherical interpolation). `trace(step, total, x,
+        denoised)` sees the noisy latent and the predicted x0 after every step.
         """
+        req, latents = self.generate_latents(
+            prompt, negative_prompt, seed, steps, sampler, guidance, width, height, batch,
+            init_image, strength, mask, callback, cancel, variation_seed, variation_strength, trace,
+        )
+        images = tensor_to_images(self.decode_latents(latents))
+        mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
+        for i, image in enumerate(images):
+            self._annotate(image, req, req.seed + i, mode, init_image is not None)
+        return images
+
+    @torch.inference_mode()
+    def generate_latents(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        seed: int | None = None,
+        steps: int = 20,
+        sampler: str | None = None,
+        guidance: float = 7.0,
+        width: int | None = None,
+        height: int | None = None,
+        batch: int = 1,
+        init_image: Image.Image | None = None,
+        strength: float = 0.75,
+        mask: Image.Image | None = None,
+        callback: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+        variation_seed: int | None = None,
+        variation_strength: float = 0.0,
+        trace: TraceCallback | None = None,
+    ) -> tuple[GenerationRequest, Tensor]:
+        """`generate` without the decode: (validated request, (B, C, H/8, W/8) scaled latents)."""
         req = self.validate(
             prompt, negative_prompt, seed, steps, sampler, guidance, width, height, batch, strength
         )
@@ -304,23 +354,25 @@ class StableDiffusionPipeline:
         if init_image is not None and not isinstance(init_image, Image.Image):
             raise ValueError(f"init_image must be a PIL image, got {type(init_image).__name__}")
         if mask is not None:
+            assert init_image is not None
             if not isinstance(mask, Image.Image):
                 raise ValueError(f"mask must be a PIL image, got {type(mask).__name__}")
-            if mask.size != init_image.size:  # type: ignore[union-attr]
+            if mask.size != init_image.size:
                 raise ValueError(
                     f"mask size {mask.size[0]}x{mask.size[1]} must equal init_image size "
-                    f"{init_image.size[0]}x{init_image.size[1]}"  # type: ignore[union-attr]
+                    f"{init_image.size[0]}x{init_image.size[1]}"
                 )
         if self.config.unet.in_channels == 9 and mask is None:
             raise ValueError(
                 "this is an inpainting checkpoint (UNet in_channels 9): it needs init_image and mask"
             )
-        latents = self._run(req, init_image, mask, callback, cancel)
-        images = tensor_to_images(self.decode_latents(latents))
-        mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
-        for i, image in enumerate(images):
-            self._annotate(image, req, req.seed + i, mode, init_image is not None)
-        return images
+        variation = None
+        if variation_seed is not None:
+            variation = (
+                _check_int("variation_seed", variation_seed, 0, MAX_SEED),
+                _check_float("variation_strength", variation_strength, 0.0, 1.0),
+            )
+        return req, self._run(req, init_image, mask, callback, cancel, variation, trace)
 
     def _run(
         self,
@@ -329,6 +381,8 @@ class StableDiffusionPipeline:
         mask_image: Image.Image | None,
         callback: ProgressCallback | None,
         cancel: CancelCheck | None,
+        variation: tuple[int, float] | None = None,
+        trace: TraceCallback | None = None,
     ) -> Tensor:
         from sd_core.samplers import get_sampler
 
@@ -364,6 +418,15 @@ class StableDiffusionPipeline:
         if image_tensor is not None and not (inpaint_9ch and req.strength >= 1.0):
             init_latents = self.encode_image(image_tensor, generators)
         start_noise = noise()
+        if variation is not None and variation[1] > 0:
+            # Image i blends towards the noise of variation seed + i (AUTOMATIC1111's subseed).
+            other = torch.cat(
+                [
+                    torch.randn((1, channels, h, w), generator=torch.Generator("cpu").manual_seed(variation[0] + i))
+                    for i in range(req.batch)
+                ]
+            ).to(self.device)
+            start_noise = slerp(variation[1], start_noise, other)
         # img2img always starts from the noised image; inpainting at full strength from pure noise.
         if init_latents is not None and (mask_image is None or req.strength < 1.0):
             t_start = req.steps - int(req.steps * req.strength)
@@ -409,6 +472,8 @@ class StableDiffusionPipeline:
                 # noised trajectory (diffusers' latent blending), in place so sampling continues from it.
                 noised = init_latents + start_noise * sigmas[step]
                 x_now.mul_(blend_mask).add_((1 - blend_mask) * noised)
+            if trace is not None:
+                trace(step, n, x_now, denoised)
             if callback is not None:
                 callback(step, n, denoised)
             check_cancel()

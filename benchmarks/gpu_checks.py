@@ -1,0 +1,83 @@
+"""Checks that need a CUDA device (run by hand on a GPU machine; CI has none).
+
+1. Same seed → same image on CPU and CUDA (float32), for a deterministic and a stochastic
+   sampler, with a random-weight tiny checkpoint: max pixel difference reported.
+2. float16 / bfloat16 on CUDA give finite images close to float32.
+3. Full SD v1.5 shapes, random weights: sd_core's UNet and VAE decode vs diffusers on CUDA in
+   float16, relative error reported.
+
+    python benchmarks/gpu_checks.py --json gpu_checks.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sd_core  # noqa: E402
+from sd_core.checkpoint import save_checkpoint  # noqa: E402
+from sd_core.config import SD_V1, TINY_TEST  # noqa: E402
+from tests.reference import (  # noqa: E402
+    diffusers_models,
+    random_checkpoint,
+    relative_error,
+    sd_core_models,
+)
+
+
+def pixels(images) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    report: dict[str, object] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_checkpoint(Path(tmp) / "tiny.safetensors", random_checkpoint(TINY_TEST, 3), TINY_TEST)
+        cpu = sd_core.load_pipeline(path, device="cpu")
+        gpu = sd_core.load_pipeline(path, device="cuda", dtype="float32")
+        for sampler in ("euler", "euler_a", "dpmpp_2m"):
+            kwargs = dict(prompt="a red circle", seed=42, steps=10, sampler=sampler, batch=2)
+            a, b = pixels(cpu.generate(**kwargs)), pixels(gpu.generate(**kwargs))
+            report[f"cpu_vs_cuda_fp32_{sampler}_max_pixel_diff"] = int(np.abs(a - b).max())
+        for dtype in ("float16", "bfloat16"):
+            low = sd_core.load_pipeline(path, device="cuda", dtype=dtype)
+            kwargs = dict(prompt="a red circle", seed=42, steps=10, sampler="euler")
+            a, b = pixels(cpu.generate(**kwargs)), pixels(low.generate(**kwargs))
+            report[f"cpu_fp32_vs_cuda_{dtype}_mean_pixel_diff"] = float(np.abs(a - b).mean())
+    checkpoint = random_checkpoint(SD_V1, seed=0)
+    ours = [m.to("cuda", torch.float16) for m in sd_core_models(checkpoint, SD_V1)]
+    ref = [m.to("cuda", torch.float16) for m in diffusers_models(checkpoint, SD_V1, sdpa=True)]
+    del checkpoint
+    g = torch.Generator("cpu").manual_seed(0)
+    x = torch.randn(2, 4, 64, 64, generator=g).to("cuda", torch.float16)
+    context = torch.randn(2, 77, 768, generator=g).to("cuda", torch.float16)
+    t = torch.tensor([999.0, 10.0], device="cuda")
+    with torch.inference_mode():
+        report["full_unet_fp16_relative_error"] = relative_error(
+            ours[2](x, t, context).float(), ref[2](x, t, context).sample.float()
+        )
+        report["full_vae_decode_fp16_relative_error"] = relative_error(
+            ours[1].decode(x[:1]).float(), ref[1].decode(x[:1]).sample.float()
+        )
+        ids = torch.randint(0, 49408, (2, 77), generator=g).cuda()
+        report["full_clip_fp16_relative_error"] = relative_error(
+            ours[0](ids).float(), ref[0](ids).last_hidden_state.float()
+        )
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
