@@ -75,6 +75,8 @@ HAND_WRITTEN = [
     # HTML entities (ftfy + html.unescape twice)
     "salt &amp; pepper",
     "black &amp;amp; white",
+    "thrice &amp;amp;amp; escaped",
+    "<p>tags stop ftfy unescaping &amp;amp; so html.unescape does it</p>",
     "&lt;lora:x:1&gt; &quot;quoted&quot; &#39;apos&#39; &#x263A; &nbsp;space &copy;",
     "<b>bold</b> &amp; <i>italic</i>",
     # mojibake that ftfy repairs, ligatures, full-width forms
@@ -227,6 +229,9 @@ def test_matches_transformers_on_many_prompts(
 def test_clean_up_applies_ftfy_and_html(tok: CLIPTokenizer) -> None:
     assert tok.tokenize("salt &amp; pepper") == tok.tokenize("salt & pepper")
     assert tok.tokenize("black &amp;amp; white") == tok.tokenize("black & white")
+    # ftfy unescapes once (and not at all in text with "<"), html.unescape twice more.
+    assert tok.tokenize("black &amp;amp;amp; white") == tok.tokenize("black & white")
+    assert tok.tokenize("<b> &amp;amp; </b>") == tok.tokenize("<b> & </b>")
     assert tok.tokenize("cafÃ© crÃ¨me") == tok.tokenize("café crème")
     assert tok.tokenize("it’s") == tok.tokenize("it's") == [585, 568]
     assert tok.tokenize("Cafe\u0301") == tok.tokenize("café")
