@@ -207,7 +207,9 @@ def test_a_key_added_to_an_old_text_goes_where_a1111_puts_it() -> None:
 
 
 def test_missing_keys_and_surrounding_whitespace() -> None:
-    parsed = parse_infotext("  a dog  \n  Negative prompt:   cat  \nSteps: 5, Seed: 9, Model: x\n\n")
+    parsed = parse_infotext(
+        "  a dog  \n  Negative prompt:   cat  \nSteps: 5, Seed: 9, Model: x\n\n"
+    )
     assert parsed == GenerationParameters(
         prompt="a dog", negative_prompt="cat", steps=5, seed=9, model="x"
     )
