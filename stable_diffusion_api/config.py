@@ -1,0 +1,75 @@
+"""Settings, read from `DALI_*` environment variables (pydantic-settings).
+
+Every path defaults to a place under the repository's `data/` directory, so a fresh checkout
+runs with no configuration at all:
+
+    DALI_DATA_DIR            data directory (images, uploads, database)     <repo>/data
+    DALI_DATABASE_URL        SQLAlchemy URL; PostgreSQL works unchanged      sqlite:///<data>/dali.db
+    DALI_MODELS_DIR          where *.safetensors / *.ckpt checkpoints live   <data>/models
+    DALI_HOST, DALI_PORT     where `python -m stable_diffusion_api` listens  127.0.0.1:8000
+    DALI_API_KEY             when set, the API and pages require it          (none)
+    DALI_QUEUE_LIMIT         queued jobs accepted before 429                  100
+    DALI_PIPELINE_CACHE_MB   memory budget for loaded pipelines              4096
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = REPO_ROOT / "templates"
+STATIC_DIR = REPO_ROOT / "static"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="DALI_", frozen=True, extra="ignore")
+
+    data_dir: Path = REPO_ROOT / "data"
+    database_url: str | None = None  # None → SQLite file `dali.db` in the data directory
+    models_dir: Path | None = None  # None → `models/` in the data directory
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_key: SecretStr | None = None
+    queue_limit: int = Field(default=100, ge=1)
+    pipeline_cache_mb: int = Field(default=4096, ge=0)
+    # A preview costs a VAE-free latent→RGB projection and a small PNG; every few steps is plenty.
+    preview_every: int = Field(default=3, ge=1)
+    # Another process's job counts as interrupted when its heartbeat is older than this.
+    stale_after_s: float = Field(default=30.0, gt=0)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    # Workers also poll the database, so jobs queued by another process (Gradio) are found.
+    poll_s: float = Field(default=1.0, gt=0)
+    run_migrations: bool = True
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        base = self.models_dir if self.models_dir is not None else self.resolved_data_dir / "models"
+        return base.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'dali.db'}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.resolved_data_dir / "images"
+
+    @property
+    def inputs_dir(self) -> Path:
+        """Uploaded init images and masks, kept until their job is deleted."""
+        return self.resolved_data_dir / "inputs"
+
+    @property
+    def pipeline_cache_bytes(self) -> int:
+        return self.pipeline_cache_mb * 1024 * 1024

@@ -1,0 +1,93 @@
+"""The database: a SQLAlchemy 2.0 engine, its sessions, and Alembic migrations at start-up.
+
+SQLite is the default. Each new SQLite connection turns on foreign keys (off by default in
+SQLite, and cascading deletes rely on them), WAL journaling (readers never block the worker's
+writes) and a busy timeout (two writers wait for each other instead of failing at once). For any
+other URL, PostgreSQL included, the engine is used as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite files get their parent directory created and the pragmas."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        # Sessions are used from request threads and worker threads alike.
+        connect_args={"check_same_thread": False, "timeout": 10},
+        # Many concurrent readers (the pages poll, SSE streams) on one file: a roomy pool.
+        pool_size=20,
+        max_overflow=20,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Database:
+    """An engine plus its session factory. One per application."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits when the block ends normally and rolls back otherwise."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision` with Alembic (idempotent; safe at every start-up)."""
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), revision)
+
+    def downgrade(self, revision: str) -> None:
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            command.downgrade(alembic_config(connection), revision)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(connection: Any = None) -> Any:
+    """An Alembic Config pointing at this package's migrations (no alembic.ini needed).
+
+    With `connection`, migrations run on it (see migrations/env.py); the URL is never parsed
+    from a file, so the same code serves SQLite and PostgreSQL.
+    """
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config

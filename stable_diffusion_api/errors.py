@@ -1,0 +1,140 @@
+"""Domain errors, and the one place that turns them into HTTP responses.
+
+Services raise these; they know nothing of HTTP. `install_error_handlers` maps them:
+NotFound → 404, Conflict → 409, InvalidField → 422 (in FastAPI's own field-error shape, so a
+client handles our checks and pydantic's the same way), QueueFull → 429 with Retry-After.
+Requests for pages (not under /api or /sdapi) get the HTML error view instead of JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    """Base of the errors services raise; `message` is safe to show to the user."""
+
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(DomainError):
+    status_code = 404
+
+    def __init__(self, kind: str, ident: object) -> None:
+        super().__init__(f"{kind} {ident!r} not found")
+        self.kind = kind
+
+
+class Conflict(DomainError):
+    status_code = 409
+
+
+class InvalidField(DomainError):
+    """A value the schema could not judge alone (unknown model, absent device, …)."""
+
+    status_code = 422
+
+    def __init__(self, field: str, value: object, allowed: str, location: str = "body") -> None:
+        super().__init__(f"{field}: {value!r} is not allowed; {allowed}")
+        self.field = field
+        self.value = value
+        self.location = location
+
+    def detail(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "value_error",
+                "loc": [self.location, *self.field.split(".")],
+                "msg": self.message,
+                "input": self.value if isinstance(self.value, str | int | float | None) else None,
+            }
+        ]
+
+
+class QueueFull(DomainError):
+    status_code = 429
+
+    def __init__(self, limit: int, retry_after_s: float) -> None:
+        super().__init__(f"the queue is full ({limit} jobs waiting); retry later")
+        self.retry_after_s = retry_after_s
+
+
+class Unauthorized(DomainError):
+    status_code = 401
+
+
+def wants_html(request: Request) -> bool:
+    """Page requests get the HTML error view; API clients always get JSON."""
+    path = request.url.path
+    if path.startswith(("/api/", "/sdapi/", "/internal/", "/static/")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+HtmlRenderer = Callable[[Request, int, str, list[str]], Response]
+
+
+def install_error_handlers(app: FastAPI, render_html: HtmlRenderer) -> None:
+    """Register every handler; `render_html(request, status, title, details)` draws the view."""
+
+    def respond(
+        request: Request,
+        status: int,
+        detail: Any,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        if wants_html(request):
+            details = [str(d.get("msg", d)) for d in detail] if isinstance(detail, list) else []
+            response = render_html(request, status, message, details)
+            if headers:
+                response.headers.update(headers)
+            return response
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    async def domain_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DomainError)
+        if isinstance(exc, InvalidField):
+            return respond(request, 422, exc.detail(), "Some values need fixing")
+        headers: dict[str, str] = {}
+        if isinstance(exc, QueueFull):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        return respond(request, exc.status_code, exc.message, exc.message, headers)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {key: value for key, value in error.items() if key in ("type", "loc", "msg")}
+            for error in exc.errors()
+        ]
+        return respond(request, 422, errors, "Some values need fixing")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers) if exc.headers else None
+        return respond(request, exc.status_code, exc.detail, str(exc.detail), headers)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return respond(request, 500, "internal error", "Something went wrong on our side")
+
+    app.add_exception_handler(DomainError, domain_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

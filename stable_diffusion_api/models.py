@@ -1,0 +1,207 @@
+"""ORM tables. The generations table is also the durable job queue.
+
+A generation's life: queued → running → succeeded | failed | canceled. A row is written before
+the API answers 202; a worker claims the oldest queued row of its device by flipping it to
+running (a conditional UPDATE, so two workers never take the same row); image rows are inserted
+in the same transaction that marks the generation succeeded, after their files exist, so no row
+ever points at a missing file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "canceled",
+)
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
+FINISHED = (SUCCEEDED, FAILED, CANCELED)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite forgets the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: store timezone-aware UTC datetimes")
+        return value.astimezone(dt.UTC) if value is not None else None
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    device: Mapped[str] = mapped_column(String(32))
+    dtype: Mapped[str | None] = mapped_column(String(16))  # None → the device's default
+    low_memory: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_model: Mapped[str | None] = mapped_column(String(255))  # None → the built-in model
+    defaults: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    generations: Mapped[list[Generation]] = relationship(
+        back_populates="project", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+    # AUTOINCREMENT: a deleted id is never handed out again, so cached image URLs stay true.
+    __table_args__ = (
+        Index("ix_generations_queue", "status", "device", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    source: Mapped[str] = mapped_column(String(32), default="api")  # api, page, a1111, gradio
+    # The hardware and model are copied from the project at submission: editing the project
+    # later does not change what a queued job runs on.
+    device: Mapped[str] = mapped_column(String(32))
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    low_memory: Mapped[bool] = mapped_column(Boolean, default=False)
+    model: Mapped[str] = mapped_column(String(255))
+    model_hash: Mapped[str | None] = mapped_column(String(16))
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    sampler: Mapped[str | None] = mapped_column(String(64))  # None → the model's default
+    steps: Mapped[int] = mapped_column(Integer)
+    guidance: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(BigInteger)  # random seeds are drawn at submission
+    width: Mapped[int | None] = mapped_column(Integer)  # None → the model's native size
+    height: Mapped[int | None] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer, default=1)
+    strength: Mapped[float] = mapped_column(Float, default=0.75)
+    init_image: Mapped[str | None] = mapped_column(String(255))  # path relative to data dir
+    mask: Mapped[str | None] = mapped_column(String(255))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    step_seconds: Mapped[float | None] = mapped_column(Float)  # measured mean time per step
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    project: Mapped[Project] = relationship(back_populates="generations")
+    images: Mapped[list[Image]] = relationship(
+        back_populates="generation",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="Image.index",
+    )
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_project_newest", "project_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation_id: Mapped[int] = mapped_column(
+        ForeignKey("generations.id", ondelete="CASCADE"), index=True
+    )
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)  # position in its batch
+    seed: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(255))  # relative to the data directory
+    thumb_path: Mapped[str] = mapped_column(String(255))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    parameters: Mapped[str] = mapped_column(Text, default="")  # A1111 infotext
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    generation: Mapped[Generation] = relationship(back_populates="images")
+
+
+class ModelFile(Base):
+    """What `checkpoint_info` said about a checkpoint, keyed by path and valid while the file's
+    size and mtime are unchanged (hashing a 4 GB file takes seconds: do it once)."""
+
+    __tablename__ = "model_files"
+
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    short_hash: Mapped[str | None] = mapped_column(String(16))
+    variant: Mapped[str | None] = mapped_column(String(32))
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    parameters: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    native_size: Mapped[int | None] = mapped_column(Integer)  # learned from the first image
+    checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SpeedMeasurement(Base):
+    """Measured sampling speed of one model at one size on one device and dtype."""
+
+    __tablename__ = "speed_measurements"
+    __table_args__ = (UniqueConstraint("device", "model_hash", "dtype", "width", "height"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device: Mapped[str] = mapped_column(String(32))
+    model_hash: Mapped[str] = mapped_column(String(16))
+    dtype: Mapped[str] = mapped_column(String(16))  # "auto" when the device default was used
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    steps_per_s: Mapped[float] = mapped_column(Float)  # one image (batch 1)
+    overhead_s: Mapped[float] = mapped_column(Float)  # text encoding + decoding + saving
+    source: Mapped[str] = mapped_column(String(16))  # "benchmark" | "generation"
+    measured_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerProcess(Base):
+    """A running server process. Its heartbeat tells other processes that its running jobs are
+    alive; a running job whose process stopped beating was interrupted."""
+
+    __tablename__ = "worker_processes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,1 @@
+"""Thin routers: `api` (JSON under /api/v1), `events` (SSE), `pages` (Jinja)."""

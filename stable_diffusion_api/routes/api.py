@@ -1,0 +1,285 @@
+"""The JSON API under /api/v1. Each route validates, calls one service method, shapes the reply.
+
+Routes are plain `def`: they do blocking database work, which FastAPI runs in its thread pool.
+None of them runs the model; generations are queued and answered with 202.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi.responses import FileResponse
+
+from stable_diffusion_api.deps import (
+    GenerationDep,
+    ImageDep,
+    ProjectDep,
+    StudioDep,
+    require_api_key,
+)
+from stable_diffusion_api.models import STATUSES
+from stable_diffusion_api.schemas import (
+    BenchmarkOut,
+    BenchmarkRequest,
+    DeviceOut,
+    EstimateOut,
+    GenerationAccepted,
+    GenerationCreate,
+    GenerationOut,
+    ImageOut,
+    ModelOut,
+    Page,
+    ProjectCreate,
+    ProjectOut,
+    ProjectUpdate,
+    SamplerOut,
+    Size,
+    SpeedOut,
+    Steps,
+    page_of,
+)
+from stable_diffusion_api.services.registry import ModelEntry
+from stable_diffusion_api.services.workers import Benchmark
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+
+STATUS_PATTERN = "^(" + "|".join(STATUSES) + ")$"
+Offset = Annotated[int, Query(ge=0, le=10**9)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+# Generated images never change under an id (ids are never reused): cache them for good.
+IMMUTABLE = "max-age=31536000, immutable"
+
+
+def model_out(entry: ModelEntry) -> ModelOut:
+    return ModelOut(
+        name=entry.name,
+        filename=entry.filename,
+        label=entry.label,
+        builtin=entry.builtin,
+        available=entry.available,
+        size_bytes=entry.size_bytes,
+        variant=entry.variant,
+        dtype=entry.dtype,
+        sha256=entry.sha256,
+        short_hash=entry.short_hash,
+        parameters=entry.parameters,
+        native_size=entry.native_size,
+        error=entry.error,
+    )
+
+
+def benchmark_out(benchmark: Benchmark) -> BenchmarkOut:
+    return BenchmarkOut(
+        device=benchmark.device,
+        dtype=benchmark.dtype,
+        model=benchmark.model.name,
+        width=benchmark.width,
+        height=benchmark.height,
+        steps=benchmark.steps,
+        status=benchmark.status,
+        error=benchmark.error,
+    )
+
+
+@router.get("/health")
+def health(studio: StudioDep) -> dict[str, object]:
+    return {"status": "ok", "devices": [d.id for d in studio.hardware.devices]}
+
+
+# -- hardware, models, samplers ---------------------------------------------------------------
+
+
+@router.get("/hardware")
+def hardware(studio: StudioDep) -> list[DeviceOut]:
+    speeds = studio.speeds.list()
+    return [
+        DeviceOut(
+            id=d.id,
+            kind=d.kind,
+            name=d.name,
+            total_memory=d.total_memory,
+            free_memory=d.free_memory,
+            cores=d.cores,
+            compute_capability=d.compute_capability,
+            dtypes=list(d.dtypes),
+            default_dtype=d.default_dtype,
+            speeds=[SpeedOut.model_validate(s) for s in speeds if s.device == d.id],
+        )
+        for d in studio.hardware.devices
+    ]
+
+
+@router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED)
+def benchmark(request: BenchmarkRequest, studio: StudioDep) -> BenchmarkOut:
+    """Measure steps/s of a model at a size on a device (a short run, queued on its worker)."""
+    device, dtype = studio.hardware.check(request.device, request.dtype)
+    model = studio.models.resolve(request.model)
+    queued = studio.workers.request_benchmark(
+        Benchmark(device.id, dtype, model, request.width, request.height, request.steps)
+    )
+    return benchmark_out(queued)
+
+
+@router.get("/hardware/benchmarks")
+def benchmarks(studio: StudioDep) -> list[BenchmarkOut]:
+    return [benchmark_out(b) for b in studio.workers.benchmarks.values()]
+
+
+@router.get("/models")
+def models(studio: StudioDep) -> list[ModelOut]:
+    return [model_out(entry) for entry in studio.models.list()]
+
+
+@router.get("/samplers")
+def samplers(studio: StudioDep) -> list[SamplerOut]:
+    return [
+        SamplerOut(name=s.name, display_name=s.display_name, aliases=list(s.aliases))
+        for s in studio.samplers.list()
+    ]
+
+
+# -- projects --------------------------------------------------------------------------------
+
+
+@router.get("/projects")
+def list_projects(studio: StudioDep) -> list[ProjectOut]:
+    return studio.projects.list()
+
+
+@router.post("/projects", status_code=status.HTTP_201_CREATED)
+def create_project(data: ProjectCreate, studio: StudioDep, response: Response) -> ProjectOut:
+    project = studio.projects.create(data)
+    response.headers["Location"] = f"/api/v1/projects/{project.id}"
+    return project
+
+
+@router.get("/projects/{project_id}")
+def read_project(project: ProjectDep) -> ProjectOut:
+    return project
+
+
+@router.patch("/projects/{project_id}")
+def update_project(project: ProjectDep, data: ProjectUpdate, studio: StudioDep) -> ProjectOut:
+    return studio.projects.update(project.id, data)
+
+
+@router.delete("/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_project(
+    project: ProjectDep, studio: StudioDep, confirm: Annotated[bool, Query()] = False
+) -> Response:
+    """Delete a project; one holding images needs `?confirm=true` (409 otherwise)."""
+    studio.projects.delete(project.id, confirm)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/projects/{project_id}/estimate")
+def estimate(
+    project: ProjectDep,
+    studio: StudioDep,
+    model: Annotated[str | None, Query(max_length=255)] = None,
+    width: Annotated[Size | None, Query()] = None,
+    height: Annotated[Size | None, Query()] = None,
+    steps: Annotated[Steps | None, Query()] = None,
+    batch: Annotated[int, Query(ge=1, le=8)] = 1,
+    device: Annotated[str | None, Query(max_length=32)] = None,
+) -> EstimateOut:
+    """Seconds a generation would take on the project's hardware (or `device`)."""
+    spec, dtype = studio.hardware.check(device or project.device, None if device else project.dtype)
+    result = studio.generations.estimate(
+        spec.id,
+        dtype,
+        model or project.default_model,
+        width or project.defaults.width,
+        height or project.defaults.height,
+        steps or project.defaults.steps,
+        batch,
+    )
+    return EstimateOut(seconds=result.seconds, basis=result.basis)
+
+
+# -- generations -----------------------------------------------------------------------------
+
+
+@router.post("/projects/{project_id}/generations", status_code=status.HTTP_202_ACCEPTED)
+def create_generation(
+    project: ProjectDep, request: GenerationCreate, studio: StudioDep, response: Response
+) -> GenerationAccepted:
+    """Queue a generation. The row exists before this answers; follow `events_url` (SSE)."""
+    accepted = studio.generations.submit(project.id, request, source="api")
+    response.headers["Location"] = accepted.url
+    return accepted
+
+
+@router.get("/projects/{project_id}/generations")
+def list_generations(
+    project: ProjectDep,
+    studio: StudioDep,
+    offset: Offset = 0,
+    limit: Limit = 20,
+    status_: Annotated[str | None, Query(alias="status", pattern=STATUS_PATTERN)] = None,
+) -> Page[GenerationOut]:
+    items, total = studio.generations.page(project.id, offset, limit, status_)
+    return Page[GenerationOut].model_validate(page_of(items, total, offset, limit))
+
+
+@router.get("/generations/{generation_id}")
+def read_generation(generation: GenerationDep) -> GenerationOut:
+    return generation
+
+
+@router.post("/generations/{generation_id}/cancel")
+def cancel_generation(generation: GenerationDep, studio: StudioDep) -> GenerationOut:
+    """Cancel: a queued job at once; a running one stops at its next step (409 if finished)."""
+    return studio.generations.cancel(generation.id)
+
+
+@router.delete("/generations/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_generation(generation: GenerationDep, studio: StudioDep) -> Response:
+    studio.generations.delete(generation.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+@router.get("/projects/{project_id}/images")
+def list_images(
+    project: ProjectDep, studio: StudioDep, offset: Offset = 0, limit: Limit = 24
+) -> Page[ImageOut]:
+    """The project's gallery, newest first."""
+    items, total = studio.gallery.page(project.id, offset, limit)
+    return Page[ImageOut].model_validate(page_of(items, total, offset, limit))
+
+
+@router.get("/images/{image_id}")
+def read_image(image: ImageDep) -> ImageOut:
+    return image
+
+
+def _file(studio: StudioDep, image: ImageOut, thumbnail: bool) -> FileResponse:
+    path = studio.gallery.file(image.id, thumbnail=thumbnail)
+    visibility = "private" if studio.settings.api_key else "public"
+    return FileResponse(
+        path,
+        media_type="image/jpeg" if thumbnail else "image/png",
+        filename=f"dali-{image.id}{'-thumb.jpg' if thumbnail else '.png'}",
+        content_disposition_type="inline",
+        headers={"Cache-Control": f"{visibility}, {IMMUTABLE}"},
+    )
+
+
+@router.get("/images/{image_id}/file", response_class=FileResponse)
+def image_file(image: ImageDep, studio: StudioDep) -> FileResponse:
+    return _file(studio, image, thumbnail=False)
+
+
+@router.get("/images/{image_id}/thumbnail", response_class=FileResponse)
+def image_thumbnail(image: ImageDep, studio: StudioDep) -> FileResponse:
+    return _file(studio, image, thumbnail=True)
+
+
+@router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_image(image: ImageDep, studio: StudioDep) -> Response:
+    studio.gallery.delete(image.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,98 @@
+"""Server-Sent Events: the live life of one generation.
+
+`GET /api/v1/generations/{id}/events` streams, as `text/event-stream`:
+
+    event: status    data: the generation (GenerationOut) — first, and on every status or
+                           queue-position change
+    event: progress  data: {"step", "total", "eta_s", "step_seconds", "preview"?} — every step;
+                           "preview" (a data: URL of a small PNG) every few steps
+    event: done      data: the finished generation (succeeded, failed with `error`, canceled),
+                           then the stream ends
+
+Progress comes from the in-memory hub (cheap, polled ten times a second); the database is read
+only for status changes (every half second), so hundreds of watchers cost little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from stable_diffusion_api.deps import GenerationDep, StudioDep, require_api_key
+from stable_diffusion_api.errors import NotFound
+from stable_diffusion_api.models import FINISHED, RUNNING
+from stable_diffusion_api.services import Studio
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+
+TICK_S = 0.1
+STATUS_EVERY_S = 0.5
+KEEPALIVE_S = 15.0
+
+
+def sse(event: str, data: object) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+async def generation_events(
+    request: Request, studio: Studio, generation_id: int
+) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    last_status: tuple[str, int | None] | None = None
+    last_version = -1
+    last_preview = -1
+    last_db = 0.0
+    last_sent = time.monotonic()
+    while not studio.workers.stopping.is_set():
+        now = time.monotonic()
+        if now - last_db >= STATUS_EVERY_S:
+            last_db = now
+            if await request.is_disconnected():
+                return
+            try:
+                view = await run_in_threadpool(studio.generations.view, generation_id)
+            except NotFound:  # deleted while watched
+                yield sse("done", {"id": generation_id, "status": "deleted", "error": None})
+                return
+            if view.status in FINISHED:
+                yield sse("done", view.model_dump(mode="json"))
+                return
+            if (view.status, view.position) != last_status:
+                last_status = (view.status, view.position)
+                yield sse("status", view.model_dump(mode="json", exclude={"progress"}))
+                last_sent = now
+        state = studio.hub.get(generation_id)
+        if state is not None and state.status == RUNNING and state.version != last_version:
+            last_version = state.version
+            payload: dict[str, object] = {
+                "step": state.step,
+                "total": state.total,
+                "eta_s": state.eta_s,
+                "step_seconds": state.step_seconds,
+            }
+            if state.preview_step != last_preview and state.preview_png is not None:
+                last_preview = state.preview_step
+                payload["preview"] = state.preview_data_url
+            yield sse("progress", payload)
+            last_sent = now
+        if now - last_sent > KEEPALIVE_S:
+            yield ": keep-alive\n\n"  # a comment line: keeps proxies from closing the stream
+            last_sent = now
+        await asyncio.sleep(TICK_S)
+
+
+@router.get("/generations/{generation_id}/events", response_class=StreamingResponse)
+async def events(
+    generation: GenerationDep, studio: StudioDep, request: Request
+) -> StreamingResponse:
+    return StreamingResponse(
+        generation_events(request, studio, generation.id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,276 @@
+"""Pydantic request and response bodies.
+
+Constraints live on the fields, so a bad value is a 422 whose `loc` names the field. Checks that
+need the outside world (is this model installed? this device present?) happen in the services
+and raise `InvalidField`, which answers in the same shape.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+MAX_PROMPT = 2000
+MAX_BATCH = 8
+MAX_SEED = 2**32 - 1
+# base64 of a 2048×2048 RGBA PNG with no compression, rounded up.
+MAX_UPLOAD_CHARS = 24_000_000
+
+
+def _no_control_characters(value: str) -> str:
+    # NUL cannot be stored in PostgreSQL text; other controls are never meant in these fields.
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+def _name(value: str) -> str:
+    value = " ".join(value.split())
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+def _prompt(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+CleanText = Annotated[str, AfterValidator(_no_control_characters)]
+Name = Annotated[CleanText, Field(min_length=1, max_length=100), AfterValidator(_name)]
+Prompt = Annotated[CleanText, Field(min_length=1, max_length=MAX_PROMPT), AfterValidator(_prompt)]
+NegativePrompt = Annotated[CleanText, Field(max_length=MAX_PROMPT)]
+Steps = Annotated[int, Field(ge=1, le=150)]
+Guidance = Annotated[float, Field(ge=0, le=30, allow_inf_nan=False)]
+Size = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+Seed = Annotated[int, Field(ge=-1, le=MAX_SEED, description="-1 or null → random")]
+Strength = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Identifier = Annotated[CleanText, Field(min_length=1, max_length=255)]
+Upload = Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerationDefaults(Strict):
+    """A project's default generation settings (what the generate page starts with)."""
+
+    negative_prompt: NegativePrompt = ""
+    sampler: Identifier | None = None  # None → the model's default sampler
+    steps: Steps = 20
+    guidance: Guidance = 7.0
+    width: Size | None = None  # None → the model's native size
+    height: Size | None = None
+
+
+class ProjectCreate(Strict):
+    name: Name
+    description: Annotated[CleanText, Field(max_length=2000)] = ""
+    device: Identifier = "cpu"
+    dtype: Identifier | None = None  # None → the device's default dtype
+    low_memory: bool = False
+    default_model: Identifier | None = None  # None → the built-in model
+    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
+
+
+class ProjectUpdate(Strict):
+    """Only the fields sent change (PATCH)."""
+
+    name: Name | None = None
+    description: Annotated[CleanText, Field(max_length=2000)] | None = None
+    device: Identifier | None = None
+    dtype: Identifier | None = None
+    low_memory: bool | None = None
+    default_model: Identifier | None = None
+    defaults: GenerationDefaults | None = None
+
+
+class GenerationCreate(Strict):
+    """One generation request. Fields left out take the project's defaults."""
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt | None = None
+    sampler: Identifier | None = None
+    steps: Steps | None = None
+    guidance: Guidance | None = None
+    seed: Seed | None = None
+    width: Size | None = None
+    height: Size | None = None
+    batch: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1
+    model: Identifier | None = None
+    init_image: Upload | None = Field(default=None, description="base64 PNG/JPEG (img2img)")
+    strength: Strength = 0.75
+    mask: Upload | None = Field(default=None, description="base64; white = repaint (inpainting)")
+    device: Identifier | None = None  # None → the project's hardware
+    dtype: Identifier | None = None
+
+
+class BenchmarkRequest(Strict):
+    device: Identifier = "cpu"
+    dtype: Identifier | None = None
+    model: Identifier | None = None
+    width: Size | None = None
+    height: Size | None = None
+    steps: Annotated[int, Field(ge=2, le=50)] = 8
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class SpeedOut(Out):
+    device: str
+    model_hash: str
+    dtype: str
+    width: int
+    height: int
+    steps_per_s: float
+    overhead_s: float
+    source: str
+    measured_at: dt.datetime
+
+
+class DeviceOut(Out):
+    id: str
+    kind: str
+    name: str
+    total_memory: int | None
+    free_memory: int | None
+    cores: int | None
+    compute_capability: str | None
+    dtypes: list[str]
+    default_dtype: str
+    speeds: list[SpeedOut] = []
+
+
+class SamplerOut(Out):
+    name: str
+    display_name: str
+    aliases: list[str]
+
+
+class ModelOut(Out):
+    name: str
+    filename: str
+    label: str
+    builtin: bool
+    available: bool
+    size_bytes: int | None
+    variant: str | None
+    dtype: str | None
+    sha256: str | None
+    short_hash: str | None
+    parameters: dict[str, int]
+    native_size: int | None
+    error: str | None
+
+
+class ProjectOut(Out):
+    id: int
+    name: str
+    description: str
+    device: str
+    dtype: str | None
+    low_memory: bool
+    default_model: str | None
+    defaults: GenerationDefaults
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    image_count: int = 0
+    cover_image_id: int | None = None
+
+
+class ImageOut(Out):
+    id: int
+    generation_id: int
+    project_id: int
+    index: int
+    seed: int
+    width: int
+    height: int
+    parameters: str
+    created_at: dt.datetime
+    url: str
+    thumbnail_url: str
+
+
+class ProgressOut(BaseModel):
+    step: int
+    total: int
+    eta_s: float | None
+    step_seconds: float | None
+    preview: str | None = None  # data: URL of a small PNG
+
+
+class GenerationOut(Out):
+    id: int
+    project_id: int
+    status: str
+    position: int | None  # jobs ahead of this one on its device; None once it has started
+    source: str
+    device: str
+    dtype: str | None
+    low_memory: bool
+    model: str
+    model_hash: str | None
+    prompt: str
+    negative_prompt: str
+    sampler: str | None
+    steps: int
+    guidance: float
+    seed: int
+    width: int | None
+    height: int | None
+    batch: int
+    strength: float
+    has_init_image: bool
+    has_mask: bool
+    error: str | None
+    step_seconds: float | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    images: list[ImageOut]
+    progress: ProgressOut | None = None
+
+
+class GenerationAccepted(BaseModel):
+    id: int
+    status: str
+    position: int
+    url: str
+    events_url: str
+
+
+class BenchmarkOut(Out):
+    device: str
+    dtype: str | None
+    model: str
+    width: int | None
+    height: int | None
+    steps: int
+    status: str  # queued, running, done, failed
+    error: str | None
+
+
+class EstimateOut(BaseModel):
+    seconds: float | None  # None: nothing measured yet for this device
+    basis: str  # what the estimate rests on, in words
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+def page_of(items: list[Any], total: int, offset: int, limit: int) -> dict[str, Any]:
+    return {"items": items, "total": total, "offset": offset, "limit": limit}

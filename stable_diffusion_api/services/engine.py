@@ -1,0 +1,132 @@
+"""`SdCoreGenerator`: the `Generator` protocol implemented by the sd_core engine.
+
+sd_core (and so torch) is imported inside the methods, never at module import, so importing the
+app stays cheap. Pipelines are cached per (model path, device, dtype, low-memory mode) in a
+`PipelineCache` bounded by the settings' memory budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from stable_diffusion_api.services.generator import (
+    CheckpointSpec,
+    DeviceSpec,
+    JobCanceled,
+    JobSpec,
+    SamplerSpec,
+    StepCallback,
+)
+from stable_diffusion_api.services.pipeline_cache import PipelineCache
+
+_BYTES_PER_PARAMETER = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+class SdCoreGenerator:
+    def __init__(self, cache_budget_bytes: int) -> None:
+        self.cache: PipelineCache[Any] = PipelineCache(self._load, cache_budget_bytes)
+
+    def list_devices(self) -> list[DeviceSpec]:
+        from sd_core import devices
+
+        return [
+            DeviceSpec(
+                id=d.id,
+                kind=d.kind,
+                name=d.name,
+                total_memory=d.total_memory,
+                free_memory=d.free_memory,
+                cores=d.cores,
+                compute_capability=d.compute_capability,
+                dtypes=tuple(d.dtypes),
+                default_dtype=getattr(d, "default_dtype", d.dtypes[0]),
+            )
+            for d in devices.list_devices()
+        ]
+
+    def samplers(self) -> list[SamplerSpec]:
+        from sd_core import samplers
+
+        specs = []
+        for name in samplers.sampler_names():
+            spec = samplers.get_sampler(name)
+            specs.append(SamplerSpec(spec.name, spec.display_name, tuple(spec.aliases)))
+        return specs
+
+    def builtin_checkpoint(self) -> Path:
+        import sd_core
+
+        return Path(sd_core.BUILTIN_MODEL_PATH)
+
+    def inspect_checkpoint(self, path: Path) -> CheckpointSpec:
+        from sd_core.checkpoint import checkpoint_info
+
+        info = checkpoint_info(path)
+        return CheckpointSpec(
+            variant=info.variant,
+            dtype=str(info.dtype),
+            parameters=dict(info.parameters),
+            sha256=info.sha256,
+            short_hash=info.short_hash,
+        )
+
+    def _load(self, key: Hashable) -> Any:
+        import torch
+
+        import sd_core
+
+        assert isinstance(key, tuple), "keys are built by `generate`"
+        path, device, dtype, low_memory = key
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give back what evicted pipelines held
+        return sd_core.load_pipeline(path, device=device, dtype=dtype, low_memory=low_memory)
+
+    def _size_estimate(self, job: JobSpec) -> int:
+        if job.parameter_count is None:
+            return job.checkpoint.stat().st_size if job.checkpoint.exists() else 0
+        dtype = job.dtype or ("float32" if job.device == "cpu" else "float16")
+        return job.parameter_count * _BYTES_PER_PARAMETER.get(dtype, 4)
+
+    def generate(
+        self, job: JobSpec, on_step: StepCallback, should_cancel: Callable[[], bool]
+    ) -> list[Image.Image]:
+        import sd_core
+        from sd_core.preview import latents_to_rgb
+
+        key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
+        pipe = self.cache.get(key, self._size_estimate(job))
+
+        def callback(step: int, total: int, latents: Any) -> None:
+            # The preview is drawn only when the worker asks for it (every few steps).
+            on_step(step, total, lambda: latents_to_rgb(latents[:1])[0])
+
+        try:
+            return list(
+                pipe.generate(
+                    prompt=job.prompt,
+                    negative_prompt=job.negative_prompt,
+                    seed=job.seed,
+                    steps=job.steps,
+                    sampler=job.sampler,
+                    guidance=job.guidance,
+                    width=job.width,
+                    height=job.height,
+                    batch=job.batch,
+                    init_image=job.init_image,
+                    strength=job.strength,
+                    mask=job.mask,
+                    callback=callback,
+                    cancel=should_cancel,
+                )
+            )
+        except sd_core.GenerationCancelled as exc:
+            raise JobCanceled(str(exc)) from exc
+
+    def save_png(self, image: Image.Image, path: Path) -> None:
+        from sd_core.pngmeta import save_png
+
+        save_png(image, path)

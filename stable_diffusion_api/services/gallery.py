@@ -1,0 +1,94 @@
+"""The images of a project: listing (newest first), reading, serving and deleting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from stable_diffusion_api.db import Database
+from stable_diffusion_api.errors import NotFound
+from stable_diffusion_api.models import Image, Project
+from stable_diffusion_api.schemas import ImageOut
+from stable_diffusion_api.services.storage import ImageStorage
+
+
+def image_view(image: Image) -> ImageOut:
+    return ImageOut(
+        id=image.id,
+        generation_id=image.generation_id,
+        project_id=image.project_id,
+        index=image.index,
+        seed=image.seed,
+        width=image.width,
+        height=image.height,
+        parameters=image.parameters,
+        created_at=image.created_at,
+        url=f"/api/v1/images/{image.id}/file",
+        thumbnail_url=f"/api/v1/images/{image.id}/thumbnail",
+    )
+
+
+class GalleryService:
+    def __init__(self, db: Database, storage: ImageStorage) -> None:
+        self._db = db
+        self._storage = storage
+
+    def page(self, project_id: int, offset: int, limit: int) -> tuple[list[ImageOut], int]:
+        with self._db.session() as session:
+            if session.get(Project, project_id) is None:
+                raise NotFound("project", project_id)
+            total = session.scalar(
+                select(func.count(Image.id)).where(Image.project_id == project_id)
+            )
+            images = session.scalars(
+                select(Image)
+                .where(Image.project_id == project_id)
+                .order_by(Image.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+            return [image_view(i) for i in images], total or 0
+
+    def get(self, image_id: int) -> Image:
+        with self._db.session() as session:
+            image = session.get(Image, image_id)
+            if image is None:
+                raise NotFound("image", image_id)
+            return image
+
+    def view(self, image_id: int) -> ImageOut:
+        return image_view(self.get(image_id))
+
+    def neighbours(self, image: Image) -> tuple[int | None, int | None]:
+        """(newer, older) image ids in the same project, for the detail page's arrows."""
+        with self._db.session() as session:
+            newer = session.scalar(
+                select(func.min(Image.id)).where(
+                    Image.project_id == image.project_id, Image.id > image.id
+                )
+            )
+            older = session.scalar(
+                select(func.max(Image.id)).where(
+                    Image.project_id == image.project_id, Image.id < image.id
+                )
+            )
+            return newer, older
+
+    def file(self, image_id: int, thumbnail: bool = False) -> Path:
+        """The file to serve; NotFound if the row or (should never happen) the file is gone."""
+        image = self.get(image_id)
+        path = self._storage.resolve(image.thumb_path if thumbnail else image.path)
+        if not path.is_file():
+            raise NotFound("image file", image_id)
+        return path
+
+    def delete(self, image_id: int) -> None:
+        with self._db.session() as session:
+            image = session.get(Image, image_id)
+            if image is None:
+                raise NotFound("image", image_id)
+            paths = (image.path, image.thumb_path)
+            session.delete(image)
+        # The row goes first: a row never points at a deleted file, at worst a file is orphaned.
+        self._storage.delete(*paths)

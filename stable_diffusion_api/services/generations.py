@@ -1,0 +1,317 @@
+"""Generations: submitting jobs to the durable queue, reading, canceling, deleting them.
+
+This is the one entry point for every front end (JSON API, pages, A1111 routes, Gradio): a
+request is checked against the project's defaults, the models and the hardware present, then
+written as a `queued` row and the device's worker is woken. Nothing here runs the model.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.db import Database
+from stable_diffusion_api.errors import Conflict, InvalidField, NotFound, QueueFull
+from stable_diffusion_api.models import (
+    CANCELED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    Generation,
+    Project,
+)
+from stable_diffusion_api.schemas import (
+    MAX_SEED,
+    GenerationAccepted,
+    GenerationCreate,
+    GenerationDefaults,
+    GenerationOut,
+    ProgressOut,
+)
+from stable_diffusion_api.services.gallery import image_view
+from stable_diffusion_api.services.hardware import HardwareService
+from stable_diffusion_api.services.progress import ProgressHub
+from stable_diffusion_api.services.registry import ModelRegistry
+from stable_diffusion_api.services.samplers import SamplerCatalog
+from stable_diffusion_api.services.speeds import Estimate, SpeedService
+from stable_diffusion_api.services.storage import ImageStorage, decode_image
+
+
+class GenerationService:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        models: ModelRegistry,
+        hardware: HardwareService,
+        samplers: SamplerCatalog,
+        storage: ImageStorage,
+        hub: ProgressHub,
+        speeds: SpeedService,
+        wake: Callable[[str], None],
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._models = models
+        self._hardware = hardware
+        self._samplers = samplers
+        self._storage = storage
+        self._hub = hub
+        self._speeds = speeds
+        self._wake = wake
+        self._submit_lock = threading.Lock()  # makes the queue limit exact within a process
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(
+        self, project_id: int, request: GenerationCreate, source: str = "api"
+    ) -> GenerationAccepted:
+        """Check `request`, queue it, wake the worker; raises InvalidField, NotFound, QueueFull."""
+        with self._db.session() as session:
+            project = session.get(Project, project_id)
+            if project is None:
+                raise NotFound("project", project_id)
+        defaults = GenerationDefaults.model_validate(project.defaults or {})
+        device, dtype = self._hardware.check(
+            request.device or project.device,
+            request.dtype if request.device or request.dtype else project.dtype,
+        )
+        model = self._models.resolve(request.model or project.default_model)
+        sampler = self._samplers.canonical(request.sampler or defaults.sampler)
+        init_image = decode_image(request.init_image, "init_image") if request.init_image else None
+        mask = decode_image(request.mask, "mask") if request.mask else None
+        if mask is not None and init_image is None:
+            raise InvalidField("mask", "<image>", "a mask needs an init_image to paint into")
+        if mask is not None and init_image is not None and mask.size != init_image.size:
+            raise InvalidField(
+                "mask",
+                f"{mask.width}x{mask.height}",
+                f"the mask must be the init image's size, {init_image.width}x{init_image.height}",
+            )
+        seed = request.seed if request.seed is not None and request.seed >= 0 else None
+        row = Generation(
+            project_id=project_id,
+            source=source,
+            device=device.id,
+            dtype=dtype,
+            low_memory=project.low_memory,
+            model=model.name,
+            model_hash=model.short_hash,
+            prompt=request.prompt,
+            negative_prompt=(
+                request.negative_prompt
+                if request.negative_prompt is not None
+                else defaults.negative_prompt
+            ),
+            sampler=sampler,
+            steps=request.steps or defaults.steps,
+            guidance=request.guidance if request.guidance is not None else defaults.guidance,
+            # A random seed is drawn now, so the row (and the gallery) always shows the seed.
+            seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+            width=request.width or defaults.width,
+            height=request.height or defaults.height,
+            batch=request.batch,
+            strength=request.strength,
+        )
+        with self._submit_lock, self._db.session() as session:
+            waiting = session.scalar(
+                select(func.count(Generation.id)).where(Generation.status == QUEUED)
+            )
+            if (waiting or 0) >= self._settings.queue_limit:
+                raise QueueFull(self._settings.queue_limit, self.retry_after_s())
+            session.add(row)
+            session.flush()  # assigns the id the input files are named after
+            if init_image is not None:
+                row.init_image = self._storage.save_input(row.id, "init", init_image)
+            if mask is not None:
+                row.mask = self._storage.save_input(row.id, "mask", mask)
+            position = self._position(session, row)
+        self._wake(row.device)
+        return GenerationAccepted(
+            id=row.id,
+            status=QUEUED,
+            position=position or 0,
+            url=f"/api/v1/generations/{row.id}",
+            events_url=f"/api/v1/generations/{row.id}/events",
+        )
+
+    def retry_after_s(self) -> float:
+        """When a queue slot should free up: the soonest end among running jobs, else 5 s."""
+        etas = [p.eta_s for p in self._hub.running() if p.eta_s is not None]
+        return min(etas) + 1.0 if etas else 5.0
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _position(self, session: Session, row: Generation) -> int | None:
+        """How many jobs run or wait before `row` on its device; None once it has started."""
+        if row.status != QUEUED:
+            return None
+        ahead = session.scalar(
+            select(func.count(Generation.id)).where(
+                Generation.device == row.device,
+                ((Generation.status == QUEUED) & (Generation.id < row.id))
+                | (Generation.status == RUNNING),
+            )
+        )
+        return ahead or 0
+
+    def _view(self, session: Session, row: Generation) -> GenerationOut:
+        progress = None
+        state = self._hub.get(row.id)
+        if row.status == RUNNING and state is not None:
+            progress = ProgressOut(
+                step=state.step,
+                total=state.total,
+                eta_s=state.eta_s,
+                step_seconds=state.step_seconds,
+                preview=state.preview_data_url,
+            )
+        return GenerationOut(
+            id=row.id,
+            project_id=row.project_id,
+            status=row.status,
+            position=self._position(session, row),
+            source=row.source,
+            device=row.device,
+            dtype=row.dtype,
+            low_memory=row.low_memory,
+            model=row.model,
+            model_hash=row.model_hash,
+            prompt=row.prompt,
+            negative_prompt=row.negative_prompt,
+            sampler=row.sampler,
+            steps=row.steps,
+            guidance=row.guidance,
+            seed=row.seed,
+            width=row.width,
+            height=row.height,
+            batch=row.batch,
+            strength=row.strength,
+            has_init_image=row.init_image is not None,
+            has_mask=row.mask is not None,
+            error=row.error,
+            step_seconds=row.step_seconds,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            images=[image_view(image) for image in row.images],
+            progress=progress,
+        )
+
+    def view(self, generation_id: int) -> GenerationOut:
+        with self._db.session() as session:
+            row = session.scalar(
+                select(Generation)
+                .options(selectinload(Generation.images))
+                .where(Generation.id == generation_id)
+            )
+            if row is None:
+                raise NotFound("generation", generation_id)
+            return self._view(session, row)
+
+    def page(
+        self, project_id: int, offset: int, limit: int, status: str | None = None
+    ) -> tuple[list[GenerationOut], int]:
+        """A project's generations, newest first."""
+        with self._db.session() as session:
+            if session.get(Project, project_id) is None:
+                raise NotFound("project", project_id)
+            where = [Generation.project_id == project_id]
+            if status is not None:
+                where.append(Generation.status == status)
+            total = session.scalar(select(func.count(Generation.id)).where(*where))
+            rows = session.scalars(
+                select(Generation)
+                .options(selectinload(Generation.images))
+                .where(*where)
+                .order_by(Generation.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+            return [self._view(session, row) for row in rows], total or 0
+
+    def wait(self, generation_id: int, timeout: float) -> GenerationOut:
+        """Block until the generation has finished (or `timeout` passed); its final view.
+
+        For synchronous front ends (the A1111 API answers txt2img with the images).
+        """
+        deadline = time.monotonic() + timeout
+        version = 0
+        while True:
+            view = self.view(generation_id)
+            left = deadline - time.monotonic()
+            if view.status in FINISHED or left <= 0:
+                return view
+            # Wake on any progress change, and re-read the database at least every poll period
+            # (the job may belong to another process's worker).
+            state = self._hub.wait(generation_id, version, min(left, self._settings.poll_s))
+            version = state.version if state is not None else version
+
+    def estimate(
+        self,
+        device: str,
+        dtype: str | None,
+        model: str | None,
+        width: int | None,
+        height: int | None,
+        steps: int,
+        batch: int,
+    ) -> Estimate:
+        entry = self._models.resolve(model)
+        width = width or entry.native_size
+        height = height or entry.native_size
+        if width is None or height is None:
+            return Estimate(None, "the model's native size is not known yet")
+        return self._speeds.estimate(device, entry.short_hash, dtype, width, height, steps, batch)
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def cancel(self, generation_id: int) -> GenerationOut:
+        """Cancel a queued job at once, or ask a running one to stop at its next step."""
+        with self._db.session() as session:
+            row = session.get(Generation, generation_id)
+            if row is None:
+                raise NotFound("generation", generation_id)
+            if row.status in FINISHED:
+                raise Conflict(f"generation {generation_id} has already {row.status}")
+            claimed = session.execute(
+                update(Generation)
+                .where(Generation.id == generation_id, Generation.status == QUEUED)
+                .values(status=CANCELED, error="canceled before it started")
+            )
+            if getattr(claimed, "rowcount", 0) == 0:  # it started meanwhile: stop it
+                session.execute(
+                    update(Generation)
+                    .where(Generation.id == generation_id)
+                    .values(cancel_requested=True)
+                )
+                self._hub.request_cancel(generation_id)
+        return self.view(generation_id)
+
+    def delete(self, generation_id: int) -> None:
+        """Delete a finished or queued generation and its files; a running one must be
+        canceled first (Conflict)."""
+        with self._db.session() as session:
+            row = session.scalar(
+                select(Generation)
+                .options(selectinload(Generation.images))
+                .where(Generation.id == generation_id)
+            )
+            if row is None:
+                raise NotFound("generation", generation_id)
+            files = [p for image in row.images for p in (image.path, image.thumb_path)]
+            gone = session.execute(
+                delete(Generation).where(
+                    Generation.id == generation_id, Generation.status != RUNNING
+                )
+            )
+            if getattr(gone, "rowcount", 0) == 0:
+                raise Conflict(f"generation {generation_id} is running; cancel it first")
+        self._storage.delete(*files)
+        self._storage.delete_inputs(generation_id)

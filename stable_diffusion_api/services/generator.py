@@ -1,0 +1,111 @@
+"""The `Generator` protocol: the service's only door to the engine.
+
+Everything the service needs from sd_core goes through an object with these methods, so tests
+inject a fake (queue mechanics without a model) and the real one (`SdCoreGenerator` in
+`services/engine.py`) stays a thin adapter. All methods are blocking; only worker threads call
+`generate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+
+class JobCanceled(Exception):
+    """Raised out of `Generator.generate` when its `should_cancel` callable said so."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One device a pipeline can run on (mirrors sd_core.devices.DeviceInfo)."""
+
+    id: str  # "cpu", "cuda:0", "mps"
+    kind: str  # "cpu" | "cuda" | "mps"
+    name: str
+    total_memory: int | None  # bytes; RAM for the CPU and MPS
+    free_memory: int | None
+    cores: int | None
+    compute_capability: str | None
+    dtypes: tuple[str, ...]
+    default_dtype: str
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str  # canonical, e.g. "euler_a"
+    display_name: str  # AUTOMATIC1111's label, e.g. "Euler a"
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """What a checkpoint file is (sd_core.checkpoint.CheckpointInfo, minus the engine types)."""
+
+    variant: str  # "sd-v1" | "sd-v1-inpainting"
+    dtype: str
+    parameters: dict[str, int]
+    sha256: str
+    short_hash: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One generation, resolved: which weights on which hardware, and every sampling input."""
+
+    checkpoint: Path
+    model_name: str
+    device: str
+    dtype: str | None  # None → the device's default dtype
+    low_memory: bool
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    sampler: str | None = None
+    guidance: float = 7.0
+    width: int | None = None
+    height: int | None = None
+    batch: int = 1
+    init_image: Image.Image | None = None
+    strength: float = 0.75
+    mask: Image.Image | None = None
+    parameter_count: int | None = None  # sizes the pipeline cache; None → from the file size
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+PreviewFn = Callable[[], Image.Image]
+# (steps done 1..N, N, a function drawing a cheap preview of the first image on demand)
+StepCallback = Callable[[int, int, PreviewFn], None]
+
+
+class Generator(Protocol):
+    def list_devices(self) -> list[DeviceSpec]:
+        """The hardware present, the CPU first."""
+        ...
+
+    def samplers(self) -> list[SamplerSpec]: ...
+
+    def builtin_checkpoint(self) -> Path:
+        """Where the built-in model's file is (it may not exist)."""
+        ...
+
+    def inspect_checkpoint(self, path: Path) -> CheckpointSpec:
+        """Read and hash a checkpoint; ValueError says why an unusable file is unusable."""
+        ...
+
+    def generate(
+        self, job: JobSpec, on_step: StepCallback, should_cancel: Callable[[], bool]
+    ) -> list[Image.Image]:
+        """Run one job. Each image carries info["parameters"], info["dali"] (JSON) and
+        info["seed"]. Raises JobCanceled when `should_cancel()` returned True (checked every
+        step) and ValueError for inputs the engine refuses."""
+        ...
+
+    def save_png(self, image: Image.Image, path: Path) -> None:
+        """Write `image` as PNG with its metadata chunks, atomically (temp file + rename)."""
+        ...

@@ -1,0 +1,110 @@
+"""Live progress of running jobs, kept in memory for the event streams.
+
+Workers write; request handlers and event streams read. Each job's state carries a version
+number that grows with every change, so a reader can wait for "something newer than what I
+sent". Cancel requests are also kept here, so the engine's per-step `cancel` poll is a dict
+lookup rather than a database query.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Progress:
+    generation_id: int
+    step: int = 0
+    total: int = 0
+    step_seconds: float | None = None  # smoothed seconds per step, measured in this run
+    preview_png: bytes | None = None
+    preview_step: int = 0
+    status: str = "running"
+    version: int = 0
+    updated: float = 0.0  # time.monotonic()
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.step_seconds is None or self.total == 0:
+            return None
+        return max(0, self.total - self.step) * self.step_seconds
+
+    @property
+    def preview_data_url(self) -> str | None:
+        if self.preview_png is None:
+            return None
+        return "data:image/png;base64," + base64.b64encode(self.preview_png).decode("ascii")
+
+
+class ProgressHub:
+    # Finished jobs stay visible this long, so a stream that polls just after the end sees it.
+    KEEP_FINISHED_S = 120.0
+
+    def __init__(self) -> None:
+        self._states: dict[int, Progress] = {}
+        self._cancel: set[int] = set()
+        self._changed = threading.Condition()
+
+    def _put(self, state: Progress) -> None:
+        with self._changed:
+            old = self._states.get(state.generation_id)
+            version = (old.version if old else 0) + 1
+            self._states[state.generation_id] = replace(
+                state, version=version, updated=time.monotonic()
+            )
+            self._changed.notify_all()
+
+    def start(self, generation_id: int, total: int) -> None:
+        self._forget_old()
+        self._put(Progress(generation_id, total=total))
+
+    def step(self, generation_id: int, step: int, total: int, step_seconds: float | None) -> None:
+        state = self._states.get(generation_id) or Progress(generation_id)
+        self._put(replace(state, step=step, total=total, step_seconds=step_seconds))
+
+    def preview(self, generation_id: int, png: bytes, step: int) -> None:
+        state = self._states.get(generation_id) or Progress(generation_id)
+        self._put(replace(state, preview_png=png, preview_step=step))
+
+    def finish(self, generation_id: int, status: str) -> None:
+        state = self._states.get(generation_id) or Progress(generation_id)
+        self._put(replace(state, status=status))
+        with self._changed:
+            self._cancel.discard(generation_id)
+
+    def get(self, generation_id: int) -> Progress | None:
+        return self._states.get(generation_id)
+
+    def running(self) -> list[Progress]:
+        return [s for s in list(self._states.values()) if s.status == "running"]
+
+    def wait(self, generation_id: int, after_version: int, timeout: float) -> Progress | None:
+        """Block until the job's state is newer than `after_version`, or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                state = self._states.get(generation_id)
+                if state is not None and state.version > after_version:
+                    return state
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return state
+                self._changed.wait(left)
+
+    def request_cancel(self, generation_id: int) -> None:
+        with self._changed:
+            self._cancel.add(generation_id)
+            self._changed.notify_all()
+
+    def cancel_requested(self, generation_id: int) -> bool:
+        return generation_id in self._cancel
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        with self._changed:
+            for key, state in list(self._states.items()):
+                if state.status != "running" and now - state.updated > self.KEEP_FINISHED_S:
+                    del self._states[key]

@@ -1,0 +1,105 @@
+"""Measured hardware speed, and the time estimates built on it.
+
+A measurement is the sampling speed (steps per second for one image) and the fixed cost around
+sampling (text encoding, decoding, saving) of one model at one size on one device and dtype.
+Benchmarks on demand write them, and so does every finished single-image generation, so the
+numbers follow the machine as it is (other load, thermal limits). A size never measured is
+estimated from the nearest measured one, scaled by pixel count (the UNet's work grows about
+linearly with the number of latent pixels at SD sizes), and the estimate says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from stable_diffusion_api.db import Database
+from stable_diffusion_api.models import SpeedMeasurement, utcnow
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float | None
+    basis: str
+
+
+class SpeedService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def record(
+        self,
+        device: str,
+        model_hash: str,
+        dtype: str | None,
+        width: int,
+        height: int,
+        steps_per_s: float,
+        overhead_s: float,
+        source: str,
+    ) -> None:
+        key = dict(
+            device=device, model_hash=model_hash, dtype=dtype or "auto", width=width, height=height
+        )
+        values = dict(
+            steps_per_s=steps_per_s,
+            overhead_s=max(0.0, overhead_s),
+            source=source,
+            measured_at=utcnow(),
+        )
+        for _ in range(2):  # a concurrent insert of the same key wins once; then update it
+            try:
+                with self._db.session() as session:
+                    row = session.scalars(select(SpeedMeasurement).filter_by(**key)).first()
+                    if row is None:
+                        session.add(SpeedMeasurement(**key, **values))
+                    else:
+                        for name, value in values.items():
+                            setattr(row, name, value)
+                return
+            except IntegrityError:
+                continue
+
+    def list(self, device: str | None = None) -> list[SpeedMeasurement]:
+        with self._db.session() as session:
+            query = select(SpeedMeasurement).order_by(SpeedMeasurement.measured_at.desc())
+            if device is not None:
+                query = query.where(SpeedMeasurement.device == device)
+            return list(session.scalars(query))
+
+    def estimate(
+        self,
+        device: str,
+        model_hash: str | None,
+        dtype: str | None,
+        width: int,
+        height: int,
+        steps: int,
+        batch: int = 1,
+    ) -> Estimate:
+        """Seconds for `batch` images of `steps` steps; None when nothing fits was measured."""
+        if model_hash is None:
+            return Estimate(None, "model not inspected yet")
+        with self._db.session() as session:
+            rows = list(
+                session.scalars(
+                    select(SpeedMeasurement).filter_by(
+                        device=device, model_hash=model_hash, dtype=dtype or "auto"
+                    )
+                )
+            )
+        if not rows:
+            return Estimate(None, f"not measured on {device} yet")
+        pixels = width * height
+        row = min(rows, key=lambda r: abs(r.width * r.height - pixels))
+        scale = pixels / (row.width * row.height)
+        seconds = row.overhead_s * scale + batch * steps * scale / row.steps_per_s
+        if (row.width, row.height) == (width, height):
+            basis = f"measured {row.steps_per_s:.2f} steps/s at {width}×{height} ({row.source})"
+        else:
+            basis = (
+                f"scaled from {row.steps_per_s:.2f} steps/s measured at {row.width}×{row.height}"
+            )
+        return Estimate(seconds, basis)

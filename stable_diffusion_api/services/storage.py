@@ -1,0 +1,127 @@
+"""Image files under the data directory: generated PNGs, thumbnails and uploaded inputs.
+
+Layout (all paths stored in the database are relative to the data directory):
+
+    images/<project id>/<generation id>-<index>.png          the image, with its metadata
+    images/<project id>/thumbs/<generation id>-<index>.jpg   a small JPEG for the gallery
+    inputs/<generation id>/init.png | mask.png               img2img / inpainting inputs
+
+Every path is built here from integers the server chose; `resolve` still refuses any path that
+would land outside the data directory, so no request can read or delete anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from stable_diffusion_api.errors import InvalidField
+
+THUMBNAIL_SIZE = 256
+MAX_UPLOAD_SIDE = 2048
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+IMAGE_NAME = re.compile(r"^(\d+)-(\d+)\.(png|jpg)$")
+
+
+class ImageStorage:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir.resolve()
+
+    def resolve(self, relative: str) -> Path:
+        """The absolute path for a stored relative path; ValueError if it leaves the data dir."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"path {relative!r} is outside the data directory")
+        return path
+
+    def image_paths(self, project_id: int, generation_id: int, index: int) -> tuple[str, str]:
+        """(png, thumbnail) relative paths for image `index` of a generation."""
+        name = f"{int(generation_id)}-{int(index)}"
+        base = f"images/{int(project_id)}"
+        return f"{base}/{name}.png", f"{base}/thumbs/{name}.jpg"
+
+    def write_thumbnail(self, image: Image.Image, relative: str) -> None:
+        thumb = image.convert("RGB")
+        thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        self._atomic_save(thumb, self.resolve(relative), "JPEG", quality=85)
+
+    def save_input(self, generation_id: int, kind: str, image: Image.Image) -> str:
+        relative = f"inputs/{int(generation_id)}/{kind}.png"
+        self._atomic_save(image, self.resolve(relative), "PNG")
+        return relative
+
+    def load_input(self, relative: str) -> Image.Image:
+        with Image.open(self.resolve(relative)) as image:
+            image.load()
+            return image.copy()
+
+    def delete(self, *relatives: str | None) -> None:
+        for relative in relatives:
+            if relative:
+                self.resolve(relative).unlink(missing_ok=True)
+
+    def delete_inputs(self, generation_id: int) -> None:
+        shutil.rmtree(self.resolve(f"inputs/{int(generation_id)}"), ignore_errors=True)
+
+    def delete_project(self, project_id: int) -> None:
+        shutil.rmtree(self.resolve(f"images/{int(project_id)}"), ignore_errors=True)
+
+    def exists(self, relative: str) -> bool:
+        return self.resolve(relative).is_file()
+
+    def generation_files(self) -> dict[int, list[Path]]:
+        """Every image or thumbnail file on disk, grouped by the generation id in its name."""
+        found: dict[int, list[Path]] = {}
+        images = self.root / "images"
+        if not images.is_dir():
+            return found
+        for path in images.rglob("*"):
+            match = IMAGE_NAME.match(path.name)
+            if match and path.is_file():
+                found.setdefault(int(match.group(1)), []).append(path)
+        return found
+
+    def _atomic_save(self, image: Image.Image, path: Path, fmt: str, **options: int) -> None:
+        # A reader (or a crash) never sees a half-written file: write beside it, then rename.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                image.save(handle, format=fmt, **options)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+
+def decode_image(data: str, field: str) -> Image.Image:
+    """A base64 image (optionally a `data:` URL) from a request, checked and fully decoded.
+
+    Raises InvalidField naming `field` for anything that is not a readable PNG/JPEG/WebP/BMP of
+    at most 2048×2048 pixels; the size is checked before decoding the pixels.
+    """
+    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidField(field, "<data>", "send the image as base64 (or a data: URL)") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if image.format not in UPLOAD_FORMATS:
+            raise InvalidField(field, image.format, f"allowed formats: {', '.join(UPLOAD_FORMATS)}")
+        if max(image.size) > MAX_UPLOAD_SIDE or min(image.size) < 8:
+            raise InvalidField(
+                field, f"{image.width}x{image.height}", f"sides must be 8–{MAX_UPLOAD_SIDE} pixels"
+            )
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise InvalidField(field, "<data>", "not a readable PNG, JPEG, WebP or BMP image") from None
+    return image

@@ -1,0 +1,93 @@
+"""`Studio`: every service wired together, for any front end.
+
+The FastAPI app builds one in `create_app()` and keeps it in `app.state.studio`; the Gradio UI
+(or a script) can build its own over the same settings — same database, same storage, same
+queue — or reuse the app's when mounted inside it:
+
+    studio = Studio(Settings())
+    studio.start()            # migrations, hardware detection, recovery, workers
+    project = studio.projects.get_or_create("Gradio")
+    job = studio.generations.submit(project.id, GenerationCreate(prompt="a red circle"), "gradio")
+    done = studio.generations.wait(job.id, timeout=600)
+    studio.stop()
+"""
+
+from __future__ import annotations
+
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.db import Database
+from stable_diffusion_api.services.gallery import GalleryService
+from stable_diffusion_api.services.generations import GenerationService
+from stable_diffusion_api.services.generator import Generator
+from stable_diffusion_api.services.hardware import HardwareService
+from stable_diffusion_api.services.progress import ProgressHub
+from stable_diffusion_api.services.projects import ProjectService
+from stable_diffusion_api.services.registry import ModelRegistry
+from stable_diffusion_api.services.samplers import SamplerCatalog
+from stable_diffusion_api.services.speeds import SpeedService
+from stable_diffusion_api.services.storage import ImageStorage
+from stable_diffusion_api.services.workers import RecoveryReport, WorkerPool
+
+
+class Studio:
+    def __init__(self, settings: Settings, generator: Generator | None = None) -> None:
+        if generator is None:
+            from stable_diffusion_api.services.engine import SdCoreGenerator
+
+            generator = SdCoreGenerator(settings.pipeline_cache_bytes)
+        self.settings = settings
+        self.generator = generator
+        self.db = Database(settings.resolved_database_url)
+        self.storage = ImageStorage(settings.resolved_data_dir)
+        self.hub = ProgressHub()
+        self.hardware = HardwareService(generator)
+        self.samplers = SamplerCatalog(generator)
+        self.models = ModelRegistry(settings, self.db, generator)
+        self.speeds = SpeedService(self.db)
+        self.projects = ProjectService(
+            self.db, self.hardware, self.models, self.samplers, self.storage, self.hub
+        )
+        self.gallery = GalleryService(self.db, self.storage)
+        self.workers = WorkerPool(
+            settings,
+            self.db,
+            generator,
+            self.hardware,
+            self.models,
+            self.storage,
+            self.hub,
+            self.speeds,
+        )
+        self.generations = GenerationService(
+            settings,
+            self.db,
+            self.models,
+            self.hardware,
+            self.samplers,
+            self.storage,
+            self.hub,
+            self.speeds,
+            wake=self.workers.wake,
+        )
+        self.started = False
+
+    def start(self) -> RecoveryReport:
+        """Create the data directories, migrate the schema, detect hardware, start workers."""
+        for directory in (
+            self.settings.resolved_data_dir,
+            self.settings.images_dir,
+            self.settings.inputs_dir,
+        ):
+            directory.mkdir(parents=True, exist_ok=True)
+        if self.settings.run_migrations:
+            self.db.migrate()
+        self.hardware.refresh()
+        report = self.workers.start()
+        self.started = True
+        return report
+
+    def stop(self) -> None:
+        if self.started:
+            self.workers.stop()
+            self.started = False
+        self.db.dispose()

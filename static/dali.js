@@ -1,0 +1,264 @@
+// Dali pages: small progressive enhancements. Every form also works without this file.
+"use strict";
+
+(function () {
+  const $ = (selector, root = document) => root.querySelector(selector);
+
+  // Forms that destroy something ask first.
+  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  });
+
+  function formatSeconds(s) {
+    if (s === null || s === undefined) return "";
+    if (s < 1) return Math.round(s * 1000) + " ms";
+    if (s < 120) return s.toFixed(1) + " s";
+    return (s / 60).toFixed(1) + " min";
+  }
+
+  async function api(method, url, body) {
+    const options = { method, headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    const response = await fetch(url, options);
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    return { response, data };
+  }
+
+  function readFile(input) {
+    const file = input && input.files && input.files[0];
+    if (!file) return Promise.resolve(null);
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result));
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  function clearErrors(form) {
+    form.querySelectorAll(".field-error.js").forEach((el) => el.remove());
+    form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+  }
+
+  function showErrors(form, detail) {
+    let first = null;
+    const general = [];
+    (Array.isArray(detail) ? detail : [{ msg: String(detail) }]).forEach((error) => {
+      const loc = error.loc || [];
+      const name = loc.length > 1 ? loc[loc.length - 1] : null;
+      const input = name ? form.querySelector(`[name="${name}"]`) : null;
+      if (!input) { general.push(error.msg); return; }
+      const message = document.createElement("p");
+      message.className = "field-error js";
+      message.id = `${name}-error`;
+      message.setAttribute("role", "alert");
+      message.textContent = error.msg;
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", message.id);
+      input.closest(".field").appendChild(message);
+      first = first || input;
+    });
+    if (general.length) {
+      const message = document.createElement("p");
+      message.className = "field-error js";
+      message.setAttribute("role", "alert");
+      message.textContent = general.join(" ");
+      form.prepend(message);
+    }
+    if (first) first.focus();
+  }
+
+  // Follows one generation over Server-Sent Events and draws it into the given elements.
+  function follow(id, ui) {
+    const source = new EventSource(`/api/v1/generations/${id}/events`);
+    let closed = false;
+    const close = () => { closed = true; source.close(); };
+    source.addEventListener("status", (event) => {
+      const g = JSON.parse(event.data);
+      if (g.status === "queued") {
+        ui.status.textContent = g.position > 0 ? `Queued — ${g.position} job${g.position === 1 ? "" : "s"} ahead` : "Starting…";
+      } else {
+        ui.status.textContent = "Running";
+      }
+    });
+    source.addEventListener("progress", (event) => {
+      const p = JSON.parse(event.data);
+      ui.status.textContent = "Running";
+      ui.progress.max = p.total;
+      ui.progress.value = p.step;
+      ui.progress.setAttribute("aria-valuetext", `step ${p.step} of ${p.total}`);
+      const eta = p.eta_s !== null ? ` · about ${formatSeconds(p.eta_s)} left` : "";
+      const speed = p.step_seconds ? ` · ${formatSeconds(p.step_seconds)}/step` : "";
+      ui.detail.textContent = `Step ${p.step} of ${p.total}${eta}${speed}`;
+      if (p.preview) { ui.preview.src = p.preview; ui.preview.hidden = false; }
+    });
+    source.addEventListener("done", (event) => {
+      close();
+      const g = JSON.parse(event.data);
+      ui.done(g);
+    });
+    source.onerror = () => {
+      if (!closed && source.readyState === EventSource.CLOSED) ui.status.textContent = "Connection lost — reload to see the result";
+    };
+    return close;
+  }
+
+  function thumbLink(image) {
+    const link = document.createElement("a");
+    link.className = "thumb";
+    link.href = `/images/${image.id}`;
+    const img = document.createElement("img");
+    img.src = image.thumbnail_url;
+    img.alt = `Image ${image.id}, seed ${image.seed}`;
+    link.appendChild(img);
+    return link;
+  }
+
+  // -- the generate page ------------------------------------------------------------------
+  const form = $("#generate-form");
+  if (form) {
+    const project = form.dataset.project;
+    const randomSeed = $("#random_seed");
+    const seed = $("#seed");
+    const estimate = $("#estimate");
+    const measure = $("#measure-button");
+    const button = $("#generate-button");
+    const job = $("#job");
+    const results = $("#results");
+    const ui = {
+      status: $("#job-status"), progress: $("#progress"), detail: $("#job-detail"),
+      preview: $("#preview"),
+    };
+    let current = null;
+    let stop = null;
+
+    const syncSeed = () => { seed.disabled = randomSeed.checked; };
+    randomSeed.addEventListener("change", syncSeed);
+    syncSeed();
+
+    async function refreshEstimate() {
+      const params = new URLSearchParams();
+      for (const name of ["model", "width", "height", "steps", "batch"]) {
+        const value = form.elements[name] && form.elements[name].value;
+        if (value) params.set(name, value);
+      }
+      const { response, data } = await api("GET", `/api/v1/projects/${project}/estimate?${params}`);
+      if (!response.ok) { estimate.textContent = ""; return; }
+      if (data.seconds === null) {
+        estimate.textContent = `Time per run: ${data.basis}.`;
+        measure.hidden = false;
+      } else {
+        estimate.textContent = `Estimated time: about ${formatSeconds(data.seconds)} (${data.basis}).`;
+        measure.hidden = true;
+      }
+    }
+    ["model", "width", "height", "steps", "batch"].forEach((name) => {
+      if (form.elements[name]) form.elements[name].addEventListener("change", refreshEstimate);
+    });
+    refreshEstimate();
+
+    measure.addEventListener("click", async () => {
+      measure.disabled = true;
+      estimate.textContent = "Measuring speed with a short run…";
+      const body = { device: measure.dataset.device, steps: 8 };
+      if (form.elements.model.value) body.model = form.elements.model.value;
+      if (form.elements.width.value) body.width = Number(form.elements.width.value);
+      if (form.elements.height.value) body.height = Number(form.elements.height.value);
+      const { response, data } = await api("POST", "/api/v1/hardware/benchmark", body);
+      if (!response.ok) { estimate.textContent = "Could not measure: " + JSON.stringify(data && data.detail); measure.disabled = false; return; }
+      for (let i = 0; i < 600; i++) {
+        await new Promise((r) => setTimeout(r, 1000));
+        const list = await api("GET", "/api/v1/hardware/benchmarks");
+        const mine = (list.data || []).find((b) => b.device === data.device && b.model === data.model && b.width === data.width && b.height === data.height);
+        if (mine && (mine.status === "done" || mine.status === "failed")) {
+          if (mine.status === "failed") estimate.textContent = "Measuring failed: " + mine.error;
+          else await refreshEstimate();
+          break;
+        }
+      }
+      measure.disabled = false;
+    });
+
+    $("#prompt").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); form.requestSubmit(); }
+    });
+
+    $("#cancel-button").addEventListener("click", async () => {
+      if (current === null) return;
+      ui.status.textContent = "Canceling…";
+      await api("POST", `/api/v1/generations/${current}/cancel`);
+    });
+
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      clearErrors(form);
+      const value = (name) => (form.elements[name] ? form.elements[name].value.trim() : "");
+      const body = { prompt: form.elements.prompt.value, negative_prompt: form.elements.negative_prompt.value };
+      for (const name of ["model", "sampler"]) if (value(name)) body[name] = value(name);
+      for (const name of ["steps", "guidance", "width", "height", "batch"]) if (value(name)) body[name] = Number(value(name));
+      if (!randomSeed.checked && value("seed")) body.seed = Number(value("seed"));
+      try {
+        const init = await readFile(form.elements.init_image);
+        const mask = await readFile(form.elements.mask);
+        if (init) { body.init_image = init; if (value("strength")) body.strength = Number(value("strength")); }
+        if (mask) body.mask = mask;
+      } catch (e) {
+        showErrors(form, [{ loc: ["body", "init_image"], msg: "could not read the file" }]);
+        return;
+      }
+      button.disabled = true;
+      const { response, data } = await api("POST", `/api/v1/projects/${project}/generations`, body);
+      button.disabled = false;
+      if (response.status === 429) {
+        const wait = response.headers.get("Retry-After");
+        showErrors(form, [{ msg: `The queue is full; try again in ${wait} s.` }]);
+        return;
+      }
+      if (!response.ok) { showErrors(form, data ? data.detail : "request failed"); return; }
+      if (stop) stop();
+      current = data.id;
+      const empty = $("#output-empty");
+      if (empty) empty.remove();
+      job.hidden = false;
+      ui.preview.hidden = true;
+      ui.progress.value = 0;
+      ui.detail.textContent = "";
+      ui.status.textContent = data.position > 0 ? `Queued — ${data.position} ahead` : "Starting…";
+      $("#cancel-button").disabled = false;
+      stop = follow(data.id, Object.assign({}, ui, {
+        done(g) {
+          $("#cancel-button").disabled = true;
+          if (g.status === "succeeded") {
+            ui.status.textContent = `Done — ${g.images.length} image${g.images.length === 1 ? "" : "s"}`;
+            ui.progress.value = ui.progress.max;
+            g.images.slice().reverse().forEach((image) => results.prepend(thumbLink(image)));
+            ui.preview.hidden = true;
+          } else if (g.status === "canceled") {
+            ui.status.textContent = "Canceled";
+          } else if (g.status === "deleted") {
+            ui.status.textContent = "Deleted";
+          } else {
+            ui.status.textContent = "Failed: " + (g.error || "unknown reason");
+          }
+          refreshEstimate();
+        },
+      }));
+    });
+  }
+
+  // -- a generation's own page ------------------------------------------------------------
+  const generation = $("#generation");
+  if (generation && generation.dataset.finished === "false") {
+    const ui = {
+      status: $("#job-status"), progress: $("#progress"), detail: $("#job-detail"), preview: $("#preview"),
+      done() { window.location.reload(); },
+    };
+    follow(generation.dataset.generation, ui);
+  }
+})();

@@ -1,0 +1,39 @@
+"""Fixtures for the API tests: an app on a temporary data directory with the fake generator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.sd_api import create_app
+from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    data = tmp_path / "data"
+    return Settings(
+        data_dir=data,
+        models_dir=data / "models",
+        poll_s=0.05,
+        heartbeat_s=0.2,
+        stale_after_s=2.0,
+        queue_limit=20,
+    )
+
+
+@pytest.fixture
+def fake(settings: Settings) -> FakeGenerator:
+    builtin = write_fake_checkpoint(settings.resolved_models_dir / "dali-tiny.safetensors")
+    return FakeGenerator(builtin)
+
+
+@pytest.fixture
+def client(settings: Settings, fake: FakeGenerator) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, fake)) as test_client:
+        yield test_client
+    fake.release.set()

@@ -1,0 +1,122 @@
+"""A fake `Generator` for queue mechanics: no model, controllable timing, real PNG files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from stable_diffusion_api.services.generator import (
+    CheckpointSpec,
+    DeviceSpec,
+    JobCanceled,
+    JobSpec,
+    SamplerSpec,
+    StepCallback,
+)
+
+GIB = 1024**3
+FAKE_MAGIC = b"FAKE-CHECKPOINT"
+
+
+def write_fake_checkpoint(path: Path, variant: str = "sd-v1", payload: bytes = b"") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(FAKE_MAGIC + b" " + variant.encode() + b" " + payload)
+    return path
+
+
+class FakeGenerator:
+    """Draws a flat colour from the seed; every step calls back and polls `should_cancel`.
+
+    `block_at` makes a run wait at that step until `release` is set, so tests can act while a
+    job is provably running; `fail_with` makes the next runs raise it.
+    """
+
+    def __init__(self, builtin: Path) -> None:
+        self.builtin = builtin
+        self.step_delay = 0.0
+        self.block_at: int | None = None
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.fail_with: Exception | None = None
+        self.calls: list[JobSpec] = []
+        self.steps_run: dict[str, int] = {}
+        self.size = 64
+
+    def list_devices(self) -> list[DeviceSpec]:
+        return [
+            DeviceSpec("cpu", "cpu", "Fake CPU", 16 * GIB, 8 * GIB, 2, None,
+                       ("float32", "bfloat16"), "float32"),
+            DeviceSpec("cuda:0", "cuda", "Fake GPU", 24 * GIB, 20 * GIB, 80, "8.6",
+                       ("float32", "float16", "bfloat16"), "float16"),
+        ]  # fmt: skip
+
+    def samplers(self) -> list[SamplerSpec]:
+        return [
+            SamplerSpec("euler_a", "Euler a", ("k_euler_a",)),
+            SamplerSpec("euler", "Euler"),
+            SamplerSpec("ddim", "DDIM"),
+            SamplerSpec("dpmpp_2m", "DPM++ 2M"),
+        ]
+
+    def builtin_checkpoint(self) -> Path:
+        return self.builtin
+
+    def inspect_checkpoint(self, path: Path) -> CheckpointSpec:
+        data = path.read_bytes()
+        if not data.startswith(FAKE_MAGIC):
+            raise ValueError(f"checkpoint {str(path)!r} is not a Stable Diffusion v1 checkpoint")
+        digest = hashlib.sha256(data).hexdigest()
+        variant = data.split(b" ")[1].decode()
+        return CheckpointSpec(variant, "float32", {"unet": 1000, "vae": 100, "text_encoder": 10},
+                              digest, digest[:10])  # fmt: skip
+
+    def generate(
+        self, job: JobSpec, on_step: StepCallback, should_cancel: Callable[[], bool]
+    ) -> list[Image.Image]:
+        self.calls.append(job)
+        width, height = job.width or self.size, job.height or self.size
+        for step in range(1, job.steps + 1):
+            if should_cancel():
+                raise JobCanceled(f"canceled at step {step}")
+            if self.block_at == step:
+                self.reached.set()
+                self.release.wait(10)
+            if self.step_delay:
+                time.sleep(self.step_delay)
+            self.steps_run[job.prompt] = step
+            on_step(step, job.steps, lambda: Image.new("RGB", (width // 8, height // 8), "gray"))
+        if self.fail_with is not None:
+            raise self.fail_with
+        images = []
+        for index in range(job.batch):
+            seed = job.seed + index
+            image = Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 128))
+            params = (
+                f"{job.prompt}\nNegative prompt: {job.negative_prompt}\nSteps: {job.steps}, "
+                f"Sampler: {job.sampler}, CFG scale: {job.guidance}, Seed: {seed}, "
+                f"Size: {width}x{height}, Model: {job.model_name}"
+            )
+            image.info["parameters"] = params
+            image.info["dali"] = json.dumps({"prompt": job.prompt, "seed": seed})
+            image.info["seed"] = seed
+            images.append(image)
+        return images
+
+    def save_png(self, image: Image.Image, path: Path) -> None:
+        meta = PngImagePlugin.PngInfo()
+        for key in ("parameters", "dali"):
+            if key in image.info:
+                meta.add_text(key, str(image.info[key]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=meta)
+        os.replace(temp, path)
