@@ -19,17 +19,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
-import resource, sys, json, torch
+import sys, json, torch
 sys.path.insert(0, {root!r})
 from sd_core.checkpoint import load_models
-def rss():
+def status(field):
+    # VmHWM is this process's own peak: ru_maxrss would inherit the parent's across fork.
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-base = rss()
+base = status("VmRSS")
 config, models, _ = load_models({path!r}, dtype=getattr(torch, {dtype!r}))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 size = sum(t.numel() * t.element_size() for m in models.values() for t in m.state_dict().values())
 print(json.dumps({{"base": base, "peak": peak, "model_bytes": size}}))
 """
