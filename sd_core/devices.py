@@ -97,14 +97,14 @@ def list_devices() -> list[DeviceInfo]:
                 )
             )
     if torch.backends.mps.is_available():
-        total, free = _ram()  # MPS shares system memory
+        ram_total, ram_free = _ram()  # MPS shares system memory
         devices.append(
             DeviceInfo(
                 id="mps",
                 kind="mps",
                 name="Apple Metal (MPS)",
-                total_memory=total,
-                free_memory=free,
+                total_memory=ram_total,
+                free_memory=ram_free,
                 cores=None,
                 compute_capability=None,
                 dtypes=("float32", "float16"),

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -27,6 +27,12 @@ from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
 
+if TYPE_CHECKING:
+    from sd_core.clip import CLIPTextModel
+    from sd_core.unet import UNetModel
+    from sd_core.vae import AutoencoderKL
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 ProgressCallback = Callable[[int, int, Tensor], None]
 CancelCheck = Callable[[], bool]
 TraceCallback = Callable[[int, int, Tensor, Tensor], None]
@@ -121,9 +127,9 @@ class StableDiffusionPipeline:
     def __init__(
         self,
         config: ModelConfig,
-        text_encoder: nn.Module,
-        vae: nn.Module,
-        unet: nn.Module,
+        text_encoder: CLIPTextModel,
+        vae: AutoencoderKL,
+        unet: UNetModel,
         device: torch.device,
         dtype: torch.dtype,
         model_name: str = "model",
@@ -173,9 +179,9 @@ class StableDiffusionPipeline:
         )
         return cls(
             config,
-            models["text_encoder"],
-            models["vae"],
-            models["unet"],
+            cast("CLIPTextModel", models["text_encoder"]),
+            cast("AutoencoderKL", models["vae"]),
+            cast("UNetModel", models["unet"]),
             device=dev,
             dtype=dt,
             model_name=name,
@@ -185,7 +191,7 @@ class StableDiffusionPipeline:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _use(self, model: nn.Module) -> nn.Module:
+    def _use(self, model: ModuleT) -> ModuleT:
         if self.low_memory:
             model.to(self.device)
         return model
