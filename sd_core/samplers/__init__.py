@@ -1,0 +1,322 @@
+"""The sampler registry: every sampler by name, with the σ schedule its diffusers scheduler uses.
+
+    spec = get_sampler("Euler a")                 # canonical name, A1111 label or alias
+    sigmas = spec.sigmas(schedule, steps)         # (N+1,) float32
+    x = torch.randn(...) * spec.initial_noise_scale(sigmas)
+    to_t = spec.timestep_fn(schedule, steps)      # σ → the UNet timestep diffusers feeds
+    latent = spec.fn(denoise, x, sigmas, noise=noise, callback=callback)
+
+img2img: `plan = spec.img2img(schedule, steps, strength)`, start from
+`init_latent + noise * plan.sigmas[0]` and run `plan.fn(denoise, x, plan.sigmas, …)`. For every
+sampler but LMS that is `sigmas[t_start:]` with `t_start = steps - int(steps * strength)` and
+`spec.fn`, exactly diffusers' img2img (`timesteps[t_start * order:]` + `add_noise`); LMS needs
+the skipped σ's too (see `sd_core.samplers.lms`).
+
+The sampler functions themselves live one per file; see `sd_core.samplers.base` for the shared
+signature and conventions.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sd_core.samplers.base import Denoiser, NoiseSource, SamplerFn, StepCallback
+from sd_core.samplers.ddim import sample_ddim
+from sd_core.samplers.ddpm import sample_ddpm
+from sd_core.samplers.dpm2 import sample_dpm2
+from sd_core.samplers.dpm2_ancestral import sample_dpm2_ancestral
+from sd_core.samplers.dpmpp_2m import sample_dpmpp_2m
+from sd_core.samplers.dpmpp_sde import sample_dpmpp_sde
+from sd_core.samplers.euler import sample_euler
+from sd_core.samplers.euler_ancestral import sample_euler_ancestral
+from sd_core.samplers.heun import sample_heun
+from sd_core.samplers.lms import sample_lms
+from sd_core.samplers.plms import sample_plms
+from sd_core.samplers.unipc import sample_unipc
+from sd_core.schedule import NoiseSchedule, SigmaSchedule
+
+__all__ = [
+    "SAMPLERS",
+    "Denoiser",
+    "Img2ImgPlan",
+    "NoiseSource",
+    "SamplerFn",
+    "SamplerSpec",
+    "StepCallback",
+    "TimestepFn",
+    "get_sampler",
+    "sampler_names",
+]
+
+# The σ spacing of each diffusers scheduler family, built with SD v1.5's scheduler config.
+Spacing = Literal["leading", "leading_to_alpha0", "linspace", "linspace_rounded", "karras"]
+# How txt2img's starting latent is scaled: diffusers' init_noise_sigma in sigma space.
+InitialNoise = Literal["sigma_max", "vp"]
+TimestepFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Img2ImgPlan:
+    """What img2img runs: start from init_latent + noise * sigmas[0], then fn(…, sigmas, …).
+
+    sigmas: (M+1,) float32, the tail of the sampler's schedule (M = int(steps * strength)).
+    fn: the sampler function to call, with the same signature as `SamplerSpec.fn`.
+    """
+
+    sigmas: Tensor
+    fn: SamplerFn
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One registered sampler.
+
+    name: canonical name ("euler_a"); display_name: AUTOMATIC1111's label ("Euler a");
+    aliases: other accepted spellings; fn: the sampler function; stochastic: whether it calls
+    its NoiseSource; spacing / initial_noise: how its diffusers scheduler places its σ's and
+    scales the first latent; description: one line for a UI.
+    """
+
+    name: str
+    display_name: str
+    aliases: tuple[str, ...]
+    fn: SamplerFn
+    stochastic: bool
+    spacing: Spacing
+    initial_noise: InitialNoise
+    description: str = ""
+    # LMS needs the σ's that img2img skips; see `img2img`.
+    img2img_needs_prior: bool = field(default=False, repr=False)
+
+    def schedule(self, schedule: NoiseSchedule, steps: int) -> SigmaSchedule:
+        """σ's (N+1,) and UNet timesteps (N,), float64, as this sampler's diffusers scheduler
+        builds them for `steps` inference steps."""
+        if self.spacing == "leading":
+            return schedule.leading(steps)
+        if self.spacing == "leading_to_alpha0":
+            return schedule.leading(steps, final_sigma=schedule.sigma_min)
+        if self.spacing == "linspace":
+            return schedule.linspace(steps)
+        if self.spacing == "linspace_rounded":
+            return schedule.linspace_rounded(steps)
+        if self.spacing == "karras":
+            return schedule.karras(steps)
+        raise AssertionError(f"unhandled spacing {self.spacing!r}")
+
+    def sigmas(self, schedule: NoiseSchedule, steps: int) -> Tensor:
+        """(N+1,) float32 σ schedule, decreasing, as this sampler's diffusers scheduler builds it."""
+        return self.schedule(schedule, steps).sigmas.float()
+
+    def initial_noise_scale(self, sigmas: Tensor) -> float:
+        """txt2img: x_start = standard_normal * this.
+
+        diffusers' init_noise_sigma in sigma space: σ_max for the Euler family (their x_T is
+        σ_max·ε), sqrt(σ_max² + 1) for DDPM/DDIM/PNDM/DPM-Solver/UniPC, whose x_T = ε is a
+        variance-preserving latent (x = x_T / sqrt(ᾱ_T) in sigma space).
+        """
+        sigma_max = float(sigmas[0])
+        if self.initial_noise == "sigma_max":
+            return sigma_max
+        return (sigma_max**2 + 1.0) ** 0.5
+
+    def timestep_fn(self, schedule: NoiseSchedule, steps: int) -> TimestepFn:
+        """σ (any shape) → the float64 UNet timestep diffusers feeds with it, for this sampler.
+
+        A σ of the schedule maps to its own timestep (fractional for linspace spacing, rounded
+        for Karras σ's, as diffusers makes them); any other σ (the midpoints DPM2 and DPM++ SDE
+        evaluate) goes through `NoiseSchedule.sigma_to_t`, log-σ interpolation, as diffusers'
+        `_sigma_to_t` does. Matching is exact on float32 values, the dtype samplers use.
+        """
+        plan = self.schedule(schedule, steps)
+        table_sigmas = plan.sigmas[:-1].float()
+        table_t = plan.timesteps
+
+        def to_t(sigma: Tensor) -> Tensor:
+            flat = sigma.detach().to("cpu", torch.float32).reshape(-1)
+            t = schedule.sigma_to_t(flat)
+            hits = flat[:, None] == table_sigmas[None, :]
+            found = hits.any(dim=1)
+            if bool(found.any()):
+                t[found] = table_t[hits[found].float().argmax(dim=1)]
+            return t.reshape(sigma.shape)
+
+        return to_t
+
+    def img2img(self, schedule: NoiseSchedule, steps: int, strength: float) -> Img2ImgPlan:
+        """The σ's and function img2img runs, equal to diffusers' img2img with this scheduler.
+
+        t_start = steps - int(steps * strength) steps of the full schedule are skipped (diffusers'
+        `get_timesteps`). LMS alone needs more than the tail: diffusers' LMS keeps building its
+        polynomials over the skipped σ's, so its function comes bound to them.
+        """
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        sigmas = self.sigmas(schedule, steps)
+        t_start = max(steps - min(int(steps * strength), steps), 0)
+        fn = self.fn
+        if self.img2img_needs_prior and t_start > 0:
+            fn = functools.partial(self.fn, prior_sigmas=sigmas[:t_start])
+        return Img2ImgPlan(sigmas=sigmas[t_start:], fn=fn)
+
+
+def _spec(
+    name: str,
+    display_name: str,
+    fn: SamplerFn,
+    *,
+    aliases: tuple[str, ...] = (),
+    stochastic: bool = False,
+    spacing: Spacing = "linspace",
+    initial_noise: InitialNoise = "sigma_max",
+    description: str = "",
+    img2img_needs_prior: bool = False,
+) -> SamplerSpec:
+    return SamplerSpec(
+        name=name,
+        display_name=display_name,
+        aliases=aliases,
+        fn=fn,
+        stochastic=stochastic,
+        spacing=spacing,
+        initial_noise=initial_noise,
+        description=description,
+        img2img_needs_prior=img2img_needs_prior,
+    )
+
+
+_ALL = [
+    _spec(
+        "ddpm",
+        "DDPM",
+        sample_ddpm,
+        aliases=("ddpm_ancestral",),
+        stochastic=True,
+        spacing="leading",
+        initial_noise="vp",
+        description="Ho et al. 2020 ancestral sampling; needs many steps",
+    ),
+    _spec(
+        "ddim",
+        "DDIM",
+        sample_ddim,
+        spacing="leading_to_alpha0",
+        initial_noise="vp",
+        description="Song et al. 2021, deterministic (eta 0)",
+    ),
+    _spec(
+        "plms",
+        "PLMS",
+        sample_plms,
+        aliases=("pndm",),
+        spacing="leading_to_alpha0",
+        initial_noise="vp",
+        description="pseudo linear multistep (PNDM without Runge-Kutta warm-up)",
+    ),
+    _spec(
+        "euler",
+        "Euler",
+        sample_euler,
+        aliases=("k_euler", "euler_discrete"),
+        description="first-order ODE solver; deterministic",
+    ),
+    _spec(
+        "euler_a",
+        "Euler a",
+        sample_euler_ancestral,
+        aliases=("euler_ancestral", "k_euler_a", "k_euler_ancestral"),
+        stochastic=True,
+        description="Euler with ancestral noise; varies with step count",
+    ),
+    _spec(
+        "heun",
+        "Heun",
+        sample_heun,
+        aliases=("k_heun",),
+        description="second-order ODE solver; two model calls a step",
+    ),
+    _spec(
+        "lms",
+        "LMS",
+        sample_lms,
+        aliases=("k_lms", "lms_discrete"),
+        description="fourth-order linear multistep",
+        img2img_needs_prior=True,
+    ),
+    _spec(
+        "dpm2",
+        "DPM2",
+        sample_dpm2,
+        aliases=("k_dpm_2", "kdpm2"),
+        description="second-order midpoint solver; two model calls a step",
+    ),
+    _spec(
+        "dpm2_a",
+        "DPM2 a",
+        sample_dpm2_ancestral,
+        aliases=("dpm2_ancestral", "k_dpm_2_a", "kdpm2_a"),
+        stochastic=True,
+        description="DPM2 with ancestral noise",
+    ),
+    _spec(
+        "dpmpp_2m",
+        "DPM++ 2M",
+        sample_dpmpp_2m,
+        aliases=("dpm++_2m", "dpmsolver++", "k_dpmpp_2m"),
+        spacing="linspace_rounded",
+        initial_noise="vp",
+        description="DPM-Solver++ second-order multistep; good at 20-30 steps",
+    ),
+    _spec(
+        "dpmpp_2m_karras",
+        "DPM++ 2M Karras",
+        sample_dpmpp_2m,
+        aliases=("dpm++_2m_karras", "k_dpmpp_2m_karras"),
+        spacing="karras",
+        initial_noise="vp",
+        description="DPM++ 2M on Karras et al.'s noise levels",
+    ),
+    _spec(
+        "dpmpp_sde",
+        "DPM++ SDE",
+        sample_dpmpp_sde,
+        aliases=("dpm++_sde", "k_dpmpp_sde"),
+        stochastic=True,
+        description="stochastic DPM-Solver++(2S); two model calls a step",
+    ),
+    _spec(
+        "unipc",
+        "UniPC",
+        sample_unipc,
+        aliases=("uni_pc",),
+        spacing="linspace_rounded",
+        initial_noise="vp",
+        description="UniPC predictor-corrector, order 2",
+    ),
+]
+
+SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in _ALL}
+
+_LOOKUP: dict[str, SamplerSpec] = {}
+for _spec_entry in _ALL:
+    for _key in (_spec_entry.name, _spec_entry.display_name, *_spec_entry.aliases):
+        assert _LOOKUP.get(_key.lower(), _spec_entry) is _spec_entry, f"{_key!r} names two samplers"
+        _LOOKUP[_key.lower()] = _spec_entry
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The spec for a canonical name, A1111 display name or alias, case-insensitively."""
+    spec = _LOOKUP.get(name.strip().lower()) if isinstance(name, str) else None
+    if spec is None:
+        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    return spec
+
+
+def sampler_names() -> list[str]:
+    """Canonical sampler names, in the order a UI should list them."""
+    return list(SAMPLERS)

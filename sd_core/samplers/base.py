@@ -1,0 +1,73 @@
+"""What every sampler shares: the denoiser it calls, its noise source, its progress callback.
+
+All samplers work in k-diffusion's sigma space, x = x0 + σ·ε (see `sd_core.schedule`). A
+sampler never sees the UNet: it calls a `Denoiser` that returns the predicted x0 for a noisy x
+at noise level σ. Every sampler function has the one signature
+
+    fn(denoise, x, sigmas, *, noise, callback=None) -> Tensor
+
+x: (B, C, h, w) float32, the starting latent in sigma space at sigmas[0].
+sigmas: (N+1,) decreasing; the sampler takes N steps, from sigmas[0] to sigmas[N].
+noise: draws fresh standard-normal noise of x's shape; a stochastic sampler calls it exactly
+    when, and as often as, its diffusers scheduler draws step noise, so that per-image CPU
+    generators give diffusers' images bit for bit.
+callback: called after step i (1 … N) with (i, N, x, denoised); x is the running latent at
+    sigmas[i] in sigma space, and the sampler continues from that very tensor, so a caller may
+    edit it in place (inpainting blends the known region in this way).
+
+The result is `final_latent(x, sigmas[-1])`: the latent scaled as the model sees it at the last
+noise level, x / sqrt(σ_N² + 1). That is x0 itself when σ_N = 0, and exactly what diffusers'
+DDIM/PNDM return when their last step lands on ᾱ_0 (σ_N = σ at t=0) rather than on ᾱ = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class Denoiser(Protocol):
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """x (B, C, h, w) in sigma space, sigma (B,) float → predicted x0 (B, C, h, w)."""
+        ...
+
+
+class NoiseSource(Protocol):
+    def __call__(self) -> Tensor:
+        """A fresh standard-normal draw of the latent batch's shape, on its device and dtype."""
+        ...
+
+
+# (step 1..N done, N total, x at sigmas[step] in sigma space, denoised x0 of that step)
+StepCallback = Callable[[int, int, Tensor, Tensor], None]
+SamplerFn = Callable[..., Tensor]
+
+
+def check_inputs(x: Tensor, sigmas: Tensor) -> int:
+    """Validate a sampler's x and sigmas; return the number of steps N = len(sigmas) - 1."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be a (B, C, h, w) latent batch, got shape {tuple(x.shape)}")
+    if sigmas.dim() != 1 or sigmas.numel() < 2:
+        raise ValueError(
+            f"sigmas must be a 1-D tensor of at least 2 noise levels, got shape {tuple(sigmas.shape)}"
+        )
+    if bool((sigmas[1:] >= sigmas[:-1]).any()) or bool((sigmas < 0).any()):
+        raise ValueError(
+            f"sigmas must be non-negative and strictly decreasing, got {sigmas.tolist()}"
+        )
+    return sigmas.numel() - 1
+
+
+def batch_sigma(x: Tensor, sigma: Tensor) -> Tensor:
+    """The scalar σ repeated for each image of the batch: (B,) on x's device, float32."""
+    return sigma.to(x.device, torch.float32).reshape(1).expand(x.shape[0])
+
+
+def final_latent(x: Tensor, sigma_last: Tensor) -> Tensor:
+    """x / sqrt(σ_N² + 1): the final latent in the model's scaling (x itself when σ_N = 0)."""
+    if float(sigma_last) == 0.0:
+        return x
+    return x / (float(sigma_last) ** 2 + 1.0) ** 0.5
