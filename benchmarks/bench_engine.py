@@ -91,7 +91,7 @@ def main() -> None:
                 "diffusers": timed(lambda: ref[1].decode(z).sample, device, args.repeat),
             }
         if "image" in parts:
-            results["image_512_%d_steps" % args.steps] = time_images(ours, ref, device, dtype, args)
+            results[f"image_512_{args.steps}_steps"] = time_images(ours, ref, device, dtype, args)
         for name, r in results.items():
             r["ratio_sd_core_over_diffusers"] = r["sd_core"] / r["diffusers"]
             print(f"{name:>22}: sd_core {r['sd_core']:.4f} s   diffusers {r['diffusers']:.4f} s"
@@ -114,7 +114,7 @@ def time_images(ours, ref, device, dtype, args) -> dict[str, float]:  # type: ig
     import diffusers
 
     from sd_core.pipeline import StableDiffusionPipeline
-    from tests.reference import hf_tokenizer
+    from tests.clip_reference import hf_tokenizer
 
     ours_pipe = StableDiffusionPipeline(SD_V1, ours[0], ours[1], ours[2], device=device, dtype=dtype,
                                         model_name="random", model_hash="0" * 10)
@@ -122,7 +122,7 @@ def time_images(ours, ref, device, dtype, args) -> dict[str, float]:  # type: ig
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = hf_tokenizer(Path(tmp))
+        tokenizer = hf_tokenizer(Path(tmp) / "tokenizer")
     ref_pipe = diffusers.StableDiffusionPipeline(
         vae=ref[1], text_encoder=ref[0], tokenizer=tokenizer, unet=ref[2],
         scheduler=diffusers.EulerDiscreteScheduler.from_config(config),

@@ -20,7 +20,8 @@ import sd_core
 from sd_core.checkpoint import save_checkpoint
 from sd_core.config import TINY_TEST
 from sd_core.pipeline import StableDiffusionPipeline
-from tests.reference import diffusers_models, hf_tokenizer, random_checkpoint
+from tests.clip_reference import hf_tokenizer
+from tests.reference import diffusers_models, random_checkpoint
 
 SCHEDULER_CONFIG = json.loads(
     (Path(__file__).parent.parent / "fixtures" / "scheduler_config.json").read_text()
@@ -76,7 +77,7 @@ def models(tmp_path_factory):  # type: ignore[no-untyped-def]
     return {
         "ours": ours,
         "reference": (text_encoder, vae, unet),
-        "tokenizer": hf_tokenizer(tmp),
+        "tokenizer": hf_tokenizer(tmp / "tokenizer"),
         "inpaint_ours": sd_core.load_pipeline(inpaint_path),
         "inpaint_reference": diffusers_models(inpaint_state, inpaint_config),
     }

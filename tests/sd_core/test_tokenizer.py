@@ -24,9 +24,9 @@ import ftfy
 import pytest
 import torch
 import transformers
-from transformers.convert_slow_tokenizer import bytes_to_unicode as reference_bytes_to_unicode
 
 from sd_core.tokenizer import DEFAULT_BPE_FILE, CLIPTokenizer
+from tests.clip_reference import write_hf_files
 
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 
@@ -149,20 +149,6 @@ def generated_prompts(count: int, seed: int = 1234) -> list[str]:
 
 
 PROMPTS = HAND_WRITTEN + generated_prompts(300)
-
-
-def write_hf_files(directory: Path) -> None:
-    """vocab.json + merges.txt as Hugging Face CLIP repos ship them, from OpenAI's file."""
-    with gzip.open(DEFAULT_BPE_FILE, "rt", encoding="utf-8") as f:
-        merges = f.read().split("\n")[1 : 48894 + 1]
-    byte_symbols = list(reference_bytes_to_unicode().values())
-    symbols = byte_symbols + [s + "</w>" for s in byte_symbols]
-    symbols += ["".join(m.split(" ")) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {s: i for i, s in enumerate(symbols)}
-    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (directory / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
-    )
 
 
 @pytest.fixture(scope="module")
