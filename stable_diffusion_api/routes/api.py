@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from stable_diffusion_api.deps import (
@@ -39,6 +39,7 @@ from stable_diffusion_api.schemas import (
     Steps,
     page_of,
 )
+from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.workers import Benchmark
 
@@ -257,26 +258,33 @@ def read_image(image: ImageDep) -> ImageOut:
     return image
 
 
-def _file(studio: StudioDep, image: ImageOut, thumbnail: bool) -> FileResponse:
+def _file(studio: Studio, request: Request, image: ImageOut, thumbnail: bool) -> Response:
     path = studio.gallery.file(image.id, thumbnail=thumbnail)
     visibility = "private" if studio.settings.api_key else "public"
+    # The content under an id never changes, so the id is a strong validator.
+    headers = {
+        "Cache-Control": f"{visibility}, {IMMUTABLE}",
+        "ETag": f'"dali-{image.id}{"-thumb" if thumbnail else ""}"',
+    }
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return FileResponse(
         path,
         media_type="image/jpeg" if thumbnail else "image/png",
         filename=f"dali-{image.id}{'-thumb.jpg' if thumbnail else '.png'}",
         content_disposition_type="inline",
-        headers={"Cache-Control": f"{visibility}, {IMMUTABLE}"},
+        headers=headers,
     )
 
 
 @router.get("/images/{image_id}/file", response_class=FileResponse)
-def image_file(image: ImageDep, studio: StudioDep) -> FileResponse:
-    return _file(studio, image, thumbnail=False)
+def image_file(image: ImageDep, studio: StudioDep, request: Request) -> Response:
+    return _file(studio, request, image, thumbnail=False)
 
 
 @router.get("/images/{image_id}/thumbnail", response_class=FileResponse)
-def image_thumbnail(image: ImageDep, studio: StudioDep) -> FileResponse:
-    return _file(studio, image, thumbnail=True)
+def image_thumbnail(image: ImageDep, studio: StudioDep, request: Request) -> Response:
+    return _file(studio, request, image, thumbnail=True)
 
 
 @router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stable_diffusion_api.deps import GenerationDep, StudioDep, require_api_key
 from stable_diffusion_api.errors import NotFound
-from stable_diffusion_api.models import FINISHED, RUNNING
+from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.services import Studio
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
@@ -49,6 +49,25 @@ async def generation_events(
     last_preview = -1
     last_db = 0.0
     last_sent = time.monotonic()
+
+    def progress() -> str | None:
+        """The hub's news since the last call, as a progress event (None if nothing new)."""
+        nonlocal last_version, last_preview
+        state = studio.hub.get(generation_id)
+        if state is None or state.version == last_version or state.total == 0:
+            return None
+        last_version = state.version
+        payload: dict[str, object] = {
+            "step": state.step,
+            "total": state.total,
+            "eta_s": state.eta_s,
+            "step_seconds": state.step_seconds,
+        }
+        if state.preview_step != last_preview and state.preview_png is not None:
+            last_preview = state.preview_step
+            payload["preview"] = state.preview_data_url
+        return sse("progress", payload)
+
     while not studio.workers.stopping.is_set():
         now = time.monotonic()
         if now - last_db >= STATUS_EVERY_S:
@@ -61,25 +80,17 @@ async def generation_events(
                 yield sse("done", {"id": generation_id, "status": "deleted", "error": None})
                 return
             if view.status in FINISHED:
+                # The last steps may have landed since the previous tick: send them first.
+                if last_status is not None and (event := progress()):
+                    yield event
                 yield sse("done", view.model_dump(mode="json"))
                 return
             if (view.status, view.position) != last_status:
                 last_status = (view.status, view.position)
                 yield sse("status", view.model_dump(mode="json", exclude={"progress"}))
                 last_sent = now
-        state = studio.hub.get(generation_id)
-        if state is not None and state.status == RUNNING and state.version != last_version:
-            last_version = state.version
-            payload: dict[str, object] = {
-                "step": state.step,
-                "total": state.total,
-                "eta_s": state.eta_s,
-                "step_seconds": state.step_seconds,
-            }
-            if state.preview_step != last_preview and state.preview_png is not None:
-                last_preview = state.preview_step
-                payload["preview"] = state.preview_data_url
-            yield sse("progress", payload)
+        if last_status is not None and (event := progress()):
+            yield event
             last_sent = now
         if now - last_sent > KEEPALIVE_S:
             yield ": keep-alive\n\n"  # a comment line: keeps proxies from closing the stream

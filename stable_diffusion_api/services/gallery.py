@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -11,6 +12,8 @@ from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import Image, Project
 from stable_diffusion_api.schemas import ImageOut
 from stable_diffusion_api.services.storage import ImageStorage
+
+log = logging.getLogger(__name__)
 
 
 def image_view(image: Image) -> ImageOut:
@@ -78,7 +81,11 @@ class GalleryService:
     def file(self, image_id: int, thumbnail: bool = False) -> Path:
         """The file to serve; NotFound if the row or (should never happen) the file is gone."""
         image = self.get(image_id)
-        path = self._storage.resolve(image.thumb_path if thumbnail else image.path)
+        try:
+            path = self._storage.resolve(image.thumb_path if thumbnail else image.path)
+        except ValueError:  # a row edited to point outside the data directory: never serve it
+            log.warning("image %d has a path outside the data directory", image_id)
+            raise NotFound("image file", image_id) from None
         if not path.is_file():
             raise NotFound("image file", image_id)
         return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from stable_diffusion_api.errors import InvalidField
+
+log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 256
 MAX_UPLOAD_SIDE = 2048
@@ -64,9 +67,16 @@ class ImageStorage:
             return image.copy()
 
     def delete(self, *relatives: str | None) -> None:
+        """Delete files; a path outside the data directory is skipped, never followed."""
         for relative in relatives:
-            if relative:
-                self.resolve(relative).unlink(missing_ok=True)
+            if not relative:
+                continue
+            try:
+                path = self.resolve(relative)
+            except ValueError:
+                log.warning("not deleting %r: outside the data directory", relative)
+                continue
+            path.unlink(missing_ok=True)
 
     def delete_inputs(self, generation_id: int) -> None:
         shutil.rmtree(self.resolve(f"inputs/{int(generation_id)}"), ignore_errors=True)
@@ -75,7 +85,11 @@ class ImageStorage:
         shutil.rmtree(self.resolve(f"images/{int(project_id)}"), ignore_errors=True)
 
     def exists(self, relative: str) -> bool:
-        return self.resolve(relative).is_file()
+        """Whether the file is there (a path outside the data directory counts as absent)."""
+        try:
+            return self.resolve(relative).is_file()
+        except ValueError:
+            return False
 
     def generation_files(self) -> dict[int, list[Path]]:
         """Every image or thumbnail file on disk, grouped by the generation id in its name."""

@@ -73,12 +73,18 @@ def test_bad_fields_are_422_naming_the_field(client: TestClient) -> None:
     for field, body in cases.items():
         errors = field_errors(client.post("/api/v1/projects", json=body))
         assert field in errors, (field, errors)
-    assert "Euler a" in field_errors(
-        client.post("/api/v1/projects", json={"name": "a", "defaults": {"sampler": "x"}})
-    )["defaults.sampler"]
-    assert "dali-tiny" in field_errors(
-        client.post("/api/v1/projects", json={"name": "a", "default_model": "x"})
-    )["default_model"]
+    assert (
+        "Euler a"
+        in field_errors(
+            client.post("/api/v1/projects", json={"name": "a", "defaults": {"sampler": "x"}})
+        )["defaults.sampler"]
+    )
+    assert (
+        "dali-tiny"
+        in field_errors(client.post("/api/v1/projects", json={"name": "a", "default_model": "x"}))[
+            "default_model"
+        ]
+    )
     assert client.get("/api/v1/projects").json() == []
 
 

@@ -1,0 +1,185 @@
+"""AUTOMATIC1111's API under /sdapi/v1 (and its /internal/ping), so A1111 clients work unchanged.
+
+Thin routes over `A1111Service` (stable_diffusion_api/a1111/): validate, call one method, answer.
+txt2img and img2img block until their images exist, as in A1111, but the work goes through the
+same queue and worker as everything else; they are plain `def` routes, run in the thread pool.
+
+Authentication: the app's API key (when set) as on /api/v1, and on top of it HTTP Basic auth
+with the `DALI_API_AUTH` user:password pairs (A1111's `--api-auth`) when those are set.
+`GET /internal/ping` stays open, as in A1111.
+
+The service is built on first use and kept in `app.state.a1111`; a test may put its own there.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
+
+from stable_diffusion_api.a1111.schemas import (
+    GenerationResponse,
+    Img2ImgRequest,
+    PngInfoRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    SamplerItem,
+    SchedulerItem,
+    ScriptsList,
+    SDModelItem,
+    TaskProgressRequest,
+    TaskProgressResponse,
+    Txt2ImgRequest,
+)
+from stable_diffusion_api.a1111.service import PROJECT_HEADER, A1111Service
+from stable_diffusion_api.a1111.settings import A1111Settings
+from stable_diffusion_api.deps import StudioDep, require_api_key
+
+_create_lock = threading.Lock()
+
+
+def get_a1111(request: Request, studio: StudioDep) -> A1111Service:
+    service: A1111Service | None = getattr(request.app.state, "a1111", None)
+    if service is None:
+        with _create_lock:
+            service = getattr(request.app.state, "a1111", None)
+            if service is None:
+                service = A1111Service(studio, A1111Settings.for_service(studio.settings))
+                request.app.state.a1111 = service
+    return service
+
+
+A1111Dep = Annotated[A1111Service, Depends(get_a1111)]
+ProjectHeader = Annotated[str | None, Header(alias=PROJECT_HEADER, max_length=100)]
+
+
+def require_basic_auth(request: Request, a1111: A1111Dep) -> None:
+    """A1111's `--api-auth`: HTTP Basic credentials, when DALI_API_AUTH configures any."""
+    if not a1111.credentials.enabled:
+        return
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+            decoded = ""
+        user, colon, password = decoded.partition(":")
+        if colon and a1111.credentials.check(user, password):
+            return
+    raise HTTPException(
+        status_code=401,
+        detail="Incorrect username or password",
+        headers={"WWW-Authenticate": 'Basic realm="Dali"'},
+    )
+
+
+sdapi = APIRouter(
+    prefix="/sdapi/v1",
+    tags=["AUTOMATIC1111"],
+    dependencies=[Depends(require_api_key), Depends(require_basic_auth)],
+)
+internal = APIRouter(prefix="/internal", tags=["AUTOMATIC1111"])
+
+
+@sdapi.post("/txt2img")
+def txt2img(
+    request: Txt2ImgRequest, a1111: A1111Dep, project: ProjectHeader = None
+) -> GenerationResponse:
+    return a1111.generate(request, project)
+
+
+@sdapi.post("/img2img")
+def img2img(
+    request: Img2ImgRequest, a1111: A1111Dep, project: ProjectHeader = None
+) -> GenerationResponse:
+    return a1111.generate(request, project)
+
+
+@sdapi.get("/progress")
+def progress(
+    a1111: A1111Dep, skip_current_image: Annotated[bool, Query()] = False
+) -> ProgressResponse:
+    return a1111.tasks.progress(include_image=not skip_current_image)
+
+
+@sdapi.post("/interrupt")
+def interrupt(a1111: A1111Dep) -> dict[str, Any]:
+    a1111.tasks.interrupt()
+    return {}
+
+
+@sdapi.post("/skip")
+def skip(a1111: A1111Dep) -> None:
+    a1111.tasks.skip()
+
+
+@sdapi.get("/samplers")
+def samplers(a1111: A1111Dep) -> list[SamplerItem]:
+    return a1111.samplers()
+
+
+@sdapi.get("/schedulers")
+def schedulers(a1111: A1111Dep) -> list[SchedulerItem]:
+    return a1111.schedulers()
+
+
+@sdapi.get("/sd-models")
+def sd_models(a1111: A1111Dep) -> list[SDModelItem]:
+    return a1111.sd_models()
+
+
+@sdapi.post("/refresh-checkpoints")
+def refresh_checkpoints(a1111: A1111Dep) -> None:
+    a1111.sd_models()  # the registry looks at the models folder again on every listing
+
+
+@sdapi.get("/options")
+def get_options(a1111: A1111Dep, project: ProjectHeader = None) -> dict[str, Any]:
+    return a1111.get_options(project)
+
+
+@sdapi.post("/options")
+def set_options(
+    options: Annotated[dict[str, Any], Body()], a1111: A1111Dep, project: ProjectHeader = None
+) -> None:
+    a1111.set_options(options, project)
+
+
+@sdapi.post("/png-info")
+def png_info(request: PngInfoRequest, a1111: A1111Dep) -> PngInfoResponse:
+    return a1111.png_info(request.image)
+
+
+@sdapi.get("/memory")
+def memory(a1111: A1111Dep) -> dict[str, Any]:
+    return a1111.memory()
+
+
+@sdapi.get("/cmd-flags")
+def cmd_flags(a1111: A1111Dep) -> dict[str, Any]:
+    return a1111.cmd_flags()
+
+
+@sdapi.get("/scripts")
+def scripts() -> ScriptsList:
+    """No A1111 scripts or extensions exist here (clients probe this for ControlNet & co)."""
+    return ScriptsList(txt2img=[], img2img=[])
+
+
+@internal.get("/ping")
+def ping() -> dict[str, Any]:
+    return {}
+
+
+@internal.post("/progress", dependencies=[Depends(require_api_key), Depends(require_basic_auth)])
+def task_progress(request: TaskProgressRequest, a1111: A1111Dep) -> TaskProgressResponse:
+    """A1111's per-task progress, for a task started with `force_task_id`."""
+    return a1111.tasks.task_progress(request.id_task, request.live_preview, request.id_live_preview)
+
+
+router = APIRouter()
+router.include_router(sdapi)
+router.include_router(internal)

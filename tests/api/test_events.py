@@ -1,0 +1,75 @@
+"""Server-Sent Events: queue position, steps with ETA and previews, then the end."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from fastapi.testclient import TestClient
+
+from tests.api.fakes import FakeGenerator
+from tests.api.helpers import make_project, submit, wait_for
+
+
+def read_events(client: TestClient, generation_id: int) -> list[tuple[str, dict]]:
+    events: list[tuple[str, dict]] = []
+    with client.stream("GET", f"/api/v1/generations/{generation_id}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name:
+                events.append((name, json.loads(line[6:])))
+    return events
+
+
+def test_events_follow_a_job_from_queue_to_done(client: TestClient, fake: FakeGenerator) -> None:
+    project = make_project(client)
+    fake.step_delay = 0.15  # slower than the stream's tick, so every step is seen
+    job = submit(client, project["id"], steps=8)
+    events = read_events(client, job["id"])
+    names = [name for name, _ in events]
+    assert names[0] == "status" and names[-1] == "done"
+    progress = [data for name, data in events if name == "progress"]
+    steps = [p["step"] for p in progress]
+    assert steps == sorted(steps) and steps[-1] == 8 and len(set(steps)) >= 5
+    assert all(p["total"] == 8 for p in progress)
+    assert progress[-1]["eta_s"] == 0
+    assert any(p["eta_s"] and p["eta_s"] > 0 for p in progress[:-1])
+    previews = [p["preview"] for p in progress if "preview" in p]
+    assert previews and previews[0].startswith("data:image/png;base64,")
+    assert base64.b64decode(previews[0].split(",", 1)[1]).startswith(b"\x89PNG")
+    done = events[-1][1]
+    assert done["status"] == "succeeded" and len(done["images"]) == 1
+
+
+def test_events_report_queue_position_then_failure(client: TestClient, fake: FakeGenerator) -> None:
+    project = make_project(client)
+    fake.block_at = 1
+    first = submit(client, project["id"])
+    assert fake.reached.wait(5)
+    second = submit(client, project["id"])
+    fake.fail_with = ValueError("steps: 4 is too few for this sampler")
+
+    with client.stream("GET", f"/api/v1/generations/{second['id']}/events") as response:
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                status = json.loads(line[6:])
+                break
+        assert status["status"] == "queued" and status["position"] == 1
+        fake.release.set()
+        rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert rest[-1]["status"] == "failed"
+    assert rest[-1]["error"] == "steps: 4 is too few for this sampler"
+    wait_for(client, first["id"], ("failed",))
+
+
+def test_events_of_a_finished_job_end_at_once(client: TestClient) -> None:
+    project = make_project(client)
+    done = wait_for(client, submit(client, project["id"])["id"])
+    events = read_events(client, done["id"])
+    assert [name for name, _ in events] == ["done"]
+    assert client.get("/api/v1/generations/12345/events").status_code == 404

@@ -1,0 +1,129 @@
+"""Hardware listing and measured speed; the model registry; the sampler list."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from stable_diffusion_api.config import Settings
+from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+from tests.api.helpers import make_project, submit, wait_for
+
+
+def test_hardware_lists_every_device_with_its_dtypes(client: TestClient) -> None:
+    devices = client.get("/api/v1/hardware").json()
+    assert [d["id"] for d in devices] == ["cpu", "cuda:0"]
+    cpu, gpu = devices
+    assert cpu["name"] == "Fake CPU" and cpu["cores"] == 2 and cpu["total_memory"] > 0
+    assert cpu["dtypes"] == ["float32", "bfloat16"] and cpu["speeds"] == []
+    assert gpu["compute_capability"] == "8.6" and "float16" in gpu["dtypes"]
+
+
+def test_benchmark_measures_speed_and_estimates_use_it(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client, defaults={"width": 64, "height": 64, "steps": 20})
+    url = f"/api/v1/projects/{project['id']}/estimate"
+    before = client.get(url).json()
+    assert before["seconds"] is None and "not measured" in before["basis"]
+
+    fake.step_delay = 0.02
+    queued = client.post("/api/v1/hardware/benchmark", json={"device": "cpu", "width": 64,
+                                                            "height": 64, "steps": 6})  # fmt: skip
+    assert queued.status_code == 202 and queued.json()["status"] in ("queued", "running", "done")
+    deadline = time.monotonic() + 10
+    while client.get("/api/v1/hardware/benchmarks").json()[0]["status"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    speed = client.get("/api/v1/hardware").json()[0]["speeds"][0]
+    assert (speed["width"], speed["height"], speed["source"]) == (64, 64, "benchmark")
+    assert 10 < speed["steps_per_s"] < 60  # one step takes ~20 ms
+    assert fake.calls[-1].steps == 6
+
+    exact = client.get(url).json()
+    assert 20 / 60 < exact["seconds"] < 20 / 10 + 1 and "measured" in exact["basis"]
+    doubled = client.get(url, params={"steps": 40, "batch": 2}).json()
+    assert doubled["seconds"] > 3.5 * exact["seconds"] - 4 * speed["overhead_s"]
+    scaled = client.get(url, params={"width": 128, "height": 128}).json()
+    assert "scaled from" in scaled["basis"] and scaled["seconds"] > 3 * exact["seconds"]
+    assert client.get(url, params={"device": "cuda:0"}).json()["seconds"] is None
+    assert client.get(url, params={"device": "tpu"}).status_code == 422
+    assert client.get(url, params={"width": 65}).status_code == 422
+
+    refused = client.post("/api/v1/hardware/benchmark", json={"device": "cuda:7"})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "device"]
+
+
+def test_generations_keep_the_speed_measurement_current(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client)
+    fake.step_delay = 0.01
+    wait_for(client, submit(client, project["id"], steps=5, width=96, height=64)["id"])
+    speeds = client.get("/api/v1/hardware").json()[0]["speeds"]
+    assert [(s["width"], s["height"], s["source"]) for s in speeds] == [(96, 64, "generation")]
+
+
+def test_models_list_builtin_and_files_with_cached_hashes(
+    client: TestClient, settings: Settings, fake: FakeGenerator
+) -> None:
+    models_dir = settings.resolved_models_dir
+    write_fake_checkpoint(models_dir / "v1-5-pruned-emaonly.safetensors", payload=b"x")
+    write_fake_checkpoint(models_dir / "sub" / "inpaint.ckpt", "sd-v1-inpainting")
+    (models_dir / "notes.txt").write_text("ignored")
+    (models_dir / "broken.safetensors").write_bytes(b"garbage")
+
+    calls = []
+    original = fake.inspect_checkpoint
+    fake.inspect_checkpoint = lambda path: calls.append(path) or original(path)  # type: ignore[method-assign]
+    models = {m["name"]: m for m in client.get("/api/v1/models").json()}
+    assert list(models)[0] == "dali-tiny"
+    assert set(models) == {"dali-tiny", "v1-5-pruned-emaonly", "inpaint", "broken"}
+    tiny = models["dali-tiny"]
+    assert tiny["builtin"] and tiny["available"] and "built-in: shapes only" in tiny["label"]
+    full = models["v1-5-pruned-emaonly"]
+    assert full["variant"] == "sd-v1" and len(full["sha256"]) == 64
+    assert full["short_hash"] == full["sha256"][:10] and full["size_bytes"] > 0
+    assert models["inpaint"]["variant"] == "sd-v1-inpainting"
+    assert models["inpaint"]["filename"] == "sub/inpaint.ckpt"
+    assert not models["broken"]["available"] and "not a Stable Diffusion" in models["broken"]["error"]
+
+    assert len(calls) == 4
+    client.get("/api/v1/models")  # hashed once: unchanged files are not read again
+    assert len(calls) == 4
+    project = make_project(client)
+    by_hash = submit(client, project["id"], model=full["short_hash"])
+    assert wait_for(client, by_hash["id"])["model"] == "v1-5-pruned-emaonly"
+    unusable = client.post(f"/api/v1/projects/{project['id']}/generations",
+                           json={"prompt": "a", "model": "broken"})  # fmt: skip
+    assert unusable.status_code == 422 and "cannot be used" in unusable.json()["detail"][0]["msg"]
+
+    # The hashes survive a restart (kept in the database) until a file changes.
+    from stable_diffusion_api.sd_api import create_app
+
+    with TestClient(create_app(settings, fake)) as again:
+        again.get("/api/v1/models")
+        assert len(calls) == 4
+        write_fake_checkpoint(models_dir / "v1-5-pruned-emaonly.safetensors", payload=b"changed!")
+        changed = {m["name"]: m for m in again.get("/api/v1/models").json()}
+        assert len(calls) == 5 and changed["v1-5-pruned-emaonly"]["sha256"] != full["sha256"]
+
+
+def test_a_missing_builtin_model_is_listed_honestly(settings: Settings, tmp_path: Path) -> None:
+    from stable_diffusion_api.sd_api import create_app
+
+    fake = FakeGenerator(tmp_path / "nowhere" / "dali-tiny.safetensors")
+    with TestClient(create_app(settings, fake)) as client:
+        tiny = client.get("/api/v1/models").json()[0]
+        assert not tiny["available"] and "not been trained yet" in tiny["error"]
+        project = make_project(client)
+        response = client.post(f"/api/v1/projects/{project['id']}/generations",
+                               json={"prompt": "a"})  # fmt: skip
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "model"
+
+
+def test_samplers_list_names_and_a1111_labels(client: TestClient) -> None:
+    samplers = client.get("/api/v1/samplers").json()
+    assert {"name": "euler_a", "display_name": "Euler a", "aliases": ["k_euler_a"]} in samplers

@@ -1,0 +1,139 @@
+"""The HTML pages, driven as a browser without JavaScript would: forms, redirects, errors."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.api.fakes import FakeGenerator
+from tests.api.helpers import make_project, submit, wait_for
+
+HTML = {"accept": "text/html"}
+
+
+def test_home_and_create_project_form(client: TestClient) -> None:
+    home = client.get("/")
+    assert home.status_code == 200 and home.headers["content-type"].startswith("text/html")
+    text = home.text
+    assert "No projects yet" in text and "Fake CPU" in text and "Fake GPU" in text
+    assert "built-in: shapes only" in text
+    assert 'name="device" value="cpu" checked' in text  # a sensible default is chosen
+    assert "cdn" not in text.lower() and "https://" not in text  # works offline
+
+    created = client.post(
+        "/projects",
+        data={"name": "Form project", "device": "cuda:0", "dtype": "", "steps": "12",
+              "sampler": "ddim", "width": "", "negative_prompt": ""},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert created.status_code == 303
+    project_url = created.headers["location"]
+    project = client.get("/api/v1/projects").json()[0]
+    assert project_url == f"/projects/{project['id']}"
+    assert project["device"] == "cuda:0" and project["defaults"]["steps"] == 12
+    assert project["defaults"]["sampler"] == "ddim" and project["defaults"]["width"] is None
+    assert "Form project" in client.get("/").text
+
+
+def test_bad_form_input_is_shown_beside_its_field(client: TestClient) -> None:
+    bad = client.post("/projects", data={"name": "x", "steps": "500", "device": "cpu"})
+    assert bad.status_code == 422
+    assert re.search(r'id="steps-error"[^>]*>[^<]*150', bad.text)
+    assert 'aria-invalid="true"' in bad.text and 'value="x"' in bad.text  # input kept
+    make_project(client, "Taken")
+    taken = client.post("/projects", data={"name": "taken", "device": "cpu"})
+    assert taken.status_code == 409 and "already exists" in taken.text
+
+
+def test_generate_without_javascript_then_gallery_and_detail(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client, "Pages")
+    page = client.get(f"/projects/{project['id']}")
+    assert page.status_code == 200 and 'id="generate-form"' in page.text
+    assert 'id="random_seed" name="random_seed" checked' in page.text
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="PNG")
+    queued = client.post(
+        f"/projects/{project['id']}/generate",
+        data={"prompt": "a blue square", "steps": "3", "seed": "42", "negative_prompt": "",
+              "strength": "0.5", "width": "64", "height": "64"},
+        files={"init_image": ("init.png", buffer.getvalue(), "image/png")},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert queued.status_code == 303 and queued.headers["location"].startswith("/generations/")
+    generation_id = int(queued.headers["location"].rsplit("/", 1)[1])
+    done = wait_for(client, generation_id)
+    assert done["seed"] == 42 and done["has_init_image"] and fake.calls[-1].init_image.size == (64, 64)
+    assert fake.calls[-1].strength == 0.5
+    status = client.get(queued.headers["location"])
+    assert status.status_code == 200 and "succeeded" in status.text
+
+    gallery = client.get(f"/projects/{project['id']}/gallery")
+    image_id = done["images"][0]["id"]
+    assert f'href="/images/{image_id}"' in gallery.text
+
+    detail = client.get(f"/images/{image_id}")
+    assert detail.status_code == 200
+    for expected in ("a blue square", "Seed", "42", "Use these settings", "Download PNG"):
+        assert expected in detail.text
+    reuse = client.get(f"/projects/{project['id']}?from_image={image_id}")
+    assert ">a blue square</textarea>" in reuse.text and 'value="42"' in reuse.text
+    assert 'id="random_seed" name="random_seed" >' in reuse.text  # fixed seed, not random
+
+    bad = client.post(f"/projects/{project['id']}/generate", data={"prompt": "", "steps": "0"})
+    assert bad.status_code == 422 and 'id="steps-error"' in bad.text
+
+    deleted = client.post(f"/images/{image_id}/delete", follow_redirects=False)
+    assert deleted.status_code == 303
+    assert client.get(f"/api/v1/images/{image_id}").status_code == 404
+
+
+def test_edit_and_delete_project_pages(client: TestClient) -> None:
+    project = make_project(client, "Editable")
+    wait_for(client, submit(client, project["id"])["id"])
+    edit = client.get(f"/projects/{project['id']}/edit")
+    assert edit.status_code == 200 and 'value="Editable"' in edit.text
+    saved = client.post(
+        f"/projects/{project['id']}/edit",
+        data={"name": "Edited", "device": "cpu", "dtype": "bfloat16", "steps": "30"},
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303
+    body = client.get(f"/api/v1/projects/{project['id']}").json()
+    assert body["name"] == "Edited" and body["dtype"] == "bfloat16"
+    assert body["defaults"]["steps"] == 30
+
+    refused = client.post(f"/projects/{project['id']}/delete", data={})
+    assert refused.status_code == 409 and "confirm" in refused.text
+    gone = client.post(
+        f"/projects/{project['id']}/delete", data={"confirm": "on"}, follow_redirects=False
+    )
+    assert gone.status_code == 303 and gone.headers["location"] == "/"
+    assert client.get(f"/api/v1/projects/{project['id']}").status_code == 404
+
+
+def test_errors_are_html_for_pages_and_json_for_the_api(client: TestClient) -> None:
+    page = client.get("/projects/999", headers=HTML)
+    assert page.status_code == 404 and "<h1>" in page.text and "not found" in page.text
+    assert client.get("/nowhere", headers=HTML).status_code == 404
+    api = client.get("/api/v1/projects/999", headers=HTML)
+    assert api.status_code == 404 and api.json() == {"detail": "project 999 not found"}
+
+
+def test_hardware_page_and_benchmark_form(client: TestClient) -> None:
+    page = client.get("/hardware")
+    assert page.status_code == 200 and "Fake GPU" in page.text and "Nothing measured yet" in page.text
+    queued = client.post("/hardware/benchmark", data={"device": "cpu"}, follow_redirects=False)
+    assert queued.status_code == 303
+    assert client.get("/api/v1/hardware/benchmarks").json()[0]["device"] == "cpu"
+
+
+def test_static_files_are_served(client: TestClient) -> None:
+    for name, kind in (("style.css", "text/css"), ("dali.js", "javascript"), ("favicon.svg", "svg")):
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200 and kind in response.headers["content-type"]

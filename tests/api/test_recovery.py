@@ -1,0 +1,105 @@
+"""Start-up after a crash: interrupted jobs fail with "interrupted", queued ones run, and no
+image row points at a missing file. Also a graceful stop mid-job, and a second live process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from fastapi.testclient import TestClient
+
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.db import Database
+from stable_diffusion_api.models import Generation, Image, WorkerProcess
+from stable_diffusion_api.sd_api import create_app
+from tests.api.fakes import FakeGenerator
+from tests.api.helpers import make_project, submit, wait_for
+
+
+def add_job(db: Database, project_id: int, status: str, worker_id: str | None, prompt: str) -> int:
+    with db.session() as session:
+        row = Generation(
+            project_id=project_id, status=status, device="cpu", model="dali-tiny", prompt=prompt,
+            steps=3, guidance=7.0, seed=1, worker_id=worker_id, negative_prompt="", batch=1,
+            strength=0.75, low_memory=False, cancel_requested=False, source="api",
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def test_restart_after_a_crash(settings: Settings, fake: FakeGenerator) -> None:
+    with TestClient(create_app(settings, fake)) as client:
+        project = make_project(client)
+        kept = wait_for(client, submit(client, project["id"], prompt="kept")["id"])
+        lost = wait_for(client, submit(client, project["id"], prompt="lost")["id"])
+
+    # What a crash leaves behind: a job a dead process was running, a job still queued, an
+    # image whose file vanished, and a file no row knows (written just before the crash).
+    db = Database(settings.resolved_database_url)
+    crashed = add_job(db, project["id"], "running", "dead-host-123-abc", "was running")
+    queued = add_job(db, project["id"], "queued", None, "was queued")
+    data = settings.resolved_data_dir
+    with db.session() as session:
+        lost_path = session.get(Image, lost["images"][0]["id"]).path  # type: ignore[union-attr]
+    (data / lost_path).unlink()
+    stray = data / "images" / str(project["id"]) / f"{crashed}-0.png"
+    stray.write_bytes(b"half an image")
+    db.dispose()
+
+    with TestClient(create_app(settings, fake)) as client:
+        interrupted = client.get(f"/api/v1/generations/{crashed}").json()
+        assert interrupted["status"] == "failed"
+        assert interrupted["error"].startswith("interrupted")
+        assert wait_for(client, queued)["status"] == "succeeded"
+        assert client.get(f"/api/v1/images/{lost['images'][0]['id']}").status_code == 404
+        assert client.get(kept["images"][0]["url"]).status_code == 200
+        assert not stray.exists()
+        # Every image row left points at a file that exists.
+        page = client.get(f"/api/v1/projects/{project['id']}/images").json()
+        for image in page["items"]:
+            assert client.get(image["url"]).status_code == 200
+            assert client.get(image["thumbnail_url"]).status_code == 200
+        assert [c.prompt for c in fake.calls] == ["kept", "lost", "was queued"]
+
+
+def test_stopping_the_server_interrupts_the_running_job(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    fake.step_delay = 0.05
+    with TestClient(create_app(settings, fake)) as client:
+        project = make_project(client)
+        job = submit(client, project["id"], steps=150)
+        wait_for(client, job["id"], ("running",))
+    assert fake.steps_run["a red circle on a blue background"] < 150
+    fake.step_delay = 0
+    with TestClient(create_app(settings, fake)) as client:
+        after = client.get(f"/api/v1/generations/{job['id']}").json()
+        assert after["status"] == "failed" and after["error"].startswith("interrupted")
+        assert after["images"] == []
+
+
+def test_a_live_process_keeps_its_running_job_until_its_heartbeat_stops(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    quick = settings.model_copy(update={"stale_after_s": 0.6, "heartbeat_s": 0.1})
+    with TestClient(create_app(quick, fake)) as client:
+        project = make_project(client)
+    db = Database(quick.resolved_database_url)
+    with db.session() as session:
+        session.add(WorkerProcess(id="other-process", hostname="here", pid=1))
+    job = add_job(db, project["id"], "running", "other-process", "owned by another process")
+
+    with TestClient(create_app(quick, fake)) as client:
+        # At start-up the other process is alive (fresh heartbeat): its job is left alone.
+        assert client.get(f"/api/v1/generations/{job}").json()["status"] == "running"
+        with db.session() as session:  # ...then it dies: its heartbeat gets old
+            session.get(WorkerProcess, "other-process").heartbeat_at = (  # type: ignore[union-attr]
+                dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)
+            )
+        deadline = time.monotonic() + 5
+        while client.get(f"/api/v1/generations/{job}").json()["status"] == "running":
+            assert time.monotonic() < deadline, "the dead process's job was never failed"
+            time.sleep(0.05)
+        assert client.get(f"/api/v1/generations/{job}").json()["error"].startswith("interrupted")
+    db.dispose()
