@@ -1,0 +1,180 @@
+"""AUTOMATIC1111's request and response bodies, as its API clients send and expect them.
+
+Requests follow A1111's `StableDiffusionTxt2ImgProcessingAPI` / `…Img2ImgProcessingAPI`: every
+field may be left out or sent as null (null means "the default"), and fields Dali does not know
+(hires fix settings, script arguments, `eta`, …) are accepted and ignored, as A1111 ignores what
+it does not use. A field left out takes the project's default (steps, CFG scale, size, sampler,
+negative prompt), the way A1111 falls back to its UI settings.
+
+The limits are Dali's engine limits, so a bad value is a 422 naming the A1111 field:
+steps 1–150, cfg_scale 0–30, width/height multiples of 8 in 64–2048, seeds -1 … 2³²−1.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stable_diffusion_api.schemas import (
+    MAX_PROMPT,
+    MAX_SEED,
+    MAX_UPLOAD_CHARS,
+    CleanText,
+    Guidance,
+    Seed,
+    Size,
+    Steps,
+    Strength,
+)
+
+# A1111 has no limits here; these keep one request from filling the queue (n_iter jobs of
+# batch_size images, split into jobs of at most the service's batch limit).
+MAX_BATCH_SIZE = 64
+MAX_ITERATIONS = 100
+MAX_INIT_IMAGES = 1
+
+Text = Annotated[CleanText, Field(max_length=MAX_PROMPT)]
+Name = Annotated[CleanText, Field(max_length=255)]
+
+
+class A1111Request(BaseModel):
+    """Fields shared by txt2img and img2img."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: Text = ""
+    negative_prompt: Text | None = None
+    styles: list[str] = Field(default_factory=list)
+    seed: Seed = -1
+    subseed: Annotated[int, Field(ge=-1, le=MAX_SEED)] = -1
+    subseed_strength: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: Name | None = None
+    sampler_index: Name | None = None  # A1111's older name for sampler_name
+    scheduler: Name | None = None  # "automatic", "karras", … (A1111 ≥ 1.9)
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] = 1
+    n_iter: Annotated[int, Field(ge=1, le=MAX_ITERATIONS)] = 1
+    steps: Steps | None = None
+    cfg_scale: Guidance | None = None
+    width: Size | None = None
+    height: Size | None = None
+    denoising_strength: Strength | None = None
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    script_name: Name | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    send_images: bool = True
+    save_images: bool = False
+    force_task_id: Name | None = None
+    infotext: Annotated[CleanText, Field(max_length=MAX_PROMPT * 3)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        # A1111's fields are all Optional and clients send null for "use the default".
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class Txt2ImgRequest(A1111Request):
+    enable_hr: bool = False
+
+
+class Img2ImgRequest(A1111Request):
+    init_images: (
+        Annotated[list[Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]], Field(min_length=1)]
+        | None
+    ) = None
+    resize_mode: Annotated[int, Field(ge=0, le=3)] = 0
+    mask: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
+    mask_blur: Annotated[int, Field(ge=0, le=64)] | None = None
+    inpainting_fill: Annotated[int, Field(ge=0, le=3)] = 0
+    inpaint_full_res: bool | int = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: Annotated[int, Field(ge=0, le=1)] = 0
+    include_init_images: bool = False
+
+
+class GenerationResponse(BaseModel):
+    """`TextToImageResponse` / `ImageToImageResponse`: base64 PNGs, the request, info JSON."""
+
+    images: list[str] | None
+    parameters: dict[str, Any]
+    info: str
+
+
+class PngInfoRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: dict[str, Any]
+    current_image: str | None = None
+    textinfo: str | None = None
+
+
+class TaskProgressRequest(BaseModel):
+    """`POST /internal/progress`: the progress of one task named by `force_task_id`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id_task: Name | None = None
+    id_live_preview: int = -1
+    live_preview: bool = True
+
+
+class TaskProgressResponse(BaseModel):
+    active: bool
+    queued: bool
+    completed: bool
+    progress: float | None = None
+    eta: float | None = None
+    live_preview: str | None = None
+    id_live_preview: int | None = None
+    textinfo: str | None = None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+class SDModelItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str]
+    img2img: list[str]

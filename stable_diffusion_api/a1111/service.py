@@ -1,0 +1,340 @@
+"""`A1111Service`: AUTOMATIC1111's API over the Studio facade.
+
+Nothing here runs the model. A txt2img/img2img request is planned (`translate.py`), each of its
+jobs is submitted to the same durable queue as every other front end (source "a1111") and
+waited for, and the finished images are read back from the gallery's files — so every A1111
+image lands in a project ("API" unless the X-Dali-Project header names another) and shows in
+its gallery. The "current model" of `/options` is that project's default model, so switching it
+from an A1111 client also shows in the web studio, and survives a restart.
+
+Domain errors (InvalidField, NotFound, QueueFull) go to the app's one error mapping; the
+pydantic errors of the queue's own schema are re-raised as request errors with A1111's field
+names, so a bad value is always a 422 with `detail`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+
+from stable_diffusion_api import __version__
+from stable_diffusion_api.a1111.schemas import (
+    A1111Request,
+    GenerationResponse,
+    Img2ImgRequest,
+    PngInfoResponse,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+)
+from stable_diffusion_api.a1111.settings import A1111Settings, Credentials
+from stable_diffusion_api.a1111.tasks import Task, TaskTracker
+from stable_diffusion_api.a1111.translate import (
+    A1111_FIELD,
+    Plan,
+    check_supported,
+    decode_base64,
+    draw_seed,
+    echo_parameters,
+    info_json,
+    infotext_defaults,
+    png_info,
+    prepare_img2img,
+    resolve_sampler,
+    scheduler_label,
+    schedulers,
+    split_jobs,
+)
+from stable_diffusion_api.errors import Conflict, DomainError, InvalidField, NotFound
+from stable_diffusion_api.models import FAILED, FINISHED, SUCCEEDED, Project
+from stable_diffusion_api.schemas import GenerationCreate, GenerationOut, Name, ProjectUpdate
+from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.registry import ModelEntry
+
+SOURCE = "a1111"
+PROJECT_HEADER = "X-Dali-Project"
+# A finished job is noticed at once (the hub wakes the waiter); this only bounds one wait call.
+WAIT_SLICE_S = 30.0
+_PROJECT_NAME: TypeAdapter[str] = TypeAdapter(Name)
+
+
+class GenerationFailed(DomainError):
+    """A queued job ended `failed`: 422 when the engine refused its inputs, 500 for a fault of
+    ours, 503 when the server stopped under it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        if message.startswith("internal error"):
+            self.status_code = 500
+        elif message.startswith("interrupted"):
+            self.status_code = 503
+        else:
+            self.status_code = 422
+
+
+class A1111Service:
+    def __init__(self, studio: Studio, settings: A1111Settings) -> None:
+        self.studio = studio
+        self.settings = settings
+        self.credentials = Credentials.parse(settings.api_auth)
+        self.tasks = TaskTracker(studio.hub, self._cancel)
+
+    def _cancel(self, generation_id: int) -> None:
+        # A job that finished (or was deleted) meanwhile has nothing left to stop.
+        with contextlib.suppress(Conflict, NotFound):
+            self.studio.generations.cancel(generation_id)
+
+    # -- project and model ----------------------------------------------------------------------
+
+    def project(self, header: str | None) -> Project:
+        """The project requests land in: the header's, else the configured one; made if new."""
+        name = header if header is not None else self.settings.a1111_project
+        try:
+            name = _PROJECT_NAME.validate_python(name)
+        except ValidationError:
+            raise InvalidField(
+                PROJECT_HEADER, name, "a project name of 1–100 printable characters", "header"
+            ) from None
+        return self.studio.projects.get_or_create(name)
+
+    def current_model(self, project: Project) -> ModelEntry | None:
+        """The project's default model (the built-in when it has none); None if unusable."""
+        if project.default_model:
+            return self.studio.models.find(project.default_model)
+        entries = self.studio.models.list()
+        return entries[0] if entries and entries[0].available else None
+
+    # -- txt2img / img2img ----------------------------------------------------------------------
+
+    def generate(self, request: A1111Request, header: str | None) -> GenerationResponse:
+        """Run an A1111 txt2img or img2img request to the end; blocks (call from a thread)."""
+        mode = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        defaults = infotext_defaults(request)
+        if defaults:
+            request = type(request).model_validate(
+                {**request.model_dump(exclude_unset=True), **defaults}
+            )
+        check_supported(request)
+        project = self.project(header)
+        plan = self._plan(request, mode, project)
+        try:  # every job is checked before the first is queued
+            generations = [plan.generation(job) for job in plan.jobs]
+        except ValidationError as exc:
+            raise _request_error(exc) from None
+        task = self.tasks.begin(
+            request.force_task_id, f"scripts_{mode}", len(plan.jobs), plan.timestamp
+        )
+        try:
+            done = self._run(task, project.id, generations)
+        finally:
+            self.tasks.end(task)
+        images = []
+        if request.send_images:
+            for generation in done:
+                for image in generation.images:
+                    data = self.studio.gallery.file(image.id).read_bytes()
+                    images.append(base64.b64encode(data).decode("ascii"))
+        return GenerationResponse(
+            images=images,
+            parameters=echo_parameters(request),
+            info=info_json(plan, request, done, self.studio.samplers),
+        )
+
+    def _plan(self, request: A1111Request, mode: str, project: Project) -> Plan:
+        override = request.override_settings.get("sd_model_checkpoint")
+        if override is not None and not isinstance(override, str):
+            raise InvalidField(
+                "override_settings.sd_model_checkpoint", override, "a model title or name"
+            )
+        model = self.studio.models.resolve(
+            override or project.default_model, "override_settings.sd_model_checkpoint"
+        )
+        if override and not request.override_settings_restore_afterwards:
+            # A1111 keeps an override it was told not to restore: it becomes the current model.
+            self.studio.projects.update(project.id, ProjectUpdate(default_model=model.name))
+        count = request.n_iter * request.batch_size
+        seed = draw_seed(request.seed, count, "seed")
+        subseed = draw_seed(request.subseed, count, "subseed")
+        variation = request.subseed_strength > 0
+        base: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "sampler": resolve_sampler(request, self.studio.samplers),
+            "steps": request.steps,
+            "guidance": request.cfg_scale,
+            "width": request.width,
+            "height": request.height,
+            "model": model.name,
+        }
+        if isinstance(request, Img2ImgRequest):
+            prepare_img2img(request, base)
+        return Plan(
+            mode=mode,
+            base=base,
+            jobs=split_jobs(
+                seed, subseed if variation else None, request.n_iter, request.batch_size
+            ),
+            seed=seed,
+            subseed=subseed,
+            subseed_strength=request.subseed_strength,
+            model=model,
+        )
+
+    def _run(
+        self, task: Task, project_id: int, generations: list[GenerationCreate]
+    ) -> list[GenerationOut]:
+        """Submit the jobs one after the other, waiting for each; the succeeded ones."""
+        done: list[GenerationOut] = []
+        for number, generation in enumerate(generations):
+            if not self.tasks.next_job(task, number):
+                break  # interrupted: A1111 answers with what it has
+            accepted = self.studio.generations.submit(project_id, generation, SOURCE)
+            self.tasks.attach(task, accepted.id)
+            view = self._wait(accepted.id)
+            if view.status == SUCCEEDED:
+                done.append(view)
+            elif view.status == FAILED:
+                raise GenerationFailed(view.error or "the generation failed")
+            # canceled: skipped, interrupted, or canceled from elsewhere; go on with the next
+        return done
+
+    def _wait(self, generation_id: int) -> GenerationOut:
+        while True:
+            view = self.studio.generations.wait(generation_id, WAIT_SLICE_S)
+            if view.status in FINISHED:
+                return view
+
+    # -- models, options, samplers --------------------------------------------------------------
+
+    def sd_models(self) -> list[SDModelItem]:
+        return [
+            SDModelItem(
+                title=entry.title,
+                model_name=entry.name,
+                hash=entry.short_hash,
+                sha256=entry.sha256,
+                filename=str(entry.path),
+                config=None,
+            )
+            for entry in self.studio.models.list()
+            if entry.available
+        ]
+
+    def get_options(self, header: str | None) -> dict[str, Any]:
+        project = self.project(header)
+        model = self.current_model(project)
+        return {
+            "sd_model_checkpoint": model.title if model else None,
+            "sd_checkpoint_hash": model.sha256 if model else None,
+            "sd_vae": "Automatic",
+            "CLIP_stop_at_last_layers": 1,
+            "eta_noise_seed_delta": 0,
+            "samples_format": "png",
+            "samples_save": True,
+            "live_previews_enable": True,
+            "show_progress_every_n_steps": self.studio.settings.preview_every,
+            "dali_project": project.name,
+        }
+
+    def set_options(self, options: dict[str, Any], header: str | None) -> None:
+        """Only `sd_model_checkpoint` changes anything: the project's default model. Other
+        options are accepted and ignored, as A1111 ignores unknown ones."""
+        if "sd_model_checkpoint" not in options:
+            return
+        wanted = options["sd_model_checkpoint"]
+        if not isinstance(wanted, str) or not wanted.strip():
+            raise InvalidField("sd_model_checkpoint", wanted, "a model title or name")
+        model = self.studio.models.resolve(wanted, "sd_model_checkpoint")
+        project = self.project(header)
+        self.studio.projects.update(project.id, ProjectUpdate(default_model=model.name))
+
+    def samplers(self) -> list[SamplerItem]:
+        items = []
+        for spec in self.studio.samplers.list():
+            options = {"scheduler": "karras"} if spec.display_name.endswith(" Karras") else {}
+            items.append(
+                SamplerItem(
+                    name=spec.display_name, aliases=[spec.name, *spec.aliases], options=options
+                )
+            )
+        return items
+
+    def schedulers(self) -> list[SchedulerItem]:
+        return [
+            SchedulerItem(
+                name=name,
+                label=scheduler_label(name),
+                aliases=None,
+                default_rho=7.0 if name == "karras" else -1.0,
+                need_inner_model=False,
+            )
+            for name in schedulers(self.studio.samplers)
+        ]
+
+    def png_info(self, image: str) -> PngInfoResponse:
+        return png_info(decode_base64(image, "image"))
+
+    # -- the machine ----------------------------------------------------------------------------
+
+    def memory(self) -> dict[str, Any]:
+        """A1111's `/memory`: RAM and the first CUDA device, in bytes."""
+        devices = self.studio.hardware.refresh()
+        ram: dict[str, Any]
+        try:
+            page = os.sysconf("SC_PAGE_SIZE")
+            total, free = page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
+            ram = {"free": free, "used": total - free, "total": total}
+        except (ValueError, OSError, AttributeError):  # no sysconf: ask the engine instead
+            cpu = next((d for d in devices if d.kind == "cpu"), None)
+            if cpu is not None and cpu.total_memory is not None and cpu.free_memory is not None:
+                used = cpu.total_memory - cpu.free_memory
+                ram = {"free": cpu.free_memory, "used": used, "total": cpu.total_memory}
+            else:
+                ram = {"error": "the amount of memory is not known on this system"}
+        cuda: dict[str, Any] = {"error": "no CUDA device"}
+        gpu = next((d for d in devices if d.kind == "cuda"), None)
+        if gpu is not None and gpu.total_memory is not None and gpu.free_memory is not None:
+            used = gpu.total_memory - gpu.free_memory
+            cuda = {"system": {"free": gpu.free_memory, "used": used, "total": gpu.total_memory}}
+        return {"ram": ram, "cuda": cuda}
+
+    def cmd_flags(self) -> dict[str, Any]:
+        """A1111's `/cmd-flags`, as far as Dali has an equivalent (never a secret)."""
+        settings = self.studio.settings
+        return {
+            "api": True,
+            "nowebui": False,
+            "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+            "server_name": settings.host,
+            "port": settings.port,
+            "api_auth": None,  # set or not, never shown
+            "ckpt_dir": str(settings.resolved_models_dir),
+            "data_dir": str(settings.resolved_data_dir),
+            "use_cpu": [],
+            "device_id": None,
+            "lowvram": False,
+            "medvram": False,
+            "no_half": False,
+            "dali_version": __version__,
+        }
+
+
+def _request_error(exc: ValidationError) -> RequestValidationError:
+    """The queue schema's errors, located at the A1111 field the value came from."""
+    errors = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        field = A1111_FIELD.get(loc[0], loc[0]) if loc else "body"
+        errors.append(
+            {
+                "type": error["type"],
+                "loc": ["body", *field.split("."), *loc[1:]],
+                "msg": error["msg"],
+            }
+        )
+    return RequestValidationError(errors)

@@ -1,0 +1,416 @@
+"""From AUTOMATIC1111's vocabulary to Dali's queue, and back.
+
+An A1111 request becomes a `Plan`: the checks A1111 would make, then `n_iter` iterations of
+`batch_size` images, each cut into queue jobs of at most the service's batch limit. Seeds follow
+A1111's rule: image i of the whole request has seed `seed + i` (and variation seed
+`subseed + i`), and since the engine gives image i of a job seed `job seed + i` with its own
+generator, cutting a batch into jobs changes no pixel.
+
+Back the other way: the `info` JSON string A1111 answers with (`Processed.js()`), the base64
+images, and the `png-info` reading of a file's infotext.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import io
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from sd_core.infotext import parse_infotext
+from stable_diffusion_api import __version__
+from stable_diffusion_api.a1111.schemas import (
+    MAX_INIT_IMAGES,
+    A1111Request,
+    Img2ImgRequest,
+    PngInfoResponse,
+)
+from stable_diffusion_api.errors import InvalidField
+from stable_diffusion_api.schemas import MAX_BATCH, MAX_SEED, GenerationCreate, GenerationOut
+from stable_diffusion_api.services.registry import ModelEntry
+from stable_diffusion_api.services.samplers import SamplerCatalog
+from stable_diffusion_api.services.storage import decode_image
+
+VERSION = f"dali-{__version__}"
+AUTOMATIC = "automatic"
+DEFAULT_MASK_BLUR = 4  # A1111's default
+# A1111's scheduler names (`scheduler` field, ≥ 1.9) and the label its older sampler names end in.
+SCHEDULER_LABELS = {
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "polyexponential": "Polyexponential",
+    "sgm_uniform": "SGM Uniform",
+    "uniform": "Uniform",
+    "simple": "Simple",
+    "normal": "Normal",
+    "ddim": "DDIM",
+    "beta": "Beta",
+    "kl_optimal": "KL Optimal",
+    "align_your_steps": "Align Your Steps",
+}
+# Names of GenerationCreate fields in A1111's words, for error messages.
+A1111_FIELD = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "sampler": "sampler_name",
+    "steps": "steps",
+    "guidance": "cfg_scale",
+    "seed": "seed",
+    "width": "width",
+    "height": "height",
+    "batch": "batch_size",
+    "model": "override_settings.sd_model_checkpoint",
+    "init_image": "init_images.0",
+    "strength": "denoising_strength",
+    "mask": "mask",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One queue job of a plan: `batch` images from `seed` (and `variation_seed`) upwards."""
+
+    seed: int
+    batch: int
+    variation_seed: int | None = None
+
+
+@dataclass
+class Plan:
+    """What an A1111 request asks the queue for."""
+
+    mode: str  # "txt2img" | "img2img"
+    base: dict[str, Any]  # GenerationCreate fields shared by every job
+    jobs: list[Job]
+    seed: int
+    subseed: int
+    subseed_strength: float
+    model: ModelEntry
+    timestamp: str = field(default_factory=lambda: dt.datetime.now().strftime("%Y%m%d%H%M%S"))
+
+    @property
+    def all_seeds(self) -> list[int]:
+        return [job.seed + i for job in self.jobs for i in range(job.batch)]
+
+    @property
+    def all_subseeds(self) -> list[int]:
+        return [self.subseed + i for i in range(len(self.all_seeds))]
+
+    def generation(self, job: Job) -> GenerationCreate:
+        fields = {**self.base, "seed": job.seed, "batch": job.batch}
+        if job.variation_seed is not None:
+            fields["variation_seed"] = job.variation_seed
+            fields["variation_strength"] = self.subseed_strength
+        return GenerationCreate.model_validate(fields)
+
+
+# -- checks ---------------------------------------------------------------------------------------
+
+
+def check_supported(request: A1111Request) -> None:
+    """Refuse (422) what Dali would otherwise silently not do."""
+    if not request.prompt.strip():
+        # A1111 takes an empty prompt; Dali's queue needs one to name and find the image by.
+        raise InvalidField("prompt", request.prompt, "send a prompt that is not blank")
+    if getattr(request, "enable_hr", False):
+        raise InvalidField("enable_hr", True, "hires fix is not supported; send false")
+    if request.script_name:
+        raise InvalidField("script_name", request.script_name, "no scripts are installed")
+    if request.alwayson_scripts:
+        name = next(iter(request.alwayson_scripts))
+        raise InvalidField("alwayson_scripts", name, "no always-on scripts are installed; send {}")
+    if request.subseed_strength > 0 and "variation_seed" not in GenerationCreate.model_fields:
+        raise InvalidField(
+            "subseed_strength",
+            request.subseed_strength,
+            "variation seeds are not supported by this server yet; send 0",
+        )
+
+
+def resolve_sampler(request: A1111Request, catalog: SamplerCatalog) -> str | None:
+    """The canonical sampler for `sampler_name` (or `sampler_index`) and `scheduler`.
+
+    A1111 ≥ 1.9 sends "DPM++ 2M" with scheduler "karras" for what older versions called
+    "DPM++ 2M Karras"; Dali registers the latter, so the two are joined. None: neither was
+    sent, and the project's default sampler applies.
+    """
+    field_name = "sampler_name" if request.sampler_name else "sampler_index"
+    name = request.sampler_name or request.sampler_index
+    if name is None:
+        return None
+    canonical = catalog.canonical(name, field_name)
+    scheduler = (request.scheduler or "").strip()
+    if not scheduler or scheduler.casefold() == AUTOMATIC:
+        return canonical
+    display = catalog.display_name(canonical)
+    label = scheduler_label(scheduler)
+    if display.casefold().endswith(" " + label.casefold()):
+        return canonical  # "DPM++ 2M Karras" with scheduler "karras"
+    combined = f"{display} {label}"
+    for spec in catalog.list():
+        if spec.display_name.casefold() == combined.casefold():
+            return spec.name
+    names = {spec.display_name for spec in catalog.list()}
+    allowed = [AUTOMATIC] + [
+        name for name, lab in SCHEDULER_LABELS.items() if f"{display} {lab}" in names
+    ]
+    raise InvalidField("scheduler", scheduler, f"with {display} use: {', '.join(allowed)}")
+
+
+def scheduler_label(name: str) -> str:
+    """A1111's label for a scheduler name ("sgm_uniform" → "SGM Uniform")."""
+    key = name.strip().lower().replace(" ", "_")
+    return SCHEDULER_LABELS.get(key, name.strip().replace("_", " ").title())
+
+
+def schedulers(catalog: SamplerCatalog) -> list[str]:
+    """Scheduler names: automatic, plus each A1111 scheduler a sampler name ends in (Karras)."""
+    found = [AUTOMATIC]
+    displays = [spec.display_name for spec in catalog.list()]
+    for name, label in SCHEDULER_LABELS.items():
+        if any(display.endswith(" " + label) for display in displays):
+            found.append(name)
+    return found
+
+
+def draw_seed(seed: int, count: int, field_name: str) -> int:
+    """The first seed of `count` consecutive ones: `seed`, or random for -1 (A1111)."""
+    if seed == -1:
+        return secrets.randbelow(MAX_SEED - count + 2)
+    if seed + count - 1 > MAX_SEED:
+        raise InvalidField(
+            field_name, seed, f"seed + images - 1 must stay ≤ {MAX_SEED}; {count} images asked"
+        )
+    return seed
+
+
+def split_jobs(seed: int, subseed: int | None, n_iter: int, batch_size: int) -> list[Job]:
+    """n_iter iterations of batch_size images, each cut into jobs of at most MAX_BATCH."""
+    jobs = []
+    offset = 0
+    for _ in range(n_iter):
+        left = batch_size
+        while left:
+            batch = min(left, MAX_BATCH)
+            variation = subseed + offset if subseed is not None else None
+            jobs.append(Job(seed + offset, batch, variation))
+            offset += batch
+            left -= batch
+    return jobs
+
+
+def infotext_defaults(request: A1111Request) -> dict[str, Any]:
+    """A1111 ≥ 1.8's `infotext` field: values read from it fill the fields not sent."""
+    if not request.infotext:
+        return {}
+    parsed = parse_infotext(request.infotext)
+    values = {
+        "prompt": parsed.prompt or None,
+        "negative_prompt": parsed.negative_prompt or None,
+        "steps": parsed.steps,
+        "sampler_name": parsed.sampler,
+        "scheduler": parsed.schedule_type,
+        "cfg_scale": parsed.cfg_scale,
+        "seed": parsed.seed,
+        "width": parsed.width,
+        "height": parsed.height,
+        "denoising_strength": parsed.denoising_strength,
+    }
+    return {
+        key: value
+        for key, value in values.items()
+        if value is not None and key not in request.model_fields_set
+    }
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+
+def decode_base64(data: str, field_name: str) -> bytes:
+    """The bytes of a base64 string or `data:` URL; InvalidField naming `field_name` otherwise."""
+    payload = data.strip()
+    if payload.startswith("data:"):
+        payload = payload.partition(",")[2]
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if not raw:
+        raise InvalidField(field_name, "<data>", "send the image as base64 (or a data: URL)")
+    return raw
+
+
+def encode_png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def fit(image: Image.Image, width: int, height: int, resize_mode: int) -> Image.Image:
+    """A1111's resize modes: 0 (and 3) stretch, 1 crop to fill, 2 fit and fill the borders."""
+    size = (width, height)
+    if image.size == size:
+        return image
+    if resize_mode == 1:
+        return ImageOps.fit(image, size, Image.Resampling.LANCZOS)
+    if resize_mode == 2:
+        # The borders get the stretched image, blurred, so no hard edge shows through.
+        background = image.resize(size, Image.Resampling.LANCZOS)
+        background = background.filter(ImageFilter.GaussianBlur(max(width, height) / 32))
+        inner = ImageOps.contain(image, size, Image.Resampling.LANCZOS)
+        background.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
+        return background
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def snap_size(value: int) -> int:
+    """A pixel size rounded down to the engine's grid: a multiple of 8 in 64–2048."""
+    return max(64, min(2048, value - value % 8))
+
+
+def prepare_img2img(request: Img2ImgRequest, base: dict[str, Any]) -> None:
+    """Decode, resize and (for the mask) invert and blur the inputs; set them into `base`.
+
+    Width and height not sent (and not in the project's defaults) default to the init image's
+    size snapped to the engine's grid, rather than the model's native size.
+    """
+    if not request.init_images:
+        raise InvalidField("init_images", None, "img2img needs one base64 image in init_images")
+    if len(request.init_images) > MAX_INIT_IMAGES:
+        raise InvalidField(
+            "init_images", f"{len(request.init_images)} images", "send exactly one init image"
+        )
+    init = decode_image(request.init_images[0], "init_images.0").convert("RGB")
+    width = base.get("width") or snap_size(init.width)
+    height = base.get("height") or snap_size(init.height)
+    base["width"], base["height"] = width, height
+    base["init_image"] = encode_png(fit(init, width, height, request.resize_mode))
+    base["strength"] = (
+        request.denoising_strength if request.denoising_strength is not None else 0.75
+    )
+    if request.mask is None:
+        return
+    mask = decode_image(request.mask, "mask")
+    # A transparent-background mask paints where it is opaque; otherwise white = repaint.
+    mask = mask.getchannel("A") if mask.mode in ("RGBA", "LA") else mask.convert("L")
+    mask = fit(mask, width, height, request.resize_mode)
+    if request.inpainting_mask_invert:
+        mask = ImageOps.invert(mask)
+    blur = request.mask_blur if request.mask_blur is not None else DEFAULT_MASK_BLUR
+    if blur:
+        mask = mask.filter(ImageFilter.GaussianBlur(blur))
+    base["mask"] = encode_png(mask)
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+def info_json(
+    plan: Plan,
+    request: A1111Request,
+    done: list[GenerationOut],
+    catalog: SamplerCatalog,
+) -> str:
+    """A1111's `info` string (`Processed.js()`) for the images of the finished jobs `done`."""
+    images = [image for generation in done for image in generation.images]
+    first = done[0] if done else None
+    infotexts = [image.parameters for image in images]
+    sampler = parse_infotext(infotexts[0]).sampler if infotexts else None
+    if sampler is None and first is not None:
+        sampler = catalog.display_name(first.sampler)
+    count = len(plan.all_seeds)
+    prompt = first.prompt if first else str(plan.base.get("prompt", ""))
+    negative = first.negative_prompt if first else str(plan.base.get("negative_prompt") or "")
+    info: dict[str, Any] = {
+        "prompt": prompt,
+        "all_prompts": [prompt] * count,
+        "negative_prompt": negative,
+        "all_negative_prompts": [negative] * count,
+        "seed": plan.seed,
+        "all_seeds": plan.all_seeds,
+        "subseed": plan.subseed,
+        "all_subseeds": plan.all_subseeds,
+        "subseed_strength": plan.subseed_strength,
+        "width": images[0].width if images else (first.width if first else plan.base.get("width")),
+        "height": (
+            images[0].height if images else (first.height if first else plan.base.get("height"))
+        ),
+        "sampler_name": sampler,
+        "cfg_scale": first.guidance if first else plan.base.get("guidance"),
+        "steps": first.steps if first else plan.base.get("steps"),
+        "batch_size": request.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": plan.model.name,
+        "sd_model_hash": plan.model.short_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": request.seed_resize_from_w,
+        "seed_resize_from_h": request.seed_resize_from_h,
+        "denoising_strength": (
+            plan.base.get("strength") if plan.mode == "img2img" else request.denoising_strength
+        ),
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": list(request.styles),
+        "job_timestamp": plan.timestamp,
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": plan.model.variant == "sd-v1-inpainting",
+        "version": VERSION,
+    }
+    return json.dumps(info)
+
+
+def echo_parameters(request: A1111Request) -> dict[str, Any]:
+    """The request as A1111 echoes it; init images and mask only with include_init_images."""
+    echoed = request.model_dump()
+    if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+        echoed["init_images"] = None
+        echoed["mask"] = None
+    echoed.pop("include_init_images", None)
+    return echoed
+
+
+def _unquote(raw: str) -> str:
+    # A value A1111 wrote as a JSON string (it held "," or ":") is read back decoded.
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+        return value if isinstance(value, str) else raw
+    return raw
+
+
+def png_info(raw: bytes) -> PngInfoResponse:
+    """A1111's `/png-info`: the infotext, the other text chunks, and the infotext's fields.
+
+    `parameters` is shaped as A1111's `parse_generation_parameters` shapes it: "Prompt",
+    "Negative prompt", then every key with its value as text; "Size" also as "Size-1"/"Size-2".
+    """
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            chunks = {str(k): str(v) for k, v in image.info.items() if isinstance(v, str)}
+            if image.format == "PNG":
+                chunks.update({str(k): str(v) for k, v in getattr(image, "text", {}).items()})
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise InvalidField("image", "<data>", "not a readable image") from None
+    infotext = chunks.pop("parameters", "")
+    parameters: dict[str, Any] = {}
+    if infotext:
+        parsed = parse_infotext(infotext)
+        parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt}
+        for key, written in parsed.as_written.items():
+            value = _unquote(written)
+            parameters[key] = value
+            size = value.split("x")
+            if len(size) == 2 and all(part.isdigit() for part in size):
+                parameters[f"{key}-1"], parameters[f"{key}-2"] = size
+    return PngInfoResponse(info=infotext, items=chunks, parameters=parameters)

@@ -1,0 +1,53 @@
+"""Fixtures for the A1111 route tests: the app on a temporary data directory, fake engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.routes.a1111 import router
+from stable_diffusion_api.sd_api import create_app
+from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+
+
+def with_a1111(app: FastAPI) -> FastAPI:
+    """The app with the A1111 router, whether or not create_app() includes it already."""
+    if not any(getattr(route, "path", "") == "/sdapi/v1/txt2img" for route in app.routes):
+        app.include_router(router)
+    return app
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    data = tmp_path / "data"
+    return Settings(
+        data_dir=data,
+        models_dir=data / "models",
+        poll_s=0.05,
+        heartbeat_s=0.2,
+        stale_after_s=2.0,
+        queue_limit=20,
+    )
+
+
+@pytest.fixture
+def fake(settings: Settings) -> FakeGenerator:
+    builtin = write_fake_checkpoint(settings.resolved_models_dir / "dali-tiny.safetensors")
+    return FakeGenerator(builtin)
+
+
+@pytest.fixture
+def client(
+    settings: Settings, fake: FakeGenerator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    # The A1111 settings come from the environment: make sure the developer's does not leak in.
+    monkeypatch.delenv("DALI_API_AUTH", raising=False)
+    monkeypatch.delenv("DALI_A1111_PROJECT", raising=False)
+    with TestClient(with_a1111(create_app(settings, fake))) as test_client:
+        yield test_client
+    fake.release.set()
