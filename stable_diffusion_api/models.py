@@ -114,6 +114,8 @@ class Generation(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     batch: Mapped[int] = mapped_column(Integer, default=1)
     strength: Mapped[float] = mapped_column(Float, default=0.75)
+    variation_seed: Mapped[int | None] = mapped_column(BigInteger)  # None when strength is 0
+    variation_strength: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     init_image: Mapped[str | None] = mapped_column(String(255))  # path relative to data dir
     mask: Mapped[str | None] = mapped_column(String(255))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

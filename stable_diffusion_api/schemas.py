@@ -107,6 +107,9 @@ class GenerationCreate(Strict):
     mask: Upload | None = Field(default=None, description="base64; white = repaint (inpainting)")
     device: Identifier | None = None  # None → the project's hardware
     dtype: Identifier | None = None
+    # AUTOMATIC1111's variation seeds: the initial noise is blended towards this seed's noise.
+    variation_seed: Seed | None = Field(default=None, description="-1 or null → random")
+    variation_strength: Strength = 0.0
 
 
 class BenchmarkRequest(Strict):
@@ -227,6 +230,8 @@ class GenerationOut(Out):
     height: int | None
     batch: int
     strength: float
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
     has_init_image: bool
     has_mask: bool
     error: str | None

@@ -104,6 +104,13 @@ class SdCoreGenerator:
             # The preview is drawn only when the worker asks for it (every few steps).
             on_step(step, total, lambda: latents_to_rgb(latents[:1])[0])
 
+        # Passed only when used, so an engine without variation seeds still serves the rest.
+        variation: dict[str, Any] = {}
+        if job.variation_strength > 0:
+            variation = {
+                "variation_seed": job.variation_seed,
+                "variation_strength": job.variation_strength,
+            }
         try:
             return list(
                 pipe.generate(
@@ -121,6 +128,7 @@ class SdCoreGenerator:
                     mask=job.mask,
                     callback=callback,
                     cancel=should_cancel,
+                    **variation,
                 )
             )
         except sd_core.GenerationCancelled as exc:

@@ -118,6 +118,8 @@ class GenerationService:
             height=request.height or defaults.height,
             batch=request.batch,
             strength=request.strength,
+            variation_seed=self._variation_seed(request),
+            variation_strength=request.variation_strength,
         )
         with self._submit_lock, self._db.session() as session:
             waiting = session.scalar(
@@ -140,6 +142,14 @@ class GenerationService:
             url=f"/api/v1/generations/{row.id}",
             events_url=f"/api/v1/generations/{row.id}/events",
         )
+
+    @staticmethod
+    def _variation_seed(request: GenerationCreate) -> int | None:
+        if request.variation_strength == 0:
+            return None
+        if request.variation_seed is None or request.variation_seed < 0:
+            return secrets.randbelow(MAX_SEED + 1)
+        return request.variation_seed
 
     def retry_after_s(self) -> float:
         """When a queue slot should free up: the soonest end among running jobs, else 5 s."""
@@ -193,6 +203,8 @@ class GenerationService:
             height=row.height,
             batch=row.batch,
             strength=row.strength,
+            variation_seed=row.variation_seed,
+            variation_strength=row.variation_strength,
             has_init_image=row.init_image is not None,
             has_mask=row.mask is not None,
             error=row.error,

@@ -74,6 +74,8 @@ class JobSpec:
     init_image: Image.Image | None = None
     strength: float = 0.75
     mask: Image.Image | None = None
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
     parameter_count: int | None = None  # sizes the pipeline cache; None → from the file size
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -348,6 +348,8 @@ class DeviceWorker(threading.Thread):
                 init_image=pool.storage.load_input(row.init_image) if row.init_image else None,
                 strength=row.strength,
                 mask=pool.storage.load_input(row.mask) if row.mask else None,
+                variation_seed=row.variation_seed,
+                variation_strength=row.variation_strength,
                 parameter_count=model.parameter_count,
             )
 

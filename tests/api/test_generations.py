@@ -77,6 +77,18 @@ def test_random_seed_is_drawn_at_submission_and_recorded(
     assert len(seeds) == 3
 
 
+def test_variation_seeds_reach_the_engine(client: TestClient, fake: FakeGenerator) -> None:
+    project = make_project(client)
+    plain = wait_for(client, submit(client, project["id"], variation_seed=5)["id"])
+    assert plain["variation_seed"] is None and fake.calls[-1].variation_strength == 0
+    chosen = wait_for(client, submit(client, project["id"], variation_seed=5,
+                                     variation_strength=0.25)["id"])  # fmt: skip
+    assert (chosen["variation_seed"], chosen["variation_strength"]) == (5, 0.25)
+    assert (fake.calls[-1].variation_seed, fake.calls[-1].variation_strength) == (5, 0.25)
+    drawn = wait_for(client, submit(client, project["id"], variation_strength=0.5)["id"])
+    assert drawn["variation_seed"] is not None and fake.calls[-1].variation_seed == drawn["variation_seed"]
+
+
 def test_invalid_requests_are_422_naming_the_field(client: TestClient) -> None:
     project = make_project(client)
     url = f"/api/v1/projects/{project['id']}/generations"
@@ -90,6 +102,8 @@ def test_invalid_requests_are_422_naming_the_field(client: TestClient) -> None:
         "batch": [{"batch": 0}, {"batch": 9}],
         "seed": [{"seed": -2}, {"seed": 2**32}],
         "strength": [{"strength": 1.5}],
+        "variation_strength": [{"variation_strength": -0.1}],
+        "variation_seed": [{"variation_seed": 2**40}],
         "sampler": [{"sampler": "warp"}],
         "model": [{"model": "sd-v9"}, {"model": "../../etc/passwd"}],
         "device": [{"device": "tpu"}],
