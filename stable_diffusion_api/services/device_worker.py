@@ -1,0 +1,354 @@
+"""`DeviceWorker`: the thread that runs one device's jobs, one at a time, oldest first.
+
+For each job it claims the row (queued → running, a conditional UPDATE), resolves the model,
+runs the `Generator` with a step callback (progress, ETA, a preview every few steps) and a cancel
+check (in-memory flag, server stopping, or — once a second — the row's `cancel_requested`, so
+another process can cancel), writes every PNG and thumbnail, and then in one transaction inserts
+the image rows and marks the job succeeded. Any failure leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from PIL import Image as PILImage
+from sqlalchemy import select, update
+
+from stable_diffusion_api.errors import DomainError
+from stable_diffusion_api.models import (
+    CANCELED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Generation,
+    Image,
+    utcnow,
+)
+from stable_diffusion_api.services.generator import JobCanceled, JobSpec, PreviewFn
+from stable_diffusion_api.services.registry import ModelEntry
+
+if TYPE_CHECKING:
+    from stable_diffusion_api.services.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted: the server stopped while this job was running"
+BENCHMARK_PROMPT = "a red circle in the center on a blue background"
+
+
+@dataclass
+class Benchmark:
+    device: str
+    dtype: str | None
+    model: ModelEntry
+    width: int | None
+    height: int | None
+    steps: int
+    status: str = "queued"  # queued, running, done, failed
+    error: str | None = None
+
+
+@dataclass
+class _Timing:
+    """Step timestamps of one run: the first step also pays for loading and text encoding,
+    so speed is measured from the first step's end to the last step's end."""
+
+    started: float = field(default_factory=time.monotonic)
+    first_step: float | None = None
+    last_step: float | None = None
+    steps: int = 0
+
+    def step(self, step: int) -> None:
+        now = time.monotonic()
+        if self.first_step is None:
+            self.first_step = now
+        self.last_step, self.steps = now, step
+
+    @property
+    def step_seconds(self) -> float | None:
+        if self.first_step is None or self.last_step is None:
+            return None
+        if self.steps < 2:
+            return self.first_step - self.started
+        return (self.last_step - self.first_step) / (self.steps - 1)
+
+
+class DeviceWorker(threading.Thread):
+    """Runs one device's jobs, one at a time, oldest first."""
+
+    def __init__(self, pool: WorkerPool, device: str) -> None:
+        super().__init__(name=f"dali-worker-{device}", daemon=True)
+        self.pool = pool
+        self.device = device
+        self.wake = threading.Event()
+        self.benchmarks: deque[Benchmark] = deque()
+        self._last_db_check = 0.0
+
+    def run(self) -> None:
+        pool = self.pool
+        while not pool.stopping.is_set():
+            try:
+                self.wake.clear()  # before looking, so a wake-up during the look is kept
+                if self.benchmarks:
+                    self._benchmark(self.benchmarks.popleft())
+                    continue
+                job_id = self._claim()
+                if job_id is None:
+                    self.wake.wait(pool.settings.poll_s)
+                    continue
+                self._run(job_id)
+            except Exception:  # a broken job or a database hiccup must not kill the worker
+                log.exception("worker %s: unexpected error", self.device)
+                time.sleep(pool.settings.poll_s)
+
+    def _claim(self) -> int | None:
+        with self.pool.db.session() as session:
+            for _ in range(3):
+                job_id = session.scalar(
+                    select(Generation.id)
+                    .where(Generation.status == QUEUED, Generation.device == self.device)
+                    .order_by(Generation.id)
+                    .limit(1)
+                )
+                if job_id is None:
+                    return None
+                claimed = session.execute(
+                    update(Generation)
+                    .where(Generation.id == job_id, Generation.status == QUEUED)
+                    .values(status=RUNNING, worker_id=self.pool.instance_id, started_at=utcnow())
+                )
+                if getattr(claimed, "rowcount", 0) == 1:
+                    return job_id
+        return None
+
+    def _should_cancel(self, job_id: int) -> bool:
+        pool = self.pool
+        if pool.stopping.is_set() or pool.hub.cancel_requested(job_id):
+            return True
+        now = time.monotonic()
+        if now - self._last_db_check < 1.0:
+            return False
+        # Another process (the Gradio UI, a second server) may have asked: look once a second.
+        self._last_db_check = now
+        with pool.db.session() as session:
+            row = session.execute(
+                select(Generation.cancel_requested).where(Generation.id == job_id)
+            ).first()
+        return row is None or bool(row[0])  # a vanished row: its project was deleted
+
+    def _run(self, job_id: int) -> None:
+        pool = self.pool
+        with pool.db.session() as session:
+            row = session.get(Generation, job_id)
+            assert row is not None, "a claimed job cannot vanish inside the claim"
+            project_name = row.project.name
+        pool.hub.start(job_id, row.steps)
+        timing = _Timing()
+        self._last_db_check = 0.0
+        written: list[str] = []
+        status, error = FAILED, None
+        try:
+            model = pool.models.resolve(row.model)
+            spec = JobSpec(
+                checkpoint=model.path,
+                model_name=model.name,
+                device=row.device,
+                dtype=row.dtype,
+                low_memory=row.low_memory,
+                prompt=row.prompt,
+                negative_prompt=row.negative_prompt,
+                seed=row.seed,
+                steps=row.steps,
+                sampler=row.sampler,
+                guidance=row.guidance,
+                width=row.width,
+                height=row.height,
+                batch=row.batch,
+                init_image=pool.storage.load_input(row.init_image) if row.init_image else None,
+                strength=row.strength,
+                mask=pool.storage.load_input(row.mask) if row.mask else None,
+                variation_seed=row.variation_seed,
+                variation_strength=row.variation_strength,
+                parameter_count=model.parameter_count,
+            )
+
+            def on_step(step: int, total: int, preview: PreviewFn) -> None:
+                timing.step(step)
+                pool.hub.step(job_id, step, total, timing.step_seconds)
+                if step % pool.settings.preview_every == 0 and step < total:
+                    buffer = io.BytesIO()
+                    preview().save(buffer, format="PNG")
+                    pool.hub.preview(job_id, buffer.getvalue(), step)
+
+            images = pool.generator.generate(spec, on_step, lambda: self._should_cancel(job_id))
+            sampled = time.monotonic()
+            images_rows = self._save(row, project_name, images, written)
+            # Measured before the row says succeeded: whoever sees the result sees the speed.
+            self._record_speed(row, model, images[0], timing, sampled)
+            status = self._succeed(row, model, images_rows, timing)
+        except JobCanceled:
+            if pool.stopping.is_set() and not pool.hub.cancel_requested(job_id):
+                error = INTERRUPTED
+            else:
+                status, error = CANCELED, "canceled while running"
+        except (ValueError, DomainError) as exc:  # the engine or a check refused the inputs
+            error = str(exc)
+        except Exception as exc:
+            log.exception("generation %d failed", job_id)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            if status != SUCCEEDED:
+                pool.storage.delete(*written)
+                self._finish(job_id, status, error, timing)
+            pool.hub.finish(job_id, status)
+
+    def _save(
+        self, row: Generation, project_name: str, images: list[PILImage.Image], written: list[str]
+    ) -> list[Image]:
+        """Write every PNG (metadata naming the project) and thumbnail; the rows to insert."""
+        rows = []
+        for index, image in enumerate(images):
+            try:
+                dali = json.loads(str(image.info.get("dali", "{}")))
+            except json.JSONDecodeError:
+                dali = {}
+            if not isinstance(dali, dict):
+                dali = {}
+            dali.update(project=project_name, project_id=row.project_id, generation_id=row.id)
+            image.info["dali"] = json.dumps(dali)
+            path, thumb = self.pool.storage.image_paths(row.project_id, row.id, index)
+            written.append(path)
+            self.pool.generator.save_png(image, self.pool.storage.resolve(path))
+            written.append(thumb)
+            self.pool.storage.write_thumbnail(image, thumb)
+            rows.append(
+                Image(
+                    generation_id=row.id,
+                    project_id=row.project_id,
+                    index=index,
+                    seed=int(image.info.get("seed", row.seed + index)),
+                    path=path,
+                    thumb_path=thumb,
+                    width=image.width,
+                    height=image.height,
+                    parameters=str(image.info.get("parameters", "")),
+                )
+            )
+        return rows
+
+    def _succeed(
+        self, row: Generation, model: ModelEntry, images: list[Image], timing: _Timing
+    ) -> str:
+        """Insert the image rows and mark the job succeeded, in one transaction — unless the
+        job's row is gone (project deleted) or no longer ours (then the files are dropped)."""
+        if row.width is None and images:
+            self.pool.models.learn_native_size(model, images[0].width)
+        with self.pool.db.session() as session:
+            marked = session.execute(
+                update(Generation)
+                .where(
+                    Generation.id == row.id,
+                    Generation.status == RUNNING,
+                    Generation.worker_id == self.pool.instance_id,
+                )
+                .values(
+                    status=SUCCEEDED,
+                    finished_at=utcnow(),
+                    step_seconds=timing.step_seconds,
+                    model_hash=model.short_hash,
+                )
+            )
+            if getattr(marked, "rowcount", 0) != 1:
+                return CANCELED
+            session.add_all(images)
+        return SUCCEEDED
+
+    def _finish(self, job_id: int, status: str, error: str | None, timing: _Timing) -> None:
+        with self.pool.db.session() as session:
+            session.execute(
+                update(Generation)
+                .where(Generation.id == job_id, Generation.status == RUNNING)
+                .values(
+                    status=status,
+                    error=error,
+                    finished_at=utcnow(),
+                    step_seconds=timing.step_seconds,
+                )
+            )
+
+    def _record_speed(
+        self,
+        row: Generation,
+        model: ModelEntry,
+        image: PILImage.Image,
+        timing: _Timing,
+        sampled: float,
+    ) -> None:
+        step_seconds = timing.step_seconds
+        if row.batch != 1 or timing.steps < 2 or not step_seconds or model.short_hash is None:
+            return
+        overhead = (sampled - (timing.last_step or sampled)) + (time.monotonic() - sampled)
+        self.pool.speeds.record(
+            row.device,
+            model.short_hash,
+            row.dtype,
+            image.width,
+            image.height,
+            1.0 / step_seconds,
+            overhead,
+            "generation",
+        )
+
+    def _benchmark(self, benchmark: Benchmark) -> None:
+        pool = self.pool
+        benchmark.status = "running"
+        timing = _Timing()
+        spec = JobSpec(
+            checkpoint=benchmark.model.path,
+            model_name=benchmark.model.name,
+            device=benchmark.device,
+            dtype=benchmark.dtype,
+            low_memory=False,
+            prompt=BENCHMARK_PROMPT,
+            seed=0,
+            steps=benchmark.steps,
+            width=benchmark.width,
+            height=benchmark.height,
+            parameter_count=benchmark.model.parameter_count,
+        )
+        try:
+            images = pool.generator.generate(
+                spec, lambda step, total, preview: timing.step(step), pool.stopping.is_set
+            )
+            decoded = time.monotonic()
+            buffer = io.BytesIO()
+            images[0].save(buffer, format="PNG")  # saving is part of the per-image cost
+            overhead = (decoded - (timing.last_step or decoded)) + (time.monotonic() - decoded)
+            step_seconds = timing.step_seconds
+            if step_seconds and benchmark.model.short_hash:
+                pool.speeds.record(
+                    benchmark.device,
+                    benchmark.model.short_hash,
+                    benchmark.dtype,
+                    images[0].width,
+                    images[0].height,
+                    1.0 / step_seconds,
+                    overhead,
+                    "benchmark",
+                )
+            if benchmark.width is None:
+                pool.models.learn_native_size(benchmark.model, images[0].width)
+            benchmark.status = "done"
+        except JobCanceled:
+            benchmark.status, benchmark.error = "failed", "the server stopped"
+        except Exception as exc:  # reported on the hardware page; the worker carries on
+            log.exception("benchmark failed")
+            benchmark.status, benchmark.error = "failed", f"{type(exc).__name__}: {exc}"
