@@ -92,7 +92,8 @@ class NoiseSchedule:
     def sigma_to_t(self, sigma: Tensor, interpolation: Interpolation = "log") -> Tensor:
         """Fractional timestep of each σ, by piecewise-linear interpolation between integer t.
 
-        sigma: any shape, any float dtype → same shape, float64, clamped to [0, T-1].
+        sigma: any shape, dtype and device → same shape, float64 on the CPU (the UNet moves its
+        timesteps to its own device), clamped to [0, T-1].
         interpolation "log" (default) interpolates in log σ, as k-diffusion and diffusers'
         `_sigma_to_t` do; "linear" interpolates in σ itself, the exact inverse of the
         `np.interp` diffusers uses to place σ at fractional linspace timesteps. Both give the
@@ -115,7 +116,7 @@ class NoiseSchedule:
     def t_to_sigma(self, t: Tensor, interpolation: Interpolation = "log") -> Tensor:
         """σ at each fractional timestep; the inverse of `sigma_to_t` with the same interpolation.
 
-        t: any shape, values in [0, T-1] → same shape, float64.
+        t: any shape, values in [0, T-1] → same shape, float64 on the CPU.
         """
         tt = t.detach().to("cpu", torch.float64)
         if bool(((tt < 0) | (tt > self.num_train_timesteps - 1)).any()):

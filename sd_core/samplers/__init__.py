@@ -126,7 +126,7 @@ class SamplerSpec:
         return (sigma_max**2 + 1.0) ** 0.5
 
     def timestep_fn(self, schedule: NoiseSchedule, steps: int) -> TimestepFn:
-        """σ (any shape) → the float64 UNet timestep diffusers feeds with it, for this sampler.
+        """σ (any shape) → the UNet timestep diffusers feeds with it (float64, CPU), for this sampler.
 
         A σ of the schedule maps to its own timestep (fractional for linspace spacing, rounded
         for Karras σ's, as diffusers makes them); any other σ (the midpoints DPM2 and DPM++ SDE
