@@ -6,20 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from stable_diffusion_api.config import Settings
-from stable_diffusion_api.routes.a1111 import router
 from stable_diffusion_api.sd_api import create_app
+from tests.a1111.server_app import with_a1111
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
-
-
-def with_a1111(app: FastAPI) -> FastAPI:
-    """The app with the A1111 router, whether or not create_app() includes it already."""
-    if not any(getattr(route, "path", "") == "/sdapi/v1/txt2img" for route in app.routes):
-        app.include_router(router)
-    return app
 
 
 @pytest.fixture

@@ -1,0 +1,219 @@
+"""A real uvicorn serving Dali with the real engine, driven by `webuiapi` (the A1111 client
+library from PyPI) exactly as it drives AUTOMATIC1111.
+
+The model is the built-in one when `data/models/dali-tiny.safetensors` exists; otherwise a
+random-weight tiny checkpoint is written into the server's models folder and selected through
+`/options`, as an A1111 user switches models. Images are 64×64 with a few steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+
+webuiapi = pytest.importorskip("webuiapi", reason="pip install webuiapi (the A1111 client)")
+
+import sd_core  # noqa: E402
+from sd_core.infotext import parse_infotext  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "a red circle on a blue background"
+SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    model_title: str | None  # the checkpoint the test selects; None: the built-in is there
+
+    def api(self) -> Any:
+        host, port = self.url.removeprefix("http://").split(":")
+        return webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler a", steps=2)
+
+    def rest(self, path: str) -> Any:
+        response = requests.get(self.url + path, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_random_checkpoint(path: Path) -> None:
+    from sd_core.checkpoint import save_checkpoint
+    from sd_core.config import TINY_TEST
+    from tests.reference import random_checkpoint
+
+    save_checkpoint(path, random_checkpoint(TINY_TEST), TINY_TEST)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("a1111-server")
+    models = root / "models"
+    models.mkdir()
+    title = None
+    if not Path(sd_core.BUILTIN_MODEL_PATH).exists():
+        write_random_checkpoint(models / "tiny-random.safetensors")
+        title = "tiny-random.safetensors"  # completed with its hash from /sd-models
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
+    env.update(
+        DALI_DATA_DIR=str(root / "data"),
+        DALI_MODELS_DIR=str(models),
+        DALI_POLL_S="0.2",
+        DALI_PREVIEW_EVERY="1",
+        OMP_NUM_THREADS="1",  # the test machine is shared; one thread is plenty for 64×64
+        PYTHONPATH=str(ROOT),
+    )
+    log = root / "server.log"
+    command = [
+        sys.executable, "-m", "uvicorn", "--factory", "tests.a1111.server_app:build",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"uvicorn exited:\n{log.read_text()[-3000:]}"
+            try:
+                if requests.get(url + "/internal/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"uvicorn did not start:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield Server(url, log, title)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def api(server: Server) -> Any:
+    """The client, with the test's model selected through /options (A1111's model switch)."""
+    client = server.api()
+    if server.model_title is not None:
+        titles = client.util_get_model_names()
+        wanted = [t for t in titles if t.startswith(server.model_title)]
+        assert len(wanted) == 1, titles
+        client.util_set_model(wanted[0])
+        assert client.util_get_current_model() == wanted[0]
+        assert client.get_options()["sd_model_checkpoint"] == wanted[0]
+    return client
+
+
+def test_sd_models_and_model_switch(server: Server, api: Any) -> None:
+    models = api.get_sd_models()
+    current = api.util_get_current_model()
+    entry = next(m for m in models if m["title"] == current)
+    assert entry["title"] == f"{entry['model_name']}.safetensors [{entry['hash']}]"
+    assert entry["sha256"].startswith(entry["hash"]) and len(entry["sha256"]) == 64
+    api.refresh_checkpoints()
+    assert api.util_get_current_model() == current
+
+
+def test_sampler_and_scheduler_lists(api: Any) -> None:
+    names = api.util_get_sampler_names()
+    assert {"Euler a", "Euler", "DDIM", "DPM++ 2M", "DPM++ 2M Karras", "UniPC"} <= set(names)
+    assert {"automatic", "karras"} <= set(api.util_get_scheduler_names())
+
+
+def test_txt2img_img2img_png_info_and_gallery(server: Server, api: Any) -> None:
+    model = next(m for m in api.get_sd_models() if m["title"] == api.util_get_current_model())
+
+    result = api.txt2img(prompt=PROMPT, seed=5, batch_size=2, sampler_name="Euler a", **SMALL)
+    assert [image.size for image in result.images] == [(64, 64), (64, 64)]
+    assert result.info["all_seeds"] == [5, 6]
+    assert (result.info["sd_model_name"], result.info["sd_model_hash"]) == (
+        model["model_name"], model["hash"],
+    )  # fmt: skip
+    written = parse_infotext(result.images[0].info["parameters"])
+    assert (written.prompt, written.seed, written.steps) == (PROMPT, 5, 2)
+    assert (written.sampler, written.width, written.height) == ("Euler a", 64, 64)
+    assert written.model_hash == model["hash"]
+    assert result.info["infotexts"][1] == result.images[1].info["parameters"]
+
+    # PNG Info: webuiapi re-encodes the PIL image; the raw endpoint bytes work the same.
+    read = api.png_info(result.images[1])
+    assert read.info == result.info["infotexts"][1]  # a string, as A1111 answers
+    assert read.parameters["Seed"] == "6" and read.parameters["Sampler"] == "Euler a"
+    raw = api.session.post(f"{api.baseurl}/png-info", json={"image": result.json["images"][0]})
+    assert raw.json()["info"] == result.info["infotexts"][0]
+
+    again = api.img2img(
+        images=[result.images[0]], prompt=PROMPT, denoising_strength=0.5, seed=7,
+        sampler_name="DDIM", width=64, height=64, steps=4,
+    )  # fmt: skip
+    assert [image.size for image in again.images] == [(64, 64)]
+    params = parse_infotext(again.images[0].info["parameters"])
+    assert (params.seed, params.sampler, params.denoising_strength) == (7, "DDIM", 0.5)
+    assert again.info["denoising_strength"] == 0.5
+
+    # Every image is in the API project's gallery, with the same infotext.
+    projects = {p["name"]: p for p in server.rest("/api/v1/projects")}
+    images = server.rest(f"/api/v1/projects/{projects['API']['id']}/images?limit=100")["items"]
+    stored = {image["seed"]: image["parameters"] for image in images}
+    assert stored[5] == result.info["infotexts"][0] and stored[6] == result.info["infotexts"][1]
+    assert stored[7] == again.info["infotexts"][0]
+    png = requests.get(server.url + images[0]["url"], timeout=30)
+    assert png.headers["content-type"] == "image/png"
+
+
+def test_interrupt_during_a_run(server: Server, api: Any) -> None:
+    outcome: dict[str, Any] = {}
+
+    def long_run() -> None:
+        started = time.monotonic()
+        outcome["result"] = api.txt2img(prompt=PROMPT, seed=9, width=64, height=64, steps=150)
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=long_run)
+    thread.start()
+    deadline = time.monotonic() + 180
+    while True:
+        progress = api.get_progress()
+        if progress["state"]["sampling_step"] >= 2 and progress["current_image"]:
+            break
+        assert thread.is_alive() and time.monotonic() < deadline, progress
+        time.sleep(0.1)
+    assert progress["state"]["sampling_steps"] == 150
+    assert progress["state"]["job"] == "scripts_txt2img" and 0 < progress["progress"] < 1
+    preview = Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
+    assert preview.format == "PNG"
+    step_at_interrupt = progress["state"]["sampling_step"]
+
+    assert api.interrupt() == {}
+    thread.join(120)
+    assert not thread.is_alive()
+    assert outcome["result"].images == []
+    assert outcome["result"].info["all_seeds"] == [9]
+    projects = {p["name"]: p for p in server.rest("/api/v1/projects")}
+    newest = server.rest(f"/api/v1/projects/{projects['API']['id']}/generations?limit=1")
+    assert newest["items"][0]["status"] == "canceled"
+    assert newest["items"][0]["steps"] == 150 and step_at_interrupt < 150
+    assert api.get_progress()["state"]["job_count"] == 0  # idle again: util_wait_for_ready
