@@ -92,7 +92,8 @@ class A1111Service:
     # -- project and model ----------------------------------------------------------------------
 
     def project(self, header: str | None) -> Project:
-        """The project requests land in: the header's, else the configured one; made if new."""
+        """The project requests land in: the header's, else the configured one; made if new
+        (on the fastest device present)."""
         name = header if header is not None else self.settings.a1111_project
         try:
             name = _PROJECT_NAME.validate_python(name)
@@ -100,7 +101,17 @@ class A1111Service:
             raise InvalidField(
                 PROJECT_HEADER, name, "a project name of 1–100 printable characters", "header"
             ) from None
-        return self.studio.projects.get_or_create(name)
+        return self.studio.projects.get_or_create(name, self._fastest_device())
+
+    def _fastest_device(self) -> str:
+        """Where a new A1111 project runs: a CUDA GPU, else Apple's GPU, else the CPU — A1111
+        clients expect the GPU. The project's hardware can be changed in the studio."""
+        devices = self.studio.hardware.devices
+        for kind in ("cuda", "mps"):
+            found = next((d.id for d in devices if d.kind == kind), None)
+            if found is not None:
+                return found
+        return "cpu"
 
     def current_model(self, project: Project) -> ModelEntry | None:
         """The project's default model (the built-in when it has none); None if unusable."""

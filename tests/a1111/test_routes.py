@@ -57,6 +57,7 @@ def test_txt2img_answers_like_a1111_and_lands_in_the_api_project(client: TestCli
     assert result["parameters"]["prompt"] == "a red circle"
 
     api = project_named(client, "API")
+    assert api["device"] == "cuda:0"  # made on the fastest device present, as A1111 runs
     stored = gallery(client, api["id"])
     assert sorted(image["seed"] for image in stored) == [10, 11, 12, 13]
     generations = client.get(f"/api/v1/projects/{api['id']}/generations").json()["items"]
@@ -166,9 +167,7 @@ def test_unknown_fields_and_nulls_are_accepted(client: TestClient) -> None:
         (TXT2IMG, ["not", "an", "object"]),
     ],
 )
-def test_bad_requests_elsewhere_are_422_never_500(
-    client: TestClient, path: str, body: Any
-) -> None:
+def test_bad_requests_elsewhere_are_422_never_500(client: TestClient, path: str, body: Any) -> None:
     response = client.post(path, json=body)
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
@@ -318,9 +317,7 @@ def test_interrupt_leaves_other_front_ends_jobs_alone(
 
 
 @pytest.fixture
-def auth_client(
-    settings: Settings, fake: FakeGenerator, monkeypatch: pytest.MonkeyPatch
-) -> Any:
+def auth_client(settings: Settings, fake: FakeGenerator, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("DALI_API_AUTH", "alice:secret,bob:hunter2")
     with TestClient(with_a1111(create_app(settings, fake))) as test_client:
         yield test_client

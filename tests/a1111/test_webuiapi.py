@@ -2,8 +2,9 @@
 library from PyPI) exactly as it drives AUTOMATIC1111.
 
 The model is the built-in one when `data/models/dali-tiny.safetensors` exists; otherwise a
-random-weight tiny checkpoint is written into the server's models folder and selected through
-`/options`, as an A1111 user switches models. Images are 64×64 with a few steps.
+random-weight tiny checkpoint written into the server's models folder, selected through
+`/options` as an A1111 user switches models. A copy of that checkpoint under a second name is
+the model the switch test goes to and back from. Images are 64×64 with a few steps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,12 +25,11 @@ from typing import Any
 
 import pytest
 import requests
+import webuiapi  # the A1111 client library from PyPI (requirements-dev)
 from PIL import Image
 
-webuiapi = pytest.importorskip("webuiapi", reason="pip install webuiapi (the A1111 client)")
-
-import sd_core  # noqa: E402
-from sd_core.infotext import parse_infotext  # noqa: E402
+import sd_core
+from sd_core.infotext import parse_infotext
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a red circle on a blue background"
@@ -39,7 +40,7 @@ SMALL = {"width": 64, "height": 64, "steps": 2}
 class Server:
     url: str
     log: Path
-    model_title: str | None  # the checkpoint the test selects; None: the built-in is there
+    builtin: bool  # the built-in model exists; else the random checkpoint is the main model
 
     def api(self) -> Any:
         host, port = self.url.removeprefix("http://").split(":")
@@ -49,6 +50,10 @@ class Server:
         response = requests.get(self.url + path, timeout=30)
         response.raise_for_status()
         return response.json()
+
+
+def title_of(api: Any, model_name: str) -> str:
+    return next(m["title"] for m in api.get_sd_models() if m["model_name"] == model_name)
 
 
 def free_port() -> int:
@@ -70,10 +75,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("a1111-server")
     models = root / "models"
     models.mkdir()
-    title = None
-    if not Path(sd_core.BUILTIN_MODEL_PATH).exists():
-        write_random_checkpoint(models / "tiny-random.safetensors")
-        title = "tiny-random.safetensors"  # completed with its hash from /sd-models
+    write_random_checkpoint(models / "tiny-random.safetensors")
+    shutil.copyfile(models / "tiny-random.safetensors", models / "tiny-other.safetensors")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
     env.update(
@@ -103,7 +106,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 pass
             assert time.monotonic() < deadline, f"uvicorn did not start:\n{log.read_text()}"
             time.sleep(0.2)
-        yield Server(url, log, title)
+        yield Server(url, log, Path(sd_core.BUILTIN_MODEL_PATH).exists())
     finally:
         process.terminate()
         try:
@@ -115,26 +118,38 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def api(server: Server) -> Any:
-    """The client, with the test's model selected through /options (A1111's model switch)."""
+    """The client, its current model the built-in one or else the random checkpoint."""
     client = server.api()
-    if server.model_title is not None:
-        titles = client.util_get_model_names()
-        wanted = [t for t in titles if t.startswith(server.model_title)]
-        assert len(wanted) == 1, titles
-        client.util_set_model(wanted[0])
-        assert client.util_get_current_model() == wanted[0]
-        assert client.get_options()["sd_model_checkpoint"] == wanted[0]
+    if not server.builtin:
+        # The built-in model is missing: nothing is usable until a model is chosen.
+        assert client.get_options()["sd_model_checkpoint"] is None
+        refused = client.session.post(f"{client.baseurl}/txt2img", json={"prompt": PROMPT})
+        assert refused.status_code == 422, refused.text
+        client.util_set_model(title_of(client, "tiny-random"))
     return client
 
 
-def test_sd_models_and_model_switch(server: Server, api: Any) -> None:
-    models = api.get_sd_models()
-    current = api.util_get_current_model()
-    entry = next(m for m in models if m["title"] == current)
-    assert entry["title"] == f"{entry['model_name']}.safetensors [{entry['hash']}]"
-    assert entry["sha256"].startswith(entry["hash"]) and len(entry["sha256"]) == 64
+def test_model_switch_through_options(api: Any) -> None:
+    main = api.util_get_current_model()
+    other = title_of(api, "tiny-other")
+    entry = next(m for m in api.get_sd_models() if m["title"] == other)
+    assert other == f"tiny-other.safetensors [{entry['hash']}]"
+    assert len(entry["sha256"]) == 64 and entry["sha256"].startswith(entry["hash"])
+
+    api.util_set_model(other)  # webuiapi: POST /options {"sd_model_checkpoint": title}
+    assert api.util_get_current_model() == other
+    result = api.txt2img(prompt=PROMPT, seed=1, width=64, height=64, steps=1)
+    assert result.info["sd_model_name"] == "tiny-other"
+    assert parse_infotext(result.images[0].info["parameters"]).model == "tiny-other"
+
+    api.set_options({"sd_model_checkpoint": main})
     api.refresh_checkpoints()
-    assert api.util_get_current_model() == current
+    assert api.util_get_current_model() == main
+    # A per-request override uses the model without switching.
+    result = api.txt2img(prompt=PROMPT, seed=1, width=64, height=64, steps=1,
+                         override_settings={"sd_model_checkpoint": other})  # fmt: skip
+    assert result.info["sd_model_name"] == "tiny-other"
+    assert api.util_get_current_model() == main
 
 
 def test_sampler_and_scheduler_lists(api: Any) -> None:
