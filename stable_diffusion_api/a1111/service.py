@@ -127,9 +127,12 @@ class A1111Service:
         mode = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
         defaults = infotext_defaults(request)
         if defaults:
-            request = type(request).model_validate(
-                {**request.model_dump(exclude_unset=True), **defaults}
-            )
+            try:
+                request = type(request).model_validate(
+                    {**request.model_dump(exclude_unset=True), **defaults}
+                )
+            except ValidationError as exc:  # e.g. "Steps: 500" in the infotext
+                raise _request_error(exc) from None
         check_supported(request)
         project = self.project(header)
         plan = self._plan(request, mode, project)

@@ -14,9 +14,7 @@ from tests.a1111.server_app import with_a1111
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    data = tmp_path / "data"
+def make_settings(data: Path) -> Settings:
     return Settings(
         data_dir=data,
         models_dir=data / "models",
@@ -25,6 +23,11 @@ def settings(tmp_path: Path) -> Settings:
         stale_after_s=2.0,
         queue_limit=20,
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
 
 
 @pytest.fixture
@@ -43,3 +46,17 @@ def client(
     with TestClient(with_a1111(create_app(settings, fake))) as test_client:
         yield test_client
     fake.release.set()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, FakeGenerator]]:
+    """One app for the tests that only read or are refused (nothing they send is queued)."""
+    settings = make_settings(tmp_path_factory.mktemp("shared") / "data")
+    fake = FakeGenerator(
+        write_fake_checkpoint(settings.resolved_models_dir / "dali-tiny.safetensors")
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("DALI_API_AUTH", raising=False)
+        env.delenv("DALI_A1111_PROJECT", raising=False)
+        with TestClient(with_a1111(create_app(settings, fake))) as test_client:
+            yield test_client, fake

@@ -134,8 +134,9 @@ def test_img2img_fits_the_init_image_and_passes_mask_and_strength(
     ],
 )  # fmt: skip
 def test_bad_values_are_422_with_detail_naming_the_field(
-    client: TestClient, fake: FakeGenerator, fields: dict[str, Any], location: list[str]
+    shared: tuple[TestClient, FakeGenerator], fields: dict[str, Any], location: list[str]
 ) -> None:
+    client, fake = shared
     response = client.post(TXT2IMG, json={**SMALL, "sampler_name": "Euler", **fields})
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
@@ -165,15 +166,45 @@ def test_unknown_fields_and_nulls_are_accepted(client: TestClient) -> None:
         ("/sdapi/v1/options", {"sd_model_checkpoint": 7}),
         ("/sdapi/v1/options", [1, 2]),
         (TXT2IMG, ["not", "an", "object"]),
+        (TXT2IMG, {"infotext": "x\nSteps: 500, Sampler: Euler, Seed: 1, Size: 64x64"}),
     ],
 )
-def test_bad_requests_elsewhere_are_422_never_500(client: TestClient, path: str, body: Any) -> None:
+def test_bad_requests_elsewhere_are_422_never_500(
+    shared: tuple[TestClient, FakeGenerator], path: str, body: Any
+) -> None:
+    client, fake = shared
     response = client.post(path, json=body)
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
+    assert fake.calls == []
 
 
-def test_bad_project_header_is_422(client: TestClient) -> None:
+def test_no_value_of_any_type_in_any_field_gives_a_500(client: TestClient) -> None:
+    # img2img's fields are txt2img's (but enable_hr, checked above) plus its own.
+    from stable_diffusion_api.a1111.schemas import Img2ImgRequest
+
+    base = {**SMALL, "steps": 1, "init_images": [png_b64(Image.new("RGB", (64, 64), "red"))]}
+    statuses = set()
+    for field in Img2ImgRequest.model_fields:
+        for value in ("abc", [1], -5, 1e300, ""):
+            response = client.post("/sdapi/v1/img2img", json={**base, field: value})
+            assert response.status_code in (200, 422), (field, value, response.text)
+            assert response.status_code == 200 or response.json()["detail"]
+            statuses.add(response.status_code)
+    assert statuses == {200, 422}
+
+
+def test_infotext_fills_the_fields_left_out(client: TestClient, fake: FakeGenerator) -> None:
+    infotext = "a blue square\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 321, Size: 64x64"
+    response = client.post(TXT2IMG, json={"infotext": infotext, "steps": 2})
+    assert response.status_code == 200, response.text
+    job = fake.calls[-1]
+    assert (job.prompt, job.seed, job.guidance, job.sampler) == ("a blue square", 321, 5.0, "euler")
+    assert (job.steps, job.width, job.height) == (2, 64, 64)  # the request's own value wins
+
+
+def test_bad_project_header_is_422(shared: tuple[TestClient, FakeGenerator]) -> None:
+    client, _ = shared
     response = client.post(TXT2IMG, json=SMALL, headers={"X-Dali-Project": "   "})
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"][0] == "header"
