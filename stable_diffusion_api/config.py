@@ -10,6 +10,7 @@ runs with no configuration at all:
     DALI_API_KEY             when set, the API and pages require it          (none)
     DALI_QUEUE_LIMIT         queued jobs accepted before 429                  100
     DALI_PIPELINE_CACHE_MB   memory budget for loaded pipelines              4096
+    DALI_TORCH_THREADS       CPU threads torch may use (None: torch decides)  (none)
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     queue_limit: int = Field(default=100, ge=1)
     pipeline_cache_mb: int = Field(default=4096, ge=0)
+    # On a busy CPU, torch's spinning worker threads can slow sampling down many times over;
+    # fewer threads than cores leaves room for the web server. None keeps torch's default.
+    torch_threads: int | None = Field(default=None, ge=1)
     # A preview costs a VAE-free latent→RGB projection and a small PNG; every few steps is plenty.
     preview_every: int = Field(default=3, ge=1)
     # Another process's job counts as interrupted when its heartbeat is older than this.

@@ -151,7 +151,7 @@
       const { response, data } = await api("GET", `/api/v1/projects/${project}/estimate?${params}`);
       if (!response.ok) { estimate.textContent = ""; return; }
       if (data.seconds === null) {
-        estimate.textContent = `Time per run: ${data.basis}.`;
+        estimate.textContent = `Estimated time: ${data.basis} — “Measure speed” runs a short test.`;
         measure.hidden = false;
       } else {
         estimate.textContent = `Estimated time: about ${formatSeconds(data.seconds)} (${data.basis}).`;
@@ -230,13 +230,19 @@
       ui.progress.value = 0;
       ui.detail.textContent = "";
       ui.status.textContent = data.position > 0 ? `Queued — ${data.position} ahead` : "Starting…";
-      $("#cancel-button").disabled = false;
+      $("#cancel-button").hidden = false;
       stop = follow(data.id, Object.assign({}, ui, {
         done(g) {
-          $("#cancel-button").disabled = true;
+          $("#cancel-button").hidden = true;
+          if (g.started_at && g.finished_at) {
+            const took = (Date.parse(g.finished_at) - Date.parse(g.started_at)) / 1000;
+            ui.detail.textContent = `${g.steps} steps in ${formatSeconds(took)}`;
+          }
           if (g.status === "succeeded") {
             ui.status.textContent = `Done — ${g.images.length} image${g.images.length === 1 ? "" : "s"}`;
             ui.progress.value = ui.progress.max;
+            const count = $("#gallery-count");
+            if (count) count.textContent = String(Number(count.textContent) + g.images.length);
             g.images.slice().reverse().forEach((image) => results.prepend(thumbLink(image)));
             ui.preview.hidden = true;
           } else if (g.status === "canceled") {

@@ -159,20 +159,25 @@ def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any
     """What every form offers: devices (with estimated time per image), models, samplers."""
     models = studio.models.list()
     estimates: dict[str, str] = {}
-    default_model = project.default_model if project else None
+    usable = [m.name for m in models if m.available]
+    # The project's model; else the built-in, or the first usable one if it is not installed.
+    model = project.default_model if project and project.default_model else None
+    if model is None and usable:
+        model = usable[0]
     steps = project.defaults.steps if project else 20
     for device in studio.hardware.devices:
+        if model is None:
+            estimates[device.id] = "no model installed yet"
+            continue
         try:
-            estimate = studio.generations.estimate(
-                device.id, None, default_model, None, None, steps, 1
-            )
-        except InvalidField:  # the model is not usable yet: no estimate to show
-            estimates[device.id] = "no usable model yet"
+            estimate = studio.generations.estimate(device.id, None, model, None, None, steps, 1)
+        except InvalidField:  # the project's model is gone or broken
+            estimates[device.id] = "its model cannot be used"
             continue
         estimates[device.id] = (
-            f"≈ {_seconds(estimate.seconds)} per image ({steps} steps)"
+            f"≈ {_seconds(estimate.seconds)} per image ({steps} steps, {model})"
             if estimate.seconds is not None
-            else "speed not measured yet"
+            else f"speed not measured yet ({model})"
         )
     return {
         "devices": studio.hardware.devices,

@@ -81,6 +81,15 @@ class _Timing:
         return (self.last_step - self.first_step) / (self.steps - 1)
 
 
+def _dali_json(image: PILImage.Image) -> dict[str, object]:
+    """The image's `dali` metadata as a dict (empty when absent or not a JSON object)."""
+    try:
+        data = json.loads(str(image.info.get("dali", "{}")))
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class DeviceWorker(threading.Thread):
     """Runs one device's jobs, one at a time, oldest first."""
 
@@ -182,7 +191,8 @@ class DeviceWorker(threading.Thread):
 
             def on_step(step: int, total: int, preview: PreviewFn) -> None:
                 timing.step(step)
-                pool.hub.step(job_id, step, total, timing.step_seconds)
+                # The first step also paid for loading: no ETA until a pure step is measured.
+                pool.hub.step(job_id, step, total, timing.step_seconds if step > 1 else None)
                 if step % pool.settings.preview_every == 0 and step < total:
                     buffer = io.BytesIO()
                     preview().save(buffer, format="PNG")
@@ -193,7 +203,9 @@ class DeviceWorker(threading.Thread):
             images_rows = self._save(row, project_name, images, written)
             # Measured before the row says succeeded: whoever sees the result sees the speed.
             self._record_speed(row, model, images[0], timing, sampled)
-            status = self._succeed(row, model, images_rows, timing)
+            ran = _dali_json(images[0]).get("sampler") if images else None
+            sampler = row.sampler or (ran if isinstance(ran, str) else None)
+            status = self._succeed(row, model, images_rows, timing, sampler)
         except JobCanceled:
             if pool.stopping.is_set() and not pool.hub.cancel_requested(job_id):
                 error = INTERRUPTED
@@ -216,12 +228,7 @@ class DeviceWorker(threading.Thread):
         """Write every PNG (metadata naming the project) and thumbnail; the rows to insert."""
         rows = []
         for index, image in enumerate(images):
-            try:
-                dali = json.loads(str(image.info.get("dali", "{}")))
-            except json.JSONDecodeError:
-                dali = {}
-            if not isinstance(dali, dict):
-                dali = {}
+            dali = _dali_json(image)
             dali.update(project=project_name, project_id=row.project_id, generation_id=row.id)
             image.info["dali"] = json.dumps(dali)
             path, thumb = self.pool.storage.image_paths(row.project_id, row.id, index)
@@ -245,10 +252,16 @@ class DeviceWorker(threading.Thread):
         return rows
 
     def _succeed(
-        self, row: Generation, model: ModelEntry, images: list[Image], timing: _Timing
+        self,
+        row: Generation,
+        model: ModelEntry,
+        images: list[Image],
+        timing: _Timing,
+        sampler: str | None,
     ) -> str:
         """Insert the image rows and mark the job succeeded, in one transaction — unless the
-        job's row is gone (project deleted) or no longer ours (then the files are dropped)."""
+        job's row is gone (project deleted) or no longer ours (then the files are dropped).
+        A job asking for the model's default sampler records the sampler that ran."""
         if row.width is None and images:
             self.pool.models.learn_native_size(model, images[0].width)
         with self.pool.db.session() as session:
@@ -264,6 +277,7 @@ class DeviceWorker(threading.Thread):
                     finished_at=utcnow(),
                     step_seconds=timing.step_seconds,
                     model_hash=model.short_hash,
+                    sampler=sampler,
                 )
             )
             if getattr(marked, "rowcount", 0) != 1:

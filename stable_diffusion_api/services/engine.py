@@ -7,6 +7,7 @@ app stays cheap. Pipelines are cached per (model path, device, dtype, low-memory
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,24 @@ from stable_diffusion_api.services.pipeline_cache import PipelineCache
 _BYTES_PER_PARAMETER = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
+def _native_size(metadata: dict[str, str], variant: str) -> int | None:
+    """Dali's own files carry their config (native size included) in the metadata; other SD v1
+    files are the original 512-pixel architecture."""
+    from sd_core.checkpoint import METADATA_CONFIG_KEY
+
+    try:
+        size = json.loads(metadata.get(METADATA_CONFIG_KEY, "{}")).get("native_size")
+    except (json.JSONDecodeError, AttributeError):
+        size = None
+    if isinstance(size, int):
+        return size
+    return 512 if variant.startswith("sd-v1") else None
+
+
 class SdCoreGenerator:
-    def __init__(self, cache_budget_bytes: int) -> None:
+    def __init__(self, cache_budget_bytes: int, torch_threads: int | None = None) -> None:
         self.cache: PipelineCache[Any] = PipelineCache(self._load, cache_budget_bytes)
+        self._torch_threads = torch_threads
 
     def list_devices(self) -> list[DeviceSpec]:
         from sd_core import devices
@@ -67,6 +83,7 @@ class SdCoreGenerator:
 
         info = checkpoint_info(path)
         return CheckpointSpec(
+            native_size=_native_size(info.metadata, info.variant),
             variant=info.variant,
             dtype=str(info.dtype),
             parameters=dict(info.parameters),
@@ -81,6 +98,8 @@ class SdCoreGenerator:
 
         assert isinstance(key, tuple), "keys are built by `generate`"
         path, device, dtype, low_memory = key
+        if self._torch_threads is not None:
+            torch.set_num_threads(self._torch_threads)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # give back what evicted pipelines held
         return sd_core.load_pipeline(path, device=device, dtype=dtype, low_memory=low_memory)

@@ -51,6 +51,7 @@ class CheckpointSpec:
     parameters: dict[str, int]
     sha256: str
     short_hash: str
+    native_size: int | None = None  # the size the model was trained at, when known
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,7 @@ class ModelRegistry:
         else:
             fresh.sha256, fresh.short_hash = spec.sha256, spec.short_hash
             fresh.variant, fresh.dtype, fresh.parameters = spec.variant, spec.dtype, spec.parameters
+            fresh.native_size = spec.native_size
         with self._db.session() as session:
             session.merge(fresh)
         return fresh

@@ -91,13 +91,13 @@ class SpeedService:
                 )
             )
         if not rows:
-            return Estimate(None, f"not measured on {device} yet")
+            return Estimate(None, f"speed not measured on {device} yet")
         pixels = width * height
         row = min(rows, key=lambda r: abs(r.width * r.height - pixels))
         scale = pixels / (row.width * row.height)
         seconds = row.overhead_s * scale + batch * steps * scale / row.steps_per_s
         if (row.width, row.height) == (width, height):
-            basis = f"measured {row.steps_per_s:.2f} steps/s at {width}×{height} ({row.source})"
+            basis = f"measured {row.steps_per_s:.2f} steps/s at {width}×{height}"
         else:
             basis = (
                 f"scaled from {row.steps_per_s:.2f} steps/s measured at {row.width}×{row.height}"

@@ -34,7 +34,7 @@ class Studio:
         if generator is None:
             from stable_diffusion_api.services.engine import SdCoreGenerator
 
-            generator = SdCoreGenerator(settings.pipeline_cache_bytes)
+            generator = SdCoreGenerator(settings.pipeline_cache_bytes, settings.torch_threads)
         self.settings = settings
         self.generator = generator
         self.db = Database(settings.resolved_database_url)

@@ -105,7 +105,8 @@ class FakeGenerator:
                 f"Size: {width}x{height}, Model: {job.model_name}"
             )
             image.info["parameters"] = params
-            image.info["dali"] = json.dumps({"prompt": job.prompt, "seed": seed})
+            sampler = job.sampler or "euler_a"  # the fake model's default sampler
+            image.info["dali"] = json.dumps({"prompt": job.prompt, "seed": seed, "sampler": sampler})
             image.info["seed"] = seed
             images.append(image)
         return images

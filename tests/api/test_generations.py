@@ -64,6 +64,18 @@ def test_project_defaults_fill_what_the_request_leaves_out(
     assert (spec.device, spec.dtype) == ("cpu", None)
 
 
+def test_the_default_sampler_is_recorded_as_the_one_that_ran(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client)
+    fake.block_at = 1
+    job = submit(client, project["id"])
+    assert client.get(f"/api/v1/generations/{job['id']}").json()["sampler"] is None
+    fake.release.set()
+    done = wait_for(client, job["id"])
+    assert fake.calls[-1].sampler is None and done["sampler"] == "euler_a"
+
+
 def test_random_seed_is_drawn_at_submission_and_recorded(
     client: TestClient, fake: FakeGenerator
 ) -> None:

@@ -1,0 +1,195 @@
+"""The studio in a real browser: Debian's Chromium driven by Playwright against a real uvicorn.
+
+Create a project, pick the CPU, generate, watch the progress bar move, see the image in the
+gallery, reopen it with "use these settings". Screenshots of every page, at desktop and phone
+width, go to $DALI_SCREENSHOTS (default /tmp/dali-screenshots) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = Path(os.environ.get("DALI_SCREENSHOTS", "/tmp/dali-screenshots"))
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A uvicorn process on a free loopback port; yields (base URL, model to pick or "")."""
+    import sd_core
+
+    data = tmp_path_factory.mktemp("browser") / "data"
+    model = ""
+    if not Path(sd_core.BUILTIN_MODEL_PATH).is_file():
+        from sd_core.checkpoint import save_checkpoint
+        from sd_core.config import TINY_TEST
+
+        from tests.reference import random_checkpoint
+
+        save_checkpoint(data / "models" / "tiny-random.safetensors",
+                        random_checkpoint(TINY_TEST), TINY_TEST)  # fmt: skip
+        model = "tiny-random"
+    port = free_port()
+    env = os.environ | {"DALI_DATA_DIR": str(data), "DALI_PREVIEW_EVERY": "2"}
+    log = (data / "uvicorn.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "stable_diffusion_api.sd_api:app",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"uvicorn did not start:\n{(data / 'uvicorn.log').read_text()}")
+            time.sleep(0.2)
+        yield base, model
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Screenshots at desktop and phone width, then back to desktop."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size(DESKTOP)
+    page.screenshot(path=str(SHOTS / f"{name}-desktop.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(SHOTS / f"{name}-phone.png"), full_page=True)
+    # Nothing may be wider than a phone screen (no sideways scrolling).
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, name
+    page.set_viewport_size(DESKTOP)
+
+
+def unlabelled_controls(page) -> list[str]:  # type: ignore[no-untyped-def]
+    """Form controls a screen reader could not name (keyboard users need labels too)."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+              .filter(el => el.type !== 'hidden' && !el.hidden)
+              .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                            && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+              .map(el => el.outerHTML)"""
+    )
+
+
+def test_create_generate_watch_gallery_reuse(server: tuple[str, str], browser) -> None:  # type: ignore[no-untyped-def]
+    base, model = server
+    context = browser.new_context(viewport=DESKTOP)
+    outside: list[str] = []
+    # Works offline: any request leaving this server is recorded and refused.
+    context.route(
+        "**/*",
+        lambda route: route.continue_() if route.request.url.startswith(base)
+        else (outside.append(route.request.url), route.abort()),
+    )  # fmt: skip
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    page.goto(base + "/")
+    assert page.locator("h1").inner_text() == "Projects"
+    assert page.locator("input[name=device][value=cpu]").is_checked()  # a sensible default
+    assert "built-in: shapes only" in page.content()
+    assert unlabelled_controls(page) == []
+    shoot(page, "1-home")
+
+    # Create a project with the keyboard only.
+    page.locator("#name").focus()
+    page.keyboard.type("Browser shapes")
+    page.locator("input[name=device][value=cpu]").check()
+    if model:
+        page.select_option("#default_model", model)
+    page.locator("#project-form button[type=submit]").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/projects/*")
+    assert page.locator("h1").inner_text() == "Browser shapes"
+    assert unlabelled_controls(page) == []
+    shoot(page, "2-generate")
+
+    page.fill("#prompt", "a red circle in the top left on a blue background")
+    page.fill("#steps", "12")
+    page.uncheck("#random_seed")
+    page.fill("#seed", "1234")
+    # Record the progress bar as it moves (the script sets its value on every SSE step).
+    page.evaluate(
+        """() => { window.seen = []; const bar = document.querySelector('#progress');
+                   setInterval(() => window.seen.push([bar.value, bar.max]), 15); }"""
+    )
+    page.locator("#prompt").press("Control+Enter")
+    page.wait_for_selector("#job:not([hidden])")
+    page.wait_for_function("window.seen.some(([v, m]) => v > 0 && v < m)", timeout=300_000)
+    shoot(page, "3-generating")
+    page.wait_for_selector("#results a.thumb img", timeout=300_000)
+    assert page.locator("#job-status").inner_text().startswith("Done")
+    assert page.locator("#preview").is_hidden()
+    seen = page.evaluate("window.seen")
+    values = [v for v, m in seen if 0 < v < m]
+    assert len(set(values)) >= 3 and values == sorted(values), seen
+    shoot(page, "4-done")
+
+    page.click("text=Gallery")
+    page.wait_for_url("**/gallery")
+    thumbs = page.locator(".gallery a.thumb")
+    assert thumbs.count() == 1
+    assert page.evaluate("document.querySelector('.gallery img').naturalWidth") > 0
+    shoot(page, "5-gallery")
+
+    thumbs.first.click()
+    page.wait_for_url("**/images/*")
+    assert "1234" in page.locator(".params").inner_text()
+    assert page.evaluate("document.querySelector('img.full').naturalWidth") > 0
+    shoot(page, "6-image")
+
+    page.click("#use-settings")
+    page.wait_for_url("**/projects/*?from_image=*")
+    assert page.input_value("#prompt") == "a red circle in the top left on a blue background"
+    assert page.input_value("#seed") == "1234" and not page.is_checked("#random_seed")
+    assert page.input_value("#steps") == "12"
+
+    page.goto(base + "/hardware")
+    shoot(page, "7-hardware")
+    page.goto(base + "/projects/999999")
+    assert page.locator(".error-code").inner_text() == "404"
+    shoot(page, "8-error")
+
+    assert outside == [] and errors == []
+    context.close()
