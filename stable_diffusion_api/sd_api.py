@@ -31,7 +31,7 @@ from stable_diffusion_api import __version__
 from stable_diffusion_api.config import STATIC_DIR, Settings
 from stable_diffusion_api.deps import LoginRequired
 from stable_diffusion_api.errors import install_error_handlers
-from stable_diffusion_api.routes import api, events, pages
+from stable_diffusion_api.routes import a1111, api, events, pages
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
 
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.add_exception_handler(LoginRequired, login_required)
     app.include_router(api.router)
     app.include_router(events.router)
+    app.include_router(a1111.router)  # AUTOMATIC1111-compatible /sdapi/v1, same queue
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -44,7 +44,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     if not Path(sd_core.BUILTIN_MODEL_PATH).is_file():
         from sd_core.checkpoint import save_checkpoint
         from sd_core.config import TINY_TEST
-
         from tests.reference import random_checkpoint
 
         save_checkpoint(data / "models" / "tiny-random.safetensors",
