@@ -1,0 +1,366 @@
+"""`python sd_gradio.py` as a real process, driven through Gradio's own client.
+
+The server gets a fresh data directory (`DALI_DATA_DIR`); what it writes is then read back
+through the service's own `Studio` over the same database, so "the image landed in the project"
+is checked where the web app would look. The model is the built-in one when it has been
+trained; until then a random-weight checkpoint at the tiny test config, picked by name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+pytest.importorskip(
+    "gradio_client", reason="the Gradio extra: pip install -r requirements-gradio.txt"
+)
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+import sd_core  # noqa: E402
+from sd_core.samplers import get_sampler, sampler_names  # noqa: E402
+from stable_diffusion_api.config import Settings  # noqa: E402
+from stable_diffusion_api.services import Studio  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "Gradio test"
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"sd_gradio.py exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"sd_gradio.py did not listen within {START_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("gradio")
+    data = tmp / "data"
+    model = ""  # the project default: the built-in model
+    if not sd_core.BUILTIN_MODEL_PATH.exists():
+        from sd_core.checkpoint import save_checkpoint
+        from sd_core.config import TINY_TEST
+        from tests.reference import random_checkpoint
+
+        save_checkpoint(
+            data / "models" / "tiny-random.safetensors", random_checkpoint(TINY_TEST), TINY_TEST
+        )
+        model = "tiny-random"
+    port = free_port()
+    env = {
+        **os.environ,
+        "DALI_DATA_DIR": str(data),
+        "GRADIO_TEMP_DIR": str(tmp / "gradio-cache"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONUNBUFFERED": "1",
+        # One thread: the models are tiny, and on a shared machine spinning threads are slow.
+        "OMP_NUM_THREADS": "1",
+    }
+    log = tmp / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "sd_gradio.py"), "--port", str(port), "--project", PROJECT],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for_port(port, process, log)
+        client = Client(
+            f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp / "downloads")
+        )
+        studio = Studio(Settings(data_dir=data))
+        yield {"client": client, "studio": studio, "model": model, "tmp": tmp, "log": log}
+        studio.db.dispose()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def txt2img(app: dict[str, Any], prompt: str = "a red circle", **kw: Any) -> tuple[Any, ...]:
+    args = {
+        "project": PROJECT, "model": app["model"], "device": "cpu", "dtype": "auto",
+        "prompt": prompt, "negative_prompt": "", "sampler": "euler", "steps": 2, "guidance": 7.0,
+        "seed": 1, "width": 0, "height": 0, "batch": 1,
+    }  # fmt: skip
+    args.update(kw)
+    return tuple(app["client"].predict(*args.values(), api_name="/txt2img"))
+
+
+def image_args(app: dict[str, Any], **kw: Any) -> list[Any]:
+    """img2img/inpaint arguments after the tab's own inputs: prompt … batch."""
+    args = {
+        "prompt": "a blue square", "negative_prompt": "", "sampler": "euler", "steps": 4,
+        "guidance": 7.0, "seed": 3, "width": 0, "height": 0, "batch": 1,
+    }  # fmt: skip
+    args.update(kw)
+    return list(args.values())
+
+
+def common(app: dict[str, Any]) -> list[Any]:
+    return [PROJECT, app["model"], "cpu", "auto"]
+
+
+def assert_user_error(call: Any, *fragments: str) -> str:
+    with pytest.raises(AppError) as caught:
+        call()
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert "Traceback" not in message and 'File "' not in message, message
+    return message
+
+
+def project_generations(app: dict[str, Any]) -> list[Any]:
+    studio: Studio = app["studio"]
+    project = next(p for p in studio.projects.list() if p.name == PROJECT)
+    generations, _ = studio.generations.page(project.id, 0, 1000)
+    return generations
+
+
+# --------------------------------------------------------------------------- the API surface
+
+
+def test_every_tab_has_a_named_endpoint(app: dict[str, Any]) -> None:
+    api = app["client"].view_api(return_format="dict", print_info=False)
+    named = set(api["named_endpoints"])
+    assert {
+        "/txt2img", "/img2img", "/inpaint", "/cancel", "/gallery", "/png_info", "/forward",
+        "/forward_strip", "/filmstrip",
+    } <= named  # fmt: skip
+    assert not any(name.startswith("/ui_") for name in named)  # UI wiring stays private
+    samplers = next(
+        p for p in api["named_endpoints"]["/txt2img"]["parameters"] if p["label"] == "Sampler"
+    )
+    assert set(sampler_names()) <= set(samplers["type"]["enum"])
+
+
+# --------------------------------------------------------------------------- generating
+
+
+def test_every_sampler_generates_into_the_project(app: dict[str, Any]) -> None:
+    before = len(project_generations(app))
+    for name in sampler_names():
+        gallery, _, info, status, details = txt2img(app, sampler=name, steps=2, seed=7)
+        assert len(gallery) == 1, (name, status)
+        with Image.open(gallery[0]["image"]) as image:
+            assert image.format == "PNG" and image.size == (64, 64)
+        assert f"Sampler: {get_sampler(name).display_name}," in info
+        assert details["status"] == "succeeded" and details["sampler"] == name
+        assert details["source"] == "gradio"
+    rows = project_generations(app)
+    assert len(rows) - before == len(sampler_names())
+    made = {row.sampler for row in rows[: len(sampler_names())]}
+    assert made == set(sampler_names())
+    assert all(row.status == "succeeded" and len(row.images) == 1 for row in rows)
+
+
+def test_batch_lands_in_gallery_and_png_metadata_round_trips(app: dict[str, Any]) -> None:
+    client: Client = app["client"]
+    gallery, _, info, status, details = txt2img(
+        app, prompt="a green triangle", negative_prompt="blurry", seed=1234, batch=2, steps=3,
+        sampler="euler_a", guidance=6.5,
+    )  # fmt: skip
+    assert [item["caption"].split("seed ")[1] for item in gallery] == ["1234", "1235"]
+    # The same images through the Studio, as the web app's gallery sees them.
+    studio: Studio = app["studio"]
+    view = studio.generations.view(details["id"])
+    assert [image.seed for image in view.images] == [1234, 1235]
+    assert view.images[0].parameters == info
+    project = studio.projects.view(view.project_id)
+    assert project.name == PROJECT
+    page, _ = studio.gallery.page(project.id, 0, 100)
+    assert {i.id for i in view.images} <= {i.id for i in page}
+    # Gradio's gallery endpoint lists them too.
+    listed, count = client.predict(PROJECT, api_name="/gallery")
+    listed_ids = {int(item["caption"].split(" ")[0].removeprefix("#")) for item in listed}
+    assert listed_ids >= {i.id for i in view.images} and PROJECT in count
+    # PNG info reads back what the file carries.
+    parameters, fields, dali = client.predict(
+        handle_file(gallery[1]["image"]), api_name="/png_info"
+    )
+    assert parameters == view.images[1].parameters
+    assert fields["prompt"] == "a green triangle" and fields["negative_prompt"] == "blurry"
+    assert fields["seed"] == 1235 and fields["steps"] == 3 and fields["sampler"] == "Euler a"
+    assert fields["cfg_scale"] == 6.5 and (fields["width"], fields["height"]) == (64, 64)
+    assert dali["project"] == PROJECT and dali["generation_id"] == details["id"]
+    assert dali["sampler"] == "euler_a" and dali["device"] == "cpu"
+
+
+def test_img2img_and_inpaint(app: dict[str, Any]) -> None:
+    client: Client = app["client"]
+    tmp: Path = app["tmp"]
+    Image.new("RGB", (64, 64), (20, 160, 40)).save(tmp / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp / "mask.png")
+    # A painted layer as the editor sends it: transparent, white where the brush went.
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (0, 0, 32, 64))
+    layer.save(tmp / "layer.png")
+
+    gallery, _, info, _, details = client.predict(
+        *common(app), handle_file(tmp / "init.png"), 0.5, *image_args(app), api_name="/img2img"
+    )
+    assert len(gallery) == 1 and details["has_init_image"] and not details["has_mask"]
+    assert "Denoising strength: 0.5" in info
+    for editor_layers, upload in (
+        ([handle_file(tmp / "layer.png")], None),
+        ([], handle_file(tmp / "mask.png")),
+    ):
+        editor = {
+            "background": handle_file(tmp / "init.png"),
+            "layers": editor_layers,
+            "composite": None,
+        }
+        gallery, _, _, _, details = client.predict(
+            *common(app), editor, upload, 0.75, *image_args(app), api_name="/inpaint"
+        )
+        assert len(gallery) == 1 and details["has_init_image"] and details["has_mask"]
+    # The stored mask is the painted half: white on the left, black on the right.
+    studio: Studio = app["studio"]
+    first_inpaint = details["id"] - 1
+    with Image.open(studio.settings.inputs_dir / str(first_inpaint) / "mask.png") as stored:
+        assert stored.getpixel((5, 30)) == 255 and stored.getpixel((60, 30)) == 0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_gets_a_clear_message(app: dict[str, Any]) -> None:
+    client: Client = app["client"]
+    tmp: Path = app["tmp"]
+    before = len(project_generations(app))
+    assert_user_error(lambda: txt2img(app, prompt="   "), "Prompt", "empty")
+    assert_user_error(lambda: txt2img(app, width=1004), "Width", "1004", "multiple of 8")
+    assert_user_error(lambda: txt2img(app, height=4096), "Height", "4096", "2048")
+    assert_user_error(lambda: txt2img(app, steps=0), "Steps", "minimum")
+    assert_user_error(lambda: txt2img(app, sampler="nope"), "Sampler", "nope")
+    assert_user_error(lambda: txt2img(app, model="no-such-model"), "Model", "no-such-model")
+
+    (tmp / "not-an-image.png").write_text("this is text, not a PNG")
+    Image.new("RGB", (64, 64)).save(tmp / "init64.png")
+    Image.new("L", (32, 32), 255).save(tmp / "mask32.png")
+    assert_user_error(
+        lambda: client.predict(
+            *common(app), handle_file(tmp / "not-an-image.png"), 0.5, *image_args(app),
+            api_name="/img2img",
+        ),
+        "Image", "could not be read as an image",
+    )  # fmt: skip
+    assert_user_error(
+        lambda: client.predict(
+            *common(app), None, 0.5, *image_args(app), api_name="/img2img",
+        ),
+        "upload the image",
+    )  # fmt: skip
+    editor = {"background": handle_file(tmp / "init64.png"), "layers": [], "composite": None}
+    assert_user_error(
+        lambda: client.predict(
+            *common(app), editor, handle_file(tmp / "mask32.png"), 0.75, *image_args(app),
+            api_name="/inpaint",
+        ),
+        "mask", "32x32", "64x64",
+    )  # fmt: skip
+    assert_user_error(
+        lambda: client.predict(
+            *common(app), editor, None, 0.75, *image_args(app), api_name="/inpaint"
+        ),
+        "Mask", "paint over",
+    )  # fmt: skip
+    assert_user_error(
+        lambda: client.predict(handle_file(tmp / "not-an-image.png"), api_name="/png_info"),
+        "could not be read as an image",
+    )
+    # Nothing reached the queue.
+    assert len(project_generations(app)) == before
+    # And the server never printed a traceback for any of it.
+    assert "Traceback" not in app["log"].read_text()
+
+
+# --------------------------------------------------------------------------- the explorer
+
+
+def test_forward_process_and_filmstrip(app: dict[str, Any]) -> None:
+    client: Client = app["client"]
+    tmp: Path = app["tmp"]
+    Image.new("RGB", (600, 300), (200, 40, 40)).save(tmp / "red.png")
+    explorer = [app["model"], "cpu", "auto"]
+    clean, noisy, stats = client.predict(
+        handle_file(tmp / "red.png"), 0, 0, *explorer, api_name="/forward"
+    )
+    assert "t = 0" in stats and "SNR" in stats and "1175" in stats  # ᾱ_0 / (1 - ᾱ_0)
+    with Image.open(clean) as a, Image.open(noisy) as b:
+        # Scaled to fit the model's native size, or 256 px for tiny models, keeping the aspect.
+        limit = (
+            256 if app["model"] else max(256, app["studio"].models.resolve(None).native_size or 0)
+        )
+        assert a.size == b.size == (limit, limit // 2)
+    _, _, stats = client.predict(
+        handle_file(tmp / "red.png"), 999, 0, *explorer, api_name="/forward"
+    )
+    assert "t = 999" in stats and "0.00466" in stats  # ᾱ_999
+    strip = client.predict(handle_file(tmp / "red.png"), 0, *explorer, api_name="/forward_strip")
+    assert [item["caption"].split(" ")[0] for item in strip] == [
+        "t=0", "t=100", "t=250", "t=500", "t=750", "t=999",
+    ]  # fmt: skip
+
+    *_, details = txt2img(app, steps=10, sampler="euler", seed=99)
+    frames, note = client.predict(details["id"], api_name="/filmstrip")
+    captions = [item["caption"] for item in frames]
+    assert len(frames) == 16  # 8 frames × (noisy x_t, predicted x0)
+    steps = [int(c.split("/")[0].removeprefix("step ")) for c in captions[::2]]
+    assert steps == [1, 2, 4, 5, 6, 7, 9, 10]
+    assert "σ=0" in captions[-2]  # Euler ends on σ = 0
+    assert f"Generation #{details['id']}" in note
+    assert_user_error(lambda: client.predict(10_000, api_name="/filmstrip"), "10000", "not found")
+
+
+# --------------------------------------------------------------------------- canceling
+
+
+def test_cancel_stops_a_running_generation(app: dict[str, Any]) -> None:
+    client: Client = app["client"]
+    studio: Studio = app["studio"]
+    job = client.submit(
+        PROJECT, app["model"], "cpu", "auto", "a long one", "", "euler", 150, 7.0, 5, 512, 512, 1,
+        api_name="/txt2img",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    running = None
+    while time.monotonic() < deadline and running is None:
+        running = next((g for g in project_generations(app) if g.status == "running"), None)
+        time.sleep(0.2)
+    assert running is not None, "the generation never started"
+    message = client.predict(api_name="/cancel")
+    assert f"#{running.id}" in message
+    gallery, _, _, status, details = job.result(timeout=60)
+    assert gallery == [] and "canceled" in status
+    assert studio.generations.view(running.id).status == "canceled"
+    assert client.predict(api_name="/cancel") == "Nothing is running."
