@@ -5,4 +5,6 @@ cd "$(dirname "$0")"
 source scripts/venv.sh requirements-dev.txt
 ruff check .
 mypy
+# One torch thread per process: tests start servers beside themselves on 2 cores.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 python -m pytest "$@"
