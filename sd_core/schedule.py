@@ -182,6 +182,11 @@ class NoiseSchedule:
         grid = torch.linspace(0, self.num_train_timesteps - 1, steps + 1, dtype=torch.float64)
         # np.round and torch.round both round half to even.
         t = grid.round().flip(0)[:-1].long()
+        if bool((t[1:] == t[:-1]).any()):
+            raise ValueError(
+                f"steps must be at most {self.num_train_timesteps - 1} for this spacing "
+                f"(more would repeat a timestep), got {steps}"
+            )
         sigmas = torch.cat([self.sigmas[t], self.sigmas.new_zeros(1)])
         return SigmaSchedule(sigmas, t.double())
 

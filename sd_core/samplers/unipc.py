@@ -33,16 +33,19 @@ from sd_core.samplers.base import (
 
 
 def _corrector_rhos(h: float, r: float | None) -> tuple[float, ...]:
-    """ρ of UniC: order 1 → (1/2,); order 2 → solve [[1, 1], [r, 1]]·ρ = b (bh2)."""
+    """ρ of UniC: order 1 → (1/2,); order 2 → the solution of [[1, 1], [r, 1]]·ρ = b.
+
+    b_k = k!·hh·φ_{k+1}(hh) / B(h) with hh = -h, B(h) = e^{hh} - 1 (bh2) and
+    φ_{k+1}(z) = (e^z - Σ_{j≤k} z^j / j!) / z^{k+1}, the order conditions of the paper.
+    """
     if r is None:
         return (0.5,)
     hh = -h
     b_h = math.expm1(hh)
-    phi_1 = math.expm1(hh)
-    phi_k1 = phi_1 / hh - 1  # h·φ_2(h) / h, in the paper's notation up to sign
-    phi_k2 = phi_k1 / hh - 0.5
-    b1 = phi_k1 * 1 / b_h
-    b2 = phi_k2 * 2 / b_h
+    hh_phi_2 = math.expm1(hh) / hh - 1  # hh·φ_2(hh)
+    hh_phi_3 = hh_phi_2 / hh - 0.5  # hh·φ_3(hh)
+    b1 = 1 * hh_phi_2 / b_h
+    b2 = 2 * hh_phi_3 / b_h
     rho_0 = (b1 - b2) / (1 - r)
     return (rho_0, b1 - rho_0)
 

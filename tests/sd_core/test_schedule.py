@@ -127,6 +127,10 @@ def test_errors_name_the_argument(schedule: NoiseSchedule) -> None:
         schedule.linspace(0)
     with pytest.raises(ValueError, match="steps must be at most"):
         schedule.leading(1001)
+    with pytest.raises(ValueError, match="steps must be at most 999 for this spacing"):
+        schedule.linspace_rounded(1000)
+    with pytest.raises(ValueError, match="steps_offset 1 pushes timestep 1000 past 999"):
+        schedule.leading(1000)
     with pytest.raises(ValueError, match="interpolation must be 'log' or 'linear', got 'cubic'"):
         schedule.sigma_to_t(torch.tensor([1.0]), interpolation="cubic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"t must lie in \[0, 999\]"):

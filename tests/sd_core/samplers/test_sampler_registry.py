@@ -14,6 +14,11 @@ from sd_core.config import ScheduleConfig
 from sd_core.samplers import SAMPLERS, SamplerSpec, get_sampler, sampler_names
 from sd_core.schedule import NoiseSchedule
 
+# diffusers' KDPM2 schedulers hand torch tensors to NumPy, which warns thousands of times.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array_wrap__ must accept context:DeprecationWarning"
+)
+
 CONFIG = json.loads((Path(__file__).parents[2] / "fixtures" / "scheduler_config.json").read_text())
 
 EXPECTED = {
