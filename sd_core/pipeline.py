@@ -433,10 +433,14 @@ class StableDiffusionPipeline:
                 ]
             ).to(self.device)
             start_noise = slerp(variation[1], start_noise, other)
+        sample = spec.fn
         # img2img always starts from the noised image; inpainting at full strength from pure noise.
         if init_latents is not None and (mask_image is None or req.strength < 1.0):
-            t_start = req.steps - int(req.steps * req.strength)
-            sigmas = sigmas[t_start:]
+            if req.strength > 0:
+                plan = spec.img2img(self.schedule, req.steps, req.strength)
+                sigmas, sample = plan.sigmas.to(self.device, torch.float32), plan.fn
+            else:  # nothing to denoise: the image's own latents
+                sigmas = sigmas[-1:]
             x = init_latents + start_noise * sigmas[0]
         else:
             x = start_noise * spec.initial_noise_scale(sigmas)
@@ -455,11 +459,13 @@ class StableDiffusionPipeline:
 
         unet = self._use(self.unet)
         total = len(sigmas) - 1
+        # The UNet timestep for each σ exactly as diffusers feeds it with this sampler.
+        to_t = spec.timestep_fn(self.schedule, req.steps)
 
         def denoise(x_in: Tensor, sigma: Tensor) -> Tensor:
             check_cancel()
             sigma = sigma.reshape(-1).expand(x_in.shape[0]) if sigma.numel() == 1 else sigma
-            t = self.schedule.sigma_to_t(sigma.double()).float()
+            t = to_t(sigma).to(self.device, torch.float32)
             scale = (sigma.float() ** 2 + 1).rsqrt().view(-1, 1, 1, 1)
             model_in = x_in * scale
             if extra_channels is not None:
@@ -488,7 +494,7 @@ class StableDiffusionPipeline:
             if total == 0:
                 result = x
             else:
-                result = spec.fn(denoise, x, sigmas, noise=noise, callback=on_step)
+                result = sample(denoise, x, sigmas, noise=noise, callback=on_step)
         finally:
             self._release(unet)
         if blend_mask is not None and init_latents is not None:
