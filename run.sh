@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start Dali. Creates/reuses .venv and installs what it needs.
+# Start the Dali studio on http://127.0.0.1:8000 (DALI_HOST / DALI_PORT to change).
+# Creates/reuses .venv and installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh requirements.txt
-exec python -m sd_core "$@"
+exec python -m stable_diffusion_api "$@"
