@@ -9,10 +9,11 @@ so no test holds a hand-written key mapping.
     text_encoder, vae, unet = diffusers_models(checkpoint, TINY_TEST)
     clip, autoencoder, unet_model = sd_core_models(checkpoint, TINY_TEST)
 
-Models share storage with `checkpoint` (they are built on the meta device and the tensors are
-assigned, not copied), so a full-size checkpoint costs its size once, not three times. Nothing
-here mutates weights, so sharing is safe. All models are returned in eval mode with
-`requires_grad=False`.
+sd_core's models and diffusers' VAE and UNet share storage with `checkpoint` (they are built on
+the meta device and the tensors are assigned, not copied), so a full-size UNet costs its 3.4 GB
+once, not three times; nothing here mutates weights, so sharing is safe. transformers'
+CLIPTextModel gets a copy (its non-persistent position_ids buffer needs a real build). All
+models are returned in eval mode with `requires_grad=False`; `model.to(...)` makes copies.
 """
 
 from __future__ import annotations
