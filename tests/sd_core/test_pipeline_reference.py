@@ -145,8 +145,11 @@ def test_batch_image_equals_its_seed_alone(models):
     batch = pipe.generate(prompt=PROMPT, seed=20, steps=3, sampler="euler_a", batch=3)
     alone = pipe.generate(prompt=PROMPT, seed=21, steps=3, sampler="euler_a")
     assert [im.info["seed"] for im in batch] == [20, 21, 22]
-    assert np.array_equal(np.asarray(batch[1]), np.asarray(alone[0]))
-    assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[1]))
+    same = np.abs(np.asarray(batch[1], dtype=int) - np.asarray(alone[0], dtype=int))
+    # Equal up to float round-off of batched vs single kernels: at most one level per pixel.
+    assert same.max() <= 1
+    other = np.abs(np.asarray(batch[0], dtype=int) - np.asarray(batch[1], dtype=int))
+    assert other.mean() > 5
 
 
 def init_image(size: tuple[int, int] = (64, 64)) -> Image.Image:
