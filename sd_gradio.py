@@ -32,8 +32,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse
 import base64
+import contextlib
 import io
 import itertools
+import json
 import logging
 import math
 import threading
@@ -95,14 +97,21 @@ FIELD_LABELS = {
 TraceKey = tuple[Any, ...]
 
 
-def _trace_key(source: JobSpec | GenerationOut) -> TraceKey:
-    """What identifies a run, from the worker's JobSpec or the finished generation's view.
+SAMPLER_SLOT = 6  # where the sampler sits in a TraceKey
 
-    The worker's `Generator.generate` does not learn the generation id, so a recording is
-    matched to its generation by every input that shapes the run; two runs with equal keys
-    draw the same pictures (the same seed), so a collision shows the right filmstrip anyway —
-    except img2img/inpaint runs that differ only in their input image, where the newest wins.
+
+def _trace_key(
+    job_or_view: JobSpec | GenerationOut, sampler: str | None, size: tuple[int, int] | None
+) -> TraceKey:
+    """What identifies a run: every input that shapes it, with the sampler and image size that
+    actually ran (a job may ask for "the model's default" of either).
+
+    The worker's `Generator.generate` never learns the generation id, so a recording is matched
+    to its generation by this key. Two runs with equal keys draw the same pictures (same seed,
+    same everything), so a collision still shows the right filmstrip — except img2img/inpaint
+    runs that differ only in their input image, where the newest run wins.
     """
+    source = job_or_view
     if isinstance(source, JobSpec):
         model, init, mask = (
             source.model_name,
@@ -118,10 +127,9 @@ def _trace_key(source: JobSpec | GenerationOut) -> TraceKey:
         source.negative_prompt,
         source.seed,
         source.steps,
-        source.sampler,
+        sampler,
         source.guidance,
-        source.width,
-        source.height,
+        size,
         source.batch,
         round(source.strength, 6) if init else None,
         init,
@@ -129,6 +137,21 @@ def _trace_key(source: JobSpec | GenerationOut) -> TraceKey:
         getattr(source, "variation_seed", None),
         getattr(source, "variation_strength", 0.0),
     )
+
+
+def _job_key(job: JobSpec, images: list[Image.Image]) -> TraceKey:
+    sampler = job.sampler
+    if images:
+        # No readable metadata: keep what was asked for.
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            sampler = json.loads(str(images[0].info.get("dali", "{}"))).get("sampler", sampler)
+    size = (images[0].width, images[0].height) if images else None
+    return _trace_key(job, sampler, size)
+
+
+def _view_key(view: GenerationOut) -> TraceKey:
+    size = (view.images[0].width, view.images[0].height) if view.images else None
+    return _trace_key(view, view.sampler, size)
 
 
 @dataclass(frozen=True)
@@ -223,7 +246,7 @@ class TracingGenerator(SdCoreGenerator):
             self._local.job = self._local.recorder = None
         if recorder is not None and recorder.frames:
             with self._lock:
-                key = _trace_key(job)
+                key = _job_key(job, list(images))
                 self._recordings[key] = Recording(job, list(recorder.frames))
                 self._recordings.move_to_end(key)
                 while len(self._recordings) > KEEP_RECORDINGS:
@@ -231,8 +254,17 @@ class TracingGenerator(SdCoreGenerator):
         return images
 
     def recording(self, view: GenerationOut) -> Recording | None:
+        """The recording of the run `view` shows, if this process made it recently."""
+        key = _view_key(view)
         with self._lock:
-            return self._recordings.get(_trace_key(view))
+            found = self._recordings.get(key)
+            if found is None and view.sampler is None:
+                # A view that does not name the sampler that ran: match on the rest, newest first.
+                for other, recording in reversed(self._recordings.items()):
+                    rest = other[:SAMPLER_SLOT] + other[SAMPLER_SLOT + 1 :]
+                    if rest == key[:SAMPLER_SLOT] + key[SAMPLER_SLOT + 1 :]:
+                        return recording
+            return found
 
     def pipeline(self, job: JobSpec) -> Any:
         """The cached pipeline for `job`'s model and hardware (loaded if evicted)."""
@@ -450,19 +482,24 @@ class DaliUI:
 
     # -- choices ----------------------------------------------------------------------------
 
+    # Mounted inside the FastAPI app, the UI is built before the app's lifespan has migrated
+    # the database: until the studio has started, the lists hold only their defaults and the
+    # page fills them in when it loads.
+
     def project_names(self) -> list[str]:
-        names = [p.name for p in self.studio.projects.list()]
+        names = [p.name for p in self.studio.projects.list()] if self.studio.started else []
         return names if self.default_project in names else [self.default_project, *names]
 
     def model_choices(self) -> list[tuple[str, str]]:
         choices = [("Project default", "")]
-        for entry in self.studio.models.list():
-            if entry.available:
-                choices.append((entry.label, entry.name))
+        if self.studio.started:
+            choices += [(e.label, e.name) for e in self.studio.models.list() if e.available]
         return choices
 
     def default_model(self) -> str:
         """ "" (the project's default) when the built-in model exists, else the first usable."""
+        if not self.studio.started:
+            return ""
         entries = [e for e in self.studio.models.list() if e.available]
         if not entries or entries[0].builtin:
             return ""
@@ -955,7 +992,7 @@ class DaliUI:
                 guidance = Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
                 with gr.Row(equal_height=True):
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", scale=4)
-                    dice = gr.Button("🎲", scale=1, min_width=40)
+                    dice = gr.Button("Random", scale=1, min_width=80, size="sm")
                 with gr.Row():
                     width = Slider(0, 2048, value=0, step=8, label="Width (0 = native size)")
                     height = Slider(0, 2048, value=0, step=8, label="Height (0 = native size)")
@@ -988,8 +1025,14 @@ class DaliUI:
                     self.project_names(), value=self.default_project, label="Project",
                     allow_custom_value=True, info="type a new name to start a project", scale=2,
                 )  # fmt: skip
+                # Any name may be typed (or sent over the API): the service checks it and
+                # answers with the installed models.
                 model = Dropdown(
-                    self.model_choices(), value=self.default_model(), label="Model", scale=2
+                    self.model_choices(),
+                    value=self.default_model(),
+                    label="Model",
+                    allow_custom_value=True,
+                    scale=2,
                 )
                 devices = self.device_choices()
                 device = Dropdown(
@@ -1023,19 +1066,18 @@ class DaliUI:
                         "inpaint",
                         lambda: [
                             MaskEditor(
-                                label="Image — paint over what to repaint", type="pil", format="png",
+                                label="Image — paint over what to repaint",
+                                elem_id="inpaint-editor", type="pil", format="png",
                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
                                 transforms=(), layers=False, height=360, sources=["upload", "clipboard"],
                             ),
-                            ImageUpload(label="Mask (optional; white = repaint, same size as the image)", type="filepath", image_mode=None, height=160),
+                            ImageUpload(label="Mask (optional; white = repaint, same size as the image)", type="filepath", image_mode=None, height=160, sources=["upload", "clipboard"]),
                             Slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
                         ],
                     )  # fmt: skip
-                with gr.Tab("Gallery", id="gallery"):
+                with gr.Tab("Gallery", id="gallery") as gallery_tab:
                     with gr.Row():
-                        gallery_refresh = gr.Button(
-                            "Show the project's images", variant="secondary"
-                        )
+                        gallery_refresh = gr.Button("↻ Show the project's images", scale=0)
                         gallery_count = gr.Markdown()
                     gallery_ids = gr.State([])
                     project_gallery = gr.Gallery(
@@ -1050,7 +1092,7 @@ class DaliUI:
                                 label="Parameters", lines=5, interactive=False
                             )
                             picked_generation = gr.Number(
-                                label="Generation", precision=0, interactive=False
+                                label="Generation #", precision=0, interactive=False
                             )
                             with gr.Row():
                                 gallery_to_t2i = gr.Button("Send to txt2img")
@@ -1060,6 +1102,7 @@ class DaliUI:
                 with gr.Tab("PNG info", id="pnginfo"), gr.Row():
                     png = ImageUpload(
                         label="Drop a PNG",
+                        elem_id="png-info-image",
                         type="filepath",
                         image_mode=None,
                         sources=["upload", "clipboard"],
@@ -1084,6 +1127,7 @@ class DaliUI:
                         with gr.Column():
                             explore_image = ImageUpload(
                                 label="Image",
+                                elem_id="explorer-image",
                                 type="filepath",
                                 image_mode=None,
                                 height=256,
@@ -1111,7 +1155,7 @@ class DaliUI:
                     )
                     with gr.Row(equal_height=True):
                         film_generation = gr.Number(
-                            value=None, precision=0, label="Generation # (empty = your latest)"
+                            value=0, precision=0, label="Generation # (0 = your latest)"
                         )
                         film_go = gr.Button("Show the reverse process", variant="primary")
                     film_note = gr.Markdown()
@@ -1142,6 +1186,10 @@ class DaliUI:
                 project,
                 [project_gallery, gallery_ids, gallery_count],
                 api_name="gallery",
+            )
+            # Opening the tab shows the current project's images at once.
+            gallery_tab.select(
+                self.gallery, project, [project_gallery, gallery_ids, gallery_count], **private()
             )
             project_gallery.select(
                 self.gallery_select, gallery_ids, [picked, picked_parameters, picked_generation],

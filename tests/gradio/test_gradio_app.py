@@ -262,7 +262,9 @@ def test_bad_input_gets_a_clear_message(app: dict[str, Any]) -> None:
     assert_user_error(lambda: txt2img(app, height=4096), "Height", "4096", "2048")
     assert_user_error(lambda: txt2img(app, steps=0), "Steps", "minimum")
     assert_user_error(lambda: txt2img(app, sampler="nope"), "Sampler", "nope")
-    assert_user_error(lambda: txt2img(app, model="no-such-model"), "Model", "no-such-model")
+    assert_user_error(
+        lambda: txt2img(app, model="no-such-model"), "no-such-model", "installed models"
+    )
 
     (tmp / "not-an-image.png").write_text("this is text, not a PNG")
     Image.new("RGB", (64, 64)).save(tmp / "init64.png")
@@ -331,14 +333,18 @@ def test_forward_process_and_filmstrip(app: dict[str, Any]) -> None:
         "t=0", "t=100", "t=250", "t=500", "t=750", "t=999",
     ]  # fmt: skip
 
-    *_, details = txt2img(app, steps=10, sampler="euler", seed=99)
-    frames, note = client.predict(details["id"], api_name="/filmstrip")
-    captions = [item["caption"] for item in frames]
-    assert len(frames) == 16  # 8 frames × (noisy x_t, predicted x0)
-    steps = [int(c.split("/")[0].removeprefix("step ")) for c in captions[::2]]
-    assert steps == [1, 2, 4, 5, 6, 7, 9, 10]
-    assert "σ=0" in captions[-2]  # Euler ends on σ = 0
-    assert f"Generation #{details['id']}" in note
+    # "" is the model's default sampler: the run records the one that actually ran.
+    for sampler in ("", "heun"):
+        *_, details = txt2img(app, steps=10, sampler=sampler, seed=99)
+        frames, note = client.predict(details["id"], api_name="/filmstrip")
+        captions = [item["caption"] for item in frames]
+        assert len(frames) == 16  # 8 frames × (noisy x_t, predicted x0)
+        steps = [int(c.split("/")[0].removeprefix("step ")) for c in captions[::2]]
+        assert steps == [1, 2, 4, 5, 6, 7, 9, 10]
+        assert all("noisy x_t" in c for c in captions[::2])
+        assert all("predicted x₀" in c for c in captions[1::2])
+        assert "σ=0" in captions[-2]  # both samplers end on σ = 0
+        assert f"Generation #{details['id']}" in note
     assert_user_error(lambda: client.predict(10_000, api_name="/filmstrip"), "10000", "not found")
 
 

@@ -1,0 +1,37 @@
+"""`mount_gradio(app)`: the UI inside Dali's FastAPI app, one process, the app's own studio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio", reason="the Gradio extra: pip install -r requirements-gradio.txt")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from sd_gradio import TracingGenerator, mount_gradio  # noqa: E402
+from stable_diffusion_api.config import Settings  # noqa: E402
+from stable_diffusion_api.sd_api import create_app  # noqa: E402
+
+
+def test_mounted_ui_serves_and_shares_the_app_studio(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "data"))
+    studio = app.state.studio
+    engine = studio.generator
+    mount_gradio(app)
+    # The app's workers now record filmstrips, through the app's own pipeline cache.
+    tracing = studio.workers.generator
+    assert isinstance(tracing, TracingGenerator)
+    assert tracing.cache.inner is engine.cache
+    with TestClient(app) as client:
+        page = client.get("/gradio/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        config = client.get("/gradio/config").json()
+        names = {d.get("api_name") for d in config["dependencies"]}
+        assert {"txt2img", "img2img", "inpaint", "cancel", "png_info", "filmstrip"} <= names
+        # The app itself still answers as before.
+        assert client.get("/api/v1/projects").status_code == 200
+    # Mounting twice (a second UI) keeps one tracing adapter.
+    mount_gradio(app, "/gradio2")
+    assert studio.workers.generator is tracing
