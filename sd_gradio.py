@@ -1150,7 +1150,8 @@ class DaliUI:
                     explore_strip = gr.Gallery(
                         label="Forward process",
                         columns=len(FORWARD_STRIP),
-                        height="auto",
+                        rows=1,
+                        height=260,
                         format="png",
                     )
                     with gr.Row(equal_height=True):

@@ -351,11 +351,11 @@ def test_forward_process_and_filmstrip(app: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- canceling
 
 
-def test_cancel_stops_a_running_generation(app: dict[str, Any]) -> None:
+def test_progress_per_step_then_cancel(app: dict[str, Any]) -> None:
     client: Client = app["client"]
     studio: Studio = app["studio"]
     job = client.submit(
-        PROJECT, app["model"], "cpu", "auto", "a long one", "", "euler", 150, 7.0, 5, 512, 512, 1,
+        PROJECT, app["model"], "cpu", "auto", "a long one", "", "euler", 150, 7.0, 5, 256, 256, 1,
         api_name="/txt2img",
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -364,6 +364,14 @@ def test_cancel_stops_a_running_generation(app: dict[str, Any]) -> None:
         running = next((g for g in project_generations(app) if g.status == "running"), None)
         time.sleep(0.2)
     assert running is not None, "the generation never started"
+    # The client sees the progress bar move step by step.
+    seen: set[tuple[int | None, int | None, str | None]] = set()
+    while time.monotonic() < deadline and len({s for s in seen if s[0]}) < 2:
+        for unit in job.status().progress_data or []:
+            seen.add((unit.index, unit.length, unit.unit))
+        time.sleep(0.1)
+    steps = {s for s in seen if s[0]}
+    assert len(steps) >= 2 and all(length == 150 and unit == "steps" for _, length, unit in steps)
     message = client.predict(api_name="/cancel")
     assert f"#{running.id}" in message
     gallery, _, _, status, details = job.result(timeout=60)
