@@ -1329,6 +1329,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
 
     settings = Settings()
     studio = Studio(settings, TracingGenerator(settings.pipeline_cache_bytes))
