@@ -181,9 +181,20 @@ class TensorSource:
         try:
             obj = torch.load(str(self.path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            # torch's safe unpickler names an "Unsupported global" when the file asks for code
+            # it will not import; other failures are damaged, foreign or hand-made pickles.
+            text = str(e)
+            lines = [ln.strip() for ln in text.split("WeightsUnpickler error:")[-1].splitlines()]
+            detail = next((ln for ln in lines if "unsupported global" in ln.lower()), "")
+            detail = detail or next((ln for ln in lines if ln), type(e).__name__)
+            if "unsupported global" in text.lower():
+                raise CheckpointError(
+                    f"checkpoint {str(self.path)!r} was refused: it holds objects other than "
+                    f"tensors (loading it could run code); convert it to .safetensors ({detail})"
+                ) from e
             raise CheckpointError(
-                f"checkpoint {str(self.path)!r} was refused: it holds objects other than tensors "
-                f"(loading it could run code); convert it to .safetensors ({e})"
+                f"checkpoint {str(self.path)!r} is corrupt or truncated, or not a torch checkpoint; "
+                f"it was refused without running anything ({detail})"
             ) from e
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
             raise CheckpointError(

@@ -1,0 +1,176 @@
+"""Pipeline behaviour beyond reference equality: validation, callbacks, cancel, metadata, devices."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sd_core
+from sd_core.checkpoint import save_checkpoint
+from sd_core.config import TINY_TEST
+from sd_core.devices import list_devices, resolve_device, resolve_dtype
+from sd_core.infotext import parse_infotext
+from sd_core.preview import latents_to_rgb
+from tests.reference import random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory):  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_checkpoint(path, random_checkpoint(TINY_TEST, seed=5), TINY_TEST)
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint_path):  # type: ignore[no-untyped-def]
+    return sd_core.load_pipeline(checkpoint_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"steps": 0}, ["steps", "0", "1 to 150"]),
+        ({"steps": 151}, ["steps", "151"]),
+        ({"steps": 2.5}, ["steps", "integer"]),
+        ({"guidance": 31}, ["guidance", "31", "0 to 30"]),
+        ({"guidance": float("nan")}, ["guidance", "nan"]),
+        ({"strength": 1.5}, ["strength", "1.5", "0 to 1"]),
+        ({"width": 100}, ["width", "100", "multiple of 8"]),
+        ({"height": 56}, ["height", "56", "64"]),
+        ({"width": 4096}, ["width", "4096", "2048"]),
+        ({"batch": 0}, ["batch", "0"]),
+        ({"seed": -5}, ["seed", "-5"]),
+        ({"sampler": "nope"}, ["unknown sampler", "nope", "euler_a", "dpmpp_2m"]),
+        ({"prompt": 3}, ["prompt", "string"]),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(pipe, kwargs, words):
+    args = {"prompt": "a red circle", "steps": 2, **kwargs}
+    with pytest.raises(ValueError) as e:
+        pipe.generate(**args)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_mask_checks(pipe):
+    image = Image.new("RGB", (64, 64), "red")
+    with pytest.raises(ValueError, match="mask needs an init_image"):
+        pipe.generate("x", steps=1, mask=Image.new("L", (64, 64)))
+    with pytest.raises(ValueError, match="mask size 32x32 must equal init_image size 64x64"):
+        pipe.generate("x", steps=1, init_image=image, mask=Image.new("L", (32, 32)))
+
+
+def test_defaults_and_metadata(pipe):
+    (image,) = pipe.generate("a red circle", seed=7, steps=2)
+    assert image.size == (TINY_TEST.native_size, TINY_TEST.native_size)
+    params = parse_infotext(image.info["parameters"])
+    assert params.prompt == "a red circle" and params.seed == 7 and params.steps == 2
+    assert params.sampler == "Euler a"  # the model's default sampler, by its A1111 name
+    assert params.model_hash == pipe.model_hash
+    dali = json.loads(image.info["dali"])
+    assert dali["sampler"] == "euler_a" and dali["device"] == "cpu" and dali["dtype"] == "float32"
+
+
+def test_random_seed_is_reported_and_reproducible(pipe):
+    (first,) = pipe.generate("a blue square", steps=2, sampler="euler")
+    seed = first.info["seed"]
+    (again,) = pipe.generate("a blue square", steps=2, sampler="euler", seed=seed)
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+
+
+def test_callback_sees_every_step_and_cancel_stops_within_one(pipe):
+    seen: list[tuple[int, int, tuple[int, ...]]] = []
+    pipe.generate("x", seed=1, steps=4, sampler="euler", batch=2,
+                  callback=lambda i, n, latents: seen.append((i, n, tuple(latents.shape))))
+    assert seen == [(i, 4, (2, 4, 8, 8)) for i in range(1, 5)]
+
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(seen_cancel) >= 2
+
+    seen_cancel: list[int] = []
+    with pytest.raises(sd_core.GenerationCancelled):
+        pipe.generate("x", seed=1, steps=10, sampler="euler",
+                      callback=lambda i, n, _: seen_cancel.append(i), cancel=cancel)
+    assert seen_cancel == [1, 2]
+
+
+def test_trace_and_variation_seed(pipe):
+    frames = []
+    pipe.generate("x", seed=3, steps=3, sampler="euler",
+                  trace=lambda i, n, x, d: frames.append((i, x.shape, d.shape)))
+    assert [f[0] for f in frames] == [1, 2, 3]
+    base = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler")[0], dtype=int)
+    none = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler",
+                                    variation_seed=9, variation_strength=0.0)[0], dtype=int)
+    full = np.asarray(pipe.generate("x", seed=9, steps=3, sampler="euler")[0], dtype=int)
+    towards = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler",
+                                       variation_seed=9, variation_strength=1.0)[0], dtype=int)
+    assert np.array_equal(base, none)
+    assert np.abs(towards - full).max() <= 1  # strength 1 = the variation seed's noise
+    with pytest.raises(ValueError, match="variation_strength"):
+        pipe.generate("x", steps=1, variation_seed=1, variation_strength=2.0)
+
+
+def test_long_prompt_warns_and_is_truncated(pipe):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.generate("red " * 100, seed=1, steps=1)
+    assert any("tokens" in str(w.message) for w in caught)
+
+
+def test_img2img_strength_zero_keeps_the_image_and_inpaint_keeps_unmasked_latents(pipe):
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 32:] = 255
+    _, inpainted = pipe.generate_latents("x", seed=1, steps=4, sampler="euler", init_image=image,
+                                         mask=Image.fromarray(mask), strength=1.0)
+    _, kept = pipe.generate_latents("x", seed=1, steps=4, sampler="euler", init_image=image,
+                                    strength=0.0)
+    # strength 0 denoises nothing: the image's own (posterior-sampled) latents come back, and
+    # inpainting keeps exactly those latents where the mask is black (the left half).
+    torch.testing.assert_close(inpainted[..., :4], kept[..., :4])
+    assert (inpainted[..., 4:] - kept[..., 4:]).abs().mean() > 0.1
+    (decoded,) = pipe.generate("x", seed=1, steps=4, sampler="euler", init_image=image,
+                               strength=0.0)
+    assert decoded.size == (64, 64)
+
+
+def test_devices_and_dtypes():
+    ids = [d.id for d in list_devices()]
+    assert ids[0] == "cpu"
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="cuda:7.*available devices: cpu"):
+        resolve_device("cuda:7")
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="float16.*not supported on cpu"):
+        resolve_dtype("float16", torch.device("cpu"))
+
+
+def test_missing_device_is_refused_by_load_pipeline(checkpoint_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for machines without it")
+    with pytest.raises(ValueError, match="device 'cuda' is not available"):
+        sd_core.load_pipeline(checkpoint_path, device="cuda")
+
+
+def test_bfloat16_on_cpu_gives_a_finite_close_image(checkpoint_path, pipe):
+    low = sd_core.load_pipeline(checkpoint_path, dtype="bfloat16")
+    a = np.asarray(pipe.generate("x", seed=2, steps=3, sampler="euler")[0], dtype=int)
+    b = np.asarray(low.generate("x", seed=2, steps=3, sampler="euler")[0], dtype=int)
+    assert np.abs(a - b).mean() < 12
+
+
+def test_preview_is_latent_sized_rgb():
+    images = latents_to_rgb(torch.randn(2, 4, 8, 12))
+    assert [im.size for im in images] == [(12, 8), (12, 8)] and images[0].mode == "RGB"
+    with pytest.raises(ValueError, match="shape"):
+        latents_to_rgb(torch.randn(4, 8, 8))
