@@ -18,19 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
-pytest.importorskip(
-    "gradio_client", reason="the Gradio extra: pip install -r requirements-gradio.txt"
-)
-
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-
-import sd_core  # noqa: E402
-from sd_core.samplers import get_sampler, sampler_names  # noqa: E402
-from stable_diffusion_api.config import Settings  # noqa: E402
-from stable_diffusion_api.services import Studio  # noqa: E402
+import sd_core
+from sd_core.samplers import get_sampler, sampler_names
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.services import Studio
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "Gradio test"

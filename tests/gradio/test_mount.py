@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from fastapi.testclient import TestClient
 
-pytest.importorskip("gradio", reason="the Gradio extra: pip install -r requirements-gradio.txt")
-
-from fastapi.testclient import TestClient  # noqa: E402
-
-from sd_gradio import TracingGenerator, mount_gradio  # noqa: E402
-from stable_diffusion_api.config import Settings  # noqa: E402
-from stable_diffusion_api.sd_api import create_app  # noqa: E402
+from sd_gradio import TracingGenerator, mount_gradio
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.sd_api import create_app
 
 
 def test_mounted_ui_serves_and_shares_the_app_studio(tmp_path: Path) -> None:
