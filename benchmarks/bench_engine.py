@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sd_core.config import SD_V1  # noqa: E402
+from sd_core.config import SD_V1, TINY_TEST  # noqa: E402
 from tests.reference import diffusers_models, random_checkpoint, sd_core_models  # noqa: E402
 
 
@@ -57,19 +57,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--tiny", action="store_true", help="tiny config: a smoke test of this script")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     parts = set(args.parts.split(","))
 
-    checkpoint = random_checkpoint(SD_V1, seed=0)
-    ours = [m.to(device, dtype) for m in sd_core_models(checkpoint, SD_V1)]
-    ref = [m.to(device, dtype) for m in diffusers_models(checkpoint, SD_V1, sdpa=True)]
+    config = TINY_TEST if args.tiny else SD_V1
+    checkpoint = random_checkpoint(config, seed=0)
+    ours = [m.to(device, dtype) for m in sd_core_models(checkpoint, config)]
+    ref = [m.to(device, dtype) for m in diffusers_models(checkpoint, config, sdpa=True)]
     del checkpoint
     g = torch.Generator("cpu").manual_seed(0)
     ids = torch.randint(0, 49408, (2, 77), generator=g).to(device)
     latents = torch.randn(2, 4, 64, 64, generator=g).to(device, dtype)
-    context = torch.randn(2, 77, 768, generator=g).to(device, dtype)
+    context = torch.randn(2, 77, config.unet.context_dim, generator=g).to(device, dtype)
     t = torch.tensor([500.0, 500.0], device=device)
 
     results: dict[str, dict[str, float]] = {}
@@ -91,7 +93,7 @@ def main() -> None:
                 "diffusers": timed(lambda: ref[1].decode(z).sample, device, args.repeat),
             }
         if "image" in parts:
-            results[f"image_512_{args.steps}_steps"] = time_images(ours, ref, device, dtype, args)
+            results[f"image_512_{args.steps}_steps"] = time_images(config, ours, ref, device, dtype, args)
         for name, r in results.items():
             r["ratio_sd_core_over_diffusers"] = r["sd_core"] / r["diffusers"]
             print(f"{name:>22}: sd_core {r['sd_core']:.4f} s   diffusers {r['diffusers']:.4f} s"
@@ -109,14 +111,14 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2))
 
 
-def time_images(ours, ref, device, dtype, args) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def time_images(config, ours, ref, device, dtype, args) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Whole 512×512 images through both pipelines with the same weights."""
     import diffusers
 
     from sd_core.pipeline import StableDiffusionPipeline
     from tests.clip_reference import hf_tokenizer
 
-    ours_pipe = StableDiffusionPipeline(SD_V1, ours[0], ours[1], ours[2], device=device, dtype=dtype,
+    ours_pipe = StableDiffusionPipeline(config, ours[0], ours[1], ours[2], device=device, dtype=dtype,
                                         model_name="random", model_hash="0" * 10)
     config = json.loads((Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "scheduler_config.json").read_text())
     import tempfile

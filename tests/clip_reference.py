@@ -41,7 +41,7 @@ def hf_tokenizer(directory: Path) -> Any:
 
     directory.mkdir(parents=True, exist_ok=True)
     write_hf_files(directory)
-    reference = transformers.CLIPTokenizer.from_pretrained(directory)
+    reference = transformers.CLIPTokenizer.from_pretrained(directory, model_max_length=77)
     assert len(reference) == 49408
     assert reference.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"]) == [49406, 49407]
     return reference
