@@ -3,8 +3,6 @@
 1. Same seed → same image on CPU and CUDA (float32), for a deterministic and a stochastic
    sampler, with a random-weight tiny checkpoint: max pixel difference reported.
 2. float16 / bfloat16 on CUDA give finite images close to float32.
-3. Full SD v1.5 shapes, random weights: sd_core's UNet and VAE decode vs diffusers on CUDA in
-   float16, relative error reported.
 
     python benchmarks/gpu_checks.py --json gpu_checks.json
 """
@@ -24,13 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sd_core  # noqa: E402
 from sd_core.checkpoint import save_checkpoint  # noqa: E402
-from sd_core.config import SD_V1, TINY_TEST  # noqa: E402
-from tests.reference import (  # noqa: E402
-    diffusers_models,
-    random_checkpoint,
-    relative_error,
-    sd_core_models,
-)
+from sd_core.config import TINY_TEST  # noqa: E402
+from tests.reference import random_checkpoint  # noqa: E402
 
 
 def pixels(images) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -55,25 +48,6 @@ def main() -> None:
             kwargs = dict(prompt="a red circle", seed=42, steps=10, sampler="euler")
             a, b = pixels(cpu.generate(**kwargs)), pixels(low.generate(**kwargs))
             report[f"cpu_fp32_vs_cuda_{dtype}_mean_pixel_diff"] = float(np.abs(a - b).mean())
-    checkpoint = random_checkpoint(SD_V1, seed=0)
-    ours = [m.to("cuda", torch.float16) for m in sd_core_models(checkpoint, SD_V1)]
-    ref = [m.to("cuda", torch.float16) for m in diffusers_models(checkpoint, SD_V1, sdpa=True)]
-    del checkpoint
-    g = torch.Generator("cpu").manual_seed(0)
-    x = torch.randn(2, 4, 64, 64, generator=g).to("cuda", torch.float16)
-    context = torch.randn(2, 77, 768, generator=g).to("cuda", torch.float16)
-    t = torch.tensor([999.0, 10.0], device="cuda")
-    with torch.inference_mode():
-        report["full_unet_fp16_relative_error"] = relative_error(
-            ours[2](x, t, context).float(), ref[2](x, t, context).sample.float()
-        )
-        report["full_vae_decode_fp16_relative_error"] = relative_error(
-            ours[1].decode(x[:1]).float(), ref[1].decode(x[:1]).sample.float()
-        )
-        ids = torch.randint(0, 49408, (2, 77), generator=g).cuda()
-        report["full_clip_fp16_relative_error"] = relative_error(
-            ours[0](ids).float(), ref[0](ids).last_hidden_state.float()
-        )
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
