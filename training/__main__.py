@@ -1,0 +1,305 @@
+"""`python -m training train|eval|sample|bench …`: train, judge and try the built-in model.
+
+    python -m training train --out runs/tiny --device cuda --export data/models/dali-tiny.safetensors
+    python -m training train --out runs/tiny --resume          # continue an interrupted run
+    python -m training eval --checkpoint data/models/dali-tiny.safetensors
+    python -m training sample --checkpoint … --prompt "a red circle on a blue background" --out x.png
+    python -m training bench --checkpoint … --threads 2
+
+Exit status: 0 done, 1 an evaluation below its targets (`eval --strict`), 2 bad flags or
+inputs (the message says which and what is allowed), 130 interrupted (the last checkpoint is
+kept; rerun with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_PRESETS = ("dali-tiny", "micro")
+# Train flags that map one-to-one onto TrainConfig fields (flag --vae-steps → vae_steps).
+_TRAIN_FIELDS = {
+    "seed": int,
+    "vae_steps": int,
+    "vae_batch": int,
+    "unet_steps": int,
+    "unet_batch": int,
+    "pool_size": int,
+    "checkpoint_every": int,
+    "eval_count": int,
+    "tune_count": int,
+    "lr": float,
+    "vae_lr": float,
+}
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the trainer saved its state at a step boundary."""
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train dali-tiny (both phases), evaluate, write the file")
+    train.add_argument("--out", required=True, type=Path, help="run folder (checkpoint, logs, model)")
+    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--export", type=Path, help="also copy the final model file to this path")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    train.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
+    train.add_argument("--preset", choices=_PRESETS, default="dali-tiny",
+                       help="model size: dali-tiny (default) or micro (seconds; for tests)")
+    for name, kind in _TRAIN_FIELDS.items():
+        parse = _non_negative_int if name == "seed" else _positive(kind)
+        train.add_argument("--" + name.replace("_", "-"), type=parse, default=None,
+                           help=f"TrainConfig.{name}")
+
+    evaluate = sub.add_parser("eval", help="judge a checkpoint on held-out captions")
+    evaluate.add_argument("--checkpoint", required=True, type=Path)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--count", type=_positive(int), default=300)
+    evaluate.add_argument("--steps", type=_positive(int), default=20)
+    evaluate.add_argument("--sampler", help="default: the model's default sampler")
+    evaluate.add_argument("--guidance", type=float, help="default: the one the file records")
+    evaluate.add_argument("--threads", type=_positive(int))
+    evaluate.add_argument("--json", type=Path, help="write the figures here")
+    evaluate.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+
+    sample = sub.add_parser("sample", help="draw images of one caption")
+    sample.add_argument("--checkpoint", required=True, type=Path)
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--out", required=True, type=Path, help="PNG path (out-1.png, … for more)")
+    sample.add_argument("--seed", type=_non_negative_int, default=0)
+    sample.add_argument("--count", type=_positive(int), default=1)
+    sample.add_argument("--steps", type=_positive(int), default=20)
+    sample.add_argument("--sampler")
+    sample.add_argument("--guidance", type=float)
+    sample.add_argument("--device", default="cpu")
+
+    bench = sub.add_parser("bench", help="seconds for one image, or (--train) for a whole run")
+    bench.add_argument("--checkpoint", type=Path, help="model to time (not with --train)")
+    bench.add_argument("--train", action="store_true",
+                       help="time each part of the default training run and project its total")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--threads", type=_positive(int))
+    bench.add_argument("--steps", type=_positive(int), default=20)
+    bench.add_argument("--repeat", type=_positive(int), default=5)
+    return parser
+
+
+def _load(checkpoint: Path, device: str) -> tuple[Any, dict[str, Any]]:
+    """A pipeline for `checkpoint` in float32 and the evaluation record the file carries."""
+    import sd_core
+    from sd_core.checkpoint import TensorSource
+
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r} is not a file")
+    record = json.loads(TensorSource(checkpoint).metadata.get("dali_eval", "{}"))
+    return sd_core.load_pipeline(checkpoint, device=device, dtype="float32"), record
+
+
+def _guidance(args: argparse.Namespace, record: dict[str, Any]) -> float:
+    if args.guidance is not None:
+        return float(args.guidance)
+    return float(record.get("guidance", 5.0))
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    try:
+        with open(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+        Path(tmp).replace(target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _finish(trainer: Any, args: argparse.Namespace) -> Path:
+    """Export the trained model, evaluate it (choosing sampler and guidance), write the file."""
+    from training import evaluate as ev
+    from training.train import MODEL_NAME
+
+    cfg = trainer.config
+    path = trainer.out / MODEL_NAME
+    trainer.export(path)
+    if not args.no_eval:
+        pipe, _ = _load(path, str(trainer.device))
+        sampler, guidance, table = ev.tune(
+            pipe, cfg.tune_count, cfg.eval_steps, cfg.tune_samplers, cfg.tune_guidance
+        )
+        print(f"chosen on training captions: sampler {sampler}, guidance {guidance:g}")
+        result = ev.evaluate(pipe, cfg.eval_count, cfg.eval_steps, sampler, guidance)
+        variation = ev.variation_checks(pipe, cfg.eval_steps, sampler, guidance)
+        print(result.summary())
+        print(json.dumps(variation))
+        record = {**result.as_dict(), "variation": variation, "tuning": table,
+                  "device": str(trainer.device)}
+        (trainer.out / "eval.json").write_text(json.dumps(record, indent=2))
+        summary = {k: v for k, v in record.items() if k not in ("failures", "tuning")}
+        trainer.export(path, default_sampler=sampler, metadata={"dali_eval": json.dumps(summary)})
+    if args.export:
+        _atomic_copy(path, args.export)
+        print(f"wrote {args.export}")
+    return path
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from sd_core.devices import resolve_device
+    from training import train as tr
+    from training.config import MICRO_TRAIN, TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Subnormal floats (|x| < 1.2e-38) are 10–100× slower on x86 CPUs and appear in the first
+    # steps from the zero-initialised layers and Adam's tiny second moments; without this the
+    # first steps of a run take seconds each. CPU only; no effect on CUDA.
+    torch.set_flush_denormal(True)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        parser.error(f"--device: {e}")
+    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    base = MICRO_TRAIN if args.preset == "micro" else TrainConfig()
+    config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    command = "python -m training " + shlex.join(args.argv)
+    trainer = tr.open_run(args.out, device, config, args.resume, command, overrides)
+
+    def request_stop(signum: int, frame: Any) -> None:
+        trainer.stop_requested = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    log_path = args.out / "log.jsonl"
+    try:
+        with open(log_path, "a") as log:
+            trainer.train(log=lambda record: print(json.dumps(record), file=log, flush=True))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if trainer.stop_requested:
+        raise Interrupted(
+            f"interrupted in phase {trainer.phase!r} at step {trainer.step}; the checkpoint in "
+            f"{str(args.out)!r} is saved: rerun the same command with --resume"
+        )
+    path = _finish(trainer, args)
+    print(f"wrote {path}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from training import evaluate as ev
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe, record = _load(args.checkpoint, args.device)
+    sampler = args.sampler or pipe.config.default_sampler
+    result = ev.evaluate(pipe, args.count, args.steps, sampler, _guidance(args, record))
+    print(result.summary())
+    for failure in result.failures[:5]:
+        print("  missed:", failure)
+    if args.json:
+        args.json.write_text(json.dumps(result.as_dict(), indent=2))
+    return 1 if args.strict and not all(result.meets_targets().values()) else 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    pipe, record = _load(args.checkpoint, args.device)
+    images = pipe.generate(prompt=args.prompt, seed=args.seed, steps=args.steps,
+                           sampler=args.sampler, guidance=_guidance(args, record),
+                           batch=args.count)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}")
+        image.save(path)
+        print(path)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from training import evaluate as ev
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.train:
+        torch.set_flush_denormal(True)  # as `train` does
+        from sd_core.devices import resolve_device
+        from training.bench import estimate_training
+        from training.config import TrainConfig
+
+        print(json.dumps(estimate_training(TrainConfig(), resolve_device(args.device))))
+        return 0
+    if args.checkpoint is None:
+        raise ValueError("bench needs --checkpoint PATH (or --train)")
+    pipe, record = _load(args.checkpoint, args.device)
+    seconds = ev.benchmark(pipe, args.steps, pipe.config.default_sampler, _guidance(args, record),
+                           args.repeat)
+    print(json.dumps({"seconds_per_image": round(seconds, 4), "steps": args.steps,
+                      "device": args.device, "threads": torch.get_num_threads()}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    from sd_core.checkpoint import CheckpointError
+    from training.train import TrainingError
+
+    try:
+        if args.command == "train":
+            return _train(args, parser)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "sample":
+            return _sample(args)
+        return _bench(args)
+    except Interrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 130
+    except (TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

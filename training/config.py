@@ -1,0 +1,114 @@
+"""Configurations of the built-in model "dali-tiny" and of its training run.
+
+`DALI_TINY` is the SD v1 architecture at a small width: the same kinds of blocks in the same
+arrangement (a UNet of 4 levels, channel_mult (1, 2, 2, 2), with cross-attention at downsample
+factors 1, 2, 4 and in the middle block; a VAE with f=8, 2 res blocks a level and the mid
+attention, exactly SD's; a causal CLIP text tower with the real 49,408-token vocabulary), so its
+checkpoint uses the original key names and loads through the same code as SD v1.5. The UNet has
+1 res block a level instead of SD's 2: at 8×8 latents its cost is the number of layers, not
+their width, and one block a level is what keeps a 20-step image under a second on 2 CPU cores
+(and the training under an hour). Its VAE `scale_factor` here is a placeholder: the trainer measures the latent standard
+deviation after training the VAE (as SD's 0.18215 was measured) and writes the measured value
+into the shipped file's config.
+
+`TrainConfig` holds every knob of a run; its defaults are the run that ships (sized to finish in
+under an hour on 2 CPU cores). `MICRO_MODEL`/`MICRO_TRAIN` are a seconds-long run for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from sd_core.config import CLIPConfig, ModelConfig, UNetConfig, VAEConfig
+
+DALI_TINY = ModelConfig(
+    name="dali-tiny",
+    clip=CLIPConfig(width=64, layers=2, heads=2, intermediate=256),
+    vae=VAEConfig(base_channels=16, channel_mult=(1, 2, 4, 4), num_res_blocks=2, norm_groups=8),
+    unet=UNetConfig(
+        model_channels=32,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(1, 2, 4),
+        num_heads=2,
+        context_dim=64,
+        norm_groups=8,
+    ),
+    native_size=64,
+    default_sampler="euler_a",
+)
+
+# The smallest model with the same structure, for the trainer's tests.
+MICRO_MODEL = ModelConfig(
+    name="dali-micro",
+    clip=CLIPConfig(width=16, layers=1, heads=2, intermediate=32),
+    vae=VAEConfig(base_channels=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1, norm_groups=4),
+    unet=UNetConfig(
+        model_channels=8,
+        channel_mult=(1, 1, 1, 1),
+        num_res_blocks=1,
+        attention_resolutions=(1,),
+        num_heads=2,
+        context_dim=16,
+        norm_groups=4,
+    ),
+    native_size=64,
+    default_sampler="euler_a",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every number of one training run (both phases) and of its evaluation."""
+
+    seed: int = 0
+    # Phase 1: the autoencoder, on freshly rendered images.
+    vae_steps: int = 3000
+    vae_batch: int = 16
+    vae_crop: int = 32  # pixels; random crops (multiples of 8) of the 64-pixel images
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-5  # per latent element, against a per-pixel reconstruction loss
+    # Phase 2: text encoder + UNet on a pool of pre-encoded training images.
+    pool_size: int = 18576  # encoded training images (6 seeds of each of the 3096 captions)
+    unet_steps: int = 4000
+    unet_batch: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
+    grad_clip: float = 1.0
+    checkpoint_every: int = 500  # steps, in each phase
+    # Evaluation (held-out captions through sd_core's pipeline).
+    eval_count: int = 300
+    eval_steps: int = 20
+    tune_count: int = 24  # training captions used to pick the default sampler and guidance
+    tune_samplers: tuple[str, ...] = ("euler_a", "euler", "dpmpp_2m")
+    tune_guidance: tuple[float, ...] = (3.0, 5.0, 7.0)
+    model: ModelConfig = field(default_factory=lambda: DALI_TINY)
+
+    def overrides(self) -> dict[str, object]:
+        """The fields that differ from the defaults (for the record of how a file was made)."""
+        default = TrainConfig()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "model" and getattr(self, f.name) != getattr(default, f.name)
+        }
+
+
+MICRO_TRAIN = TrainConfig(
+    vae_steps=4,
+    vae_batch=2,
+    pool_size=16,
+    unet_steps=6,
+    unet_batch=4,
+    warmup_steps=2,
+    checkpoint_every=3,
+    eval_count=4,
+    eval_steps=2,
+    tune_count=2,
+    tune_samplers=("euler",),
+    tune_guidance=(3.0,),
+    model=MICRO_MODEL,
+)
