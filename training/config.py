@@ -82,7 +82,7 @@ class TrainConfig:
     # Evaluation (held-out captions through sd_core's pipeline).
     eval_count: int = 300
     eval_steps: int = 20
-    tune_count: int = 24  # training captions used to pick the default sampler and guidance
+    tune_count: int = 16  # training captions used to pick the default sampler and guidance
     tune_samplers: tuple[str, ...] = ("euler_a", "euler", "dpmpp_2m")
     tune_guidance: tuple[float, ...] = (3.0, 5.0, 7.0)
     model: ModelConfig = field(default_factory=lambda: DALI_TINY)
