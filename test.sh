@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh requirements-dev.txt
+# The browser test drives Debian's Chromium (no browser download); install it where we can.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
 ruff check .
 mypy
 # One torch thread per process: tests start servers beside themselves on 2 cores.
