@@ -154,6 +154,11 @@ class StableDiffusionPipeline:
         self._home = torch.device("cpu") if self.low_memory else device
         for model in (text_encoder, vae, unet):
             model.to(self._home)
+        if device.type == "cpu":
+            # oneDNN's convolutions run faster on NHWC: measured on 16 CPU cores at SD v1.5 shapes,
+            # UNet 1.97 → 1.73 s and VAE decode 3.04 → 2.50 s (docs/benchmarks.md).
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_checkpoint(
