@@ -11,11 +11,13 @@ runs with no configuration at all:
     DALI_QUEUE_LIMIT         queued jobs accepted before 429                  100
     DALI_PIPELINE_CACHE_MB   memory budget for loaded pipelines              4096
     DALI_TORCH_THREADS       CPU threads torch may use (None: torch decides)  (none)
+    DALI_WORKER_MODE         "process": workers in child processes; "thread"  process
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     # On a busy CPU, torch's spinning worker threads can slow sampling down many times over;
     # fewer threads than cores leaves room for the web server. None keeps torch's default.
     torch_threads: int | None = Field(default=None, ge=1)
+    # Sampling a small model holds the GIL most of the time: in its own process it cannot
+    # slow the web server down. "thread" keeps the workers in the server process.
+    worker_mode: Literal["process", "thread"] = "process"
     # A preview costs a VAE-free latent→RGB projection and a small PNG; every few steps is plenty.
     preview_every: int = Field(default=3, ge=1)
     # Another process's job counts as interrupted when its heartbeat is older than this.

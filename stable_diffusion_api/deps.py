@@ -21,7 +21,9 @@ API_KEY_COOKIE = "dali_api_key"
 Id = Annotated[int, Path(ge=1, le=2**62)]
 
 
-def get_studio(request: Request) -> Studio:
+# Cheap dependencies are `async def`: a plain `def` would cost a thread-pool round trip each
+# (and a GIL hand-off that waits on the worker thread while it samples).
+async def get_studio(request: Request) -> Studio:
     studio: Studio = request.app.state.studio
     return studio
 
@@ -49,7 +51,7 @@ def key_ok(studio: Studio, presented: str | None) -> bool:
     )
 
 
-def require_api_key(request: Request, studio: StudioDep) -> None:
+async def require_api_key(request: Request, studio: StudioDep) -> None:
     if not key_ok(studio, presented_key(request)):
         raise Unauthorized("a valid API key is required (header X-API-Key or Bearer token)")
 
@@ -64,7 +66,7 @@ class LoginRequired(DomainError):
         self.next_path = next_path
 
 
-def require_login(request: Request, studio: StudioDep) -> None:
+async def require_login(request: Request, studio: StudioDep) -> None:
     if not key_ok(studio, presented_key(request)):
         raise LoginRequired(request.url.path)
 

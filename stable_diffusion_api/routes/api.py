@@ -84,7 +84,7 @@ def benchmark_out(benchmark: Benchmark) -> BenchmarkOut:
 
 
 @router.get("/health")
-def health(studio: StudioDep) -> dict[str, object]:
+async def health(studio: StudioDep) -> dict[str, object]:
     return {"status": "ok", "devices": [d.id for d in studio.hardware.devices]}
 
 
@@ -156,7 +156,7 @@ def create_project(data: ProjectCreate, studio: StudioDep, response: Response) -
 
 
 @router.get("/projects/{project_id}")
-def read_project(project: ProjectDep) -> ProjectOut:
+async def read_project(project: ProjectDep) -> ProjectOut:
     return project
 
 
@@ -225,7 +225,7 @@ def list_generations(
 
 
 @router.get("/generations/{generation_id}")
-def read_generation(generation: GenerationDep) -> GenerationOut:
+async def read_generation(generation: GenerationDep) -> GenerationOut:
     return generation
 
 
@@ -254,7 +254,7 @@ def list_images(
 
 
 @router.get("/images/{image_id}")
-def read_image(image: ImageDep) -> ImageOut:
+async def read_image(image: ImageDep) -> ImageOut:
     return image
 
 

@@ -9,13 +9,15 @@
     event: done      data: the finished generation (succeeded, failed with `error`, canceled),
                            then the stream ends
 
-Progress comes from the in-memory hub (cheap, polled ten times a second); the database is read
-only for status changes (every half second), so hundreds of watchers cost little.
+Progress comes from the in-memory hub, which wakes the stream the moment a job changes; the
+database is read only for status changes (every half second, or at once when the job ends), so
+hundreds of watchers cost little.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -31,7 +33,6 @@ from stable_diffusion_api.services import Studio
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
 
-TICK_S = 0.1
 STATUS_EVERY_S = 0.5
 KEEPALIVE_S = 15.0
 
@@ -68,34 +69,41 @@ async def generation_events(
             payload["preview"] = state.preview_data_url
         return sse("progress", payload)
 
-    while not studio.workers.stopping.is_set():
-        now = time.monotonic()
-        if now - last_db >= STATUS_EVERY_S:
-            last_db = now
-            if await request.is_disconnected():
-                return
-            try:
-                view = await run_in_threadpool(studio.generations.view, generation_id)
-            except NotFound:  # deleted while watched
-                yield sse("done", {"id": generation_id, "status": "deleted", "error": None})
-                return
-            if view.status in FINISHED:
-                # The last steps may have landed since the previous tick: send them first.
-                if last_status is not None and (event := progress()):
-                    yield event
-                yield sse("done", view.model_dump(mode="json"))
-                return
-            if (view.status, view.position) != last_status:
-                last_status = (view.status, view.position)
-                yield sse("status", view.model_dump(mode="json", exclude={"progress"}))
+    with studio.hub.watch(generation_id) as changed:
+        while not studio.workers.stopping.is_set():
+            now = time.monotonic()
+            state = studio.hub.get(generation_id)
+            # A job that just finished here is announced at once, not at the next status read.
+            finished_here = state is not None and state.status != "running"
+            if now - last_db >= STATUS_EVERY_S or finished_here:
+                last_db = now
+                if await request.is_disconnected():
+                    return
+                try:
+                    view = await run_in_threadpool(studio.generations.view, generation_id)
+                except NotFound:  # deleted while watched
+                    yield sse("done", {"id": generation_id, "status": "deleted", "error": None})
+                    return
+                if view.status in FINISHED:
+                    # The last steps may have landed since the previous event: send them first.
+                    if last_status is not None and (event := progress()):
+                        yield event
+                    yield sse("done", view.model_dump(mode="json"))
+                    return
+                if (view.status, view.position) != last_status:
+                    last_status = (view.status, view.position)
+                    yield sse("status", view.model_dump(mode="json", exclude={"progress"}))
+                    last_sent = now
+            if last_status is not None and (event := progress()):
+                yield event
                 last_sent = now
-        if last_status is not None and (event := progress()):
-            yield event
-            last_sent = now
-        if now - last_sent > KEEPALIVE_S:
-            yield ": keep-alive\n\n"  # a comment line: keeps proxies from closing the stream
-            last_sent = now
-        await asyncio.sleep(TICK_S)
+            if now - last_sent > KEEPALIVE_S:
+                yield ": keep-alive\n\n"  # a comment line: keeps proxies from closing it
+                last_sent = now
+            # Sleep until the hub has news of this job (instantly), or the next status read.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), STATUS_EVERY_S)
+            changed.clear()
 
 
 @router.get("/generations/{generation_id}/events", response_class=StreamingResponse)

@@ -56,6 +56,12 @@ class Benchmark:
     error: str | None = None
 
 
+def benchmark_key(benchmark: Benchmark) -> tuple[object, ...]:
+    """One measurement per device, dtype, model and size: asking twice waits for the first."""
+    return (benchmark.device, benchmark.dtype, benchmark.model.name, benchmark.width,
+            benchmark.height)  # fmt: skip
+
+
 @dataclass
 class _Timing:
     """Step timestamps of one run: the first step also pays for loading and text encoding,
@@ -100,6 +106,10 @@ class DeviceWorker(threading.Thread):
         self.wake = threading.Event()
         self.benchmarks: deque[Benchmark] = deque()
         self._last_db_check = 0.0
+
+    def stop(self) -> None:
+        """Wake the thread so it sees `pool.stopping` (set by the pool) and ends."""
+        self.wake.set()
 
     def run(self) -> None:
         pool = self.pool

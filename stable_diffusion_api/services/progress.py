@@ -8,9 +8,12 @@ lookup rather than a database query.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 
@@ -47,6 +50,10 @@ class ProgressHub:
         self._states: dict[int, Progress] = {}
         self._cancel: set[int] = set()
         self._changed = threading.Condition()
+        # Called with the generation id on every cancel request: worker processes listen here.
+        self.cancel_listeners: list[Callable[[int], None]] = []
+        # Event streams waiting for news of a job: (their event loop, their asyncio.Event).
+        self._watchers: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
     def _put(self, state: Progress) -> None:
         with self._changed:
@@ -56,6 +63,31 @@ class ProgressHub:
                 state, version=version, updated=time.monotonic()
             )
             self._changed.notify_all()
+            watchers = list(self._watchers.get(state.generation_id, ()))
+        for loop, event in watchers:
+            # Worker threads may not touch an event loop's objects: ask the loop to do it.
+            with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
+                loop.call_soon_threadsafe(event.set)
+
+    @contextlib.contextmanager
+    def watch(self, generation_id: int) -> Iterator[asyncio.Event]:
+        """An asyncio.Event (for the running loop) set whenever the job's state changes."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._changed:
+            self._watchers.setdefault(generation_id, []).append(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._changed:
+                watchers = self._watchers.get(generation_id, [])
+                if entry in watchers:
+                    watchers.remove(entry)
+                if not watchers:
+                    self._watchers.pop(generation_id, None)
+
+    def apply(self, state: Progress) -> None:
+        """Take a state reported by a worker process as this process's own."""
+        self._put(state)
 
     def start(self, generation_id: int, total: int) -> None:
         self._forget_old()
@@ -98,6 +130,8 @@ class ProgressHub:
         with self._changed:
             self._cancel.add(generation_id)
             self._changed.notify_all()
+        for listener in list(self.cancel_listeners):
+            listener(generation_id)
 
     def cancel_requested(self, generation_id: int) -> bool:
         return generation_id in self._cancel

@@ -69,15 +69,17 @@ class ModelRegistry:
         self._entries: dict[Path, tuple[int, int, ModelEntry]] = {}
 
     def _files(self) -> list[tuple[Path, bool]]:
-        builtin = self._generator.builtin_checkpoint().resolve()
+        builtin = self._generator.builtin_checkpoint().absolute()
         files: list[tuple[Path, bool]] = [(builtin, True)]
         if self._models_dir.is_dir():
             for path in sorted(self._models_dir.rglob("*")):
                 relative = path.relative_to(self._models_dir)
                 hidden = any(part.startswith(".") for part in relative.parts)
                 wanted = path.suffix.lower() in CHECKPOINT_SUFFIXES and not hidden
-                if wanted and path.is_file() and path.resolve() != builtin:
-                    files.append((path.resolve(), False))
+                # A symlinked checkpoint keeps its link's name; the same file as the built-in
+                # model is listed once, as the built-in.
+                if wanted and path.is_file() and path.resolve() != builtin.resolve():
+                    files.append((path.absolute(), False))
         return files
 
     def list(self) -> list[ModelEntry]:

@@ -30,7 +30,17 @@ from stable_diffusion_api.services.workers import RecoveryReport, WorkerPool
 
 
 class Studio:
-    def __init__(self, settings: Settings, generator: Generator | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        generator: Generator | None = None,
+        worker_mode: str | None = None,
+        hub: ProgressHub | None = None,
+    ) -> None:
+        """`generator` replaces the engine (tests); an injected generator lives in this process,
+        so its workers are threads. `worker_mode` overrides `settings.worker_mode`."""
+        if worker_mode is None:
+            worker_mode = "thread" if generator is not None else settings.worker_mode
         if generator is None:
             from stable_diffusion_api.services.engine import SdCoreGenerator
 
@@ -39,7 +49,7 @@ class Studio:
         self.generator = generator
         self.db = Database(settings.resolved_database_url)
         self.storage = ImageStorage(settings.resolved_data_dir)
-        self.hub = ProgressHub()
+        self.hub = hub if hub is not None else ProgressHub()
         self.hardware = HardwareService(generator)
         self.samplers = SamplerCatalog(generator)
         self.models = ModelRegistry(settings, self.db, generator)
@@ -57,6 +67,7 @@ class Studio:
             self.storage,
             self.hub,
             self.speeds,
+            worker_mode,
         )
         self.generations = GenerationService(
             settings,

@@ -37,13 +37,19 @@ from stable_diffusion_api.models import (
     WorkerProcess,
     utcnow,
 )
-from stable_diffusion_api.services.device_worker import INTERRUPTED, Benchmark, DeviceWorker
+from stable_diffusion_api.services.device_worker import (
+    INTERRUPTED,
+    Benchmark,
+    DeviceWorker,
+    benchmark_key,
+)
 from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.speeds import SpeedService
 from stable_diffusion_api.services.storage import ImageStorage
+from stable_diffusion_api.services.worker_process import ProcessWorker
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,7 @@ class WorkerPool:
         storage: ImageStorage,
         hub: ProgressHub,
         speeds: SpeedService,
+        mode: str = "thread",
     ) -> None:
         self.settings = settings
         self.db = db
@@ -75,10 +82,11 @@ class WorkerPool:
         self.storage = storage
         self.hub = hub
         self.speeds = speeds
+        self.mode = mode  # "thread" or "process" (services/worker_process.py)
         self.instance_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
         self.benchmarks: dict[tuple[object, ...], Benchmark] = {}
-        self._workers: dict[str, DeviceWorker] = {}
+        self._workers: dict[str, DeviceWorker | ProcessWorker] = {}
         self._heartbeat: threading.Thread | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -92,7 +100,11 @@ class WorkerPool:
         if report.interrupted:
             log.warning("marked interrupted jobs failed: %s", report.interrupted)
         for device in self.hardware.devices:
-            worker = DeviceWorker(self, device.id)
+            worker: DeviceWorker | ProcessWorker
+            if self.mode == "process":
+                worker = ProcessWorker(self, device.id)
+            else:
+                worker = DeviceWorker(self, device.id)
             self._workers[device.id] = worker
             worker.start()
         self._heartbeat = threading.Thread(target=self._beat, name="dali-heartbeat", daemon=True)
@@ -104,7 +116,7 @@ class WorkerPool:
         interrupted, exactly as if the server had crashed."""
         self.stopping.set()
         for worker in self._workers.values():
-            worker.wake.set()
+            worker.stop()
         deadline = time.monotonic() + timeout
         for worker in self._workers.values():
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -112,6 +124,10 @@ class WorkerPool:
             self._heartbeat.join(max(0.0, deadline - time.monotonic()))
         with self.db.session() as session:
             session.execute(delete(WorkerProcess).where(WorkerProcess.id == self.instance_id))
+
+    @property
+    def workers(self) -> dict[str, DeviceWorker | ProcessWorker]:
+        return dict(self._workers)
 
     def wake(self, device: str) -> None:
         worker = self._workers.get(device)
@@ -196,8 +212,7 @@ class WorkerPool:
 
     def request_benchmark(self, benchmark: Benchmark) -> Benchmark:
         """Queue a short speed measurement on the device's worker (ahead of waiting jobs)."""
-        key = (benchmark.device, benchmark.dtype, benchmark.model.name, benchmark.width,
-               benchmark.height)  # fmt: skip
+        key = benchmark_key(benchmark)
         current = self.benchmarks.get(key)
         if current is not None and current.status in ("queued", "running"):
             return current

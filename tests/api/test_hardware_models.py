@@ -127,3 +127,12 @@ def test_a_missing_builtin_model_is_listed_honestly(settings: Settings, tmp_path
 def test_samplers_list_names_and_a1111_labels(client: TestClient) -> None:
     samplers = client.get("/api/v1/samplers").json()
     assert {"name": "euler_a", "display_name": "Euler a", "aliases": ["k_euler_a"]} in samplers
+
+
+def test_a_symlinked_checkpoint_keeps_its_link_name(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    target = write_fake_checkpoint(tmp_path / "elsewhere" / "model-1234.safetensors")
+    (settings.resolved_models_dir / "my-model.safetensors").symlink_to(target)
+    names = [m["name"] for m in client.get("/api/v1/models").json()]
+    assert names == ["dali-tiny", "my-model"]

@@ -88,3 +88,39 @@ def test_progress_preview_and_cancel_with_the_real_engine(
     assert client.post(f"/api/v1/generations/{job['id']}/cancel").status_code == 200
     done = wait_for(client, job["id"], ("canceled", "succeeded", "failed"), timeout=60)
     assert done["status"] == "canceled" and done["images"] == []
+
+
+def test_workers_run_in_their_own_process_and_survive_its_death(
+    engine_client: tuple[TestClient, str | None],
+) -> None:
+    import os
+    import signal
+
+    client, model = engine_client
+    studio = client.app.state.studio  # type: ignore[attr-defined]
+    worker = studio.workers.workers["cpu"]
+    assert worker.pid is not None and worker.pid != os.getpid()  # sampling is not in this process
+    project = project_for(client, model, "Killed worker")
+    job = submit(client, project["id"], steps=150)
+    wait_for(client, job["id"], ("running",), timeout=120)
+    os.kill(worker.pid, signal.SIGKILL)
+    died = wait_for(client, job["id"], ("failed", "succeeded", "canceled"), timeout=60)
+    assert died["status"] == "failed" and died["error"].startswith("interrupted")
+    # A new worker process takes the next job.
+    after = wait_for(client, submit(client, project["id"], steps=2)["id"], timeout=120)
+    assert after["status"] == "succeeded"
+
+
+def test_benchmarks_run_in_the_worker_process(
+    engine_client: tuple[TestClient, str | None],
+) -> None:
+    client, model = engine_client
+    body = {"device": "cpu", "steps": 3, **({"model": model} if model else {})}
+    assert client.post("/api/v1/hardware/benchmark", json=body).status_code == 202
+    deadline = time.monotonic() + 120
+    while (status := client.get("/api/v1/hardware/benchmarks").json()[0]["status"]) != "done":
+        assert status in ("queued", "running") and time.monotonic() < deadline, status
+        time.sleep(0.1)
+    speeds = [s for s in client.get("/api/v1/hardware").json()[0]["speeds"]
+              if s["source"] == "benchmark"]  # fmt: skip
+    assert speeds and speeds[0]["steps_per_s"] > 0
