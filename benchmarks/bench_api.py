@@ -283,8 +283,11 @@ def main() -> None:
             process.terminate()
             process.wait(30)
     figures = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_avg": os.getloadavg()},  # fmt: skip
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+        },  # fmt: skip
         "model": model or "dali-tiny (built-in)",
         "torch_threads": args.torch_threads,
         "overhead": cost,

@@ -226,6 +226,8 @@
       const empty = $("#output-empty");
       if (empty) empty.remove();
       job.hidden = false;
+      // On a phone the output sits below the form: bring it into view.
+      if (window.matchMedia("(max-width: 900px)").matches) job.scrollIntoView({ behavior: "smooth", block: "start" });
       ui.preview.hidden = true;
       ui.progress.value = 0;
       ui.detail.textContent = "";
@@ -235,8 +237,10 @@
         done(g) {
           $("#cancel-button").hidden = true;
           if (g.started_at && g.finished_at) {
+            // The total includes loading the model the first time it is used.
             const took = (Date.parse(g.finished_at) - Date.parse(g.started_at)) / 1000;
-            ui.detail.textContent = `${g.steps} steps in ${formatSeconds(took)}`;
+            const rate = g.step_seconds ? ` at ${formatSeconds(g.step_seconds)}/step` : "";
+            ui.detail.textContent = `Finished in ${formatSeconds(took)} (${g.steps} steps${rate})`;
           }
           if (g.status === "succeeded") {
             ui.status.textContent = `Done — ${g.images.length} image${g.images.length === 1 ? "" : "s"}`;

@@ -106,7 +106,9 @@ class FakeGenerator:
             )
             image.info["parameters"] = params
             sampler = job.sampler or "euler_a"  # the fake model's default sampler
-            image.info["dali"] = json.dumps({"prompt": job.prompt, "seed": seed, "sampler": sampler})
+            image.info["dali"] = json.dumps(
+                {"prompt": job.prompt, "seed": seed, "sampler": sampler}
+            )
             image.info["seed"] = seed
             images.append(image)
         return images

@@ -50,7 +50,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
                         random_checkpoint(TINY_TEST), TINY_TEST)  # fmt: skip
         model = "tiny-random"
     port = free_port()
-    env = os.environ | {"DALI_DATA_DIR": str(data), "DALI_PREVIEW_EVERY": "2"}
+    # One torch thread: on a shared CI machine, spinning torch threads can slow sampling
+    # down many times over (the test is about the pages, not about speed).
+    env = os.environ | {"DALI_DATA_DIR": str(data), "DALI_PREVIEW_EVERY": "2",
+                        "DALI_TORCH_THREADS": "1"}  # fmt: skip
     log = (data / "uvicorn.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "stable_diffusion_api.sd_api:app",
@@ -67,7 +70,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
             except httpx.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"uvicorn did not start:\n{(data / 'uvicorn.log').read_text()}")
+                raise AssertionError(
+                    f"uvicorn did not start:\n{(data / 'uvicorn.log').read_text()}"
+                )
             time.sleep(0.2)
         yield base, model
     finally:

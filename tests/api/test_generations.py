@@ -98,7 +98,10 @@ def test_variation_seeds_reach_the_engine(client: TestClient, fake: FakeGenerato
     assert (chosen["variation_seed"], chosen["variation_strength"]) == (5, 0.25)
     assert (fake.calls[-1].variation_seed, fake.calls[-1].variation_strength) == (5, 0.25)
     drawn = wait_for(client, submit(client, project["id"], variation_strength=0.5)["id"])
-    assert drawn["variation_seed"] is not None and fake.calls[-1].variation_seed == drawn["variation_seed"]
+    assert (
+        drawn["variation_seed"] is not None
+        and fake.calls[-1].variation_seed == drawn["variation_seed"]
+    )
 
 
 def test_invalid_requests_are_422_naming_the_field(client: TestClient) -> None:

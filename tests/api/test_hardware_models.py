@@ -88,7 +88,9 @@ def test_models_list_builtin_and_files_with_cached_hashes(
     assert full["short_hash"] == full["sha256"][:10] and full["size_bytes"] > 0
     assert models["inpaint"]["variant"] == "sd-v1-inpainting"
     assert models["inpaint"]["filename"] == "sub/inpaint.ckpt"
-    assert not models["broken"]["available"] and "not a Stable Diffusion" in models["broken"]["error"]
+    assert (
+        not models["broken"]["available"] and "not a Stable Diffusion" in models["broken"]["error"]
+    )
 
     assert len(calls) == 4
     client.get("/api/v1/models")  # hashed once: unchanged files are not read again

@@ -68,7 +68,9 @@ def test_generate_without_javascript_then_gallery_and_detail(
     assert queued.status_code == 303 and queued.headers["location"].startswith("/generations/")
     generation_id = int(queued.headers["location"].rsplit("/", 1)[1])
     done = wait_for(client, generation_id)
-    assert done["seed"] == 42 and done["has_init_image"] and fake.calls[-1].init_image.size == (64, 64)
+    assert (
+        done["seed"] == 42 and done["has_init_image"] and fake.calls[-1].init_image.size == (64, 64)
+    )
     assert fake.calls[-1].strength == 0.5
     status = client.get(queued.headers["location"])
     assert status.status_code == 200 and "succeeded" in status.text
@@ -127,13 +129,19 @@ def test_errors_are_html_for_pages_and_json_for_the_api(client: TestClient) -> N
 
 def test_hardware_page_and_benchmark_form(client: TestClient) -> None:
     page = client.get("/hardware")
-    assert page.status_code == 200 and "Fake GPU" in page.text and "Nothing measured yet" in page.text
+    assert (
+        page.status_code == 200 and "Fake GPU" in page.text and "Nothing measured yet" in page.text
+    )
     queued = client.post("/hardware/benchmark", data={"device": "cpu"}, follow_redirects=False)
     assert queued.status_code == 303
     assert client.get("/api/v1/hardware/benchmarks").json()[0]["device"] == "cpu"
 
 
 def test_static_files_are_served(client: TestClient) -> None:
-    for name, kind in (("style.css", "text/css"), ("dali.js", "javascript"), ("favicon.svg", "svg")):
+    for name, kind in (
+        ("style.css", "text/css"),
+        ("dali.js", "javascript"),
+        ("favicon.svg", "svg"),
+    ):
         response = client.get(f"/static/{name}")
         assert response.status_code == 200 and kind in response.headers["content-type"]

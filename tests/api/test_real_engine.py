@@ -22,7 +22,9 @@ sd_core = pytest.importorskip("sd_core")
 
 
 @pytest.fixture(scope="module")
-def engine_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str | None]]:
+def engine_client(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[TestClient, str | None]]:
     data = tmp_path_factory.mktemp("engine") / "data"
     model: str | None = None  # None → the built-in model
     if not Path(sd_core.BUILTIN_MODEL_PATH).is_file():
