@@ -218,7 +218,11 @@ async def readers(
             name = names[turn % len(names)]
             turn += 1
             start = time.perf_counter()
-            response = await client.get(endpoints[name])
+            try:
+                response = await client.get(endpoints[name])
+            except httpx.TransportError:  # e.g. a keep-alive connection closed under us
+                errors += 1
+                continue
             elapsed = time.perf_counter() - start
             if response.status_code != 200:
                 errors += 1
