@@ -82,7 +82,9 @@ def test_stopping_the_server_interrupts_the_running_job(
 def test_a_live_process_keeps_its_running_job_until_its_heartbeat_stops(
     settings: Settings, fake: FakeGenerator
 ) -> None:
-    quick = settings.model_copy(update={"stale_after_s": 0.6, "heartbeat_s": 0.1})
+    # Stale after 5 s: start-up on a loaded 2-core machine took longer than the 0.6 s this
+    # test first used, so the "live" process was wrongly judged dead before the first check.
+    quick = settings.model_copy(update={"stale_after_s": 5.0, "heartbeat_s": 0.1})
     with TestClient(create_app(quick, fake)) as client:
         project = make_project(client)
     db = Database(quick.resolved_database_url)
@@ -95,7 +97,7 @@ def test_a_live_process_keeps_its_running_job_until_its_heartbeat_stops(
         assert client.get(f"/api/v1/generations/{job}").json()["status"] == "running"
         with db.session() as session:  # ...then it dies: its heartbeat gets old
             session.get(WorkerProcess, "other-process").heartbeat_at = (  # type: ignore[union-attr]
-                dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)
+                dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60)
             )
         deadline = time.monotonic() + 5
         while client.get(f"/api/v1/generations/{job}").json()["status"] == "running":
