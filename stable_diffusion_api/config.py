@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # Workers also poll the database, so jobs queued by another process (Gradio) are found.
     poll_s: float = Field(default=1.0, gt=0)
     run_migrations: bool = True
+    # Mount the Gradio UI (sd_gradio.py, optional extra) inside the app at /gradio.
+    gradio: bool = False
 
     @property
     def resolved_data_dir(self) -> Path:

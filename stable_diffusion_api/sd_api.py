@@ -75,6 +75,10 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.include_router(a1111.router)  # AUTOMATIC1111-compatible /sdapi/v1, same queue
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if settings.gradio:  # DALI_GRADIO=1: the Gradio UI at /gradio, same process and studio
+        from sd_gradio import mount_gradio
+
+        mount_gradio(app)
     return app
 
 

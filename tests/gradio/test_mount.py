@@ -31,3 +31,12 @@ def test_mounted_ui_serves_and_shares_the_app_studio(tmp_path: Path) -> None:
     # Mounting twice (a second UI) keeps one tracing adapter.
     mount_gradio(app, "/gradio2")
     assert studio.workers.generator is tracing
+
+
+def test_dali_gradio_setting_mounts_the_ui_in_create_app(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "data", gradio=True))
+    assert isinstance(app.state.studio.workers.generator, TracingGenerator)
+    with TestClient(app) as client:
+        assert client.get("/gradio/").status_code == 200
+    plain = create_app(Settings(data_dir=tmp_path / "data2"))
+    assert not isinstance(plain.state.studio.workers.generator, TracingGenerator)
