@@ -157,8 +157,8 @@ class StableDiffusionPipeline:
         if device.type == "cpu":
             # oneDNN's convolutions run faster on NHWC: measured on 16 CPU cores at SD v1.5 shapes,
             # UNet 1.97 → 1.73 s and VAE decode 3.04 → 2.50 s (docs/benchmarks.md).
-            unet.to(memory_format=torch.channels_last)
-            vae.to(memory_format=torch.channels_last)
+            unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            vae.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @classmethod
     def from_checkpoint(
