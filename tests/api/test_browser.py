@@ -40,6 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     import sd_core
 
     data = tmp_path_factory.mktemp("browser") / "data"
+    data.mkdir(parents=True, exist_ok=True)
     model = ""
     if not Path(sd_core.BUILTIN_MODEL_PATH).is_file():
         from sd_core.checkpoint import save_checkpoint
