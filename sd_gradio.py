@@ -41,7 +41,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -55,7 +55,7 @@ from stable_diffusion_api.models import CANCELED, FINISHED, QUEUED, SUCCEEDED
 from stable_diffusion_api.schemas import MAX_BATCH, GenerationCreate, GenerationOut
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.engine import SdCoreGenerator
-from stable_diffusion_api.services.generator import JobSpec
+from stable_diffusion_api.services.generator import FilmstripCallback, JobSpec
 
 log = logging.getLogger("dali.gradio")
 
@@ -162,51 +162,19 @@ class Recording:
     frames: list[Any]  # list[sd_core.explorer.FilmstripFrame]
 
 
-class _TracedPipe:
-    """A pipeline whose `generate` also feeds `recorder` (the engine's `trace` hook)."""
-
-    def __init__(self, pipe: Any, recorder_for: Callable[[Any, dict[str, Any]], Any]) -> None:
-        self._pipe = pipe
-        self._recorder_for = recorder_for
-
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self._pipe.generate(*args, trace=self._recorder_for(self._pipe, kwargs), **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipe, name)
-
-
-class _TracingCache:
-    """Wraps the engine's pipeline cache: while a job runs in this thread with tracing on,
-    the pipeline handed out records its reverse process."""
-
-    def __init__(self, cache: Any, owner: TracingGenerator) -> None:
-        self.inner = cache
-        self._owner = owner
-
-    def get(self, key: Any, size_bytes: int) -> Any:
-        pipe = self.inner.get(key, size_bytes)
-        if self._owner.active_job() is None:
-            return pipe
-        return _TracedPipe(pipe, self._owner.recorder_for)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 class TracingGenerator(SdCoreGenerator):
     """The sd_core engine adapter, plus a recording of every run's reverse process.
 
-    The worker calls `generate` as usual; the pipeline's `trace` hook keeps the noisy latent
-    and the predicted x0 of image 0 at `frames` evenly spaced steps (a few small latents, no
-    decoding), kept for the last `KEEP_RECORDINGS` runs. The explorer decodes them on demand,
-    so a filmstrip never costs a second generation.
+    The engine records a run through the pipeline's `trace` hook when the job asks for a
+    filmstrip (the web app's, decoded and stored with the generation); this adapter records
+    every run, with `frames` evenly spaced steps when the job asks for none, and keeps the raw
+    frames of image 0 (a few small latents, no decoding) for the last `KEEP_RECORDINGS` runs.
+    The explorer decodes them on demand, so a filmstrip never costs a second generation.
     """
 
     def __init__(self, cache_budget_bytes: int, frames: int = FILMSTRIP_FRAMES) -> None:
         super().__init__(cache_budget_bytes)
         self.frames = frames
-        self.cache = _TracingCache(self.cache, self)  # type: ignore[assignment]
         self._local = threading.local()
         self._recordings: OrderedDict[TraceKey, Recording] = OrderedDict()
         self._lock = threading.Lock()
@@ -215,35 +183,27 @@ class TracingGenerator(SdCoreGenerator):
     def sharing(cls, engine: SdCoreGenerator) -> TracingGenerator:
         """A tracing adapter over `engine`'s pipeline cache (one copy of each model in memory)."""
         tracing = cls(0, FILMSTRIP_FRAMES)
-        inner = engine.cache.inner if isinstance(engine.cache, _TracingCache) else engine.cache
-        tracing.cache = _TracingCache(inner, tracing)  # type: ignore[assignment]
+        tracing.cache = engine.cache
         return tracing
 
-    def active_job(self) -> JobSpec | None:
-        return getattr(self._local, "job", None)
-
-    def recorder_for(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
-        """A FilmstripRecorder for the run `pipe.generate(**kwargs)` is about to make."""
-        from sd_core.explorer import FilmstripRecorder
-        from sd_core.samplers import get_sampler
-
-        sigmas = None
-        try:
-            spec = get_sampler(kwargs.get("sampler") or pipe.config.default_sampler)
-            sigmas = spec.sigmas(pipe.schedule, int(kwargs.get("steps", 20)))
-        except (ValueError, KeyError, TypeError):
-            pass  # the engine itself reports a bad sampler or step count; frames lose σ only
-        recorder = FilmstripRecorder(sigmas, frames=self.frames)
+    def _recorder(self, pipe: Any, job: JobSpec) -> Any:
+        frames = job.filmstrip_frames or self.frames
+        recorder = super()._recorder(pipe, replace(job, filmstrip_frames=frames))
         self._local.recorder = recorder
         return recorder
 
-    def generate(self, job: JobSpec, on_step: Any, should_cancel: Callable[[], bool]) -> Any:
-        self._local.job, self._local.recorder = job, None
+    def generate(
+        self,
+        job: JobSpec,
+        on_step: Any,
+        should_cancel: Callable[[], bool],
+        on_filmstrip: FilmstripCallback | None = None,
+    ) -> Any:
+        self._local.recorder = None
         try:
-            images = super().generate(job, on_step, should_cancel)
+            images = super().generate(job, on_step, should_cancel, on_filmstrip)
         finally:
-            recorder = self._local.recorder
-            self._local.job = self._local.recorder = None
+            recorder, self._local.recorder = self._local.recorder, None
         if recorder is not None and recorder.frames:
             with self._lock:
                 key = _job_key(job, list(images))
@@ -268,9 +228,8 @@ class TracingGenerator(SdCoreGenerator):
 
     def pipeline(self, job: JobSpec) -> Any:
         """The cached pipeline for `job`'s model and hardware (loaded if evicted)."""
-        cache = self.cache.inner if isinstance(self.cache, _TracingCache) else self.cache
         key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
-        return cache.get(key, self._size_estimate(job))
+        return self.cache.get(key, self._size_estimate(job))
 
 
 def install_tracing(studio: Studio) -> TracingGenerator | None:

@@ -14,12 +14,15 @@ x_t scaling (x / sqrt(σ² + 1)), so a VAE decode shows what the sampler "sees" 
 to what it currently believes the final image is.
 
 Everything here is plain torch; decoding goes through a pipeline's own VAE
-(`StableDiffusionPipeline.decode_latents`).
+(`StableDiffusionPipeline.decode_latents`). `compose_filmstrip` lays decoded frames out as the
+one strip image the web app keeps for a generation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -201,6 +204,23 @@ class FilmstripRecorder:
         )
 
 
+def recorder_for_run(
+    pipe: StableDiffusionPipeline, sampler: str | None, steps: int, frames: int = DEFAULT_FRAMES
+) -> FilmstripRecorder:
+    """A recorder for `pipe.generate(sampler=sampler, steps=steps, trace=recorder)`.
+
+    It knows the σ schedule that run follows (sampler None: the model's default), so its frames
+    carry σ. A sampler or step count the pipeline refuses leaves σ unknown: the run itself
+    reports the error, and a recording must never be what makes a generation fail.
+    """
+    from sd_core.samplers import get_sampler
+
+    sigmas = None
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        sigmas = get_sampler(sampler or pipe.config.default_sampler).sigmas(pipe.schedule, steps)
+    return FilmstripRecorder(sigmas, frames=frames)
+
+
 # --------------------------------------------------------------------------- pixels <-> latents
 
 
@@ -251,3 +271,33 @@ def filmstrip_images(
     noisy = decode_to_images(pipe, torch.cat([f.noisy for f in frames]))
     denoised = decode_to_images(pipe, torch.cat([f.denoised for f in frames]))
     return list(zip(frames, noisy, denoised, strict=True))
+
+
+# --------------------------------------------------------------------------- one strip image
+
+DecodedFrame = tuple[FilmstripFrame, Image.Image, Image.Image]
+
+
+def compose_filmstrip(
+    decoded: Sequence[DecodedFrame], cell_limit: int | None = None
+) -> Image.Image:
+    """The decoded frames as one RGB image: noisy x_t on the top row, predicted x0 below, one
+    column per frame in the given (step) order, no gaps and no labels (whoever shows it labels
+    the columns with step, σ and SNR).
+
+    Each cell is the decoded size scaled down to fit within cell_limit × cell_limit (None: as
+    decoded), so the strip is (frames · w) × (2 · h).
+    """
+    if not decoded:
+        raise ValueError("a filmstrip needs at least one decoded frame, got none")
+    width, height = decoded[0][1].size
+    if cell_limit is not None:
+        width, height = fit_size(width, height, cell_limit, multiple=1)
+    strip = Image.new("RGB", (width * len(decoded), 2 * height))
+    for column, (_, noisy, denoised) in enumerate(decoded):
+        for row, picture in enumerate((noisy, denoised)):
+            cell = picture.convert("RGB")
+            if cell.size != (width, height):
+                cell = cell.resize((width, height), Image.Resampling.LANCZOS)
+            strip.paste(cell, (column * width, row * height))
+    return strip

@@ -12,6 +12,7 @@ runs with no configuration at all:
     DALI_PIPELINE_CACHE_MB   memory budget for loaded pipelines              4096
     DALI_TORCH_THREADS       CPU threads torch may use (None: torch decides)  (none)
     DALI_WORKER_MODE         "process": workers in child processes; "thread"  process
+    DALI_FILMSTRIP_FRAMES    reverse-process frames kept per generation; 0 off  8
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     worker_mode: Literal["process", "thread"] = "process"
     # A preview costs a VAE-free latent→RGB projection and a small PNG; every few steps is plenty.
     preview_every: int = Field(default=3, ge=1)
+    # A generation keeps its reverse process (image 0's noisy latent and predicted x0) at this
+    # many evenly spaced steps, decoded after the images (2 VAE decodes a frame); 0 turns it off.
+    filmstrip_frames: int = Field(default=8, ge=0, le=32)
     # Another process's job counts as interrupted when its heartbeat is older than this.
     stale_after_s: float = Field(default=30.0, gt=0)
     heartbeat_s: float = Field(default=5.0, gt=0)

@@ -209,6 +209,23 @@ class ProgressOut(BaseModel):
     preview: str | None = None  # data: URL of a small PNG
 
 
+class FilmstripFrameOut(BaseModel):
+    step: int  # after this many of `total` sampler steps
+    total: int
+    sigma: float | None  # noise level left in the noisy latent; None when unknown
+    snr: float | None  # 1/σ²; None when σ is unknown or 0 (no noise left: infinite)
+
+
+class FilmstripOut(BaseModel):
+    """The reverse process of image 0, kept from the run: a PNG of two rows (the noisy latent
+    x_t decoded on top, the predicted x0 below) and one column per frame, left to right."""
+
+    url: str
+    width: int
+    height: int
+    frames: list[FilmstripFrameOut]
+
+
 class GenerationOut(Out):
     id: int
     project_id: int
@@ -241,6 +258,7 @@ class GenerationOut(Out):
     finished_at: dt.datetime | None
     images: list[ImageOut]
     progress: ProgressOut | None = None
+    filmstrip: FilmstripOut | None = None  # None: none kept (older row, turned off, not done)
 
 
 class GenerationAccepted(BaseModel):

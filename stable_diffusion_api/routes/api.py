@@ -6,6 +6,7 @@ None of them runs the model; generations are queued and answered with 202.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -80,6 +81,25 @@ def benchmark_out(benchmark: Benchmark) -> BenchmarkOut:
         steps=benchmark.steps,
         status=benchmark.status,
         error=benchmark.error,
+    )
+
+
+def _immutable_file(
+    studio: Studio, request: Request, path: Path, name: str, media_type: str
+) -> Response:
+    """Serve a generated file. The content under an id never changes, so `name` (made of the
+    id) is a strong validator and the file may be cached for good."""
+    visibility = "private" if studio.settings.api_key else "public"
+    stem = name.rsplit(".", 1)[0]
+    headers = {"Cache-Control": f"{visibility}, {IMMUTABLE}", "ETag": f'"{stem}"'}
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return FileResponse(
+        path,
+        media_type=media_type,
+        filename=name,
+        content_disposition_type="inline",
+        headers=headers,
     )
 
 
@@ -235,6 +255,16 @@ def cancel_generation(generation: GenerationDep, studio: StudioDep) -> Generatio
     return studio.generations.cancel(generation.id)
 
 
+@router.get("/generations/{generation_id}/filmstrip", response_class=FileResponse)
+def generation_filmstrip(
+    generation: GenerationDep, studio: StudioDep, request: Request
+) -> Response:
+    """The reverse-process filmstrip PNG (404 when the generation kept none)."""
+    path = studio.generations.filmstrip_file(generation.id)
+    name = f"dali-generation-{generation.id}-filmstrip.png"
+    return _immutable_file(studio, request, path, name, "image/png")
+
+
 @router.delete("/generations/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_generation(generation: GenerationDep, studio: StudioDep) -> Response:
     studio.generations.delete(generation.id)
@@ -258,33 +288,16 @@ async def read_image(image: ImageDep) -> ImageOut:
     return image
 
 
-def _file(studio: Studio, request: Request, image: ImageOut, thumbnail: bool) -> Response:
-    path = studio.gallery.file(image.id, thumbnail=thumbnail)
-    visibility = "private" if studio.settings.api_key else "public"
-    # The content under an id never changes, so the id is a strong validator.
-    headers = {
-        "Cache-Control": f"{visibility}, {IMMUTABLE}",
-        "ETag": f'"dali-{image.id}{"-thumb" if thumbnail else ""}"',
-    }
-    if request.headers.get("if-none-match") == headers["ETag"]:
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    return FileResponse(
-        path,
-        media_type="image/jpeg" if thumbnail else "image/png",
-        filename=f"dali-{image.id}{'-thumb.jpg' if thumbnail else '.png'}",
-        content_disposition_type="inline",
-        headers=headers,
-    )
-
-
 @router.get("/images/{image_id}/file", response_class=FileResponse)
 def image_file(image: ImageDep, studio: StudioDep, request: Request) -> Response:
-    return _file(studio, request, image, thumbnail=False)
+    path = studio.gallery.file(image.id)
+    return _immutable_file(studio, request, path, f"dali-{image.id}.png", "image/png")
 
 
 @router.get("/images/{image_id}/thumbnail", response_class=FileResponse)
 def image_thumbnail(image: ImageDep, studio: StudioDep, request: Request) -> Response:
-    return _file(studio, request, image, thumbnail=True)
+    path = studio.gallery.file(image.id, thumbnail=True)
+    return _immutable_file(studio, request, path, f"dali-{image.id}-thumb.jpg", "image/jpeg")
 
 
 @router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -3,8 +3,9 @@
 For each job it claims the row (queued → running, a conditional UPDATE), resolves the model,
 runs the `Generator` with a step callback (progress, ETA, a preview every few steps) and a cancel
 check (in-memory flag, server stopping, or — once a second — the row's `cancel_requested`, so
-another process can cancel), writes every PNG and thumbnail, and then in one transaction inserts
-the image rows and marks the job succeeded. Any failure leaves no file behind.
+another process can cancel), writes every PNG and thumbnail (and the run's filmstrip, when the
+engine kept one), and then in one transaction inserts the image rows and marks the job
+succeeded. Any failure leaves no file behind.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from stable_diffusion_api.models import (
     Image,
     utcnow,
 )
-from stable_diffusion_api.services.generator import JobCanceled, JobSpec, PreviewFn
+from stable_diffusion_api.services.generator import Filmstrip, JobCanceled, JobSpec, PreviewFn
 from stable_diffusion_api.services.registry import ModelEntry
 
 if TYPE_CHECKING:
@@ -197,7 +198,9 @@ class DeviceWorker(threading.Thread):
                 variation_seed=row.variation_seed,
                 variation_strength=row.variation_strength,
                 parameter_count=model.parameter_count,
+                filmstrip_frames=pool.settings.filmstrip_frames,
             )
+            filmstrips: list[Filmstrip] = []
 
             def on_step(step: int, total: int, preview: PreviewFn) -> None:
                 timing.step(step)
@@ -208,14 +211,17 @@ class DeviceWorker(threading.Thread):
                     preview().save(buffer, format="PNG")
                     pool.hub.preview(job_id, buffer.getvalue(), step)
 
-            images = pool.generator.generate(spec, on_step, lambda: self._should_cancel(job_id))
+            images = pool.generator.generate(
+                spec, on_step, lambda: self._should_cancel(job_id), on_filmstrip=filmstrips.append
+            )
             sampled = time.monotonic()
             images_rows = self._save(row, project_name, images, written)
+            filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
             # Measured before the row says succeeded: whoever sees the result sees the speed.
             self._record_speed(row, model, images[0], timing, sampled)
             ran = _dali_json(images[0]).get("sampler") if images else None
             sampler = row.sampler or (ran if isinstance(ran, str) else None)
-            status = self._succeed(row, model, images_rows, timing, sampler)
+            status = self._succeed(row, model, images_rows, timing, sampler, filmstrip)
         except JobCanceled:
             if pool.stopping.is_set() and not pool.hub.cancel_requested(job_id):
                 error = INTERRUPTED
@@ -261,6 +267,17 @@ class DeviceWorker(threading.Thread):
             )
         return rows
 
+    def _save_filmstrip(
+        self, row: Generation, filmstrip: Filmstrip, written: list[str]
+    ) -> dict[str, object]:
+        """Write the strip PNG; the generation's columns that point at it and describe it."""
+        path = self.pool.storage.filmstrip_path(row.project_id, row.id)
+        written.append(path)
+        self.pool.storage.write_filmstrip(filmstrip.image, path)
+        frames = [{"step": f.step, "total": f.total, "sigma": f.sigma} for f in filmstrip.frames]
+        meta = {"width": filmstrip.image.width, "height": filmstrip.image.height, "frames": frames}
+        return {"filmstrip_path": path, "filmstrip": meta}
+
     def _succeed(
         self,
         row: Generation,
@@ -268,10 +285,12 @@ class DeviceWorker(threading.Thread):
         images: list[Image],
         timing: _Timing,
         sampler: str | None,
+        filmstrip: dict[str, object] | None = None,
     ) -> str:
         """Insert the image rows and mark the job succeeded, in one transaction — unless the
         job's row is gone (project deleted) or no longer ours (then the files are dropped).
-        A job asking for the model's default sampler records the sampler that ran."""
+        A job asking for the model's default sampler records the sampler that ran; `filmstrip`
+        holds the filmstrip columns when the run kept one."""
         if row.width is None and images:
             self.pool.models.learn_native_size(model, images[0].width)
         with self.pool.db.session() as session:
@@ -288,6 +307,7 @@ class DeviceWorker(threading.Thread):
                     step_seconds=timing.step_seconds,
                     model_hash=model.short_hash,
                     sampler=sampler,
+                    **(filmstrip or {}),
                 )
             )
             if getattr(marked, "rowcount", 0) != 1:

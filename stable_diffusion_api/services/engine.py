@@ -3,11 +3,17 @@
 sd_core (and so torch) is imported inside the methods, never at module import, so importing the
 app stays cheap. Pipelines are cached per (model path, device, dtype, low-memory mode) in a
 `PipelineCache` bounded by the settings' memory budget.
+
+A job asking for a filmstrip (`JobSpec.filmstrip_frames`) has its reverse process recorded
+through the pipeline's `trace` hook while it samples (a few small latents of image 0); after the
+images, those frames are decoded with the same pipeline's VAE and composed into one strip
+(`sd_core.explorer`), which costs 2 · frames VAE decodes and no second generation.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,9 @@ from PIL import Image
 from stable_diffusion_api.services.generator import (
     CheckpointSpec,
     DeviceSpec,
+    Filmstrip,
+    FilmstripCallback,
+    FilmstripFrame,
     JobCanceled,
     JobSpec,
     SamplerSpec,
@@ -24,7 +33,11 @@ from stable_diffusion_api.services.generator import (
 )
 from stable_diffusion_api.services.pipeline_cache import PipelineCache
 
+log = logging.getLogger(__name__)
+
 _BYTES_PER_PARAMETER = {"float32": 4, "float16": 2, "bfloat16": 2}
+# A filmstrip cell is at most this many pixels a side: a detail page shows 8 of them in a row.
+FILMSTRIP_CELL = 256
 
 
 def _native_size(metadata: dict[str, str], variant: str) -> int | None:
@@ -110,28 +123,60 @@ class SdCoreGenerator:
         dtype = job.dtype or ("float32" if job.device == "cpu" else "float16")
         return job.parameter_count * _BYTES_PER_PARAMETER.get(dtype, 4)
 
+    def _recorder(self, pipe: Any, job: JobSpec) -> Any:
+        """The `trace` callback recording `job`'s reverse process (an
+        `sd_core.explorer.FilmstripRecorder`), or None when the job wants no filmstrip."""
+        if job.filmstrip_frames <= 0:
+            return None
+        from sd_core.explorer import recorder_for_run
+
+        return recorder_for_run(pipe, job.sampler, job.steps, job.filmstrip_frames)
+
+    def _filmstrip(self, pipe: Any, frames: list[Any]) -> Filmstrip | None:
+        """Recorded frames decoded with `pipe`'s VAE and composed; None if decoding failed (the
+        images are made by then: a generation never fails for its filmstrip)."""
+        from sd_core.explorer import compose_filmstrip, filmstrip_images
+
+        try:
+            decoded = filmstrip_images(pipe, frames)
+        except RuntimeError as exc:  # torch's errors, out of memory included
+            log.warning("filmstrip dropped: decoding its frames failed: %s", exc)
+            return None
+        return Filmstrip(
+            image=compose_filmstrip(decoded, FILMSTRIP_CELL),
+            frames=tuple(FilmstripFrame(f.step, f.total, f.sigma) for f in frames),
+        )
+
     def generate(
-        self, job: JobSpec, on_step: StepCallback, should_cancel: Callable[[], bool]
+        self,
+        job: JobSpec,
+        on_step: StepCallback,
+        should_cancel: Callable[[], bool],
+        on_filmstrip: FilmstripCallback | None = None,
     ) -> list[Image.Image]:
         import sd_core
         from sd_core.preview import latents_to_rgb
 
         key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
         pipe = self.cache.get(key, self._size_estimate(job))
+        recorder = self._recorder(pipe, job)
 
         def callback(step: int, total: int, latents: Any) -> None:
             # The preview is drawn only when the worker asks for it (every few steps).
             on_step(step, total, lambda: latents_to_rgb(latents[:1])[0])
 
-        # Passed only when used, so an engine without variation seeds still serves the rest.
-        variation: dict[str, Any] = {}
+        # Passed only when used, so an engine without variation seeds (or tracing) still serves
+        # the rest.
+        optional: dict[str, Any] = {}
         if job.variation_strength > 0:
-            variation = {
+            optional = {
                 "variation_seed": job.variation_seed,
                 "variation_strength": job.variation_strength,
             }
+        if recorder is not None:
+            optional["trace"] = recorder
         try:
-            return list(
+            images = list(
                 pipe.generate(
                     prompt=job.prompt,
                     negative_prompt=job.negative_prompt,
@@ -147,11 +192,17 @@ class SdCoreGenerator:
                     mask=job.mask,
                     callback=callback,
                     cancel=should_cancel,
-                    **variation,
+                    **optional,
                 )
             )
         except sd_core.GenerationCancelled as exc:
             raise JobCanceled(str(exc)) from exc
+        # A subclass may record for itself (sd_gradio); the strip is made only when asked for.
+        if on_filmstrip is not None and job.filmstrip_frames > 0 and recorder and recorder.frames:
+            filmstrip = self._filmstrip(pipe, recorder.frames)
+            if filmstrip is not None:
+                on_filmstrip(filmstrip)
+        return images
 
     def save_png(self, image: Image.Image, path: Path) -> None:
         from sd_core.pngmeta import save_png

@@ -7,10 +7,12 @@ written as a `queued` row and the device's worker is woken. Nothing here runs th
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -28,6 +30,8 @@ from stable_diffusion_api.models import (
 )
 from stable_diffusion_api.schemas import (
     MAX_SEED,
+    FilmstripFrameOut,
+    FilmstripOut,
     GenerationAccepted,
     GenerationCreate,
     GenerationDefaults,
@@ -41,6 +45,27 @@ from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.speeds import Estimate, SpeedService
 from stable_diffusion_api.services.storage import ImageStorage, decode_image
+
+log = logging.getLogger(__name__)
+
+
+def filmstrip_view(row: Generation) -> FilmstripOut | None:
+    """What the row says of its filmstrip, with the URL that serves it; None when it has none."""
+    meta = row.filmstrip
+    if row.filmstrip_path is None or not meta:
+        return None
+    frames = []
+    for frame in meta.get("frames", []):
+        sigma = frame.get("sigma")
+        snr = 1.0 / sigma**2 if sigma else None
+        frames.append(FilmstripFrameOut(step=frame["step"], total=frame["total"], sigma=sigma,
+                                        snr=snr))  # fmt: skip
+    return FilmstripOut(
+        url=f"/api/v1/generations/{row.id}/filmstrip",
+        width=meta["width"],
+        height=meta["height"],
+        frames=frames,
+    )
 
 
 class GenerationService:
@@ -214,6 +239,7 @@ class GenerationService:
             finished_at=row.finished_at,
             images=[image_view(image) for image in row.images],
             progress=progress,
+            filmstrip=filmstrip_view(row),
         )
 
     def view(self, generation_id: int) -> GenerationOut:
@@ -226,6 +252,27 @@ class GenerationService:
             if row is None:
                 raise NotFound("generation", generation_id)
             return self._view(session, row)
+
+    def filmstrip_file(self, generation_id: int) -> Path:
+        """The generation's filmstrip PNG to serve; NotFound when it kept none (or the file is
+        gone, or a tampered row points outside the data directory)."""
+        with self._db.session() as session:
+            row = session.get(Generation, generation_id)
+            if row is None:
+                raise NotFound("generation", generation_id)
+            relative = row.filmstrip_path
+        missing = NotFound("filmstrip of generation", generation_id)
+        if relative is None:
+            raise missing
+        try:
+            path = self._storage.resolve(relative)
+        except ValueError:
+            log.warning("generation %d has a filmstrip path outside the data directory",
+                        generation_id)  # fmt: skip
+            raise missing from None
+        if not path.is_file():
+            raise missing
+        return path
 
     def page(
         self, project_id: int, offset: int, limit: int, status: str | None = None
@@ -317,7 +364,8 @@ class GenerationService:
             )
             if row is None:
                 raise NotFound("generation", generation_id)
-            files = [p for image in row.images for p in (image.path, image.thumb_path)]
+            files: list[str | None] = [row.filmstrip_path]
+            files += [p for image in row.images for p in (image.path, image.thumb_path)]
             gone = session.execute(
                 delete(Generation).where(
                     Generation.id == generation_id, Generation.status != RUNNING

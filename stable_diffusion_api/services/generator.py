@@ -78,12 +78,39 @@ class JobSpec:
     variation_seed: int | None = None
     variation_strength: float = 0.0
     parameter_count: int | None = None  # sizes the pipeline cache; None → from the file size
+    # Record the reverse process of image 0 at this many evenly spaced steps; 0 → none.
+    filmstrip_frames: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FilmstripFrame:
+    """One column of a filmstrip: the state after `step` of `total` sampler steps.
+
+    sigma: the noise level left in the noisy latent (0 once it is gone; None when unknown).
+    """
+
+    step: int
+    total: int
+    sigma: float | None
+
+
+@dataclass(frozen=True)
+class Filmstrip:
+    """The reverse process of image 0, kept from the run (sd_core.explorer, minus the tensors).
+
+    image: RGB, two rows — the noisy latent x_t decoded on top, the predicted x0 below — and one
+    column per frame, all cells the same size, no labels.
+    """
+
+    image: Image.Image
+    frames: tuple[FilmstripFrame, ...]
 
 
 PreviewFn = Callable[[], Image.Image]
 # (steps done 1..N, N, a function drawing a cheap preview of the first image on demand)
 StepCallback = Callable[[int, int, PreviewFn], None]
+FilmstripCallback = Callable[[Filmstrip], None]
 
 
 class Generator(Protocol):
@@ -102,11 +129,19 @@ class Generator(Protocol):
         ...
 
     def generate(
-        self, job: JobSpec, on_step: StepCallback, should_cancel: Callable[[], bool]
+        self,
+        job: JobSpec,
+        on_step: StepCallback,
+        should_cancel: Callable[[], bool],
+        on_filmstrip: FilmstripCallback | None = None,
     ) -> list[Image.Image]:
         """Run one job. Each image carries info["parameters"], info["dali"] (JSON) and
         info["seed"]. Raises JobCanceled when `should_cancel()` returned True (checked every
-        step) and ValueError for inputs the engine refuses."""
+        step) and ValueError for inputs the engine refuses.
+
+        With `job.filmstrip_frames` > 0, the run's reverse process is recorded on the way (no
+        second generation) and, once the images are made, handed to `on_filmstrip` as one
+        `Filmstrip` — at most once; an engine that cannot record one never calls it."""
         ...
 
     def save_png(self, image: Image.Image, path: Path) -> None:

@@ -4,6 +4,7 @@ Layout (all paths stored in the database are relative to the data directory):
 
     images/<project id>/<generation id>-<index>.png          the image, with its metadata
     images/<project id>/thumbs/<generation id>-<index>.jpg   a small JPEG for the gallery
+    images/<project id>/filmstrips/<generation id>.png       the run's reverse-process strip
     inputs/<generation id>/init.png | mask.png               img2img / inpainting inputs
 
 Every path is built here from integers the server chose; `resolve` still refuses any path that
@@ -32,6 +33,8 @@ THUMBNAIL_SIZE = 256
 MAX_UPLOAD_SIDE = 2048
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 IMAGE_NAME = re.compile(r"^(\d+)-(\d+)\.(png|jpg)$")
+FILMSTRIPS = "filmstrips"
+FILMSTRIP_NAME = re.compile(r"^(\d+)\.png$")
 
 
 class ImageStorage:
@@ -50,6 +53,13 @@ class ImageStorage:
         name = f"{int(generation_id)}-{int(index)}"
         base = f"images/{int(project_id)}"
         return f"{base}/{name}.png", f"{base}/thumbs/{name}.jpg"
+
+    def filmstrip_path(self, project_id: int, generation_id: int) -> str:
+        """The relative path of a generation's filmstrip PNG."""
+        return f"images/{int(project_id)}/{FILMSTRIPS}/{int(generation_id)}.png"
+
+    def write_filmstrip(self, image: Image.Image, relative: str) -> None:
+        self._atomic_save(image, self.resolve(relative), "PNG")
 
     def write_thumbnail(self, image: Image.Image, relative: str) -> None:
         thumb = image.convert("RGB")
@@ -92,13 +102,15 @@ class ImageStorage:
             return False
 
     def generation_files(self) -> dict[int, list[Path]]:
-        """Every image or thumbnail file on disk, grouped by the generation id in its name."""
+        """Every image, thumbnail or filmstrip file on disk, grouped by the generation id in
+        its name."""
         found: dict[int, list[Path]] = {}
         images = self.root / "images"
         if not images.is_dir():
             return found
         for path in images.rglob("*"):
-            match = IMAGE_NAME.match(path.name)
+            pattern = FILMSTRIP_NAME if path.parent.name == FILMSTRIPS else IMAGE_NAME
+            match = pattern.match(path.name)
             if match and path.is_file():
                 found.setdefault(int(match.group(1)), []).append(path)
         return found

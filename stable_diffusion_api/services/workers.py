@@ -10,7 +10,8 @@ Crash recovery: every process registers itself in `worker_processes` and beats a
 start-up (and periodically) a job left `running` by a process whose heartbeat stopped is marked
 **failed with the reason "interrupted"** — never silently re-run, since a job that crashed the
 server once would crash it again — while queued jobs simply continue. Image rows whose file has
-gone are removed and image files no row points at are deleted, so no row points at a missing file.
+gone are removed (a generation whose filmstrip file has gone forgets it) and image or filmstrip
+files no row points at are deleted, so no row points at a missing file.
 """
 
 from __future__ import annotations
@@ -195,6 +196,20 @@ class WorkerPool:
                 if not self.storage.exists(thumb):  # a thumbnail can always be made again
                     with PILImage.open(self.storage.resolve(path)) as image:
                         self.storage.write_thumbnail(image, thumb)
+            strips = session.execute(
+                select(Generation.id, Generation.filmstrip_path).where(
+                    Generation.filmstrip_path.is_not(None)
+                )
+            ).all()
+            for generation_id, strip in strips:
+                if strip is not None and self.storage.exists(strip):
+                    known.add(strip)
+                else:
+                    session.execute(
+                        update(Generation)
+                        .where(Generation.id == generation_id)
+                        .values(filmstrip_path=None, filmstrip=None)
+                    )
             running = set(
                 session.scalars(select(Generation.id).where(Generation.status == RUNNING))
             )

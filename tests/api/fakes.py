@@ -16,6 +16,9 @@ from PIL import Image, PngImagePlugin
 from stable_diffusion_api.services.generator import (
     CheckpointSpec,
     DeviceSpec,
+    Filmstrip,
+    FilmstripCallback,
+    FilmstripFrame,
     JobCanceled,
     JobSpec,
     SamplerSpec,
@@ -79,7 +82,11 @@ class FakeGenerator:
                               digest, digest[:10])  # fmt: skip
 
     def generate(
-        self, job: JobSpec, on_step: StepCallback, should_cancel: Callable[[], bool]
+        self,
+        job: JobSpec,
+        on_step: StepCallback,
+        should_cancel: Callable[[], bool],
+        on_filmstrip: FilmstripCallback | None = None,
     ) -> list[Image.Image]:
         self.calls.append(job)
         width, height = job.width or self.size, job.height or self.size
@@ -111,7 +118,18 @@ class FakeGenerator:
             )
             image.info["seed"] = seed
             images.append(image)
+        if job.filmstrip_frames > 0 and on_filmstrip is not None:
+            on_filmstrip(self.filmstrip(job, width // 2, height // 2))
         return images
+
+    @staticmethod
+    def filmstrip(job: JobSpec, cell_width: int, cell_height: int) -> Filmstrip:
+        """The last `filmstrip_frames` steps (the real engine spreads them out), a grey cell
+        each, and σ falling linearly to 0."""
+        steps = list(range(1, job.steps + 1))[-job.filmstrip_frames :]
+        frames = tuple(FilmstripFrame(s, job.steps, 10.0 * (1 - s / job.steps)) for s in steps)
+        image = Image.new("RGB", (cell_width * len(frames), 2 * cell_height), "gray")
+        return Filmstrip(image, frames)
 
     def save_png(self, image: Image.Image, path: Path) -> None:
         meta = PngImagePlugin.PngInfo()

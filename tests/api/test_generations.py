@@ -165,7 +165,7 @@ def test_delete_generation_removes_rows_and_files(
     project = make_project(client)
     done = wait_for(client, submit(client, project["id"], batch=2)["id"])
     paths = list((settings.resolved_data_dir / "images").rglob("*.*"))
-    assert len(paths) == 4  # two PNGs, two thumbnails
+    assert len(paths) == 5  # two PNGs, two thumbnails, the filmstrip
     assert client.delete(f"/api/v1/generations/{done['id']}").status_code == 204
     assert client.get(f"/api/v1/generations/{done['id']}").status_code == 404
     assert client.get(f"/api/v1/images/{done['images'][0]['id']}").status_code == 404

@@ -42,11 +42,12 @@ def test_png_and_thumbnail_are_served_with_types_and_caching(
     again = client.get(image["url"], headers={"if-none-match": png.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
 
-    # Files live under data/images/<project id>/.
+    # Files live under data/images/<project id>/ (the PNG, its thumbnail, the run's filmstrip).
     stored = settings.resolved_data_dir / "images" / str(project["id"])
-    assert sorted(p.name for p in stored.rglob("*.*")) == [
-        f"{done['id']}-0.jpg",
+    assert sorted(p.relative_to(stored).as_posix() for p in stored.rglob("*.*")) == [
         f"{done['id']}-0.png",
+        f"filmstrips/{done['id']}.png",
+        f"thumbs/{done['id']}-0.jpg",
     ]
 
 

@@ -4,16 +4,37 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect, text
 
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.models import Base
 
 TABLES = {"projects", "generations", "images", "model_files", "speed_measurements",
           "worker_processes"}  # fmt: skip
+PROJECT_ROW = (
+    "INSERT INTO projects (id, name, description, device, low_memory, defaults,"
+    " created_at, updated_at) VALUES (1, 'p', '', 'cpu', 0, '{}', '2025-01-01', '2025-01-01')"
+)
+
+
+def insert_generation(
+    connection: Connection, generation_id: int, prompt: str, status: str = "succeeded", **more: Any
+) -> None:
+    """A row of project 1 in the generations table, with the columns every revision has (plus
+    `more`), written in plain SQL: the ORM knows only the newest schema."""
+    values = {
+        "id": generation_id, "project_id": 1, "status": status, "source": "api", "device": "cpu",
+        "low_memory": 0, "model": "m", "prompt": prompt, "negative_prompt": "", "steps": 1,
+        "guidance": 7, "seed": 1, "batch": 1, "strength": 0.5, "cancel_requested": 0,
+        "created_at": "2025-01-01", **more,
+    }  # fmt: skip
+    columns = ", ".join(values)
+    marks = ", ".join(f":{name}" for name in values)
+    connection.execute(text(f"INSERT INTO generations ({columns}) VALUES ({marks})"), values)
 
 
 def test_upgrade_matches_the_orm_and_downgrade_removes_it(tmp_path: Path) -> None:
@@ -27,7 +48,7 @@ def test_upgrade_matches_the_orm_and_downgrade_removes_it(tmp_path: Path) -> Non
         # No difference between what the migrations built and what the models declare.
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        assert version == "0002"
+        assert version == "0003"
     db.downgrade("base")
     with db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == {"alembic_version"}
@@ -42,16 +63,8 @@ def test_sqlite_runs_with_wal_foreign_keys_and_cascades(tmp_path: Path) -> None:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     with db.engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO projects (id, name, description, device, low_memory, defaults,"
-            " created_at, updated_at) VALUES (1, 'p', '', 'cpu', 0, '{}', '2025-01-01', '2025-01-01')"
-        )
-        connection.exec_driver_sql(
-            "INSERT INTO generations (id, project_id, status, source, device, low_memory, model,"
-            " prompt, negative_prompt, steps, guidance, seed, batch, strength, cancel_requested,"
-            " created_at) VALUES (1, 1, 'queued', 'api', 'cpu', 0, 'm', 'p', '', 1, 7, 1, 1, 0.5,"
-            " 0, '2025-01-01')"
-        )
+        connection.exec_driver_sql(PROJECT_ROW)
+        insert_generation(connection, 1, "p", status="queued")
         connection.exec_driver_sql("DELETE FROM projects WHERE id = 1")
         assert connection.exec_driver_sql("SELECT count(*) FROM generations").scalar() == 0
     db.dispose()
@@ -64,20 +77,41 @@ def test_upgrading_an_older_database_keeps_its_rows(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'dali.db'}")
     db.migrate("0001")
     with db.engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO projects (id, name, description, device, low_memory, defaults,"
-            " created_at, updated_at) VALUES (1, 'p', '', 'cpu', 0, '{}', '2025-01-01', '2025-01-01')"
-        )
-        connection.exec_driver_sql(
-            "INSERT INTO generations (id, project_id, status, source, device, low_memory, model,"
-            " prompt, negative_prompt, steps, guidance, seed, batch, strength, cancel_requested,"
-            " created_at) VALUES (7, 1, 'succeeded', 'api', 'cpu', 0, 'm', 'old', '', 1, 7, 1, 1,"
-            " 0.5, 0, '2025-01-01')"
-        )
+        connection.exec_driver_sql(PROJECT_ROW)
+        insert_generation(connection, 7, "old")
     db.migrate()
     with db.engine.connect() as connection:
         row = connection.exec_driver_sql(
             "SELECT prompt, variation_seed, variation_strength FROM generations WHERE id = 7"
         ).one()
     assert tuple(row) == ("old", None, 0.0)
+    db.dispose()
+
+
+def test_upgrading_keeps_generations_and_gives_them_no_filmstrip(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'dali.db'}")
+    db.migrate("0002")
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(PROJECT_ROW)
+        insert_generation(connection, 9, "before strips", variation_strength=0.25)
+        connection.exec_driver_sql(
+            'INSERT INTO images (id, generation_id, project_id, "index", seed, path, thumb_path,'
+            " width, height, parameters, created_at) VALUES (3, 9, 1, 0, 5, 'images/1/9-0.png',"
+            " 'images/1/thumbs/9-0.jpg', 64, 64, 'p', '2025-01-01')"
+        )
+    db.migrate()
+    with db.engine.connect() as connection:
+        row = connection.exec_driver_sql(
+            "SELECT prompt, variation_strength, filmstrip_path, filmstrip FROM generations"
+            " WHERE id = 9"
+        ).one()
+        images = connection.exec_driver_sql("SELECT id, path FROM images").all()
+    assert tuple(row) == ("before strips", 0.25, None, None)
+    assert [tuple(i) for i in images] == [(3, "images/1/9-0.png")]
+    db.downgrade("0002")  # and back, keeping the row
+    with db.engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("generations")}
+        kept = connection.exec_driver_sql("SELECT prompt FROM generations").scalar()
+    assert "filmstrip" not in columns and "filmstrip_path" not in columns
+    assert kept == "before strips"
     db.dispose()

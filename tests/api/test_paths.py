@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from stable_diffusion_api.config import Settings
-from stable_diffusion_api.models import Image
+from stable_diffusion_api.models import Generation, Image
 from stable_diffusion_api.services.storage import ImageStorage
 from tests.api.helpers import make_project, submit, wait_for
 
@@ -59,9 +59,14 @@ def test_a_tampered_row_cannot_point_the_server_outside(
     studio = client.app.state.studio  # type: ignore[attr-defined]
     with studio.db.session() as session:
         session.get(Image, image_id).path = "../secret.txt"
-    response = client.get(f"/api/v1/images/{image_id}/file")
-    assert response.status_code == 404
-    assert b"top secret" not in response.content
+        session.get(Generation, done["id"]).filmstrip_path = "../secret.txt"
+    for url in (f"/api/v1/images/{image_id}/file", f"/api/v1/generations/{done['id']}/filmstrip"):
+        response = client.get(url)
+        assert response.status_code == 404
+        assert b"top secret" not in response.content
+    # Deleting the generation never follows its paths out of the data directory either.
+    assert client.delete(f"/api/v1/generations/{done['id']}").status_code == 204
+    assert secret.read_text() == "top secret"
 
 
 def test_model_names_are_looked_up_never_joined_to_paths(

@@ -7,6 +7,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,26 @@ from tests.api.helpers import make_project, submit, wait_for
 sd_core = pytest.importorskip("sd_core")
 
 
+def data_with_model(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[Path, str | None]:
+    """A fresh data directory and the model to ask for: None (the built-in model) when it has
+    been trained, else a random-weight tiny checkpoint written into the directory."""
+    data = tmp_path_factory.mktemp(name) / "data"
+    if Path(sd_core.BUILTIN_MODEL_PATH).is_file():
+        return data, None
+    from sd_core.checkpoint import save_checkpoint
+    from sd_core.config import TINY_TEST
+    from tests.reference import random_checkpoint
+
+    save_checkpoint(data / "models" / "tiny-random.safetensors",
+                    random_checkpoint(TINY_TEST), TINY_TEST)  # fmt: skip
+    return data, "tiny-random"
+
+
 @pytest.fixture(scope="module")
 def engine_client(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[TestClient, str | None]]:
-    data = tmp_path_factory.mktemp("engine") / "data"
-    model: str | None = None  # None → the built-in model
-    if not Path(sd_core.BUILTIN_MODEL_PATH).is_file():
-        from sd_core.checkpoint import save_checkpoint
-        from sd_core.config import TINY_TEST
-        from tests.reference import random_checkpoint
-
-        save_checkpoint(data / "models" / "tiny-random.safetensors",
-                        random_checkpoint(TINY_TEST), TINY_TEST)  # fmt: skip
-        model = "tiny-random"
+    data, model = data_with_model(tmp_path_factory, "engine")
     settings = Settings(data_dir=data, poll_s=0.05, preview_every=1)
     with TestClient(create_app(settings)) as client:
         yield client, model
@@ -71,6 +78,12 @@ def test_generate_with_the_real_engine(engine_client: tuple[TestClient, str | No
     dali = json.loads(image.info["dali"])
     assert dali["project"] == "Real engine" and dali["device"] == "cpu" and dali["seed"] == 12
     assert done["model_hash"] and f"Model hash: {done['model_hash']}" in parameters
+    # The worker process kept the run's filmstrip: 3 steps, fewer than the 8 frames, so all.
+    strip = done["filmstrip"]
+    assert [(f["step"], f["total"]) for f in strip["frames"]] == [(1, 3), (2, 3), (3, 3)]
+    assert strip["frames"][-1]["sigma"] == 0.0  # Euler a ends without noise
+    with Image.open(io.BytesIO(client.get(strip["url"]).content)) as film:
+        assert film.size == (strip["width"], strip["height"]) == (3 * image.width, 2 * image.height)
 
 
 def test_progress_preview_and_cancel_with_the_real_engine(
@@ -126,3 +139,78 @@ def test_benchmarks_run_in_the_worker_process(
     speeds = [s for s in client.get("/api/v1/hardware").json()[0]["speeds"]
               if s["source"] == "benchmark"]  # fmt: skip
     assert speeds and speeds[0]["steps_per_s"] > 0
+
+
+# --------------------------------------------------------------------------- filmstrips
+
+
+def test_the_engine_records_evenly_spaced_frames_and_decodes_them(
+    engine_client: tuple[TestClient, str | None],
+) -> None:
+    import numpy as np
+
+    from sd_core.explorer import evenly_spaced_steps
+    from sd_core.samplers import get_sampler
+    from stable_diffusion_api.services.engine import SdCoreGenerator
+    from stable_diffusion_api.services.generator import Filmstrip, JobSpec
+
+    client, model = engine_client
+    entry = client.app.state.studio.models.resolve(model)  # type: ignore[attr-defined]
+    engine = SdCoreGenerator(0)
+    job = JobSpec(checkpoint=entry.path, model_name=entry.name, device="cpu", dtype=None,
+                  low_memory=False, prompt="a red circle on a blue background", seed=5, steps=20,
+                  sampler="euler", filmstrip_frames=8)  # fmt: skip
+    strips: list[Filmstrip] = []
+    (image,) = engine.generate(job, lambda *_: None, lambda: False, strips.append)
+    (strip,) = strips
+    steps = [f.step for f in strip.frames]
+    assert steps == evenly_spaced_steps(20, 8) == [1, 4, 6, 9, 12, 15, 17, 20]
+    assert {f.total for f in strip.frames} == {20}
+    pipe = engine.cache.get((str(entry.path), "cpu", None, False), 0)
+    sigmas = get_sampler("euler").sigmas(pipe.schedule, 20)
+    assert [f.sigma for f in strip.frames] == pytest.approx([float(sigmas[s]) for s in steps])
+    w, h = image.size
+    assert strip.image.mode == "RGB" and strip.image.size == (8 * w, 2 * h)
+    # Euler's last step lands on σ = 0: the last predicted x0 is the generated image itself.
+    last = strip.image.crop((7 * w, h, 8 * w, 2 * h))
+    assert np.array_equal(np.asarray(last), np.asarray(image.convert("RGB")))
+    # The first noisy frame is mostly noise: far from the image, unlike the last one.
+    first_noisy = np.asarray(strip.image.crop((0, 0, w, h)), dtype=float)
+    assert np.abs(first_noisy - np.asarray(image.convert("RGB"), dtype=float)).mean() > 10
+
+    # No frames asked for, or nobody to hand them to: nothing recorded, nothing decoded.
+    engine.generate(replace(job, filmstrip_frames=0, steps=2), lambda *_: None, lambda: False,
+                    strips.append)  # fmt: skip
+    engine.generate(replace(job, steps=2), lambda *_: None, lambda: False)
+    assert len(strips) == 1
+
+
+@pytest.fixture(scope="module")
+def thread_client(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[TestClient, str | None, Path]]:
+    data, model = data_with_model(tmp_path_factory, "thread")
+    settings = Settings(data_dir=data, poll_s=0.05, worker_mode="thread", filmstrip_frames=4)
+    with TestClient(create_app(settings)) as client:
+        yield client, model, data
+
+
+def test_a_real_generation_keeps_its_filmstrip_until_deleted(
+    thread_client: tuple[TestClient, str | None, Path],
+) -> None:
+    client, model, data = thread_client
+    project = project_for(client, model, "Filmstrip")
+    done = wait_for(client, submit(client, project["id"], steps=6, seed=2, sampler="DDIM")["id"],
+                    timeout=120)  # fmt: skip
+    strip = done["filmstrip"]
+    assert [f["step"] for f in strip["frames"]] == [1, 3, 4, 6]
+    sigmas = [f["sigma"] for f in strip["frames"]]
+    assert sigmas == sorted(sigmas, reverse=True) and all(s is not None for s in sigmas)
+    width, height = done["images"][0]["width"], done["images"][0]["height"]
+    path = data / "images" / str(project["id"]) / "filmstrips" / f"{done['id']}.png"
+    with Image.open(path) as film:
+        assert film.size == (strip["width"], strip["height"]) == (4 * width, 2 * height)
+    page = client.get(f"/generations/{done['id']}", headers={"accept": "text/html"}).text
+    assert f'src="{strip["url"]}"' in page and "step 6/6" in page and "Top row" in page
+    assert client.delete(f"/api/v1/generations/{done['id']}").status_code == 204
+    assert not path.exists()

@@ -19,7 +19,7 @@ def test_mounted_ui_serves_and_shares_the_app_studio(tmp_path: Path) -> None:
     # The app's workers now record filmstrips, through the app's own pipeline cache.
     tracing = studio.workers.generator
     assert isinstance(tracing, TracingGenerator)
-    assert tracing.cache.inner is engine.cache
+    assert tracing.cache is engine.cache
     with TestClient(app) as client:
         page = client.get("/gradio/")
         assert page.status_code == 200 and "<html" in page.text.lower()

@@ -9,6 +9,7 @@ calls and on a real (random-weight, tiny) pipeline run.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,14 +20,17 @@ import sd_core
 from sd_core.checkpoint import save_checkpoint
 from sd_core.config import TINY_TEST, ScheduleConfig
 from sd_core.explorer import (
+    FilmstripFrame,
     FilmstripRecorder,
     alpha_bar,
+    compose_filmstrip,
     decode_to_images,
     encode_mean,
     evenly_spaced_steps,
     filmstrip_images,
     fit_size,
     forward_process,
+    recorder_for_run,
     signal_to_noise,
 )
 from sd_core.pipeline import image_to_tensor
@@ -200,6 +204,42 @@ def test_recorder_without_schedule_keeps_raw_latents() -> None:
         FilmstripRecorder(frames=0)
 
 
+def test_recorder_for_run_follows_the_runs_schedule() -> None:
+    pipe = SimpleNamespace(config=SimpleNamespace(default_sampler="dpmpp_2m"), schedule=SCHEDULE)
+    chosen = recorder_for_run(pipe, "euler", 10, frames=4)  # type: ignore[arg-type]
+    torch.testing.assert_close(chosen.sigmas, get_sampler("euler").sigmas(SCHEDULE, 10).double())
+    assert chosen.frame_count == 4
+    default = recorder_for_run(pipe, None, 10)  # type: ignore[arg-type]
+    torch.testing.assert_close(
+        default.sigmas, get_sampler("dpmpp_2m").sigmas(SCHEDULE, 10).double()
+    )
+    # A sampler the run will refuse: the recorder still works, its frames without σ.
+    assert recorder_for_run(pipe, "no-such-sampler", 10).sigmas is None  # type: ignore[arg-type]
+
+
+def _frame(step: int) -> FilmstripFrame:
+    latent = torch.zeros(1, 4, 2, 2)
+    return FilmstripFrame(step=step, total=3, sigma=1.0, noisy=latent, denoised=latent)
+
+
+def test_compose_filmstrip_puts_noisy_above_denoised_one_column_a_frame() -> None:
+    colours = [((255, 0, 0), (0, 255, 0)), ((0, 0, 255), (255, 255, 0)), ((9, 9, 9), (99, 9, 9))]
+    decoded = [
+        (_frame(step), Image.new("RGB", (40, 20), top), Image.new("RGB", (40, 20), bottom))
+        for step, (top, bottom) in enumerate(colours, start=1)
+    ]
+    strip = compose_filmstrip(decoded)
+    assert strip.mode == "RGB" and strip.size == (3 * 40, 2 * 20)
+    for column, (top, bottom) in enumerate(colours):
+        assert strip.getpixel((column * 40 + 20, 10)) == top
+        assert strip.getpixel((column * 40 + 20, 30)) == bottom
+    # Large cells are scaled down to fit the limit, keeping their aspect.
+    assert compose_filmstrip(decoded, cell_limit=16).size == (3 * 16, 2 * 8)
+    assert compose_filmstrip(decoded, cell_limit=64).size == (120, 40)  # never scaled up
+    with pytest.raises(ValueError, match="at least one decoded frame"):
+        compose_filmstrip([])
+
+
 @pytest.fixture(scope="module")
 def tiny_pipe(tmp_path_factory):  # type: ignore[no-untyped-def]
     # One thread: on a shared, busy machine torch's spinning worker threads make these
@@ -228,6 +268,9 @@ def test_filmstrip_of_a_real_run(tiny_pipe) -> None:  # type: ignore[no-untyped-
     assert [f.step for f, _, _ in decoded] == [1, 4, 6]
     for _, noisy, denoised in decoded:
         assert noisy.size == denoised.size == (64, 64)
+    strip = compose_filmstrip(decoded)
+    assert strip.size == (3 * 64, 2 * 64)
+    assert np.array_equal(np.asarray(strip.crop((64, 64, 128, 128))), np.asarray(decoded[1][2]))
     # The last frame's x0 picture is the generated image itself.
     image = tiny_pipe.generate("a red circle", seed=11, steps=steps, sampler="euler", guidance=5.0)[
         0
