@@ -55,7 +55,7 @@ from stable_diffusion_api.models import CANCELED, FINISHED, QUEUED, SUCCEEDED
 from stable_diffusion_api.schemas import MAX_BATCH, GenerationCreate, GenerationOut
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.engine import SdCoreGenerator
-from stable_diffusion_api.services.generator import FilmstripCallback, JobSpec
+from stable_diffusion_api.services.generator import JobSpec
 
 log = logging.getLogger("dali.gradio")
 
@@ -175,7 +175,6 @@ class TracingGenerator(SdCoreGenerator):
     def __init__(self, cache_budget_bytes: int, frames: int = FILMSTRIP_FRAMES) -> None:
         super().__init__(cache_budget_bytes)
         self.frames = frames
-        self._local = threading.local()
         self._recordings: OrderedDict[TraceKey, Recording] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -188,30 +187,15 @@ class TracingGenerator(SdCoreGenerator):
 
     def _recorder(self, pipe: Any, job: JobSpec) -> Any:
         frames = job.filmstrip_frames or self.frames
-        recorder = super()._recorder(pipe, replace(job, filmstrip_frames=frames))
-        self._local.recorder = recorder
-        return recorder
+        return super()._recorder(pipe, replace(job, filmstrip_frames=frames))
 
-    def generate(
-        self,
-        job: JobSpec,
-        on_step: Any,
-        should_cancel: Callable[[], bool],
-        on_filmstrip: FilmstripCallback | None = None,
-    ) -> Any:
-        self._local.recorder = None
-        try:
-            images = super().generate(job, on_step, should_cancel, on_filmstrip)
-        finally:
-            recorder, self._local.recorder = self._local.recorder, None
-        if recorder is not None and recorder.frames:
-            with self._lock:
-                key = _job_key(job, list(images))
-                self._recordings[key] = Recording(job, list(recorder.frames))
-                self._recordings.move_to_end(key)
-                while len(self._recordings) > KEEP_RECORDINGS:
-                    self._recordings.popitem(last=False)
-        return images
+    def _recorded(self, job: JobSpec, images: list[Image.Image], frames: list[Any]) -> None:
+        with self._lock:
+            key = _job_key(job, images)
+            self._recordings[key] = Recording(job, list(frames))
+            self._recordings.move_to_end(key)
+            while len(self._recordings) > KEEP_RECORDINGS:
+                self._recordings.popitem(last=False)
 
     def recording(self, view: GenerationOut) -> Recording | None:
         """The recording of the run `view` shows, if this process made it recently."""

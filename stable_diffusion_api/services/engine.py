@@ -132,6 +132,10 @@ class SdCoreGenerator:
 
         return recorder_for_run(pipe, job.sampler, job.steps, job.filmstrip_frames)
 
+    def _recorded(self, job: JobSpec, images: list[Image.Image], frames: list[Any]) -> None:
+        """Sees the frames (`sd_core.explorer.FilmstripFrame`) recorded during a run that
+        succeeded; a subclass may keep them (sd_gradio's explorer does)."""
+
     def _filmstrip(self, pipe: Any, frames: list[Any]) -> Filmstrip | None:
         """Recorded frames decoded with `pipe`'s VAE and composed; None if decoding failed (the
         images are made by then: a generation never fails for its filmstrip)."""
@@ -197,8 +201,11 @@ class SdCoreGenerator:
             )
         except sd_core.GenerationCancelled as exc:
             raise JobCanceled(str(exc)) from exc
+        if recorder is None or not recorder.frames:
+            return images
+        self._recorded(job, images, recorder.frames)
         # A subclass may record for itself (sd_gradio); the strip is made only when asked for.
-        if on_filmstrip is not None and job.filmstrip_frames > 0 and recorder and recorder.frames:
+        if on_filmstrip is not None and job.filmstrip_frames > 0:
             filmstrip = self._filmstrip(pipe, recorder.frames)
             if filmstrip is not None:
                 on_filmstrip(filmstrip)
