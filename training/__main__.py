@@ -1,8 +1,9 @@
-"""`python -m training train|eval|sample|bench …`: train, judge and try the built-in model.
+"""`python -m training train|eval|finetune-decoder|sample|bench …`: train, judge and try the built-in model.
 
     python -m training train --out runs/tiny --device cuda --export data/models/dali-tiny.safetensors
     python -m training train --out runs/tiny --resume          # continue an interrupted run
     python -m training eval --checkpoint data/models/dali-tiny.safetensors
+    python -m training finetune-decoder --checkpoint runs/tiny/dali-tiny.safetensors --out x.safetensors
     python -m training sample --checkpoint … --prompt "a red circle on a blue background" --out x.png
     python -m training bench --checkpoint … --threads 2
 
@@ -97,6 +98,23 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=_positive(int))
     evaluate.add_argument("--json", type=Path, help="write the figures here")
     evaluate.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    evaluate.add_argument("--tune-count", type=_positive(int), default=16,
+                          help="training captions per sampler/guidance pair (with --record)")
+    evaluate.add_argument("--record", action="store_true",
+                          help="as training ends: choose sampler and guidance on training "
+                          "captions, evaluate, and write the figures into the file")
+
+    finetune = sub.add_parser("finetune-decoder",
+                              help="fine-tune only the VAE decoder of a model file, then evaluate")
+    finetune.add_argument("--checkpoint", required=True, type=Path, help="the model to start from")
+    finetune.add_argument("--out", required=True, type=Path, help="the new model file")
+    finetune.add_argument("--device", default="cpu")
+    finetune.add_argument("--threads", type=_positive(int))
+    finetune.add_argument("--steps", type=_positive(int), default=1000)
+    finetune.add_argument("--batch", type=_positive(int), default=8)
+    finetune.add_argument("--lr", type=_positive(float), default=5e-4)
+    finetune.add_argument("--shape-weight", type=_positive(float), default=4.0)
+    finetune.add_argument("--no-eval", action="store_true")
 
     sample = sub.add_parser("sample", help="draw images of one caption")
     sample.add_argument("--checkpoint", required=True, type=Path)
@@ -143,6 +161,7 @@ def _atomic_copy(source: Path, target: Path) -> None:
     try:
         with open(fd, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out)
+        Path(tmp).chmod(0o644)  # mkstemp makes it owner-only; a shipped file is for everyone
         Path(tmp).replace(target)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -153,24 +172,10 @@ def _finish(trainer: Any, args: argparse.Namespace) -> Path:
     from training import evaluate as ev
     from training.train import MODEL_NAME
 
-    cfg = trainer.config
     path = trainer.out / MODEL_NAME
     trainer.export(path)
     if not args.no_eval:
-        pipe, _ = _load(path, str(trainer.device))
-        sampler, guidance, table = ev.tune(
-            pipe, cfg.tune_count, cfg.eval_steps, cfg.tune_samplers, cfg.tune_guidance
-        )
-        print(f"chosen on training captions: sampler {sampler}, guidance {guidance:g}")
-        result = ev.evaluate(pipe, cfg.eval_count, cfg.eval_steps, sampler, guidance)
-        variation = ev.variation_checks(pipe, cfg.eval_steps, sampler, guidance)
-        print(result.summary())
-        print(json.dumps(variation))
-        record = {**result.as_dict(), "variation": variation, "tuning": table,
-                  "device": str(trainer.device)}
-        (trainer.out / "eval.json").write_text(json.dumps(record, indent=2))
-        summary = {k: v for k, v in record.items() if k not in ("failures", "tuning")}
-        trainer.export(path, default_sampler=sampler, metadata={"dali_eval": json.dumps(summary)})
+        ev.evaluate_and_record(path, str(trainer.device), trainer.config, trainer.out / "eval.json")
     if args.export:
         _atomic_copy(path, args.export)
         print(f"wrote {args.export}")
@@ -228,6 +233,15 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.record:
+        from training.config import TrainConfig
+
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f"--checkpoint {str(args.checkpoint)!r} is not a file")
+        config = dataclasses.replace(TrainConfig(), eval_count=args.count, eval_steps=args.steps,
+                                     tune_count=args.tune_count)
+        result = ev.evaluate_and_record(args.checkpoint, args.device, config, args.json)
+        return 1 if args.strict and not all(result.meets_targets().values()) else 0
     pipe, record = _load(args.checkpoint, args.device)
     sampler = args.sampler or pipe.config.default_sampler
     result = ev.evaluate(pipe, args.count, args.steps, sampler, _guidance(args, record))
@@ -237,6 +251,31 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(result.as_dict(), indent=2))
     return 1 if args.strict and not all(result.meets_targets().values()) else 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from sd_core.devices import resolve_device
+    from training import evaluate as ev
+    from training.config import TrainConfig
+    from training.finetune import finetune_decoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as `train` does
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint {str(args.checkpoint)!r} is not a file")
+    device = resolve_device(args.device)
+    command = "python -m training " + shlex.join(args.argv)
+    record = finetune_decoder(args.checkpoint, args.out, device, args.steps, args.batch, args.lr,
+                              args.shape_weight, command=command)
+    print(json.dumps(record))
+    if not args.no_eval:
+        ev.evaluate_and_record(args.out, str(device), TrainConfig(),
+                               args.out.with_suffix(".eval.json"))
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -292,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "sample":
             return _sample(args)
+        if args.command == "finetune-decoder":
+            return _finetune(args)
         return _bench(args)
     except Interrupted as e:
         print(f"error: {e}", file=sys.stderr)

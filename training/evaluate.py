@@ -9,15 +9,20 @@ held-out figures stay untouched by the choice.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from training.config import TrainConfig
 from training.detector import ATTRIBUTES, detect
 from training.shapes import (
     COLORS,
@@ -202,3 +207,50 @@ def benchmark(pipe: Any, steps: int, sampler: str, guidance: float, repeat: int 
         _draw(pipe, scene, i + 1, steps, sampler, guidance)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def record_evaluation(path: Path, default_sampler: str, record: dict[str, Any]) -> None:
+    """Write `record` into the file's metadata (`dali_eval`) and make `default_sampler` the
+    model's default (in `dali_config`); the tensors are kept as they are. Atomic."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    config = json.loads(metadata["dali_config"])
+    config["default_sampler"] = default_sampler
+    metadata["dali_config"] = json.dumps(config)
+    metadata["dali_eval"] = json.dumps(record)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def evaluate_and_record(
+    path: Path, device: str, config: TrainConfig, report: Path | None = None
+) -> EvalResult:
+    """The whole judgement of a model file, as training ends: pick sampler and guidance on
+    training captions, test on `config.eval_count` held-out captions, check that the colour
+    word and the seed change the image, and record it all in the file (and in `report`)."""
+    import sd_core
+
+    pipe = sd_core.load_pipeline(path, device=device, dtype="float32")
+    sampler, guidance, table = tune(
+        pipe, config.tune_count, config.eval_steps, config.tune_samplers, config.tune_guidance
+    )
+    print(f"chosen on training captions: sampler {sampler}, guidance {guidance:g}")
+    result = evaluate(pipe, config.eval_count, config.eval_steps, sampler, guidance)
+    variation = variation_checks(pipe, config.eval_steps, sampler, guidance)
+    print(result.summary())
+    print(json.dumps(variation))
+    full = {**result.as_dict(), "variation": variation, "tuning": table, "device": device}
+    if report is not None:
+        report.write_text(json.dumps(full, indent=2))
+    record_evaluation(path, sampler, {k: v for k, v in full.items() if k not in ("failures", "tuning")})
+    return result

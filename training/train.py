@@ -43,7 +43,7 @@ from sd_core.config import ModelConfig
 from sd_core.schedule import NoiseSchedule
 from sd_core.tokenizer import CLIPTokenizer
 from training.config import TrainConfig
-from training.shapes import EVAL_SEED_BASE, render, train_scenes
+from training.shapes import BACKGROUND_COLORS, EVAL_SEED_BASE, render, train_scenes
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "dali-tiny.safetensors"
@@ -53,6 +53,19 @@ _POOL_CHUNK = 256  # images rendered and encoded at a time when building the lat
 
 class TrainingError(ValueError):
     """A run that cannot start or continue, with the reason and what to do in words."""
+
+
+def shape_weights(images: np.ndarray, backgrounds: list[str], weight: float) -> np.ndarray:
+    """(B, H, W) float32 loss weights: `weight` where a pixel differs from its scene's known
+    background colour (the shape and its anti-aliased edge), 1 elsewhere.
+
+    A small shape is a few percent of the pixels; with an unweighted loss the autoencoder is
+    content to draw it as a blob of the right colour, and a blob's corners are what tells a
+    triangle from a circle.
+    """
+    colours = np.array([BACKGROUND_COLORS[name] for name in backgrounds], dtype=np.int16)
+    differs = np.abs(images.astype(np.int16) - colours[:, None, None, :]).sum(-1) > 24
+    return np.where(differs, np.float32(weight), np.float32(1.0))
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> Tensor:
@@ -134,9 +147,15 @@ class Trainer:
         self.vae_opt = torch.optim.AdamW(
             self.models["vae"].parameters(), lr=config.vae_lr, weight_decay=0.0, fused=True
         )
+        # Two groups: the text encoder learns at `text_lr_scale` × the UNet's rate (see
+        # TrainConfig.text_lr_scale for why).
         self.opt = torch.optim.AdamW(
-            self._diffusion_parameters(), lr=config.lr, weight_decay=config.weight_decay,
-            fused=True,
+            [
+                {"params": list(self.models["text_encoder"].parameters()),
+                 "lr_scale": config.text_lr_scale},
+                {"params": list(self.models["unet"].parameters()), "lr_scale": 1.0},
+            ],
+            lr=config.lr, weight_decay=config.weight_decay, fused=True,
         )
         self.phase = "vae"
         self.step = 0
@@ -202,6 +221,7 @@ class Trainer:
         picks = self.np_rng.integers(0, len(scenes), size=cfg.vae_batch)
         seeds = self.np_rng.integers(0, EVAL_SEED_BASE, size=cfg.vae_batch)
         images = np.stack([render(scenes[i], int(s)) for i, s in zip(picks, seeds, strict=True)])
+        weights = shape_weights(images, [scenes[i].background for i in picks], cfg.vae_shape_weight)
         crop = cfg.vae_crop
         if crop < images.shape[1]:
             # Random crops on the latent grid: 4× cheaper than whole images at crop 32, and the
@@ -209,14 +229,18 @@ class Trainer:
             cells = (images.shape[1] - crop) // 8 + 1
             ys, xs = 8 * self.np_rng.integers(0, cells, size=(2, len(images)))
             images = np.stack([im[y : y + crop, x : x + crop] for im, y, x in zip(images, ys, xs, strict=True)])
+            weights = np.stack([w[y : y + crop, x : x + crop] for w, y, x in zip(weights, ys, xs, strict=True)])
         x = images_to_tensor(images, self.device)
+        w = torch.from_numpy(weights).float().to(self.device)[:, None]
         for group in self.vae_opt.param_groups:
             group["lr"] = cfg.vae_lr * _lr_factor(self.step, cfg.vae_steps, cfg.warmup_steps)
         mean, logvar = vae.encode(x)  # type: ignore[operator]
         noise = torch.randn(mean.shape, generator=self.generator).to(self.device)
         z = mean + torch.exp(0.5 * logvar) * noise
         recon = vae.decode(z)  # type: ignore[operator]
-        rec_loss = (recon - x).abs().mean() + F.mse_loss(recon, x)
+        error = recon - x
+        # Weighted L1 + L2, normalised by the mean weight so the scale matches the unweighted loss.
+        rec_loss = (w * (error.abs() + error.pow(2))).mean() / w.mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         loss = rec_loss + cfg.kl_weight * kl
         self.vae_opt.zero_grad(set_to_none=True)
@@ -272,8 +296,9 @@ class Trainer:
         ids = pool["ids"][idx]
         dropped = (torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout).to(dev)
         ids = torch.where(dropped[:, None], pool["empty"], ids)
+        factor = _lr_factor(self.step, cfg.unet_steps, cfg.warmup_steps)
         for group in self.opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(self.step, cfg.unet_steps, cfg.warmup_steps)
+            group["lr"] = cfg.lr * group["lr_scale"] * factor
         eps_hat = unet(x_t, t.float(), text_encoder(ids))
         loss = F.mse_loss(eps_hat, eps)
         self.opt.zero_grad(set_to_none=True)
@@ -403,9 +428,11 @@ def open_run(
 
     A new run refuses a folder that already holds a checkpoint (so nothing is overwritten by
     mistake). Resuming refuses a folder without one, and takes the settings saved in it;
-    `overrides` (the flags given again) must agree with them.
+    `overrides` (the flags given again) must agree with them, except that `unet_steps` may grow
+    (this extends the diffusion phase, also of a finished run).
     """
     checkpoint = out / CHECKPOINT_NAME
+    done_diffusion = 0
     if resume:
         if not checkpoint.is_file():
             raise TrainingError(
@@ -414,13 +441,26 @@ def open_run(
             )
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         config = train_config_from_json(saved["train_config"])
-        command = saved.get("command", command)
+        done_diffusion = config.unet_steps
+        extended = False
         for name, value in (overrides or {}).items():
-            if getattr(config, name) != value:
-                raise TrainingError(
-                    f"--resume: the run in {str(out)!r} has {name}={getattr(config, name)!r}, "
-                    f"not {value!r}; resume without that flag or start a new run"
-                )
+            if getattr(config, name) == value:
+                continue
+            if name == "unet_steps" and value > config.unet_steps:
+                # Extending a run: its cosine schedule continues as if planned for the new total.
+                config = dataclasses.replace(config, unet_steps=value)
+                extended = True
+                continue
+            raise TrainingError(
+                f"--resume: the run in {str(out)!r} has {name}={getattr(config, name)!r}, "
+                f"not {value!r}; resume without that flag (only --unet-steps may grow) "
+                "or start a new run"
+            )
+        first_command = saved.get("command", "")
+        if extended and first_command:
+            command = f"{first_command} ; extended by: {command}"
+        else:
+            command = first_command or command
     elif checkpoint.exists():
         raise TrainingError(
             f"--out {str(out)!r} already holds a run; pass --resume to continue it "
@@ -432,4 +472,6 @@ def open_run(
     trainer = Trainer(out, config, device, command)
     if resume:
         trainer.load()
+        if trainer.phase == "trained" and config.unet_steps > done_diffusion:
+            trainer.phase, trainer.step = "diffusion", done_diffusion
     return trainer

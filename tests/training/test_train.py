@@ -66,6 +66,21 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
             assert torch.equal(a, b), name
 
 
+def test_a_finished_run_can_be_extended_with_more_diffusion_steps(tmp_path: Path) -> None:
+    tr.open_run(tmp_path, CPU, MICRO_TRAIN, command="first").train()
+    more = MICRO_TRAIN.unet_steps + 2
+    extended = tr.open_run(tmp_path, CPU, resume=True, command="second",
+                           overrides={"unet_steps": more})
+    assert (extended.phase, extended.step) == ("diffusion", MICRO_TRAIN.unet_steps)
+    records: list[dict] = []
+    extended.train(log=records.append)
+    assert extended.phase == "trained" and extended.config.unet_steps == more
+    assert records[-1]["step"] == more
+    assert extended.command == "first ; extended by: second"
+    with pytest.raises(tr.TrainingError, match="only --unet-steps may grow"):
+        tr.open_run(tmp_path, CPU, resume=True, overrides={"unet_steps": 3})
+
+
 def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -93,8 +108,8 @@ def test_refuses_to_overwrite_a_run_or_resume_nothing(tmp_path: Path, capsys) ->
     tr.open_run(tmp_path / "run", CPU, MICRO_TRAIN).save()
     assert main(["train", "--out", str(tmp_path / "run"), "--preset", "micro"]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--unet-steps", "99"]) == 2
-    assert "unet_steps=6" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--vae-steps", "99"]) == 2
+    assert "vae_steps=4" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
     assert "is not a file" in capsys.readouterr().err
 
@@ -124,3 +139,29 @@ def test_command_line_exit_status_for_a_bad_flag(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "unrecognized arguments: --bogus" in run.stderr
+
+
+def test_finetune_decoder_changes_only_the_decoder_and_eval_record_writes_figures(
+    tmp_path: Path,
+) -> None:
+    model, tuned = tmp_path / "micro.safetensors", tmp_path / "tuned.safetensors"
+    assert main(["train", "--out", str(tmp_path / "run"), "--preset", "micro", "--no-eval",
+                 "--export", str(model)]) == 0
+    assert main(["finetune-decoder", "--checkpoint", str(model), "--out", str(tuned),
+                 "--steps", "2", "--batch", "2", "--no-eval"]) == 0
+    before, after = TensorSource(model), TensorSource(tuned)
+    changed = {k for k in before.keys() if not torch.equal(before.pop(k), after.pop(k))}  # noqa: SIM118
+    assert changed and all(
+        k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv."))
+        for k in changed
+    )
+    assert json.loads(TensorSource(tuned).metadata["dali_decoder_finetune"])["steps"] == 2
+
+    assert main(["eval", "--checkpoint", str(tuned), "--record", "--count", "3", "--steps", "2",
+                 "--tune-count", "1"]) == 0
+    metadata = TensorSource(tuned).metadata
+    record = json.loads(metadata["dali_eval"])
+    assert record["count"] == 3 and set(record["accuracy"]) == {
+        "color", "background", "shape", "position", "size"}
+    assert json.loads(metadata["dali_config"])["default_sampler"] == record["sampler"]
+    assert sd_core.load_pipeline(tuned).config.default_sampler == record["sampler"]

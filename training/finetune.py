@@ -1,0 +1,81 @@
+"""Fine-tune only the VAE decoder of a trained dali-tiny file; the latent space stays as it is.
+
+The UNet was trained on the frozen encoder's latents, so a better decoder needs no new UNet:
+SD v1's released "ft-MSE" decoder was made the same way. The decoder learns to draw the
+rendered image back from posterior samples of the frozen encoder, with the shape's pixels
+weighted up (`shape_weight`): a small shape is a few percent of the pixels, and an unweighted
+loss is content to draw it as a blob of the right colour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sd_core.checkpoint import checkpoint_state_dict, load_models, save_checkpoint
+from training.shapes import EVAL_SEED_BASE, render, train_scenes
+from training.train import images_to_tensor, shape_weights
+
+
+def finetune_decoder(
+    source: Path,
+    target: Path,
+    device: torch.device,
+    steps: int = 1000,
+    batch: int = 8,
+    lr: float = 5e-4,
+    shape_weight: float = 4.0,
+    seed: int = 0,
+    command: str = "",
+) -> dict[str, Any]:
+    """Train the decoder (and post_quant_conv) of `source`; write the result to `target`.
+
+    Everything else in the file (text encoder, UNet, encoder, config, metadata) is kept, except
+    the evaluation record, which no longer describes the new file. Returns the run's record.
+    """
+    config, models, metadata = load_models(source, device=device, dtype=torch.float32)
+    vae: Any = models["vae"]
+    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0, fused=True)
+    rng = np.random.default_rng([seed, 3])
+    generator = torch.Generator("cpu").manual_seed(seed)
+    scenes = train_scenes()
+    smoothed = None
+    bar = tqdm(range(steps), desc="decoder", unit="step", dynamic_ncols=True)
+    for step in bar:
+        picks = rng.integers(0, len(scenes), size=batch)
+        seeds = rng.integers(0, EVAL_SEED_BASE, size=batch)
+        images = np.stack([render(scenes[i], int(s)) for i, s in zip(picks, seeds, strict=True)])
+        weight_np = shape_weights(images, [scenes[i].background for i in picks], shape_weight)
+        weight = torch.from_numpy(weight_np).float().to(device)[:, None]
+        x = images_to_tensor(images, device)
+        with torch.no_grad():
+            mean, logvar = vae.encode(x)
+            noise = torch.randn(mean.shape, generator=generator).to(device)
+            z = mean + torch.exp(0.5 * logvar) * noise
+        error = vae.decode(z) - x
+        loss = (weight * (error.abs() + error.pow(2))).mean() / weight.mean()
+        factor = 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / steps))  # cosine to 10 %
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{smoothed:.4f}")
+    bar.close()
+
+    record = {"steps": steps, "batch": batch, "lr": lr, "shape_weight": shape_weight,
+              "seed": seed, "final_loss": smoothed, "source": source.name, "command": command}
+    meta = {k: v for k, v in metadata.items() if k not in ("dali_eval", "dali_config", "format")}
+    meta["dali_decoder_finetune"] = json.dumps(record)
+    save_checkpoint(target, checkpoint_state_dict(models), config, meta, dtype=torch.float16)
+    return record
