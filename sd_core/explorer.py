@@ -273,6 +273,20 @@ def filmstrip_images(
     return list(zip(frames, noisy, denoised, strict=True))
 
 
+def approximate_filmstrip_images(
+    frames: list[FilmstripFrame],
+) -> list[tuple[FilmstripFrame, Image.Image, Image.Image]]:
+    """Like `filmstrip_images`, but drawn with the cheap linear latent → RGB map of the live
+    preview (`sd_core.preview`, fitted to SD v1's VAE) at latent size, with no VAE decode."""
+    from sd_core.preview import latents_to_rgb
+
+    if not frames:
+        return []
+    noisy = latents_to_rgb(torch.cat([f.noisy for f in frames]))
+    denoised = latents_to_rgb(torch.cat([f.denoised for f in frames]))
+    return list(zip(frames, noisy, denoised, strict=True))
+
+
 # --------------------------------------------------------------------------- one strip image
 
 DecodedFrame = tuple[FilmstripFrame, Image.Image, Image.Image]

@@ -224,6 +224,9 @@ class FilmstripOut(BaseModel):
     width: int
     height: int
     frames: list[FilmstripFrameOut]
+    # "vae": decoded by the model's VAE; "approximate": a cheap linear latent → RGB preview at
+    # latent size, used on the CPU when decoding every frame would cost more than the image did
+    decoder: str = "vae"
 
 
 class GenerationOut(Out):

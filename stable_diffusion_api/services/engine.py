@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 _BYTES_PER_PARAMETER = {"float32": 4, "float16": 2, "bfloat16": 2}
 # A filmstrip cell is at most this many pixels a side: a detail page shows 8 of them in a row.
 FILMSTRIP_CELL = 256
+# Decoding a filmstrip costs 2 · frames VAE decodes. On the CPU that is cheap for dali-tiny
+# (about 17 ms a frame at 64²) but minutes for SD v1.5 at 512² (one decode is seconds), so above
+# this much decoder work a frame (decoder parameters × latent cells; dali-tiny at 64²: 5.0e7,
+# SD v1.5 at 512²: 2.0e11) the CPU draws the frames with the cheap linear latent → RGB preview
+# instead. GPUs always decode with the VAE.
+FILMSTRIP_CPU_DECODE_BUDGET = 4e9
 
 
 def _native_size(metadata: dict[str, str], variant: str) -> int | None:
@@ -136,19 +142,40 @@ class SdCoreGenerator:
         """Sees the frames (`sd_core.explorer.FilmstripFrame`) recorded during a run that
         succeeded; a subclass may keep them (sd_gradio's explorer does)."""
 
-    def _filmstrip(self, pipe: Any, frames: list[Any]) -> Filmstrip | None:
-        """Recorded frames decoded with `pipe`'s VAE and composed; None if decoding failed (the
-        images are made by then: a generation never fails for its filmstrip)."""
-        from sd_core.explorer import compose_filmstrip, filmstrip_images
+    @staticmethod
+    def _vae_decode_affordable(pipe: Any, frames: list[Any]) -> bool:
+        """Whether decoding every frame with the VAE is cheap enough (see
+        FILMSTRIP_CPU_DECODE_BUDGET)."""
+        if pipe.device.type != "cpu":
+            return True
+        vae = pipe.vae
+        decoder = sum(p.numel() for p in vae.decoder.parameters())
+        cells = frames[0].noisy.shape[-2] * frames[0].noisy.shape[-1]
+        return bool(decoder * cells <= FILMSTRIP_CPU_DECODE_BUDGET)
 
+    def _filmstrip(self, pipe: Any, frames: list[Any]) -> Filmstrip | None:
+        """Recorded frames decoded (with `pipe`'s VAE where affordable) and composed; None if
+        decoding failed (the images are made by then: a generation never fails for its
+        filmstrip)."""
+        from sd_core.explorer import (
+            approximate_filmstrip_images,
+            compose_filmstrip,
+            filmstrip_images,
+        )
+
+        decoder = "vae" if self._vae_decode_affordable(pipe, frames) else "approximate"
         try:
-            decoded = filmstrip_images(pipe, frames)
-        except RuntimeError as exc:  # torch's errors, out of memory included
+            if decoder == "vae":
+                decoded = filmstrip_images(pipe, frames)
+            else:
+                decoded = approximate_filmstrip_images(frames)
+        except (RuntimeError, ValueError) as exc:  # torch's errors, out of memory included
             log.warning("filmstrip dropped: decoding its frames failed: %s", exc)
             return None
         return Filmstrip(
             image=compose_filmstrip(decoded, FILMSTRIP_CELL),
             frames=tuple(FilmstripFrame(f.step, f.total, f.sigma) for f in frames),
+            decoder=decoder,
         )
 
     def generate(

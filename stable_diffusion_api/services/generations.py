@@ -65,6 +65,7 @@ def filmstrip_view(row: Generation) -> FilmstripOut | None:
         width=meta["width"],
         height=meta["height"],
         frames=frames,
+        decoder=meta.get("decoder", "vae"),
     )
 
 

@@ -105,6 +105,9 @@ class Filmstrip:
 
     image: Image.Image
     frames: tuple[FilmstripFrame, ...]
+    # "vae": decoded by the model's own VAE; "approximate": the cheap linear latent → RGB preview
+    # at latent size (chosen where 2 · frames full VAE decodes would cost too much).
+    decoder: str = "vae"
 
 
 PreviewFn = Callable[[], Image.Image]

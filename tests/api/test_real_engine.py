@@ -183,6 +183,32 @@ def test_the_engine_records_evenly_spaced_frames_and_decodes_them(
                     strips.append)  # fmt: skip
     engine.generate(replace(job, steps=2), lambda *_: None, lambda: False)
     assert len(strips) == 1
+    assert strip.decoder == "vae"
+
+
+def test_a_cpu_filmstrip_too_costly_to_decode_is_drawn_with_the_cheap_preview(
+    engine_client: tuple[TestClient, str | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the CPU decode budget (SD v1.5 at 512² is 50× over it) the frames are drawn with
+    the linear latent preview at latent size instead of 16 VAE decodes."""
+    from stable_diffusion_api.services import engine as engine_module
+    from stable_diffusion_api.services.generator import Filmstrip, JobSpec
+
+    client, model = engine_client
+    entry = client.app.state.studio.models.resolve(model)  # type: ignore[attr-defined]
+    engine = engine_module.SdCoreGenerator(0)
+    job = JobSpec(checkpoint=entry.path, model_name=entry.name, device="cpu", dtype=None,
+                  low_memory=False, prompt="a red circle on a blue background", seed=5, steps=4,
+                  sampler="euler", filmstrip_frames=4)  # fmt: skip
+    strips: list[Filmstrip] = []
+    (image,) = engine.generate(job, lambda *_: None, lambda: False, strips.append)
+    assert strips[0].decoder == "vae"
+    monkeypatch.setattr(engine_module, "FILMSTRIP_CPU_DECODE_BUDGET", 0)
+    engine.generate(job, lambda *_: None, lambda: False, strips.append)
+    strip = strips[1]
+    w, h = image.size
+    assert strip.decoder == "approximate"
+    assert strip.image.size == (4 * (w // 8), 2 * (h // 8))  # latent-sized cells
 
 
 @pytest.fixture(scope="module")
@@ -212,5 +238,6 @@ def test_a_real_generation_keeps_its_filmstrip_until_deleted(
         assert film.size == (strip["width"], strip["height"]) == (4 * width, 2 * height)
     page = client.get(f"/generations/{done['id']}", headers={"accept": "text/html"}).text
     assert f'src="{strip["url"]}"' in page and "step 6/6" in page and "Top row" in page
+    assert strip["decoder"] == "vae" and "decoded by the VAE" in page
     assert client.delete(f"/api/v1/generations/{done['id']}").status_code == 204
     assert not path.exists()
