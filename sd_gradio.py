@@ -42,7 +42,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 from fastapi import FastAPI
@@ -281,8 +281,7 @@ def open_image(path: str | None, label: str) -> Image.Image | None:
 
 
 # Gradio checks inputs itself ("Value 4096 is greater than maximum value 2048.", a file PIL
-# cannot open); these subclasses say which field the message is about. `is_template` makes the
-# front end draw them with the parent's own component.
+# cannot open); the components made below say which field the message is about.
 
 _UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
@@ -298,32 +297,38 @@ def _named(label: Any, preprocess: Callable[[Any], Any], payload: Any, image: bo
         raise _image_error(str(label)) from None
 
 
-class ImageUpload(gr.Image):
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return _named(self.label or "Image", super().preprocess, payload, image=True)
+ComponentT = TypeVar("ComponentT", bound="gr.components.Component")
 
 
-class MaskEditor(gr.ImageEditor):
-    is_template = True
+def _with_field_names(component: ComponentT, default_label: str, image: bool) -> ComponentT:
+    """`component`, whose input errors now name its field (and say an unreadable image is one).
 
-    def preprocess(self, payload: Any) -> Any:
-        return _named(self.label or "Image", super().preprocess, payload, image=True)
+    An instance attribute rather than a subclass: Gradio writes a `.pyi` stub beside any module
+    that subclasses a component, a frozen copy of that module which mypy then reads instead.
+    """
+    preprocess = component.preprocess
+
+    def checked(payload: Any) -> Any:
+        return _named(component.label or default_label, preprocess, payload, image=image)
+
+    component.preprocess = checked  # type: ignore[method-assign]
+    return component
 
 
-class Slider(gr.Slider):
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return _named(self.label or "Value", super().preprocess, payload, image=False)
+def image_upload(**kwargs: Any) -> gr.Image:
+    return _with_field_names(gr.Image(**kwargs), "Image", image=True)
 
 
-class Dropdown(gr.Dropdown):
-    is_template = True
+def mask_editor(**kwargs: Any) -> gr.ImageEditor:
+    return _with_field_names(gr.ImageEditor(**kwargs), "Image", image=True)
 
-    def preprocess(self, payload: Any) -> Any:
-        return _named(self.label or "Choice", super().preprocess, payload, image=False)
+
+def slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    return _with_field_names(gr.Slider(*args, **kwargs), "Value", image=False)
+
+
+def dropdown(*args: Any, **kwargs: Any) -> gr.Dropdown:
+    return _with_field_names(gr.Dropdown(*args, **kwargs), "Choice", image=False)
 
 
 def png_base64(image: Image.Image) -> str:
@@ -930,16 +935,16 @@ class DaliUI:
                 cancel = gr.Button("Cancel", variant="stop")
         with gr.Row():
             with gr.Column(scale=1):
-                sampler = Dropdown(self.sampler_choices(), value="", label="Sampler")
-                steps = Slider(1, 150, value=20, step=1, label="Steps")
-                guidance = Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
+                sampler = dropdown(self.sampler_choices(), value="", label="Sampler")
+                steps = slider(1, 150, value=20, step=1, label="Steps")
+                guidance = slider(0, 30, value=7.0, step=0.5, label="CFG scale")
                 with gr.Row(equal_height=True):
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", scale=4)
                     dice = gr.Button("Random", scale=1, min_width=80, size="sm")
                 with gr.Row():
-                    width = Slider(0, 2048, value=0, step=8, label="Width (0 = native size)")
-                    height = Slider(0, 2048, value=0, step=8, label="Height (0 = native size)")
-                batch = Slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
+                    width = slider(0, 2048, value=0, step=8, label="Width (0 = native size)")
+                    height = slider(0, 2048, value=0, step=8, label="Height (0 = native size)")
+                batch = slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
             with gr.Column(scale=1):
                 preview = gr.Image(
                     label="Live preview", height=160, interactive=False, format="png"
@@ -964,13 +969,13 @@ class DaliUI:
         with gr.Blocks(title="Dali", analytics_enabled=False) as demo:
             gr.Markdown("## Dali — Stable Diffusion studio", elem_id="dali-title")
             with gr.Row(equal_height=True):
-                project = Dropdown(
+                project = dropdown(
                     self.project_names(), value=self.default_project, label="Project",
                     allow_custom_value=True, info="type a new name to start a project", scale=2,
                 )  # fmt: skip
                 # Any name may be typed (or sent over the API): the service checks it and
                 # answers with the installed models.
-                model = Dropdown(
+                model = dropdown(
                     self.model_choices(),
                     value=self.default_model(),
                     label="Model",
@@ -978,10 +983,10 @@ class DaliUI:
                     scale=2,
                 )
                 devices = self.device_choices()
-                device = Dropdown(
+                device = dropdown(
                     devices, value=devices[0][1] if devices else "cpu", label="Hardware", scale=2
                 )
-                dtype = Dropdown(list(DTYPES), value=AUTO_DTYPE, label="Precision", scale=1)
+                dtype = dropdown(list(DTYPES), value=AUTO_DTYPE, label="Precision", scale=1)
                 refresh = gr.Button("↻ Refresh", scale=0, min_width=100)
             common = [project, model, device, dtype]
             refresh.click(self.refresh, None, [project, model, device], **private())
@@ -994,28 +999,28 @@ class DaliUI:
                     i2i, (init_image, strength) = self._panel(
                         "img2img",
                         lambda: [
-                            ImageUpload(
+                            image_upload(
                                 label="Image",
                                 type="filepath",
                                 image_mode=None,
                                 height=320,
                                 sources=["upload", "clipboard"],
                             ),
-                            Slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
+                            slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
                         ],
                     )
                 with gr.Tab("Inpaint", id="inpaint"):
                     inp, (editor, mask_upload, inpaint_strength) = self._panel(
                         "inpaint",
                         lambda: [
-                            MaskEditor(
+                            mask_editor(
                                 label="Image — paint over what to repaint",
                                 elem_id="inpaint-editor", type="pil", format="png",
                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
                                 transforms=(), layers=False, height=360, sources=["upload", "clipboard"],
                             ),
-                            ImageUpload(label="Mask (optional; white = repaint, same size as the image)", type="filepath", image_mode=None, height=160, sources=["upload", "clipboard"]),
-                            Slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
+                            image_upload(label="Mask (optional; white = repaint, same size as the image)", type="filepath", image_mode=None, height=160, sources=["upload", "clipboard"]),
+                            slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
                         ],
                     )  # fmt: skip
                 with gr.Tab("Gallery", id="gallery") as gallery_tab:
@@ -1043,7 +1048,7 @@ class DaliUI:
                                 gallery_to_inpaint = gr.Button("Send to inpaint")
                                 gallery_to_film = gr.Button("Filmstrip")
                 with gr.Tab("PNG info", id="pnginfo"), gr.Row():
-                    png = ImageUpload(
+                    png = image_upload(
                         label="Drop a PNG",
                         elem_id="png-info-image",
                         type="filepath",
@@ -1068,7 +1073,7 @@ class DaliUI:
                     )
                     with gr.Row():
                         with gr.Column():
-                            explore_image = ImageUpload(
+                            explore_image = image_upload(
                                 label="Image",
                                 elem_id="explorer-image",
                                 type="filepath",
@@ -1076,7 +1081,7 @@ class DaliUI:
                                 height=256,
                                 sources=["upload", "clipboard"],
                             )
-                            explore_t = Slider(0, 999, value=500, step=1, label="t (timestep)")
+                            explore_t = slider(0, 999, value=500, step=1, label="t (timestep)")
                             explore_seed = gr.Number(value=0, precision=0, label="Noise seed")
                             with gr.Row():
                                 explore_go = gr.Button("Add noise", variant="primary")
