@@ -264,7 +264,7 @@ def _family_error(path: Path, keys: list[str], shapes: Mapping[str, tuple[int, .
     return None
 
 
-def _config_from_metadata(text: str) -> ModelConfig:
+def config_from_metadata(text: str) -> ModelConfig:
     raw = json.loads(text)
 
     def build(cls: Any, values: dict[str, Any]) -> Any:
@@ -442,7 +442,7 @@ def load_models(
         raise CheckpointError(problem)
     if METADATA_CONFIG_KEY in source.metadata:
         try:
-            config = _config_from_metadata(source.metadata[METADATA_CONFIG_KEY])
+            config = config_from_metadata(source.metadata[METADATA_CONFIG_KEY])
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"checkpoint {str(path)!r} has unreadable '{METADATA_CONFIG_KEY}' metadata ({e})") from e
     else:
@@ -557,7 +557,7 @@ def checkpoint_info(path: str | Path) -> CheckpointInfo:
     if problem:
         raise CheckpointError(problem)
     if METADATA_CONFIG_KEY in source.metadata:
-        config = _config_from_metadata(source.metadata[METADATA_CONFIG_KEY])
+        config = config_from_metadata(source.metadata[METADATA_CONFIG_KEY])
     else:
         config = infer_config(shapes, name=source.path.stem)
     counts: dict[str, int] = {}

@@ -9,10 +9,9 @@ held-out figures stay untouched by the choice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -213,23 +212,16 @@ def record_evaluation(path: Path, default_sampler: str, record: dict[str, Any]) 
     """Write `record` into the file's metadata (`dali_eval`) and make `default_sampler` the
     model's default (in `dali_config`); the tensors are kept as they are. Atomic."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
+
+    from sd_core.checkpoint import METADATA_CONFIG_KEY, config_from_metadata, save_checkpoint
 
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
         tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-    config = json.loads(metadata["dali_config"])
-    config["default_sampler"] = default_sampler
-    metadata["dali_config"] = json.dumps(config)
+    config = config_from_metadata(metadata.pop(METADATA_CONFIG_KEY))
     metadata["dali_eval"] = json.dumps(record)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_checkpoint(path, tensors, dataclasses.replace(config, default_sampler=default_sampler),
+                    metadata)  # fmt: skip
 
 
 def evaluate_and_record(
