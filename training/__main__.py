@@ -114,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--batch", type=_positive(int), default=8)
     finetune.add_argument("--lr", type=_positive(float), default=5e-4)
     finetune.add_argument("--shape-weight", type=_positive(float), default=4.0)
+    finetune.add_argument("--ring", type=_non_negative_int, default=2,
+                          help="pixels around the shape weighted like the shape (default 2)")
     finetune.add_argument("--no-eval", action="store_true")
 
     sample = sub.add_parser("sample", help="draw images of one caption")
@@ -269,7 +271,7 @@ def _finetune(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     command = "python -m training " + shlex.join(args.argv)
     record = finetune_decoder(args.checkpoint, args.out, device, args.steps, args.batch, args.lr,
-                              args.shape_weight, command=command)
+                              args.shape_weight, args.ring, command=command)
     print(json.dumps(record))
     if not args.no_eval:
         ev.evaluate_and_record(args.out, str(device), TrainConfig(),

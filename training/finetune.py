@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def finetune_decoder(
     batch: int = 8,
     lr: float = 5e-4,
     shape_weight: float = 4.0,
+    ring: int = 2,
     seed: int = 0,
     command: str = "",
 ) -> dict[str, Any]:
@@ -49,12 +51,13 @@ def finetune_decoder(
     generator = torch.Generator("cpu").manual_seed(seed)
     scenes = train_scenes()
     smoothed = None
+    started = time.perf_counter()
     bar = tqdm(range(steps), desc="decoder", unit="step", dynamic_ncols=True)
     for step in bar:
         picks = rng.integers(0, len(scenes), size=batch)
         seeds = rng.integers(0, EVAL_SEED_BASE, size=batch)
         images = np.stack([render(scenes[i], int(s)) for i, s in zip(picks, seeds, strict=True)])
-        weight_np = shape_weights(images, [scenes[i].background for i in picks], shape_weight)
+        weight_np = shape_weights(images, [scenes[i].background for i in picks], shape_weight, ring)
         weight = torch.from_numpy(weight_np).float().to(device)[:, None]
         x = images_to_tensor(images, device)
         with torch.no_grad():
@@ -73,8 +76,9 @@ def finetune_decoder(
         bar.set_postfix(loss=f"{smoothed:.4f}")
     bar.close()
 
-    record = {"steps": steps, "batch": batch, "lr": lr, "shape_weight": shape_weight,
-              "seed": seed, "final_loss": smoothed, "source": source.name, "command": command}
+    record = {"steps": steps, "batch": batch, "lr": lr, "shape_weight": shape_weight, "ring": ring,
+              "seed": seed, "final_loss": smoothed, "source": source.name, "command": command,
+              "seconds": round(time.perf_counter() - started)}
     meta = {k: v for k, v in metadata.items() if k not in ("dali_eval", "dali_config", "format")}
     meta["dali_decoder_finetune"] = json.dumps(record)
     save_checkpoint(target, checkpoint_state_dict(models), config, meta, dtype=torch.float16)

@@ -55,16 +55,29 @@ class TrainingError(ValueError):
     """A run that cannot start or continue, with the reason and what to do in words."""
 
 
-def shape_weights(images: np.ndarray, backgrounds: list[str], weight: float) -> np.ndarray:
+def shape_weights(
+    images: np.ndarray, backgrounds: list[str], weight: float, ring: int = 0
+) -> np.ndarray:
     """(B, H, W) float32 loss weights: `weight` where a pixel differs from its scene's known
-    background colour (the shape and its anti-aliased edge), 1 elsewhere.
+    background colour (the shape and its anti-aliased edge) or lies within `ring` pixels of such
+    a pixel, 1 elsewhere.
 
     A small shape is a few percent of the pixels; with an unweighted loss the autoencoder is
     content to draw it as a blob of the right colour, and a blob's corners are what tells a
-    triangle from a circle.
+    triangle from a circle. With ring 0 the weighting is lopsided: a shape drawn too large costs
+    less than one drawn too small, and the decoder learns to grow shapes; a ring around the
+    shape weights both mistakes alike.
     """
     colours = np.array([BACKGROUND_COLORS[name] for name in backgrounds], dtype=np.int16)
     differs = np.abs(images.astype(np.int16) - colours[:, None, None, :]).sum(-1) > 24
+    if ring > 0:
+        padded = np.pad(differs, ((0, 0), (ring, ring), (ring, ring)))
+        height, width = differs.shape[1:]
+        grown = np.zeros_like(differs)
+        for dy in range(2 * ring + 1):
+            for dx in range(2 * ring + 1):
+                grown |= padded[:, dy : dy + height, dx : dx + width]
+        differs = grown
     return np.where(differs, np.float32(weight), np.float32(1.0))
 
 

@@ -165,3 +165,19 @@ def test_finetune_decoder_changes_only_the_decoder_and_eval_record_writes_figure
         "color", "background", "shape", "position", "size"}
     assert json.loads(metadata["dali_config"])["default_sampler"] == record["sampler"]
     assert sd_core.load_pipeline(tuned).config.default_sampler == record["sampler"]
+
+
+def test_shape_weights_mark_the_shape_and_optionally_a_ring_around_it() -> None:
+    import numpy as np
+
+    from training.shapes import BACKGROUND_COLORS
+
+    images = np.empty((1, 9, 9, 3), dtype=np.uint8)
+    images[:] = BACKGROUND_COLORS["gray"]
+    images[0, 4, 4] = BACKGROUND_COLORS["red"]
+    images[0, 0, 0] = np.array(BACKGROUND_COLORS["gray"]) + 5  # within the colour tolerance
+    plain = tr.shape_weights(images, ["gray"], 4.0)
+    assert plain.dtype == np.float32 and plain.shape == (1, 9, 9)
+    assert plain[0, 4, 4] == 4.0 and (plain == 4.0).sum() == 1 and (plain == 1.0).sum() == 80
+    ringed = tr.shape_weights(images, ["gray"], 4.0, ring=2)
+    assert (ringed[0, 2:7, 2:7] == 4.0).all() and (ringed == 4.0).sum() == 25
