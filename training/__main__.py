@@ -110,10 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", required=True, type=Path, help="the new model file")
     finetune.add_argument("--device", default="cpu")
     finetune.add_argument("--threads", type=_positive(int))
-    finetune.add_argument("--steps", type=_positive(int), default=1000)
+    finetune.add_argument("--steps", type=_positive(int), default=2000)
     finetune.add_argument("--batch", type=_positive(int), default=8)
     finetune.add_argument("--lr", type=_positive(float), default=5e-4)
-    finetune.add_argument("--shape-weight", type=_positive(float), default=4.0)
+    finetune.add_argument("--shape-weight", type=_positive(float), default=10.0)
     finetune.add_argument("--ring", type=_non_negative_int, default=2,
                           help="pixels around the shape weighted like the shape (default 2)")
     finetune.add_argument("--no-eval", action="store_true")

@@ -172,9 +172,10 @@ def variation_checks(
 
     For `pairs` held-out captions: the same seed with another colour word (mean absolute pixel
     difference, and the share where the detector sees the new colour), and the same caption
-    with the next seed (mean absolute pixel difference).
+    with the next seed (mean absolute pixel difference, and how many pixels visibly change:
+    some channel by more than 32 of 255).
     """
-    colour_diffs, seed_diffs, recoloured = [], [], 0
+    colour_diffs, seed_diffs, seed_changed, recoloured = [], [], [], 0
     for i, scene in enumerate(held_out_scenes()[:pairs]):
         seed = eval_seed(10_000 + i)
         other = next(c for c in COLORS if c not in (scene.color, scene.background))
@@ -185,6 +186,8 @@ def variation_checks(
         reseeded = _draw(pipe, scene, seed + 1, steps, sampler, guidance).astype(np.float64)
         colour_diffs.append(float(np.abs(base - changed).mean()))
         seed_diffs.append(float(np.abs(base - reseeded).mean()))
+        # Pixels a viewer sees change: some channel moved by more than 32 of 255.
+        seed_changed.append(int((np.abs(base - reseeded).max(axis=-1) > 32).sum()))
         recoloured += detect(changed).color == other
     return {
         "pairs": pairs,
@@ -193,6 +196,8 @@ def variation_checks(
         "colour_word_detected_share": recoloured / pairs,
         "seed_pixel_difference": statistics.mean(seed_diffs),
         "seed_min_pixel_difference": min(seed_diffs),
+        "seed_changed_pixels": statistics.mean(seed_changed),
+        "seed_min_changed_pixels": min(seed_changed),
     }
 
 

@@ -26,21 +26,28 @@ def test_shipped_file_is_small_and_describes_itself() -> None:
     record = json.loads(metadata["dali_eval"])
     assert record["count"] == 300 and record["steps"] == 20
     assert record["sampler"] == config["default_sampler"]
-    # The recorded figures are the honest ones; whether each issue target is met is recorded
-    # beside them (shape and position are not met yet by the shipped file: docs/dali-tiny.md).
+    # The 300-caption evaluation recorded in the file meets every target of issue 3.
     assert set(record["meets_targets"]) == set(TARGETS)
+    assert all(record["meets_targets"].values()), record
+    shares = {**record["accuracy"], "all_four": record["all_four"]}
+    assert all(shares[name] >= target for name, target in TARGETS.items()), shares
+    # The same seed with another colour word draws that colour; the seed moves the shape.
+    variation = record["variation"]
+    assert variation["colour_word_detected_share"] == 1.0
+    assert variation["seed_min_changed_pixels"] > 0
 
 
 def test_shipped_model_draws_what_it_is_told() -> None:
     pipe = sd_core.load_pipeline()  # no checkpoint: the built-in model
     assert pipe.model_name == "dali-tiny"
     guidance = json.loads(TensorSource(MODEL).metadata["dali_eval"])["guidance"]
-    # Held-out captions past the 300 of the recorded evaluation, with their own seeds.
-    scenes = held_out_scenes()[300:324]
+    # The 60 held-out captions past the 300 of the recorded evaluation, with their own seeds:
+    # the file draws what its record says, not just on the recorded images. On 60 images a
+    # share's sampling error is about 4 points (shape was 82.5 % on the first 40 of them and
+    # 91.0 % on the 300), so each may fall up to 10 points below its target here.
+    scenes = held_out_scenes()[300:360]
     seeds = [eval_seed(300 + i) for i in range(len(scenes))]
     result = score(pipe, scenes, seeds, 20, pipe.config.default_sampler, guidance)
-    # What the shipped file does reach (300-caption figures: colour 99 %, background 100 %,
-    # size 97.7 %); shape (80 %) and position (53 %) are below the issue's targets and are not
-    # asserted at those targets here — issue 3 stays open for them.
-    assert result.accuracy["color"] >= 0.85 and result.accuracy["background"] >= 0.85, result.summary()
-    assert result.accuracy["size"] >= 0.75, result.summary()
+    shares = {**result.accuracy, "all_four": result.all_four}
+    for name, target in TARGETS.items():
+        assert shares[name] >= target - 0.10, result.summary()
