@@ -75,6 +75,7 @@ def start_server(data: Path, torch_threads: int | None) -> tuple[subprocess.Pope
     env = os.environ | {"DALI_DATA_DIR": str(data), "DALI_QUEUE_LIMIT": "1000"}
     if torch_threads:
         env["DALI_TORCH_THREADS"] = str(torch_threads)
+    data.mkdir(parents=True, exist_ok=True)  # the built-in model needs no models folder in it
     log = (data / "uvicorn.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "stable_diffusion_api.sd_api:app", "--host",

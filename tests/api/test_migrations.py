@@ -62,6 +62,7 @@ def test_sqlite_runs_with_wal_foreign_keys_and_cascades(tmp_path: Path) -> None:
     with db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     with db.engine.begin() as connection:
         connection.exec_driver_sql(PROJECT_ROW)
         insert_generation(connection, 1, "p", status="queued")
