@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -266,11 +266,7 @@ def filmstrip_images(
     pipe: StableDiffusionPipeline, frames: list[FilmstripFrame]
 ) -> list[tuple[FilmstripFrame, Image.Image, Image.Image]]:
     """Decode every frame: (frame, noisy latent as an image, predicted x0 as an image)."""
-    if not frames:
-        return []
-    noisy = decode_to_images(pipe, torch.cat([f.noisy for f in frames]))
-    denoised = decode_to_images(pipe, torch.cat([f.denoised for f in frames]))
-    return list(zip(frames, noisy, denoised, strict=True))
+    return _draw_frames(frames, lambda latents: decode_to_images(pipe, latents))
 
 
 def approximate_filmstrip_images(
@@ -280,10 +276,17 @@ def approximate_filmstrip_images(
     preview (`sd_core.preview`, fitted to SD v1's VAE) at latent size, with no VAE decode."""
     from sd_core.preview import latents_to_rgb
 
+    return _draw_frames(frames, latents_to_rgb)
+
+
+def _draw_frames(
+    frames: list[FilmstripFrame], draw: Callable[[Tensor], list[Image.Image]]
+) -> list[tuple[FilmstripFrame, Image.Image, Image.Image]]:
+    """(frame, noisy latent drawn, predicted x0 drawn) for every frame, each row in one call."""
     if not frames:
         return []
-    noisy = latents_to_rgb(torch.cat([f.noisy for f in frames]))
-    denoised = latents_to_rgb(torch.cat([f.denoised for f in frames]))
+    noisy = draw(torch.cat([f.noisy for f in frames]))
+    denoised = draw(torch.cat([f.denoised for f in frames]))
     return list(zip(frames, noisy, denoised, strict=True))
 
 

@@ -123,7 +123,8 @@ class Generation(Base):
     error: Mapped[str | None] = mapped_column(Text)
     step_seconds: Mapped[float | None] = mapped_column(Float)  # measured mean time per step
     # The reverse-process strip kept from the run (path relative to the data dir) and what it
-    # shows: {"width", "height", "frames": [{"step", "total", "sigma"}, …]}. None → no strip.
+    # shows: {"width", "height", "decoder", "frames": [{"step", "total", "sigma"}, …]}.
+    # None → no strip.
     filmstrip_path: Mapped[str | None] = mapped_column(String(255))
     filmstrip: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

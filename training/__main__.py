@@ -117,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--ring", type=_non_negative_int, default=2,
                           help="pixels around the shape weighted like the shape (default 2)")
     finetune.add_argument("--no-eval", action="store_true")
+    finetune.add_argument("--json", type=Path,
+                          help="also write the full evaluation report (failures, tuning) here")
 
     sample = sub.add_parser("sample", help="draw images of one caption")
     sample.add_argument("--checkpoint", required=True, type=Path)
@@ -274,8 +276,7 @@ def _finetune(args: argparse.Namespace) -> int:
                               args.shape_weight, args.ring, command=command)
     print(json.dumps(record))
     if not args.no_eval:
-        ev.evaluate_and_record(args.out, str(device), TrainConfig(),
-                               args.out.with_suffix(".eval.json"))
+        ev.evaluate_and_record(args.out, str(device), TrainConfig(), args.json)
     print(f"wrote {args.out}")
     return 0
 

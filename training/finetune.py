@@ -20,8 +20,7 @@ import torch
 from tqdm import tqdm
 
 from sd_core.checkpoint import checkpoint_state_dict, load_models, save_checkpoint
-from training.shapes import EVAL_SEED_BASE, render, train_scenes
-from training.train import images_to_tensor, shape_weights
+from training.train import images_to_tensor, weighted_training_batch
 
 
 def finetune_decoder(
@@ -49,16 +48,12 @@ def finetune_decoder(
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0, fused=True)
     rng = np.random.default_rng([seed, 3])
     generator = torch.Generator("cpu").manual_seed(seed)
-    scenes = train_scenes()
     smoothed = None
     started = time.perf_counter()
     bar = tqdm(range(steps), desc="decoder", unit="step", dynamic_ncols=True)
     for step in bar:
-        picks = rng.integers(0, len(scenes), size=batch)
-        seeds = rng.integers(0, EVAL_SEED_BASE, size=batch)
-        images = np.stack([render(scenes[i], int(s)) for i, s in zip(picks, seeds, strict=True)])
-        weight_np = shape_weights(images, [scenes[i].background for i in picks], shape_weight, ring)
-        weight = torch.from_numpy(weight_np).float().to(device)[:, None]
+        images, weight_np = weighted_training_batch(rng, batch, shape_weight, ring)
+        weight = torch.from_numpy(weight_np).to(device)[:, None]
         x = images_to_tensor(images, device)
         with torch.no_grad():
             mean, logvar = vae.encode(x)

@@ -81,6 +81,18 @@ def shape_weights(
     return np.where(differs, np.float32(weight), np.float32(1.0))
 
 
+def weighted_training_batch(
+    rng: np.random.Generator, size: int, weight: float, ring: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`size` training images of random captions and seeds, drawn from `rng`, and their
+    `shape_weights`: ((B, 64, 64, 3) uint8, (B, 64, 64) float32)."""
+    scenes = train_scenes()
+    picks = rng.integers(0, len(scenes), size=size)
+    seeds = rng.integers(0, EVAL_SEED_BASE, size=size)
+    images = np.stack([render(scenes[i], int(s)) for i, s in zip(picks, seeds, strict=True)])
+    return images, shape_weights(images, [scenes[i].background for i in picks], weight, ring)
+
+
 def images_to_tensor(images: np.ndarray, device: torch.device) -> Tensor:
     """(B, H, W, 3) uint8 → (B, 3, H, W) float32 in [-1, 1] on `device`."""
     x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
@@ -230,11 +242,7 @@ class Trainer:
 
     def _vae_step(self) -> float:
         cfg, vae = self.config, self.models["vae"]
-        scenes = train_scenes()
-        picks = self.np_rng.integers(0, len(scenes), size=cfg.vae_batch)
-        seeds = self.np_rng.integers(0, EVAL_SEED_BASE, size=cfg.vae_batch)
-        images = np.stack([render(scenes[i], int(s)) for i, s in zip(picks, seeds, strict=True)])
-        weights = shape_weights(images, [scenes[i].background for i in picks], cfg.vae_shape_weight)
+        images, weights = weighted_training_batch(self.np_rng, cfg.vae_batch, cfg.vae_shape_weight)
         crop = cfg.vae_crop
         if crop < images.shape[1]:
             # Random crops on the latent grid: 4× cheaper than whole images at crop 32, and the

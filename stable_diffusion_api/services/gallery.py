@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -12,8 +11,6 @@ from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import Image, Project
 from stable_diffusion_api.schemas import ImageOut
 from stable_diffusion_api.services.storage import ImageStorage
-
-log = logging.getLogger(__name__)
 
 
 def image_view(image: Image) -> ImageOut:
@@ -81,12 +78,8 @@ class GalleryService:
     def file(self, image_id: int, thumbnail: bool = False) -> Path:
         """The file to serve; NotFound if the row or (should never happen) the file is gone."""
         image = self.get(image_id)
-        try:
-            path = self._storage.resolve(image.thumb_path if thumbnail else image.path)
-        except ValueError:  # a row edited to point outside the data directory: never serve it
-            log.warning("image %d has a path outside the data directory", image_id)
-            raise NotFound("image file", image_id) from None
-        if not path.is_file():
+        path = self._storage.file_to_serve(image.thumb_path if thumbnail else image.path)
+        if path is None:
             raise NotFound("image file", image_id)
         return path
 

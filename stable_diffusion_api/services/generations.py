@@ -7,7 +7,6 @@ written as a `queued` row and the device's worker is woken. Nothing here runs th
 
 from __future__ import annotations
 
-import logging
 import secrets
 import threading
 import time
@@ -45,8 +44,6 @@ from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.speeds import Estimate, SpeedService
 from stable_diffusion_api.services.storage import ImageStorage, decode_image
-
-log = logging.getLogger(__name__)
 
 
 def filmstrip_view(row: Generation) -> FilmstripOut | None:
@@ -262,17 +259,9 @@ class GenerationService:
             if row is None:
                 raise NotFound("generation", generation_id)
             relative = row.filmstrip_path
-        missing = NotFound("filmstrip of generation", generation_id)
-        if relative is None:
-            raise missing
-        try:
-            path = self._storage.resolve(relative)
-        except ValueError:
-            log.warning("generation %d has a filmstrip path outside the data directory",
-                        generation_id)  # fmt: skip
-            raise missing from None
-        if not path.is_file():
-            raise missing
+        path = None if relative is None else self._storage.file_to_serve(relative)
+        if path is None:
+            raise NotFound("filmstrip of generation", generation_id)
         return path
 
     def page(

@@ -94,6 +94,16 @@ class ImageStorage:
     def delete_project(self, project_id: int) -> None:
         shutil.rmtree(self.resolve(f"images/{int(project_id)}"), ignore_errors=True)
 
+    def file_to_serve(self, relative: str) -> Path | None:
+        """The stored file's absolute path, or None when it is missing — or when a row edited to
+        point outside the data directory names it (logged, and never served)."""
+        try:
+            path = self.resolve(relative)
+        except ValueError:
+            log.warning("a row points outside the data directory: %r", relative)
+            return None
+        return path if path.is_file() else None
+
     def exists(self, relative: str) -> bool:
         """Whether the file is there (a path outside the data directory counts as absent)."""
         try:
