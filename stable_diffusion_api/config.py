@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     # Sampling a small model holds the GIL most of the time: in its own process it cannot
     # slow the web server down. "thread" keeps the workers in the server process.
     worker_mode: Literal["process", "thread"] = "process"
+    # Live progress goes out at most this often (the first and last step always): a small
+    # model takes 40 steps a second, and every report costs the sampler and every event stream.
+    progress_interval_s: float = Field(default=0.1, ge=0)
     # A preview costs a VAE-free latent→RGB projection and a small PNG; every few steps is plenty.
+    # (Drawn with a progress report at least this many steps after the last one.)
     preview_every: int = Field(default=3, ge=1)
     # A generation keeps its reverse process (image 0's noisy latent and predicted x0) at this
     # many evenly spaced steps, decoded after the images (2 VAE decodes a frame); 0 turns it off.

@@ -229,6 +229,17 @@ class FilmstripOut(BaseModel):
     decoder: str = "vae"
 
 
+class GenerationTimings(BaseModel):
+    """Where a run's time went, in seconds, measured by the worker. What the service adds to
+    the engine's own work is everything but `engine_s`: `reporting_s` + `saving_s` + the
+    database writes and hand-offs around them (`finished_at − started_at` is the whole run)."""
+
+    engine_s: float  # inside the engine: text encoding, sampling, decoding (and loading the
+    # model, when it was not cached; and the filmstrip's frames, when one is kept)
+    reporting_s: float  # the step callbacks the engine waited for: progress, previews, cancel
+    saving_s: float  # writing the PNGs, thumbnails and filmstrip
+
+
 class GenerationOut(Out):
     id: int
     project_id: int
@@ -262,6 +273,7 @@ class GenerationOut(Out):
     images: list[ImageOut]
     progress: ProgressOut | None = None
     filmstrip: FilmstripOut | None = None  # None: none kept (older row, turned off, not done)
+    timings: GenerationTimings | None = None  # None: it did not run to the end
 
 
 class GenerationAccepted(BaseModel):

@@ -1,7 +1,10 @@
 """The JSON API under /api/v1. Each route validates, calls one service method, shapes the reply.
 
-Routes are plain `def`: they do blocking database work, which FastAPI runs in its thread pool.
-None of them runs the model; generations are queued and answered with 202.
+None of them runs the model; generations are queued and answered with 202. Blocking work (the
+database, files) runs in the thread pool. The routes every page and client polls are `async def`
+handing that work to the pool once; a plain `def` route costs two hand-offs (FastAPI validates
+its answer in the pool too) plus one per plain `def` dependency, and each hand-off waits its
+turn for the interpreter lock under load. The rarer writes stay plain `def`.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from stable_diffusion_api.deps import (
     GenerationDep,
+    Id,
     ImageDep,
     ProjectDep,
     StudioDep,
@@ -112,8 +117,8 @@ async def health(studio: StudioDep) -> dict[str, object]:
 
 
 @router.get("/hardware")
-def hardware(studio: StudioDep) -> list[DeviceOut]:
-    speeds = studio.speeds.list()
+async def hardware(studio: StudioDep) -> list[DeviceOut]:
+    speeds = await run_in_threadpool(studio.speeds.list)
     return [
         DeviceOut(
             id=d.id,
@@ -143,17 +148,17 @@ def benchmark(request: BenchmarkRequest, studio: StudioDep) -> BenchmarkOut:
 
 
 @router.get("/hardware/benchmarks")
-def benchmarks(studio: StudioDep) -> list[BenchmarkOut]:
+async def benchmarks(studio: StudioDep) -> list[BenchmarkOut]:
     return [benchmark_out(b) for b in studio.workers.benchmarks.values()]
 
 
 @router.get("/models")
-def models(studio: StudioDep) -> list[ModelOut]:
-    return [model_out(entry) for entry in studio.models.list()]
+async def models(studio: StudioDep) -> list[ModelOut]:
+    return [model_out(entry) for entry in await run_in_threadpool(studio.models.list)]
 
 
 @router.get("/samplers")
-def samplers(studio: StudioDep) -> list[SamplerOut]:
+async def samplers(studio: StudioDep) -> list[SamplerOut]:
     return [
         SamplerOut(name=s.name, display_name=s.display_name, aliases=list(s.aliases))
         for s in studio.samplers.list()
@@ -164,8 +169,8 @@ def samplers(studio: StudioDep) -> list[SamplerOut]:
 
 
 @router.get("/projects")
-def list_projects(studio: StudioDep) -> list[ProjectOut]:
-    return studio.projects.list()
+async def list_projects(studio: StudioDep) -> list[ProjectOut]:
+    return await run_in_threadpool(studio.projects.list)
 
 
 @router.post("/projects", status_code=status.HTTP_201_CREATED)
@@ -223,24 +228,25 @@ def estimate(
 
 
 @router.post("/projects/{project_id}/generations", status_code=status.HTTP_202_ACCEPTED)
-def create_generation(
-    project: ProjectDep, request: GenerationCreate, studio: StudioDep, response: Response
+async def create_generation(
+    project_id: Id, request: GenerationCreate, studio: StudioDep, response: Response
 ) -> GenerationAccepted:
     """Queue a generation. The row exists before this answers; follow `events_url` (SSE)."""
-    accepted = studio.generations.submit(project.id, request, source="api")
+    accepted = await run_in_threadpool(studio.generations.submit, project_id, request, "api")
     response.headers["Location"] = accepted.url
     return accepted
 
 
 @router.get("/projects/{project_id}/generations")
-def list_generations(
-    project: ProjectDep,
+async def list_generations(
+    project_id: Id,
     studio: StudioDep,
     offset: Offset = 0,
     limit: Limit = 20,
     status_: Annotated[str | None, Query(alias="status", pattern=STATUS_PATTERN)] = None,
 ) -> Page[GenerationOut]:
-    items, total = studio.generations.page(project.id, offset, limit, status_)
+    page = studio.generations.page
+    items, total = await run_in_threadpool(page, project_id, offset, limit, status_)
     return Page[GenerationOut].model_validate(page_of(items, total, offset, limit))
 
 
@@ -275,11 +281,11 @@ def delete_generation(generation: GenerationDep, studio: StudioDep) -> Response:
 
 
 @router.get("/projects/{project_id}/images")
-def list_images(
-    project: ProjectDep, studio: StudioDep, offset: Offset = 0, limit: Limit = 24
+async def list_images(
+    project_id: Id, studio: StudioDep, offset: Offset = 0, limit: Limit = 24
 ) -> Page[ImageOut]:
     """The project's gallery, newest first."""
-    items, total = studio.gallery.page(project.id, offset, limit)
+    items, total = await run_in_threadpool(studio.gallery.page, project_id, offset, limit)
     return Page[ImageOut].model_validate(page_of(items, total, offset, limit))
 
 
@@ -289,15 +295,15 @@ async def read_image(image: ImageDep) -> ImageOut:
 
 
 @router.get("/images/{image_id}/file", response_class=FileResponse)
-def image_file(image: ImageDep, studio: StudioDep, request: Request) -> Response:
-    path = studio.gallery.file(image.id)
-    return _immutable_file(studio, request, path, f"dali-{image.id}.png", "image/png")
+async def image_file(image_id: Id, studio: StudioDep, request: Request) -> Response:
+    path = await run_in_threadpool(studio.gallery.file, image_id)
+    return _immutable_file(studio, request, path, f"dali-{image_id}.png", "image/png")
 
 
 @router.get("/images/{image_id}/thumbnail", response_class=FileResponse)
-def image_thumbnail(image: ImageDep, studio: StudioDep, request: Request) -> Response:
-    path = studio.gallery.file(image.id, thumbnail=True)
-    return _immutable_file(studio, request, path, f"dali-{image.id}-thumb.jpg", "image/jpeg")
+async def image_thumbnail(image_id: Id, studio: StudioDep, request: Request) -> Response:
+    path = await run_in_threadpool(studio.gallery.file, image_id, True)
+    return _immutable_file(studio, request, path, f"dali-{image_id}-thumb.jpg", "image/jpeg")
 
 
 @router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)

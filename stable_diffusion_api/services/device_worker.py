@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image as PILImage
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
@@ -72,6 +73,10 @@ class _Timing:
     first_step: float | None = None
     last_step: float | None = None
     steps: int = 0
+    # Where the run's time went (schemas.GenerationTimings), in seconds.
+    engine: float = 0.0
+    reporting: float = 0.0
+    saving: float = 0.0
 
     def step(self, step: int) -> None:
         now = time.monotonic()
@@ -86,6 +91,10 @@ class _Timing:
         if self.steps < 2:
             return self.first_step - self.started
         return (self.last_step - self.first_step) / (self.steps - 1)
+
+    def spent(self) -> dict[str, float]:
+        """The columns of `Generation.timings`."""
+        return {"engine_s": self.engine, "reporting_s": self.reporting, "saving_s": self.saving}
 
 
 def _dali_json(image: PILImage.Image) -> dict[str, object]:
@@ -120,33 +129,42 @@ class DeviceWorker(threading.Thread):
                 if self.benchmarks:
                     self._benchmark(self.benchmarks.popleft())
                     continue
-                job_id = self._claim()
-                if job_id is None:
+                claimed = self._claim()
+                if claimed is None:
                     self.wake.wait(pool.settings.poll_s)
                     continue
-                self._run(job_id)
+                self._run(*claimed)
             except Exception:  # a broken job or a database hiccup must not kill the worker
                 log.exception("worker %s: unexpected error", self.device)
                 time.sleep(pool.settings.poll_s)
 
-    def _claim(self) -> int | None:
+    def _claim(self) -> tuple[Generation, str] | None:
+        """The oldest queued job of this device, now running here, and its project's name; None
+        when nothing waits. One conditional UPDATE … RETURNING: two workers (even in two
+        processes) never claim the same row."""
+        oldest = (
+            select(Generation.id)
+            .where(Generation.status == QUEUED, Generation.device == self.device)
+            .order_by(Generation.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        claim = (
+            update(Generation)
+            .where(Generation.id == oldest, Generation.status == QUEUED)
+            .values(status=RUNNING, worker_id=self.pool.instance_id, started_at=utcnow())
+            .returning(Generation)
+        )
         with self.pool.db.session() as session:
-            for _ in range(3):
-                job_id = session.scalar(
-                    select(Generation.id)
-                    .where(Generation.status == QUEUED, Generation.device == self.device)
-                    .order_by(Generation.id)
-                    .limit(1)
+            for _ in range(3):  # PostgreSQL: another worker may win the row between the two
+                row = session.scalars(claim).first()
+                if row is not None:
+                    return row, row.project.name
+                waiting = select(Generation.id).where(
+                    Generation.status == QUEUED, Generation.device == self.device
                 )
-                if job_id is None:
+                if session.scalar(waiting.limit(1)) is None:
                     return None
-                claimed = session.execute(
-                    update(Generation)
-                    .where(Generation.id == job_id, Generation.status == QUEUED)
-                    .values(status=RUNNING, worker_id=self.pool.instance_id, started_at=utcnow())
-                )
-                if getattr(claimed, "rowcount", 0) == 1:
-                    return job_id
         return None
 
     def _should_cancel(self, job_id: int) -> bool:
@@ -164,15 +182,13 @@ class DeviceWorker(threading.Thread):
             ).first()
         return row is None or bool(row[0])  # a vanished row: its project was deleted
 
-    def _run(self, job_id: int) -> None:
+    def _run(self, row: Generation, project_name: str) -> None:
         pool = self.pool
-        with pool.db.session() as session:
-            row = session.get(Generation, job_id)
-            assert row is not None, "a claimed job cannot vanish inside the claim"
-            project_name = row.project.name
+        job_id = row.id
         pool.hub.start(job_id, row.steps)
         timing = _Timing()
-        self._last_db_check = 0.0
+        # The claim has just seen the row queued; the database is next asked in a second.
+        self._last_db_check = time.monotonic()
         written: list[str] = []
         status, error = FAILED, None
         try:
@@ -202,26 +218,44 @@ class DeviceWorker(threading.Thread):
             )
             filmstrips: list[Filmstrip] = []
 
-            def on_step(step: int, total: int, preview: PreviewFn) -> None:
-                timing.step(step)
-                # The first step also paid for loading: no ETA until a pure step is measured.
-                pool.hub.step(job_id, step, total, timing.step_seconds if step > 1 else None)
-                if step % pool.settings.preview_every == 0 and step < total:
-                    buffer = io.BytesIO()
-                    preview().save(buffer, format="PNG")
-                    pool.hub.preview(job_id, buffer.getvalue(), step)
+            reported = {"at": 0.0, "preview_step": 0}
 
+            def on_step(step: int, total: int, preview: PreviewFn) -> None:
+                began = time.perf_counter()
+                timing.step(step)
+                due = began - reported["at"] >= pool.settings.progress_interval_s
+                if step == 1 or step >= total or due:
+                    reported["at"] = began
+                    # The first step also paid for loading: no ETA until a pure step is measured.
+                    pool.hub.step(job_id, step, total, timing.step_seconds if step > 1 else None)
+                    last_preview = reported["preview_step"]
+                    if step - last_preview >= pool.settings.preview_every and step < total:
+                        reported["preview_step"] = step
+                        buffer = io.BytesIO()
+                        preview().save(buffer, format="PNG")
+                        pool.hub.preview(job_id, buffer.getvalue(), step)
+                timing.reporting += time.perf_counter() - began
+
+            def should_cancel() -> bool:
+                began = time.perf_counter()
+                try:
+                    return self._should_cancel(job_id)
+                finally:
+                    timing.reporting += time.perf_counter() - began
+
+            began = time.perf_counter()
             images = pool.generator.generate(
-                spec, on_step, lambda: self._should_cancel(job_id), on_filmstrip=filmstrips.append
+                spec, on_step, should_cancel, on_filmstrip=filmstrips.append
             )
             sampled = time.monotonic()
+            timing.engine = time.perf_counter() - began - timing.reporting
+            began = time.perf_counter()
             images_rows = self._save(row, project_name, images, written)
             filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
-            # Measured before the row says succeeded: whoever sees the result sees the speed.
-            self._record_speed(row, model, images[0], timing, sampled)
+            timing.saving = time.perf_counter() - began
             ran = _dali_json(images[0]).get("sampler") if images else None
             sampler = row.sampler or (ran if isinstance(ran, str) else None)
-            status = self._succeed(row, model, images_rows, timing, sampler, filmstrip)
+            status = self._succeed(row, model, images_rows, timing, sampler, sampled, filmstrip)
         except JobCanceled:
             if pool.stopping.is_set() and not pool.hub.cancel_requested(job_id):
                 error = INTERRUPTED
@@ -275,8 +309,12 @@ class DeviceWorker(threading.Thread):
         written.append(path)
         self.pool.storage.write_filmstrip(filmstrip.image, path)
         frames = [{"step": f.step, "total": f.total, "sigma": f.sigma} for f in filmstrip.frames]
-        meta = {"width": filmstrip.image.width, "height": filmstrip.image.height, "frames": frames,
-                "decoder": filmstrip.decoder}
+        meta = {
+            "width": filmstrip.image.width,
+            "height": filmstrip.image.height,
+            "frames": frames,
+            "decoder": filmstrip.decoder,
+        }
         return {"filmstrip_path": path, "filmstrip": meta}
 
     def _succeed(
@@ -286,12 +324,14 @@ class DeviceWorker(threading.Thread):
         images: list[Image],
         timing: _Timing,
         sampler: str | None,
+        sampled: float,
         filmstrip: dict[str, object] | None = None,
     ) -> str:
-        """Insert the image rows and mark the job succeeded, in one transaction — unless the
-        job's row is gone (project deleted) or no longer ours (then the files are dropped).
-        A job asking for the model's default sampler records the sampler that ran; `filmstrip`
-        holds the filmstrip columns when the run kept one."""
+        """Insert the image rows, record the measured speed and mark the job succeeded, in one
+        transaction (whoever sees the result sees the speed) — unless the job's row is gone
+        (project deleted) or no longer ours (then the files are dropped). A job asking for the
+        model's default sampler records the sampler that ran; `filmstrip` holds the filmstrip
+        columns when the run kept one; `sampled` is when sampling and decoding ended."""
         if row.width is None and images:
             self.pool.models.learn_native_size(model, images[0].width)
         with self.pool.db.session() as session:
@@ -308,12 +348,15 @@ class DeviceWorker(threading.Thread):
                     step_seconds=timing.step_seconds,
                     model_hash=model.short_hash,
                     sampler=sampler,
+                    timings=timing.spent(),
                     **(filmstrip or {}),
                 )
             )
             if getattr(marked, "rowcount", 0) != 1:
                 return CANCELED
             session.add_all(images)
+            if images:
+                self._record_speed(session, row, model, images[0], timing, sampled)
         return SUCCEEDED
 
     def _finish(self, job_id: int, status: str, error: str | None, timing: _Timing) -> None:
@@ -331,9 +374,10 @@ class DeviceWorker(threading.Thread):
 
     def _record_speed(
         self,
+        session: Session,
         row: Generation,
         model: ModelEntry,
-        image: PILImage.Image,
+        image: Image,
         timing: _Timing,
         sampled: float,
     ) -> None:
@@ -350,6 +394,7 @@ class DeviceWorker(threading.Thread):
             1.0 / step_seconds,
             overhead,
             "generation",
+            session=session,
         )
 
     def _benchmark(self, benchmark: Benchmark) -> None:

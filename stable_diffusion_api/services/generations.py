@@ -238,6 +238,7 @@ class GenerationService:
             images=[image_view(image) for image in row.images],
             progress=progress,
             filmstrip=filmstrip_view(row),
+            timings=row.timings,
         )
 
     def view(self, generation_id: int) -> GenerationOut:

@@ -11,9 +11,11 @@ linearly with the number of latent pixels at SD sizes), and the estimate says so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.models import SpeedMeasurement, utcnow
@@ -39,7 +41,10 @@ class SpeedService:
         steps_per_s: float,
         overhead_s: float,
         source: str,
+        session: Session | None = None,
     ) -> None:
+        """Keep this measurement (replacing the last of the same key), inside `session`'s
+        transaction when one is given."""
         key = dict(
             device=device, model_hash=model_hash, dtype=dtype or "auto", width=width, height=height
         )
@@ -49,18 +54,28 @@ class SpeedService:
             source=source,
             measured_at=utcnow(),
         )
-        for _ in range(2):  # a concurrent insert of the same key wins once; then update it
-            try:
-                with self._db.session() as session:
-                    row = session.scalars(select(SpeedMeasurement).filter_by(**key)).first()
-                    if row is None:
-                        session.add(SpeedMeasurement(**key, **values))
-                    else:
-                        for name, value in values.items():
-                            setattr(row, name, value)
-                return
-            except IntegrityError:
-                continue
+        if session is not None:
+            self._upsert(session, key, values)
+            return
+        with self._db.session() as own:
+            self._upsert(own, key, values)
+
+    @staticmethod
+    def _upsert(session: Session, key: dict[str, Any], values: dict[str, Any]) -> None:
+        """Insert, or update the row of the same key: one atomic statement on SQLite and
+        PostgreSQL, so two processes measuring the same thing at once cannot collide."""
+        dialect = session.get_bind().dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            module = sqlite if dialect == "sqlite" else postgresql
+            statement = module.insert(SpeedMeasurement).values(**key, **values)
+            session.execute(statement.on_conflict_do_update(index_elements=list(key), set_=values))
+            return
+        row = session.scalars(select(SpeedMeasurement).filter_by(**key)).first()
+        if row is None:
+            session.add(SpeedMeasurement(**key, **values))
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
 
     def list(self, device: str | None = None) -> list[SpeedMeasurement]:
         with self._db.session() as session:

@@ -93,7 +93,9 @@ def test_a_run_failing_after_its_strip_was_written_leaves_none(
     project = make_project(client)
     studio = client.app.state.studio  # type: ignore[attr-defined]
 
-    def broken(*args: object) -> None:  # the last thing the worker does before succeeding
+    def broken(
+        *args: object, **kwargs: object
+    ) -> None:  # the last thing the worker does before succeeding
         raise OSError("disk full")
 
     studio.speeds.record = broken

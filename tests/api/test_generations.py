@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
+import time
 
 from fastapi.testclient import TestClient
 
 from stable_diffusion_api.config import Settings
+from stable_diffusion_api.sd_api import create_app
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
 
@@ -179,3 +182,63 @@ def test_delete_generation_removes_rows_and_files(
     assert refused.status_code == 409 and "cancel it first" in refused.json()["detail"]
     fake.release.set()
     wait_for(client, running["id"])
+
+
+def test_a_finished_run_says_where_its_time_went(settings: Settings, fake: FakeGenerator) -> None:
+    every_step = settings.model_copy(update={"progress_interval_s": 0.0})
+    with TestClient(create_app(every_step, fake)) as client:
+        studio = client.app.state.studio  # type: ignore[attr-defined]
+        fake.step_delay = 0.03  # the engine's own work: 5 × 30 ms
+        step, write_thumbnail = studio.hub.step, studio.storage.write_thumbnail
+
+        def slow_step(*args: object) -> None:  # progress reporting the engine waits for
+            time.sleep(0.05)
+            step(*args)
+
+        def slow_thumbnail(*args: object) -> None:  # saving
+            time.sleep(0.2)
+            write_thumbnail(*args)
+
+        studio.hub.step, studio.storage.write_thumbnail = slow_step, slow_thumbnail
+        project = make_project(client)
+        done = wait_for(client, submit(client, project["id"], steps=5)["id"])
+        timings = done["timings"]
+        assert 0.15 <= timings["engine_s"] < 0.25  # the reporting it waited for is not counted
+        assert 0.25 <= timings["reporting_s"] < 0.35
+        assert 0.2 <= timings["saving_s"] < 0.3
+        started, finished = (
+            dt.datetime.fromisoformat(done[k]) for k in ("started_at", "finished_at")
+        )
+        assert sum(timings.values()) <= (finished - started).total_seconds()
+
+        fake.fail_with = ValueError("no")
+        failed = wait_for(client, submit(client, project["id"], steps=2)["id"], ("failed",))
+        assert failed["timings"] is None
+
+
+def test_progress_is_reported_at_most_every_interval_first_and_last_always(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    studio = client.app.state.studio  # type: ignore[attr-defined]
+    reported: list[int] = []
+    previews: list[int] = []
+    step, preview = studio.hub.step, studio.hub.preview
+
+    def counting_step(generation_id: int, at: int, *rest: object) -> None:
+        reported.append(at)
+        step(generation_id, at, *rest)
+
+    def counting_preview(generation_id: int, png: bytes, at: int) -> None:
+        previews.append(at)
+        preview(generation_id, png, at)
+
+    studio.hub.step, studio.hub.preview = counting_step, counting_preview
+    fake.step_delay = 0.02  # 30 steps in 0.6 s: about 7 reports, not 30
+    project = make_project(client)
+    done = wait_for(client, submit(client, project["id"], steps=30)["id"])
+    assert done["status"] == "succeeded"
+    assert reported[0] == 1 and reported[-1] == 30 and reported == sorted(reported)
+    assert 4 <= len(reported) <= 12
+    # Previews ride on reports, at least `preview_every` (3) steps apart, never the last step.
+    assert previews and set(previews) <= set(reported) and 30 not in previews
+    assert all(b - a >= 3 for a, b in zip(previews, previews[1:], strict=False))

@@ -48,7 +48,7 @@ def test_upgrade_matches_the_orm_and_downgrade_removes_it(tmp_path: Path) -> Non
         # No difference between what the migrations built and what the models declare.
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        assert version == "0003"
+        assert version == "0004"
     db.downgrade("base")
     with db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == {"alembic_version"}
@@ -115,4 +115,24 @@ def test_upgrading_keeps_generations_and_gives_them_no_filmstrip(tmp_path: Path)
         kept = connection.exec_driver_sql("SELECT prompt FROM generations").scalar()
     assert "filmstrip" not in columns and "filmstrip_path" not in columns
     assert kept == "before strips"
+    db.dispose()
+
+
+def test_upgrading_gives_earlier_runs_no_timings(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'dali.db'}")
+    db.migrate("0003")
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(PROJECT_ROW)
+        insert_generation(connection, 4, "before timings")
+    db.migrate()
+    with db.engine.connect() as connection:
+        row = connection.exec_driver_sql(
+            "SELECT prompt, timings FROM generations WHERE id = 4"
+        ).one()
+    assert tuple(row) == ("before timings", None)
+    db.downgrade("0003")
+    with db.engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("generations")}
+        kept = connection.exec_driver_sql("SELECT prompt FROM generations").scalar()
+    assert "timings" not in columns and kept == "before timings"
     db.dispose()
