@@ -10,8 +10,9 @@
                            then the stream ends
 
 Progress comes from the in-memory hub, which wakes the stream the moment a job changes; the
-database is read only for status changes (every half second, or at once when the job ends), so
-hundreds of watchers cost little.
+database is read only for status changes (every half second), so hundreds of watchers cost
+little. A job that ends here comes with its finished view from the worker, sent at once; one
+that ended elsewhere (another process) is read from the database.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ async def generation_events(
             state = studio.hub.get(generation_id)
             # A job that just finished here is announced at once, not at the next status read.
             finished_here = state is not None and state.status != "running"
+            if finished_here and state is not None and state.result is not None:
+                # Its worker sent the finished view along: no database read for the news.
+                if last_status is not None and (event := progress()):
+                    yield event
+                yield sse("done", state.result)
+                return
             if now - last_db >= STATUS_EVERY_S or finished_here:
                 last_db = now
                 if await request.is_disconnected():

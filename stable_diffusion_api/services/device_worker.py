@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
 from sqlalchemy import select, update
@@ -34,6 +34,7 @@ from stable_diffusion_api.models import (
     Image,
     utcnow,
 )
+from stable_diffusion_api.services.generations import generation_view
 from stable_diffusion_api.services.generator import Filmstrip, JobCanceled, JobSpec, PreviewFn
 from stable_diffusion_api.services.registry import ModelEntry
 
@@ -190,7 +191,7 @@ class DeviceWorker(threading.Thread):
         # The claim has just seen the row queued; the database is next asked in a second.
         self._last_db_check = time.monotonic()
         written: list[str] = []
-        status, error = FAILED, None
+        status, error, result = FAILED, None, None
         try:
             model = pool.models.resolve(row.model)
             spec = JobSpec(
@@ -255,7 +256,9 @@ class DeviceWorker(threading.Thread):
             timing.saving = time.perf_counter() - began
             ran = _dali_json(images[0]).get("sampler") if images else None
             sampler = row.sampler or (ran if isinstance(ran, str) else None)
-            status = self._succeed(row, model, images_rows, timing, sampler, sampled, filmstrip)
+            status, result = self._succeed(
+                row, model, images_rows, timing, sampler, sampled, filmstrip
+            )
         except JobCanceled:
             if pool.stopping.is_set() and not pool.hub.cancel_requested(job_id):
                 error = INTERRUPTED
@@ -270,7 +273,7 @@ class DeviceWorker(threading.Thread):
             if status != SUCCEEDED:
                 pool.storage.delete(*written)
                 self._finish(job_id, status, error, timing)
-            pool.hub.finish(job_id, status)
+            pool.hub.finish(job_id, status, result)
 
     def _save(
         self, row: Generation, project_name: str, images: list[PILImage.Image], written: list[str]
@@ -326,16 +329,17 @@ class DeviceWorker(threading.Thread):
         sampler: str | None,
         sampled: float,
         filmstrip: dict[str, object] | None = None,
-    ) -> str:
+    ) -> tuple[str, dict[str, Any] | None]:
         """Insert the image rows, record the measured speed and mark the job succeeded, in one
         transaction (whoever sees the result sees the speed) — unless the job's row is gone
         (project deleted) or no longer ours (then the files are dropped). A job asking for the
         model's default sampler records the sampler that ran; `filmstrip` holds the filmstrip
-        columns when the run kept one; `sampled` is when sampling and decoding ended."""
+        columns when the run kept one; `sampled` is when sampling and decoding ended. Returns
+        the status and, on success, the finished generation's view (for the event streams)."""
         if row.width is None and images:
             self.pool.models.learn_native_size(model, images[0].width)
         with self.pool.db.session() as session:
-            marked = session.execute(
+            marked = session.scalars(
                 update(Generation)
                 .where(
                     Generation.id == row.id,
@@ -351,13 +355,16 @@ class DeviceWorker(threading.Thread):
                     timings=timing.spent(),
                     **(filmstrip or {}),
                 )
-            )
-            if getattr(marked, "rowcount", 0) != 1:
-                return CANCELED
+                .returning(Generation)
+            ).first()
+            if marked is None:
+                return CANCELED, None
             session.add_all(images)
             if images:
                 self._record_speed(session, row, model, images[0], timing, sampled)
-        return SUCCEEDED
+            session.flush()  # the image rows get their ids
+            result = generation_view(marked, images).model_dump(mode="json")
+        return SUCCEEDED, result
 
     def _finish(self, job_id: int, status: str, error: str | None, timing: _Timing) -> None:
         with self.pool.db.session() as session:

@@ -25,6 +25,7 @@ from stable_diffusion_api.models import (
     QUEUED,
     RUNNING,
     Generation,
+    Image,
     Project,
 )
 from stable_diffusion_api.schemas import (
@@ -63,6 +64,50 @@ def filmstrip_view(row: Generation) -> FilmstripOut | None:
         height=meta["height"],
         frames=frames,
         decoder=meta.get("decoder", "vae"),
+    )
+
+
+def generation_view(
+    row: Generation,
+    images: list[Image],
+    position: int | None = None,
+    progress: ProgressOut | None = None,
+) -> GenerationOut:
+    """The API's view of a generation row and its image rows."""
+    return GenerationOut(
+        id=row.id,
+        project_id=row.project_id,
+        status=row.status,
+        position=position,
+        source=row.source,
+        device=row.device,
+        dtype=row.dtype,
+        low_memory=row.low_memory,
+        model=row.model,
+        model_hash=row.model_hash,
+        prompt=row.prompt,
+        negative_prompt=row.negative_prompt,
+        sampler=row.sampler,
+        steps=row.steps,
+        guidance=row.guidance,
+        seed=row.seed,
+        width=row.width,
+        height=row.height,
+        batch=row.batch,
+        strength=row.strength,
+        variation_seed=row.variation_seed,
+        variation_strength=row.variation_strength,
+        has_init_image=row.init_image is not None,
+        has_mask=row.mask is not None,
+        error=row.error,
+        step_seconds=row.step_seconds,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        images=[image_view(image) for image in images],
+        progress=progress,
+        filmstrip=filmstrip_view(row),
+        timings=row.timings,
     )
 
 
@@ -205,41 +250,7 @@ class GenerationService:
                 step_seconds=state.step_seconds,
                 preview=state.preview_data_url,
             )
-        return GenerationOut(
-            id=row.id,
-            project_id=row.project_id,
-            status=row.status,
-            position=self._position(session, row),
-            source=row.source,
-            device=row.device,
-            dtype=row.dtype,
-            low_memory=row.low_memory,
-            model=row.model,
-            model_hash=row.model_hash,
-            prompt=row.prompt,
-            negative_prompt=row.negative_prompt,
-            sampler=row.sampler,
-            steps=row.steps,
-            guidance=row.guidance,
-            seed=row.seed,
-            width=row.width,
-            height=row.height,
-            batch=row.batch,
-            strength=row.strength,
-            variation_seed=row.variation_seed,
-            variation_strength=row.variation_strength,
-            has_init_image=row.init_image is not None,
-            has_mask=row.mask is not None,
-            error=row.error,
-            step_seconds=row.step_seconds,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-            images=[image_view(image) for image in row.images],
-            progress=progress,
-            filmstrip=filmstrip_view(row),
-            timings=row.timings,
-        )
+        return generation_view(row, row.images, self._position(session, row), progress)
 
     def view(self, generation_id: int) -> GenerationOut:
         with self._db.session() as session:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Progress:
     preview_png: bytes | None = None
     preview_step: int = 0
     status: str = "running"
+    # A finished job's view (GenerationOut as JSON), when its worker sent one: the event streams
+    # announce the end with it instead of each reading the database.
+    result: dict[str, Any] | None = None
     version: int = 0
     updated: float = 0.0  # time.monotonic()
 
@@ -101,9 +105,9 @@ class ProgressHub:
         state = self._states.get(generation_id) or Progress(generation_id)
         self._put(replace(state, preview_png=png, preview_step=step))
 
-    def finish(self, generation_id: int, status: str) -> None:
+    def finish(self, generation_id: int, status: str, result: dict[str, Any] | None = None) -> None:
         state = self._states.get(generation_id) or Progress(generation_id)
-        self._put(replace(state, status=status))
+        self._put(replace(state, status=status, result=result))
         with self._changed:
             self._cancel.discard(generation_id)
 

@@ -73,3 +73,27 @@ def test_events_of_a_finished_job_end_at_once(client: TestClient) -> None:
     events = read_events(client, done["id"])
     assert [name for name, _ in events] == ["done"]
     assert client.get("/api/v1/generations/12345/events").status_code == 404
+
+
+def test_a_job_ending_here_is_announced_with_its_workers_view(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    studio = client.app.state.studio  # type: ignore[attr-defined]
+    view = studio.generations.view
+
+    def view_until_finished(generation_id: int) -> object:
+        state = studio.hub.get(generation_id)
+        if state is not None and state.status != "running":
+            raise AssertionError("the stream read the database for a job that ended here")
+        return view(generation_id)
+
+    studio.generations.view = view_until_finished
+    project = make_project(client)
+    fake.step_delay = 0.1  # the stream (and its GenerationDep read) opens long before the end
+    job = submit(client, project["id"], steps=4)
+    events = read_events(client, job["id"])
+    studio.generations.view = view
+    assert events[-1][0] == "done"
+    done = events[-1][1]
+    assert done == client.get(f"/api/v1/generations/{job['id']}").json()
+    assert done["status"] == "succeeded" and done["images"][0]["url"].endswith("/file")
