@@ -50,9 +50,11 @@ class Settings(BaseSettings):
     # Live progress goes out at most this often (the first and last step always): a small
     # model takes 40 steps a second, and every report costs the sampler and every event stream.
     progress_interval_s: float = Field(default=0.1, ge=0)
-    # A preview costs a VAE-free latent→RGB projection and a small PNG; every few steps is plenty.
-    # (Drawn with a progress report at least this many steps after the last one.)
+    # A preview costs a VAE-free latent→RGB projection and a small PNG, paid by the sampler:
+    # one is drawn with a progress report at least `preview_every` steps and
+    # `preview_interval_s` seconds after the last (4 a second is plenty to watch).
     preview_every: int = Field(default=3, ge=1)
+    preview_interval_s: float = Field(default=0.25, ge=0)
     # A generation keeps its reverse process (image 0's noisy latent and predicted x0) at this
     # many evenly spaced steps, decoded after the images (2 VAE decodes a frame); 0 turns it off.
     filmstrip_frames: int = Field(default=8, ge=0, le=32)

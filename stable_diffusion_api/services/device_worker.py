@@ -219,7 +219,7 @@ class DeviceWorker(threading.Thread):
             )
             filmstrips: list[Filmstrip] = []
 
-            reported = {"at": 0.0, "preview_step": 0}
+            reported = {"at": 0.0, "preview_at": 0.0, "preview_step": 0}
 
             def on_step(step: int, total: int, preview: PreviewFn) -> None:
                 began = time.perf_counter()
@@ -229,9 +229,13 @@ class DeviceWorker(threading.Thread):
                     reported["at"] = began
                     # The first step also paid for loading: no ETA until a pure step is measured.
                     pool.hub.step(job_id, step, total, timing.step_seconds if step > 1 else None)
-                    last_preview = reported["preview_step"]
-                    if step - last_preview >= pool.settings.preview_every and step < total:
-                        reported["preview_step"] = step
+                    settings = pool.settings
+                    if (
+                        step < total
+                        and step - reported["preview_step"] >= settings.preview_every
+                        and began - reported["preview_at"] >= settings.preview_interval_s
+                    ):
+                        reported["preview_step"], reported["preview_at"] = step, began
                         buffer = io.BytesIO()
                         preview().save(buffer, format="PNG")
                         pool.hub.preview(job_id, buffer.getvalue(), step)

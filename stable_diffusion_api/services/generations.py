@@ -190,10 +190,15 @@ class GenerationService:
             variation_strength=request.variation_strength,
         )
         with self._submit_lock, self._db.session() as session:
-            waiting = session.scalar(
-                select(func.count(Generation.id)).where(Generation.status == QUEUED)
-            )
-            if (waiting or 0) >= self._settings.queue_limit:
+            # One look at the queue: its length (for the limit) and, since the new row comes
+            # last, its position (every job waiting or running on its device is ahead of it).
+            waiting, ahead = session.execute(
+                select(
+                    func.count(Generation.id).filter(Generation.status == QUEUED),
+                    func.count(Generation.id).filter(Generation.device == row.device),
+                ).where(Generation.status.in_((QUEUED, RUNNING)))
+            ).one()
+            if waiting >= self._settings.queue_limit:
                 raise QueueFull(self._settings.queue_limit, self.retry_after_s())
             session.add(row)
             session.flush()  # assigns the id the input files are named after
@@ -201,12 +206,11 @@ class GenerationService:
                 row.init_image = self._storage.save_input(row.id, "init", init_image)
             if mask is not None:
                 row.mask = self._storage.save_input(row.id, "mask", mask)
-            position = self._position(session, row)
         self._wake(row.device)
         return GenerationAccepted(
             id=row.id,
             status=QUEUED,
-            position=position or 0,
+            position=ahead,
             url=f"/api/v1/generations/{row.id}",
             events_url=f"/api/v1/generations/{row.id}/events",
         )

@@ -222,6 +222,7 @@ def test_progress_is_reported_at_most_every_interval_first_and_last_always(
     studio = client.app.state.studio  # type: ignore[attr-defined]
     reported: list[int] = []
     previews: list[int] = []
+    drawn: list[float] = []
     step, preview = studio.hub.step, studio.hub.preview
 
     def counting_step(generation_id: int, at: int, *rest: object) -> None:
@@ -230,6 +231,7 @@ def test_progress_is_reported_at_most_every_interval_first_and_last_always(
 
     def counting_preview(generation_id: int, png: bytes, at: int) -> None:
         previews.append(at)
+        drawn.append(time.monotonic())
         preview(generation_id, png, at)
 
     studio.hub.step, studio.hub.preview = counting_step, counting_preview
@@ -239,6 +241,9 @@ def test_progress_is_reported_at_most_every_interval_first_and_last_always(
     assert done["status"] == "succeeded"
     assert reported[0] == 1 and reported[-1] == 30 and reported == sorted(reported)
     assert 4 <= len(reported) <= 12
-    # Previews ride on reports, at least `preview_every` (3) steps apart, never the last step.
+    # Previews ride on reports, at least `preview_every` (3) steps and `preview_interval_s`
+    # (0.25 s) apart, never at the last step.
     assert previews and set(previews) <= set(reported) and 30 not in previews
     assert all(b - a >= 3 for a, b in zip(previews, previews[1:], strict=False))
+    assert all(b - a >= 0.24 for a, b in zip(drawn, drawn[1:], strict=False))
+    assert len(previews) <= 3  # 0.6 s of sampling
