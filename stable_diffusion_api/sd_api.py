@@ -34,6 +34,7 @@ from stable_diffusion_api.errors import install_error_handlers
 from stable_diffusion_api.routes import a1111, api, events, pages
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
+from stable_diffusion_api.services.studio import freeze_long_lived_objects
 
 DESCRIPTION = """Dali: a self-hosted Stable Diffusion v1.x studio.
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(studio.start)
+        freeze_long_lived_objects()
         try:
             yield
         finally:

@@ -243,7 +243,35 @@ class GenerationService:
         )
         return ahead or 0
 
-    def _view(self, session: Session, row: Generation) -> GenerationOut:
+    @staticmethod
+    def _positions(session: Session, rows: list[Generation]) -> dict[int, int]:
+        """`_position` of every queued row in `rows`, from one look at the queue (at most the
+        queue limit of rows) rather than one count each."""
+        if not any(row.status == QUEUED for row in rows):
+            return {}
+        waiting: dict[str, list[int]] = {}
+        running: dict[str, int] = {}
+        active = session.execute(
+            select(Generation.device, Generation.id, Generation.status)
+            .where(Generation.status.in_((QUEUED, RUNNING)))
+            .order_by(Generation.id)
+        )
+        for device, generation_id, status in active:
+            if status == QUEUED:
+                waiting.setdefault(device, []).append(generation_id)
+            else:
+                running[device] = running.get(device, 0) + 1
+        positions = {}
+        for row in rows:
+            if row.status == QUEUED and row.id in waiting.get(row.device, ()):
+                ahead = waiting[row.device].index(row.id)
+                positions[row.id] = ahead + running.get(row.device, 0)
+        return positions
+
+    def _view(
+        self, session: Session, row: Generation, position: int | None = None
+    ) -> GenerationOut:
+        """`position`: the row's, when the caller looked it up already."""
         progress = None
         state = self._hub.get(row.id)
         if row.status == RUNNING and state is not None:
@@ -254,7 +282,9 @@ class GenerationService:
                 step_seconds=state.step_seconds,
                 preview=state.preview_data_url,
             )
-        return generation_view(row, row.images, self._position(session, row), progress)
+        if position is None:
+            position = self._position(session, row)
+        return generation_view(row, row.images, position, progress)
 
     def view(self, generation_id: int) -> GenerationOut:
         with self._db.session() as session:
@@ -299,7 +329,10 @@ class GenerationService:
                 .offset(offset)
                 .limit(limit)
             )
-            return [self._view(session, row) for row in rows], total or 0
+            listed = list(rows)
+            positions = self._positions(session, listed)
+            views = [self._view(session, row, positions.get(row.id)) for row in listed]
+            return views, total or 0
 
     def wait(self, generation_id: int, timeout: float) -> GenerationOut:
         """Block until the generation has finished (or `timeout` passed); its final view.

@@ -206,7 +206,7 @@ class _ChildWorker(DeviceWorker):
 
 def child_main(settings: Settings, device: str, instance_id: str, conn: Connection) -> None:
     """The worker process: one `DeviceWorker` thread, steered by messages on `conn`."""
-    from stable_diffusion_api.services.studio import Studio
+    from stable_diffusion_api.services.studio import Studio, freeze_long_lived_objects
 
     logging.basicConfig(level=logging.INFO)
     if hasattr(os, "nice"):
@@ -217,6 +217,9 @@ def child_main(settings: Settings, device: str, instance_id: str, conn: Connecti
     studio = Studio(settings, worker_mode="thread", hub=hub)
     pool = studio.workers
     pool.instance_id = instance_id  # jobs are claimed under the server's heartbeat
+    import torch  # noqa: F401  (this process exists to run it: import it before the freeze)
+
+    freeze_long_lived_objects()
     worker = _ChildWorker(pool, device, conn, send_lock)
     worker.start()
     try:

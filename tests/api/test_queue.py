@@ -22,11 +22,20 @@ def test_one_device_runs_jobs_one_at_a_time_in_submission_order(
     assert [job["position"] for job in rest] == [1, 2, 3, 4]
     waiting = client.get(f"/api/v1/generations/{rest[2]['id']}").json()
     assert waiting["status"] == "queued" and waiting["position"] == 3
+    # The listing (positions from one look at the queue) agrees, a job on another device
+    # (its own queue) at position 0.
+    other = submit(client, project["id"], device="cuda:0", prompt="elsewhere")
+    listed = client.get(f"/api/v1/projects/{project['id']}/generations").json()["items"]
+    by_id = {job["id"]: job["position"] for job in listed}
+    assert [by_id[job["id"]] for job in rest] == [1, 2, 3, 4] and by_id[first["id"]] is None
+    assert by_id[other["id"]] in (0, None)  # it may have started already
     assert client.get(f"/api/v1/generations/{first['id']}").json()["status"] == "running"
     fake.block_at = None
     fake.release.set()
     finished = [wait_for(client, job["id"]) for job in [first, *rest]]
-    assert [spec.prompt for spec in fake.calls] == [f"job {i}" for i in range(5)]
+    wait_for(client, other["id"])
+    ours = [spec.prompt for spec in fake.calls if spec.device == "cpu"]
+    assert ours == [f"job {i}" for i in range(5)]
     starts = [job["started_at"] for job in finished]
     ends = [job["finished_at"] for job in finished]
     assert starts == sorted(starts)
