@@ -204,14 +204,25 @@ class _ChildWorker(DeviceWorker):
             self._conn.send(("benchmark", key, status, error))
 
 
+def lower_priority(priority: str, device: str) -> None:
+    """Make this process (and the threads it starts later) yield the CPU to the web server:
+    sampling takes whatever CPU is left; a page or an API read must not wait behind it. Nice
+    10 alone still let sampling add ~100 ms to the p99 of reads on a 2-core machine; SCHED_IDLE
+    keeps it under 50 ms (docs/benchmarks.md)."""
+    if priority == "normal":
+        return
+    if hasattr(os, "nice"):
+        os.nice(WORKER_NICENESS)
+    if priority == "idle" and device == "cpu" and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def child_main(settings: Settings, device: str, instance_id: str, conn: Connection) -> None:
     """The worker process: one `DeviceWorker` thread, steered by messages on `conn`."""
     from stable_diffusion_api.services.studio import Studio, freeze_long_lived_objects
 
     logging.basicConfig(level=logging.INFO)
-    if hasattr(os, "nice"):
-        # Sampling takes whatever CPU is left; a page or API read must not wait behind it.
-        os.nice(WORKER_NICENESS)
+    lower_priority(settings.worker_priority, device)
     send_lock = threading.Lock()
     hub = _RelayHub(conn, send_lock)
     studio = Studio(settings, worker_mode="thread", hub=hub)
