@@ -16,12 +16,13 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
@@ -32,6 +33,7 @@ from stable_diffusion_api.models import (
     SUCCEEDED,
     Generation,
     Image,
+    Project,
     utcnow,
 )
 from stable_diffusion_api.services.generations import generation_view
@@ -160,7 +162,8 @@ class DeviceWorker(threading.Thread):
             for _ in range(3):  # PostgreSQL: another worker may win the row between the two
                 row = session.scalars(claim).first()
                 if row is not None:
-                    return row, row.project.name
+                    name = session.scalar(select(Project.name).where(Project.id == row.project_id))
+                    return row, name or ""
                 waiting = select(Generation.id).where(
                     Generation.status == QUEUED, Generation.device == self.device
                 )
@@ -192,6 +195,7 @@ class DeviceWorker(threading.Thread):
         self._last_db_check = time.monotonic()
         written: list[str] = []
         status, error, result = FAILED, None, None
+        measured: Callable[[], None] | None = None
         try:
             model = pool.models.resolve(row.model)
             spec = JobSpec(
@@ -260,9 +264,9 @@ class DeviceWorker(threading.Thread):
             timing.saving = time.perf_counter() - began
             ran = _dali_json(images[0]).get("sampler") if images else None
             sampler = row.sampler or (ran if isinstance(ran, str) else None)
-            status, result = self._succeed(
-                row, model, images_rows, timing, sampler, sampled, filmstrip
-            )
+            status, result = self._succeed(row, model, images_rows, timing, sampler, filmstrip)
+            if status == SUCCEEDED and images_rows:
+                measured = partial(self._record_speed, row, model, images_rows[0], timing, sampled)
         except JobCanceled:
             if pool.stopping.is_set() and not pool.hub.cancel_requested(job_id):
                 error = INTERRUPTED
@@ -278,6 +282,8 @@ class DeviceWorker(threading.Thread):
                 pool.storage.delete(*written)
                 self._finish(job_id, status, error, timing)
             pool.hub.finish(job_id, status, result)
+        if measured is not None:  # after the news is out: nobody waits for an estimate's input
+            measured()
 
     def _save(
         self, row: Generation, project_name: str, images: list[PILImage.Image], written: list[str]
@@ -331,15 +337,13 @@ class DeviceWorker(threading.Thread):
         images: list[Image],
         timing: _Timing,
         sampler: str | None,
-        sampled: float,
         filmstrip: dict[str, object] | None = None,
     ) -> tuple[str, dict[str, Any] | None]:
-        """Insert the image rows, record the measured speed and mark the job succeeded, in one
-        transaction (whoever sees the result sees the speed) — unless the job's row is gone
-        (project deleted) or no longer ours (then the files are dropped). A job asking for the
-        model's default sampler records the sampler that ran; `filmstrip` holds the filmstrip
-        columns when the run kept one; `sampled` is when sampling and decoding ended. Returns
-        the status and, on success, the finished generation's view (for the event streams)."""
+        """Insert the image rows and mark the job succeeded, in one transaction — unless the
+        job's row is gone (project deleted) or no longer ours (then the files are dropped). A
+        job asking for the model's default sampler records the sampler that ran; `filmstrip`
+        holds the filmstrip columns when the run kept one. Returns the status and, on success,
+        the finished generation's view (for the event streams)."""
         if row.width is None and images:
             self.pool.models.learn_native_size(model, images[0].width)
         with self.pool.db.session() as session:
@@ -364,8 +368,6 @@ class DeviceWorker(threading.Thread):
             if marked is None:
                 return CANCELED, None
             session.add_all(images)
-            if images:
-                self._record_speed(session, row, model, images[0], timing, sampled)
             session.flush()  # the image rows get their ids
             result = generation_view(marked, images).model_dump(mode="json")
         return SUCCEEDED, result
@@ -384,29 +386,27 @@ class DeviceWorker(threading.Thread):
             )
 
     def _record_speed(
-        self,
-        session: Session,
-        row: Generation,
-        model: ModelEntry,
-        image: Image,
-        timing: _Timing,
-        sampled: float,
+        self, row: Generation, model: ModelEntry, image: Image, timing: _Timing, sampled: float
     ) -> None:
+        """Keep the speed a finished single-image run measured (for estimates); `sampled` is
+        when sampling and decoding ended. A failure here is logged: the job has succeeded."""
         step_seconds = timing.step_seconds
         if row.batch != 1 or timing.steps < 2 or not step_seconds or model.short_hash is None:
             return
         overhead = (sampled - (timing.last_step or sampled)) + (time.monotonic() - sampled)
-        self.pool.speeds.record(
-            row.device,
-            model.short_hash,
-            row.dtype,
-            image.width,
-            image.height,
-            1.0 / step_seconds,
-            overhead,
-            "generation",
-            session=session,
-        )
+        try:
+            self.pool.speeds.record(
+                row.device,
+                model.short_hash,
+                row.dtype,
+                image.width,
+                image.height,
+                1.0 / step_seconds,
+                overhead,
+                "generation",
+            )
+        except Exception:
+            log.exception("generation %d: recording its speed failed", row.id)
 
     def _benchmark(self, benchmark: Benchmark) -> None:
         pool = self.pool

@@ -93,12 +93,10 @@ def test_a_run_failing_after_its_strip_was_written_leaves_none(
     project = make_project(client)
     studio = client.app.state.studio  # type: ignore[attr-defined]
 
-    def broken(
-        *args: object, **kwargs: object
-    ) -> None:  # the last thing the worker does before succeeding
+    def broken(*args: object) -> None:  # called by the success step, after the files are written
         raise OSError("disk full")
 
-    studio.speeds.record = broken
+    studio.models.learn_native_size = broken
     failed = wait_for(client, submit(client, project["id"])["id"], ("failed",))
     assert failed["filmstrip"] is None and "disk full" in failed["error"]
     assert not list((settings.resolved_data_dir / "images").rglob("*.png"))

@@ -62,7 +62,11 @@ def test_generations_keep_the_speed_measurement_current(
     project = make_project(client)
     fake.step_delay = 0.01
     wait_for(client, submit(client, project["id"], steps=5, width=96, height=64)["id"])
-    speeds = client.get("/api/v1/hardware").json()[0]["speeds"]
+    # Recorded just after the job is announced finished (nobody waits for it): look a moment.
+    deadline = time.monotonic() + 5
+    while not (speeds := client.get("/api/v1/hardware").json()[0]["speeds"]):
+        assert time.monotonic() < deadline, "no speed recorded"
+        time.sleep(0.02)
     assert [(s["width"], s["height"], s["source"]) for s in speeds] == [(96, 64, "generation")]
 
 
@@ -138,3 +142,24 @@ def test_a_symlinked_checkpoint_keeps_its_link_name(
     (settings.resolved_models_dir / "my-model.safetensors").symlink_to(target)
     names = [m["name"] for m in client.get("/api/v1/models").json()]
     assert names == ["dali-tiny", "my-model"]
+
+
+def test_a_failing_speed_record_does_not_fail_the_generation(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    studio = client.app.state.studio  # type: ignore[attr-defined]
+    calls: list[object] = []
+
+    def broken(*args: object) -> None:
+        calls.append(args)
+        raise OSError("database is locked")
+
+    studio.speeds.record = broken
+    project = make_project(client)
+    done = wait_for(client, submit(client, project["id"], steps=3)["id"])
+    assert done["status"] == "succeeded" and len(done["images"]) == 1
+    deadline = time.monotonic() + 5
+    while not calls:  # it was tried (after the job was announced)
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert client.get("/api/v1/hardware").json()[0]["speeds"] == []
