@@ -36,6 +36,7 @@ from stable_diffusion_api.schemas import (
     GenerationCreate,
     GenerationDefaults,
     GenerationOut,
+    GenerationTimings,
     ProgressOut,
 )
 from stable_diffusion_api.services.gallery import image_view
@@ -107,7 +108,7 @@ def generation_view(
         images=[image_view(image) for image in images],
         progress=progress,
         filmstrip=filmstrip_view(row),
-        timings=row.timings,
+        timings=GenerationTimings.model_validate(row.timings) if row.timings else None,
     )
 
 

@@ -83,6 +83,7 @@ def test_generate_without_javascript_then_gallery_and_detail(
     assert detail.status_code == 200
     for expected in ("a blue square", "Seed", "42", "Use these settings", "Download PNG"):
         assert expected in detail.text
+    assert 'id="timings"' in detail.text and "— engine " in detail.text
     reuse = client.get(f"/projects/{project['id']}?from_image={image_id}")
     assert ">a blue square</textarea>" in reuse.text and 'value="42"' in reuse.text
     assert 'id="random_seed" name="random_seed" >' in reuse.text  # fixed seed, not random
