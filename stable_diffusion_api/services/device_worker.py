@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image as PILImage
 from sqlalchemy import select, update
 
+from stable_diffusion_api.config import Settings
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
     CANCELED,
@@ -38,6 +39,7 @@ from stable_diffusion_api.models import (
 )
 from stable_diffusion_api.services.generations import generation_view
 from stable_diffusion_api.services.generator import Filmstrip, JobCanceled, JobSpec, PreviewFn
+from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelEntry
 
 if TYPE_CHECKING:
@@ -98,6 +100,53 @@ class _Timing:
     def spent(self) -> dict[str, float]:
         """The columns of `Generation.timings`."""
         return {"engine_s": self.engine, "reporting_s": self.reporting, "saving_s": self.saving}
+
+
+class _Reporter:
+    """The engine's callbacks for one run: progress to the hub at most every
+    `progress_interval_s` (the first and last step always), with a preview at least
+    `preview_every` steps and `preview_interval_s` apart, and the cancel check. The time the
+    engine waits for them is counted in `timing.reporting`."""
+
+    def __init__(
+        self,
+        hub: ProgressHub,
+        settings: Settings,
+        job_id: int,
+        timing: _Timing,
+        cancel_requested: Callable[[int], bool],
+    ) -> None:
+        self.hub, self.settings, self.job_id, self.timing = hub, settings, job_id, timing
+        self._cancel_requested = cancel_requested
+        self._reported_at = 0.0
+        self._preview_at = 0.0
+        self._preview_step = 0
+
+    def on_step(self, step: int, total: int, preview: PreviewFn) -> None:
+        began = time.perf_counter()
+        timing, settings = self.timing, self.settings
+        timing.step(step)
+        if step == 1 or step >= total or began - self._reported_at >= settings.progress_interval_s:
+            self._reported_at = began
+            # The first step also paid for loading: no ETA until a pure step is measured.
+            self.hub.step(self.job_id, step, total, timing.step_seconds if step > 1 else None)
+            if (
+                step < total
+                and step - self._preview_step >= settings.preview_every
+                and began - self._preview_at >= settings.preview_interval_s
+            ):
+                self._preview_step, self._preview_at = step, began
+                buffer = io.BytesIO()
+                preview().save(buffer, format="PNG")
+                self.hub.preview(self.job_id, buffer.getvalue(), step)
+        timing.reporting += time.perf_counter() - began
+
+    def should_cancel(self) -> bool:
+        began = time.perf_counter()
+        try:
+            return self._cancel_requested(self.job_id)
+        finally:
+            self.timing.reporting += time.perf_counter() - began
 
 
 def _dali_json(image: PILImage.Image) -> dict[str, object]:
@@ -222,39 +271,10 @@ class DeviceWorker(threading.Thread):
                 filmstrip_frames=pool.settings.filmstrip_frames,
             )
             filmstrips: list[Filmstrip] = []
-
-            reported = {"at": 0.0, "preview_at": 0.0, "preview_step": 0}
-
-            def on_step(step: int, total: int, preview: PreviewFn) -> None:
-                began = time.perf_counter()
-                timing.step(step)
-                due = began - reported["at"] >= pool.settings.progress_interval_s
-                if step == 1 or step >= total or due:
-                    reported["at"] = began
-                    # The first step also paid for loading: no ETA until a pure step is measured.
-                    pool.hub.step(job_id, step, total, timing.step_seconds if step > 1 else None)
-                    settings = pool.settings
-                    if (
-                        step < total
-                        and step - reported["preview_step"] >= settings.preview_every
-                        and began - reported["preview_at"] >= settings.preview_interval_s
-                    ):
-                        reported["preview_step"], reported["preview_at"] = step, began
-                        buffer = io.BytesIO()
-                        preview().save(buffer, format="PNG")
-                        pool.hub.preview(job_id, buffer.getvalue(), step)
-                timing.reporting += time.perf_counter() - began
-
-            def should_cancel() -> bool:
-                began = time.perf_counter()
-                try:
-                    return self._should_cancel(job_id)
-                finally:
-                    timing.reporting += time.perf_counter() - began
-
+            reporter = _Reporter(pool.hub, pool.settings, job_id, timing, self._should_cancel)
             began = time.perf_counter()
             images = pool.generator.generate(
-                spec, on_step, should_cancel, on_filmstrip=filmstrips.append
+                spec, reporter.on_step, reporter.should_cancel, on_filmstrip=filmstrips.append
             )
             sampled = time.monotonic()
             timing.engine = time.perf_counter() - began - timing.reporting
