@@ -1,10 +1,11 @@
 """The JSON API under /api/v1. Each route validates, calls one service method, shapes the reply.
 
 None of them runs the model; generations are queued and answered with 202. Blocking work (the
-database, files) runs in the thread pool. The routes every page and client polls are `async def`
-handing that work to the pool once; a plain `def` route costs two hand-offs (FastAPI validates
-its answer in the pool too) plus one per plain `def` dependency, and each hand-off waits its
-turn for the interpreter lock under load. The rarer writes stay plain `def`.
+database, files) runs in the thread pool. The routes every page and client polls, and the
+generation POST, are `async def` handing that work to the pool once; a plain `def` route costs
+two hand-offs (FastAPI validates its answer in the pool too) plus one per plain `def`
+dependency, and each hand-off waits its turn for the interpreter lock under load. The rarer
+writes stay plain `def`.
 """
 
 from __future__ import annotations

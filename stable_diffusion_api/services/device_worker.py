@@ -342,12 +342,8 @@ class DeviceWorker(threading.Thread):
         written.append(path)
         self.pool.storage.write_filmstrip(filmstrip.image, path)
         frames = [{"step": f.step, "total": f.total, "sigma": f.sigma} for f in filmstrip.frames]
-        meta = {
-            "width": filmstrip.image.width,
-            "height": filmstrip.image.height,
-            "frames": frames,
-            "decoder": filmstrip.decoder,
-        }
+        meta = {"width": filmstrip.image.width, "height": filmstrip.image.height, "frames": frames,
+                "decoder": filmstrip.decoder}
         return {"filmstrip_path": path, "filmstrip": meta}
 
     def _succeed(

@@ -250,7 +250,8 @@ class GenerationService:
         queue limit of rows) rather than one count each."""
         if not any(row.status == QUEUED for row in rows):
             return {}
-        waiting: dict[str, list[int]] = {}
+        queued_before: dict[int, int] = {}  # queued id → queued jobs ahead on its device
+        queued: dict[str, int] = {}
         running: dict[str, int] = {}
         active = session.execute(
             select(Generation.device, Generation.id, Generation.status)
@@ -259,15 +260,15 @@ class GenerationService:
         )
         for device, generation_id, status in active:
             if status == QUEUED:
-                waiting.setdefault(device, []).append(generation_id)
+                queued_before[generation_id] = queued.get(device, 0)
+                queued[device] = queued.get(device, 0) + 1
             else:
                 running[device] = running.get(device, 0) + 1
-        positions = {}
-        for row in rows:
-            if row.status == QUEUED and row.id in waiting.get(row.device, ()):
-                ahead = waiting[row.device].index(row.id)
-                positions[row.id] = ahead + running.get(row.device, 0)
-        return positions
+        return {
+            row.id: queued_before[row.id] + running.get(row.device, 0)
+            for row in rows
+            if row.id in queued_before
+        }
 
     def _view(
         self, session: Session, row: Generation, position: int | None = None

@@ -41,10 +41,8 @@ class SpeedService:
         steps_per_s: float,
         overhead_s: float,
         source: str,
-        session: Session | None = None,
     ) -> None:
-        """Keep this measurement (replacing the last of the same key), inside `session`'s
-        transaction when one is given."""
+        """Keep this measurement, replacing the last one of the same key."""
         key = dict(
             device=device, model_hash=model_hash, dtype=dtype or "auto", width=width, height=height
         )
@@ -54,11 +52,8 @@ class SpeedService:
             source=source,
             measured_at=utcnow(),
         )
-        if session is not None:
+        with self._db.session() as session:
             self._upsert(session, key, values)
-            return
-        with self._db.session() as own:
-            self._upsert(own, key, values)
 
     @staticmethod
     def _upsert(session: Session, key: dict[str, Any], values: dict[str, Any]) -> None:

@@ -206,9 +206,9 @@ class _ChildWorker(DeviceWorker):
 
 def lower_priority(priority: str, device: str) -> None:
     """Make this process (and the threads it starts later) yield the CPU to the web server:
-    sampling takes whatever CPU is left; a page or an API read must not wait behind it. Nice
-    10 alone still let sampling add ~100 ms to the p99 of reads on a 2-core machine; SCHED_IDLE
-    keeps it under 50 ms (docs/benchmarks.md)."""
+    sampling takes whatever CPU is left; a page or an API read must not wait behind it. With
+    nice 10 alone the reads' p99 while generating was 58 ms on a 2-core machine, with
+    SCHED_IDLE 31–42 ms (docs/benchmarks.md)."""
     if priority == "normal":
         return
     if hasattr(os, "nice"):

@@ -74,12 +74,28 @@ def test_sqlite_runs_with_wal_foreign_keys_and_cascades(tmp_path: Path) -> None:
         assert raw.execute("SELECT count(*) FROM projects").fetchone() == (0,)
 
 
-def test_upgrading_an_older_database_keeps_its_rows(tmp_path: Path) -> None:
+def database_at(tmp_path: Path, revision: str, generation_id: int, prompt: str,
+                **more: Any) -> Database:  # fmt: skip
+    """A database migrated to `revision` holding project 1 and one generation."""
     db = Database(f"sqlite:///{tmp_path / 'dali.db'}")
-    db.migrate("0001")
+    db.migrate(revision)
     with db.engine.begin() as connection:
         connection.exec_driver_sql(PROJECT_ROW)
-        insert_generation(connection, 7, "old")
+        insert_generation(connection, generation_id, prompt, **more)
+    return db
+
+
+def downgraded(db: Database, revision: str) -> tuple[set[str], str]:
+    """After downgrading to `revision`: the generations table's columns and its one prompt."""
+    db.downgrade(revision)
+    with db.engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("generations")}
+        prompt = connection.exec_driver_sql("SELECT prompt FROM generations").scalar()
+    return columns, prompt
+
+
+def test_upgrading_an_older_database_keeps_its_rows(tmp_path: Path) -> None:
+    db = database_at(tmp_path, "0001", 7, "old")
     db.migrate()
     with db.engine.connect() as connection:
         row = connection.exec_driver_sql(
@@ -90,11 +106,8 @@ def test_upgrading_an_older_database_keeps_its_rows(tmp_path: Path) -> None:
 
 
 def test_upgrading_keeps_generations_and_gives_them_no_filmstrip(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'dali.db'}")
-    db.migrate("0002")
+    db = database_at(tmp_path, "0002", 9, "before strips", variation_strength=0.25)
     with db.engine.begin() as connection:
-        connection.exec_driver_sql(PROJECT_ROW)
-        insert_generation(connection, 9, "before strips", variation_strength=0.25)
         connection.exec_driver_sql(
             'INSERT INTO images (id, generation_id, project_id, "index", seed, path, thumb_path,'
             " width, height, parameters, created_at) VALUES (3, 9, 1, 0, 5, 'images/1/9-0.png',"
@@ -109,30 +122,20 @@ def test_upgrading_keeps_generations_and_gives_them_no_filmstrip(tmp_path: Path)
         images = connection.exec_driver_sql("SELECT id, path FROM images").all()
     assert tuple(row) == ("before strips", 0.25, None, None)
     assert [tuple(i) for i in images] == [(3, "images/1/9-0.png")]
-    db.downgrade("0002")  # and back, keeping the row
-    with db.engine.connect() as connection:
-        columns = {c["name"] for c in inspect(connection).get_columns("generations")}
-        kept = connection.exec_driver_sql("SELECT prompt FROM generations").scalar()
+    columns, kept = downgraded(db, "0002")  # and back, keeping the row
     assert "filmstrip" not in columns and "filmstrip_path" not in columns
     assert kept == "before strips"
     db.dispose()
 
 
 def test_upgrading_gives_earlier_runs_no_timings(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'dali.db'}")
-    db.migrate("0003")
-    with db.engine.begin() as connection:
-        connection.exec_driver_sql(PROJECT_ROW)
-        insert_generation(connection, 4, "before timings")
+    db = database_at(tmp_path, "0003", 4, "before timings")
     db.migrate()
     with db.engine.connect() as connection:
         row = connection.exec_driver_sql(
             "SELECT prompt, timings FROM generations WHERE id = 4"
         ).one()
     assert tuple(row) == ("before timings", None)
-    db.downgrade("0003")
-    with db.engine.connect() as connection:
-        columns = {c["name"] for c in inspect(connection).get_columns("generations")}
-        kept = connection.exec_driver_sql("SELECT prompt FROM generations").scalar()
+    columns, kept = downgraded(db, "0003")
     assert "timings" not in columns and kept == "before timings"
     db.dispose()

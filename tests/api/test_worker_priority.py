@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from stable_diffusion_api.config import Settings
 
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, os, sys
 from stable_diffusion_api.services.worker_process import lower_priority
@@ -19,6 +21,7 @@ print(json.dumps([os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)])
 """
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="scheduling policies are Linux's")
 @pytest.mark.parametrize(
     ("priority", "device", "policy", "nicer_by"),
     [
@@ -29,10 +32,8 @@ print(json.dumps([os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)])
     ],
 )
 def test_worker_priority(priority: str, device: str, policy: str, nicer_by: int) -> None:
-    if not hasattr(os, "SCHED_IDLE"):
-        pytest.skip("scheduling policies are Linux's")
     probe = subprocess.run([sys.executable, "-c", PROBE, priority, device], check=True,
-                           capture_output=True, text=True, env=os.environ | {"PYTHONPATH": "."})  # fmt: skip
+                           capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})  # fmt: skip
     scheduler, niceness = json.loads(probe.stdout)
     assert scheduler == getattr(os, policy)
     assert niceness == os.getpriority(os.PRIO_PROCESS, 0) + nicer_by

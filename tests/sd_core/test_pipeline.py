@@ -84,14 +84,8 @@ def test_random_seed_is_reported_and_reproducible(pipe):
 
 def test_callback_sees_every_step_and_cancel_stops_within_one(pipe):
     seen: list[tuple[int, int, tuple[int, ...]]] = []
-    pipe.generate(
-        "x",
-        seed=1,
-        steps=4,
-        sampler="euler",
-        batch=2,
-        callback=lambda i, n, latents: seen.append((i, n, tuple(latents.shape))),
-    )
+    pipe.generate("x", seed=1, steps=4, sampler="euler", batch=2,
+                  callback=lambda i, n, latents: seen.append((i, n, tuple(latents.shape))))
     assert seen == [(i, 4, (2, 4, 8, 8)) for i in range(1, 5)]
 
     calls = []
@@ -102,41 +96,22 @@ def test_callback_sees_every_step_and_cancel_stops_within_one(pipe):
 
     seen_cancel: list[int] = []
     with pytest.raises(sd_core.GenerationCancelled):
-        pipe.generate(
-            "x",
-            seed=1,
-            steps=10,
-            sampler="euler",
-            callback=lambda i, n, _: seen_cancel.append(i),
-            cancel=cancel,
-        )
+        pipe.generate("x", seed=1, steps=10, sampler="euler",
+                      callback=lambda i, n, _: seen_cancel.append(i), cancel=cancel)
     assert seen_cancel == [1, 2]
 
 
 def test_trace_and_variation_seed(pipe):
     frames = []
-    pipe.generate(
-        "x",
-        seed=3,
-        steps=3,
-        sampler="euler",
-        trace=lambda i, n, x, d: frames.append((i, x.shape, d.shape)),
-    )
+    pipe.generate("x", seed=3, steps=3, sampler="euler",
+                  trace=lambda i, n, x, d: frames.append((i, x.shape, d.shape)))
     assert [f[0] for f in frames] == [1, 2, 3]
     base = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler")[0], dtype=int)
-    none = np.asarray(
-        pipe.generate(
-            "x", seed=3, steps=3, sampler="euler", variation_seed=9, variation_strength=0.0
-        )[0],
-        dtype=int,
-    )
+    none = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler",
+                                    variation_seed=9, variation_strength=0.0)[0], dtype=int)
     full = np.asarray(pipe.generate("x", seed=9, steps=3, sampler="euler")[0], dtype=int)
-    towards = np.asarray(
-        pipe.generate(
-            "x", seed=3, steps=3, sampler="euler", variation_seed=9, variation_strength=1.0
-        )[0],
-        dtype=int,
-    )
+    towards = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler",
+                                       variation_seed=9, variation_strength=1.0)[0], dtype=int)
     assert np.array_equal(base, none)
     assert np.abs(towards - full).max() <= 1  # strength 1 = the variation seed's noise
     with pytest.raises(ValueError, match="variation_strength"):
@@ -155,25 +130,16 @@ def test_img2img_strength_zero_keeps_the_image_and_inpaint_keeps_unmasked_latent
     image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[:, 32:] = 255
-    _, inpainted = pipe.generate_latents(
-        "x",
-        seed=1,
-        steps=4,
-        sampler="euler",
-        init_image=image,
-        mask=Image.fromarray(mask),
-        strength=1.0,
-    )
-    _, kept = pipe.generate_latents(
-        "x", seed=1, steps=4, sampler="euler", init_image=image, strength=0.0
-    )
+    _, inpainted = pipe.generate_latents("x", seed=1, steps=4, sampler="euler", init_image=image,
+                                         mask=Image.fromarray(mask), strength=1.0)
+    _, kept = pipe.generate_latents("x", seed=1, steps=4, sampler="euler", init_image=image,
+                                    strength=0.0)
     # strength 0 denoises nothing: the image's own (posterior-sampled) latents come back, and
     # inpainting keeps exactly those latents where the mask is black (the left half).
     torch.testing.assert_close(inpainted[..., :4], kept[..., :4])
     assert (inpainted[..., 4:] - kept[..., 4:]).abs().mean() > 0.1
-    (decoded,) = pipe.generate(
-        "x", seed=1, steps=4, sampler="euler", init_image=image, strength=0.0
-    )
+    (decoded,) = pipe.generate("x", seed=1, steps=4, sampler="euler", init_image=image,
+                               strength=0.0)
     assert decoded.size == (64, 64)
 
 
