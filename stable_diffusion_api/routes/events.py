@@ -77,10 +77,10 @@ async def generation_events(
             # A job that just finished here is announced at once, not at the next status read.
             finished_here = state is not None and state.status != "running"
             if finished_here and state is not None and state.result is not None:
-                # Its worker sent the finished view along: no database read for the news.
-                if last_status is not None and (event := progress()):
-                    yield event
-                yield sse("done", state.result)
+                # Its worker sent the finished view along: no database read for the news. The
+                # last steps (if any are unsent) and the end go out in one write.
+                last_steps = progress() if last_status is not None else None
+                yield (last_steps or "") + sse("done", state.result)
                 return
             if now - last_db >= STATUS_EVERY_S or finished_here:
                 last_db = now
@@ -93,9 +93,8 @@ async def generation_events(
                     return
                 if view.status in FINISHED:
                     # The last steps may have landed since the previous event: send them first.
-                    if last_status is not None and (event := progress()):
-                        yield event
-                    yield sse("done", view.model_dump(mode="json"))
+                    last_steps = progress() if last_status is not None else None
+                    yield (last_steps or "") + sse("done", view.model_dump(mode="json"))
                     return
                 if (view.status, view.position) != last_status:
                     last_status = (view.status, view.position)

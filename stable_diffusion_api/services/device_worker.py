@@ -22,19 +22,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image as PILImage
-from sqlalchemy import select, update
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
     CANCELED,
     FAILED,
-    QUEUED,
-    RUNNING,
     SUCCEEDED,
     Generation,
-    Image,
-    Project,
     utcnow,
 )
 from stable_diffusion_api.services.generations import generation_view
@@ -181,7 +176,7 @@ class DeviceWorker(threading.Thread):
                 if self.benchmarks:
                     self._benchmark(self.benchmarks.popleft())
                     continue
-                claimed = self._claim()
+                claimed = pool.queue.claim(self.device, pool.instance_id)
                 if claimed is None:
                     self.wake.wait(pool.settings.poll_s)
                     continue
@@ -189,36 +184,6 @@ class DeviceWorker(threading.Thread):
             except Exception:  # a broken job or a database hiccup must not kill the worker
                 log.exception("worker %s: unexpected error", self.device)
                 time.sleep(pool.settings.poll_s)
-
-    def _claim(self) -> tuple[Generation, str] | None:
-        """The oldest queued job of this device, now running here, and its project's name; None
-        when nothing waits. One conditional UPDATE … RETURNING: two workers (even in two
-        processes) never claim the same row."""
-        oldest = (
-            select(Generation.id)
-            .where(Generation.status == QUEUED, Generation.device == self.device)
-            .order_by(Generation.id)
-            .limit(1)
-            .scalar_subquery()
-        )
-        claim = (
-            update(Generation)
-            .where(Generation.id == oldest, Generation.status == QUEUED)
-            .values(status=RUNNING, worker_id=self.pool.instance_id, started_at=utcnow())
-            .returning(Generation)
-        )
-        with self.pool.db.session() as session:
-            for _ in range(3):  # PostgreSQL: another worker may win the row between the two
-                row = session.scalars(claim).first()
-                if row is not None:
-                    name = session.scalar(select(Project.name).where(Project.id == row.project_id))
-                    return row, name or ""
-                waiting = select(Generation.id).where(
-                    Generation.status == QUEUED, Generation.device == self.device
-                )
-                if session.scalar(waiting.limit(1)) is None:
-                    return None
-        return None
 
     def _should_cancel(self, job_id: int) -> bool:
         pool = self.pool
@@ -229,11 +194,7 @@ class DeviceWorker(threading.Thread):
             return False
         # Another process (the Gradio UI, a second server) may have asked: look once a second.
         self._last_db_check = now
-        with pool.db.session() as session:
-            row = session.execute(
-                select(Generation.cancel_requested).where(Generation.id == job_id)
-            ).first()
-        return row is None or bool(row[0])  # a vanished row: its project was deleted
+        return pool.queue.cancel_requested(job_id)  # also when the project was deleted
 
     def _run(self, row: Generation, project_name: str) -> None:
         pool = self.pool
@@ -307,7 +268,7 @@ class DeviceWorker(threading.Thread):
 
     def _save(
         self, row: Generation, project_name: str, images: list[PILImage.Image], written: list[str]
-    ) -> list[Image]:
+    ) -> list[dict[str, Any]]:
         """Write every PNG (metadata naming the project) and thumbnail; the rows to insert."""
         rows = []
         for index, image in enumerate(images):
@@ -320,17 +281,17 @@ class DeviceWorker(threading.Thread):
             written.append(thumb)
             self.pool.storage.write_thumbnail(image, thumb)
             rows.append(
-                Image(
-                    generation_id=row.id,
-                    project_id=row.project_id,
-                    index=index,
-                    seed=int(image.info.get("seed", row.seed + index)),
-                    path=path,
-                    thumb_path=thumb,
-                    width=image.width,
-                    height=image.height,
-                    parameters=str(image.info.get("parameters", "")),
-                )
+                {
+                    "generation_id": row.id,
+                    "project_id": row.project_id,
+                    "index": index,
+                    "seed": int(image.info.get("seed", row.seed + index)),
+                    "path": path,
+                    "thumb_path": thumb,
+                    "width": image.width,
+                    "height": image.height,
+                    "parameters": str(image.info.get("parameters", "")),
+                }
             )
         return rows
 
@@ -342,15 +303,19 @@ class DeviceWorker(threading.Thread):
         written.append(path)
         self.pool.storage.write_filmstrip(filmstrip.image, path)
         frames = [{"step": f.step, "total": f.total, "sigma": f.sigma} for f in filmstrip.frames]
-        meta = {"width": filmstrip.image.width, "height": filmstrip.image.height, "frames": frames,
-                "decoder": filmstrip.decoder}
+        meta = {
+            "width": filmstrip.image.width,
+            "height": filmstrip.image.height,
+            "frames": frames,
+            "decoder": filmstrip.decoder,
+        }
         return {"filmstrip_path": path, "filmstrip": meta}
 
     def _succeed(
         self,
         row: Generation,
         model: ModelEntry,
-        images: list[Image],
+        images: list[dict[str, Any]],
         timing: _Timing,
         sampler: str | None,
         filmstrip: dict[str, object] | None = None,
@@ -361,48 +326,37 @@ class DeviceWorker(threading.Thread):
         holds the filmstrip columns when the run kept one. Returns the status and, on success,
         the finished generation's view (for the event streams)."""
         if row.width is None and images:
-            self.pool.models.learn_native_size(model, images[0].width)
-        with self.pool.db.session() as session:
-            marked = session.scalars(
-                update(Generation)
-                .where(
-                    Generation.id == row.id,
-                    Generation.status == RUNNING,
-                    Generation.worker_id == self.pool.instance_id,
-                )
-                .values(
-                    status=SUCCEEDED,
-                    finished_at=utcnow(),
-                    step_seconds=timing.step_seconds,
-                    model_hash=model.short_hash,
-                    sampler=sampler,
-                    timings=timing.spent(),
-                    **(filmstrip or {}),
-                )
-                .returning(Generation)
-            ).first()
-            if marked is None:
-                return CANCELED, None
-            session.add_all(images)
-            session.flush()  # the image rows get their ids
-            result = generation_view(marked, images).model_dump(mode="json")
-        return SUCCEEDED, result
+            self.pool.models.learn_native_size(model, images[0]["width"])
+        columns = {
+            "status": SUCCEEDED,
+            "finished_at": utcnow(),
+            "step_seconds": timing.step_seconds,
+            "model_hash": model.short_hash,
+            "sampler": sampler,
+            "timings": timing.spent(),
+            **(filmstrip or {}),
+        }
+        done = self.pool.queue.succeed(row.id, self.pool.instance_id, columns, images)
+        if done is None:
+            return CANCELED, None
+        return SUCCEEDED, generation_view(*done).model_dump(mode="json")
 
     def _finish(self, job_id: int, status: str, error: str | None, timing: _Timing) -> None:
-        with self.pool.db.session() as session:
-            session.execute(
-                update(Generation)
-                .where(Generation.id == job_id, Generation.status == RUNNING)
-                .values(
-                    status=status,
-                    error=error,
-                    finished_at=utcnow(),
-                    step_seconds=timing.step_seconds,
-                )
-            )
+        columns = {
+            "status": status,
+            "error": error,
+            "finished_at": utcnow(),
+            "step_seconds": timing.step_seconds,
+        }
+        self.pool.queue.finish(job_id, columns)
 
     def _record_speed(
-        self, row: Generation, model: ModelEntry, image: Image, timing: _Timing, sampled: float
+        self,
+        row: Generation,
+        model: ModelEntry,
+        image: dict[str, Any],
+        timing: _Timing,
+        sampled: float,
     ) -> None:
         """Keep the speed a finished single-image run measured (for estimates); `sampled` is
         when sampling and decoding ended. A failure here is logged: the job has succeeded."""
@@ -415,8 +369,8 @@ class DeviceWorker(threading.Thread):
                 row.device,
                 model.short_hash,
                 row.dtype,
-                image.width,
-                image.height,
+                image["width"],
+                image["height"],
                 1.0 / step_seconds,
                 overhead,
                 "generation",

@@ -41,6 +41,7 @@ from stable_diffusion_api.schemas import (
 )
 from stable_diffusion_api.services.gallery import image_view
 from stable_diffusion_api.services.hardware import HardwareService
+from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.samplers import SamplerCatalog
@@ -134,7 +135,8 @@ class GenerationService:
         self._hub = hub
         self._speeds = speeds
         self._wake = wake
-        self._submit_lock = threading.Lock()  # makes the queue limit exact within a process
+        self._queue = JobQueue(db)
+        self._submit_lock = threading.Lock()
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -142,10 +144,9 @@ class GenerationService:
         self, project_id: int, request: GenerationCreate, source: str = "api"
     ) -> GenerationAccepted:
         """Check `request`, queue it, wake the worker; raises InvalidField, NotFound, QueueFull."""
-        with self._db.session() as session:
-            project = session.get(Project, project_id)
-            if project is None:
-                raise NotFound("project", project_id)
+        project = self._queue.project(project_id)
+        if project is None:
+            raise NotFound("project", project_id)
         defaults = GenerationDefaults.model_validate(project.defaults or {})
         device, dtype = self._hardware.check(
             request.device or project.device,
@@ -164,56 +165,58 @@ class GenerationService:
                 f"the mask must be the init image's size, {init_image.width}x{init_image.height}",
             )
         seed = request.seed if request.seed is not None and request.seed >= 0 else None
-        row = Generation(
-            project_id=project_id,
-            source=source,
-            device=device.id,
-            dtype=dtype,
-            low_memory=project.low_memory,
-            model=model.name,
-            model_hash=model.short_hash,
-            prompt=request.prompt,
-            negative_prompt=(
+        values = {
+            "project_id": project_id,
+            "source": source,
+            "device": device.id,
+            "dtype": dtype,
+            "low_memory": project.low_memory,
+            "model": model.name,
+            "model_hash": model.short_hash,
+            "prompt": request.prompt,
+            "negative_prompt": (
                 request.negative_prompt
                 if request.negative_prompt is not None
                 else defaults.negative_prompt
             ),
-            sampler=sampler,
-            steps=request.steps or defaults.steps,
-            guidance=request.guidance if request.guidance is not None else defaults.guidance,
+            "sampler": sampler,
+            "steps": request.steps or defaults.steps,
+            "guidance": request.guidance if request.guidance is not None else defaults.guidance,
             # A random seed is drawn now, so the row (and the gallery) always shows the seed.
-            seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-            width=request.width or defaults.width,
-            height=request.height or defaults.height,
-            batch=request.batch,
-            strength=request.strength,
-            variation_seed=self._variation_seed(request),
-            variation_strength=request.variation_strength,
-        )
-        with self._submit_lock, self._db.session() as session:
-            # One look at the queue: its length (for the limit) and, since the new row comes
-            # last, its position (every job waiting or running on its device is ahead of it).
-            waiting, ahead = session.execute(
-                select(
-                    func.count(Generation.id).filter(Generation.status == QUEUED),
-                    func.count(Generation.id).filter(Generation.device == row.device),
-                ).where(Generation.status.in_((QUEUED, RUNNING)))
-            ).one()
-            if waiting >= self._settings.queue_limit:
-                raise QueueFull(self._settings.queue_limit, self.retry_after_s())
-            session.add(row)
-            session.flush()  # assigns the id the input files are named after
+            "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
+            "width": request.width or defaults.width,
+            "height": request.height or defaults.height,
+            "batch": request.batch,
+            "strength": request.strength,
+            "variation_seed": self._variation_seed(request),
+            "variation_strength": request.variation_strength,
+        }
+
+        def attach(job_id: int) -> dict[str, str]:
+            """The input files, named after the job's id, written before the row commits."""
+            columns = {}
             if init_image is not None:
-                row.init_image = self._storage.save_input(row.id, "init", init_image)
+                columns["init_image"] = self._storage.save_input(job_id, "init", init_image)
             if mask is not None:
-                row.mask = self._storage.save_input(row.id, "mask", mask)
-        self._wake(row.device)
+                columns["mask"] = self._storage.save_input(job_id, "mask", mask)
+            return columns
+
+        with self._submit_lock:  # makes the queue limit exact within a process
+            try:
+                queued = self._queue.enqueue(
+                    values, self._settings.queue_limit, attach if init_image else None
+                )
+            except LookupError:  # the project was deleted while this was checked
+                raise NotFound("project", project_id) from None
+        if queued is None:
+            raise QueueFull(self._settings.queue_limit, self.retry_after_s())
+        self._wake(device.id)
         return GenerationAccepted(
-            id=row.id,
+            id=queued.id,
             status=QUEUED,
-            position=ahead,
-            url=f"/api/v1/generations/{row.id}",
-            events_url=f"/api/v1/generations/{row.id}/events",
+            position=queued.ahead,
+            url=f"/api/v1/generations/{queued.id}",
+            events_url=f"/api/v1/generations/{queued.id}/events",
         )
 
     @staticmethod

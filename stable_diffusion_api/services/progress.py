@@ -89,10 +89,6 @@ class ProgressHub:
                 if not watchers:
                     self._watchers.pop(generation_id, None)
 
-    def apply(self, state: Progress) -> None:
-        """Take a state reported by a worker process as this process's own."""
-        self._put(state)
-
     def start(self, generation_id: int, total: int) -> None:
         self._forget_old()
         self._put(Progress(generation_id, total=total))

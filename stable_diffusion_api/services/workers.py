@@ -46,6 +46,7 @@ from stable_diffusion_api.services.device_worker import (
 )
 from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.hardware import HardwareService
+from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.speeds import SpeedService
@@ -77,6 +78,7 @@ class WorkerPool:
     ) -> None:
         self.settings = settings
         self.db = db
+        self.queue = JobQueue(db)  # the per-image statements: claim, succeed, finish
         self.generator = generator
         self.hardware = hardware
         self.models = models

@@ -1,0 +1,195 @@
+"""`JobQueue`: the statements every image passes through, prebuilt as SQLAlchemy Core.
+
+Between a client's POST and its `done` event, each generation is queued (the project read, the
+queue count and the insert), claimed by its device's worker, and marked succeeded with its image
+rows (or finished otherwise). These run on a cold CPU — after an idle pause, or right after
+sampling has filled the caches with tensors — and there an ORM session costs 2–4 ms a statement
+on this project's 2-core machine, a Core statement built once and run on a plain connection
+about 1 ms (docs/benchmarks.md, "Service overhead"). The statements are portable Core: the same
+code runs on PostgreSQL.
+
+Rows come back as transient ORM objects (`Generation`, `Image`, not attached to any session), so
+the rest of the code reads them like any other row. Everything else — listing, paging, deleting,
+recovery — stays on ORM sessions, where a millisecond does not matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sqlalchemy import Row, Table, bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from stable_diffusion_api.db import Database
+from stable_diffusion_api.models import QUEUED, RUNNING, Base, Generation, Image, utcnow
+
+GENERATIONS: Table = Base.metadata.tables["generations"]
+IMAGES: Table = Base.metadata.tables["images"]
+PROJECTS: Table = Base.metadata.tables["projects"]
+
+# Bound parameters are named apart from the columns: a column's own name in an UPDATE's
+# parameters means "SET this column".
+_PROJECT = select(
+    PROJECTS.c.device,
+    PROJECTS.c.dtype,
+    PROJECTS.c.low_memory,
+    PROJECTS.c.default_model,
+    PROJECTS.c.defaults,
+).where(PROJECTS.c.id == bindparam("project_key"))
+
+# Jobs waiting anywhere (for the queue limit), and jobs waiting or running on one device (all
+# of them are ahead of a row inserted now).
+_QUEUE_LENGTHS = select(
+    func.count(GENERATIONS.c.id).filter(GENERATIONS.c.status == QUEUED),
+    func.count(GENERATIONS.c.id).filter(GENERATIONS.c.device == bindparam("on_device")),
+).where(GENERATIONS.c.status.in_((QUEUED, RUNNING)))
+
+_INSERT = insert(GENERATIONS).returning(GENERATIONS.c.id)
+
+_SET_INPUTS = update(GENERATIONS).where(GENERATIONS.c.id == bindparam("job_key"))
+
+_OLDEST_QUEUED = (
+    select(GENERATIONS.c.id)
+    .where(GENERATIONS.c.status == QUEUED, GENERATIONS.c.device == bindparam("on_device"))
+    .order_by(GENERATIONS.c.id)
+    .limit(1)
+)
+
+_PROJECT_NAME = (
+    select(PROJECTS.c.name)
+    .where(PROJECTS.c.id == GENERATIONS.c.project_id)
+    .scalar_subquery()
+    .label("project_name")
+)
+
+_CLAIM = (
+    update(GENERATIONS)
+    .where(
+        GENERATIONS.c.id == _OLDEST_QUEUED.scalar_subquery(),
+        GENERATIONS.c.status == QUEUED,
+    )
+    .values(status=RUNNING, worker_id=bindparam("owner"), started_at=bindparam("now"))
+    .returning(*GENERATIONS.c, _PROJECT_NAME)
+)
+
+_SUCCEED = (
+    update(GENERATIONS)
+    .where(
+        GENERATIONS.c.id == bindparam("job_key"),
+        GENERATIONS.c.status == RUNNING,
+        GENERATIONS.c.worker_id == bindparam("owner"),
+    )
+    .returning(*GENERATIONS.c)
+)
+
+_INSERT_IMAGES = insert(IMAGES).returning(*IMAGES.c, sort_by_parameter_order=True)
+
+_FINISH = update(GENERATIONS).where(
+    GENERATIONS.c.id == bindparam("job_key"), GENERATIONS.c.status == RUNNING
+)
+
+_CANCEL_REQUESTED = select(GENERATIONS.c.cancel_requested).where(
+    GENERATIONS.c.id == bindparam("job_key")
+)
+
+
+class ProjectSettings(NamedTuple):
+    """What a new job copies from its project."""
+
+    device: str
+    dtype: str | None
+    low_memory: bool
+    default_model: str | None
+    defaults: dict[str, Any] | None
+
+
+class Enqueued(NamedTuple):
+    id: int
+    ahead: int  # jobs waiting or running on its device before it
+
+
+def _generation(row: Row[Any]) -> Generation:
+    return Generation(**{column.key: row._mapping[column] for column in GENERATIONS.c})
+
+
+class JobQueue:
+    """The queue's per-image statements on one database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def project(self, project_id: int) -> ProjectSettings | None:
+        """The project's hardware, default model and defaults; None when there is no such
+        project."""
+        with self._db.engine.connect() as connection:
+            row = connection.execute(_PROJECT, {"project_key": project_id}).first()
+        return ProjectSettings(*row) if row is not None else None
+
+    def enqueue(
+        self,
+        values: dict[str, Any],
+        queue_limit: int,
+        attach: Callable[[int], dict[str, Any]] | None = None,
+    ) -> Enqueued | None:
+        """Insert a queued job with the columns in `values`, unless `queue_limit` jobs already
+        wait (then None). `attach(id)`, when given, writes the job's input files and returns
+        the columns that point at them. One transaction: callers serialise calls to make the
+        limit exact. Raises LookupError when the project has gone meanwhile."""
+        with self._db.engine.begin() as connection:
+            waiting, ahead = connection.execute(
+                _QUEUE_LENGTHS, {"on_device": values["device"]}
+            ).one()
+            if waiting >= queue_limit:
+                return None
+            try:
+                job_id = connection.execute(_INSERT, values).scalar_one()
+            except IntegrityError as exc:  # the project was deleted since it was read
+                raise LookupError(values["project_id"]) from exc
+            if attach is not None:
+                columns = attach(job_id)
+                if columns:
+                    connection.execute(_SET_INPUTS, {"job_key": job_id, **columns})
+        return Enqueued(job_id, ahead)
+
+    def claim(self, device: str, owner: str) -> tuple[Generation, str] | None:
+        """The oldest queued job of `device`, now running under `owner`, and its project's name;
+        None when nothing waits. One conditional UPDATE … RETURNING: two workers (even in two
+        processes) never claim the same row."""
+        with self._db.engine.begin() as connection:
+            for _ in range(3):  # PostgreSQL: another worker may win the row between the two
+                row = connection.execute(
+                    _CLAIM, {"on_device": device, "owner": owner, "now": utcnow()}
+                ).first()
+                if row is not None:
+                    return _generation(row), row.project_name or ""
+                if connection.execute(_OLDEST_QUEUED, {"on_device": device}).first() is None:
+                    return None
+        return None
+
+    def succeed(
+        self, job_id: int, owner: str, columns: dict[str, Any], images: list[dict[str, Any]]
+    ) -> tuple[Generation, list[Image]] | None:
+        """Mark the job succeeded (setting `columns` too) and insert its image rows, in one
+        transaction — unless the row is gone (project deleted) or no longer running under
+        `owner`: then None and nothing changes. Returns the finished row and the image rows."""
+        with self._db.engine.begin() as connection:
+            row = connection.execute(
+                _SUCCEED, {"job_key": job_id, "owner": owner, **columns}
+            ).first()
+            if row is None:
+                return None
+            inserted = connection.execute(_INSERT_IMAGES, images).all() if images else []
+        rows = [Image(**{c.key: r._mapping[c] for c in IMAGES.c}) for r in inserted]
+        return _generation(row), rows
+
+    def finish(self, job_id: int, columns: dict[str, Any]) -> None:
+        """Set `columns` (status, error, …) on the job if it is still running."""
+        with self._db.engine.begin() as connection:
+            connection.execute(_FINISH, {"job_key": job_id, **columns})
+
+    def cancel_requested(self, job_id: int) -> bool:
+        """Whether the job's row asks for a cancel; True when the row is gone."""
+        with self._db.engine.connect() as connection:
+            row = connection.execute(_CANCEL_REQUESTED, {"job_key": job_id}).first()
+        return row is None or bool(row[0])
