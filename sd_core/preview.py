@@ -8,7 +8,6 @@ latent's size (1/8 of the final image): enough for a progress thumbnail.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
@@ -21,6 +20,18 @@ SD_V1_LATENT_RGB_FACTORS = (
 )
 
 
+def latent_to_rgb(latent: np.ndarray) -> Image.Image:
+    """One (4, h, w) scaled latent, as a numpy array → an RGB image of size w×h."""
+    if latent.ndim != 3 or latent.shape[0] != len(SD_V1_LATENT_RGB_FACTORS):
+        raise ValueError(
+            f"a latent must have shape ({len(SD_V1_LATENT_RGB_FACTORS)}, h, w), "
+            f"got {tuple(latent.shape)}"
+        )
+    factors = np.asarray(SD_V1_LATENT_RGB_FACTORS, dtype=np.float32)
+    rgb = np.einsum("chw,cr->hwr", latent.astype(np.float32, copy=False), factors)
+    return Image.fromarray((np.clip((rgb + 1) / 2, 0, 1) * 255).round().astype(np.uint8))
+
+
 def latents_to_rgb(latents: Tensor) -> list[Image.Image]:
     """(B, 4, h, w) scaled latents → B RGB images of size w×h."""
     if latents.ndim != 4 or latents.shape[1] != len(SD_V1_LATENT_RGB_FACTORS):
@@ -28,7 +39,4 @@ def latents_to_rgb(latents: Tensor) -> list[Image.Image]:
             f"latents must have shape (B, {len(SD_V1_LATENT_RGB_FACTORS)}, h, w), "
             f"got {tuple(latents.shape)}"
         )
-    factors = torch.tensor(SD_V1_LATENT_RGB_FACTORS, dtype=torch.float32)
-    rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors)
-    array = ((rgb + 1) / 2).clamp(0, 1).numpy()
-    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
+    return [latent_to_rgb(latent) for latent in latents.detach().float().cpu().numpy()]

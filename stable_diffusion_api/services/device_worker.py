@@ -131,9 +131,7 @@ class _Reporter:
                 and began - self._preview_at >= settings.preview_interval_s
             ):
                 self._preview_step, self._preview_at = step, began
-                buffer = io.BytesIO()
-                preview().save(buffer, format="PNG")
-                self.hub.preview(self.job_id, buffer.getvalue(), step)
+                self.hub.preview_latent(self.job_id, preview(), step)
         timing.reporting += time.perf_counter() - began
 
     def should_cancel(self) -> bool:

@@ -186,15 +186,14 @@ class SdCoreGenerator:
         on_filmstrip: FilmstripCallback | None = None,
     ) -> list[Image.Image]:
         import sd_core
-        from sd_core.preview import latents_to_rgb
 
         key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
         pipe = self.cache.get(key, self._size_estimate(job))
         recorder = self._recorder(pipe, job)
 
         def callback(step: int, total: int, latents: Any) -> None:
-            # The preview is drawn only when the worker asks for it (every few steps).
-            on_step(step, total, lambda: latents_to_rgb(latents[:1])[0])
+            # The preview's latent is copied out only when the worker asks (every few steps).
+            on_step(step, total, lambda: latents[0].detach().float().cpu().numpy().copy())
 
         # Passed only when used, so an engine without variation seeds (or tracing) still serves
         # the rest.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from PIL import Image
 
 
@@ -110,8 +111,10 @@ class Filmstrip:
     decoder: str = "vae"
 
 
-PreviewFn = Callable[[], Image.Image]
-# (steps done 1..N, N, a function drawing a cheap preview of the first image on demand)
+# The first image's current latent, (4, h, w) float32 scaled (a copy), for the hub to draw a
+# cheap preview from: the worker only hands the numbers over, on demand.
+PreviewFn = Callable[[], np.ndarray]
+# (steps done 1..N, N, the preview's latent on demand)
 StepCallback = Callable[[int, int, PreviewFn], None]
 FilmstripCallback = Callable[[Filmstrip], None]
 

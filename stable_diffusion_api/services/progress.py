@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,15 @@ class ProgressHub:
     def preview(self, generation_id: int, png: bytes, step: int) -> None:
         state = self._states.get(generation_id) or Progress(generation_id)
         self._put(replace(state, preview_png=png, preview_step=step))
+
+    def preview_latent(self, generation_id: int, latent: np.ndarray, step: int) -> None:
+        """Draw the cheap RGB preview of a (4, h, w) latent, keep it as PNG (`preview`). A worker
+        process sends the latent here instead, so its own time goes to sampling."""
+        from sd_core.preview import latent_to_rgb
+
+        buffer = io.BytesIO()
+        latent_to_rgb(latent).save(buffer, format="PNG")
+        self.preview(generation_id, buffer.getvalue(), step)
 
     def finish(self, generation_id: int, status: str, result: dict[str, Any] | None = None) -> None:
         state = self._states.get(generation_id) or Progress(generation_id)

@@ -34,6 +34,8 @@ from stable_diffusion_api.services.device_worker import Benchmark, DeviceWorker,
 from stable_diffusion_api.services.progress import ProgressHub
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from stable_diffusion_api.services.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,8 @@ class ProcessWorker:
             kind = message[0]
             if kind == "step":
                 pool.hub.step(*message[1:])
+            elif kind == "preview_latent":
+                pool.hub.preview_latent(*message[1:])
             elif kind == "preview":
                 pool.hub.preview(*message[1:])
             elif kind == "start":
@@ -197,6 +201,9 @@ class _RelayHub(ProgressHub):
 
     def preview(self, generation_id: int, png: bytes, step: int) -> None:
         self._send(("preview", generation_id, png, step))
+
+    def preview_latent(self, generation_id: int, latent: np.ndarray, step: int) -> None:
+        self._send(("preview_latent", generation_id, latent, step))  # drawn by the server
 
     def finish(self, generation_id: int, status: str, result: dict[str, Any] | None = None) -> None:
         self._send(("finish", generation_id, status, result))

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, PngImagePlugin
 
 from stable_diffusion_api.services.generator import (
@@ -99,7 +100,7 @@ class FakeGenerator:
             if self.step_delay:
                 time.sleep(self.step_delay)
             self.steps_run[job.prompt] = step
-            on_step(step, job.steps, lambda: Image.new("RGB", (width // 8, height // 8), "gray"))
+            on_step(step, job.steps, lambda: np.zeros((4, height // 8, width // 8), np.float32))
         if self.fail_with is not None:
             raise self.fail_with
         images = []

@@ -15,7 +15,7 @@ from sd_core.checkpoint import save_checkpoint
 from sd_core.config import TINY_TEST
 from sd_core.devices import list_devices, resolve_device, resolve_dtype
 from sd_core.infotext import parse_infotext
-from sd_core.preview import latents_to_rgb
+from sd_core.preview import latent_to_rgb, latents_to_rgb
 from tests.reference import random_checkpoint
 
 
@@ -174,3 +174,18 @@ def test_preview_is_latent_sized_rgb():
     assert [im.size for im in images] == [(12, 8), (12, 8)] and images[0].mode == "RGB"
     with pytest.raises(ValueError, match="shape"):
         latents_to_rgb(torch.randn(4, 8, 8))
+
+
+def test_preview_from_a_numpy_latent_maps_each_pixel_through_the_factors():
+    latent = np.zeros((4, 2, 3), np.float32)
+    latent[0, 0, 0] = 1.0  # channel 0 alone: RGB = (1 + factors[0]) / 2
+    latent[3, 1, 2] = 10.0  # far out of range: clipped to black
+    image = np.asarray(latent_to_rgb(latent), dtype=int)
+    assert image.shape == (2, 3, 3)
+    assert image[0, 0].tolist() == [round(255 * (1 + f) / 2) for f in (0.298, 0.207, 0.208)]
+    assert image[0, 1].tolist() == [128, 128, 128] and image[1, 2].tolist() == [0, 0, 0]
+    batch = torch.randn(2, 4, 5, 7)
+    for tensor_image, numpy_latent in zip(latents_to_rgb(batch), batch.numpy(), strict=True):
+        assert np.array_equal(np.asarray(tensor_image), np.asarray(latent_to_rgb(numpy_latent)))
+    with pytest.raises(ValueError, match="shape"):
+        latent_to_rgb(np.zeros((3, 8, 8), np.float32))
