@@ -247,3 +247,26 @@ def test_progress_is_reported_at_most_every_interval_first_and_last_always(
     assert all(b - a >= 3 for a, b in zip(previews, previews[1:], strict=False))
     assert all(b - a >= 0.24 for a, b in zip(drawn, drawn[1:], strict=False))
     assert len(previews) <= 3  # 0.6 s of sampling
+
+
+def test_a_project_deleted_while_its_job_is_checked_is_404_not_a_500(
+    client: TestClient, settings: Settings
+) -> None:
+    project = make_project(client)
+    queue = client.app.state.studio.generations._queue  # type: ignore[attr-defined]
+    read = queue.project
+
+    def read_then_delete(project_id: int) -> object:
+        found = read(project_id)  # the POST has seen the project …
+        with sqlite3.connect(settings.resolved_data_dir / "dali.db") as db:
+            db.execute("DELETE FROM projects WHERE id = ?", (project_id,))  # … then it goes
+        return found
+
+    queue.project = read_then_delete
+    response = client.post(
+        f"/api/v1/projects/{project['id']}/generations", json={"prompt": "a red circle"}
+    )
+    assert response.status_code == 404, response.text
+    assert str(project["id"]) in response.text
+    with sqlite3.connect(settings.resolved_data_dir / "dali.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM generations").fetchone() == (0,)
