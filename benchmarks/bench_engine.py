@@ -1,6 +1,7 @@
 """sd_core vs diffusers at SD v1.5 shapes, identical random weights, same device and dtype.
 
-Measures, each as the median of `--repeat` runs after one warm-up:
+Measures, each as the median of `--repeat` runs after three warm-up runs (one for whole images),
+sd_core and diffusers alternating run by run:
   text   – text encoder, batch 2 (cond + uncond) × 77 tokens
   unet   – one UNet step with classifier-free guidance: batch 2 × 4 × 64 × 64 latents
   vae    – VAE decode of 1 × 4 × 64 × 64 latents → 512 × 512
@@ -31,22 +32,30 @@ from sd_core.config import SD_V1, TINY_TEST  # noqa: E402
 from tests.reference import diffusers_models, random_checkpoint, sd_core_models  # noqa: E402
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    """Median seconds of `repeat` runs after one warm-up."""
+def compared(
+    ours: Callable[[], object], ref: Callable[[], object], device: torch.device, repeat: int,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Median seconds of `repeat` runs of each, after `warmup` runs of each, the two alternating
+    run by run: neither gets the GPU's clock ramp-up, a cold cache or a busy moment alone."""
 
-    def sync() -> None:
+    def once(fn: Callable[[], object]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        once(ours)
+        once(ref)
+    times: dict[str, list[float]] = {"sd_core": [], "diffusers": []}
+    for _ in range(repeat):
+        times["sd_core"].append(once(ours))
+        times["diffusers"].append(once(ref))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -77,21 +86,21 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         if "text" in parts:
-            results["text_encoder"] = {
-                "sd_core": timed(lambda: ours[0](ids), device, args.repeat),
-                "diffusers": timed(lambda: ref[0](ids).last_hidden_state, device, args.repeat),
-            }
+            results["text_encoder"] = compared(
+                lambda: ours[0](ids), lambda: ref[0](ids).last_hidden_state, device, args.repeat
+            )
         if "unet" in parts:
-            results["unet_step_cfg"] = {
-                "sd_core": timed(lambda: ours[2](latents, t, context), device, args.repeat),
-                "diffusers": timed(lambda: ref[2](latents, t, context).sample, device, args.repeat),
-            }
+            results["unet_step_cfg"] = compared(
+                lambda: ours[2](latents, t, context),
+                lambda: ref[2](latents, t, context).sample,
+                device,
+                args.repeat,
+            )
         if "vae" in parts:
             z = latents[:1]
-            results["vae_decode"] = {
-                "sd_core": timed(lambda: ours[1].decode(z), device, args.repeat),
-                "diffusers": timed(lambda: ref[1].decode(z).sample, device, args.repeat),
-            }
+            results["vae_decode"] = compared(
+                lambda: ours[1].decode(z), lambda: ref[1].decode(z).sample, device, args.repeat
+            )
         if "image" in parts:
             results[f"image_512_{args.steps}_steps"] = time_images(config, ours, ref, device, dtype, args)
         for name, r in results.items():
@@ -133,15 +142,13 @@ def time_images(config, ours, ref, device, dtype, args) -> dict[str, float]:  # 
     ref_pipe.set_progress_bar_config(disable=True)
     prompt = "a photo of an astronaut riding a horse on mars"
     repeat = max(1, args.repeat // 3)
-    return {
-        "sd_core": timed(lambda: ours_pipe.generate(prompt, seed=1, steps=args.steps, sampler="euler",
-                                                    guidance=7.5, width=512, height=512), device, repeat),
-        "diffusers": timed(lambda: ref_pipe(prompt, num_inference_steps=args.steps, guidance_scale=7.5,
-                                            height=512, width=512,
-                                            generator=torch.Generator("cpu").manual_seed(1)).images,
-                           device, repeat),
-    }
-
+    return compared(
+        lambda: ours_pipe.generate(prompt, seed=1, steps=args.steps, sampler="euler",
+                                   guidance=7.5, width=512, height=512),
+        lambda: ref_pipe(prompt, num_inference_steps=args.steps, guidance_scale=7.5, height=512,
+                         width=512, generator=torch.Generator("cpu").manual_seed(1)).images,
+        device, repeat, warmup=1,
+    )  # fmt: skip
 
 if __name__ == "__main__":
     main()
