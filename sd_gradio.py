@@ -889,10 +889,16 @@ class DaliUI:
             raise input_error(f"Generation #{wanted} has no images ({view.status}).")
         recording = self.tracing.recording(view) if self.tracing is not None else None
         if recording is None:
-            raise input_error(
-                f"Generation #{wanted} has no recorded filmstrip: filmstrips are kept for the "
-                f"last {KEEP_RECORDINGS} runs made while this UI was running."
-            )
+            # Made by another process (the web app's worker, an earlier run of this UI), or
+            # too long ago: the strip the worker stored with the generation, if it kept one.
+            stored = self._stored_filmstrip(view)
+            if stored is None:
+                raise input_error(
+                    f"Generation #{wanted} has no filmstrip: it was made with filmstrips off "
+                    "(DALI_FILMSTRIP_FRAMES=0), and this UI keeps its own recordings only for "
+                    f"the last {KEEP_RECORDINGS} runs it saw."
+                )
+            return stored
         try:
             pipe = self.tracing.pipeline(recording.job)  # type: ignore[union-attr]
         except ValueError as exc:
@@ -906,6 +912,35 @@ class DaliUI:
             f"Generation #{wanted} ({view.sampler or 'model default'} sampler, {view.steps} steps): "
             f"{len(recording.frames)} frames, each the noisy latent x_t next to the model's "
             "current guess of the final image x₀."
+        )
+        return items, note
+
+    def _stored_filmstrip(self, view: GenerationOut) -> tuple[list[tuple[Any, str]], str] | None:
+        """The strip stored with the generation, cut into its cells (noisy x_t on the top row,
+        predicted x0 below, a column per frame); None when it has none."""
+        strip = view.filmstrip
+        if strip is None or not strip.frames:
+            return None
+        try:
+            path = self.studio.generations.filmstrip_file(view.id)
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (DomainError, OSError, UnidentifiedImageError):
+            return None
+        cell_width, cell_height = image.width // len(strip.frames), image.height // 2
+        items: list[tuple[Any, str]] = []
+        for column, frame in enumerate(strip.frames):
+            left = column * cell_width
+            level = "σ unknown" if frame.sigma is None else f"σ={frame.sigma:.3g}"
+            for row, what in ((0, f"noisy x_t · {level}"), (1, "predicted x₀")):
+                box = (left, row * cell_height, left + cell_width, (row + 1) * cell_height)
+                items.append((image.crop(box), f"step {frame.step}/{frame.total} · {what}"))
+        decoded = "the model's VAE" if strip.decoder == "vae" else "the quick latent preview"
+        note = (
+            f"Generation #{view.id} ({view.sampler or 'model default'} sampler, {view.steps} "
+            f"steps): the {len(strip.frames)}-frame strip stored with it ({cell_width}×"
+            f"{cell_height} cells, drawn by {decoded}), each the noisy latent x_t next to the "
+            "model's current guess of the final image x₀."
         )
         return items, note
 

@@ -25,6 +25,7 @@ from PIL import Image
 import sd_core
 from sd_core.samplers import get_sampler, sampler_names
 from stable_diffusion_api.config import Settings
+from stable_diffusion_api.models import SUCCEEDED, Generation
 from stable_diffusion_api.services import Studio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -341,6 +342,54 @@ def test_forward_process_and_filmstrip(app: dict[str, Any]) -> None:
         assert "σ=0" in captions[-2]  # both samplers end on σ = 0
         assert f"Generation #{details['id']}" in note
     assert_user_error(lambda: client.predict(10_000, api_name="/filmstrip"), "10000", "not found")
+
+
+def test_filmstrip_of_a_run_made_by_another_process_is_the_stored_strip(
+    app: dict[str, Any],
+) -> None:
+    """A generation this UI did not run (the web app's worker made it, say) has no recording
+    here: the explorer cuts the strip stored with it into its cells instead."""
+    studio: Studio = app["studio"]
+    project = studio.projects.get_or_create(PROJECT)
+    colours = [[(200, 0, 0), (0, 200, 0), (0, 0, 200)], [(90, 90, 0), (0, 90, 90), (90, 0, 90)]]
+    strip = Image.new("RGB", (3 * 8, 2 * 8))
+    for row, line in enumerate(colours):
+        for column, colour in enumerate(line):
+            strip.paste(colour, (column * 8, row * 8, column * 8 + 8, row * 8 + 8))
+    frames = [{"step": step, "total": 6, "sigma": sigma}
+              for step, sigma in ((2, 5.5), (4, 1.25), (6, 0.0))]  # fmt: skip
+    with studio.db.session() as session:
+        row = Generation(project_id=project.id, status=SUCCEEDED, device="cpu", model="elsewhere",
+                         prompt="made elsewhere", steps=6, guidance=7.0, seed=5, sampler="euler",
+                         filmstrip={"width": 24, "height": 16, "frames": frames,
+                                    "decoder": "approximate"})  # fmt: skip
+        session.add(row)
+        session.flush()
+        row.filmstrip_path = studio.storage.filmstrip_path(project.id, row.id)
+        generation_id = row.id
+    path = studio.storage.resolve(row.filmstrip_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(path)
+
+    items, note = app["client"].predict(generation_id, api_name="/filmstrip")
+    assert [item["caption"] for item in items] == [
+        "step 2/6 · noisy x_t · σ=5.5", "step 2/6 · predicted x₀",
+        "step 4/6 · noisy x_t · σ=1.25", "step 4/6 · predicted x₀",
+        "step 6/6 · noisy x_t · σ=0", "step 6/6 · predicted x₀",
+    ]  # fmt: skip
+    for index, item in enumerate(items):
+        with Image.open(item["image"]) as cell:
+            assert cell.size == (8, 8)
+            assert cell.convert("RGB").getpixel((4, 4)) == colours[index % 2][index // 2]
+    assert f"Generation #{generation_id}" in note and "stored with it" in note
+    assert "quick latent preview" in note
+
+    # Without a stored strip either: a clear message, no traceback.
+    path.unlink()
+    assert_user_error(
+        lambda: app["client"].predict(generation_id, api_name="/filmstrip"),
+        f"Generation #{generation_id}", "DALI_FILMSTRIP_FRAMES=0",
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- canceling
