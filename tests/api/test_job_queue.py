@@ -1,9 +1,11 @@
-"""`JobQueue`, the per-image statements, on a real SQLite file: queueing with its limit,
-claiming (oldest first, per device, never twice), succeeding only for the owner, finishing."""
+"""`JobQueue`, the per-image statements, on a real SQLite file and on a real PostgreSQL server:
+queueing with its limit, claiming (oldest first, per device, never twice), succeeding only for
+the owner, finishing."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,14 @@ from stable_diffusion_api.models import Generation, Image, Project
 from stable_diffusion_api.services.job_queue import JobQueue, ProjectSettings
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'dali.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database with two projects: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'dali.db'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    database = Database(url)
     database.migrate()
     with database.session() as session:
         session.add_all(
@@ -26,7 +33,8 @@ def db(tmp_path: Path) -> Database:
                 Project(id=2, name="second", device="cuda:0", dtype="float16"),
             ]
         )
-    return database
+    yield database
+    database.dispose()
 
 
 def job(project_id: int = 1, device: str = "cpu", prompt: str = "a red circle") -> dict[str, Any]:
