@@ -16,7 +16,7 @@ recovery — stays on ORM sessions, where a millisecond does not matter.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +27,7 @@ from stable_diffusion_api.models import QUEUED, RUNNING, Base, Generation, Image
 GENERATIONS: Table = Base.metadata.tables["generations"]
 IMAGES: Table = Base.metadata.tables["images"]
 PROJECTS: Table = Base.metadata.tables["projects"]
+RowModel = TypeVar("RowModel", Generation, Image)
 
 # Bound parameters are named apart from the columns: a column's own name in an UPDATE's
 # parameters means "SET this column".
@@ -109,8 +110,9 @@ class Enqueued(NamedTuple):
     ahead: int  # jobs waiting or running on its device before it
 
 
-def _generation(row: Row[Any]) -> Generation:
-    return Generation(**{column.key: row._mapping[column] for column in GENERATIONS.c})
+def _transient(model: type[RowModel], table: Table, row: Row[Any]) -> RowModel:
+    """An ORM object (in no session) holding `row`'s values of `table`'s columns."""
+    return model(**{column.key: row._mapping[column] for column in table.c})
 
 
 class JobQueue:
@@ -162,7 +164,7 @@ class JobQueue:
                     _CLAIM, {"on_device": device, "owner": owner, "now": utcnow()}
                 ).first()
                 if row is not None:
-                    return _generation(row), row.project_name or ""
+                    return _transient(Generation, GENERATIONS, row), row.project_name or ""
                 if connection.execute(_OLDEST_QUEUED, {"on_device": device}).first() is None:
                     return None
         return None
@@ -180,8 +182,8 @@ class JobQueue:
             if row is None:
                 return None
             inserted = connection.execute(_INSERT_IMAGES, images).all() if images else []
-        rows = [Image(**{c.key: r._mapping[c] for c in IMAGES.c}) for r in inserted]
-        return _generation(row), rows
+        rows = [_transient(Image, IMAGES, image) for image in inserted]
+        return _transient(Generation, GENERATIONS, row), rows
 
     def finish(self, job_id: int, columns: dict[str, Any]) -> None:
         """Set `columns` (status, error, …) on the job if it is still running."""
