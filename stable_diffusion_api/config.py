@@ -55,9 +55,10 @@ class Settings(BaseSettings):
     # Live progress goes out at most this often (the first and last step always): a small
     # model takes 40 steps a second, and every report costs the sampler and every event stream.
     progress_interval_s: float = Field(default=0.1, ge=0)
-    # A preview costs a VAE-free latent→RGB projection and a small PNG, paid by the sampler:
-    # one is drawn with a progress report at least `preview_every` steps and
-    # `preview_interval_s` seconds after the last (4 a second is plenty to watch).
+    # A preview costs a copy of the latent, a VAE-free latent→RGB projection and a small PNG
+    # (the projection and the PNG in the server when the worker is a process): one is made
+    # with a progress report at least `preview_every` steps and `preview_interval_s` seconds
+    # after the last (4 a second is plenty to watch).
     preview_every: int = Field(default=3, ge=1)
     preview_interval_s: float = Field(default=0.25, ge=0)
     # A generation keeps its reverse process (image 0's noisy latent and predicted x0) at this

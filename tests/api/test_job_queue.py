@@ -134,12 +134,17 @@ def image_row(generation_id: int, index: int) -> dict[str, Any]:
             "parameters": "a red circle"}  # fmt: skip
 
 
+def running_job(queue: JobQueue, owner: str) -> int:
+    """A job queued and then claimed by `owner`: its id."""
+    queue.enqueue(job(), queue_limit=5)
+    claimed = queue.claim("cpu", owner)
+    assert claimed is not None
+    return claimed[0].id
+
+
 def test_succeed_marks_the_owners_job_and_inserts_its_images_in_order(db: Database) -> None:
     queue = JobQueue(db)
-    queue.enqueue(job(), queue_limit=5)
-    claimed = queue.claim("cpu", "worker-a")
-    assert claimed is not None
-    job_id = claimed[0].id
+    job_id = running_job(queue, "worker-a")
     columns = {"status": "succeeded", "sampler": "euler", "timings": {"engine_s": 0.5},
                "step_seconds": 0.02}  # fmt: skip
     done = queue.succeed(job_id, "worker-a", columns, [image_row(job_id, 0), image_row(job_id, 1)])
@@ -158,10 +163,7 @@ def test_succeed_marks_the_owners_job_and_inserts_its_images_in_order(db: Databa
 
 def test_succeed_does_nothing_for_a_job_that_is_not_the_callers(db: Database) -> None:
     queue = JobQueue(db)
-    queue.enqueue(job(), queue_limit=5)
-    claimed = queue.claim("cpu", "worker-a")
-    assert claimed is not None
-    job_id = claimed[0].id
+    job_id = running_job(queue, "worker-a")
     columns = {"status": "succeeded"}
     assert queue.succeed(job_id, "worker-b", columns, [image_row(job_id, 0)]) is None
     with db.session() as session:
