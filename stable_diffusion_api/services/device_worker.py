@@ -157,6 +157,8 @@ class DeviceWorker(threading.Thread):
     def __init__(self, pool: WorkerPool, device: str) -> None:
         super().__init__(name=f"dali-worker-{device}", daemon=True)
         self.pool = pool
+        self.settings = pool.settings
+        self.storage = pool.storage
         self.device = device
         self.wake = threading.Event()
         self.benchmarks: deque[Benchmark] = deque()
@@ -206,29 +208,7 @@ class DeviceWorker(threading.Thread):
         measured: Callable[[], None] | None = None
         try:
             model = pool.models.resolve(row.model)
-            spec = JobSpec(
-                checkpoint=model.path,
-                model_name=model.name,
-                device=row.device,
-                dtype=row.dtype,
-                low_memory=row.low_memory,
-                prompt=row.prompt,
-                negative_prompt=row.negative_prompt,
-                seed=row.seed,
-                steps=row.steps,
-                sampler=row.sampler,
-                guidance=row.guidance,
-                width=row.width,
-                height=row.height,
-                batch=row.batch,
-                init_image=pool.storage.load_input(row.init_image) if row.init_image else None,
-                strength=row.strength,
-                mask=pool.storage.load_input(row.mask) if row.mask else None,
-                variation_seed=row.variation_seed,
-                variation_strength=row.variation_strength,
-                parameter_count=model.parameter_count,
-                filmstrip_frames=pool.settings.filmstrip_frames,
-            )
+            spec = self._job_spec(row, model)
             filmstrips: list[Filmstrip] = []
             reporter = _Reporter(pool.hub, pool.settings, job_id, timing, self._should_cancel)
             began = time.perf_counter()
@@ -263,6 +243,32 @@ class DeviceWorker(threading.Thread):
             pool.hub.finish(job_id, status, result)
         if measured is not None:  # after the news is out: nobody waits for an estimate's input
             measured()
+
+    def _job_spec(self, row: Generation, model: ModelEntry) -> JobSpec:
+        """The engine's job for the claimed `row`, run with `model`."""
+        return JobSpec(
+            checkpoint=model.path,
+            model_name=model.name,
+            device=row.device,
+            dtype=row.dtype,
+            low_memory=row.low_memory,
+            prompt=row.prompt,
+            negative_prompt=row.negative_prompt,
+            seed=row.seed,
+            steps=row.steps,
+            sampler=row.sampler,
+            guidance=row.guidance,
+            width=row.width,
+            height=row.height,
+            batch=row.batch,
+            init_image=self.storage.load_input(row.init_image) if row.init_image else None,
+            strength=row.strength,
+            mask=self.storage.load_input(row.mask) if row.mask else None,
+            variation_seed=row.variation_seed,
+            variation_strength=row.variation_strength,
+            parameter_count=model.parameter_count,
+            filmstrip_frames=self.settings.filmstrip_frames,
+        )
 
     def _save(
         self, row: Generation, project_name: str, images: list[PILImage.Image], written: list[str]
