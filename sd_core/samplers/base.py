@@ -23,7 +23,7 @@ DDIM/PNDM return when their last step lands on ᾱ_0 (σ_N = σ at t=0) rather t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -44,6 +44,7 @@ class NoiseSource(Protocol):
 # (step 1..N done, N total, x at sigmas[step] in sigma space, denoised x0 of that step)
 StepCallback = Callable[[int, int, Tensor, Tensor], None]
 SamplerFn = Callable[..., Tensor]
+FloatT = TypeVar("FloatT", float, Tensor)
 
 
 def check_inputs(x: Tensor, sigmas: Tensor) -> int:
@@ -71,3 +72,18 @@ def final_latent(x: Tensor, sigma_last: Tensor) -> Tensor:
     if float(sigma_last) == 0.0:
         return x
     return x / (float(sigma_last) ** 2 + 1.0) ** 0.5
+
+
+def ode_slope(x: Tensor, denoised: Tensor, sigma: float | Tensor) -> Tensor:
+    """dx/dσ = (x − D(x; σ)) / σ, the probability-flow ODE's slope in sigma space (Karras et
+    al. 2022, eq. 4 with σ(t) = t); it is also the noise ε the model predicted."""
+    return (x - denoised) / sigma
+
+
+def ancestral_split(sigma_from: FloatT, sigma_to: FloatT) -> tuple[FloatT, FloatT]:
+    """(σ_down, σ_up) of an ancestral step σ_from → σ_to (Ho et al. 2020 in sigma space, η = 1):
+    σ_up² = σ_to²·(σ_from² − σ_to²) / σ_from², σ_down² = σ_to² − σ_up², so the deterministic
+    step to σ_down plus fresh noise σ_up lands on σ_to. Floats or float tensors alike."""
+    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up

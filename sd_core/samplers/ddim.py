@@ -20,6 +20,7 @@ from sd_core.samplers.base import (
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
 
 
@@ -42,7 +43,7 @@ def sample_ddim(
         # 1. x̂0 = D(x_t; σ_t), the "predicted x0" of eq. (12).
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
         # 2. ε_θ = (x_t - x̂0) / σ_t, the "direction pointing to x_t".
-        eps = (x - denoised) / sigma
+        eps = ode_slope(x, denoised, sigma)
         # 3. x_{t-1} = x̂0 + σ_{t-1}·ε_θ (eq. 12 divided by sqrt(ᾱ_{t-1})).
         x = denoised + eps * sigma_prev
         if callback is not None:

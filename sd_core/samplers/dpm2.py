@@ -18,6 +18,7 @@ from sd_core.samplers.base import (
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
 
 
@@ -38,7 +39,7 @@ def sample_dpm2(
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         # 1. d_i = (x_i - D(x_i; σ_i)) / σ_i.
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
-        d = (x - denoised) / sigma
+        d = ode_slope(x, denoised, sigma)
         if sigma_next == 0:
             # 2a. Last step: Euler into σ = 0, which is x = D(x_i; σ_i).
             x = x + d * (sigma_next - sigma)
@@ -51,7 +52,7 @@ def sample_dpm2(
             # 3. x_mid = x_i + (σ_mid - σ_i)·d_i;  d_mid = (x_mid - D(x_mid; σ_mid)) / σ_mid.
             x_mid = x + d * (sigma_mid - sigma)
             denoised_mid = denoise(x_mid, batch_sigma(x, sigma_mid_t))
-            d_mid = (x_mid - denoised_mid) / sigma_mid
+            d_mid = ode_slope(x_mid, denoised_mid, sigma_mid)
             # 4. x_{i+1} = x_i + (σ_{i+1} - σ_i)·d_mid.
             x = x + d_mid * (sigma_next - sigma)
         if callback is not None:

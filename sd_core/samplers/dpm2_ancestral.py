@@ -15,9 +15,11 @@ from sd_core.samplers.base import (
     Denoiser,
     NoiseSource,
     StepCallback,
+    ancestral_split,
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
 
 
@@ -38,7 +40,7 @@ def sample_dpm2_ancestral(
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         # 1. d_i = (x_i - D(x_i; σ_i)) / σ_i.
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
-        d = (x - denoised) / sigma
+        d = ode_slope(x, denoised, sigma)
         if sigma_next == 0:
             # 2a. Last step: Euler into σ = 0, no noise.
             x = x + d * (sigma_next - sigma)
@@ -46,8 +48,7 @@ def sample_dpm2_ancestral(
             # 2b. σ_up² = σ_{i+1}²·(σ_i² - σ_{i+1}²) / σ_i², σ_down² = σ_{i+1}² - σ_up² (float32,
             #     as diffusers precomputes them), and the log-space midpoint of σ_i and σ_down.
             s, s_next = sigmas[i].float(), sigmas[i + 1].float()
-            sigma_up_t = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5
-            sigma_down_t = (s_next**2 - sigma_up_t**2) ** 0.5
+            sigma_down_t, sigma_up_t = ancestral_split(s, s_next)
             sigma_mid_t = torch.lerp(s.log(), sigma_down_t.log(), 0.5).exp()
             sigma_up, sigma_down, sigma_mid = (
                 float(sigma_up_t),
@@ -57,7 +58,7 @@ def sample_dpm2_ancestral(
             # 3. x_mid = x_i + (σ_mid - σ_i)·d_i;  d_mid = (x_mid - D(x_mid; σ_mid)) / σ_mid.
             x_mid = x + d * (sigma_mid - sigma)
             denoised_mid = denoise(x_mid, batch_sigma(x, sigma_mid_t))
-            d_mid = (x_mid - denoised_mid) / sigma_mid
+            d_mid = ode_slope(x_mid, denoised_mid, sigma_mid)
             # 4. x_{i+1} = x_i + (σ_down - σ_i)·d_mid + σ_up·z.
             x = x + d_mid * (sigma_down - sigma)
             x = x + noise() * sigma_up

@@ -21,16 +21,12 @@ from sd_core.samplers.base import (
     Denoiser,
     NoiseSource,
     StepCallback,
+    ancestral_split,
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
-
-
-def _ancestral_split(sigma_from: float, sigma_to: float) -> tuple[float, float]:
-    """(σ_down, σ_up) with σ_down² + σ_up² = σ_to², σ_up² = σ_to²·(σ_from² - σ_to²) / σ_from²."""
-    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
-    return (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
 
 
 def sample_dpmpp_sde(
@@ -56,20 +52,20 @@ def sample_dpmpp_sde(
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
         if sigma_next == 0:
             # Last step: Euler into σ = 0, which lands on x̂0_i.
-            x = x + (x - denoised) / sigma * (sigma_next - sigma)
+            x = x + ode_slope(x, denoised, sigma) * (sigma_next - sigma)
         else:
             # 2. λ_i = -log σ_i, h = λ_{i+1} - λ_i, and the intermediate s_i = λ_i + r·h.
             lam, lam_next = -math.log(sigma), -math.log(sigma_next)
             sigma_s = math.exp(-(lam + r * (lam_next - lam)))
             # 3. Stage 1: first-order step to σ_s's σ_down, then σ_up of noise → u_i.
-            down, up = _ancestral_split(sigma, sigma_s)
+            down, up = ancestral_split(sigma, sigma_s)
             u = denoised + (down / sigma) * (x - denoised) + noise() * up
             denoised_s = denoise(u, batch_sigma(x, x.new_tensor(sigma_s)))
             # 4. Stage 2: D_i = (1 - 1/(2r))·x̂0_i + 1/(2r)·x̂0(u_i), then the same ancestral
             #    first-order step from x_i to σ_{i+1}.
             fac = 1 / (2 * r)
             d = (1 - fac) * denoised + fac * denoised_s
-            down, up = _ancestral_split(sigma, sigma_next)
+            down, up = ancestral_split(sigma, sigma_next)
             x = d + (down / sigma) * (x - d) + noise() * up
         if callback is not None:
             callback(i + 1, n, x, denoised)

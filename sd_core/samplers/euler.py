@@ -15,6 +15,7 @@ from sd_core.samplers.base import (
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
 
 
@@ -36,7 +37,7 @@ def sample_euler(
         # 1. D(x_i; σ_i), the denoised estimate of x0.
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
         # 2. d_i = (x_i - D) / σ_i, the ODE's slope.
-        d = (x - denoised) / sigma
+        d = ode_slope(x, denoised, sigma)
         # 3. x_{i+1} = x_i + (σ_{i+1} - σ_i)·d_i.
         x = x + d * (sigma_next - sigma)
         if callback is not None:

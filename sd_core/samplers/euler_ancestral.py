@@ -14,9 +14,11 @@ from sd_core.samplers.base import (
     Denoiser,
     NoiseSource,
     StepCallback,
+    ancestral_split,
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
 
 
@@ -38,10 +40,9 @@ def sample_euler_ancestral(
         # 1. D(x_i; σ_i).
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
         # 2. Split the step: σ_up² = σ_{i+1}²·(σ_i² - σ_{i+1}²) / σ_i², σ_down² = σ_{i+1}² - σ_up².
-        sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
-        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        sigma_down, sigma_up = ancestral_split(sigma, sigma_next)
         # 3. Euler step to σ_down: x ← x + (σ_down - σ_i)·(x - D) / σ_i.
-        x = x + (x - denoised) / sigma * (sigma_down - sigma)
+        x = x + ode_slope(x, denoised, sigma) * (sigma_down - sigma)
         # 4. Add σ_up·z, z ~ N(0, I); diffusers draws z even when σ_up = 0.
         x = x + noise() * sigma_up
         if callback is not None:

@@ -16,6 +16,7 @@ from sd_core.samplers.base import (
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
 
 
@@ -37,7 +38,7 @@ def sample_heun(
         dt = sigma_next - sigma
         # 1-2. d_i = (x_i - D(x_i; σ_i)) / σ_i.
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
-        d = (x - denoised) / sigma
+        d = ode_slope(x, denoised, sigma)
         # 3. Euler predictor x' = x_i + (σ_{i+1} - σ_i)·d_i.
         x_euler = x + d * dt
         if sigma_next == 0:
@@ -46,7 +47,7 @@ def sample_heun(
         else:
             # 4b. Corrector: d' = (x' - D(x'; σ_{i+1})) / σ_{i+1}; x_{i+1} = x_i + dt·(d_i + d') / 2.
             denoised_next = denoise(x_euler, batch_sigma(x, sigmas[i + 1]))
-            d_next = (x_euler - denoised_next) / sigma_next
+            d_next = ode_slope(x_euler, denoised_next, sigma_next)
             x = x + (d + d_next) / 2 * dt
         if callback is not None:
             callback(i + 1, n, x, denoised)

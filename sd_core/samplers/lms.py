@@ -21,6 +21,7 @@ from sd_core.samplers.base import (
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
 
 
@@ -74,7 +75,7 @@ def sample_lms(
         k = offset + i  # this step's index in the full schedule
         # 1. d_i = (x_i - D(x_i; σ_i)) / σ_i.
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
-        slopes.append((x - denoised) / nodes_all[k])
+        slopes.append(ode_slope(x, denoised, nodes_all[k]))
         if len(slopes) > order:
             slopes.pop(0)
         # 2. Coefficients over the last min(k + 1, order) nodes of the schedule, newest first.

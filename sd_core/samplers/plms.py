@@ -20,6 +20,7 @@ from sd_core.samplers.base import (
     batch_sigma,
     check_inputs,
     final_latent,
+    ode_slope,
 )
 
 
@@ -42,7 +43,7 @@ def sample_plms(
         sigma, sigma_prev = float(sigmas[i]), float(sigmas[i + 1])
         # 1. ε_θ(x_t, t) = (x_t - D(x_t; σ_t)) / σ_t.
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
-        eps = (x - denoised) / sigma
+        eps = ode_slope(x, denoised, sigma)
         eps_history = [*eps_history[-3:], eps]
         # 2. ε' of eq. (12): Adams–Bashforth over the history.
         if len(eps_history) == 1:
@@ -62,7 +63,7 @@ def sample_plms(
         x_next = x + eps_prime * (sigma_prev - sigma)
         if i == 0 and n > 1:
             # 4. Restart of the first step with the mean of ε at both ends.
-            eps_end = (x_next - denoise(x_next, batch_sigma(x, sigmas[1]))) / sigma_prev
+            eps_end = ode_slope(x_next, denoise(x_next, batch_sigma(x, sigmas[1])), sigma_prev)
             x_next = x + (eps + eps_end) / 2 * (sigma_prev - sigma)
         x = x_next
         if callback is not None:
