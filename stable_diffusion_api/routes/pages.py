@@ -28,7 +28,7 @@ from stable_diffusion_api.deps import (
     require_login,
 )
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound
-from stable_diffusion_api.models import FINISHED, Generation
+from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.schemas import (
     GenerationCreate,
     GenerationDefaults,
@@ -272,27 +272,6 @@ async def delete_project(request: Request, project_id: Id, studio: StudioDep) ->
 # -- generating --------------------------------------------------------------------------------
 
 
-def _settings_from_image(studio: Studio, image_id: int) -> dict[str, Any]:
-    """The form values that remake an image: "use these settings"."""
-    image = studio.gallery.get(image_id)
-    with studio.db.session() as session:
-        row = session.get(Generation, image.generation_id)
-        assert row is not None, "an image row always has its generation (foreign key)"
-        return {
-            "prompt": row.prompt,
-            "negative_prompt": row.negative_prompt,
-            "sampler": row.sampler or "",
-            "steps": row.steps,
-            "guidance": row.guidance,
-            "seed": image.seed,
-            "random_seed": False,
-            "width": image.width,
-            "height": image.height,
-            "batch": 1,
-            "model": row.model,
-        }
-
-
 def _generate_context(
     studio: Studio, project: ProjectOut, values: dict[str, Any], errors: dict[str, str]
 ) -> dict[str, Any]:
@@ -326,7 +305,12 @@ def generate_page(
     if from_image is not None:
         # A stale link (image deleted) starts from the project's defaults instead.
         with contextlib.suppress(NotFound):
-            values |= _settings_from_image(studio, from_image)
+            settings = studio.gallery.settings_of(from_image)
+            values |= settings | {
+                "sampler": settings["sampler"] or "",
+                "random_seed": False,
+                "batch": 1,
+            }
     context = _generate_context(studio, project, values, {})
     return render(request, "generate.html", context)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import NotFound
-from stable_diffusion_api.models import Image, Project
+from stable_diffusion_api.models import Generation, Image, Project
 from stable_diffusion_api.schemas import ImageOut
 from stable_diffusion_api.services.storage import ImageStorage
 
@@ -59,6 +60,28 @@ class GalleryService:
 
     def view(self, image_id: int) -> ImageOut:
         return image_view(self.get(image_id))
+
+    def settings_of(self, image_id: int) -> dict[str, Any]:
+        """The settings that make this image again on its own ("use these settings"): its
+        generation's prompt, sampler, steps, guidance and model with the image's own seed and
+        size. NotFound if the image is gone."""
+        with self._db.session() as session:
+            image = session.get(Image, image_id)
+            if image is None:
+                raise NotFound("image", image_id)
+            row = session.get(Generation, image.generation_id)
+            assert row is not None, "an image row always has its generation (foreign key)"
+            return {
+                "prompt": row.prompt,
+                "negative_prompt": row.negative_prompt,
+                "sampler": row.sampler,
+                "steps": row.steps,
+                "guidance": row.guidance,
+                "model": row.model,
+                "seed": image.seed,
+                "width": image.width,
+                "height": image.height,
+            }
 
     def neighbours(self, image: Image) -> tuple[int | None, int | None]:
         """(newer, older) image ids in the same project, for the detail page's arrows."""
