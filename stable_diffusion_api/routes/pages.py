@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from stable_diffusion_api import __version__
-from stable_diffusion_api.config import STATIC_DIR, TEMPLATES_DIR
 from stable_diffusion_api.deps import (
     API_KEY_COOKIE,
     Id,
@@ -29,6 +25,7 @@ from stable_diffusion_api.deps import (
 )
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound
 from stable_diffusion_api.models import FINISHED
+from stable_diffusion_api.routes.templating import make_templates, render, render_error, seconds
 from stable_diffusion_api.schemas import (
     GenerationCreate,
     GenerationDefaults,
@@ -39,69 +36,12 @@ from stable_diffusion_api.schemas import (
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.workers import Benchmark
 
+# `create_app()` builds the template environment and error view through this module.
+__all__ = ["make_templates", "render_error", "router"]
+
 router = APIRouter(include_in_schema=False)
 pages = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
 GALLERY_PAGE = 24
-SIZE_CHOICES = (64, 128, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024)
-
-
-# -- template environment ---------------------------------------------------------------------
-
-
-def _filesize(value: int | None) -> str:
-    if value is None:
-        return "unknown"
-    size = float(value)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
-def _when(value: dt.datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "not measured"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 120:
-        return f"{value:.1f} s"
-    return f"{value / 60:.1f} min"
-
-
-def _static(path: str) -> str:
-    # The file's mtime in the URL: browsers may cache static files, and still see new ones.
-    stamp = int((STATIC_DIR / path).stat().st_mtime) if (STATIC_DIR / path).exists() else 0
-    return f"/static/{path}?v={stamp}"
-
-
-def make_templates() -> Jinja2Templates:
-    templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
-    templates.env.filters.update(filesize=_filesize, when=_when, seconds=_seconds)
-    templates.env.globals.update(static=_static, version=__version__, size_choices=SIZE_CHOICES)
-    return templates
-
-
-def render(
-    request: Request, template: str, context: dict[str, Any], status_code: int = 200
-) -> HTMLResponse:
-    templates: Jinja2Templates = request.app.state.templates
-    return templates.TemplateResponse(request, template, context, status_code=status_code)
-
-
-def render_error(
-    templates: Jinja2Templates, request: Request, status: int, title: str, details: list[str]
-) -> Response:
-    return templates.TemplateResponse(
-        request,
-        "error.html",
-        {"status": status, "title": title, "details": details},
-        status_code=status,
-    )
 
 
 # -- form helpers ------------------------------------------------------------------------------
@@ -175,7 +115,7 @@ def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any
             estimates[device.id] = "its model cannot be used"
             continue
         estimates[device.id] = (
-            f"≈ {_seconds(estimate.seconds)} per image ({steps} steps, {model})"
+            f"≈ {seconds(estimate.seconds)} per image ({steps} steps, {model})"
             if estimate.seconds is not None
             else f"speed not measured yet ({model})"
         )
