@@ -1,6 +1,8 @@
 """ORM tables. The generations table is also the durable job queue.
 
-A generation's life: queued → running → succeeded | failed | canceled. A row is written before
+A generation's life (`JobStatus`): queued → running → succeeded | failed | canceled, every change
+made by `services/job_queue.py` alone; a job that failed or was canceled also says why
+(`FailureKind`, its `failure_kind` column). A row is written before
 the API answers 202; a worker claims the oldest queued row of its device by flipping it to
 running (a conditional UPDATE, so two workers never take the same row); image rows are inserted
 in the same transaction that marks the generation succeeded, after their files exist, so no row
@@ -10,7 +12,8 @@ ever points at a missing file.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -28,14 +31,33 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "canceled",
-)
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
+
+class JobStatus(StrEnum):
+    """Where a generation is in its life. The values are what the REST API and the rows say."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class FailureKind(StrEnum):
+    """Why a job did not succeed (None while it has not ended, and for a success)."""
+
+    INVALID_INPUT = "invalid_input"  # the engine or a check refused the inputs
+    OUT_OF_MEMORY = "out_of_memory"  # the device ran out of memory
+    INTERRUPTED = "interrupted"  # the server or its worker process stopped under it
+    CANCELLED = "cancelled"  # someone canceled it (or deleted its project)
+    INTERNAL = "internal"  # a fault of ours
+
+
+QUEUED = JobStatus.QUEUED
+RUNNING = JobStatus.RUNNING
+SUCCEEDED = JobStatus.SUCCEEDED
+FAILED = JobStatus.FAILED
+CANCELED = JobStatus.CANCELED
+STATUSES = tuple(JobStatus)
 FINISHED = (SUCCEEDED, FAILED, CANCELED)
 
 
@@ -58,6 +80,27 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
         return value
+
+
+EnumT = TypeVar("EnumT", bound=StrEnum)
+
+
+class StrEnumColumn(TypeDecorator[EnumT], Generic[EnumT]):
+    """A `StrEnum` kept as its plain string value (a VARCHAR: no database enum type, so adding
+    a member needs no migration); read back as the enum member."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[EnumT], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: EnumT | str | None, dialect: Any) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> EnumT | None:
+        return None if value is None else self.enum(value)
 
 
 class Base(DeclarativeBase):
@@ -95,7 +138,7 @@ class Generation(Base):
     project_id: Mapped[int] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    status: Mapped[JobStatus] = mapped_column(StrEnumColumn(JobStatus, 16), default=QUEUED)
     source: Mapped[str] = mapped_column(String(32), default="api")  # api, page, a1111, gradio
     # The hardware and model are copied from the project at submission: editing the project
     # later does not change what a queued job runs on.
@@ -121,6 +164,7 @@ class Generation(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    failure_kind: Mapped[FailureKind | None] = mapped_column(StrEnumColumn(FailureKind, 16))
     step_seconds: Mapped[float | None] = mapped_column(Float)  # measured mean time per step
     # The reverse-process strip kept from the run (path relative to the data dir) and what it
     # shows: {"width", "height", "decoder", "frames": [{"step", "total", "sigma"}, …]}.

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from stable_diffusion_api.models import FailureKind
+
 MAX_PROMPT = 2000
 MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
@@ -266,6 +268,9 @@ class GenerationOut(Out):
     has_init_image: bool
     has_mask: bool
     error: str | None
+    # Why a failed or canceled job ended (None otherwise): invalid_input, out_of_memory,
+    # interrupted, cancelled, internal.
+    failure_kind: FailureKind | None = None
     step_seconds: float | None
     created_at: dt.datetime
     started_at: dt.datetime | None

@@ -48,7 +48,7 @@ def test_upgrade_matches_the_orm_and_downgrade_removes_it(tmp_path: Path) -> Non
         # No difference between what the migrations built and what the models declare.
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        assert version == "0004"
+        assert version == "0005"
     db.downgrade("base")
     with db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == {"alembic_version"}
@@ -138,4 +138,33 @@ def test_upgrading_gives_earlier_runs_no_timings(tmp_path: Path) -> None:
     assert tuple(row) == ("before timings", None)
     columns, kept = downgraded(db, "0003")
     assert "timings" not in columns and kept == "before timings"
+    db.dispose()
+
+
+def test_upgrading_gives_ended_jobs_the_failure_kind_their_error_text_says(
+    tmp_path: Path,
+) -> None:
+    rows = {
+        1: ("succeeded", None, None),
+        2: ("queued", None, None),
+        3: ("running", None, None),
+        4: ("canceled", "canceled before it started", "cancelled"),
+        5: ("failed", "interrupted: the server stopped while this job was running",
+            "interrupted"),
+        6: ("failed", "internal error: RuntimeError: boom", "internal"),
+        7: ("failed", "internal error: OutOfMemoryError: CUDA out of memory. Tried to allocate",
+            "out_of_memory"),
+        8: ("failed", "width must be a multiple of 8, got 65", "invalid_input"),
+        9: ("failed", None, "invalid_input"),
+    }  # fmt: skip
+    db = database_at(tmp_path, "0004", 1, "p1", status="succeeded")
+    with db.engine.begin() as connection:
+        for generation_id, (status, error, _) in list(rows.items())[1:]:
+            insert_generation(connection, generation_id, f"p{generation_id}", status, error=error)
+    db.migrate()
+    with db.engine.connect() as connection:
+        kinds = dict(connection.exec_driver_sql("SELECT id, failure_kind FROM generations").all())
+    assert kinds == {generation_id: kind for generation_id, (_, _, kind) in rows.items()}
+    columns, kept = downgraded(db, "0004")
+    assert "failure_kind" not in columns and kept == "p1"
     db.dispose()
