@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from dali_gradio.app import DaliUI, TracingGenerator, install_tracing, main, mount_gradio
+from dali_gradio.app import DaliUI, main, mount_gradio
 
-__all__ = ["DaliUI", "TracingGenerator", "install_tracing", "main", "mount_gradio"]
+__all__ = ["DaliUI", "main", "mount_gradio"]
 
 if __name__ == "__main__":
     main()

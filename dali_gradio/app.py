@@ -17,7 +17,8 @@ Inside the FastAPI app (one process) it mounts at `/gradio`, reusing the app's s
 Tabs: txt2img, img2img, inpaint (drawn or uploaded mask), the project gallery ("send to"), PNG
 info, and the diffusion explorer: the forward process q(x_t | x0) of any image at a chosen t
 with its signal-to-noise ratio, and the reverse process of a generation as a filmstrip of the
-noisy latent and the predicted x0 at evenly spaced steps, recorded during the run itself.
+noisy latent and the predicted x0 at evenly spaced steps: the strip the worker recorded during
+the run and stored with the generation (`DALI_FILMSTRIP_FRAMES`), whichever front end asked.
 Every event has an `api_name`, so `gradio_client` drives the UI the way a person does.
 """
 
@@ -32,16 +33,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse
 import base64
-import contextlib
 import io
 import itertools
-import json
 import logging
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -63,8 +62,6 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 DEFAULT_PROJECT = "Gradio"
 SOURCE = "gradio"
 GALLERY_LIMIT = 60
-FILMSTRIP_FRAMES = 8
-KEEP_RECORDINGS = 64
 EXPLORER_MIN_SIDE = 256  # the forward process is shown at least this large (tiny models)
 FORWARD_STRIP = (0, 100, 250, 500, 750, 999)
 AUTO_DTYPE = "auto"
@@ -89,145 +86,6 @@ FIELD_LABELS = {
     "dtype": "Precision",
     "name": "Project",
 }
-
-
-# --------------------------------------------------------------------------- recording traces
-
-
-TraceKey = tuple[Any, ...]
-
-
-SAMPLER_SLOT = 6  # where the sampler sits in a TraceKey
-
-
-def _trace_key(
-    job_or_view: JobSpec | GenerationOut, sampler: str | None, size: tuple[int, int] | None
-) -> TraceKey:
-    """What identifies a run: every input that shapes it, with the sampler and image size that
-    actually ran (a job may ask for "the model's default" of either).
-
-    The worker's `Generator.generate` never learns the generation id, so a recording is matched
-    to its generation by this key. Two runs with equal keys draw the same pictures (same seed,
-    same everything), so a collision still shows the right filmstrip — except img2img/inpaint
-    runs that differ only in their input image, where the newest run wins.
-    """
-    source = job_or_view
-    if isinstance(source, JobSpec):
-        model, init, mask = (
-            source.model_name,
-            source.init_image is not None,
-            source.mask is not None,
-        )
-    else:
-        model, init, mask = source.model, source.has_init_image, source.has_mask
-    return (
-        model,
-        source.device,
-        source.prompt,
-        source.negative_prompt,
-        source.seed,
-        source.steps,
-        sampler,
-        source.guidance,
-        size,
-        source.batch,
-        round(source.strength, 6) if init else None,
-        init,
-        mask,
-        getattr(source, "variation_seed", None),
-        getattr(source, "variation_strength", 0.0),
-    )
-
-
-def _job_key(job: JobSpec, images: list[Image.Image]) -> TraceKey:
-    sampler = job.sampler
-    if images:
-        # No readable metadata: keep what was asked for.
-        with contextlib.suppress(json.JSONDecodeError, AttributeError):
-            sampler = json.loads(str(images[0].info.get("dali", "{}"))).get("sampler", sampler)
-    size = (images[0].width, images[0].height) if images else None
-    return _trace_key(job, sampler, size)
-
-
-def _view_key(view: GenerationOut) -> TraceKey:
-    size = (view.images[0].width, view.images[0].height) if view.images else None
-    return _trace_key(view, view.sampler, size)
-
-
-@dataclass(frozen=True)
-class Recording:
-    """The filmstrip frames of one run and the job that made them (to find its pipeline)."""
-
-    job: JobSpec
-    frames: list[Any]  # list[sd_core.explorer.FilmstripFrame]
-
-
-class TracingGenerator(SdCoreGenerator):
-    """The sd_core engine adapter, plus a recording of every run's reverse process.
-
-    The engine records a run through the pipeline's `trace` hook when the job asks for a
-    filmstrip (the web app's, decoded and stored with the generation); this adapter records
-    every run, with `frames` evenly spaced steps when the job asks for none, and keeps the raw
-    frames of image 0 (a few small latents, no decoding) for the last `KEEP_RECORDINGS` runs.
-    The explorer decodes them on demand, so a filmstrip never costs a second generation.
-    """
-
-    def __init__(self, cache_budget_bytes: int, frames: int = FILMSTRIP_FRAMES) -> None:
-        super().__init__(cache_budget_bytes)
-        self.frames = frames
-        self._recordings: OrderedDict[TraceKey, Recording] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @classmethod
-    def sharing(cls, engine: SdCoreGenerator) -> TracingGenerator:
-        """A tracing adapter over `engine`'s pipeline cache (one copy of each model in memory)."""
-        tracing = cls(0, FILMSTRIP_FRAMES)
-        tracing.cache = engine.cache
-        return tracing
-
-    def _recorder(self, pipe: Any, job: JobSpec) -> Any:
-        frames = job.filmstrip_frames or self.frames
-        return super()._recorder(pipe, replace(job, filmstrip_frames=frames))
-
-    def _recorded(self, job: JobSpec, images: list[Image.Image], frames: list[Any]) -> None:
-        with self._lock:
-            key = _job_key(job, images)
-            self._recordings[key] = Recording(job, list(frames))
-            self._recordings.move_to_end(key)
-            while len(self._recordings) > KEEP_RECORDINGS:
-                self._recordings.popitem(last=False)
-
-    def recording(self, view: GenerationOut) -> Recording | None:
-        """The recording of the run `view` shows, if this process made it recently."""
-        key = _view_key(view)
-        with self._lock:
-            found = self._recordings.get(key)
-            if found is None and view.sampler is None:
-                # A view that does not name the sampler that ran: match on the rest, newest first.
-                for other, recording in reversed(self._recordings.items()):
-                    rest = other[:SAMPLER_SLOT] + other[SAMPLER_SLOT + 1 :]
-                    if rest == key[:SAMPLER_SLOT] + key[SAMPLER_SLOT + 1 :]:
-                        return recording
-            return found
-
-    def pipeline(self, job: JobSpec) -> Any:
-        """The cached pipeline for `job`'s model and hardware (loaded if evicted)."""
-        key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
-        return self.cache.get(key, self._size_estimate(job))
-
-
-def install_tracing(studio: Studio) -> TracingGenerator | None:
-    """Make `studio`'s workers record filmstrips; the tracing adapter, or None if the studio
-    runs another engine (a test fake)."""
-    current = studio.workers.generator
-    if isinstance(current, TracingGenerator):
-        return current
-    if type(current) is not SdCoreGenerator:
-        return None
-    tracing = TracingGenerator.sharing(current)
-    # The workers look their generator up for every job, so this takes effect at once.
-    studio.workers.generator = tracing
-    return tracing
 
 
 # --------------------------------------------------------------------------- input helpers
@@ -422,7 +280,6 @@ class DaliUI:
     def __init__(self, studio: Studio, default_project: str = DEFAULT_PROJECT) -> None:
         self.studio = studio
         self.default_project = default_project
-        self.tracing = install_tracing(studio)
         self._running: dict[str, int] = {}  # session → the generation it is following
         self._last: dict[str, int] = {}  # session → its newest finished generation
         self._latents: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # explorer encodes
@@ -782,7 +639,8 @@ class DaliUI:
     # -- the diffusion explorer -------------------------------------------------------------
 
     def _explorer_pipeline(self, model: str, device: str, dtype: str) -> Any:
-        if self.tracing is None:
+        engine = self.studio.generator
+        if not isinstance(engine, SdCoreGenerator):
             raise input_error("The diffusion explorer needs the sd_core engine.")
         try:
             entry = self.studio.models.resolve(model or self.default_model() or None)
@@ -795,8 +653,9 @@ class DaliUI:
             checkpoint=entry.path, model_name=entry.name, device=spec.id, dtype=chosen,
             low_memory=False, prompt="", parameter_count=entry.parameter_count,
         )  # fmt: skip
+        key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
         try:
-            return self.tracing.pipeline(job)
+            return engine.cache.get(key, engine._size_estimate(job))
         except ValueError as exc:
             raise input_error(f"Model could not be loaded: {exc}") from None
 
@@ -871,8 +730,8 @@ class DaliUI:
     def filmstrip(
         self, generation_id: float | None, request: gr.Request
     ) -> tuple[list[tuple[Any, str]], str]:
-        """The recorded reverse process of a generation: noisy x_t and predicted x0 per frame."""
-        from sd_core.explorer import filmstrip_images
+        """The reverse process of a generation, as the worker stored it with the generation:
+        noisy x_t and predicted x0 per frame."""
 
         wanted = _optional_int(generation_id)
         if not wanted:
@@ -887,33 +746,14 @@ class DaliUI:
             raise input_error(explain(exc)) from None
         if view.status != SUCCEEDED:
             raise input_error(f"Generation #{wanted} has no images ({view.status}).")
-        recording = self.tracing.recording(view) if self.tracing is not None else None
-        if recording is None:
-            # Made by another process (the web app's worker, an earlier run of this UI), or
-            # too long ago: the strip the worker stored with the generation, if it kept one.
-            stored = self._stored_filmstrip(view)
-            if stored is None:
-                raise input_error(
-                    f"Generation #{wanted} has no filmstrip: it was made with filmstrips off "
-                    "(DALI_FILMSTRIP_FRAMES=0), and this UI keeps its own recordings only for "
-                    f"the last {KEEP_RECORDINGS} runs it saw."
-                )
-            return stored
-        try:
-            pipe = self.tracing.pipeline(recording.job)  # type: ignore[union-attr]
-        except ValueError as exc:
-            raise input_error(f"Model could not be loaded: {exc}") from None
-        items: list[tuple[Any, str]] = []
-        for frame, noisy, denoised in filmstrip_images(pipe, recording.frames):
-            level = "σ unknown" if frame.sigma is None else f"σ={frame.sigma:.3g}"
-            items.append((noisy, f"step {frame.step}/{frame.total} · noisy x_t · {level}"))
-            items.append((denoised, f"step {frame.step}/{frame.total} · predicted x₀"))
-        note = (
-            f"Generation #{wanted} ({view.sampler or 'model default'} sampler, {view.steps} steps): "
-            f"{len(recording.frames)} frames, each the noisy latent x_t next to the model's "
-            "current guess of the final image x₀."
-        )
-        return items, note
+        # The strip the worker stored with the generation, whichever front end asked for it.
+        stored = self._stored_filmstrip(view)
+        if stored is None:
+            raise input_error(
+                f"Generation #{wanted} has no filmstrip: it was made with filmstrips off "
+                "(DALI_FILMSTRIP_FRAMES=0) or before generations kept one."
+            )
+        return stored
 
     def _stored_filmstrip(self, view: GenerationOut) -> tuple[list[tuple[Any, str]], str] | None:
         """The strip stored with the generation, cut into its cells (noisy x_t on the top row,
@@ -1315,7 +1155,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
 
     settings = Settings()
-    studio = Studio(settings, TracingGenerator(settings.pipeline_cache_bytes))
+    studio = Studio(settings)
     studio.start()
     try:
         studio.projects.get_or_create(args.project)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from sd_gradio import TracingGenerator, mount_gradio
+from sd_gradio import mount_gradio
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
 
@@ -14,12 +14,10 @@ from stable_diffusion_api.sd_api import create_app
 def test_mounted_ui_serves_and_shares_the_app_studio(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path / "data"))
     studio = app.state.studio
-    engine = studio.generator
+    engine = studio.workers.generator
     mount_gradio(app)
-    # The app's workers now record filmstrips, through the app's own pipeline cache.
-    tracing = studio.workers.generator
-    assert isinstance(tracing, TracingGenerator)
-    assert tracing.cache is engine.cache
+    # The UI only uses the studio: its workers keep the engine they had.
+    assert studio.workers.generator is engine
     with TestClient(app) as client:
         page = client.get("/gradio/")
         assert page.status_code == 200 and "<html" in page.text.lower()
@@ -28,15 +26,12 @@ def test_mounted_ui_serves_and_shares_the_app_studio(tmp_path: Path) -> None:
         assert {"txt2img", "img2img", "inpaint", "cancel", "png_info", "filmstrip"} <= names
         # The app itself still answers as before.
         assert client.get("/api/v1/projects").status_code == 200
-    # Mounting twice (a second UI) keeps one tracing adapter.
-    mount_gradio(app, "/gradio2")
-    assert studio.workers.generator is tracing
 
 
 def test_dali_gradio_setting_mounts_the_ui_in_create_app(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path / "data", gradio=True))
-    assert isinstance(app.state.studio.workers.generator, TracingGenerator)
     with TestClient(app) as client:
         assert client.get("/gradio/").status_code == 200
     plain = create_app(Settings(data_dir=tmp_path / "data2"))
-    assert not isinstance(plain.state.studio.workers.generator, TracingGenerator)
+    with TestClient(plain) as client:
+        assert client.get("/gradio/").status_code == 404
