@@ -138,10 +138,6 @@ class SdCoreGenerator:
 
         return recorder_for_run(pipe, job.sampler, job.steps, job.filmstrip_frames)
 
-    def _recorded(self, job: JobSpec, images: list[Image.Image], frames: list[Any]) -> None:
-        """Sees the frames (`sd_core.explorer.FilmstripFrame`) recorded during a run that
-        succeeded; a subclass may keep them (sd_gradio's explorer does)."""
-
     @staticmethod
     def _vae_decode_affordable(pipe: Any, frames: list[Any]) -> bool:
         """Whether decoding every frame with the VAE is cheap enough (see
@@ -229,8 +225,7 @@ class SdCoreGenerator:
             raise JobCanceled(str(exc)) from exc
         if recorder is None or not recorder.frames:
             return images
-        self._recorded(job, images, recorder.frames)
-        # A subclass may record for itself (sd_gradio); the strip is made only when asked for.
+        # The strip is made only when asked for.
         if on_filmstrip is not None and job.filmstrip_frames > 0:
             filmstrip = self._filmstrip(pipe, recorder.frames)
             if filmstrip is not None:
