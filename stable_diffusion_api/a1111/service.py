@@ -51,7 +51,7 @@ from stable_diffusion_api.a1111.translate import (
     split_jobs,
 )
 from stable_diffusion_api.errors import Conflict, DomainError, InvalidField, NotFound
-from stable_diffusion_api.models import FAILED, FINISHED, SUCCEEDED, Project
+from stable_diffusion_api.models import FAILED, FINISHED, SUCCEEDED, FailureKind, Project
 from stable_diffusion_api.schemas import GenerationCreate, GenerationOut, Name, ProjectUpdate
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.registry import ModelEntry
@@ -65,16 +65,15 @@ _PROJECT_NAME: TypeAdapter[str] = TypeAdapter(Name)
 
 class GenerationFailed(DomainError):
     """A queued job ended `failed`: 422 when the engine refused its inputs, 500 for a fault of
-    ours, 503 when the server stopped under it."""
+    ours (running out of memory included, as A1111 answers it), 503 when the server stopped
+    under it."""
 
-    def __init__(self, message: str) -> None:
+    STATUS_CODES = {FailureKind.INVALID_INPUT: 422, FailureKind.INTERRUPTED: 503}
+
+    def __init__(self, message: str, kind: FailureKind | None) -> None:
         super().__init__(message)
-        if message.startswith("internal error"):
-            self.status_code = 500
-        elif message.startswith("interrupted"):
-            self.status_code = 503
-        else:
-            self.status_code = 422
+        self.kind = kind
+        self.status_code = self.STATUS_CODES.get(kind, 500) if kind is not None else 500
 
 
 class A1111Service:
@@ -213,7 +212,8 @@ class A1111Service:
             if view.status == SUCCEEDED:
                 done.append(view)
             elif view.status == FAILED:
-                raise GenerationFailed(view.error or "the generation failed")
+                kind = view.failure_kind or self.studio.jobs.failure_kind(view.id)
+                raise GenerationFailed(view.error or "the generation failed", kind)
             # canceled: skipped, interrupted, or canceled from elsewhere; go on with the next
         return done
 

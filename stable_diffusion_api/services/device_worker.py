@@ -29,11 +29,14 @@ from stable_diffusion_api.models import (
     CANCELED,
     FAILED,
     SUCCEEDED,
+    FailureKind,
     Generation,
+    JobStatus,
     utcnow,
 )
 from stable_diffusion_api.services.generations import generation_view
 from stable_diffusion_api.services.generator import Filmstrip, JobCanceled, JobSpec, PreviewFn
+from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelEntry
 
@@ -42,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "interrupted: the server stopped while this job was running"
 BENCHMARK_PROMPT = "a red circle in the center on a blue background"
 
 
@@ -56,6 +58,9 @@ class Benchmark:
     steps: int
     status: str = "queued"  # queued, running, done, failed
     error: str | None = None
+
+    def mark(self, status: str, error: str | None = None) -> None:
+        self.status, self.error = status, error
 
 
 def benchmark_key(benchmark: Benchmark) -> tuple[object, ...]:
@@ -142,6 +147,23 @@ class _Reporter:
             self.timing.reporting += time.perf_counter() - began
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether the engine ran out of device memory: torch's `OutOfMemoryError` (CUDA), or a
+    RuntimeError saying so (MPS, the CPU allocator). By name, so torch need not be imported."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def failure_of(exc: Exception) -> tuple[FailureKind, str]:
+    """The kind and the message a run that raised `exc` ends with (JobCanceled aside)."""
+    if isinstance(exc, (ValueError, DomainError)):  # the engine or a check refused the inputs
+        return FailureKind.INVALID_INPUT, str(exc)
+    # The message is worded as it always was; the kind tells the two apart.
+    message = f"internal error: {type(exc).__name__}: {exc}"
+    return FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.INTERNAL, message
+
+
 def _dali_json(image: PILImage.Image) -> dict[str, object]:
     """The image's `dali` metadata as a dict (empty when absent or not a JSON object)."""
     try:
@@ -204,7 +226,8 @@ class DeviceWorker(threading.Thread):
         # The claim has just seen the row queued; the database is next asked in a second.
         self._last_db_check = time.monotonic()
         written: list[str] = []
-        status, error, result = FAILED, None, None
+        status: JobStatus = FAILED
+        kind, error, result = FailureKind.INTERNAL, "internal error: the run did not end", None
         measured: Callable[[], None] | None = None
         try:
             model = pool.models.resolve(row.model)
@@ -223,23 +246,28 @@ class DeviceWorker(threading.Thread):
             timing.saving = time.perf_counter() - began
             ran = _dali_json(images[0]).get("sampler") if images else None
             sampler = row.sampler or (ran if isinstance(ran, str) else None)
-            status, result = self._succeed(row, model, images_rows, timing, sampler, filmstrip)
-            if status == SUCCEEDED and images_rows:
-                measured = partial(self._record_speed, row, model, images_rows[0], timing, sampled)
+            result = self._succeed(row, model, images_rows, timing, sampler, filmstrip)
+            if result is not None:
+                status = SUCCEEDED
+                if images_rows:
+                    measured = partial(
+                        self._record_speed, row, model, images_rows[0], timing, sampled
+                    )
+            else:  # the row went (project deleted) or is no longer ours: nothing to record
+                status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING
         except JobCanceled:
             if pool.stopping.is_set() and not pool.hub.cancel_requested(job_id):
-                error = INTERRUPTED
+                kind, error = FailureKind.INTERRUPTED, INTERRUPTED
             else:
-                status, error = CANCELED, "canceled while running"
-        except (ValueError, DomainError) as exc:  # the engine or a check refused the inputs
-            error = str(exc)
+                status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING
         except Exception as exc:
-            log.exception("generation %d failed", job_id)
-            error = f"internal error: {type(exc).__name__}: {exc}"
+            kind, error = failure_of(exc)
+            if kind is not FailureKind.INVALID_INPUT:
+                log.exception("generation %d failed", job_id)
         finally:
             if status != SUCCEEDED:
                 pool.storage.delete(*written)
-                self._finish(job_id, status, error, timing)
+                self._finish(job_id, kind, error, timing)
             pool.hub.finish(job_id, status, result)
         if measured is not None:  # after the news is out: nobody waits for an estimate's input
             measured()
@@ -323,16 +351,15 @@ class DeviceWorker(threading.Thread):
         timing: _Timing,
         sampler: str | None,
         filmstrip: dict[str, object] | None = None,
-    ) -> tuple[str, dict[str, Any] | None]:
+    ) -> dict[str, Any] | None:
         """Insert the image rows and mark the job succeeded, in one transaction — unless the
-        job's row is gone (project deleted) or no longer ours (then the files are dropped). A
-        job asking for the model's default sampler records the sampler that ran; `filmstrip`
-        holds the filmstrip columns when the run kept one. Returns the status and, on success,
-        the finished generation's view (for the event streams)."""
+        job's row is gone (project deleted) or no longer ours (then None, and the files are to
+        be dropped). A job asking for the model's default sampler records the sampler that ran;
+        `filmstrip` holds the filmstrip columns when the run kept one. Returns the finished
+        generation's view (for the event streams)."""
         if row.width is None and images:
             self.pool.models.learn_native_size(model, images[0]["width"])
         columns = {
-            "status": SUCCEEDED,
             "finished_at": utcnow(),
             "step_seconds": timing.step_seconds,
             "model_hash": model.short_hash,
@@ -342,17 +369,11 @@ class DeviceWorker(threading.Thread):
         }
         done = self.pool.queue.succeed(row.id, self.pool.instance_id, columns, images)
         if done is None:
-            return CANCELED, None
-        return SUCCEEDED, generation_view(*done).model_dump(mode="json")
+            return None
+        return generation_view(*done).model_dump(mode="json")
 
-    def _finish(self, job_id: int, status: str, error: str | None, timing: _Timing) -> None:
-        columns = {
-            "status": status,
-            "error": error,
-            "finished_at": utcnow(),
-            "step_seconds": timing.step_seconds,
-        }
-        self.pool.queue.finish(job_id, columns)
+    def _finish(self, job_id: int, kind: FailureKind, error: str, timing: _Timing) -> None:
+        self.pool.queue.finish(job_id, kind, error, {"step_seconds": timing.step_seconds})
 
     def _record_speed(
         self,
@@ -384,7 +405,7 @@ class DeviceWorker(threading.Thread):
 
     def _benchmark(self, benchmark: Benchmark) -> None:
         pool = self.pool
-        benchmark.status = "running"
+        benchmark.mark("running")
         timing = _Timing()
         spec = JobSpec(
             checkpoint=benchmark.model.path,
@@ -421,9 +442,9 @@ class DeviceWorker(threading.Thread):
                 )
             if benchmark.width is None:
                 pool.models.learn_native_size(benchmark.model, images[0].width)
-            benchmark.status = "done"
+            benchmark.mark("done")
         except JobCanceled:
-            benchmark.status, benchmark.error = "failed", "the server stopped"
+            benchmark.mark("failed", "the server stopped")
         except Exception as exc:  # reported on the hardware page; the worker carries on
             log.exception("benchmark failed")
-            benchmark.status, benchmark.error = "failed", f"{type(exc).__name__}: {exc}"
+            benchmark.mark("failed", f"{type(exc).__name__}: {exc}")

@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound, QueueFull
 from stable_diffusion_api.models import (
-    CANCELED,
     FINISHED,
     QUEUED,
     RUNNING,
@@ -377,24 +376,13 @@ class GenerationService:
 
     def cancel(self, generation_id: int) -> GenerationOut:
         """Cancel a queued job at once, or ask a running one to stop at its next step."""
-        with self._db.session() as session:
-            row = session.get(Generation, generation_id)
-            if row is None:
-                raise NotFound("generation", generation_id)
-            if row.status in FINISHED:
-                raise Conflict(f"generation {generation_id} has already {row.status}")
-            claimed = session.execute(
-                update(Generation)
-                .where(Generation.id == generation_id, Generation.status == QUEUED)
-                .values(status=CANCELED, error="canceled before it started")
-            )
-            if getattr(claimed, "rowcount", 0) == 0:  # it started meanwhile: stop it
-                session.execute(
-                    update(Generation)
-                    .where(Generation.id == generation_id)
-                    .values(cancel_requested=True)
-                )
-                self._hub.request_cancel(generation_id)
+        outcome = self._queue.cancel(generation_id)
+        if outcome is None:
+            raise NotFound("generation", generation_id)
+        if not outcome.changed:
+            raise Conflict(f"generation {generation_id} has already {outcome.status}")
+        if outcome.status == RUNNING:
+            self._hub.request_cancel(generation_id)
         return self.view(generation_id)
 
     def delete(self, generation_id: int) -> None:

@@ -1,4 +1,23 @@
-"""`JobQueue`: the statements every image passes through, prebuilt as SQLAlchemy Core.
+"""`JobQueue`: the one owner of a job's state machine, and the statements every image passes
+through, prebuilt as SQLAlchemy Core.
+
+A generation's `status` (`JobStatus`) changes here and nowhere else:
+
+    enqueue          → queued
+    claim            queued → running (a conditional UPDATE: one worker gets it)
+    succeed          running → succeeded, with its image rows, for the worker that owns it
+    finish           running → failed, or canceled when the kind is `cancelled`
+    cancel           queued → canceled at once; running → its cancel flag (the worker stops it
+                     at its next step and calls `finish`)
+    cancel_project_jobs   a project being deleted: its queued jobs canceled, its running ones
+                     flagged (in the deleting transaction)
+    fail_orphaned    recovery: running jobs of processes whose heartbeat stopped → failed,
+                     interrupted
+    fail_dead_worker a worker process that died: the job it was running → failed, interrupted
+
+Every job that ends unsuccessfully gets a `FailureKind` with its message, so nobody reads the
+kind back out of the text. (tests/api/test_job_queue.py checks that no other module writes
+`status`.)
 
 Between a client's POST and its `done` event, each generation is queued (the project read, the
 queue count and the insert), claimed by its device's worker, and marked succeeded with its image
@@ -15,19 +34,38 @@ recovery — stays on ORM sessions, where a millisecond does not matter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Row, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from stable_diffusion_api.db import Database
-from stable_diffusion_api.models import QUEUED, RUNNING, Base, Generation, Image, utcnow
+from stable_diffusion_api.models import (
+    CANCELED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Base,
+    FailureKind,
+    Generation,
+    Image,
+    JobStatus,
+    utcnow,
+)
 
 GENERATIONS: Table = Base.metadata.tables["generations"]
 IMAGES: Table = Base.metadata.tables["images"]
 PROJECTS: Table = Base.metadata.tables["projects"]
 RowModel = TypeVar("RowModel", Generation, Image)
+
+# What the rows say about jobs that did not end on their own.
+CANCELED_QUEUED = "canceled before it started"
+CANCELED_RUNNING = "canceled while running"
+PROJECT_DELETED = "canceled: its project was deleted"
+INTERRUPTED = "interrupted: the server stopped while this job was running"
+DIED = "interrupted: the worker process stopped unexpectedly (exit code {code})"
 
 # Bound parameters are named apart from the columns: a column's own name in an UPDATE's
 # parameters means "SET this column".
@@ -46,7 +84,7 @@ _QUEUE_LENGTHS = select(
     func.count(GENERATIONS.c.id).filter(GENERATIONS.c.device == bindparam("on_device")),
 ).where(GENERATIONS.c.status.in_((QUEUED, RUNNING)))
 
-_INSERT = insert(GENERATIONS).returning(GENERATIONS.c.id)
+_INSERT = insert(GENERATIONS).values(status=QUEUED).returning(GENERATIONS.c.id)
 
 _SET_INPUTS = update(GENERATIONS).where(GENERATIONS.c.id == bindparam("job_key"))
 
@@ -81,13 +119,95 @@ _SUCCEED = (
         GENERATIONS.c.status == RUNNING,
         GENERATIONS.c.worker_id == bindparam("owner"),
     )
+    .values(status=SUCCEEDED, failure_kind=None)
     .returning(*GENERATIONS.c)
 )
 
 _INSERT_IMAGES = insert(IMAGES).returning(*IMAGES.c, sort_by_parameter_order=True)
 
-_FINISH = update(GENERATIONS).where(
-    GENERATIONS.c.id == bindparam("job_key"), GENERATIONS.c.status == RUNNING
+_FINISH = (
+    update(GENERATIONS)
+    .where(GENERATIONS.c.id == bindparam("job_key"), GENERATIONS.c.status == RUNNING)
+    .values(
+        status=bindparam("new_status"),
+        failure_kind=bindparam("kind"),
+        error=bindparam("message"),
+        finished_at=bindparam("now"),
+    )
+)
+
+_CANCEL_QUEUED = (
+    update(GENERATIONS)
+    .where(GENERATIONS.c.id == bindparam("job_key"), GENERATIONS.c.status == QUEUED)
+    .values(
+        status=CANCELED,
+        failure_kind=FailureKind.CANCELLED,
+        error=CANCELED_QUEUED,
+        finished_at=bindparam("now"),
+    )
+    .returning(GENERATIONS.c.id)
+)
+
+_FLAG_RUNNING = (
+    update(GENERATIONS)
+    .where(GENERATIONS.c.id == bindparam("job_key"), GENERATIONS.c.status == RUNNING)
+    .values(cancel_requested=True)
+    .returning(GENERATIONS.c.id)
+)
+
+_FAILURE_KIND = select(GENERATIONS.c.failure_kind).where(GENERATIONS.c.id == bindparam("job_key"))
+
+_STATUS = select(GENERATIONS.c.status).where(GENERATIONS.c.id == bindparam("job_key"))
+
+_CANCEL_PROJECT_QUEUED = (
+    update(GENERATIONS)
+    .where(GENERATIONS.c.project_id == bindparam("project_key"), GENERATIONS.c.status == QUEUED)
+    .values(
+        status=CANCELED,
+        failure_kind=FailureKind.CANCELLED,
+        error=PROJECT_DELETED,
+        finished_at=bindparam("now"),
+    )
+)
+
+_FLAG_PROJECT_RUNNING = (
+    update(GENERATIONS)
+    .where(GENERATIONS.c.project_id == bindparam("project_key"), GENERATIONS.c.status == RUNNING)
+    .values(cancel_requested=True)
+    .returning(GENERATIONS.c.id)
+)
+
+_RUNNING_OWNERS = select(GENERATIONS.c.id, GENERATIONS.c.worker_id).where(
+    GENERATIONS.c.status == RUNNING
+)
+
+_INTERRUPT = (
+    update(GENERATIONS)
+    .where(GENERATIONS.c.id.in_(bindparam("job_keys", expanding=True)))
+    .where(GENERATIONS.c.status == RUNNING)
+    .values(
+        status=FAILED,
+        failure_kind=FailureKind.INTERRUPTED,
+        error=bindparam("message"),
+        finished_at=bindparam("now"),
+    )
+    .returning(GENERATIONS.c.id)
+)
+
+_INTERRUPT_WORKER = (
+    update(GENERATIONS)
+    .where(
+        GENERATIONS.c.status == RUNNING,
+        GENERATIONS.c.device == bindparam("on_device"),
+        GENERATIONS.c.worker_id == bindparam("owner"),
+    )
+    .values(
+        status=FAILED,
+        failure_kind=FailureKind.INTERRUPTED,
+        error=bindparam("message"),
+        finished_at=bindparam("now"),
+    )
+    .returning(GENERATIONS.c.id)
 )
 
 _CANCEL_REQUESTED = select(GENERATIONS.c.cancel_requested).where(
@@ -108,6 +228,15 @@ class ProjectSettings(NamedTuple):
 class Enqueued(NamedTuple):
     id: int
     ahead: int  # jobs waiting or running on its device before it
+
+
+class CancelOutcome(NamedTuple):
+    """What `JobQueue.cancel` did: `status` is the job's status afterwards — `running` with
+    `changed` means its cancel was requested — and `changed` False means it had already
+    finished (with that status)."""
+
+    status: JobStatus
+    changed: bool
 
 
 def _transient(model: type[RowModel], table: Table, row: Row[Any]) -> RowModel:
@@ -172,7 +301,7 @@ class JobQueue:
     def succeed(
         self, job_id: int, owner: str, columns: dict[str, Any], images: list[dict[str, Any]]
     ) -> tuple[Generation, list[Image]] | None:
-        """Mark the job succeeded (setting `columns` too) and insert its image rows, in one
+        """Mark the job succeeded (setting `columns` too: finished_at, timings, …) and insert its image rows, in one
         transaction — unless the row is gone (project deleted) or no longer running under
         `owner`: then None and nothing changes. Returns the finished row and the image rows."""
         with self._db.engine.begin() as connection:
@@ -185,10 +314,70 @@ class JobQueue:
         rows = [_transient(Image, IMAGES, image) for image in inserted]
         return _transient(Generation, GENERATIONS, row), rows
 
-    def finish(self, job_id: int, columns: dict[str, Any]) -> None:
-        """Set `columns` (status, error, …) on the job if it is still running."""
+    def finish(
+        self, job_id: int, kind: FailureKind, error: str, columns: dict[str, Any] | None = None
+    ) -> JobStatus | None:
+        """End a running job unsuccessfully: canceled when `kind` is `cancelled`, else failed,
+        with `error` and `columns` (e.g. step_seconds). The status written; None when the job
+        was no longer running (then nothing changes)."""
+        status = CANCELED if kind is FailureKind.CANCELLED else FAILED
+        values = {"job_key": job_id, "new_status": status, "kind": kind, "message": error,
+                  "now": utcnow(), **(columns or {})}  # fmt: skip
         with self._db.engine.begin() as connection:
-            connection.execute(_FINISH, {"job_key": job_id, **columns})
+            done = connection.execute(_FINISH, values)
+        return status if done.rowcount else None
+
+    def cancel(self, job_id: int) -> CancelOutcome | None:
+        """Cancel a queued job at once (canceled, kind `cancelled`) or flag a running one (its
+        worker stops it at the next step and records it canceled); a finished job is left as
+        it was. What happened, or None when there is no such job."""
+        with self._db.engine.begin() as connection:
+            if connection.execute(_CANCEL_QUEUED, {"job_key": job_id, "now": utcnow()}).first():
+                return CancelOutcome(CANCELED, True)
+            if connection.execute(_FLAG_RUNNING, {"job_key": job_id}).first():
+                return CancelOutcome(RUNNING, True)
+            status = connection.execute(_STATUS, {"job_key": job_id}).scalar()
+        return CancelOutcome(JobStatus(status), False) if status is not None else None
+
+    @staticmethod
+    def cancel_project_jobs(connection: Connection, project_id: int) -> list[int]:
+        """Within the transaction deleting project `project_id` (`connection`'s): its queued
+        jobs canceled, its running ones flagged. The ids of the running ones (their workers
+        are to be told at once)."""
+        connection.execute(_CANCEL_PROJECT_QUEUED, {"project_key": project_id, "now": utcnow()})
+        return list(
+            connection.execute(_FLAG_PROJECT_RUNNING, {"project_key": project_id}).scalars()
+        )
+
+    def fail_orphaned(self, alive: Collection[str]) -> list[int]:
+        """Recovery: every running job whose worker id is not in `alive` (its process stopped
+        beating) → failed, interrupted. The ids failed. A job claimed meanwhile by a process
+        not in `alive` is not among them: only the rows seen running before are changed."""
+        with self._db.engine.begin() as connection:
+            orphans = [
+                job_id
+                for job_id, worker_id in connection.execute(_RUNNING_OWNERS)
+                if worker_id not in alive
+            ]
+            if not orphans:
+                return []
+            values = {"job_keys": orphans, "message": INTERRUPTED, "now": utcnow()}
+            return sorted(connection.execute(_INTERRUPT, values).scalars())
+
+    def fail_dead_worker(self, device: str, owner: str, exit_code: int | None) -> list[int]:
+        """A worker process of `owner` for `device` died: the job it was running → failed,
+        interrupted (saying the exit code). The ids failed."""
+        values = {"on_device": device, "owner": owner, "now": utcnow(),
+                  "message": DIED.format(code=exit_code)}  # fmt: skip
+        with self._db.engine.begin() as connection:
+            return list(connection.execute(_INTERRUPT_WORKER, values).scalars())
+
+    def failure_kind(self, job_id: int) -> FailureKind | None:
+        """Why the job ended unsuccessfully; None while it has not, after a success, or when
+        there is no such job."""
+        with self._db.engine.connect() as connection:
+            kind = connection.execute(_FAILURE_KIND, {"job_key": job_id}).scalar()
+        return FailureKind(kind) if kind is not None else None
 
     def cancel_requested(self, job_id: int) -> bool:
         """Whether the job's row asks for a cancel; True when the row is gone."""

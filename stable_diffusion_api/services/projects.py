@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import Conflict, NotFound
-from stable_diffusion_api.models import (
-    CANCELED,
-    QUEUED,
-    RUNNING,
-    Generation,
-    Image,
-    Project,
-    utcnow,
-)
+from stable_diffusion_api.models import Generation, Image, Project, utcnow
 from stable_diffusion_api.schemas import (
     GenerationDefaults,
     ProjectCreate,
@@ -24,6 +16,7 @@ from stable_diffusion_api.schemas import (
     ProjectUpdate,
 )
 from stable_diffusion_api.services.hardware import HardwareService
+from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.samplers import SamplerCatalog
@@ -178,18 +171,7 @@ class ProjectService:
                     f"project {project_id} holds {images} images; "
                     "delete again with confirm=true to delete them too"
                 )
-            running = list(
-                session.scalars(
-                    select(Generation.id).where(
-                        Generation.project_id == project_id, Generation.status == RUNNING
-                    )
-                )
-            )
-            session.execute(
-                update(Generation)
-                .where(Generation.project_id == project_id, Generation.status == QUEUED)
-                .values(status=CANCELED)
-            )
+            running = JobQueue.cancel_project_jobs(session.connection(), project_id)
             generation_ids = list(
                 session.scalars(select(Generation.id).where(Generation.project_id == project_id))
             )

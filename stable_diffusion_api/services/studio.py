@@ -22,6 +22,7 @@ from stable_diffusion_api.services.gallery import GalleryService
 from stable_diffusion_api.services.generations import GenerationService
 from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.hardware import HardwareService
+from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.projects import ProjectService
 from stable_diffusion_api.services.registry import ModelRegistry
@@ -60,6 +61,7 @@ class Studio:
         self.generator = generator
         self.db = Database(settings.resolved_database_url)
         self.storage = ImageStorage(settings.resolved_data_dir)
+        self.jobs = JobQueue(self.db)  # every change of a job's status
         self.hub = hub if hub is not None else ProgressHub()
         self.hardware = HardwareService(generator)
         self.samplers = SamplerCatalog(generator)

@@ -26,10 +26,8 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
-
 from stable_diffusion_api.config import Settings
-from stable_diffusion_api.models import FAILED, RUNNING, Generation, utcnow
+from stable_diffusion_api.models import FAILED
 from stable_diffusion_api.services.device_worker import Benchmark, DeviceWorker, benchmark_key
 from stable_diffusion_api.services.progress import ProgressHub
 
@@ -41,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKER_NICENESS = 10
-DIED = "interrupted: the worker process stopped unexpectedly (exit code {code})"
 
 
 class _RemoteWake:
@@ -147,7 +144,7 @@ class ProcessWorker:
             elif kind == "benchmark":
                 _, key, status, error = message
                 if key in pool.benchmarks:
-                    pool.benchmarks[key].status, pool.benchmarks[key].error = status, error
+                    pool.benchmarks[key].mark(status, error)
         process.join(10)
         with self._lock:
             self._conn = None
@@ -162,18 +159,7 @@ class ProcessWorker:
 
     def _fail_running(self, code: int | None) -> None:
         """The job the dead child was running: failed, and its hub state finished."""
-        with self.pool.db.session() as session:
-            rows = session.execute(
-                update(Generation)
-                .where(
-                    Generation.status == RUNNING,
-                    Generation.device == self.device,
-                    Generation.worker_id == self.pool.instance_id,
-                )
-                .values(status=FAILED, error=DIED.format(code=code), finished_at=utcnow())
-                .returning(Generation.id)
-            ).all()
-        for (job_id,) in rows:
+        for job_id in self.pool.queue.fail_dead_worker(self.device, self.pool.instance_id, code):
             self.pool.hub.finish(job_id, FAILED)
 
 

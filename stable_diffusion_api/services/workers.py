@@ -30,16 +30,8 @@ from sqlalchemy import delete, select, update
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
-from stable_diffusion_api.models import (
-    FAILED,
-    RUNNING,
-    Generation,
-    Image,
-    WorkerProcess,
-    utcnow,
-)
+from stable_diffusion_api.models import RUNNING, Generation, Image, WorkerProcess, utcnow
 from stable_diffusion_api.services.device_worker import (
-    INTERRUPTED,
     Benchmark,
     DeviceWorker,
     benchmark_key,
@@ -166,20 +158,7 @@ class WorkerPool:
             )
             alive.add(self.instance_id)
             session.execute(delete(WorkerProcess).where(WorkerProcess.id.not_in(alive)))
-            orphans = [
-                job_id
-                for job_id, worker_id in session.execute(
-                    select(Generation.id, Generation.worker_id).where(Generation.status == RUNNING)
-                )
-                if worker_id not in alive
-            ]
-            if orphans:
-                session.execute(
-                    update(Generation)
-                    .where(Generation.id.in_(orphans), Generation.status == RUNNING)
-                    .values(status=FAILED, error=INTERRUPTED, finished_at=utcnow())
-                )
-        return orphans
+        return self.queue.fail_orphaned(alive)
 
     def recover(self) -> RecoveryReport:
         """Start-up repair: interrupted jobs failed, dangling image rows and stray files gone."""

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import delete, select
 
 from stable_diffusion_api.db import Database
-from stable_diffusion_api.models import Generation, Image, Project
-from stable_diffusion_api.services.job_queue import JobQueue, ProjectSettings
+from stable_diffusion_api.models import FailureKind, Generation, Image, JobStatus, Project
+from stable_diffusion_api.services.job_queue import CancelOutcome, JobQueue, ProjectSettings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -145,8 +145,7 @@ def running_job(queue: JobQueue, owner: str) -> int:
 def test_succeed_marks_the_owners_job_and_inserts_its_images_in_order(db: Database) -> None:
     queue = JobQueue(db)
     job_id = running_job(queue, "worker-a")
-    columns = {"status": "succeeded", "sampler": "euler", "timings": {"engine_s": 0.5},
-               "step_seconds": 0.02}  # fmt: skip
+    columns = {"sampler": "euler", "timings": {"engine_s": 0.5}, "step_seconds": 0.02}
     done = queue.succeed(job_id, "worker-a", columns, [image_row(job_id, 0), image_row(job_id, 1)])
     assert done is not None
     row, images = done
@@ -164,7 +163,7 @@ def test_succeed_marks_the_owners_job_and_inserts_its_images_in_order(db: Databa
 def test_succeed_does_nothing_for_a_job_that_is_not_the_callers(db: Database) -> None:
     queue = JobQueue(db)
     job_id = running_job(queue, "worker-a")
-    columns = {"status": "succeeded"}
+    columns = {"step_seconds": 0.1}
     assert queue.succeed(job_id, "worker-b", columns, [image_row(job_id, 0)]) is None
     with db.session() as session:
         session.execute(delete(Generation).where(Generation.id == job_id))  # project deleted
@@ -173,18 +172,98 @@ def test_succeed_does_nothing_for_a_job_that_is_not_the_callers(db: Database) ->
         assert session.scalars(select(Image)).all() == []
 
 
-def test_finish_changes_only_a_running_job(db: Database) -> None:
+def test_finish_changes_only_a_running_job_and_records_its_failure_kind(db: Database) -> None:
     queue = JobQueue(db)
     first = queue.enqueue(job(), queue_limit=5)
     second = queue.enqueue(job(), queue_limit=5)
     assert first is not None and second is not None
     queue.claim("cpu", "worker-a")
-    queue.finish(first.id, {"status": "failed", "error": "boom"})
-    queue.finish(second.id, {"status": "failed", "error": "boom"})  # still queued: untouched
+    ended = queue.finish(first.id, FailureKind.OUT_OF_MEMORY, "out of memory", {"step_seconds": 2})
+    assert ended is JobStatus.FAILED
+    # Still queued: untouched.
+    assert queue.finish(second.id, FailureKind.INTERNAL, "boom") is None
     with db.session() as session:
         rows = {row.id: row for row in session.scalars(select(Generation))}
-    assert (rows[first.id].status, rows[first.id].error) == ("failed", "boom")
-    assert (rows[second.id].status, rows[second.id].error) == ("queued", None)
+    assert (rows[first.id].status, rows[first.id].failure_kind, rows[first.id].error) == (
+        JobStatus.FAILED, FailureKind.OUT_OF_MEMORY, "out of memory",
+    )  # fmt: skip
+    assert rows[first.id].step_seconds == 2 and rows[first.id].finished_at is not None
+    assert (rows[second.id].status, rows[second.id].failure_kind) == ("queued", None)
+
+
+def test_finish_with_kind_cancelled_means_canceled(db: Database) -> None:
+    queue = JobQueue(db)
+    job_id = running_job(queue, "worker-a")
+    assert queue.finish(job_id, FailureKind.CANCELLED, "canceled while running") == "canceled"
+    with db.session() as session:
+        row = session.get(Generation, job_id)
+        assert row is not None
+        assert (row.status, row.failure_kind) == (JobStatus.CANCELED, FailureKind.CANCELLED)
+        assert isinstance(row.status, JobStatus)  # read back as the enum, not a plain string
+
+
+def test_cancel_ends_a_queued_job_flags_a_running_one_and_leaves_a_finished_one(
+    db: Database,
+) -> None:
+    queue = JobQueue(db)
+    running = running_job(queue, "worker-a")
+    queued = queue.enqueue(job(), queue_limit=5)
+    assert queued is not None
+    assert queue.cancel(queued.id) == CancelOutcome(JobStatus.CANCELED, changed=True)
+    assert queue.cancel(running) == CancelOutcome(JobStatus.RUNNING, changed=True)
+    assert queue.cancel_requested(running) is True
+    assert queue.cancel(queued.id) == CancelOutcome(JobStatus.CANCELED, changed=False)
+    assert queue.cancel(queued.id + 1000) is None
+    with db.session() as session:
+        rows = {row.id: row for row in session.scalars(select(Generation))}
+    assert (rows[queued.id].status, rows[queued.id].failure_kind, rows[queued.id].error) == (
+        "canceled", "cancelled", "canceled before it started",
+    )  # fmt: skip
+    assert (rows[running].status, rows[running].failure_kind) == ("running", None)
+    assert queue.claim("cpu", "worker-a") is None  # the canceled job never runs
+
+
+def test_cancel_project_jobs_cancels_the_queued_and_flags_the_running(db: Database) -> None:
+    queue = JobQueue(db)
+    running = running_job(queue, "worker-a")
+    queued = queue.enqueue(job(), queue_limit=5)
+    other = queue.enqueue(job(2, "cuda:0"), queue_limit=5)
+    assert queued is not None and other is not None
+    with db.engine.begin() as connection:
+        assert JobQueue.cancel_project_jobs(connection, 1) == [running]
+    with db.session() as session:
+        rows = {row.id: row for row in session.scalars(select(Generation))}
+    assert (rows[queued.id].status, rows[queued.id].failure_kind) == ("canceled", "cancelled")
+    assert rows[running].status == "running" and rows[running].cancel_requested
+    assert rows[other.id].status == "queued" and not rows[other.id].cancel_requested
+
+
+def test_fail_orphaned_interrupts_only_the_running_jobs_of_dead_workers(db: Database) -> None:
+    queue = JobQueue(db)
+    dead = running_job(queue, "dead-worker")
+    alive = running_job(queue, "live-worker")
+    waiting = queue.enqueue(job(), queue_limit=5)
+    assert waiting is not None
+    assert queue.fail_orphaned({"live-worker"}) == [dead]
+    assert queue.fail_orphaned({"live-worker"}) == []
+    with db.session() as session:
+        rows = {row.id: row for row in session.scalars(select(Generation))}
+    assert (rows[dead].status, rows[dead].failure_kind) == ("failed", "interrupted")
+    assert rows[dead].error is not None and rows[dead].error.startswith("interrupted")
+    assert rows[alive].status == "running" and rows[waiting.id].status == "queued"
+
+
+def test_fail_dead_worker_interrupts_its_device_job_saying_the_exit_code(db: Database) -> None:
+    queue = JobQueue(db)
+    mine = running_job(queue, "server-1")
+    theirs = running_job(queue, "server-2")
+    assert queue.fail_dead_worker("cuda:0", "server-1", -9) == []  # nothing runs there
+    assert queue.fail_dead_worker("cpu", "server-1", -9) == [mine]
+    with db.session() as session:
+        rows = {row.id: row for row in session.scalars(select(Generation))}
+    assert (rows[mine].status, rows[mine].failure_kind) == ("failed", "interrupted")
+    assert rows[mine].error == "interrupted: the worker process stopped unexpectedly (exit code -9)"
+    assert rows[theirs].status == "running"
 
 
 def test_cancel_requested_reads_the_flag_and_a_vanished_row_counts_as_canceled(
