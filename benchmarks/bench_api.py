@@ -172,12 +172,12 @@ def overhead(
     delivering: list[float] = []  # server: row finished → client: `done` read
     with httpx.Client(base_url=base, timeout=600) as client:
         generate_over_http(client, project, steps, 0)  # warm-up: the server loads the model
-        pipe.generate(PROMPT, seed=0, steps=steps)  # warm-up here too
+        pipe.generate(sd_core.GenerationParams(PROMPT, seed=0, steps=steps))  # warm-up here too
         for run in range(runs):
             if sampling_cpus:
                 os.sched_setaffinity(0, sampling_cpus)
             start = time.perf_counter()
-            pipe.generate(PROMPT, seed=run, steps=steps)
+            pipe.generate(sd_core.GenerationParams(PROMPT, seed=run, steps=steps))
             direct.append(time.perf_counter() - start)
             if sampling_cpus:
                 os.sched_setaffinity(0, other_cpus)

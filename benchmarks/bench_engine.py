@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sd_core.config import SD_V1, TINY_TEST  # noqa: E402
+from sd_core.params import GenerationParams  # noqa: E402
 from tests.reference import diffusers_models, random_checkpoint, sd_core_models  # noqa: E402
 
 
@@ -143,8 +144,9 @@ def time_images(config, ours, ref, device, dtype, args) -> dict[str, float]:  # 
     prompt = "a photo of an astronaut riding a horse on mars"
     repeat = max(1, args.repeat // 3)
     return compared(
-        lambda: ours_pipe.generate(prompt, seed=1, steps=args.steps, sampler="euler",
-                                   guidance=7.5, width=512, height=512),
+        lambda: ours_pipe.generate(GenerationParams(prompt, seed=1, steps=args.steps,
+                                                    sampler="euler", guidance=7.5, width=512,
+                                                    height=512)).images,
         lambda: ref_pipe(prompt, num_inference_steps=args.steps, guidance_scale=7.5, height=512,
                          width=512, generator=torch.Generator("cpu").manual_seed(1)).images,
         device, repeat, warmup=1,

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sd_core  # noqa: E402
 from sd_core.checkpoint import save_checkpoint  # noqa: E402
 from sd_core.config import TINY_TEST  # noqa: E402
+from sd_core.params import GenerationParams  # noqa: E402
 from tests.reference import random_checkpoint  # noqa: E402
 
 
@@ -40,13 +41,13 @@ def main() -> None:
         cpu = sd_core.load_pipeline(path, device="cpu")
         gpu = sd_core.load_pipeline(path, device="cuda", dtype="float32")
         for sampler in ("euler", "euler_a", "dpmpp_2m"):
-            kwargs = dict(prompt="a red circle", seed=42, steps=10, sampler=sampler, batch=2)
-            a, b = pixels(cpu.generate(**kwargs)), pixels(gpu.generate(**kwargs))
+            params = GenerationParams("a red circle", seed=42, steps=10, sampler=sampler, batch=2)
+            a, b = pixels(cpu.generate(params).images), pixels(gpu.generate(params).images)
             report[f"cpu_vs_cuda_fp32_{sampler}_max_pixel_diff"] = int(np.abs(a - b).max())
         for dtype in ("float16", "bfloat16"):
             low = sd_core.load_pipeline(path, device="cuda", dtype=dtype)
-            kwargs = dict(prompt="a red circle", seed=42, steps=10, sampler="euler")
-            a, b = pixels(cpu.generate(**kwargs)), pixels(low.generate(**kwargs))
+            params = GenerationParams("a red circle", seed=42, steps=10, sampler="euler")
+            a, b = pixels(cpu.generate(params).images), pixels(low.generate(params).images)
             report[f"cpu_fp32_vs_cuda_{dtype}_mean_pixel_diff"] = float(np.abs(a - b).mean())
     print(json.dumps(report, indent=2))
     if args.json:

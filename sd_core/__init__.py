@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sd_core.params import GenerationParams
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BUILTIN_MODEL_NAME = "dali-tiny"
 BUILTIN_MODEL_PATH = DATA_DIR / "models" / f"{BUILTIN_MODEL_NAME}.safetensors"
@@ -15,7 +17,8 @@ BUILTIN_MODEL_PATH = DATA_DIR / "models" / f"{BUILTIN_MODEL_NAME}.safetensors"
 if TYPE_CHECKING:
     import torch
 
-    from sd_core.pipeline import StableDiffusionPipeline
+    from sd_core.pipeline import GenerationHooks, StableDiffusionPipeline
+    from sd_core.result import GenerationResult
 
 
 class GenerationCancelled(Exception):
@@ -37,10 +40,14 @@ def load_pipeline(
 
 
 def __getattr__(name: str) -> Any:
-    if name == "StableDiffusionPipeline":
-        from sd_core.pipeline import StableDiffusionPipeline
+    if name in ("StableDiffusionPipeline", "GenerationHooks"):
+        from sd_core import pipeline
 
-        return StableDiffusionPipeline
+        return getattr(pipeline, name)
+    if name == "GenerationResult":
+        from sd_core.result import GenerationResult
+
+        return GenerationResult
     raise AttributeError(name)
 
 
@@ -49,6 +56,9 @@ __all__ = [
     "BUILTIN_MODEL_PATH",
     "DATA_DIR",
     "GenerationCancelled",
+    "GenerationHooks",
+    "GenerationParams",
+    "GenerationResult",
     "StableDiffusionPipeline",
     "load_pipeline",
 ]

@@ -207,7 +207,8 @@ class FilmstripRecorder:
 def recorder_for_run(
     pipe: StableDiffusionPipeline, sampler: str | None, steps: int, frames: int = DEFAULT_FRAMES
 ) -> FilmstripRecorder:
-    """A recorder for `pipe.generate(sampler=sampler, steps=steps, trace=recorder)`.
+    """A recorder for `pipe.generate(params, hooks=GenerationHooks(trace=recorder))`, where
+    `params` asks for `sampler` and `steps`.
 
     It knows the σ schedule that run follows (sampler None: the model's default), so its frames
     carry σ. A sampler or step count the pipeline refuses leaves σ unknown: the run itself

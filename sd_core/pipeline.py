@@ -1,22 +1,27 @@
 """Text-to-image, image-to-image and inpainting: check inputs → encode → sample → decode.
 
-Noise convention (DESIGN.md §2): image i of a batch has seed `seed + i` and its own CPU
-generator; every random draw for that image (VAE posterior sample, initial noise, a stochastic
-sampler's step noise) comes from that generator, in the order diffusers draws it. So any image
-of a batch can be made again alone, the same seed gives the same image on every device, and the
-result equals diffusers' pipelines given the same weights and that list of CPU generators.
+`StableDiffusionPipeline.generate(params, *, init_image, mask, hooks)` runs four named stages,
+each a short method below: the text conditioning (`encode_text`), the starting latent for
+txt2img / img2img / inpainting (`_start`), the denoiser with classifier-free guidance
+(`_denoiser`) driven by the sampler with the step hooks (`_sample`), and the VAE decode
+(`decode_latents`). It returns a `GenerationResult` whose images carry their metadata.
+
+Noise convention (docs/architecture.md, "Seeds and noise"): image i of a batch has seed
+`seed + i` and its own CPU generator; every random draw for that image (VAE posterior sample,
+initial noise, a stochastic sampler's step noise) comes from that generator, in the order
+diffusers draws it. So any image of a batch can be made again alone, the same seed gives the
+same image on every device, and the result equals diffusers' pipelines given the same weights
+and that list of CPU generators.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import secrets
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 import torch
@@ -26,64 +31,79 @@ from torch import Tensor, nn
 from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
+from sd_core.params import GenerationParams
+from sd_core.result import IMG2IMG, INPAINT, TXT2IMG, GenerationResult, GenerationTimings
 
 if TYPE_CHECKING:
     from sd_core.clip import CLIPTextModel
+    from sd_core.samplers import SamplerFn, SamplerSpec
     from sd_core.unet import UNetModel
     from sd_core.vae import AutoencoderKL
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+# (steps done 1..N, N, the predicted x0 of that step (B, C, h, w))
 ProgressCallback = Callable[[int, int, Tensor], None]
 CancelCheck = Callable[[], bool]
+# (steps done, N, the running latent x in sigma space, the predicted x0), after every step
 TraceCallback = Callable[[int, int, Tensor, Tensor], None]
-
-MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
-MAX_STEPS = 150
-MAX_GUIDANCE = 30.0
-MAX_BATCH = 64
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """Validated arguments of one `generate` call."""
+class GenerationHooks:
+    """What a caller sees of a run while it samples.
 
-    prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int
-    sampler: str
-    guidance: float
-    width: int
-    height: int
-    batch: int
-    strength: float
+    on_step: progress after every step (see ProgressCallback).
+    cancel: asked before every model call; True stops the run with GenerationCancelled.
+    trace: sees the noisy latent and the predicted x0 after every step (the filmstrip).
+    """
+
+    on_step: ProgressCallback | None = None
+    cancel: CancelCheck | None = None
+    trace: TraceCallback | None = None
 
 
-def _check_int(name: str, value: Any, low: int, high: int, extra: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer from {low} to {high}{extra}, got {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be from {low} to {high}{extra}, got {value}")
-    return int(value)
+@dataclass(frozen=True)
+class _Start:
+    """Where sampling begins, as `_start` prepared it.
+
+    x: (B, C, h, w) the starting latent in sigma space; sigmas: (M+1,) the σ's to walk;
+    sample: the sampler function. For img2img/inpainting, init_latents (B, C, h, w) and
+    start_noise keep the image's own latents and its noise (inpainting re-noises the kept area
+    with them); blend_mask (1, 1, h, w) marks the area a regular checkpoint repaints;
+    extra_channels (B, 5, h, w) are an inpainting checkpoint's mask and masked-image latents.
+    """
+
+    x: Tensor
+    sigmas: Tensor
+    sample: SamplerFn
+    init_latents: Tensor | None = None
+    start_noise: Tensor | None = None
+    blend_mask: Tensor | None = None
+    extra_channels: Tensor | None = None
 
 
-def _check_float(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
-    f = float(value)
-    if not (math.isfinite(f) and low <= f <= high):
-        raise ValueError(f"{name} must be from {low:g} to {high:g}, got {value}")
-    return f
-
-
-def _check_size(name: str, value: Any) -> int:
-    size = _check_int(name, value, MIN_SIZE, MAX_SIZE, f" and a multiple of {SIZE_MULTIPLE}")
-    if size % SIZE_MULTIPLE:
+def _check_images(
+    init_image: Image.Image | None, mask: Image.Image | None, inpainting_model: bool
+) -> str:
+    """The run's mode from its input images; ValueError for images that don't fit together."""
+    if mask is not None and init_image is None:
+        raise ValueError("mask needs an init_image to inpaint; got a mask without init_image")
+    if init_image is not None and not isinstance(init_image, Image.Image):
+        raise ValueError(f"init_image must be a PIL image, got {type(init_image).__name__}")
+    if mask is not None:
+        assert init_image is not None
+        if not isinstance(mask, Image.Image):
+            raise ValueError(f"mask must be a PIL image, got {type(mask).__name__}")
+        if mask.size != init_image.size:
+            raise ValueError(
+                f"mask size {mask.size[0]}x{mask.size[1]} must equal init_image size "
+                f"{init_image.size[0]}x{init_image.size[1]}"
+            )
+    if inpainting_model and mask is None:
         raise ValueError(
-            f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, got {size}"
+            "this is an inpainting checkpoint (UNet in_channels 9): it needs init_image and mask"
         )
-    return size
+    return INPAINT if mask is not None else IMG2IMG if init_image is not None else TXT2IMG
 
 
 def slerp(t: float, a: Tensor, b: Tensor) -> Tensor:
@@ -259,213 +279,175 @@ class StableDiffusionPipeline:
 
     # -- the main entry point --------------------------------------------------------------
 
-    def validate(
-        self,
-        prompt: Any,
-        negative_prompt: Any,
-        seed: Any,
-        steps: Any,
-        sampler: Any,
-        guidance: Any,
-        width: Any,
-        height: Any,
-        batch: Any,
-        strength: Any,
-    ) -> GenerationRequest:
-        from sd_core.samplers import get_sampler
-
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not isinstance(negative_prompt, str):
-            raise ValueError(
-                f"negative_prompt must be a string, got {type(negative_prompt).__name__}"
-            )
-        if seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and seed == -1):
-            seed = secrets.randbelow(2**32)
-        return GenerationRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=_check_int("seed", seed, 0, MAX_SEED, " (or -1/None for random)"),
-            steps=_check_int("steps", steps, 1, MAX_STEPS),
-            sampler=get_sampler(sampler or self.config.default_sampler).name,
-            guidance=_check_float("guidance", guidance, 0.0, MAX_GUIDANCE),
-            width=_check_size("width", self.config.native_size if width is None else width),
-            height=_check_size("height", self.config.native_size if height is None else height),
-            batch=_check_int("batch", batch, 1, MAX_BATCH),
-            strength=_check_float("strength", strength, 0.0, 1.0),
-        )
-
     @torch.inference_mode()
     def generate(
         self,
-        prompt: str,
-        negative_prompt: str = "",
-        seed: int | None = None,
-        steps: int = 20,
-        sampler: str | None = None,
-        guidance: float = 7.0,
-        width: int | None = None,
-        height: int | None = None,
-        batch: int = 1,
+        params: GenerationParams,
+        *,
         init_image: Image.Image | None = None,
-        strength: float = 0.75,
         mask: Image.Image | None = None,
-        callback: ProgressCallback | None = None,
-        cancel: CancelCheck | None = None,
-        variation_seed: int | None = None,
-        variation_strength: float = 0.0,
-        trace: TraceCallback | None = None,
-    ) -> list[Image.Image]:
-        """Generate `batch` images; image i has seed `seed + i`.
+        hooks: GenerationHooks | None = None,
+    ) -> GenerationResult:
+        """Make `params.batch` images; image i has seed `params.seed + i`.
 
-        Returns PIL images carrying `info["parameters"]` (AUTOMATIC1111 infotext),
-        `info["dali"]` (JSON) and `info["seed"]`. Raises ValueError for bad arguments and
-        GenerationCancelled when `cancel()` turns True (checked before every model call).
-        `variation_seed`/`variation_strength` blend the initial noise towards another seed's
-        (AUTOMATIC1111's variation seeds: spherical interpolation). `trace(step, total, x,
-        denoised)` sees the noisy latent and the predicted x0 after every step.
+        `init_image` makes it img2img (repainting `params.strength` of it), `mask` (white =
+        repaint, the init image's size) inpainting. Raises ValueError naming the bad argument
+        and GenerationCancelled when `hooks.cancel()` turns True. The result's images carry
+        their metadata (`GenerationResult.annotate`).
         """
-        req, latents = self.generate_latents(
-            prompt, negative_prompt, seed, steps, sampler, guidance, width, height, batch,
-            init_image, strength, mask, callback, cancel, variation_seed, variation_strength, trace,
-        )
+        resolved, latents, timings = self._latents(params, init_image, mask, hooks)
+        began = time.perf_counter()
         images = tensor_to_images(self.decode_latents(latents))
-        mode = "inpaint" if mask is not None else "img2img" if init_image is not None else "txt2img"
-        for i, image in enumerate(images):
-            self._annotate(image, req, req.seed + i, mode, init_image is not None)
-        return images
+        result = GenerationResult(
+            images=images,
+            params=resolved,
+            mode=_check_images(init_image, mask, self.config.unet.in_channels == 9),
+            model_name=self.model_name,
+            model_hash=self.model_hash,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            timings=GenerationTimings(
+                text_encoding=timings[0],
+                sampling=timings[1],
+                decoding=time.perf_counter() - began,
+            ),
+        )
+        result.annotate()
+        return result
 
     @torch.inference_mode()
     def generate_latents(
         self,
-        prompt: str,
-        negative_prompt: str = "",
-        seed: int | None = None,
-        steps: int = 20,
-        sampler: str | None = None,
-        guidance: float = 7.0,
-        width: int | None = None,
-        height: int | None = None,
-        batch: int = 1,
+        params: GenerationParams,
+        *,
         init_image: Image.Image | None = None,
-        strength: float = 0.75,
         mask: Image.Image | None = None,
-        callback: ProgressCallback | None = None,
-        cancel: CancelCheck | None = None,
-        variation_seed: int | None = None,
-        variation_strength: float = 0.0,
-        trace: TraceCallback | None = None,
-    ) -> tuple[GenerationRequest, Tensor]:
-        """`generate` without the decode: (validated request, (B, C, H/8, W/8) scaled latents)."""
-        req = self.validate(
-            prompt, negative_prompt, seed, steps, sampler, guidance, width, height, batch, strength
-        )
-        if mask is not None and init_image is None:
-            raise ValueError("mask needs an init_image to inpaint; got a mask without init_image")
-        if init_image is not None and not isinstance(init_image, Image.Image):
-            raise ValueError(f"init_image must be a PIL image, got {type(init_image).__name__}")
-        if mask is not None:
-            assert init_image is not None
-            if not isinstance(mask, Image.Image):
-                raise ValueError(f"mask must be a PIL image, got {type(mask).__name__}")
-            if mask.size != init_image.size:
-                raise ValueError(
-                    f"mask size {mask.size[0]}x{mask.size[1]} must equal init_image size "
-                    f"{init_image.size[0]}x{init_image.size[1]}"
-                )
-        if self.config.unet.in_channels == 9 and mask is None:
-            raise ValueError(
-                "this is an inpainting checkpoint (UNet in_channels 9): it needs init_image and mask"
-            )
-        variation = None
-        if variation_seed is not None:
-            variation = (
-                _check_int("variation_seed", variation_seed, 0, MAX_SEED),
-                _check_float("variation_strength", variation_strength, 0.0, 1.0),
-            )
-        return req, self._run(req, init_image, mask, callback, cancel, variation, trace)
+        hooks: GenerationHooks | None = None,
+    ) -> tuple[GenerationParams, Tensor]:
+        """`generate` without the decode: (resolved params, (B, C, H/8, W/8) scaled latents)."""
+        resolved, latents, _ = self._latents(params, init_image, mask, hooks)
+        return resolved, latents
 
-    def _run(
+    def resolve(self, params: GenerationParams) -> GenerationParams:
+        """`params` checked and completed for this model (its native size, default sampler)."""
+        if not isinstance(params, GenerationParams):
+            raise ValueError(f"params must be GenerationParams, got {type(params).__name__}")
+        return params.resolve(self.config.native_size, self.config.default_sampler)
+
+    def _latents(
         self,
-        req: GenerationRequest,
+        params: GenerationParams,
         init_image: Image.Image | None,
-        mask_image: Image.Image | None,
-        callback: ProgressCallback | None,
-        cancel: CancelCheck | None,
-        variation: tuple[int, float] | None = None,
-        trace: TraceCallback | None = None,
-    ) -> Tensor:
+        mask: Image.Image | None,
+        hooks: GenerationHooks | None,
+    ) -> tuple[GenerationParams, Tensor, tuple[float, float]]:
+        """Check, encode, sample: (resolved params, final latents, (encode s, sample s))."""
         from sd_core.samplers import get_sampler
 
-        spec = get_sampler(req.sampler)
-        h, w = req.height // 8, req.width // 8
-        channels = self.config.vae.embed_dim
-        generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch)]
-
-        def noise() -> Tensor:
-            draws = [torch.randn((1, channels, h, w), generator=g) for g in generators]
-            return torch.cat(draws).to(self.device)
+        p = self.resolve(params)
+        _check_images(init_image, mask, self.config.unet.in_channels == 9)
+        hooks = hooks or GenerationHooks()
+        assert p.sampler is not None and p.seed is not None
+        spec = get_sampler(p.sampler)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in p.seeds()]
 
         def check_cancel() -> None:
-            if cancel is not None and cancel():
+            if hooks.cancel is not None and hooks.cancel():
                 raise GenerationCancelled("generation canceled")
 
+        began = time.perf_counter()
         check_cancel()
-        use_cfg = req.guidance > 1.0
-        cond = self.encode_text([req.prompt] * req.batch)
-        uncond = self.encode_text([req.negative_prompt] * req.batch) if use_cfg else None
-        context = torch.cat([uncond, cond]) if uncond is not None else cond
+        context = self._conditioning(p)
+        encoded = time.perf_counter()
+        start = self._start(p, spec, generators, init_image, mask)
+        latents = self._sample(p, spec, start, context, hooks, check_cancel, generators)
+        return p, latents, (encoded - began, time.perf_counter() - encoded)
 
-        sigmas = spec.sigmas(self.schedule, req.steps).to(self.device, torch.float32)
-        init_latents: Tensor | None = None
-        image_tensor: Tensor | None = None
-        if init_image is not None:
-            image_tensor = image_to_tensor(init_image, req.width, req.height)
-        inpaint_9ch = self.config.unet.in_channels == 9
-        blend_mask: Tensor | None = None
-        extra_channels: Tensor | None = None
+    # -- stage 1: text conditioning --------------------------------------------------------
 
-        # Random draws per image, in diffusers' order: [image posterior], noise, [masked image posterior].
-        if image_tensor is not None and not (inpaint_9ch and req.strength >= 1.0):
-            init_latents = self.encode_image(image_tensor, generators)
-        start_noise = noise()
-        if variation is not None and variation[1] > 0:
-            # Image i blends towards the noise of variation seed + i (AUTOMATIC1111's subseed).
-            other = torch.cat(
-                [
-                    torch.randn((1, channels, h, w), generator=torch.Generator("cpu").manual_seed(variation[0] + i))
-                    for i in range(req.batch)
-                ]
-            ).to(self.device)
-            start_noise = slerp(variation[1], start_noise, other)
+    def _conditioning(self, p: GenerationParams) -> Tensor:
+        """(2B, 77, width) [negative; prompt] hidden states with CFG, else (B, 77, width)."""
+        cond = self.encode_text([p.prompt] * p.batch)
+        if p.guidance <= 1.0:
+            return cond
+        uncond = self.encode_text([p.negative_prompt] * p.batch)
+        return torch.cat([uncond, cond])
+
+    # -- stage 2: the starting latent ------------------------------------------------------
+
+    def _noise(self, generators: Sequence[torch.Generator], shape: tuple[int, ...]) -> Tensor:
+        """One standard-normal draw per image, each from its own generator: (B, *shape[1:])."""
+        draws = [torch.randn(shape, generator=g) for g in generators]
+        return torch.cat(draws).to(self.device)
+
+    def _start(
+        self,
+        p: GenerationParams,
+        spec: SamplerSpec,
+        generators: Sequence[torch.Generator],
+        init_image: Image.Image | None,
+        mask_image: Image.Image | None,
+    ) -> _Start:
+        """The starting latent of txt2img (scaled noise), img2img (the image's latents noised
+        to the first σ of its shortened schedule) or inpainting (either, plus the mask).
+
+        Random draws per image, in diffusers' order: [image posterior], noise, [masked image
+        posterior]; the variation seed's noise comes from its own generators.
+        """
+        assert p.width is not None and p.height is not None
+        h, w = p.height // 8, p.width // 8
+        shape = (1, self.config.vae.embed_dim, h, w)
+        sigmas = spec.sigmas(self.schedule, p.steps).to(self.device, torch.float32)
         sample = spec.fn
-        # img2img always starts from the noised image; inpainting at full strength from pure noise.
-        if init_latents is not None and (mask_image is None or req.strength < 1.0):
-            if req.strength > 0:
-                plan = spec.img2img(self.schedule, req.steps, req.strength)
+        inpaint_9ch = self.config.unet.in_channels == 9
+        image = None if init_image is None else image_to_tensor(init_image, p.width, p.height)
+        init_latents = None
+        if image is not None and not (inpaint_9ch and p.strength >= 1.0):
+            init_latents = self.encode_image(image, generators)
+        start_noise = self._noise(generators, shape)
+        if p.variation_seed is not None and p.variation_strength > 0:
+            # Image i blends towards the noise of variation seed + i (AUTOMATIC1111's subseed).
+            others = [torch.Generator("cpu").manual_seed(p.variation_seed + i) for i in range(p.batch)]
+            start_noise = slerp(p.variation_strength, start_noise, self._noise(others, shape))
+        # img2img always starts from the noised image; inpainting at full strength from noise.
+        if init_latents is not None and (mask_image is None or p.strength < 1.0):
+            if p.strength > 0:
+                plan = spec.img2img(self.schedule, p.steps, p.strength)
                 sigmas, sample = plan.sigmas.to(self.device, torch.float32), plan.fn
             else:  # nothing to denoise: the image's own latents
                 sigmas = sigmas[-1:]
             x = init_latents + start_noise * sigmas[0]
         else:
             x = start_noise * spec.initial_noise_scale(sigmas)
-        if mask_image is not None:
-            assert image_tensor is not None
-            mask = mask_to_tensor(mask_image, req.width, req.height)
-            latent_mask = torch.nn.functional.interpolate(mask, size=(h, w)).to(self.device)
-            if inpaint_9ch:
-                masked = image_tensor * (mask < 0.5)
-                masked_latents = self.encode_image(masked, generators)
-                extra_channels = torch.cat(
-                    [latent_mask.expand(req.batch, -1, -1, -1), masked_latents], dim=1
-                )
-            else:
-                blend_mask = latent_mask
+        if mask_image is None:
+            return _Start(x, sigmas, sample, init_latents, start_noise)
+        assert image is not None
+        mask = mask_to_tensor(mask_image, p.width, p.height)
+        latent_mask = torch.nn.functional.interpolate(mask, size=(h, w)).to(self.device)
+        if not inpaint_9ch:
+            return _Start(x, sigmas, sample, init_latents, start_noise, blend_mask=latent_mask)
+        masked_latents = self.encode_image(image * (mask < 0.5), generators)
+        extra = torch.cat([latent_mask.expand(p.batch, -1, -1, -1), masked_latents], dim=1)
+        return _Start(x, sigmas, sample, init_latents, start_noise, extra_channels=extra)
 
-        unet = self._use(self.unet)
-        total = len(sigmas) - 1
+    # -- stage 3: the denoiser and the sampling loop ---------------------------------------
+
+    def _denoiser(
+        self,
+        p: GenerationParams,
+        spec: SamplerSpec,
+        unet: UNetModel,
+        context: Tensor,
+        extra_channels: Tensor | None,
+        check_cancel: Callable[[], None],
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """D(x; σ): the predicted x0 = x − σ·ε̂, with ε̂ = ε_u + g·(ε_c − ε_u) under CFG.
+
+        The UNet sees x / sqrt(σ² + 1) at the timestep diffusers feeds for this sampler's σ.
+        """
+        use_cfg = p.guidance > 1.0
         # The UNet timestep for each σ exactly as diffusers feeds it with this sampler.
-        to_t = spec.timestep_fn(self.schedule, req.steps)
+        to_t = spec.timestep_fn(self.schedule, p.steps)
 
         def denoise(x_in: Tensor, sigma: Tensor) -> Tensor:
             check_cancel()
@@ -480,70 +462,56 @@ class StableDiffusionPipeline:
             eps = unet(model_in.to(self.dtype), t, context).float()
             if use_cfg:
                 eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + req.guidance * (eps_cond - eps_uncond)
+                eps = eps_uncond + p.guidance * (eps_cond - eps_uncond)
             return x_in - sigma.float().view(-1, 1, 1, 1) * eps
 
+        return denoise
+
+    def _sample(
+        self,
+        p: GenerationParams,
+        spec: SamplerSpec,
+        start: _Start,
+        context: Tensor,
+        hooks: GenerationHooks,
+        check_cancel: Callable[[], None],
+        generators: Sequence[torch.Generator],
+    ) -> Tensor:
+        """Run the sampler from `start`; (B, C, h, w) final latents in the model's scaling.
+
+        After each step: inpainting with a regular checkpoint puts the kept area back on the
+        init image's noised trajectory (diffusers' latent blending, in place, so sampling goes
+        on from it); then the trace and progress hooks; then the cancel check.
+        """
+        sigmas, blend = start.sigmas, start.blend_mask
+        init, start_noise = start.init_latents, start.start_noise
+        unet = self._use(self.unet)
+        denoise = self._denoiser(p, spec, unet, context, start.extra_channels, check_cancel)
+        shape = (1, *start.x.shape[1:])
+
         def on_step(step: int, n: int, x_now: Tensor, denoised: Tensor) -> None:
-            if blend_mask is not None and init_latents is not None and step < n:
-                # Inpainting a regular checkpoint: keep the unmasked area on the init image's
-                # noised trajectory (diffusers' latent blending), in place so sampling continues from it.
-                noised = init_latents + start_noise * sigmas[step]
-                x_now.mul_(blend_mask).add_((1 - blend_mask) * noised)
-            if trace is not None:
-                trace(step, n, x_now, denoised)
-            if callback is not None:
-                callback(step, n, denoised)
+            if blend is not None and init is not None and start_noise is not None and step < n:
+                noised = init + start_noise * sigmas[step]
+                x_now.mul_(blend).add_((1 - blend) * noised)
+            if hooks.trace is not None:
+                hooks.trace(step, n, x_now, denoised)
+            if hooks.on_step is not None:
+                hooks.on_step(step, n, denoised)
             check_cancel()
 
         try:
-            if total == 0:
-                result = x
+            if len(sigmas) == 1:
+                result = start.x
             else:
-                result = sample(denoise, x, sigmas, noise=noise, callback=on_step)
+                result = start.sample(
+                    denoise,
+                    start.x,
+                    sigmas,
+                    noise=lambda: self._noise(generators, shape),
+                    callback=on_step,
+                )
         finally:
             self._release(unet)
-        if blend_mask is not None and init_latents is not None:
-            result = (1 - blend_mask) * init_latents + blend_mask * result
+        if blend is not None and init is not None:
+            result = (1 - blend) * init + blend * result
         return result
-
-    def _annotate(
-        self, image: Image.Image, req: GenerationRequest, seed: int, mode: str, img2img: bool
-    ) -> None:
-        from sd_core.infotext import GenerationParameters, format_infotext
-        from sd_core.samplers import get_sampler
-
-        spec = get_sampler(req.sampler)
-        params = GenerationParameters(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt,
-            steps=req.steps,
-            sampler=spec.display_name,
-            cfg_scale=req.guidance,
-            seed=seed,
-            width=req.width,
-            height=req.height,
-            model_hash=self.model_hash,
-            model=self.model_name,
-            denoising_strength=req.strength if img2img else None,
-        )
-        image.info["parameters"] = format_infotext(params)
-        image.info["seed"] = seed
-        image.info["dali"] = json.dumps(
-            {
-                "prompt": req.prompt,
-                "negative_prompt": req.negative_prompt,
-                "steps": req.steps,
-                "sampler": spec.name,
-                "sampler_display_name": spec.display_name,
-                "guidance": req.guidance,
-                "seed": seed,
-                "width": req.width,
-                "height": req.height,
-                "mode": mode,
-                "strength": req.strength if img2img else None,
-                "model": self.model_name,
-                "model_hash": self.model_hash,
-                "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."),
-            }
-        )

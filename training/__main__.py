@@ -283,9 +283,11 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     pipe, record = _load(args.checkpoint, args.device)
-    images = pipe.generate(prompt=args.prompt, seed=args.seed, steps=args.steps,
-                           sampler=args.sampler, guidance=_guidance(args, record),
-                           batch=args.count)
+    from sd_core.params import GenerationParams
+
+    params = GenerationParams(args.prompt, seed=args.seed, steps=args.steps, sampler=args.sampler,
+                              guidance=_guidance(args, record), batch=args.count)  # fmt: skip
+    images = pipe.generate(params).images
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}")

@@ -76,9 +76,11 @@ class EvalResult:
 
 
 def _draw(pipe: Any, scene: Scene, seed: int, steps: int, sampler: str, guidance: float) -> np.ndarray:
-    image = pipe.generate(
-        prompt=scene.caption, seed=seed, steps=steps, sampler=sampler, guidance=guidance
-    )[0]
+    from sd_core.params import GenerationParams
+
+    params = GenerationParams(scene.caption, seed=seed, steps=steps, sampler=sampler,
+                              guidance=guidance)  # fmt: skip
+    image = pipe.generate(params).images[0]
     return np.asarray(image.convert("RGB"))
 
 

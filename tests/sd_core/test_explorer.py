@@ -33,7 +33,8 @@ from sd_core.explorer import (
     recorder_for_run,
     signal_to_noise,
 )
-from sd_core.pipeline import image_to_tensor
+from sd_core.params import GenerationParams
+from sd_core.pipeline import GenerationHooks, image_to_tensor
 from sd_core.samplers import get_sampler
 from sd_core.schedule import NoiseSchedule
 from tests.reference import random_checkpoint
@@ -255,9 +256,8 @@ def tiny_pipe(tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_filmstrip_of_a_real_run(tiny_pipe) -> None:  # type: ignore[no-untyped-def]
     steps = 6
     recorder = FilmstripRecorder(get_sampler("euler").sigmas(tiny_pipe.schedule, steps), frames=3)
-    _, latents = tiny_pipe.generate_latents(
-        "a red circle", seed=11, steps=steps, sampler="euler", guidance=5.0, trace=recorder
-    )
+    params = GenerationParams("a red circle", seed=11, steps=steps, sampler="euler", guidance=5.0)
+    _, latents = tiny_pipe.generate_latents(params, hooks=GenerationHooks(trace=recorder))
     assert [f.step for f in recorder.frames] == [1, 4, 6]
     last = recorder.frames[-1]
     # Euler's last step lands on σ = 0, where x is its own prediction and the final latent.
@@ -272,9 +272,7 @@ def test_filmstrip_of_a_real_run(tiny_pipe) -> None:  # type: ignore[no-untyped-
     assert strip.size == (3 * 64, 2 * 64)
     assert np.array_equal(np.asarray(strip.crop((64, 64, 128, 128))), np.asarray(decoded[1][2]))
     # The last frame's x0 picture is the generated image itself.
-    image = tiny_pipe.generate("a red circle", seed=11, steps=steps, sampler="euler", guidance=5.0)[
-        0
-    ]
+    image = tiny_pipe.generate(params).images[0]
     assert np.array_equal(np.asarray(decoded[-1][2]), np.asarray(image))
 
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import sd_core
+from sd_core.params import GenerationParams
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 CASES = json.loads((GOLDEN / "cases.json").read_text())
@@ -39,11 +40,12 @@ def pipe() -> Any:
 
 def _generate(pipe: Any, case: dict[str, Any]) -> list[Image.Image]:
     kwargs = {k: v for k, v in case.items() if k not in ("name", "init_image", "mask", "infotext")}
-    return pipe.generate(
-        **kwargs,
+    result = pipe.generate(
+        GenerationParams(**kwargs),
         init_image=_init_image() if case.get("init_image") else None,
         mask=_mask() if case.get("mask") else None,
     )
+    return list(result.images)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,8 +16,18 @@ from sd_core.checkpoint import save_checkpoint
 from sd_core.config import TINY_TEST
 from sd_core.devices import list_devices, resolve_device, resolve_dtype
 from sd_core.infotext import parse_infotext
+from sd_core.params import MAX_SEED, GenerationParams
+from sd_core.pipeline import GenerationHooks
 from sd_core.preview import latent_to_rgb, latents_to_rgb
 from tests.reference import random_checkpoint
+
+
+def generate(pipe, prompt, *, init_image=None, mask=None, callback=None, cancel=None, trace=None,
+             **settings):  # type: ignore[no-untyped-def]
+    """The images of `pipe.generate(GenerationParams(prompt, **settings), …)`."""
+    hooks = GenerationHooks(on_step=callback, cancel=cancel, trace=trace)
+    return pipe.generate(GenerationParams(prompt, **settings), init_image=init_image, mask=mask,
+                         hooks=hooks).images
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +57,15 @@ def pipe(checkpoint_path):  # type: ignore[no-untyped-def]
         ({"seed": -5}, ["seed", "-5"]),
         ({"sampler": "nope"}, ["unknown sampler", "nope", "euler_a", "dpmpp_2m"]),
         ({"prompt": 3}, ["prompt", "string"]),
+        ({"batch": 9}, ["batch", "9", "1 to 8"]),
+        ({"seed": MAX_SEED, "batch": 2}, ["seed + batch - 1", str(MAX_SEED)]),
+        ({"variation_seed": 2**40, "variation_strength": 0.5}, ["variation_seed", str(2**40)]),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(pipe, kwargs, words):
     args = {"prompt": "a red circle", "steps": 2, **kwargs}
     with pytest.raises(ValueError) as e:
-        pipe.generate(**args)
+        pipe.generate(GenerationParams(**args))
     for word in words:
         assert word in str(e.value)
 
@@ -59,13 +73,13 @@ def test_bad_arguments_raise_value_error_naming_them(pipe, kwargs, words):
 def test_mask_checks(pipe):
     image = Image.new("RGB", (64, 64), "red")
     with pytest.raises(ValueError, match="mask needs an init_image"):
-        pipe.generate("x", steps=1, mask=Image.new("L", (64, 64)))
+        generate(pipe, "x", steps=1, mask=Image.new("L", (64, 64)))
     with pytest.raises(ValueError, match="mask size 32x32 must equal init_image size 64x64"):
-        pipe.generate("x", steps=1, init_image=image, mask=Image.new("L", (32, 32)))
+        generate(pipe, "x", steps=1, init_image=image, mask=Image.new("L", (32, 32)))
 
 
 def test_defaults_and_metadata(pipe):
-    (image,) = pipe.generate("a red circle", seed=7, steps=2)
+    (image,) = generate(pipe, "a red circle", seed=7, steps=2)
     assert image.size == (TINY_TEST.native_size, TINY_TEST.native_size)
     params = parse_infotext(image.info["parameters"])
     assert params.prompt == "a red circle" and params.seed == 7 and params.steps == 2
@@ -76,15 +90,15 @@ def test_defaults_and_metadata(pipe):
 
 
 def test_random_seed_is_reported_and_reproducible(pipe):
-    (first,) = pipe.generate("a blue square", steps=2, sampler="euler")
+    (first,) = generate(pipe, "a blue square", steps=2, sampler="euler")
     seed = first.info["seed"]
-    (again,) = pipe.generate("a blue square", steps=2, sampler="euler", seed=seed)
+    (again,) = generate(pipe, "a blue square", steps=2, sampler="euler", seed=seed)
     assert np.array_equal(np.asarray(first), np.asarray(again))
 
 
 def test_callback_sees_every_step_and_cancel_stops_within_one(pipe):
     seen: list[tuple[int, int, tuple[int, ...]]] = []
-    pipe.generate("x", seed=1, steps=4, sampler="euler", batch=2,
+    generate(pipe, "x", seed=1, steps=4, sampler="euler", batch=2,
                   callback=lambda i, n, latents: seen.append((i, n, tuple(latents.shape))))
     assert seen == [(i, 4, (2, 4, 8, 8)) for i in range(1, 5)]
 
@@ -96,32 +110,32 @@ def test_callback_sees_every_step_and_cancel_stops_within_one(pipe):
 
     seen_cancel: list[int] = []
     with pytest.raises(sd_core.GenerationCancelled):
-        pipe.generate("x", seed=1, steps=10, sampler="euler",
+        generate(pipe, "x", seed=1, steps=10, sampler="euler",
                       callback=lambda i, n, _: seen_cancel.append(i), cancel=cancel)
     assert seen_cancel == [1, 2]
 
 
 def test_trace_and_variation_seed(pipe):
     frames = []
-    pipe.generate("x", seed=3, steps=3, sampler="euler",
+    generate(pipe, "x", seed=3, steps=3, sampler="euler",
                   trace=lambda i, n, x, d: frames.append((i, x.shape, d.shape)))
     assert [f[0] for f in frames] == [1, 2, 3]
-    base = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler")[0], dtype=int)
-    none = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler",
+    base = np.asarray(generate(pipe, "x", seed=3, steps=3, sampler="euler")[0], dtype=int)
+    none = np.asarray(generate(pipe, "x", seed=3, steps=3, sampler="euler",
                                     variation_seed=9, variation_strength=0.0)[0], dtype=int)
-    full = np.asarray(pipe.generate("x", seed=9, steps=3, sampler="euler")[0], dtype=int)
-    towards = np.asarray(pipe.generate("x", seed=3, steps=3, sampler="euler",
+    full = np.asarray(generate(pipe, "x", seed=9, steps=3, sampler="euler")[0], dtype=int)
+    towards = np.asarray(generate(pipe, "x", seed=3, steps=3, sampler="euler",
                                        variation_seed=9, variation_strength=1.0)[0], dtype=int)
     assert np.array_equal(base, none)
     assert np.abs(towards - full).max() <= 1  # strength 1 = the variation seed's noise
     with pytest.raises(ValueError, match="variation_strength"):
-        pipe.generate("x", steps=1, variation_seed=1, variation_strength=2.0)
+        generate(pipe, "x", steps=1, variation_seed=1, variation_strength=2.0)
 
 
 def test_long_prompt_warns_and_is_truncated(pipe):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pipe.generate("red " * 100, seed=1, steps=1)
+        generate(pipe, "red " * 100, seed=1, steps=1)
     assert any("tokens" in str(w.message) for w in caught)
 
 
@@ -130,15 +144,15 @@ def test_img2img_strength_zero_keeps_the_image_and_inpaint_keeps_unmasked_latent
     image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[:, 32:] = 255
-    _, inpainted = pipe.generate_latents("x", seed=1, steps=4, sampler="euler", init_image=image,
-                                         mask=Image.fromarray(mask), strength=1.0)
-    _, kept = pipe.generate_latents("x", seed=1, steps=4, sampler="euler", init_image=image,
-                                    strength=0.0)
+    settings = GenerationParams("x", seed=1, steps=4, sampler="euler")
+    _, inpainted = pipe.generate_latents(replace(settings, strength=1.0), init_image=image,
+                                         mask=Image.fromarray(mask))
+    _, kept = pipe.generate_latents(replace(settings, strength=0.0), init_image=image)
     # strength 0 denoises nothing: the image's own (posterior-sampled) latents come back, and
     # inpainting keeps exactly those latents where the mask is black (the left half).
     torch.testing.assert_close(inpainted[..., :4], kept[..., :4])
     assert (inpainted[..., 4:] - kept[..., 4:]).abs().mean() > 0.1
-    (decoded,) = pipe.generate("x", seed=1, steps=4, sampler="euler", init_image=image,
+    (decoded,) = generate(pipe, "x", seed=1, steps=4, sampler="euler", init_image=image,
                                strength=0.0)
     assert decoded.size == (64, 64)
 
@@ -164,8 +178,8 @@ def test_missing_device_is_refused_by_load_pipeline(checkpoint_path):
 
 def test_bfloat16_on_cpu_gives_a_finite_close_image(checkpoint_path, pipe):
     low = sd_core.load_pipeline(checkpoint_path, dtype="bfloat16")
-    a = np.asarray(pipe.generate("x", seed=2, steps=3, sampler="euler")[0], dtype=int)
-    b = np.asarray(low.generate("x", seed=2, steps=3, sampler="euler")[0], dtype=int)
+    a = np.asarray(generate(pipe, "x", seed=2, steps=3, sampler="euler")[0], dtype=int)
+    b = np.asarray(generate(low, "x", seed=2, steps=3, sampler="euler")[0], dtype=int)
     assert np.abs(a - b).mean() < 12
 
 
@@ -189,3 +203,32 @@ def test_preview_from_a_numpy_latent_maps_each_pixel_through_the_factors():
         assert np.array_equal(np.asarray(tensor_image), np.asarray(latent_to_rgb(numpy_latent)))
     with pytest.raises(ValueError, match="shape"):
         latent_to_rgb(np.zeros((3, 8, 8), np.float32))
+
+
+def test_result_carries_the_resolved_params_and_the_metadata_is_written_from_them(pipe):
+    result = pipe.generate(GenerationParams("a red circle", steps=2, batch=2, seed=-1))
+    p = result.params
+    assert p.seed is not None and 0 <= p.seed <= MAX_SEED - 1  # drawn, room for seed + 1
+    assert p.sampler == TINY_TEST.default_sampler and p.width == p.height == TINY_TEST.native_size
+    assert result.seeds == [p.seed, p.seed + 1] and result.mode == "txt2img"
+    assert result.timings.sampling > 0 and result.timings.text_encoding > 0
+    for i, image in enumerate(result.images):
+        assert image.info["seed"] == p.seed + i
+        assert image.info["parameters"] == result.infotext(i)
+        assert json.loads(image.info["dali"]) == result.metadata(i)
+    again = pipe.generate(replace(p, seed=p.seed + 1, batch=1)).images[0]
+    # Image 1 made alone from its own seed (batched arithmetic may round differently by 1).
+    diff = np.abs(np.asarray(again, dtype=int) - np.asarray(result.images[1], dtype=int))
+    assert diff.max() <= 1
+
+
+def test_params_refuse_unknown_keys_and_round_trip():
+    p = GenerationParams("x", seed=3, steps=5, sampler="euler", width=64, height=64)
+    assert GenerationParams.from_dict(p.to_dict()) == p
+    with pytest.raises(ValueError, match=r"unknown generation parameter\(s\) \['cfg'\]"):
+        GenerationParams.from_dict({"prompt": "x", "cfg": 7})
+    assert GenerationParams("x", guidance=7).check().guidance == 7.0
+    resolved = GenerationParams("x", variation_seed=5, variation_strength=0.0).resolve(64, "euler")
+    assert resolved.variation_seed is None  # no blend: nothing to record
+    drawn = GenerationParams("x", variation_strength=0.5).resolve(64, "euler")
+    assert drawn.variation_seed is not None

@@ -19,6 +19,7 @@ from PIL import Image
 import sd_core
 from sd_core.checkpoint import save_checkpoint
 from sd_core.config import TINY_TEST
+from sd_core.params import GenerationParams
 from sd_core.pipeline import StableDiffusionPipeline
 from tests.clip_reference import hf_tokenizer
 from tests.reference import diffusers_models, random_checkpoint
@@ -101,8 +102,8 @@ def reference_pipeline(models, cls_name: str, sampler: str, inpaint: bool = Fals
     return pipe
 
 
-def ours_images(pipe: StableDiffusionPipeline, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    _, latents = pipe.generate_latents(**kwargs)
+def ours_images(pipe: StableDiffusionPipeline, init_image=None, mask=None, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    _, latents = pipe.generate_latents(GenerationParams(**kwargs), init_image=init_image, mask=mask)
     return pipe.decode_latents(latents)
 
 
@@ -142,8 +143,8 @@ def test_txt2img_non_square_without_guidance(models):
 
 def test_batch_image_equals_its_seed_alone(models):
     pipe = models["ours"]
-    batch = pipe.generate(prompt=PROMPT, seed=20, steps=3, sampler="euler_a", batch=3)
-    alone = pipe.generate(prompt=PROMPT, seed=21, steps=3, sampler="euler_a")
+    batch = pipe.generate(GenerationParams(PROMPT, seed=20, steps=3, sampler="euler_a", batch=3)).images
+    alone = pipe.generate(GenerationParams(PROMPT, seed=21, steps=3, sampler="euler_a")).images
     assert [im.info["seed"] for im in batch] == [20, 21, 22]
     same = np.abs(np.asarray(batch[1], dtype=int) - np.asarray(alone[0], dtype=int))
     # Equal up to float round-off of batched vs single kernels: at most one level per pixel.

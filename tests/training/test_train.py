@@ -39,7 +39,8 @@ def test_train_command_writes_a_file_that_loads_through_the_pipeline(tmp_path: P
     assert "--preset micro" in metadata["dali_training_command"]
     pipe = sd_core.load_pipeline(export)
     assert pipe.config.vae.scale_factor > 0 and pipe.config.native_size == 64
-    image = pipe.generate(prompt="a red circle on a blue background", seed=1, steps=2)[0]
+    params = sd_core.GenerationParams("a red circle on a blue background", seed=1, steps=2)
+    image = pipe.generate(params).images[0]
     assert image.size == (64, 64)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert {r["phase"] for r in records} == {"vae", "pool", "diffusion"}

@@ -1,0 +1,194 @@
+"""`GenerationParams`: every setting of one generation, the one type every layer speaks.
+
+The REST schema, the database row, the A1111 translation, the Gradio UI and the command line
+each map their own spelling to and from this dataclass; the engine takes it
+(`StableDiffusionPipeline.generate(params, …)`) and hands it back resolved in its
+`GenerationResult`, from which the PNG metadata is written. The limits below are the only ones:
+front ends may be stricter only where they document why.
+
+Limits (LIMITS, checked by `check`):
+
+- prompt, negative_prompt: text (the engine reads at most 75 tokens of each today).
+- seed: 0 … 2³² − 1, and seed + batch − 1 must stay within it (image i has seed + i); None or
+  −1 asks for a random one, drawn by `resolve`.
+- steps: 1 … 150; guidance (CFG scale): 0 … 30, no CFG at ≤ 1.
+- width, height: 64 … 2048, multiples of 8; None → the model's native size.
+- batch: 1 … 8 images in one job (front ends split larger requests into several jobs).
+- strength: 0 … 1, how much of an init image is repainted (img2img / inpainting only).
+- variation_seed: like seed (None → random when variation_strength > 0);
+  variation_strength: 0 … 1, the spherical blend towards that seed's noise.
+
+How to add a parameter: see docs/architecture.md ("Adding a generation parameter").
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_BATCH = 8
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The documented bounds of `GenerationParams`, for front ends to show and check."""
+
+    min_size: int = MIN_SIZE
+    max_size: int = MAX_SIZE
+    size_multiple: int = SIZE_MULTIPLE
+    max_steps: int = MAX_STEPS
+    max_guidance: float = MAX_GUIDANCE
+    max_batch: int = MAX_BATCH
+    max_seed: int = MAX_SEED
+
+
+LIMITS = Limits()
+
+
+def _int(name: str, value: Any, low: int, high: int, extra: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer from {low} to {high}{extra}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low} to {high}{extra}, got {value}")
+    return value
+
+
+def _float(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ValueError(f"{name} must be from {low:g} to {high:g}, got {value}")
+    return number
+
+
+def _size(name: str, value: Any) -> int:
+    size = _int(name, value, MIN_SIZE, MAX_SIZE, f" and a multiple of {SIZE_MULTIPLE}")
+    if size % SIZE_MULTIPLE:
+        raise ValueError(
+            f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, got {size}"
+        )
+    return size
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def random_seed(batch: int = 1) -> int:
+    """A random seed that leaves room for `batch` consecutive seeds."""
+    return secrets.randbelow(MAX_SEED - batch + 2)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """The settings of one generation (a job of `batch` images; image i has seed + i).
+
+    None means "not chosen": a random seed, the model's default sampler, its native size.
+    `resolve` fills those in; `check` validates everything and names the field at fault.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int = 20
+    sampler: str | None = None
+    guidance: float = 7.0
+    width: int | None = None
+    height: int | None = None
+    batch: int = 1
+    strength: float = 0.75
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+
+    def check(self) -> GenerationParams:
+        """Validate every field against LIMITS; return the params with numbers normalised
+        (ints stay ints, guidance and strengths become floats). Raises ValueError naming the
+        field, its value and what is allowed. Unresolved fields (None) are allowed."""
+        batch = _int("batch", self.batch, 1, MAX_BATCH)
+        seed = self.seed
+        if seed is not None and seed != -1:
+            seed = _int("seed", seed, 0, MAX_SEED, " (or -1/None for random)")
+            if seed + batch - 1 > MAX_SEED:
+                raise ValueError(
+                    f"seed + batch - 1 must stay ≤ {MAX_SEED} (image i has seed + i), "
+                    f"got seed {seed} with batch {batch}"
+                )
+        variation_seed = self.variation_seed
+        if variation_seed is not None and variation_seed != -1:
+            variation_seed = _int(
+                "variation_seed", variation_seed, 0, MAX_SEED, " (or -1/None for random)"
+            )
+        if self.sampler is not None:
+            from sd_core.samplers import get_sampler
+
+            get_sampler(self.sampler)  # raises naming the known samplers
+        return replace(
+            self,
+            prompt=_text("prompt", self.prompt),
+            negative_prompt=_text("negative_prompt", self.negative_prompt),
+            seed=seed,
+            steps=_int("steps", self.steps, 1, MAX_STEPS),
+            guidance=_float("guidance", self.guidance, 0.0, MAX_GUIDANCE),
+            width=None if self.width is None else _size("width", self.width),
+            height=None if self.height is None else _size("height", self.height),
+            batch=batch,
+            strength=_float("strength", self.strength, 0.0, 1.0),
+            variation_seed=variation_seed,
+            variation_strength=_float("variation_strength", self.variation_strength, 0.0, 1.0),
+        )
+
+    def resolve(self, native_size: int, default_sampler: str) -> GenerationParams:
+        """Checked params with nothing left open: random seeds drawn, the sampler's canonical
+        name, the model's native size where none was asked for."""
+        from sd_core.samplers import get_sampler
+
+        params = self.check()
+        seed = params.seed
+        if seed is None or seed == -1:
+            seed = random_seed(params.batch)
+        variation_seed = params.variation_seed
+        if params.variation_strength > 0 and (variation_seed is None or variation_seed == -1):
+            variation_seed = random_seed(params.batch)
+        if params.variation_strength == 0:
+            variation_seed = None
+        return replace(
+            params,
+            seed=seed,
+            sampler=get_sampler(params.sampler or default_sampler).name,
+            width=native_size if params.width is None else params.width,
+            height=native_size if params.height is None else params.height,
+            variation_seed=variation_seed,
+        )
+
+    def seeds(self) -> list[int]:
+        """The seed of each image of the batch (resolved params only)."""
+        if self.seed is None:
+            raise ValueError("seeds() needs resolved params (the seed is still random)")
+        return [self.seed + i for i in range(self.batch)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, one key per field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GenerationParams:
+        """Params from `to_dict`'s form; keys that are not fields are refused (named)."""
+        names = field_names()
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown generation parameter(s) {unknown}; known: {list(names)}")
+        return cls(**values)
+
+
+def field_names() -> tuple[str, ...]:
+    """The names of `GenerationParams`' fields, in declaration order."""
+    return tuple(f.name for f in fields(GenerationParams))

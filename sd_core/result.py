@@ -1,0 +1,116 @@
+"""`GenerationResult`: what one `generate` call made, and the metadata written from it.
+
+The pipeline returns the images together with the settings it actually used (seed drawn,
+sampler named, size filled in), the mode, the model and where the time went. The PNG metadata
+(AUTOMATIC1111's infotext in `parameters`, Dali's JSON in `dali`, and `seed`) is written onto
+each image from this object, once, in `annotate`; nothing downstream parses it back to learn
+what ran.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from sd_core.params import GenerationParams
+
+TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
+
+
+@dataclass(frozen=True)
+class GenerationTimings:
+    """Seconds spent in each stage of one run (wall clock, the device synchronised only where
+    the stage's result is read back)."""
+
+    text_encoding: float = 0.0
+    sampling: float = 0.0
+    decoding: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "text_encoding_s": self.text_encoding,
+            "sampling_s": self.sampling,
+            "decoding_s": self.decoding,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The images of one run and how they were made.
+
+    images: `params.batch` PIL images, image i made with seed `params.seed + i`, each carrying
+        `info["parameters"]`, `info["dali"]` and `info["seed"]` once `annotate` ran.
+    params: the resolved settings (no None left but the variation seed when unused).
+    mode: "txt2img", "img2img" or "inpaint".
+    """
+
+    images: list[Image.Image]
+    params: GenerationParams
+    mode: str
+    model_name: str
+    model_hash: str
+    device: str
+    dtype: str
+    timings: GenerationTimings = field(default_factory=GenerationTimings)
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.params.seeds()
+
+    def infotext(self, index: int) -> str:
+        """AUTOMATIC1111's infotext of image `index`."""
+        from sd_core.infotext import GenerationParameters, format_infotext
+        from sd_core.samplers import get_sampler
+
+        p = self.params
+        assert p.sampler is not None and p.width is not None and p.height is not None
+        return format_infotext(
+            GenerationParameters(
+                prompt=p.prompt,
+                negative_prompt=p.negative_prompt,
+                steps=p.steps,
+                sampler=get_sampler(p.sampler).display_name,
+                cfg_scale=p.guidance,
+                seed=self.seeds[index],
+                width=p.width,
+                height=p.height,
+                model_hash=self.model_hash,
+                model=self.model_name,
+                denoising_strength=p.strength if self.mode != TXT2IMG else None,
+            )
+        )
+
+    def metadata(self, index: int) -> dict[str, Any]:
+        """Dali's JSON metadata of image `index` (the `dali` PNG chunk)."""
+        from sd_core.samplers import get_sampler
+
+        p = self.params
+        assert p.sampler is not None
+        spec = get_sampler(p.sampler)
+        return {
+            "prompt": p.prompt,
+            "negative_prompt": p.negative_prompt,
+            "steps": p.steps,
+            "sampler": spec.name,
+            "sampler_display_name": spec.display_name,
+            "guidance": p.guidance,
+            "seed": self.seeds[index],
+            "width": p.width,
+            "height": p.height,
+            "mode": self.mode,
+            "strength": p.strength if self.mode != TXT2IMG else None,
+            "model": self.model_name,
+            "model_hash": self.model_hash,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+    def annotate(self) -> None:
+        """Write each image's metadata chunks (`parameters`, `dali`, `seed`) into its info."""
+        for index, image in enumerate(self.images):
+            image.info["parameters"] = self.infotext(index)
+            image.info["seed"] = self.seeds[index]
+            image.info["dali"] = json.dumps(self.metadata(index))
