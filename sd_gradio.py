@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dali_gradio.app import DaliUI, main, mount_gradio
+from dali_gradio import DaliUI, main, mount_gradio
 
 __all__ = ["DaliUI", "main", "mount_gradio"]
 

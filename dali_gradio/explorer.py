@@ -1,0 +1,260 @@
+"""The diffusion explorer tab: the forward process q(x_t | x0) of any image at a chosen t, with
+its signal-to-noise ratio, and the reverse process of a generation as the filmstrip the worker
+stored with it (the noisy latent x_t and the predicted x0 at evenly spaced steps)."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from dali_gradio.choices import AUTO_DTYPE, Choices
+from dali_gradio.inputs import (
+    explain,
+    image_upload,
+    input_error,
+    open_image,
+    optional_int,
+    private,
+    slider,
+)
+from stable_diffusion_api.errors import DomainError
+from stable_diffusion_api.models import SUCCEEDED
+from stable_diffusion_api.schemas import GenerationOut
+from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.engine import SdCoreGenerator
+from stable_diffusion_api.services.generator import JobSpec
+
+EXPLORER_MIN_SIDE = 256  # the forward process is shown at least this large (tiny models)
+FORWARD_STRIP = (0, 100, 250, 500, 750, 999)
+
+
+@dataclass
+class ExplorerWidgets:
+    generation: gr.Number
+    film: gr.Gallery
+    note: gr.Markdown
+
+
+class ExplorerTab:
+    """The explorer's handlers and layout over a `Studio`; `last` maps a session to its newest
+    finished generation (the filmstrip's "0 = your latest")."""
+
+    def __init__(self, studio: Studio, choices: Choices, last: dict[str, int]) -> None:
+        self.studio = studio
+        self.choices = choices
+        self.last = last
+        self._latents: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # encoded images
+        self._lock = threading.Lock()
+
+    def _explorer_pipeline(self, model: str, device: str, dtype: str) -> Any:
+        engine = self.studio.generator
+        if not isinstance(engine, SdCoreGenerator):
+            raise input_error("The diffusion explorer needs the sd_core engine.")
+        try:
+            entry = self.studio.models.resolve(model or self.choices.default_model() or None)
+            spec, chosen = self.studio.hardware.check(
+                device or "cpu", None if dtype == AUTO_DTYPE else dtype
+            )
+        except DomainError as exc:
+            raise input_error(explain(exc)) from None
+        job = JobSpec(
+            checkpoint=entry.path, model_name=entry.name, device=spec.id, dtype=chosen,
+            low_memory=False, prompt="", parameter_count=entry.parameter_count,
+        )  # fmt: skip
+        key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
+        try:
+            return engine.cache.get(key, engine._size_estimate(job))
+        except ValueError as exc:
+            raise input_error(f"Model could not be loaded: {exc}") from None
+
+    def _encoded(self, path: str, pipe: Any) -> Any:
+        """The image's VAE latent (posterior mean × scale), cached per file and pipeline."""
+        from sd_core.explorer import encode_mean, fit_size
+
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, id(pipe))
+        with self._lock:
+            if key in self._latents:
+                return self._latents[key]
+        image = open_image(path, "Image")
+        assert image is not None
+        limit = max(pipe.config.native_size, EXPLORER_MIN_SIDE)
+        width, height = fit_size(image.width, image.height, limit)
+        latent = encode_mean(pipe, image, width, height)
+        with self._lock:
+            self._latents[key] = latent
+            while len(self._latents) > 8:
+                self._latents.popitem(last=False)
+        return latent
+
+    def forward(
+        self, image: str | None, t: float, seed: float, model: str, device: str, dtype: str
+    ) -> tuple[Any, Any, str]:
+        """x0 through the VAE, x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε decoded, and the numbers."""
+        import torch
+
+        from sd_core.explorer import decode_to_images, forward_process
+
+        if not image:
+            raise input_error("Image: upload an image to noise.")
+        pipe = self._explorer_pipeline(model, device, dtype)
+        x0 = self._encoded(image, pipe)
+        try:
+            sample = forward_process(
+                x0,
+                int(t),
+                pipe.schedule,
+                generator=torch.Generator().manual_seed(optional_int(seed) or 0),
+            )
+        except ValueError as exc:
+            raise input_error(f"t: {exc}") from None
+        clean, noisy = decode_to_images(pipe, torch.cat([x0, sample.x_t]))
+        stats = (
+            f"**t = {sample.t}** · ᾱ_t = {sample.alpha_bar:.5f} · signal {math.sqrt(sample.alpha_bar):.4f}"
+            f" · noise {math.sqrt(1 - sample.alpha_bar):.4f} · **SNR = ᾱ/(1−ᾱ) = {sample.snr:.4g}**"
+            f" ({sample.snr_db:+.1f} dB) · σ = {sample.sigma:.4g}"
+        )
+        return clean, noisy, stats
+
+    def forward_strip(
+        self, image: str | None, seed: float, model: str, device: str, dtype: str
+    ) -> list[tuple[Any, str]]:
+        """The forward process at several t with one noise draw: signal fading into noise."""
+        import torch
+
+        from sd_core.explorer import decode_to_images, forward_process
+
+        if not image:
+            raise input_error("Image: upload an image to noise.")
+        pipe = self._explorer_pipeline(model, device, dtype)
+        x0 = self._encoded(image, pipe)
+        noise = torch.randn(
+            x0.shape, generator=torch.Generator().manual_seed(optional_int(seed) or 0)
+        )
+        samples = [forward_process(x0, t, pipe.schedule, noise=noise) for t in FORWARD_STRIP]
+        images = decode_to_images(pipe, torch.cat([s.x_t for s in samples]))
+        return [(img, f"t={s.t} · SNR {s.snr:.3g}") for img, s in zip(images, samples, strict=True)]
+
+    def filmstrip(
+        self, generation_id: float | None, request: gr.Request
+    ) -> tuple[list[tuple[Any, str]], str]:
+        """The reverse process of a generation, as the worker stored it with the generation:
+        noisy x_t and predicted x0 per frame."""
+
+        wanted = optional_int(generation_id)
+        if not wanted:
+            wanted = self.last.get(request.session_hash or "") if request is not None else None
+        if not wanted:
+            raise input_error(
+                "Generation: enter the number of a generation (shown after “Generation #”)."
+            )
+        try:
+            view = self.studio.generations.view(wanted)
+        except DomainError as exc:
+            raise input_error(explain(exc)) from None
+        if view.status != SUCCEEDED:
+            raise input_error(f"Generation #{wanted} has no images ({view.status}).")
+        # The strip the worker stored with the generation, whichever front end asked for it.
+        stored = self._stored_filmstrip(view)
+        if stored is None:
+            raise input_error(
+                f"Generation #{wanted} has no filmstrip: it was made with filmstrips off "
+                "(DALI_FILMSTRIP_FRAMES=0) or before generations kept one."
+            )
+        return stored
+
+    def _stored_filmstrip(self, view: GenerationOut) -> tuple[list[tuple[Any, str]], str] | None:
+        """The strip stored with the generation, cut into its cells (noisy x_t on the top row,
+        predicted x0 below, a column per frame); None when it has none."""
+        strip = view.filmstrip
+        if strip is None or not strip.frames:
+            return None
+        try:
+            path = self.studio.generations.filmstrip_file(view.id)
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (DomainError, OSError, UnidentifiedImageError):
+            return None
+        cell_width, cell_height = image.width // len(strip.frames), image.height // 2
+        items: list[tuple[Any, str]] = []
+        for column, frame in enumerate(strip.frames):
+            left = column * cell_width
+            level = "σ unknown" if frame.sigma is None else f"σ={frame.sigma:.3g}"
+            for row, what in ((0, f"noisy x_t · {level}"), (1, "predicted x₀")):
+                box = (left, row * cell_height, left + cell_width, (row + 1) * cell_height)
+                items.append((image.crop(box), f"step {frame.step}/{frame.total} · {what}"))
+        decoded = "the model's VAE" if strip.decoder == "vae" else "the quick latent preview"
+        note = (
+            f"Generation #{view.id} ({view.sampler or 'model default'} sampler, {view.steps} "
+            f"steps): the {len(strip.frames)}-frame strip stored with it ({cell_width}×"
+            f"{cell_height} cells, drawn by {decoded}), each the noisy latent x_t next to the "
+            "model's current guess of the final image x₀."
+        )
+        return items, note
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def layout(
+        self, model: gr.Dropdown, device: gr.Dropdown, dtype: gr.Dropdown
+    ) -> ExplorerWidgets:
+        """The tab (inside the app's `gr.Tabs`); the forward process runs with the model,
+        hardware and precision picked above the tabs."""
+        with gr.Tab("Diffusion explorer", id="explorer"):
+            gr.Markdown(
+                "**Forward process** — training noises a latent x₀ to "
+                "x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε; the signal-to-noise ratio ᾱ_t/(1−ᾱ_t) falls "
+                "from about 1,200 at t = 0 to about 0.005 at t = 999. **Reverse process** — "
+                "a sampler walks back from noise; the filmstrip shows, at evenly spaced "
+                "steps of a generation, the noisy latent and the model's guess of x₀."
+            )
+            with gr.Row():
+                with gr.Column():
+                    image = image_upload(
+                        label="Image",
+                        elem_id="explorer-image",
+                        type="filepath",
+                        image_mode=None,
+                        height=256,
+                        sources=["upload", "clipboard"],
+                    )
+                    t = slider(0, 999, value=500, step=1, label="t (timestep)")
+                    seed = gr.Number(value=0, precision=0, label="Noise seed")
+                    with gr.Row():
+                        go = gr.Button("Add noise", variant="primary")
+                        strip_go = gr.Button("Whole forward process")
+                with gr.Column():
+                    with gr.Row():
+                        clean = gr.Image(
+                            label="x₀ through the VAE", interactive=False, format="png"
+                        )
+                        noisy = gr.Image(label="x_t", interactive=False, format="png")
+                    stats = gr.Markdown()
+            strip = gr.Gallery(
+                label="Forward process",
+                columns=len(FORWARD_STRIP),
+                rows=1,
+                height=260,
+                format="png",
+            )
+            with gr.Row(equal_height=True):
+                generation = gr.Number(value=0, precision=0, label="Generation # (0 = your latest)")
+                film_go = gr.Button("Show the reverse process", variant="primary")
+            note = gr.Markdown()
+            film = gr.Gallery(label="Reverse process", columns=4, height="auto", format="png")
+
+        inputs = [image, t, seed, model, device, dtype]
+        go.click(self.forward, inputs, [clean, noisy, stats], api_name="forward")
+        t.release(self.forward, inputs, [clean, noisy, stats], **private())
+        strip_go.click(
+            self.forward_strip, [image, seed, model, device, dtype], strip,
+            api_name="forward_strip",
+        )  # fmt: skip
+        film_go.click(self.filmstrip, generation, [film, note], api_name="filmstrip")
+        return ExplorerWidgets(generation, film, note)
