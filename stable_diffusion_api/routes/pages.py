@@ -3,18 +3,20 @@
 Every form posts to a page route and works without JavaScript (post → redirect → get); the
 script in static/dali.js upgrades the generate page to queue over the JSON API and show live
 progress over SSE. Bad form input re-renders the same page with each message beside its field.
+
+Thin like the JSON API: `forms` turns form fields into the API's schemas, `templating` holds
+the Jinja environment, and every read and write goes through a service of the studio. The
+services block (database, files), so the handlers are plain `def`, run in the thread pool; the
+request body is read by the async `FormDep` dependency before the handler starts.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import ValidationError
-from starlette.datastructures import FormData, UploadFile
 
 from stable_diffusion_api.deps import (
     API_KEY_COOKIE,
@@ -25,14 +27,10 @@ from stable_diffusion_api.deps import (
 )
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound
 from stable_diffusion_api.models import FINISHED
+from stable_diffusion_api.routes import forms
+from stable_diffusion_api.routes.forms import FormDep, FormInvalid, field_errors
 from stable_diffusion_api.routes.templating import make_templates, render, render_error, seconds
-from stable_diffusion_api.schemas import (
-    GenerationCreate,
-    GenerationDefaults,
-    ProjectCreate,
-    ProjectOut,
-    ProjectUpdate,
-)
+from stable_diffusion_api.schemas import ProjectOut
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.workers import Benchmark
 
@@ -42,57 +40,6 @@ __all__ = ["make_templates", "render_error", "router"]
 router = APIRouter(include_in_schema=False)
 pages = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
 GALLERY_PAGE = 24
-
-
-# -- form helpers ------------------------------------------------------------------------------
-
-
-def _errors(exc: Exception) -> dict[str, str]:
-    """Field name → message, for a pydantic ValidationError or a domain error."""
-    if isinstance(exc, ValidationError):
-        found: dict[str, str] = {}
-        for error in exc.errors():
-            loc = [str(part) for part in error["loc"]]
-            field = loc[-1] if loc and loc[0] == "defaults" else (loc[0] if loc else "form")
-            found.setdefault(field, error["msg"])
-        return found
-    if isinstance(exc, InvalidField):
-        return {exc.field.split(".")[-1]: exc.message}
-    if isinstance(exc, Conflict):
-        return {"name": exc.message}
-    return {"form": str(exc)}
-
-
-def _text(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    if isinstance(value, str) and value.strip() != "":
-        return value
-    return None
-
-
-def _project_fields(form: FormData) -> dict[str, Any]:
-    defaults = {
-        key: _text(form, key)
-        for key in ("negative_prompt", "sampler", "steps", "guidance", "width", "height")
-    }
-    return {
-        "name": form.get("name", ""),
-        "description": form.get("description", ""),
-        "device": _text(form, "device") or "cpu",
-        "dtype": _text(form, "dtype"),
-        "low_memory": form.get("low_memory") == "on",
-        "default_model": _text(form, "default_model"),
-        "defaults": {key: value for key, value in defaults.items() if value is not None},
-    }
-
-
-async def _upload(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    if isinstance(value, UploadFile) and value.filename:
-        data = await value.read()
-        if data:
-            return base64.b64encode(data).decode("ascii")
-    return None
 
 
 def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any]:
@@ -161,14 +108,13 @@ def home(request: Request, studio: StudioDep) -> HTMLResponse:
 
 
 @pages.post("/projects")
-async def create_project(request: Request, studio: StudioDep) -> Response:
-    form = await request.form()
+def create_project(request: Request, studio: StudioDep, form: FormDep) -> Response:
     try:
-        data = ProjectCreate.model_validate(_project_fields(form))
-        project = studio.projects.create(data)
-    except (ValidationError, InvalidField, Conflict) as exc:
+        project = studio.projects.create(forms.project_create(form))
+    except (FormInvalid, InvalidField, Conflict) as exc:
         status = 409 if isinstance(exc, Conflict) else 422
-        context = {"projects": studio.projects.list(), "values": dict(form), "errors": _errors(exc)}
+        context = {"projects": studio.projects.list(), "values": dict(form)}
+        context["errors"] = field_errors(exc)
         return render(request, "home.html", context | _choices(studio), status)
     return RedirectResponse(f"/projects/{project.id}", status_code=303)
 
@@ -182,26 +128,22 @@ def edit_project(request: Request, project_id: Id, studio: StudioDep) -> HTMLRes
 
 
 @pages.post("/projects/{project_id}/edit")
-async def update_project(request: Request, project_id: Id, studio: StudioDep) -> Response:
+def update_project(request: Request, project_id: Id, studio: StudioDep, form: FormDep) -> Response:
     project = studio.projects.view(project_id)
-    form = await request.form()
-    fields = _project_fields(form)
     try:
-        fields["defaults"] = GenerationDefaults.model_validate(fields["defaults"])
-        studio.projects.update(project_id, ProjectUpdate.model_validate(fields))
-    except (ValidationError, InvalidField, Conflict) as exc:
+        studio.projects.update(project_id, forms.project_update(form))
+    except (FormInvalid, InvalidField, Conflict) as exc:
         status = 409 if isinstance(exc, Conflict) else 422
-        context = {"project": project, "values": dict(form), "errors": _errors(exc)}
+        context = {"project": project, "values": dict(form), "errors": field_errors(exc)}
         return render(request, "project_form.html", context | _choices(studio, project), status)
     return RedirectResponse(f"/projects/{project_id}", status_code=303)
 
 
 @pages.post("/projects/{project_id}/delete")
-async def delete_project(request: Request, project_id: Id, studio: StudioDep) -> Response:
+def delete_project(request: Request, project_id: Id, studio: StudioDep, form: FormDep) -> Response:
     project = studio.projects.view(project_id)
-    form = await request.form()
     try:
-        studio.projects.delete(project_id, confirm=form.get("confirm") == "on")
+        studio.projects.delete(project_id, confirm=forms.ticked(form, "confirm"))
     except Conflict as exc:
         values = project.model_dump() | project.defaults.model_dump()
         context = {"project": project, "values": values, "errors": {"confirm": exc.message}}
@@ -243,7 +185,7 @@ def generate_page(
         "batch": 1,
     }
     if from_image is not None:
-        # A stale link (image deleted) starts from the project's defaults instead.
+        # "Use these settings". A stale link (image deleted) starts from the defaults instead.
         with contextlib.suppress(NotFound):
             settings = studio.gallery.settings_of(from_image)
             values |= settings | {
@@ -256,29 +198,16 @@ def generate_page(
 
 
 @pages.post("/projects/{project_id}/generate")
-async def generate(request: Request, project_id: Id, studio: StudioDep) -> Response:
+def generate(request: Request, project_id: Id, studio: StudioDep, form: FormDep) -> Response:
     """The no-JavaScript path: queue, then show the generation's own page."""
     project = studio.projects.view(project_id)
-    form = await request.form()
-    fields: dict[str, Any] = {
-        key: _text(form, key)
-        for key in ("prompt", "negative_prompt", "sampler", "steps", "guidance", "seed")
-        + ("width", "height", "batch", "model", "strength")
-    }
-    fields["negative_prompt"] = form.get("negative_prompt", "")
-    if form.get("random_seed") == "on":
-        fields["seed"] = None
-    fields["init_image"] = await _upload(form, "init_image")
-    fields["mask"] = await _upload(form, "mask")
     try:
-        request_ = GenerationCreate.model_validate(
-            {key: value for key, value in fields.items() if value is not None}
+        accepted = studio.generations.submit(
+            project_id, forms.generation_create(form), source="page"
         )
-        accepted = studio.generations.submit(project_id, request_, source="page")
-    except (ValidationError, InvalidField) as exc:
-        values: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
-        values["random_seed"] = form.get("random_seed") == "on"
-        context = _generate_context(studio, project, values, _errors(exc))
+    except (FormInvalid, InvalidField) as exc:
+        values = forms.generation_values(form)
+        context = _generate_context(studio, project, values, field_errors(exc))
         return render(request, "generate.html", context, 422)
     return RedirectResponse(f"/generations/{accepted.id}", status_code=303)
 
@@ -367,10 +296,9 @@ def hardware_page(request: Request, studio: StudioDep) -> HTMLResponse:
 
 
 @pages.post("/hardware/benchmark")
-async def benchmark(request: Request, studio: StudioDep) -> Response:
-    form = await request.form()
+def benchmark(studio: StudioDep, form: FormDep) -> Response:
     device, dtype = studio.hardware.check(str(form.get("device", "cpu")), None)
-    model = studio.models.resolve(_text(form, "model"))
+    model = studio.models.resolve(forms.text(form, "model"))
     studio.workers.request_benchmark(Benchmark(device.id, dtype, model, None, None, 8))
     return RedirectResponse("/hardware", status_code=303)
 
