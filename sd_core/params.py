@@ -51,35 +51,51 @@ class Limits:
 LIMITS = Limits()
 
 
+class InvalidParam(ValueError):
+    """A generation parameter outside its limits; the message names the field, the value and
+    what is allowed, and `field` / `value` say which for front ends that point at the field."""
+
+    def __init__(self, field: str, value: Any, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
 def _int(name: str, value: Any, low: int, high: int, extra: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer from {low} to {high}{extra}, got {value!r}")
+        raise InvalidParam(
+            name, value, f"{name} must be an integer from {low} to {high}{extra}, got {value!r}"
+        )
     if not low <= value <= high:
-        raise ValueError(f"{name} must be from {low} to {high}{extra}, got {value}")
+        raise InvalidParam(name, value, f"{name} must be from {low} to {high}{extra}, got {value}")
     return value
 
 
 def _float(name: str, value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+        raise InvalidParam(
+            name, value, f"{name} must be a number from {low:g} to {high:g}, got {value!r}"
+        )
     number = float(value)
     if not (math.isfinite(number) and low <= number <= high):
-        raise ValueError(f"{name} must be from {low:g} to {high:g}, got {value}")
+        raise InvalidParam(name, value, f"{name} must be from {low:g} to {high:g}, got {value}")
     return number
 
 
 def _size(name: str, value: Any) -> int:
     size = _int(name, value, MIN_SIZE, MAX_SIZE, f" and a multiple of {SIZE_MULTIPLE}")
     if size % SIZE_MULTIPLE:
-        raise ValueError(
-            f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, got {size}"
+        raise InvalidParam(
+            name,
+            value,
+            f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, got {size}",
         )
     return size
 
 
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+        raise InvalidParam(name, value, f"{name} must be a string, got {type(value).__name__}")
     return value
 
 
@@ -111,26 +127,27 @@ class GenerationParams:
 
     def check(self) -> GenerationParams:
         """Validate every field against LIMITS; return the params with numbers normalised
-        (ints stay ints, guidance and strengths become floats). Raises ValueError naming the
-        field, its value and what is allowed. Unresolved fields (None) are allowed."""
+        (ints stay ints, guidance and strengths become floats). Raises InvalidParam naming the
+        field, its value and what is allowed. Unresolved fields (None) are allowed; the
+        sampler's name is checked by `resolve` (the registry lives with the engine)."""
         batch = _int("batch", self.batch, 1, MAX_BATCH)
         seed = self.seed
         if seed is not None and seed != -1:
             seed = _int("seed", seed, 0, MAX_SEED, " (or -1/None for random)")
             if seed + batch - 1 > MAX_SEED:
-                raise ValueError(
+                raise InvalidParam(
+                    "seed",
+                    seed,
                     f"seed + batch - 1 must stay ≤ {MAX_SEED} (image i has seed + i), "
-                    f"got seed {seed} with batch {batch}"
+                    f"got seed {seed} with batch {batch}",
                 )
         variation_seed = self.variation_seed
         if variation_seed is not None and variation_seed != -1:
             variation_seed = _int(
                 "variation_seed", variation_seed, 0, MAX_SEED, " (or -1/None for random)"
             )
-        if self.sampler is not None:
-            from sd_core.samplers import get_sampler
-
-            get_sampler(self.sampler)  # raises naming the known samplers
+        if self.sampler is not None and not isinstance(self.sampler, str):
+            raise InvalidParam("sampler", self.sampler, "sampler must be a sampler's name")
         return replace(
             self,
             prompt=_text("prompt", self.prompt),
@@ -185,7 +202,10 @@ class GenerationParams:
         names = field_names()
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ValueError(f"unknown generation parameter(s) {unknown}; known: {list(names)}")
+            raise InvalidParam(
+                unknown[0], values[unknown[0]],
+                f"unknown generation parameter(s) {unknown}; known: {list(names)}",
+            )  # fmt: skip
         return cls(**values)
 
 

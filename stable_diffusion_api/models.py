@@ -159,6 +159,8 @@ class Generation(Base):
     strength: Mapped[float] = mapped_column(Float, default=0.75)
     variation_seed: Mapped[int | None] = mapped_column(BigInteger)  # None when strength is 0
     variation_strength: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # GenerationParams fields with no column of their own (services/job_params.py); None → none.
+    extra_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     init_image: Mapped[str | None] = mapped_column(String(255))  # path relative to data dir
     mask: Mapped[str | None] = mapped_column(String(255))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -12,11 +12,20 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from sd_core.params import (
+    MAX_BATCH,
+    MAX_GUIDANCE,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+)
 from stable_diffusion_api.models import FailureKind
 
+# The generation limits are the engine's (sd_core.params, documented there); only the prompt's
+# length and the upload size are the service's own.
 MAX_PROMPT = 2000
-MAX_BATCH = 8
-MAX_SEED = 2**32 - 1
 # base64 of a 2048×2048 RGBA PNG with no compression, rounded up.
 MAX_UPLOAD_CHARS = 24_000_000
 
@@ -45,9 +54,9 @@ CleanText = Annotated[str, AfterValidator(_no_control_characters)]
 Name = Annotated[CleanText, Field(min_length=1, max_length=100), AfterValidator(_name)]
 Prompt = Annotated[CleanText, Field(min_length=1, max_length=MAX_PROMPT), AfterValidator(_prompt)]
 NegativePrompt = Annotated[CleanText, Field(max_length=MAX_PROMPT)]
-Steps = Annotated[int, Field(ge=1, le=150)]
-Guidance = Annotated[float, Field(ge=0, le=30, allow_inf_nan=False)]
-Size = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Guidance = Annotated[float, Field(ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)]
+Size = Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE)]
 Seed = Annotated[int, Field(ge=-1, le=MAX_SEED, description="-1 or null → random")]
 Strength = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Identifier = Annotated[CleanText, Field(min_length=1, max_length=255)]

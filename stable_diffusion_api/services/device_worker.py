@@ -1,11 +1,16 @@
 """`DeviceWorker`: the thread that runs one device's jobs, one at a time, oldest first.
 
-For each job it claims the row (queued → running, a conditional UPDATE), resolves the model,
-runs the `Generator` with a step callback (progress, ETA, a preview every few steps) and a cancel
-check (in-memory flag, server stopping, or — once a second — the row's `cancel_requested`, so
-another process can cancel), writes every PNG and thumbnail (and the run's filmstrip, when the
-engine kept one), and then in one transaction inserts the image rows and marks the job
-succeeded. Any failure leaves no file behind.
+It is given a `WorkerContext` (services/worker_context.py) — nothing else — so the same class
+runs in the server process and in a worker process. For each job it claims the row (queued →
+running, a conditional UPDATE), resolves the model, runs the `Generator` with a step callback
+(progress, ETA, a preview every few steps) and a cancel check (its own cancel requests, server
+stopping, or — once a second — the row's `cancel_requested`, so another process can cancel),
+writes every PNG and thumbnail (and the run's filmstrip, when the engine kept one), and then in
+one transaction inserts the image rows and marks the job succeeded. Any failure leaves no file
+behind and is recorded with its `FailureKind` (through the job queue, like every status change).
+
+Between jobs it runs the small tasks asked of it, ahead of waiting jobs: benchmarks and the
+diffusion explorer's forward process.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from PIL import Image as PILImage
-
+from sd_core.params import GenerationParams
+from sd_core.result import GenerationResult
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
@@ -35,38 +42,29 @@ from stable_diffusion_api.models import (
     utcnow,
 )
 from stable_diffusion_api.services.generations import generation_view
-from stable_diffusion_api.services.generator import Filmstrip, JobCanceled, JobSpec, PreviewFn
+from stable_diffusion_api.services.generator import (
+    Filmstrip,
+    ForwardResult,
+    ForwardSpec,
+    JobCanceled,
+    JobSpec,
+    PreviewFn,
+)
+from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelEntry
-
-if TYPE_CHECKING:
-    from stable_diffusion_api.services.workers import WorkerPool
+from stable_diffusion_api.services.storage import ImageStorage
+from stable_diffusion_api.services.worker_context import (
+    Benchmark,
+    ForwardFailed,
+    WorkerContext,
+    forward_error,
+)
 
 log = logging.getLogger(__name__)
 
 BENCHMARK_PROMPT = "a red circle in the center on a blue background"
-
-
-@dataclass
-class Benchmark:
-    device: str
-    dtype: str | None
-    model: ModelEntry
-    width: int | None
-    height: int | None
-    steps: int
-    status: str = "queued"  # queued, running, done, failed
-    error: str | None = None
-
-    def mark(self, status: str, error: str | None = None) -> None:
-        self.status, self.error = status, error
-
-
-def benchmark_key(benchmark: Benchmark) -> tuple[object, ...]:
-    """One measurement per device, dtype, model and size: asking twice waits for the first."""
-    return (benchmark.device, benchmark.dtype, benchmark.model.name, benchmark.width,
-            benchmark.height)  # fmt: skip
 
 
 @dataclass
@@ -164,64 +162,101 @@ def failure_of(exc: Exception) -> tuple[FailureKind, str]:
     return FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.INTERNAL, message
 
 
-def _dali_json(image: PILImage.Image) -> dict[str, object]:
-    """The image's `dali` metadata as a dict (empty when absent or not a JSON object)."""
-    try:
-        data = json.loads(str(image.info.get("dali", "{}")))
-    except json.JSONDecodeError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 class DeviceWorker(threading.Thread):
-    """Runs one device's jobs, one at a time, oldest first."""
+    """Runs one device's jobs, one at a time, oldest first (a `Worker`)."""
 
-    def __init__(self, pool: WorkerPool, device: str) -> None:
+    def __init__(self, context: WorkerContext, device: str) -> None:
         super().__init__(name=f"dali-worker-{device}", daemon=True)
-        self.pool = pool
-        self.settings = pool.settings
-        self.storage = pool.storage
+        self.context = context
         self.device = device
-        self.wake = threading.Event()
-        self.benchmarks: deque[Benchmark] = deque()
+        self._wakeup = threading.Event()
+        self._benchmarks: deque[Benchmark] = deque()
+        self._forwards: deque[tuple[ForwardSpec, Future[ForwardResult]]] = deque()
+        self._cancels: set[int] = set()
         self._last_db_check = 0.0
 
+    @property
+    def settings(self) -> Settings:
+        return self.context.settings
+
+    @property
+    def storage(self) -> ImageStorage:
+        return self.context.storage
+
+    @property
+    def pid(self) -> int | None:
+        return os.getpid()
+
+    # -- what others ask of it (any thread) -------------------------------------------------
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def request_cancel(self, job_id: int) -> None:
+        self._cancels.add(job_id)
+
+    def request_benchmark(self, benchmark: Benchmark) -> None:
+        self._benchmarks.append(benchmark)
+        self._wakeup.set()
+
+    def request_forward(self, spec: ForwardSpec) -> Future[ForwardResult]:
+        future: Future[ForwardResult] = Future()
+        self._forwards.append((spec, future))
+        self._wakeup.set()
+        return future
+
     def stop(self) -> None:
-        """Wake the thread so it sees `pool.stopping` (set by the pool) and ends."""
-        self.wake.set()
+        """Wake the thread so it sees `context.stopping` (set by the pool) and ends."""
+        self._wakeup.set()
+
+    # -- the thread -------------------------------------------------------------------------
 
     def run(self) -> None:
-        pool = self.pool
-        while not pool.stopping.is_set():
+        context = self.context
+        while not context.stopping.is_set():
             try:
-                self.wake.clear()  # before looking, so a wake-up during the look is kept
-                if self.benchmarks:
-                    self._benchmark(self.benchmarks.popleft())
+                self._wakeup.clear()  # before looking, so a wake-up during the look is kept
+                if self._forwards:
+                    self._forward(*self._forwards.popleft())
                     continue
-                claimed = pool.queue.claim(self.device, pool.instance_id)
+                if self._benchmarks:
+                    self._benchmark(self._benchmarks.popleft())
+                    continue
+                claimed = context.jobs.claim(self.device, context.instance_id)
                 if claimed is None:
-                    self.wake.wait(pool.settings.poll_s)
+                    self._wakeup.wait(context.settings.poll_s)
                     continue
-                self._run(*claimed)
+                try:
+                    self._run(*claimed)
+                finally:
+                    # Requests for jobs it is not running (another device's, or ended) go too:
+                    # a job is only canceled once it runs, after its claim.
+                    self._cancels.clear()
             except Exception:  # a broken job or a database hiccup must not kill the worker
                 log.exception("worker %s: unexpected error", self.device)
-                time.sleep(pool.settings.poll_s)
+                time.sleep(context.settings.poll_s)
+        while self._forwards:  # nobody is going to run them: their callers hear it now
+            _, future = self._forwards.popleft()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(
+                    ForwardFailed("the worker stopped before running it", FailureKind.INTERRUPTED)
+                )
 
     def _should_cancel(self, job_id: int) -> bool:
-        pool = self.pool
-        if pool.stopping.is_set() or pool.hub.cancel_requested(job_id):
+        context = self.context
+        if context.stopping.is_set() or job_id in self._cancels:
             return True
         now = time.monotonic()
         if now - self._last_db_check < 1.0:
             return False
         # Another process (the Gradio UI, a second server) may have asked: look once a second.
         self._last_db_check = now
-        return pool.queue.cancel_requested(job_id)  # also when the project was deleted
+        return context.jobs.cancel_requested(job_id)  # also when the project was deleted
 
     def _run(self, row: Generation, project_name: str) -> None:
-        pool = self.pool
+        context = self.context
         job_id = row.id
-        pool.hub.start(job_id, row.steps)
+        context.hub.start(job_id, row.steps)
         timing = _Timing()
         # The claim has just seen the row queued; the database is next asked in a second.
         self._last_db_check = time.monotonic()
@@ -230,22 +265,22 @@ class DeviceWorker(threading.Thread):
         kind, error, result = FailureKind.INTERNAL, "internal error: the run did not end", None
         measured: Callable[[], None] | None = None
         try:
-            model = pool.models.resolve(row.model)
+            model = context.models.resolve(row.model)
             spec = self._job_spec(row, model)
             filmstrips: list[Filmstrip] = []
-            reporter = _Reporter(pool.hub, pool.settings, job_id, timing, self._should_cancel)
+            reporter = _Reporter(context.hub, context.settings, job_id, timing, self._should_cancel)
             began = time.perf_counter()
-            images = pool.generator.generate(
+            made = context.engine.generate(
                 spec, reporter.on_step, reporter.should_cancel, on_filmstrip=filmstrips.append
             )
             sampled = time.monotonic()
             timing.engine = time.perf_counter() - began - timing.reporting
             began = time.perf_counter()
-            images_rows = self._save(row, project_name, images, written)
+            images_rows = self._save(row, project_name, made, written)
             filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
             timing.saving = time.perf_counter() - began
-            ran = _dali_json(images[0]).get("sampler") if images else None
-            sampler = row.sampler or (ran if isinstance(ran, str) else None)
+            # A job asking for the model's default sampler records the one that ran.
+            sampler = made.params.sampler
             result = self._succeed(row, model, images_rows, timing, sampler, filmstrip)
             if result is not None:
                 status = SUCCEEDED
@@ -256,7 +291,7 @@ class DeviceWorker(threading.Thread):
             else:  # the row went (project deleted) or is no longer ours: nothing to record
                 status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING
         except JobCanceled:
-            if pool.stopping.is_set() and not pool.hub.cancel_requested(job_id):
+            if context.stopping.is_set() and job_id not in self._cancels:
                 kind, error = FailureKind.INTERRUPTED, INTERRUPTED
             else:
                 status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING
@@ -266,63 +301,48 @@ class DeviceWorker(threading.Thread):
                 log.exception("generation %d failed", job_id)
         finally:
             if status != SUCCEEDED:
-                pool.storage.delete(*written)
+                context.storage.delete(*written)
                 self._finish(job_id, kind, error, timing)
-            pool.hub.finish(job_id, status, result)
+            context.hub.finish(job_id, status, result)
         if measured is not None:  # after the news is out: nobody waits for an estimate's input
             measured()
 
     def _job_spec(self, row: Generation, model: ModelEntry) -> JobSpec:
         """The engine's job for the claimed `row`, run with `model`."""
+        storage = self.context.storage
         return JobSpec(
-            checkpoint=model.path,
-            model_name=model.name,
-            device=row.device,
-            dtype=row.dtype,
-            low_memory=row.low_memory,
-            prompt=row.prompt,
-            negative_prompt=row.negative_prompt,
-            seed=row.seed,
-            steps=row.steps,
-            sampler=row.sampler,
-            guidance=row.guidance,
-            width=row.width,
-            height=row.height,
-            batch=row.batch,
-            init_image=self.storage.load_input(row.init_image) if row.init_image else None,
-            strength=row.strength,
-            mask=self.storage.load_input(row.mask) if row.mask else None,
-            variation_seed=row.variation_seed,
-            variation_strength=row.variation_strength,
-            parameter_count=model.parameter_count,
-            filmstrip_frames=self.settings.filmstrip_frames,
+            model=model.on(row.device, row.dtype, row.low_memory),
+            params=params_from_row(row),
+            init_image=storage.load_input(row.init_image) if row.init_image else None,
+            mask=storage.load_input(row.mask) if row.mask else None,
+            filmstrip_frames=self.context.settings.filmstrip_frames,
         )
 
     def _save(
-        self, row: Generation, project_name: str, images: list[PILImage.Image], written: list[str]
+        self, row: Generation, project_name: str, made: GenerationResult, written: list[str]
     ) -> list[dict[str, Any]]:
         """Write every PNG (metadata naming the project) and thumbnail; the rows to insert."""
         rows = []
-        for index, image in enumerate(images):
-            dali = _dali_json(image)
+        for index, image in enumerate(made.images):
+            dali = made.metadata(index)
             dali.update(project=project_name, project_id=row.project_id, generation_id=row.id)
             image.info["dali"] = json.dumps(dali)
-            path, thumb = self.pool.storage.image_paths(row.project_id, row.id, index)
+            path, thumb = self.context.storage.image_paths(row.project_id, row.id, index)
             written.append(path)
-            self.pool.generator.save_png(image, self.pool.storage.resolve(path))
+            self.context.engine.save_png(image, self.context.storage.resolve(path))
             written.append(thumb)
-            self.pool.storage.write_thumbnail(image, thumb)
+            self.context.storage.write_thumbnail(image, thumb)
             rows.append(
                 {
                     "generation_id": row.id,
                     "project_id": row.project_id,
                     "index": index,
-                    "seed": int(image.info.get("seed", row.seed + index)),
+                    "seed": made.seeds[index],
                     "path": path,
                     "thumb_path": thumb,
                     "width": image.width,
                     "height": image.height,
-                    "parameters": str(image.info.get("parameters", "")),
+                    "parameters": made.infotext(index),
                 }
             )
         return rows
@@ -331,9 +351,9 @@ class DeviceWorker(threading.Thread):
         self, row: Generation, filmstrip: Filmstrip, written: list[str]
     ) -> dict[str, object]:
         """Write the strip PNG; the generation's columns that point at it and describe it."""
-        path = self.pool.storage.filmstrip_path(row.project_id, row.id)
+        path = self.context.storage.filmstrip_path(row.project_id, row.id)
         written.append(path)
-        self.pool.storage.write_filmstrip(filmstrip.image, path)
+        self.context.storage.write_filmstrip(filmstrip.image, path)
         frames = [{"step": f.step, "total": f.total, "sigma": f.sigma} for f in filmstrip.frames]
         meta = {
             "width": filmstrip.image.width,
@@ -358,7 +378,7 @@ class DeviceWorker(threading.Thread):
         `filmstrip` holds the filmstrip columns when the run kept one. Returns the finished
         generation's view (for the event streams)."""
         if row.width is None and images:
-            self.pool.models.learn_native_size(model, images[0]["width"])
+            self.context.models.learn_native_size(model, images[0]["width"])
         columns = {
             "finished_at": utcnow(),
             "step_seconds": timing.step_seconds,
@@ -367,13 +387,13 @@ class DeviceWorker(threading.Thread):
             "timings": timing.spent(),
             **(filmstrip or {}),
         }
-        done = self.pool.queue.succeed(row.id, self.pool.instance_id, columns, images)
+        done = self.context.jobs.succeed(row.id, self.context.instance_id, columns, images)
         if done is None:
             return None
         return generation_view(*done).model_dump(mode="json")
 
     def _finish(self, job_id: int, kind: FailureKind, error: str, timing: _Timing) -> None:
-        self.pool.queue.finish(job_id, kind, error, {"step_seconds": timing.step_seconds})
+        self.context.jobs.finish(job_id, kind, error, {"step_seconds": timing.step_seconds})
 
     def _record_speed(
         self,
@@ -390,7 +410,7 @@ class DeviceWorker(threading.Thread):
             return
         overhead = (sampled - (timing.last_step or sampled)) + (time.monotonic() - sampled)
         try:
-            self.pool.speeds.record(
+            self.context.speeds.record(
                 row.device,
                 model.short_hash,
                 row.dtype,
@@ -403,34 +423,46 @@ class DeviceWorker(threading.Thread):
         except Exception:
             log.exception("generation %d: recording its speed failed", row.id)
 
+    def _forward(self, spec: ForwardSpec, future: Future[ForwardResult]) -> None:
+        """Run the engine's forward process for a caller waiting on `future` (unless it has
+        given up waiting). Refused inputs come back as ValueError, anything else as
+        ForwardFailed with its kind — as they would from a worker process."""
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.context.engine.forward_process(spec)
+        except Exception as exc:
+            kind, message = failure_of(exc)
+            if kind is not FailureKind.INVALID_INPUT:
+                log.exception("forward process on %s failed", self.device)
+            error = forward_error(kind, message)
+            error.__cause__ = exc
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
     def _benchmark(self, benchmark: Benchmark) -> None:
-        pool = self.pool
+        context = self.context
         benchmark.mark("running")
         timing = _Timing()
         spec = JobSpec(
-            checkpoint=benchmark.model.path,
-            model_name=benchmark.model.name,
-            device=benchmark.device,
-            dtype=benchmark.dtype,
-            low_memory=False,
-            prompt=BENCHMARK_PROMPT,
-            seed=0,
-            steps=benchmark.steps,
-            width=benchmark.width,
-            height=benchmark.height,
-            parameter_count=benchmark.model.parameter_count,
+            model=benchmark.model.on(benchmark.device, benchmark.dtype),
+            params=GenerationParams(
+                BENCHMARK_PROMPT, seed=0, steps=benchmark.steps, width=benchmark.width,
+                height=benchmark.height,
+            ),  # fmt: skip
         )
         try:
-            images = pool.generator.generate(
-                spec, lambda step, total, preview: timing.step(step), pool.stopping.is_set
-            )
+            images = context.engine.generate(
+                spec, lambda step, total, preview: timing.step(step), context.stopping.is_set
+            ).images
             decoded = time.monotonic()
             buffer = io.BytesIO()
             images[0].save(buffer, format="PNG")  # saving is part of the per-image cost
             overhead = (decoded - (timing.last_step or decoded)) + (time.monotonic() - decoded)
             step_seconds = timing.step_seconds
             if step_seconds and benchmark.model.short_hash:
-                pool.speeds.record(
+                context.speeds.record(
                     benchmark.device,
                     benchmark.model.short_hash,
                     benchmark.dtype,
@@ -441,7 +473,7 @@ class DeviceWorker(threading.Thread):
                     "benchmark",
                 )
             if benchmark.width is None:
-                pool.models.learn_native_size(benchmark.model, images[0].width)
+                context.models.learn_native_size(benchmark.model, images[0].width)
             benchmark.mark("done")
         except JobCanceled:
             benchmark.mark("failed", "the server stopped")

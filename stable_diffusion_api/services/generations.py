@@ -7,7 +7,6 @@ written as a `queued` row and the device's worker is woken. Nothing here runs th
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from stable_diffusion_api.models import (
     Project,
 )
 from stable_diffusion_api.schemas import (
-    MAX_SEED,
     FilmstripFrameOut,
     FilmstripOut,
     GenerationAccepted,
@@ -40,6 +38,7 @@ from stable_diffusion_api.schemas import (
 )
 from stable_diffusion_api.services.gallery import image_view
 from stable_diffusion_api.services.hardware import HardwareService
+from stable_diffusion_api.services.job_params import params_from_request, params_view, row_values
 from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
@@ -86,18 +85,7 @@ def generation_view(
         low_memory=row.low_memory,
         model=row.model,
         model_hash=row.model_hash,
-        prompt=row.prompt,
-        negative_prompt=row.negative_prompt,
-        sampler=row.sampler,
-        steps=row.steps,
-        guidance=row.guidance,
-        seed=row.seed,
-        width=row.width,
-        height=row.height,
-        batch=row.batch,
-        strength=row.strength,
-        variation_seed=row.variation_seed,
-        variation_strength=row.variation_strength,
+        **params_view(row),
         has_init_image=row.init_image is not None,
         has_mask=row.mask is not None,
         error=row.error,
@@ -163,7 +151,7 @@ class GenerationService:
                 f"{mask.width}x{mask.height}",
                 f"the mask must be the init image's size, {init_image.width}x{init_image.height}",
             )
-        seed = request.seed if request.seed is not None and request.seed >= 0 else None
+        params = params_from_request(request, defaults, sampler)
         values = {
             "project_id": project_id,
             "source": source,
@@ -172,23 +160,7 @@ class GenerationService:
             "low_memory": project.low_memory,
             "model": model.name,
             "model_hash": model.short_hash,
-            "prompt": request.prompt,
-            "negative_prompt": (
-                request.negative_prompt
-                if request.negative_prompt is not None
-                else defaults.negative_prompt
-            ),
-            "sampler": sampler,
-            "steps": request.steps or defaults.steps,
-            "guidance": request.guidance if request.guidance is not None else defaults.guidance,
-            # A random seed is drawn now, so the row (and the gallery) always shows the seed.
-            "seed": seed if seed is not None else secrets.randbelow(MAX_SEED + 1),
-            "width": request.width or defaults.width,
-            "height": request.height or defaults.height,
-            "batch": request.batch,
-            "strength": request.strength,
-            "variation_seed": self._variation_seed(request),
-            "variation_strength": request.variation_strength,
+            **row_values(params),
         }
 
         def attach(job_id: int) -> dict[str, str]:
@@ -217,14 +189,6 @@ class GenerationService:
             url=f"/api/v1/generations/{queued.id}",
             events_url=f"/api/v1/generations/{queued.id}/events",
         )
-
-    @staticmethod
-    def _variation_seed(request: GenerationCreate) -> int | None:
-        if request.variation_strength == 0:
-            return None
-        if request.variation_seed is None or request.variation_seed < 0:
-            return secrets.randbelow(MAX_SEED + 1)
-        return request.variation_seed
 
     def retry_after_s(self) -> float:
         """When a queue slot should free up: the soonest end among running jobs, else 5 s."""

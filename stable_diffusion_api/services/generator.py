@@ -9,12 +9,15 @@ inject a fake (queue mechanics without a model) and the real one (`SdCoreGenerat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
+
+from sd_core.params import GenerationParams
+from sd_core.result import GenerationResult
 
 
 class JobCanceled(Exception):
@@ -56,32 +59,28 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """One generation, resolved: which weights on which hardware, and every sampling input."""
+class ModelSpec:
+    """Which weights on which hardware: the key of a loaded pipeline."""
 
     checkpoint: Path
     model_name: str
     device: str
     dtype: str | None  # None → the device's default dtype
-    low_memory: bool
-    prompt: str
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 20
-    sampler: str | None = None
-    guidance: float = 7.0
-    width: int | None = None
-    height: int | None = None
-    batch: int = 1
-    init_image: Image.Image | None = None
-    strength: float = 0.75
-    mask: Image.Image | None = None
-    variation_seed: int | None = None
-    variation_strength: float = 0.0
+    low_memory: bool = False
     parameter_count: int | None = None  # sizes the pipeline cache; None → from the file size
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One generation, resolved: the model to run and the `GenerationParams` to run it with,
+    plus the input images of img2img / inpainting."""
+
+    model: ModelSpec
+    params: GenerationParams
+    init_image: Image.Image | None = None
+    mask: Image.Image | None = None
     # Record the reverse process of image 0 at this many evenly spaced steps; 0 → none.
     filmstrip_frames: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,6 +108,43 @@ class Filmstrip:
     # "vae": decoded by the model's own VAE; "approximate": the cheap linear latent → RGB preview
     # at latent size (chosen where 2 · frames full VAE decodes would cost too much).
     decoder: str = "vae"
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    """The forward process q(x_t | x0) of one image (the diffusion explorer's), resolved: which
+    weights on which hardware, the image, the timesteps and the noise's seed."""
+
+    checkpoint: Path
+    model_name: str
+    device: str
+    dtype: str | None  # None → the device's default dtype
+    image: Image.Image
+    timesteps: tuple[int, ...]
+    seed: int = 0
+    parameter_count: int | None = None  # sizes the pipeline cache; None → from the file size
+
+
+@dataclass(frozen=True)
+class ForwardStep:
+    """x_t at one timestep, decoded, and its numbers: ᾱ_t, SNR = ᾱ/(1−ᾱ) (and in dB), and the
+    same noise level as sigma = sqrt((1−ᾱ)/ᾱ)."""
+
+    t: int
+    alpha_bar: float
+    snr: float
+    snr_db: float
+    sigma: float
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    """The image as the VAE gives it back (x0 decoded) and one `ForwardStep` per timestep asked
+    for, in order, all drawn with one noise sample. Plain data: it crosses a process pipe."""
+
+    clean: Image.Image
+    steps: tuple[ForwardStep, ...]
 
 
 # The first image's current latent, (4, h, w) float32 scaled (a copy), for the hub to draw a
@@ -140,9 +176,9 @@ class Generator(Protocol):
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
-    ) -> list[Image.Image]:
-        """Run one job. Each image carries info["parameters"], info["dali"] (JSON) and
-        info["seed"]. Raises JobCanceled when `should_cancel()` returned True (checked every
+    ) -> GenerationResult:
+        """Run one job: its images (each carrying info["parameters"], info["dali"] and
+        info["seed"]) and the resolved params that made them. Raises JobCanceled when `should_cancel()` returned True (checked every
         step) and ValueError for inputs the engine refuses.
 
         With `job.filmstrip_frames` > 0, the run's reverse process is recorded on the way (no
@@ -152,4 +188,10 @@ class Generator(Protocol):
 
     def save_png(self, image: Image.Image, path: Path) -> None:
         """Write `image` as PNG with its metadata chunks, atomically (temp file + rename)."""
+        ...
+
+    def forward_process(self, spec: ForwardSpec) -> ForwardResult:
+        """Encode `spec.image` with the model's VAE (scaled down to fit the model's native size,
+        at least 256 pixels a side), noise the latent to each timestep with one noise draw
+        from `spec.seed`, and decode them all. ValueError for a timestep out of range."""
         ...

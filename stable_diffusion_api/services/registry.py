@@ -18,7 +18,7 @@ from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import InvalidField
 from stable_diffusion_api.models import ModelFile, utcnow
-from stable_diffusion_api.services.generator import Generator
+from stable_diffusion_api.services.generator import Generator, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ class ModelEntry:
     parameters: dict[str, int] = dataclasses.field(default_factory=dict)
     native_size: int | None = None
     error: str | None = None
+
+    def on(self, device: str, dtype: str | None, low_memory: bool = False) -> ModelSpec:
+        """This model's weights on `device` in `dtype`: what the engine loads."""
+        return ModelSpec(self.path, self.name, device, dtype, low_memory, self.parameter_count)
 
     @property
     def label(self) -> str:

@@ -70,7 +70,7 @@ def test_batches_beyond_the_queue_limit_are_split_without_changing_seeds(
 ) -> None:
     response = client.post(TXT2IMG, json={**SMALL, "seed": 500, "batch_size": 10})
     assert response.status_code == 200, response.text
-    assert [(job.seed, job.batch) for job in fake.calls] == [(500, 8), (508, 2)]
+    assert [(job.params.seed, job.params.batch) for job in fake.calls] == [(500, 8), (508, 2)]
     assert json.loads(response.json()["info"])["all_seeds"] == list(range(500, 510))
     assert len(response.json()["images"]) == 10
 
@@ -105,7 +105,7 @@ def test_img2img_fits_the_init_image_and_passes_mask_and_strength(
     job = fake.calls[-1]
     assert job.init_image is not None and job.init_image.size == (64, 64)
     assert job.mask is not None and job.mask.getextrema() == (255, 255)  # inverted
-    assert job.strength == 0.4
+    assert job.params.strength == 0.4
     info = json.loads(response.json()["info"])
     assert info["denoising_strength"] == 0.4
     assert response.json()["parameters"]["init_images"] is None  # not echoed by default
@@ -198,7 +198,7 @@ def test_infotext_fills_the_fields_left_out(client: TestClient, fake: FakeGenera
     infotext = "a blue square\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 321, Size: 64x64"
     response = client.post(TXT2IMG, json={"infotext": infotext, "steps": 2})
     assert response.status_code == 200, response.text
-    job = fake.calls[-1]
+    job = fake.calls[-1].params
     assert (job.prompt, job.seed, job.guidance, job.sampler) == ("a blue square", 321, 5.0, "euler")
     assert (job.steps, job.width, job.height) == (2, 64, 64)  # the request's own value wins
 
@@ -235,14 +235,14 @@ def test_options_switch_the_model_of_the_project(
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == other["title"]
     assert project_named(client, "API")["default_model"] == "other"  # visible in the studio
     assert client.post(TXT2IMG, json=SMALL).status_code == 200
-    assert fake.calls[-1].model_name == "other"
+    assert fake.calls[-1].model.model_name == "other"
     info = json.loads(client.post(TXT2IMG, json=SMALL).json()["info"])
     assert (info["sd_model_name"], info["sd_model_hash"]) == ("other", other["hash"])
 
     # A per-request override leaves the option alone unless told not to restore it.
     override = {"override_settings": {"sd_model_checkpoint": "dali-tiny"}}
     assert client.post(TXT2IMG, json={**SMALL, **override}).status_code == 200
-    assert fake.calls[-1].model_name == "dali-tiny"
+    assert fake.calls[-1].model.model_name == "dali-tiny"
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == other["title"]
     keep = {**override, "override_settings_restore_afterwards": False}
     assert client.post(TXT2IMG, json={**SMALL, **keep}).status_code == 200

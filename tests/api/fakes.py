@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import os
 import tempfile
 import threading
@@ -14,12 +14,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from sd_core.result import GenerationResult
 from stable_diffusion_api.services.generator import (
     CheckpointSpec,
     DeviceSpec,
     Filmstrip,
     FilmstripCallback,
     FilmstripFrame,
+    ForwardResult,
+    ForwardSpec,
+    ForwardStep,
     JobCanceled,
     JobSpec,
     SamplerSpec,
@@ -53,6 +57,7 @@ class FakeGenerator:
         self.calls: list[JobSpec] = []
         self.steps_run: dict[str, int] = {}
         self.size = 64
+        self.forwards: list[tuple[ForwardSpec, str]] = []  # each task and the thread that ran it
 
     def list_devices(self) -> list[DeviceSpec]:
         return [
@@ -88,10 +93,11 @@ class FakeGenerator:
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
-    ) -> list[Image.Image]:
+    ) -> GenerationResult:
         self.calls.append(job)
-        width, height = job.width or self.size, job.height or self.size
-        for step in range(1, job.steps + 1):
+        params = job.params.resolve(self.size, "euler_a")  # the fake model's default sampler
+        width, height = params.width or self.size, params.height or self.size
+        for step in range(1, params.steps + 1):
             if should_cancel():
                 raise JobCanceled(f"canceled at step {step}")
             if self.block_at == step:
@@ -99,36 +105,29 @@ class FakeGenerator:
                 self.release.wait(10)
             if self.step_delay:
                 time.sleep(self.step_delay)
-            self.steps_run[job.prompt] = step
-            on_step(step, job.steps, lambda: np.zeros((4, height // 8, width // 8), np.float32))
+            self.steps_run[params.prompt] = step
+            on_step(step, params.steps, lambda: np.zeros((4, height // 8, width // 8), np.float32))
         if self.fail_with is not None:
             raise self.fail_with
-        images = []
-        for index in range(job.batch):
-            seed = job.seed + index
-            image = Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 128))
-            params = (
-                f"{job.prompt}\nNegative prompt: {job.negative_prompt}\nSteps: {job.steps}, "
-                f"Sampler: {job.sampler}, CFG scale: {job.guidance}, Seed: {seed}, "
-                f"Size: {width}x{height}, Model: {job.model_name}"
-            )
-            image.info["parameters"] = params
-            sampler = job.sampler or "euler_a"  # the fake model's default sampler
-            image.info["dali"] = json.dumps(
-                {"prompt": job.prompt, "seed": seed, "sampler": sampler}
-            )
-            image.info["seed"] = seed
-            images.append(image)
+        images = [
+            Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 128))
+            for seed in params.seeds()
+        ]
+        result = GenerationResult(images, params, "txt2img" if job.init_image is None else
+                                  "img2img", job.model.model_name, "", job.model.device,
+                                  job.model.dtype or "float32")  # fmt: skip
+        result.annotate()
         if job.filmstrip_frames > 0 and on_filmstrip is not None:
             on_filmstrip(self.filmstrip(job, width // 2, height // 2))
-        return images
+        return result
 
     @staticmethod
     def filmstrip(job: JobSpec, cell_width: int, cell_height: int) -> Filmstrip:
         """The last `filmstrip_frames` steps (the real engine spreads them out), a grey cell
         each, and σ falling linearly to 0."""
-        steps = list(range(1, job.steps + 1))[-job.filmstrip_frames :]
-        frames = tuple(FilmstripFrame(s, job.steps, 10.0 * (1 - s / job.steps)) for s in steps)
+        total = job.params.steps
+        steps = list(range(1, total + 1))[-job.filmstrip_frames :]
+        frames = tuple(FilmstripFrame(s, total, 10.0 * (1 - s / total)) for s in steps)
         image = Image.new("RGB", (cell_width * len(frames), 2 * cell_height), "gray")
         return Filmstrip(image, frames)
 
@@ -142,3 +141,24 @@ class FakeGenerator:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format="PNG", pnginfo=meta)
         os.replace(temp, path)
+
+    def forward_process(self, spec: ForwardSpec) -> ForwardResult:
+        """The image back as "decoded", and per timestep a grey picture as bright as the signal
+        left, with the numbers of a made-up schedule (ᾱ falling linearly from 1 to 0)."""
+        self.forwards.append((spec, threading.current_thread().name))
+        if self.fail_with is not None:
+            raise self.fail_with
+        for t in spec.timesteps:
+            if not 0 <= t <= 999:
+                raise ValueError(f"t must be from 0 to 999, got {t}")
+        clean = spec.image.convert("RGB")
+        steps = []
+        for t in spec.timesteps:
+            alpha_bar = 1.0 - (t + 1) / 1001
+            snr = alpha_bar / (1.0 - alpha_bar)
+            grey = int(255 * alpha_bar)
+            picture = Image.new("RGB", clean.size, (grey, grey, grey))
+            steps.append(
+                ForwardStep(t, alpha_bar, snr, 10 * math.log10(snr), math.sqrt(1 / snr), picture)
+            )
+        return ForwardResult(clean, tuple(steps))

@@ -48,11 +48,11 @@ def test_project_defaults_fill_what_the_request_leaves_out(
     )  # fmt: skip
     job = submit(client, project["id"], steps=None, seed=1234, batch=2)
     done = wait_for(client, job["id"])
-    spec = fake.calls[-1]
-    assert (spec.device, spec.dtype, spec.low_memory) == ("cuda:0", "float16", True)
+    model, spec = fake.calls[-1].model, fake.calls[-1].params
+    assert (model.device, model.dtype, model.low_memory) == ("cuda:0", "float16", True)
     assert (spec.steps, spec.guidance, spec.sampler) == (7, 3.5, "ddim")
     assert (spec.width, spec.height, spec.negative_prompt) == (128, 96, "blurry")
-    assert spec.checkpoint.name == "dali-tiny.safetensors" and spec.model_name == "dali-tiny"
+    assert model.checkpoint.name == "dali-tiny.safetensors" and model.model_name == "dali-tiny"
     assert [i["seed"] for i in done["images"]] == [1234, 1235]
     assert {(i["width"], i["height"]) for i in done["images"]} == {(128, 96)}
     assert done["model_hash"] and done["step_seconds"] is not None
@@ -62,9 +62,9 @@ def test_project_defaults_fill_what_the_request_leaves_out(
         negative_prompt="", device="cpu",
     )  # fmt: skip
     wait_for(client, override["id"])
-    spec = fake.calls[-1]
+    model, spec = fake.calls[-1].model, fake.calls[-1].params
     assert (spec.sampler, spec.steps, spec.guidance, spec.negative_prompt) == ("euler", 3, 0, "")
-    assert (spec.device, spec.dtype) == ("cpu", None)
+    assert (model.device, model.dtype) == ("cpu", None)
 
 
 def test_the_default_sampler_is_recorded_as_the_one_that_ran(
@@ -76,7 +76,7 @@ def test_the_default_sampler_is_recorded_as_the_one_that_ran(
     assert client.get(f"/api/v1/generations/{job['id']}").json()["sampler"] is None
     fake.release.set()
     done = wait_for(client, job["id"])
-    assert fake.calls[-1].sampler is None and done["sampler"] == "euler_a"
+    assert fake.calls[-1].params.sampler is None and done["sampler"] == "euler_a"
 
 
 def test_random_seed_is_drawn_at_submission_and_recorded(
@@ -87,7 +87,7 @@ def test_random_seed_is_drawn_at_submission_and_recorded(
     for seed in (None, -1, None):
         job = submit(client, project["id"], seed=seed)
         done = wait_for(client, job["id"])
-        assert done["seed"] == done["images"][0]["seed"] == fake.calls[-1].seed
+        assert done["seed"] == done["images"][0]["seed"] == fake.calls[-1].params.seed
         seeds.add(done["seed"])
     assert len(seeds) == 3
 
@@ -95,15 +95,15 @@ def test_random_seed_is_drawn_at_submission_and_recorded(
 def test_variation_seeds_reach_the_engine(client: TestClient, fake: FakeGenerator) -> None:
     project = make_project(client)
     plain = wait_for(client, submit(client, project["id"], variation_seed=5)["id"])
-    assert plain["variation_seed"] is None and fake.calls[-1].variation_strength == 0
+    assert plain["variation_seed"] is None and fake.calls[-1].params.variation_strength == 0
     chosen = wait_for(client, submit(client, project["id"], variation_seed=5,
                                      variation_strength=0.25)["id"])  # fmt: skip
     assert (chosen["variation_seed"], chosen["variation_strength"]) == (5, 0.25)
-    assert (fake.calls[-1].variation_seed, fake.calls[-1].variation_strength) == (5, 0.25)
+    assert (fake.calls[-1].params.variation_seed, fake.calls[-1].params.variation_strength) == (5, 0.25)
     drawn = wait_for(client, submit(client, project["id"], variation_strength=0.5)["id"])
     assert (
         drawn["variation_seed"] is not None
-        and fake.calls[-1].variation_seed == drawn["variation_seed"]
+        and fake.calls[-1].params.variation_seed == drawn["variation_seed"]
     )
 
 

@@ -40,7 +40,7 @@ def test_benchmark_measures_speed_and_estimates_use_it(
     speed = client.get("/api/v1/hardware").json()[0]["speeds"][0]
     assert (speed["width"], speed["height"], speed["source"]) == (64, 64, "benchmark")
     assert 10 < speed["steps_per_s"] < 60  # one step takes ~20 ms
-    assert fake.calls[-1].steps == 6
+    assert fake.calls[-1].params.steps == 6
 
     exact = client.get(url).json()
     assert 20 / 60 < exact["seconds"] < 20 / 10 + 1 and "measured" in exact["basis"]

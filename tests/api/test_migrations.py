@@ -48,7 +48,7 @@ def test_upgrade_matches_the_orm_and_downgrade_removes_it(tmp_path: Path) -> Non
         # No difference between what the migrations built and what the models declare.
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        assert version == "0005"
+        assert version == "0006"
     db.downgrade("base")
     with db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == {"alembic_version"}
@@ -167,4 +167,15 @@ def test_upgrading_gives_ended_jobs_the_failure_kind_their_error_text_says(
     assert kinds == {generation_id: kind for generation_id, (_, _, kind) in rows.items()}
     columns, kept = downgraded(db, "0004")
     assert "failure_kind" not in columns and kept == "p1"
+    db.dispose()
+
+
+def test_extra_params_column_comes_and_goes_keeping_rows(tmp_path: Path) -> None:
+    db = database_at(tmp_path, "0005", 1, "before extra params")
+    db.migrate()
+    with db.engine.connect() as connection:
+        extra = connection.exec_driver_sql("SELECT extra_params FROM generations").scalar_one()
+    assert extra is None  # older rows: every parameter they have lives in its own column
+    columns, kept = downgraded(db, "0005")
+    assert "extra_params" not in columns and kept == "before extra params"
     db.dispose()

@@ -71,7 +71,7 @@ def test_generate_without_javascript_then_gallery_and_detail(
     assert (
         done["seed"] == 42 and done["has_init_image"] and fake.calls[-1].init_image.size == (64, 64)
     )
-    assert fake.calls[-1].strength == 0.5
+    assert fake.calls[-1].params.strength == 0.5
     status = client.get(queued.headers["location"])
     assert status.status_code == 200 and "succeeded" in status.text
 

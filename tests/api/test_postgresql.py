@@ -60,7 +60,7 @@ def test_the_service_runs_on_postgresql_unchanged(postgres: PostgresServer, tmp_
         assert done["timings"] is not None and done["step_seconds"] is not None
         assert wait_for(client, second["id"])["status"] == "succeeded"
         assert wait_for(client, third["id"], ("canceled",))["status"] == "canceled"
-        assert [call.prompt for call in fake.calls] == ["first", "second"]
+        assert [call.params.prompt for call in fake.calls] == ["first", "second"]
         gallery = client.get(f"/api/v1/projects/{project['id']}/images").json()
         assert gallery["total"] == 3
         thumbnail = client.get(gallery["items"][0]["thumbnail_url"])

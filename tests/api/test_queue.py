@@ -34,7 +34,7 @@ def test_one_device_runs_jobs_one_at_a_time_in_submission_order(
     fake.release.set()
     finished = [wait_for(client, job["id"]) for job in [first, *rest]]
     wait_for(client, other["id"])
-    ours = [spec.prompt for spec in fake.calls if spec.device == "cpu"]
+    ours = [spec.params.prompt for spec in fake.calls if spec.model.device == "cpu"]
     assert ours == [f"job {i}" for i in range(5)]
     starts = [job["started_at"] for job in finished]
     ends = [job["finished_at"] for job in finished]
@@ -88,7 +88,7 @@ def test_cancel_a_queued_job_means_it_never_runs(client: TestClient, fake: FakeG
     wait_for(client, running["id"])
     third = wait_for(client, submit(client, project["id"], prompt="third")["id"])
     assert third["status"] == "succeeded"
-    assert [spec.prompt for spec in fake.calls] == ["first", "third"]
+    assert [spec.params.prompt for spec in fake.calls] == ["first", "third"]
     assert client.post("/api/v1/generations/999/cancel").status_code == 404
 
 

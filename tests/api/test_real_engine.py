@@ -153,6 +153,7 @@ def test_the_engine_records_evenly_spaced_frames_and_decodes_them(
     import numpy as np
 
     from sd_core.explorer import evenly_spaced_steps
+    from sd_core.params import GenerationParams
     from sd_core.samplers import get_sampler
     from stable_diffusion_api.services.engine import SdCoreGenerator
     from stable_diffusion_api.services.generator import Filmstrip, JobSpec
@@ -160,11 +161,11 @@ def test_the_engine_records_evenly_spaced_frames_and_decodes_them(
     client, model = engine_client
     entry = client.app.state.studio.models.resolve(model)  # type: ignore[attr-defined]
     engine = SdCoreGenerator(0)
-    job = JobSpec(checkpoint=entry.path, model_name=entry.name, device="cpu", dtype=None,
-                  low_memory=False, prompt="a red circle on a blue background", seed=5, steps=20,
-                  sampler="euler", filmstrip_frames=8)  # fmt: skip
+    params = GenerationParams("a red circle on a blue background", seed=5, steps=20,
+                              sampler="euler")  # fmt: skip
+    job = JobSpec(entry.on("cpu", None), params, filmstrip_frames=8)
     strips: list[Filmstrip] = []
-    (image,) = engine.generate(job, lambda *_: None, lambda: False, strips.append)
+    (image,) = engine.generate(job, lambda *_: None, lambda: False, strips.append).images
     (strip,) = strips
     steps = [f.step for f in strip.frames]
     assert steps == evenly_spaced_steps(20, 8) == [1, 4, 6, 9, 12, 15, 17, 20]
@@ -182,9 +183,10 @@ def test_the_engine_records_evenly_spaced_frames_and_decodes_them(
     assert np.abs(first_noisy - np.asarray(image.convert("RGB"), dtype=float)).mean() > 10
 
     # No frames asked for, or nobody to hand them to: nothing recorded, nothing decoded.
-    engine.generate(replace(job, filmstrip_frames=0, steps=2), lambda *_: None, lambda: False,
-                    strips.append)  # fmt: skip
-    engine.generate(replace(job, steps=2), lambda *_: None, lambda: False)
+    two_steps = replace(params, steps=2)
+    engine.generate(replace(job, filmstrip_frames=0, params=two_steps), lambda *_: None,
+                    lambda: False, strips.append)  # fmt: skip
+    engine.generate(replace(job, params=two_steps), lambda *_: None, lambda: False)
     assert len(strips) == 1
     assert strip.decoder == "vae"
 
@@ -194,17 +196,18 @@ def test_a_cpu_filmstrip_too_costly_to_decode_is_drawn_with_the_cheap_preview(
 ) -> None:
     """Above the CPU decode budget (SD v1.5 at 512² is 50× over it) the frames are drawn with
     the linear latent preview at latent size instead of 16 VAE decodes."""
+    from sd_core.params import GenerationParams
     from stable_diffusion_api.services import engine as engine_module
     from stable_diffusion_api.services.generator import Filmstrip, JobSpec
 
     client, model = engine_client
     entry = client.app.state.studio.models.resolve(model)  # type: ignore[attr-defined]
     engine = engine_module.SdCoreGenerator(0)
-    job = JobSpec(checkpoint=entry.path, model_name=entry.name, device="cpu", dtype=None,
-                  low_memory=False, prompt="a red circle on a blue background", seed=5, steps=4,
-                  sampler="euler", filmstrip_frames=4)  # fmt: skip
+    params = GenerationParams("a red circle on a blue background", seed=5, steps=4,
+                              sampler="euler")  # fmt: skip
+    job = JobSpec(entry.on("cpu", None), params, filmstrip_frames=4)
     strips: list[Filmstrip] = []
-    (image,) = engine.generate(job, lambda *_: None, lambda: False, strips.append)
+    (image,) = engine.generate(job, lambda *_: None, lambda: False, strips.append).images
     assert strips[0].decoder == "vae"
     monkeypatch.setattr(engine_module, "FILMSTRIP_CPU_DECODE_BUDGET", 0)
     engine.generate(job, lambda *_: None, lambda: False, strips.append)

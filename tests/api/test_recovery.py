@@ -60,7 +60,7 @@ def test_restart_after_a_crash(settings: Settings, fake: FakeGenerator) -> None:
         for image in page["items"]:
             assert client.get(image["url"]).status_code == 200
             assert client.get(image["thumbnail_url"]).status_code == 200
-        assert [c.prompt for c in fake.calls] == ["kept", "lost", "was queued"]
+        assert [c.params.prompt for c in fake.calls] == ["kept", "lost", "was queued"]
 
 
 def test_stopping_the_server_interrupts_the_running_job(

@@ -1,0 +1,67 @@
+"""The one mapping between the service and `GenerationParams` (services/job_params.py)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sd_core.params import MAX_SEED, GenerationParams
+from stable_diffusion_api.models import Generation
+from stable_diffusion_api.schemas import GenerationCreate, GenerationDefaults
+from stable_diffusion_api.services import job_params
+from tests.api.fakes import FakeGenerator
+from tests.api.helpers import make_project, submit, wait_for
+
+
+def test_every_params_field_round_trips_through_a_row() -> None:
+    params = GenerationParams("a red circle", negative_prompt="blue", seed=9, steps=4,
+                              sampler="euler", guidance=3.0, width=64, height=96, batch=2,
+                              strength=0.5, variation_seed=11, variation_strength=0.25)  # fmt: skip
+    values = job_params.row_values(params)
+    assert values["extra_params"] is None  # every field today has a column of its name
+    row = Generation(**values)
+    assert job_params.params_from_row(row) == params
+
+
+def test_a_field_without_a_column_is_kept_in_extra_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a newly added parameter gets: no migration, the JSON column carries it."""
+    columns = job_params._column_names() - {"variation_strength"}
+    monkeypatch.setattr(job_params, "_column_names", lambda: columns)
+    params = GenerationParams("x", seed=1, variation_seed=2, variation_strength=0.5)
+    values = job_params.row_values(params)
+    assert "variation_strength" not in values
+    assert values["extra_params"] == {"variation_strength": 0.5}
+    assert job_params.params_from_row(Generation(**values)) == params
+
+
+def test_request_fields_named_like_params_reach_them_and_defaults_fill_the_rest() -> None:
+    defaults = GenerationDefaults(negative_prompt="blurry", steps=7, guidance=3.5, width=128)
+    request = GenerationCreate(prompt="x", seed=5, batch=2, strength=0.4, height=64)
+    params = job_params.params_from_request(request, defaults, "ddim")
+    assert (params.prompt, params.seed, params.batch, params.strength) == ("x", 5, 2, 0.4)
+    assert (params.negative_prompt, params.steps, params.guidance) == ("blurry", 7, 3.5)
+    assert (params.width, params.height, params.sampler) == (128, 64, "ddim")
+    # Every GenerationCreate field that is a params field is taken over.
+    shared = {f.name for f in fields(GenerationParams)} & set(GenerationCreate.model_fields)
+    assert shared >= {"prompt", "seed", "batch", "strength", "variation_seed"}
+
+
+def test_a_random_seed_leaves_room_for_the_batch() -> None:
+    request = GenerationCreate(prompt="x", batch=8)
+    for _ in range(50):
+        params = job_params.params_from_request(request, GenerationDefaults(), None)
+        assert params.seed is not None and 0 <= params.seed <= MAX_SEED - 7
+
+
+def test_engine_limits_are_422_naming_the_field(client: TestClient, fake: FakeGenerator) -> None:
+    project = make_project(client)
+    response = client.post(f"/api/v1/projects/{project['id']}/generations",
+                           json={"prompt": "x", "seed": MAX_SEED, "batch": 2})  # fmt: skip
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"][-1] == "seed" and "seed + batch - 1" in detail["msg"]
+    assert fake.calls == []
+    done = wait_for(client, submit(client, project["id"], seed=MAX_SEED - 1, batch=2)["id"])
+    assert [image["seed"] for image in done["images"]] == [MAX_SEED - 1, MAX_SEED]
