@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from stable_diffusion_api.errors import NotFound
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
 
@@ -68,9 +70,9 @@ def test_generate_without_javascript_then_gallery_and_detail(
     assert queued.status_code == 303 and queued.headers["location"].startswith("/generations/")
     generation_id = int(queued.headers["location"].rsplit("/", 1)[1])
     done = wait_for(client, generation_id)
-    assert (
-        done["seed"] == 42 and done["has_init_image"] and fake.calls[-1].init_image.size == (64, 64)
-    )
+    init_image = fake.calls[-1].init_image
+    assert done["seed"] == 42 and done["has_init_image"]
+    assert init_image is not None and init_image.size == (64, 64)
     assert fake.calls[-1].params.strength == 0.5
     status = client.get(queued.headers["location"])
     assert status.status_code == 200 and "succeeded" in status.text
@@ -146,3 +148,28 @@ def test_static_files_are_served(client: TestClient) -> None:
     ):
         response = client.get(f"/static/{name}")
         assert response.status_code == 200 and kind in response.headers["content-type"]
+
+
+def test_use_these_settings_remakes_one_image_of_a_batch(client: TestClient) -> None:
+    project = make_project(client, "Remake")
+    job = submit(client, project["id"], seed=7, batch=2, sampler="ddim", steps=5, guidance=4.5)
+    second = wait_for(client, job["id"])["images"][1]
+    studio = client.app.state.studio  # type: ignore[attr-defined]
+    assert studio.gallery.settings_of(second["id"]) == {
+        "prompt": "a red circle on a blue background", "negative_prompt": "",
+        "sampler": "ddim", "steps": 5, "guidance": 4.5, "model": "dali-tiny",
+        "seed": second["seed"], "width": second["width"], "height": second["height"],
+    }  # fmt: skip
+    page = client.get(f"/projects/{project['id']}?from_image={second['id']}").text
+    assert second["seed"] == 8  # image i of a batch has seed + i: the page remakes this one
+    assert re.search(r'id="seed"[^>]*value="8"', page)
+    assert re.search(r'id="steps"[^>]*value="5"', page)
+    assert re.search(r'id="batch"[^>]*value="1"', page)
+    assert 'id="random_seed" name="random_seed" >' in page
+
+    client.delete(f"/api/v1/images/{second['id']}")
+    with pytest.raises(NotFound):
+        studio.gallery.settings_of(second["id"])
+    stale = client.get(f"/projects/{project['id']}?from_image={second['id']}")
+    assert stale.status_code == 200  # a stale link starts from the project's defaults
+    assert 'id="random_seed" name="random_seed" checked' in stale.text
