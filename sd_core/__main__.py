@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(sampler_names()))
         return 0
     warnings.simplefilter("default")
-    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"  # type: ignore[assignment]
+    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     try:
         return _generate(args) if args.command == "generate" else _info(args)
     except ValueError as e:  # our input errors (incl. CheckpointError)

@@ -199,7 +199,7 @@ class Upsample(nn.Module):
 class TimestepBlock(nn.ModuleList):
     """One `input_blocks.N` / `output_blocks.N` entry: layers fed what each one needs."""
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, x: Tensor, emb: Tensor, context: Tensor, size: tuple[int, int] | None = None
     ) -> Tensor:
         for layer in self:
