@@ -8,11 +8,17 @@ and the worker threads start in the lifespan, and models load lazily in the work
 The seed's command `cd stable_diffusion_api && uvicorn sd_api:app --reload` also works: imported
 as a top-level module, this file first puts the repository root on `sys.path` so the package
 (and sd_core) can be imported; nothing else differs.
+
+This is the service alone: nothing in `stable_diffusion_api` imports the Gradio UI. The
+top-level `dali_app` builds this app and mounts the UI at `/gradio` when `DALI_GRADIO=1`
+(`uvicorn dali_app:app`, `python dali_app.py`, `./run.sh`). Served from here with
+`DALI_GRADIO=1`, the app says so in a warning at start-up rather than ignore the setting.
 """
 
 # ruff: noqa: E402  (the sys.path line must run before the package imports)
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -26,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Mount
 
 from stable_diffusion_api import __version__
 from stable_diffusion_api.config import STATIC_DIR, Settings
@@ -35,6 +42,12 @@ from stable_diffusion_api.routes import a1111, api, events, pages
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.studio import freeze_long_lived_objects
+
+log = logging.getLogger(__name__)
+
+# Where `dali_app` mounts the Gradio UI when `settings.gradio` (DALI_GRADIO=1) is on.
+GRADIO_PATH = "/gradio"
+UI_ENTRY_POINTS = "`uvicorn dali_app:app`, `python dali_app.py` or `./run.sh`"
 
 DESCRIPTION = """Dali: a self-hosted Stable Diffusion v1.x studio.
 
@@ -50,6 +63,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warn_if_gradio_unserved(app, settings)
         await run_in_threadpool(studio.start)
         freeze_long_lived_objects()
         try:
@@ -77,11 +91,24 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.include_router(a1111.router)  # AUTOMATIC1111-compatible /sdapi/v1, same queue
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    if settings.gradio:  # DALI_GRADIO=1: the Gradio UI at /gradio, same process and studio
-        from sd_gradio import mount_gradio
-
-        mount_gradio(app)
     return app
+
+
+def warn_if_gradio_unserved(app: FastAPI, settings: Settings) -> bool:
+    """At start-up: warn when `DALI_GRADIO=1` asks for the Gradio UI but nothing is mounted at
+    /gradio (the service served alone, not through `dali_app`). Whether it warned."""
+    if not settings.gradio:
+        return False
+    if any(isinstance(route, Mount) and route.path == GRADIO_PATH for route in app.routes):
+        return False
+    log.warning(
+        "DALI_GRADIO=1 is set, but the Gradio UI is not served: this app "
+        "(stable_diffusion_api.sd_api:app, which `python -m stable_diffusion_api` serves) is "
+        "the service alone. For the UI at %s serve dali_app:app instead: %s.",
+        GRADIO_PATH,
+        UI_ENTRY_POINTS,
+    )
+    return True
 
 
 app = create_app()
