@@ -11,4 +11,6 @@ ruff check .
 mypy
 # One torch thread per process: tests start servers beside themselves on 2 cores.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
-python -m pytest "$@"
+# -m "": every test, the slow, server, browser and PostgreSQL ones too (a plain `pytest` skips
+# those for a fast local loop); arguments after it narrow or re-mark the run.
+python -m pytest -m "" "$@"

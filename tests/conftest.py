@@ -5,6 +5,11 @@ The suite runs on 2 cores next to the servers it starts (uvicorn, Gradio); with 
 processes each spinning up OpenMP workers, small tensor ops got 10-30x slower than with one
 thread each (measured: a 4-step tiny generation took 17 s with 2 threads under load, 0.5 s with
 1). Tests check results, not speed, so one thread per process is the robust choice.
+
+Markers: a plain `pytest` is the fast run; it leaves out the tests marked `slow`, `server`
+(real uvicorn or Gradio processes), `browser` and `postgres` (see pyproject.toml). `./test.sh`,
+and so CI, runs every test. A test that uses the `postgres` fixture is marked `postgres` here,
+so no such test can be forgotten.
 """
 
 import os
@@ -21,3 +26,13 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    for item in items:
+        if "postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)

@@ -17,7 +17,7 @@ from stable_diffusion_api.models import FailureKind, Generation, Image, JobStatu
 from stable_diffusion_api.services.job_queue import CancelOutcome, JobQueue, ProjectSettings
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A migrated database with two projects: a SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
