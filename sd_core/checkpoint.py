@@ -38,7 +38,7 @@ VAE_PREFIX = "first_stage_model."
 UNET_PREFIX = "model.diffusion_model."
 PREFIXES = {"text_encoder": CLIP_PREFIX, "vae": VAE_PREFIX, "unet": UNET_PREFIX}
 
-# Non-weight tensors the real v1-5-pruned-emaonly file carries (../shared/sd15/original_extra_keys.tsv).
+# Non-weight tensors the real v1-5-pruned-emaonly file carries (tests/fixtures/original_extra_keys.tsv).
 KNOWN_EXTRA_KEYS = frozenset(
     {
         "alphas_cumprod",

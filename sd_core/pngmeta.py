@@ -1,6 +1,6 @@
 """PNG files that carry their generation parameters.
 
-Two text chunks, as DESIGN.md §2 fixes them:
+Two text chunks, as docs/architecture.md ("Contracts") fixes them:
 
 - `parameters`: AUTOMATIC1111's infotext (see `sd_core.infotext`), so A1111's "PNG Info" tab,
   and every tool that reads A1111 images, shows how the image was made. Like A1111 (PIL's
