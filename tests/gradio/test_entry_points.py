@@ -155,6 +155,7 @@ def serving(
             process.wait()
 
 
+@pytest.mark.server
 def test_python_m_stable_diffusion_api_serves_the_service_and_warns(tmp_path: Path) -> None:
     port = free_port()
     with serving([sys.executable, "-m", "stable_diffusion_api"], tmp_path, port) as log:
@@ -164,6 +165,7 @@ def test_python_m_stable_diffusion_api_serves_the_service_and_warns(tmp_path: Pa
     assert "uvicorn dali_app:app" in output and "python dali_app.py" in output
 
 
+@pytest.mark.server
 def test_python_dali_app_serves_the_ui_at_gradio(tmp_path: Path) -> None:
     """What ./run.sh runs (its last line: `exec python dali_app.py "$@"`); --port wins over
     DALI_PORT."""

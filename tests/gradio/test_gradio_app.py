@@ -28,6 +28,9 @@ from stable_diffusion_api.config import Settings
 from stable_diffusion_api.models import SUCCEEDED, Generation
 from stable_diffusion_api.services import Studio
 
+# Every test here talks to one `python sd_gradio.py` process.
+pytestmark = pytest.mark.server
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "Gradio test"
 START_TIMEOUT_S = 180
