@@ -114,8 +114,9 @@ class CLIPEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.layers))
 
-    def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
+    def forward(self, x: Tensor, layers: int | None = None) -> Tensor:
+        """Run the first `layers` layers (None: all)."""
+        for layer in self.layers[:layers]:
             x = layer(x)
         return x
 
@@ -130,11 +131,18 @@ class CLIPTextModel(nn.Module):
         self.encoder = CLIPEncoder(config)
         self.final_layer_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """(B, 77) int64 token ids → (B, 77, width) last hidden state after final_layer_norm.
+    def forward(self, input_ids: Tensor, clip_skip: int = 1) -> Tensor:
+        """(B, 77) int64 token ids → (B, 77, width) hidden state after final_layer_norm.
 
+        clip_skip: AUTOMATIC1111's "Clip skip": 1 takes the last layer's output, N the output
+        N − 1 layers before the last (then the final layer norm, as A1111 applies it).
         Any length from 1 to `max_positions` is accepted; SD always passes 77.
         """
+        if not 1 <= clip_skip <= self.config.layers:
+            raise ValueError(
+                f"clip_skip must be from 1 to {self.config.layers} (the text encoder's layers), "
+                f"got {clip_skip}"
+            )
         if input_ids.ndim != 2:
             raise ValueError(
                 f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}"
@@ -145,5 +153,5 @@ class CLIPTextModel(nn.Module):
                 f"allowed: 1..{self.config.max_positions}"
             )
         x = self.embeddings(input_ids)
-        x = self.encoder(x)
+        x = self.encoder(x, self.config.layers - (clip_skip - 1))
         return self.final_layer_norm(x)

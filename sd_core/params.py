@@ -17,6 +17,8 @@ Limits (LIMITS, checked by `check`):
 - strength: 0 … 1, how much of an init image is repainted (img2img / inpainting only).
 - variation_seed: like seed (None → random when variation_strength > 0);
   variation_strength: 0 … 1, the spherical blend towards that seed's noise.
+- clip_skip: 1 … 12, AUTOMATIC1111's "Clip skip" (1: the text encoder's last layer; N: the
+  output N − 1 layers earlier); at most the model's text-encoder layers (12 for SD v1.x).
 
 How to add a parameter: see docs/architecture.md ("Adding a generation parameter").
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
@@ -33,6 +35,10 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
+MAX_CLIP_SKIP = 12
+# A field whose metadata names an infotext key is written to AUTOMATIC1111's infotext under
+# that key whenever it differs from its default (`infotext_extras`).
+INFOTEXT_KEY = "infotext"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Limits:
     max_guidance: float = MAX_GUIDANCE
     max_batch: int = MAX_BATCH
     max_seed: int = MAX_SEED
+    max_clip_skip: int = MAX_CLIP_SKIP
 
 
 LIMITS = Limits()
@@ -124,6 +131,7 @@ class GenerationParams:
     strength: float = 0.75
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
 
     def check(self) -> GenerationParams:
         """Validate every field against LIMITS; return the params with numbers normalised
@@ -161,6 +169,7 @@ class GenerationParams:
             strength=_float("strength", self.strength, 0.0, 1.0),
             variation_seed=variation_seed,
             variation_strength=_float("variation_strength", self.variation_strength, 0.0, 1.0),
+            clip_skip=_int("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP),
         )
 
     def resolve(self, native_size: int, default_sampler: str) -> GenerationParams:
@@ -212,3 +221,15 @@ class GenerationParams:
 def field_names() -> tuple[str, ...]:
     """The names of `GenerationParams`' fields, in declaration order."""
     return tuple(f.name for f in fields(GenerationParams))
+
+
+def infotext_extras(params: GenerationParams) -> dict[str, str]:
+    """The infotext keys of the fields that declare one and differ from their default, e.g.
+    {"Clip skip": "2"}; fields at their default are left out, as AUTOMATIC1111 does."""
+    extras = {}
+    for f in fields(GenerationParams):
+        key = f.metadata.get(INFOTEXT_KEY)
+        value = getattr(params, f.name)
+        if key is not None and value != f.default:
+            extras[key] = str(value)
+    return extras

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
-from sd_core.params import GenerationParams
+from sd_core.params import GenerationParams, InvalidParam
 from sd_core.result import IMG2IMG, INPAINT, TXT2IMG, GenerationResult, GenerationTimings
 
 if TYPE_CHECKING:
@@ -231,8 +231,9 @@ class StableDiffusionPipeline:
     def latent_scale(self) -> float:
         return self.config.vae.scale_factor
 
-    def encode_text(self, prompts: Sequence[str]) -> Tensor:
-        """Prompts → (B, 77, width) text-encoder hidden states in the pipeline dtype."""
+    def encode_text(self, prompts: Sequence[str], clip_skip: int = 1) -> Tensor:
+        """Prompts → (B, 77, width) text-encoder hidden states in the pipeline dtype, taken
+        `clip_skip` − 1 layers before the last (AUTOMATIC1111's "Clip skip")."""
         for prompt in set(prompts):
             n = self.tokenizer.count_tokens(prompt)
             limit = self.config.clip.max_positions - 2
@@ -242,7 +243,7 @@ class StableDiffusionPipeline:
                 )
         ids = self.tokenizer.encode_batch(list(prompts)).to(self.device)
         encoder = self._use(self.text_encoder)
-        hidden = encoder(ids)
+        hidden = encoder(ids, clip_skip)
         self._release(encoder)
         return hidden
 
@@ -332,7 +333,14 @@ class StableDiffusionPipeline:
         """`params` checked and completed for this model (its native size, default sampler)."""
         if not isinstance(params, GenerationParams):
             raise ValueError(f"params must be GenerationParams, got {type(params).__name__}")
-        return params.resolve(self.config.native_size, self.config.default_sampler)
+        resolved = params.resolve(self.config.native_size, self.config.default_sampler)
+        if resolved.clip_skip > self.config.clip.layers:
+            raise InvalidParam(
+                "clip_skip", resolved.clip_skip,
+                f"clip_skip must be from 1 to {self.config.clip.layers} for this model (its text "
+                f"encoder's layers), got {resolved.clip_skip}",
+            )  # fmt: skip
+        return resolved
 
     def _latents(
         self,
@@ -367,10 +375,10 @@ class StableDiffusionPipeline:
 
     def _conditioning(self, p: GenerationParams) -> Tensor:
         """(2B, 77, width) [negative; prompt] hidden states with CFG, else (B, 77, width)."""
-        cond = self.encode_text([p.prompt] * p.batch)
+        cond = self.encode_text([p.prompt] * p.batch, p.clip_skip)
         if p.guidance <= 1.0:
             return cond
-        uncond = self.encode_text([p.negative_prompt] * p.batch)
+        uncond = self.encode_text([p.negative_prompt] * p.batch, p.clip_skip)
         return torch.cat([uncond, cond])
 
     # -- stage 2: the starting latent ------------------------------------------------------

@@ -15,9 +15,12 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core.params import GenerationParams
+from sd_core.params import GenerationParams, infotext_extras
 
 TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
+# Params fields the `dali` JSON writes per image (or only where they apply) itself.
+_PER_IMAGE = frozenset({"prompt", "negative_prompt", "steps", "sampler", "guidance", "seed",
+                        "width", "height", "strength"})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class GenerationResult:
                 model_hash=self.model_hash,
                 model=self.model_name,
                 denoising_strength=p.strength if self.mode != TXT2IMG else None,
+                extra=infotext_extras(p),
             )
         )
 
@@ -106,6 +110,7 @@ class GenerationResult:
             "model_hash": self.model_hash,
             "device": self.device,
             "dtype": self.dtype,
+            **{k: v for k, v in p.to_dict().items() if k not in _PER_IMAGE},
         }
 
     def annotate(self) -> None:

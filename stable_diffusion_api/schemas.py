@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from sd_core.params import (
     MAX_BATCH,
+    MAX_CLIP_SKIP,
     MAX_GUIDANCE,
     MAX_SEED,
     MAX_SIZE,
@@ -59,6 +60,9 @@ Guidance = Annotated[float, Field(ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)]
 Size = Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE)]
 Seed = Annotated[int, Field(ge=-1, le=MAX_SEED, description="-1 or null → random")]
 Strength = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+ClipSkip = Annotated[
+    int, Field(ge=1, le=MAX_CLIP_SKIP, description="A1111's Clip skip: 1 = the last layer")
+]
 Identifier = Annotated[CleanText, Field(min_length=1, max_length=255)]
 Upload = Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]
 
@@ -76,6 +80,7 @@ class GenerationDefaults(Strict):
     guidance: Guidance = 7.0
     width: Size | None = None  # None → the model's native size
     height: Size | None = None
+    clip_skip: ClipSkip = 1
 
 
 class ProjectCreate(Strict):
@@ -121,6 +126,7 @@ class GenerationCreate(Strict):
     # AUTOMATIC1111's variation seeds: the initial noise is blended towards this seed's noise.
     variation_seed: Seed | None = Field(default=None, description="-1 or null → random")
     variation_strength: Strength = 0.0
+    clip_skip: ClipSkip | None = None  # None → the project's default
 
 
 class BenchmarkRequest(Strict):
@@ -274,6 +280,7 @@ class GenerationOut(Out):
     strength: float
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    clip_skip: int = 1
     has_init_image: bool
     has_mask: bool
     error: str | None

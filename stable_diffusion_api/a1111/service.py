@@ -36,8 +36,10 @@ from stable_diffusion_api.a1111.settings import A1111Settings, Credentials
 from stable_diffusion_api.a1111.tasks import Task, TaskTracker
 from stable_diffusion_api.a1111.translate import (
     A1111_FIELD,
+    CLIP_SKIP_OPTION,
     Plan,
     check_supported,
+    clip_skip_option,
     decode_base64,
     draw_seed,
     echo_parameters,
@@ -52,7 +54,13 @@ from stable_diffusion_api.a1111.translate import (
 )
 from stable_diffusion_api.errors import Conflict, DomainError, InvalidField, NotFound
 from stable_diffusion_api.models import FAILED, FINISHED, SUCCEEDED, FailureKind, Project
-from stable_diffusion_api.schemas import GenerationCreate, GenerationOut, Name, ProjectUpdate
+from stable_diffusion_api.schemas import (
+    GenerationCreate,
+    GenerationDefaults,
+    GenerationOut,
+    Name,
+    ProjectUpdate,
+)
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.registry import ModelEntry
 
@@ -184,6 +192,9 @@ class A1111Service:
             "height": request.height,
             "model": model.name,
         }
+        if CLIP_SKIP_OPTION in request.override_settings:
+            value = request.override_settings[CLIP_SKIP_OPTION]
+            base["clip_skip"] = clip_skip_option(value, f"override_settings.{CLIP_SKIP_OPTION}")
         if isinstance(request, Img2ImgRequest):
             prepare_img2img(request, base)
         return Plan(
@@ -246,7 +257,7 @@ class A1111Service:
             "sd_model_checkpoint": model.title if model else None,
             "sd_checkpoint_hash": model.sha256 if model else None,
             "sd_vae": "Automatic",
-            "CLIP_stop_at_last_layers": 1,
+            CLIP_SKIP_OPTION: GenerationDefaults.model_validate(project.defaults or {}).clip_skip,
             "eta_noise_seed_delta": 0,
             "samples_format": "png",
             "samples_save": True,
@@ -256,8 +267,16 @@ class A1111Service:
         }
 
     def set_options(self, options: dict[str, Any], header: str | None) -> None:
-        """Only `sd_model_checkpoint` changes anything: the project's default model. Other
-        options are accepted and ignored, as A1111 ignores unknown ones."""
+        """`sd_model_checkpoint` sets the project's default model and `CLIP_stop_at_last_layers`
+        its default clip skip. Other options are accepted and ignored, as A1111 ignores unknown
+        ones."""
+        if CLIP_SKIP_OPTION in options:
+            clip_skip = clip_skip_option(options[CLIP_SKIP_OPTION], CLIP_SKIP_OPTION)
+            project = self.project(header)
+            defaults = GenerationDefaults.model_validate(project.defaults or {})
+            self.studio.projects.update(
+                project.id, ProjectUpdate(defaults=defaults.model_copy(update={"clip_skip": clip_skip}))
+            )
         if "sd_model_checkpoint" not in options:
             return
         wanted = options["sd_model_checkpoint"]

@@ -32,7 +32,13 @@ from stable_diffusion_api.a1111.schemas import (
     PngInfoResponse,
 )
 from stable_diffusion_api.errors import InvalidField
-from stable_diffusion_api.schemas import MAX_BATCH, MAX_SEED, GenerationCreate, GenerationOut
+from stable_diffusion_api.schemas import (
+    MAX_BATCH,
+    MAX_CLIP_SKIP,
+    MAX_SEED,
+    GenerationCreate,
+    GenerationOut,
+)
 from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.storage import decode_image
@@ -69,7 +75,9 @@ A1111_FIELD = {
     "init_image": "init_images.0",
     "strength": "denoising_strength",
     "mask": "mask",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
 }
+CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,19 @@ class Plan:
 
 
 # -- checks ---------------------------------------------------------------------------------------
+
+
+def clip_skip_option(value: Any, field_name: str) -> int:
+    """A1111's `CLIP_stop_at_last_layers` option (1 … 12; A1111's UI sends it as a number,
+    some clients as a float like 2.0, an infotext as text): Dali's `clip_skip`. InvalidField
+    names `field_name`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLIP_SKIP:
+        raise InvalidField(field_name, value, f"an integer from 1 to {MAX_CLIP_SKIP}")
+    return value
 
 
 def check_supported(request: A1111Request) -> None:
@@ -222,11 +243,15 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
         "height": parsed.height,
         "denoising_strength": parsed.denoising_strength,
     }
-    return {
+    chosen: dict[str, Any] = {
         key: value
         for key, value in values.items()
         if value is not None and key not in request.model_fields_set
     }
+    if "Clip skip" in parsed.extra and CLIP_SKIP_OPTION not in request.override_settings:
+        clip_skip = parsed.extra["Clip skip"]
+        chosen["override_settings"] = {**request.override_settings, CLIP_SKIP_OPTION: clip_skip}
+    return chosen
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -361,7 +386,7 @@ def info_json(
         "infotexts": infotexts,
         "styles": list(request.styles),
         "job_timestamp": plan.timestamp,
-        "clip_skip": 1,
+        "clip_skip": first.clip_skip if first else plan.base.get("clip_skip", 1),
         "is_using_inpainting_conditioning": plan.model.variant == "sd-v1-inpainting",
         "version": VERSION,
     }

@@ -23,7 +23,7 @@ from stable_diffusion_api.models import Generation
 from stable_diffusion_api.schemas import GenerationCreate, GenerationDefaults, GenerationOut
 
 # Fields that `params_from_request` fills from the project's defaults when left out.
-_FROM_DEFAULTS = ("negative_prompt", "sampler", "steps", "guidance", "width", "height")
+_FROM_DEFAULTS = ("negative_prompt", "sampler", "steps", "guidance", "width", "height", "clip_skip")
 
 
 def _column_names() -> frozenset[str]:

@@ -383,3 +383,28 @@ def test_basic_auth_comes_on_top_of_the_api_key(
         assert client.get(path, headers={"X-API-Key": "k3y"}).status_code == 401  # no user
         both = client.get(path, auth=("alice", "secret"), headers={"X-API-Key": "k3y"})
         assert both.status_code == 200
+
+
+def test_clip_skip_from_override_settings_options_and_infotext(
+    shared: tuple[TestClient, FakeGenerator],
+) -> None:
+    client, fake = shared
+    body = {**SMALL, "override_settings": {"CLIP_stop_at_last_layers": 2}}
+    response = client.post(TXT2IMG, json=body)
+    assert response.status_code == 200, response.text
+    assert fake.calls[-1].params.clip_skip == 2
+    info = json.loads(response.json()["info"])
+    assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]
+    # The option is the project's default until changed back.
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 3}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 3
+    assert client.post(TXT2IMG, json=SMALL).status_code == 200
+    assert fake.calls[-1].params.clip_skip == 3
+    client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
+    # Read back from an infotext, as A1111 ≥ 1.8's `infotext` field does.
+    infotext = "a blue square\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 3, Size: 64x64, Clip skip: 2"
+    assert client.post(TXT2IMG, json={"infotext": infotext}).status_code == 200
+    assert fake.calls[-1].params.clip_skip == 2
+    bad = client.post(TXT2IMG, json={**SMALL, "override_settings": {"CLIP_stop_at_last_layers": 13}})
+    assert bad.status_code == 422
+    assert "CLIP_stop_at_last_layers" in bad.text and "1 to 12" in bad.text

@@ -18,21 +18,29 @@ from tests.api.helpers import make_project, submit, wait_for
 def test_every_params_field_round_trips_through_a_row() -> None:
     params = GenerationParams("a red circle", negative_prompt="blue", seed=9, steps=4,
                               sampler="euler", guidance=3.0, width=64, height=96, batch=2,
-                              strength=0.5, variation_seed=11, variation_strength=0.25)  # fmt: skip
+                              strength=0.5, variation_seed=11, variation_strength=0.25,
+                              clip_skip=2)  # fmt: skip
     values = job_params.row_values(params)
-    assert values["extra_params"] is None  # every field today has a column of its name
+    # clip_skip came after the table: it has no column, the JSON column carries it.
+    assert values["extra_params"] == {"clip_skip": 2} and "clip_skip" not in values
     row = Generation(**values)
     assert job_params.params_from_row(row) == params
 
 
-def test_a_field_without_a_column_is_kept_in_extra_params(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a newly added parameter gets: no migration, the JSON column carries it."""
+def test_rows_from_before_a_parameter_read_its_default() -> None:
+    values = job_params.row_values(GenerationParams("x", seed=1))
+    values["extra_params"] = None  # a row written before clip_skip existed
+    assert job_params.params_from_row(Generation(**values)).clip_skip == 1
+
+
+def test_a_column_wins_over_the_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any field without a column goes to extra_params, whichever it is."""
     columns = job_params._column_names() - {"variation_strength"}
     monkeypatch.setattr(job_params, "_column_names", lambda: columns)
     params = GenerationParams("x", seed=1, variation_seed=2, variation_strength=0.5)
     values = job_params.row_values(params)
     assert "variation_strength" not in values
-    assert values["extra_params"] == {"variation_strength": 0.5}
+    assert values["extra_params"] == {"variation_strength": 0.5, "clip_skip": 1}
     assert job_params.params_from_row(Generation(**values)) == params
 
 
@@ -65,3 +73,17 @@ def test_engine_limits_are_422_naming_the_field(client: TestClient, fake: FakeGe
     assert fake.calls == []
     done = wait_for(client, submit(client, project["id"], seed=MAX_SEED - 1, batch=2)["id"])
     assert [image["seed"] for image in done["images"]] == [MAX_SEED - 1, MAX_SEED]
+
+
+def test_clip_skip_through_the_rest_api_and_the_project_default(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client, defaults={"clip_skip": 2})
+    done = wait_for(client, submit(client, project["id"])["id"])
+    assert done["clip_skip"] == 2 and fake.calls[-1].params.clip_skip == 2
+    assert "Clip skip: 2" in done["images"][0]["parameters"]
+    done = wait_for(client, submit(client, project["id"], clip_skip=1)["id"])
+    assert done["clip_skip"] == 1 and "Clip skip" not in done["images"][0]["parameters"]
+    bad = client.post(f"/api/v1/projects/{project['id']}/generations",
+                      json={"prompt": "x", "clip_skip": 13})  # fmt: skip
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "clip_skip"

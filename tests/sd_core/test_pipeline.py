@@ -232,3 +232,15 @@ def test_params_refuse_unknown_keys_and_round_trip():
     assert resolved.variation_seed is None  # no blend: nothing to record
     drawn = GenerationParams("x", variation_strength=0.5).resolve(64, "euler")
     assert drawn.variation_seed is not None
+
+
+def test_clip_skip_changes_the_image_and_is_written_to_the_infotext(pipe):
+    plain = pipe.generate(GenerationParams("a red circle", seed=4, steps=2))
+    skipped = pipe.generate(GenerationParams("a red circle", seed=4, steps=2, clip_skip=2))
+    a, b = (np.asarray(r.images[0], dtype=int) for r in (plain, skipped))
+    assert np.abs(a - b).max() > 0
+    assert "Clip skip" not in plain.images[0].info["parameters"]  # 1 is A1111's default: omitted
+    assert parse_infotext(skipped.images[0].info["parameters"]).extra["Clip skip"] == "2"
+    assert json.loads(skipped.images[0].info["dali"])["clip_skip"] == 2
+    with pytest.raises(ValueError, match="clip_skip must be from 1 to 12"):
+        pipe.generate(GenerationParams("x", steps=1, clip_skip=13))

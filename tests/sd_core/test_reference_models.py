@@ -83,6 +83,24 @@ def test_clip_last_hidden_state(models: dict[str, Any]) -> None:
     assert_matches(ours, reference)
 
 
+@pytest.mark.parametrize("clip_skip", [2, 3, 12])
+def test_clip_skip_is_an_earlier_hidden_state_through_the_final_layer_norm(
+    models: dict[str, Any], clip_skip: int
+) -> None:
+    """A1111's "Clip skip" N: transformers' hidden_states[-N] (the output N - 1 layers before
+    the last), then the model's final layer norm."""
+    ids = padded_prompts([7, 40], torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ours = models["clip"](ids, clip_skip=clip_skip)
+        out = models["ref_clip"](input_ids=ids, output_hidden_states=True)
+        reference = models["ref_clip"].final_layer_norm(out.hidden_states[-clip_skip])
+        last = models["clip"](ids)
+    assert_matches(ours, reference)
+    assert (ours - last).abs().max() > 1e-3  # it really is another layer's output
+    with pytest.raises(ValueError, match="clip_skip must be from 1 to 12"):
+        models["clip"](ids, clip_skip=13)
+
+
 def test_clip_rejects_too_long_input(models: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="out of range"):
         models["clip"](torch.zeros((1, 78), dtype=torch.int64))
