@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--variation-seed", type=int, default=None,
                      help="blend the noise towards this seed's (default: random)")
     gen.add_argument("--variation-strength", type=float, default=0.0, help="0 … 1 (default 0)")
+    gen.add_argument("--clip-skip", type=int, default=1,
+                     help="AUTOMATIC1111's Clip skip: 1 = the text encoder's last layer")
     gen.add_argument("--init-image", type=Path, default=None)
     gen.add_argument("--strength", type=float, default=0.75)
     gen.add_argument("--mask", type=Path, default=None, help="white = repaint")
@@ -84,6 +86,7 @@ def _generate(args: argparse.Namespace) -> int:
         steps=args.steps, sampler=args.sampler, guidance=args.guidance, width=args.width,
         height=args.height, batch=args.batch, strength=args.strength,
         variation_seed=args.variation_seed, variation_strength=args.variation_strength,
+        clip_skip=args.clip_skip,
     ).check()  # input errors come before the model loads
     init = _open_image(args.init_image, "--init-image") if args.init_image else None
     mask = _open_image(args.mask, "--mask") if args.mask else None

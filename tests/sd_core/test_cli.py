@@ -81,6 +81,8 @@ def test_img2img_and_inpaint_from_files(checkpoint, tmp_path):
         (["--strength", "2"], "strength must be from 0 to 1, got 2"),
         (["--sampler", "fast"], "unknown sampler 'fast'"),
         (["--device", "cuda:3"], "device 'cuda:3' is not available"),
+        (["--clip-skip", "13"], "clip_skip must be from 1 to 12, got 13"),
+        (["--batch", "9"], "batch must be from 1 to 8, got 9"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(checkpoint, tmp_path, args, message):
@@ -117,3 +119,20 @@ def test_info_reports_variant_counts_and_hashes(checkpoint):
     assert info["parameters"]["unet"] > 0
     text = run("info", str(checkpoint))
     assert "short hash" in text.stdout
+
+
+def test_input_errors_come_before_the_model_loads(tmp_path):
+    """A bad setting is reported even when the checkpoint could not be loaded at all."""
+    result = run("generate", "--checkpoint", str(tmp_path / "missing.safetensors"), "--prompt",
+                 "x", "--steps", "500", "--out", str(tmp_path / "o.png"))
+    assert result.returncode == 2
+    assert "steps must be from 1 to 150, got 500" in result.stderr
+
+
+def test_clip_skip_reaches_the_image(checkpoint, tmp_path):
+    out = tmp_path / "skip.png"
+    result = run("generate", "--checkpoint", str(checkpoint), "--prompt", "a red circle",
+                 "--seed", "1", "--steps", "2", "--clip-skip", "2", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert parse_infotext(image.text["parameters"]).extra["Clip skip"] == "2"
