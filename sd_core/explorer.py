@@ -234,7 +234,7 @@ def encode_mean(
     The mean, not a sample, so the forward process starts from the image itself and t = 0
     shows it (as far as the VAE can reconstruct it).
     """
-    from sd_core.pipeline import image_to_tensor
+    from sd_core.image_tensors import image_to_tensor
 
     pixels = image_to_tensor(image, width, height)
     vae = pipe.vae
@@ -246,7 +246,7 @@ def encode_mean(
 
 def decode_to_images(pipe: StableDiffusionPipeline, latents: Tensor) -> list[Image.Image]:
     """(B, C, h, w) scaled latents → B RGB images of 8h × 8w through the pipeline's VAE."""
-    from sd_core.pipeline import tensor_to_images
+    from sd_core.image_tensors import tensor_to_images
 
     with torch.inference_mode():
         return tensor_to_images(pipe.decode_latents(latents.to(pipe.device)))

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
+from sd_core.image_tensors import image_to_tensor, mask_to_tensor, slerp, tensor_to_images
 from sd_core.params import GenerationParams, InvalidParam
 from sd_core.result import IMG2IMG, INPAINT, TXT2IMG, GenerationResult, GenerationTimings
 
@@ -104,41 +104,6 @@ def _check_images(
             "this is an inpainting checkpoint (UNet in_channels 9): it needs init_image and mask"
         )
     return INPAINT if mask is not None else IMG2IMG if init_image is not None else TXT2IMG
-
-
-def slerp(t: float, a: Tensor, b: Tensor) -> Tensor:
-    """Spherical interpolation per image between noise tensors a and b (B, C, h, w)."""
-    a_flat, b_flat = a.flatten(1), b.flatten(1)
-    dot = (a_flat / a_flat.norm(dim=1, keepdim=True) * b_flat / b_flat.norm(dim=1, keepdim=True)).sum(1)
-    omega = torch.acos(dot.clamp(-1.0, 1.0)).view(-1, 1, 1, 1)
-    so = torch.sin(omega)
-    safe = so.abs() > 1e-6
-    mixed = (torch.sin((1.0 - t) * omega) * a + torch.sin(t * omega) * b) / torch.where(safe, so, 1.0)
-    return torch.where(safe, mixed, (1.0 - t) * a + t * b)
-
-
-def image_to_tensor(image: Image.Image, width: int, height: int) -> Tensor:
-    """PIL image → (1, 3, height, width) float32 in [-1, 1], resized if needed."""
-    image = image.convert("RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
-
-
-def mask_to_tensor(mask: Image.Image, width: int, height: int) -> Tensor:
-    """PIL mask → (1, 1, height, width) float32 of 0/1; white (≥ 0.5) marks what to repaint."""
-    mask = mask.convert("L")
-    if mask.size != (width, height):
-        mask = mask.resize((width, height), Image.Resampling.LANCZOS)
-    array = np.asarray(mask, dtype=np.float32) / 255.0
-    return (torch.from_numpy(array) >= 0.5).float()[None, None]
-
-
-def tensor_to_images(images: Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] → PIL images (rounded like diffusers' numpy_to_pil)."""
-    array = (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
 
 
 class StableDiffusionPipeline:

@@ -33,8 +33,9 @@ from sd_core.explorer import (
     recorder_for_run,
     signal_to_noise,
 )
+from sd_core.image_tensors import image_to_tensor
 from sd_core.params import GenerationParams
-from sd_core.pipeline import GenerationHooks, image_to_tensor
+from sd_core.pipeline import GenerationHooks
 from sd_core.samplers import get_sampler
 from sd_core.schedule import NoiseSchedule
 from tests.reference import random_checkpoint
