@@ -14,8 +14,6 @@ queue — or reuse the app's when mounted inside it:
 
 from __future__ import annotations
 
-import gc
-
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.services.gallery import GalleryService
@@ -26,19 +24,11 @@ from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.projects import ProjectService
 from stable_diffusion_api.services.registry import ModelRegistry
+from stable_diffusion_api.services.runtime import freeze_long_lived_objects
 from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.speeds import SpeedService
 from stable_diffusion_api.services.storage import ImageStorage
 from stable_diffusion_api.services.workers import RecoveryReport, WorkerPool
-
-
-def freeze_long_lived_objects() -> None:
-    """Take everything alive now (the imports — torch's alone are ~150,000 objects — the app,
-    the services) out of the garbage collector's full passes. A full pass over them takes
-    ~200 ms on a small CPU and stalls every request the process is serving; a long-running
-    process calls this once, after start-up."""
-    gc.collect()
-    gc.freeze()
 
 
 class Studio:
@@ -47,7 +37,6 @@ class Studio:
         settings: Settings,
         generator: Generator | None = None,
         worker_mode: str | None = None,
-        hub: ProgressHub | None = None,
     ) -> None:
         """`generator` replaces the engine (tests); an injected generator lives in this process,
         so its workers are threads. `worker_mode` overrides `settings.worker_mode`."""
@@ -62,7 +51,7 @@ class Studio:
         self.db = Database(settings.resolved_database_url)
         self.storage = ImageStorage(settings.resolved_data_dir)
         self.jobs = JobQueue(self.db)  # every change of a job's status
-        self.hub = hub if hub is not None else ProgressHub()
+        self.hub = ProgressHub()
         self.hardware = HardwareService(generator)
         self.samplers = SamplerCatalog(generator)
         self.models = ModelRegistry(settings, self.db, generator)
@@ -81,6 +70,7 @@ class Studio:
             self.hub,
             self.speeds,
             worker_mode,
+            self.jobs,
         )
         self.generations = GenerationService(
             settings,
@@ -115,3 +105,6 @@ class Studio:
             self.workers.stop()
             self.started = False
         self.db.dispose()
+
+
+__all__ = ["Studio", "freeze_long_lived_objects"]

@@ -3,87 +3,91 @@
 A small model spends most of a step in Python (dispatching many short torch operations) while
 holding the interpreter lock; a worker thread in the server process would then make every
 request wait for it. So by default each device's `DeviceWorker` runs in a child process
-(multiprocessing "spawn"), with its own database connections, storage and engine, claiming
-jobs from the same SQLite queue under the server's process id (the server's heartbeat covers
-it). A pipe carries, to the child: wake-ups, cancel requests, benchmarks, stop; and back:
-the hub's reports (start, step, a preview's latent, finish: replayed on the server's hub for
-the event streams) and benchmark results.
+(multiprocessing "spawn"). The child builds just a `WorkerContext`: its own database
+connections and job queue, engine, model registry and storage, and a hub that relays every
+report over the pipe; it claims jobs from the same queue under the server's process id (the
+server's heartbeat covers it). The pipe carries typed messages (services/worker_messages.py):
+to the child, wake-ups, cancel requests, benchmarks, forward-process tasks and stop; back, the
+hub's reports (start, step, a preview's latent, finish: replayed on the server's hub for the
+event streams), benchmark status and forward-process results.
 
-If a child dies (killed, out of memory), the server marks the job it was running failed with
-"interrupted" and starts a new child. If the server dies, the child reads end-of-file on its
-pipe and stops too. `DALI_WORKER_MODE=thread` (and any injected generator, as tests use) keeps
-the workers as threads in the server process instead.
+If a child dies (killed, out of memory), the server has the job queue mark the job it was
+running failed (interrupted), fails the forward-process tasks it had, and starts a new child.
+If the server dies, the child reads end-of-file on its pipe and stops too.
+`DALI_WORKER_MODE=thread` (and any injected generator, as tests use) keeps the workers as
+threads in the server process instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from stable_diffusion_api.config import Settings
-from stable_diffusion_api.models import FAILED
-from stable_diffusion_api.services.device_worker import Benchmark, DeviceWorker, benchmark_key
+from stable_diffusion_api.models import FAILED, FailureKind
+from stable_diffusion_api.services.device_worker import DeviceWorker
+from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec
 from stable_diffusion_api.services.progress import ProgressHub
+from stable_diffusion_api.services.worker_context import (
+    Benchmark,
+    ForwardFailed,
+    WorkerContext,
+    benchmark_key,
+    forward_error,
+)
+from stable_diffusion_api.services.worker_messages import (
+    BenchmarkChanged,
+    Cancel,
+    ForwardDone,
+    FromWorker,
+    JobFinished,
+    JobPreview,
+    JobStarted,
+    JobStepped,
+    RunBenchmark,
+    RunForward,
+    Stop,
+    ToWorker,
+    Wake,
+)
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from stable_diffusion_api.services.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 WORKER_NICENESS = 10
 
 
-class _RemoteWake:
-    """Looks like the `threading.Event` a thread worker has: `set()` wakes the child."""
-
-    def __init__(self, proxy: ProcessWorker) -> None:
-        self._proxy = proxy
-
-    def set(self) -> None:
-        self._proxy.send(("wake",))
-
-
-class _RemoteBenchmarks:
-    """Looks like the deque a thread worker has: `append()` sends the benchmark to the child."""
-
-    def __init__(self, proxy: ProcessWorker) -> None:
-        self._proxy = proxy
-
-    def append(self, benchmark: Benchmark) -> None:
-        self._proxy.send(("benchmark", benchmark))
-
-    def __iter__(self) -> Iterator[Benchmark]:
-        return iter(())
-
-
 class ProcessWorker:
-    """The server's side of one device's worker process (same surface as `DeviceWorker`)."""
+    """The server's side of one device's worker process (a `Worker`). Of its context it uses
+    the settings (to start the child), the job queue (a dead child's job), the hub (the
+    child's reports replayed), the instance id and the stopping event."""
 
-    def __init__(self, pool: WorkerPool, device: str) -> None:
-        self.pool = pool
+    def __init__(self, context: WorkerContext, device: str) -> None:
+        self.context = context
         self.device = device
-        self.wake = _RemoteWake(self)
-        self.benchmarks = _RemoteBenchmarks(self)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: Any = None
         self._reader: threading.Thread | None = None
-        pool.hub.cancel_listeners.append(lambda job_id: self.send(("cancel", job_id)))
+        self._benchmarks: dict[tuple[object, ...], Benchmark] = {}
+        self._forwards: dict[int, Future[ForwardResult]] = {}
+        self._request_ids = itertools.count(1)
 
     def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        process = context.Process(
+        spawn = multiprocessing.get_context("spawn")
+        parent, child = spawn.Pipe()
+        process = spawn.Process(
             target=child_main,
-            args=(self.pool.settings, self.device, self.pool.instance_id, child),
+            args=(self.context.settings, self.device, self.context.instance_id, child),
             name=f"dali-worker-{self.device}",
             daemon=True,
         )
@@ -96,7 +100,7 @@ class ProcessWorker:
         )
         self._reader.start()
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: ToWorker) -> None:
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -105,8 +109,26 @@ class ProcessWorker:
             with contextlib.suppress(OSError, ValueError):
                 conn.send(message)
 
+    def wake(self) -> None:
+        self._send(Wake())
+
+    def request_cancel(self, job_id: int) -> None:
+        self._send(Cancel(job_id))
+
+    def request_benchmark(self, benchmark: Benchmark) -> None:
+        self._benchmarks[benchmark_key(benchmark)] = benchmark
+        self._send(RunBenchmark(benchmark))
+
+    def request_forward(self, spec: ForwardSpec) -> Future[ForwardResult]:
+        future: Future[ForwardResult] = Future()
+        request_id = next(self._request_ids)
+        with self._lock:
+            self._forwards[request_id] = future
+        self._send(RunForward(request_id, spec))
+        return future
+
     def stop(self) -> None:
-        self.send(("stop",))
+        self._send(Stop())
 
     def join(self, timeout: float | None = None) -> None:
         process = self._process
@@ -120,96 +142,130 @@ class ProcessWorker:
         if self._reader is not None:
             self._reader.join(5)
 
+    def is_alive(self) -> bool:
+        return self._process is not None and bool(self._process.is_alive())
+
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
     def _read(self, conn: Connection, process: Any) -> None:
         """Relay the child's reports; when the child dies unexpectedly, clean up and restart."""
-        pool = self.pool
+        hub = self.context.hub
         while True:
             try:
-                message = conn.recv()
+                message: FromWorker = conn.recv()
             except (EOFError, OSError):
                 break
-            kind = message[0]
-            if kind == "step":
-                pool.hub.step(*message[1:])
-            elif kind == "preview_latent":
-                pool.hub.preview_latent(*message[1:])
-            elif kind == "start":
-                pool.hub.start(*message[1:])
-            elif kind == "finish":
-                pool.hub.finish(*message[1:])
-            elif kind == "benchmark":
-                _, key, status, error = message
-                if key in pool.benchmarks:
-                    pool.benchmarks[key].mark(status, error)
+            match message:  # the most frequent first
+                case JobStepped(job_id, step, total, step_seconds):
+                    hub.step(job_id, step, total, step_seconds)
+                case JobPreview(job_id, latent, step):
+                    hub.preview_latent(job_id, latent, step)
+                case JobStarted(job_id, total):
+                    hub.start(job_id, total)
+                case JobFinished(job_id, status, result):
+                    hub.finish(job_id, status, result)
+                case BenchmarkChanged(key, status, error):
+                    benchmark = self._benchmarks.get(key)
+                    if benchmark is not None:
+                        benchmark.mark(status, error)
+                case ForwardDone(request_id, result, kind, error):
+                    self._forward_done(request_id, result, kind, error)
         process.join(10)
         with self._lock:
             self._conn = None
+            lost, self._forwards = self._forwards, {}
         conn.close()
-        if pool.stopping.is_set():
+        for future in lost.values():
+            future.set_exception(
+                ForwardFailed(
+                    "the worker process stopped before answering", FailureKind.INTERRUPTED
+                )
+            )
+        if self.context.stopping.is_set():
             return
         log.error("worker process for %s died (exit code %s); restarting", self.device,
                   process.exitcode)  # fmt: skip
         self._fail_running(process.exitcode)
         self.start()
-        self.wake.set()
+        self.wake()
+
+    def _forward_done(
+        self,
+        request_id: int,
+        result: ForwardResult | None,
+        kind: FailureKind | None,
+        error: str | None,
+    ) -> None:
+        with self._lock:
+            future = self._forwards.pop(request_id, None)
+        if future is None or not future.set_running_or_notify_cancel():
+            return  # its caller gave up waiting
+        if result is not None:
+            future.set_result(result)
+        else:
+            future.set_exception(forward_error(kind or FailureKind.INTERNAL, error or "failed"))
 
     def _fail_running(self, code: int | None) -> None:
         """The job the dead child was running: failed, and its hub state finished."""
-        for job_id in self.pool.queue.fail_dead_worker(self.device, self.pool.instance_id, code):
-            self.pool.hub.finish(job_id, FAILED)
+        context = self.context
+        for job_id in context.jobs.fail_dead_worker(self.device, context.instance_id, code):
+            context.hub.finish(job_id, FAILED)
 
 
 class _RelayHub(ProgressHub):
-    """The child's hub: each report goes to the server's hub over the pipe as the call it is,
-    a small tuple rather than the whole state (a step report right after sampling: 0.22 ms
-    instead of 0.36). Previews go as the latent (`preview_latent`), drawn by the server. It
-    keeps only what the worker itself reads: the cancel requests."""
+    """The child's hub: each report goes to the server's hub over the pipe as the call it is, a
+    small message rather than the whole state. Previews go as the latent (`preview_latent`),
+    drawn by the server."""
 
     def __init__(self, conn: Connection, lock: threading.Lock) -> None:
         super().__init__()
         self._conn = conn
         self._send_lock = lock
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: FromWorker) -> None:
         with self._send_lock:
             self._conn.send(message)
 
     def start(self, generation_id: int, total: int) -> None:
-        self._send(("start", generation_id, total))
+        self.send(JobStarted(generation_id, total))
 
     def step(self, generation_id: int, step: int, total: int, step_seconds: float | None) -> None:
-        self._send(("step", generation_id, step, total, step_seconds))
+        self.send(JobStepped(generation_id, step, total, step_seconds))
 
     def preview_latent(self, generation_id: int, latent: np.ndarray, step: int) -> None:
-        self._send(("preview_latent", generation_id, latent, step))  # drawn by the server
+        self.send(JobPreview(generation_id, latent, step))  # drawn by the server
 
     def finish(self, generation_id: int, status: str, result: dict[str, Any] | None = None) -> None:
-        self._send(("finish", generation_id, status, result))
-        with self._changed:
-            self._cancel.discard(generation_id)
+        self.send(JobFinished(generation_id, status, result))
 
 
 class _ChildWorker(DeviceWorker):
     """Reports benchmark status changes back to the server."""
 
-    def __init__(self, pool: WorkerPool, device: str, conn: Connection, lock: threading.Lock):
-        super().__init__(pool, device)
-        self._conn = conn
-        self._send_lock = lock
+    def __init__(self, context: WorkerContext, device: str, hub: _RelayHub) -> None:
+        super().__init__(context, device)
+        self._relay = hub
 
     def _benchmark(self, benchmark: Benchmark) -> None:
         key = benchmark_key(benchmark)
-        self._report(key, "running", None)
+        self._relay.send(BenchmarkChanged(key, "running", None))
         super()._benchmark(benchmark)
-        self._report(key, benchmark.status, benchmark.error)
+        self._relay.send(BenchmarkChanged(key, benchmark.status, benchmark.error))
 
-    def _report(self, key: tuple[object, ...], status: str, error: str | None) -> None:
-        with self._send_lock:
-            self._conn.send(("benchmark", key, status, error))
+    def run_forward(self, request_id: int, spec: ForwardSpec) -> None:
+        """Queue the task; its result goes back to the server when done."""
+
+        def answer(future: Future[ForwardResult]) -> None:
+            error = future.exception()
+            if error is None:
+                self._relay.send(ForwardDone(request_id, future.result()))
+            else:
+                kind = error.kind if isinstance(error, ForwardFailed) else FailureKind.INVALID_INPUT
+                self._relay.send(ForwardDone(request_id, None, kind, str(error)))
+
+        self.request_forward(spec).add_done_callback(answer)
 
 
 def lower_priority(priority: str, device: str) -> None:
@@ -225,40 +281,65 @@ def lower_priority(priority: str, device: str) -> None:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
+def child_context(
+    settings: Settings, instance_id: str, hub: ProgressHub
+) -> tuple[WorkerContext, Any]:
+    """What a worker process needs, built from `settings`, and its database (to dispose of)."""
+    from stable_diffusion_api.db import Database
+    from stable_diffusion_api.services.engine import SdCoreGenerator
+    from stable_diffusion_api.services.job_queue import JobQueue
+    from stable_diffusion_api.services.registry import ModelRegistry
+    from stable_diffusion_api.services.speeds import SpeedService
+    from stable_diffusion_api.services.storage import ImageStorage
+
+    db = Database(settings.resolved_database_url)
+    engine = SdCoreGenerator(settings.pipeline_cache_bytes, settings.torch_threads)
+    context = WorkerContext(
+        settings=settings,
+        jobs=JobQueue(db),
+        engine=engine,
+        models=ModelRegistry(settings, db, engine),
+        storage=ImageStorage(settings.resolved_data_dir),
+        hub=hub,
+        speeds=SpeedService(db),
+        instance_id=instance_id,  # jobs are claimed under the server's heartbeat
+        stopping=threading.Event(),
+    )
+    return context, db
+
+
 def child_main(settings: Settings, device: str, instance_id: str, conn: Connection) -> None:
     """The worker process: one `DeviceWorker` thread, steered by messages on `conn`."""
-    from stable_diffusion_api.services.studio import Studio, freeze_long_lived_objects
+    from stable_diffusion_api.services.runtime import freeze_long_lived_objects
 
     logging.basicConfig(level=logging.INFO)
     lower_priority(settings.worker_priority, device)
-    send_lock = threading.Lock()
-    hub = _RelayHub(conn, send_lock)
-    studio = Studio(settings, worker_mode="thread", hub=hub)
-    pool = studio.workers
-    pool.instance_id = instance_id  # jobs are claimed under the server's heartbeat
+    hub = _RelayHub(conn, threading.Lock())
+    context, db = child_context(settings, instance_id, hub)
     import torch  # noqa: F401  (this process exists to run it: import it before the freeze)
 
     freeze_long_lived_objects()
-    worker = _ChildWorker(pool, device, conn, send_lock)
+    worker = _ChildWorker(context, device, hub)
     worker.start()
     try:
         while True:
             try:
-                message = conn.recv()
+                message: ToWorker = conn.recv()
             except (EOFError, OSError):  # the server is gone: stop too
                 break
-            kind = message[0]
-            if kind == "wake":
-                worker.wake.set()
-            elif kind == "cancel":
-                hub.request_cancel(message[1])
-            elif kind == "benchmark":
-                worker.benchmarks.append(message[1])
-                worker.wake.set()
-            elif kind == "stop":
-                break
+            match message:
+                case Wake():
+                    worker.wake()
+                case Cancel(job_id):
+                    worker.request_cancel(job_id)
+                case RunBenchmark(benchmark):
+                    worker.request_benchmark(benchmark)
+                case RunForward(request_id, spec):
+                    worker.run_forward(request_id, spec)
+                case Stop():
+                    break
     finally:
-        pool.stopping.set()
-        worker.wake.set()
+        context.stopping.set()
+        worker.stop()
         worker.join(60)
-        studio.db.dispose()
+        db.dispose()

@@ -1,6 +1,8 @@
-"""The workers: one thread per device, running that device's queued jobs in order.
+"""The workers: one per device (a thread, or a process: services/worker_process.py), running
+that device's queued jobs in order, and small engine tasks between them.
 
-A worker claims the oldest queued row of its device (a conditional UPDATE queued → running, so
+The pool builds one `WorkerContext` (services/worker_context.py) for its worker threads and
+holds each device's worker as a `Worker`, whatever runs it. A worker claims the oldest queued row of its device (a conditional UPDATE queued → running, so
 two workers, even in two processes sharing the database, never run the same job), runs it
 through the `Generator`, writes each PNG atomically and its thumbnail, and only then, in one
 transaction, inserts the image rows and marks the job succeeded. Progress goes to the
@@ -12,6 +14,9 @@ start-up (and periodically) a job left `running` by a process whose heartbeat st
 server once would crash it again — while queued jobs simply continue. Image rows whose file has
 gone are removed (a generation whose filmstrip file has gone forgets it) and image or filmstrip
 files no row points at are deleted, so no row points at a missing file.
+
+The diffusion explorer's forward process runs on the device's worker too
+(`WorkerPool.forward_process`), so the web process never loads a second pipeline.
 """
 
 from __future__ import annotations
@@ -23,26 +28,36 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image as PILImage
 from sqlalchemy import delete, select, update
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
-from stable_diffusion_api.models import RUNNING, Generation, Image, WorkerProcess, utcnow
-from stable_diffusion_api.services.device_worker import (
-    Benchmark,
-    DeviceWorker,
-    benchmark_key,
+from stable_diffusion_api.models import (
+    RUNNING,
+    FailureKind,
+    Generation,
+    Image,
+    WorkerProcess,
+    utcnow,
 )
-from stable_diffusion_api.services.generator import Generator
+from stable_diffusion_api.services.device_worker import DeviceWorker
+from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec, Generator
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.speeds import SpeedService
 from stable_diffusion_api.services.storage import ImageStorage
+from stable_diffusion_api.services.worker_context import (
+    Benchmark,
+    ForwardFailed,
+    Worker,
+    WorkerContext,
+    benchmark_key,
+)
 from stable_diffusion_api.services.worker_process import ProcessWorker
 
 log = logging.getLogger(__name__)
@@ -67,22 +82,68 @@ class WorkerPool:
         hub: ProgressHub,
         speeds: SpeedService,
         mode: str = "thread",
+        jobs: JobQueue | None = None,
     ) -> None:
-        self.settings = settings
         self.db = db
-        self.queue = JobQueue(db)  # the per-image statements: claim, succeed, finish
-        self.generator = generator
         self.hardware = hardware
-        self.models = models
-        self.storage = storage
-        self.hub = hub
-        self.speeds = speeds
         self.mode = mode  # "thread" or "process" (services/worker_process.py)
-        self.instance_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.stopping = threading.Event()
         self.benchmarks: dict[tuple[object, ...], Benchmark] = {}
-        self._workers: dict[str, DeviceWorker | ProcessWorker] = {}
+        self._context = WorkerContext(
+            settings=settings,
+            jobs=jobs if jobs is not None else JobQueue(db),
+            engine=generator,
+            models=models,
+            storage=storage,
+            hub=hub,
+            speeds=speeds,
+            instance_id=f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            stopping=threading.Event(),
+        )
+        self._workers: dict[str, Worker] = {}
         self._heartbeat: threading.Thread | None = None
+        hub.cancel_listeners.append(self._cancel)
+
+    @property
+    def context(self) -> WorkerContext:
+        return self._context
+
+    @property
+    def settings(self) -> Settings:
+        return self._context.settings
+
+    @property
+    def jobs(self) -> JobQueue:
+        return self._context.jobs
+
+    @property
+    def models(self) -> ModelRegistry:
+        return self._context.models
+
+    @property
+    def storage(self) -> ImageStorage:
+        return self._context.storage
+
+    @property
+    def instance_id(self) -> str:
+        return self._context.instance_id
+
+    @property
+    def stopping(self) -> threading.Event:
+        return self._context.stopping
+
+    @property
+    def generator(self) -> Generator:
+        """The engine the worker threads run (a worker process builds its own)."""
+        return self._context.engine
+
+    @generator.setter
+    def generator(self, engine: Generator) -> None:
+        """Swap the engine (sd_gradio's tracing adapter): running threads take it for their
+        next job."""
+        self._context = replace(self._context, engine=engine)
+        for worker in self._workers.values():
+            if isinstance(worker, DeviceWorker):
+                worker.context = self._context
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -95,11 +156,11 @@ class WorkerPool:
         if report.interrupted:
             log.warning("marked interrupted jobs failed: %s", report.interrupted)
         for device in self.hardware.devices:
-            worker: DeviceWorker | ProcessWorker
+            worker: Worker
             if self.mode == "process":
-                worker = ProcessWorker(self, device.id)
+                worker = ProcessWorker(self._context, device.id)
             else:
-                worker = DeviceWorker(self, device.id)
+                worker = DeviceWorker(self._context, device.id)
             self._workers[device.id] = worker
             worker.start()
         self._heartbeat = threading.Thread(target=self._beat, name="dali-heartbeat", daemon=True)
@@ -121,13 +182,18 @@ class WorkerPool:
             session.execute(delete(WorkerProcess).where(WorkerProcess.id == self.instance_id))
 
     @property
-    def workers(self) -> dict[str, DeviceWorker | ProcessWorker]:
+    def workers(self) -> dict[str, Worker]:
         return dict(self._workers)
 
     def wake(self, device: str) -> None:
         worker = self._workers.get(device)
         if worker is not None:
-            worker.wake.set()
+            worker.wake()
+
+    def _cancel(self, job_id: int) -> None:
+        """A cancel asked on the hub: every worker hears it; the one running the job stops."""
+        for worker in list(self._workers.values()):
+            worker.request_cancel(job_id)
 
     def _beat(self) -> None:
         last_sweep = 0.0
@@ -158,7 +224,7 @@ class WorkerPool:
             )
             alive.add(self.instance_id)
             session.execute(delete(WorkerProcess).where(WorkerProcess.id.not_in(alive)))
-        return self.queue.fail_orphaned(alive)
+        return self.jobs.fail_orphaned(alive)
 
     def recover(self) -> RecoveryReport:
         """Start-up repair: interrupted jobs failed, dangling image rows and stray files gone."""
@@ -213,10 +279,51 @@ class WorkerPool:
         if current is not None and current.status in ("queued", "running"):
             return current
         self.benchmarks[key] = benchmark
-        worker = self._workers[benchmark.device]
-        worker.benchmarks.append(benchmark)
-        worker.wake.set()
+        self._workers[benchmark.device].request_benchmark(benchmark)
         return benchmark
 
+    # -- engine tasks -----------------------------------------------------------------------
 
-__all__ = ["Benchmark", "DeviceWorker", "RecoveryReport", "WorkerPool"]
+    def forward_process(
+        self,
+        model: str,
+        device: str,
+        dtype: str | None,
+        image: PILImage.Image,
+        timesteps: list[int],
+        seed: int,
+        timeout: float,
+    ) -> ForwardResult:
+        """The forward process q(x_t | x0) of `image` at each of `timesteps` (one noise draw
+        from `seed`), run by `device`'s worker with `model` ("" → the built-in) in `dtype`
+        (None → the device's default), after the job it may be running. Raises InvalidField
+        for an unknown model, device or dtype, ValueError for inputs the engine refuses (a
+        timestep out of range), ForwardFailed when the run failed otherwise, TimeoutError after
+        `timeout` seconds (the task is then dropped if it has not begun)."""
+        entry = self.models.resolve(model or None)
+        spec_device, chosen = self.hardware.check(device, dtype)
+        worker = self._workers.get(spec_device.id)
+        if worker is None or self.stopping.is_set():
+            raise ForwardFailed("the workers are not running", FailureKind.INTERRUPTED)
+        future = worker.request_forward(
+            ForwardSpec(
+                checkpoint=entry.path,
+                model_name=entry.name,
+                device=spec_device.id,
+                dtype=chosen,
+                image=image,
+                timesteps=tuple(timesteps),
+                seed=seed,
+                parameter_count=entry.parameter_count,
+            )
+        )
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise TimeoutError(
+                f"the {spec_device.id} worker did not run the forward process within {timeout:g} s"
+            ) from None
+
+
+__all__ = ["Benchmark", "DeviceWorker", "ForwardFailed", "RecoveryReport", "WorkerPool"]

@@ -1,0 +1,100 @@
+"""The messages between the server and a device's worker process, both directions.
+
+Small frozen dataclasses, pickled by `multiprocessing.Connection`. Each report a worker makes
+to the progress hub travels as the call it is (a job id and a few numbers), never the whole
+progress state: a step report costs about what the equivalent tuple did (see
+`benchmarks/bench_worker_messages.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stable_diffusion_api.models import FailureKind
+from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec
+from stable_diffusion_api.services.worker_context import Benchmark
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# -- server → worker process ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A job was queued: look at the queue now."""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class RunBenchmark:
+    benchmark: Benchmark
+
+
+@dataclass(frozen=True)
+class RunForward:
+    request_id: int
+    spec: ForwardSpec
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Finish (a running job ends at its next step, interrupted) and exit."""
+
+
+ToWorker = Wake | Cancel | RunBenchmark | RunForward | Stop
+
+# -- worker process → server ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: int
+    total: int
+
+
+@dataclass(frozen=True)
+class JobStepped:
+    job_id: int
+    step: int
+    total: int
+    step_seconds: float | None
+
+
+@dataclass(frozen=True)
+class JobPreview:
+    """A preview's latent, (4, h, w) float32: the server draws it (the worker keeps sampling)."""
+
+    job_id: int
+    latent: np.ndarray
+    step: int
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job_id: int
+    status: str  # a JobStatus
+    result: dict[str, Any] | None  # the finished generation's view, on success
+
+
+@dataclass(frozen=True)
+class BenchmarkChanged:
+    key: tuple[object, ...]  # benchmark_key
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ForwardDone:
+    request_id: int
+    result: ForwardResult | None
+    kind: FailureKind | None = None  # when it failed
+    error: str | None = None
+
+
+FromWorker = JobStarted | JobStepped | JobPreview | JobFinished | BenchmarkChanged | ForwardDone
