@@ -2,8 +2,9 @@
 
 Small frozen dataclasses, pickled by `multiprocessing.Connection`. Each report a worker makes
 to the progress hub travels as the call it is (a job id and a few numbers), never the whole
-progress state: a step report costs about what the equivalent tuple did (see
-`benchmarks/bench_worker_messages.py`).
+progress state. Measured on the project's 2-core machine, a `JobStepped` costs about 3 µs more
+than the string-tagged tuple it replaced (building, pickling and unpickling it: 3.7 µs against
+0.6; 137 bytes against 37) — next to the 0.22 ms a step report takes end to end, noise.
 """
 
 from __future__ import annotations
