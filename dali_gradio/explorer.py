@@ -1,13 +1,16 @@
 """The diffusion explorer tab: the forward process q(x_t | x0) of any image at a chosen t, with
 its signal-to-noise ratio, and the reverse process of a generation as the filmstrip the worker
-stored with it (the noisy latent x_t and the predicted x0 at evenly spaced steps)."""
+stored with it (the noisy latent x_t and the predicted x0 at evenly spaced steps).
+
+Both go through the studio's workers, like a generation: the forward process is a task for the
+chosen device's worker (`WorkerPool.forward_process`, which encodes, noises and decodes with
+the pipeline that worker has cached), and the reverse process is what the worker recorded
+during the run. The web process never loads a model.
+"""
 
 from __future__ import annotations
 
 import math
-import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +31,13 @@ from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import SUCCEEDED
 from stable_diffusion_api.schemas import GenerationOut
 from stable_diffusion_api.services import Studio
-from stable_diffusion_api.services.engine import SdCoreGenerator
-from stable_diffusion_api.services.generator import JobSpec
+from stable_diffusion_api.services.generator import ForwardResult
+from stable_diffusion_api.services.workers import ForwardFailed
 
-EXPLORER_MIN_SIDE = 256  # the forward process is shown at least this large (tiny models)
 FORWARD_STRIP = (0, 100, 250, 500, 750, 999)
+# How long the explorer waits for the worker, which runs the forward process after the
+# generation it may be running (the forward process itself takes a second or so).
+FORWARD_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -50,97 +55,60 @@ class ExplorerTab:
         self.studio = studio
         self.choices = choices
         self.last = last
-        self._latents: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # encoded images
-        self._lock = threading.Lock()
 
-    def _explorer_pipeline(self, model: str, device: str, dtype: str) -> Any:
-        engine = self.studio.generator
-        if not isinstance(engine, SdCoreGenerator):
-            raise input_error("The diffusion explorer needs the sd_core engine.")
-        try:
-            entry = self.studio.models.resolve(model or self.choices.default_model() or None)
-            spec, chosen = self.studio.hardware.check(
-                device or "cpu", None if dtype == AUTO_DTYPE else dtype
-            )
-        except DomainError as exc:
-            raise input_error(explain(exc)) from None
-        job = JobSpec(
-            checkpoint=entry.path, model_name=entry.name, device=spec.id, dtype=chosen,
-            low_memory=False, prompt="", parameter_count=entry.parameter_count,
-        )  # fmt: skip
-        key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
-        try:
-            return engine.cache.get(key, engine._size_estimate(job))
-        except ValueError as exc:
-            raise input_error(f"Model could not be loaded: {exc}") from None
-
-    def _encoded(self, path: str, pipe: Any) -> Any:
-        """The image's VAE latent (posterior mean × scale), cached per file and pipeline."""
-        from sd_core.explorer import encode_mean, fit_size
-
-        stat = os.stat(path)
-        key = (path, stat.st_mtime_ns, id(pipe))
-        with self._lock:
-            if key in self._latents:
-                return self._latents[key]
+    def _forward(
+        self,
+        path: str | None,
+        timesteps: list[int],
+        seed: float | None,
+        model: str | None,
+        device: str | None,
+        dtype: str | None,
+    ) -> ForwardResult:
+        """The forward process of the uploaded image at `timesteps`, run by the chosen
+        hardware's worker with the chosen model (this process loads no model)."""
+        if not path:
+            raise input_error("Image: upload an image to noise.")
         image = open_image(path, "Image")
         assert image is not None
-        limit = max(pipe.config.native_size, EXPLORER_MIN_SIDE)
-        width, height = fit_size(image.width, image.height, limit)
-        latent = encode_mean(pipe, image, width, height)
-        with self._lock:
-            self._latents[key] = latent
-            while len(self._latents) > 8:
-                self._latents.popitem(last=False)
-        return latent
+        try:
+            return self.studio.workers.forward_process(
+                model or self.choices.default_model(),
+                device or "cpu",
+                None if not dtype or dtype == AUTO_DTYPE else dtype,
+                image,
+                timesteps,
+                optional_int(seed) or 0,
+                FORWARD_TIMEOUT_S,
+            )
+        except DomainError as exc:  # an unknown model, hardware or precision
+            raise input_error(explain(exc)) from None
+        except ValueError as exc:  # inputs the engine refused
+            raise input_error(f"Forward process: {exc}") from None
+        except TimeoutError as exc:
+            raise gr.Error(f"The forward process did not run: {exc}; try again later.") from None
+        except ForwardFailed as exc:
+            raise gr.Error(f"The forward process failed ({exc.kind}): {exc}") from None
 
     def forward(
         self, image: str | None, t: float, seed: float, model: str, device: str, dtype: str
     ) -> tuple[Any, Any, str]:
         """x0 through the VAE, x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε decoded, and the numbers."""
-        import torch
-
-        from sd_core.explorer import decode_to_images, forward_process
-
-        if not image:
-            raise input_error("Image: upload an image to noise.")
-        pipe = self._explorer_pipeline(model, device, dtype)
-        x0 = self._encoded(image, pipe)
-        try:
-            sample = forward_process(
-                x0,
-                int(t),
-                pipe.schedule,
-                generator=torch.Generator().manual_seed(optional_int(seed) or 0),
-            )
-        except ValueError as exc:
-            raise input_error(f"t: {exc}") from None
-        clean, noisy = decode_to_images(pipe, torch.cat([x0, sample.x_t]))
+        result = self._forward(image, [int(t)], seed, model, device, dtype)
+        step = result.steps[0]
         stats = (
-            f"**t = {sample.t}** · ᾱ_t = {sample.alpha_bar:.5f} · signal {math.sqrt(sample.alpha_bar):.4f}"
-            f" · noise {math.sqrt(1 - sample.alpha_bar):.4f} · **SNR = ᾱ/(1−ᾱ) = {sample.snr:.4g}**"
-            f" ({sample.snr_db:+.1f} dB) · σ = {sample.sigma:.4g}"
+            f"**t = {step.t}** · ᾱ_t = {step.alpha_bar:.5f} · signal {math.sqrt(step.alpha_bar):.4f}"
+            f" · noise {math.sqrt(1 - step.alpha_bar):.4f} · **SNR = ᾱ/(1−ᾱ) = {step.snr:.4g}**"
+            f" ({step.snr_db:+.1f} dB) · σ = {step.sigma:.4g}"
         )
-        return clean, noisy, stats
+        return result.clean, step.image, stats
 
     def forward_strip(
         self, image: str | None, seed: float, model: str, device: str, dtype: str
     ) -> list[tuple[Any, str]]:
         """The forward process at several t with one noise draw: signal fading into noise."""
-        import torch
-
-        from sd_core.explorer import decode_to_images, forward_process
-
-        if not image:
-            raise input_error("Image: upload an image to noise.")
-        pipe = self._explorer_pipeline(model, device, dtype)
-        x0 = self._encoded(image, pipe)
-        noise = torch.randn(
-            x0.shape, generator=torch.Generator().manual_seed(optional_int(seed) or 0)
-        )
-        samples = [forward_process(x0, t, pipe.schedule, noise=noise) for t in FORWARD_STRIP]
-        images = decode_to_images(pipe, torch.cat([s.x_t for s in samples]))
-        return [(img, f"t={s.t} · SNR {s.snr:.3g}") for img, s in zip(images, samples, strict=True)]
+        result = self._forward(image, list(FORWARD_STRIP), seed, model, device, dtype)
+        return [(step.image, f"t={step.t} · SNR {step.snr:.3g}") for step in result.steps]
 
     def filmstrip(
         self, generation_id: float | None, request: gr.Request

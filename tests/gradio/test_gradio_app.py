@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -331,6 +332,29 @@ def test_forward_process_and_filmstrip(app: dict[str, Any]) -> None:
     assert [item["caption"].split(" ")[0] for item in strip] == [
         "t=0", "t=100", "t=250", "t=500", "t=750", "t=999",
     ]  # fmt: skip
+    # One noise draw per seed, whichever button: the strip's t=500 is "Add noise" at t=500.
+    _, noisy_500, _ = client.predict(
+        handle_file(tmp / "red.png"), 500, 0, *explorer, api_name="/forward"
+    )
+    with Image.open(noisy_500) as single, Image.open(strip[3]["image"]) as cell:
+        assert single.size == cell.size
+        a = np.asarray(single.convert("RGB"), dtype=np.int16)
+        b = np.asarray(cell.convert("RGB"), dtype=np.int16)
+        assert int(np.abs(a - b).max()) <= 2  # decoded in batches of 2 and 7: float rounding
+    # The worker checks the model, hardware and precision as it does for a generation.
+    assert_user_error(
+        lambda: client.predict(
+            handle_file(tmp / "red.png"), 0, 0, "no-such-model", "cpu", "auto", api_name="/forward"
+        ),
+        "no-such-model", "installed models",
+    )  # fmt: skip
+    assert_user_error(
+        lambda: client.predict(
+            handle_file(tmp / "red.png"), 0, app["model"], "cpu", "float16",
+            api_name="/forward_strip",
+        ),
+        "float16", "cpu takes",
+    )  # fmt: skip
 
     # "" is the model's default sampler: the run records the one that actually ran.
     for sampler in ("", "heun"):
