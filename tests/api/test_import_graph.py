@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "stable_diffusion_api"
 UI_PACKAGES = ("sd_gradio", "dali_gradio")
@@ -118,9 +116,5 @@ def ui_imports() -> list[str]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sd_api.py still imports the Gradio UI for DALI_GRADIO=1 (being removed by its owner)",
-)
 def test_nothing_in_stable_diffusion_api_imports_the_gradio_ui() -> None:
     assert ui_imports() == []
