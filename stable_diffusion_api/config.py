@@ -6,7 +6,7 @@ runs with no configuration at all:
     DALI_DATA_DIR            data directory (images, uploads, database)     <repo>/data
     DALI_DATABASE_URL        SQLAlchemy URL; PostgreSQL works unchanged      sqlite:///<data>/dali.db
     DALI_MODELS_DIR          where *.safetensors / *.ckpt checkpoints live   <data>/models
-    DALI_HOST, DALI_PORT     where `python -m stable_diffusion_api` listens  127.0.0.1:8000
+    DALI_HOST, DALI_PORT     where ./run.sh (python dali_app.py) listens     127.0.0.1:8000
     DALI_API_KEY             when set, the API and pages require it          (none)
     DALI_QUEUE_LIMIT         queued jobs accepted before 429                  100
     DALI_PIPELINE_CACHE_MB   memory budget for loaded pipelines              4096
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # Workers also poll the database, so jobs queued by another process (Gradio) are found.
     poll_s: float = Field(default=1.0, gt=0)
     run_migrations: bool = True
-    # Mount the Gradio UI (sd_gradio.py, optional extra) inside the app at /gradio.
+    # Mount the Gradio UI (dali_gradio, optional extra) at /gradio; only dali_app.py mounts it.
     gradio: bool = False
 
     @property
