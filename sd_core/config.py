@@ -84,10 +84,6 @@ class ModelConfig:
     native_size: int = 512
     default_sampler: str = "euler_a"
 
-    @property
-    def latent_channels(self) -> int:
-        return self.vae.embed_dim
-
 
 SD_V1 = ModelConfig()
 

@@ -6,7 +6,7 @@ each map their own spelling to and from this dataclass; the engine takes it
 `GenerationResult`, from which the PNG metadata is written. The limits below are the only ones:
 front ends may be stricter only where they document why.
 
-Limits (LIMITS, checked by `check`):
+Limits (checked by `GenerationParams.check`):
 
 - prompt, negative_prompt: text (the engine reads at most 75 tokens of each today).
 - seed: 0 … 2³² − 1, and seed + batch − 1 must stay within it (image i has seed + i); None or
@@ -39,23 +39,6 @@ MAX_CLIP_SKIP = 12
 # A field whose metadata names an infotext key is written to AUTOMATIC1111's infotext under
 # that key whenever it differs from its default (`infotext_extras`).
 INFOTEXT_KEY = "infotext"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The documented bounds of `GenerationParams`, for front ends to show and check."""
-
-    min_size: int = MIN_SIZE
-    max_size: int = MAX_SIZE
-    size_multiple: int = SIZE_MULTIPLE
-    max_steps: int = MAX_STEPS
-    max_guidance: float = MAX_GUIDANCE
-    max_batch: int = MAX_BATCH
-    max_seed: int = MAX_SEED
-    max_clip_skip: int = MAX_CLIP_SKIP
-
-
-LIMITS = Limits()
 
 
 class InvalidParam(ValueError):
@@ -134,7 +117,7 @@ class GenerationParams:
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
 
     def check(self) -> GenerationParams:
-        """Validate every field against LIMITS; return the params with numbers normalised
+        """Validate every field against the limits above; return the params with numbers normalised
         (ints stay ints, guidance and strengths become floats). Raises InvalidParam naming the
         field, its value and what is allowed. Unresolved fields (None) are allowed; the
         sampler's name is checked by `resolve` (the registry lives with the engine)."""
@@ -204,18 +187,6 @@ class GenerationParams:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, one key per field."""
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GenerationParams:
-        """Params from `to_dict`'s form; keys that are not fields are refused (named)."""
-        names = field_names()
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise InvalidParam(
-                unknown[0], values[unknown[0]],
-                f"unknown generation parameter(s) {unknown}; known: {list(names)}",
-            )  # fmt: skip
-        return cls(**values)
 
 
 def field_names() -> tuple[str, ...]:

@@ -234,15 +234,6 @@ class StableDiffusionPipeline:
         self._release(vae)
         return out.float()
 
-    def preview_images(self, latents: Tensor) -> list[Image.Image]:
-        """Small RGB previews of latents: a real decode for small models, else the cheap
-        linear approximation."""
-        from sd_core.preview import latents_to_rgb
-
-        if self.config.native_size <= 128:
-            return tensor_to_images(self.decode_latents(latents))
-        return latents_to_rgb(latents)
-
     # -- the main entry point --------------------------------------------------------------
 
     @torch.inference_mode()

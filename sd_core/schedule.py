@@ -15,7 +15,6 @@ timestep travels with the σ schedule as a `SigmaSchedule`; see `sd_core.sampler
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -210,7 +209,3 @@ class NoiseSchedule:
             f"beta_end={c.beta_end}, sigma {self.sigma_min:.4f}…{self.sigma_max:.4f})"
         )
 
-
-def vp_scale(sigma: float) -> float:
-    """1 / sqrt(σ² + 1) = sqrt(ᾱ): the factor from sigma space to the model's x_t space."""
-    return 1.0 / math.sqrt(sigma * sigma + 1.0)
