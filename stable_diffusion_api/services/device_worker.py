@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from PIL import Image as PILImage
-
+from sd_core.params import GenerationParams
+from sd_core.result import GenerationResult
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
@@ -50,6 +50,7 @@ from stable_diffusion_api.services.generator import (
     JobSpec,
     PreviewFn,
 )
+from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelEntry
@@ -161,15 +162,6 @@ def failure_of(exc: Exception) -> tuple[FailureKind, str]:
     return FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.INTERNAL, message
 
 
-def _dali_json(image: PILImage.Image) -> dict[str, object]:
-    """The image's `dali` metadata as a dict (empty when absent or not a JSON object)."""
-    try:
-        data = json.loads(str(image.info.get("dali", "{}")))
-    except json.JSONDecodeError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 class DeviceWorker(threading.Thread):
     """Runs one device's jobs, one at a time, oldest first (a `Worker`)."""
 
@@ -278,17 +270,17 @@ class DeviceWorker(threading.Thread):
             filmstrips: list[Filmstrip] = []
             reporter = _Reporter(context.hub, context.settings, job_id, timing, self._should_cancel)
             began = time.perf_counter()
-            images = context.engine.generate(
+            made = context.engine.generate(
                 spec, reporter.on_step, reporter.should_cancel, on_filmstrip=filmstrips.append
             )
             sampled = time.monotonic()
             timing.engine = time.perf_counter() - began - timing.reporting
             began = time.perf_counter()
-            images_rows = self._save(row, project_name, images, written)
+            images_rows = self._save(row, project_name, made, written)
             filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
             timing.saving = time.perf_counter() - began
-            ran = _dali_json(images[0]).get("sampler") if images else None
-            sampler = row.sampler or (ran if isinstance(ran, str) else None)
+            # A job asking for the model's default sampler records the one that ran.
+            sampler = made.params.sampler
             result = self._succeed(row, model, images_rows, timing, sampler, filmstrip)
             if result is not None:
                 status = SUCCEEDED
@@ -317,37 +309,22 @@ class DeviceWorker(threading.Thread):
 
     def _job_spec(self, row: Generation, model: ModelEntry) -> JobSpec:
         """The engine's job for the claimed `row`, run with `model`."""
+        storage = self.context.storage
         return JobSpec(
-            checkpoint=model.path,
-            model_name=model.name,
-            device=row.device,
-            dtype=row.dtype,
-            low_memory=row.low_memory,
-            prompt=row.prompt,
-            negative_prompt=row.negative_prompt,
-            seed=row.seed,
-            steps=row.steps,
-            sampler=row.sampler,
-            guidance=row.guidance,
-            width=row.width,
-            height=row.height,
-            batch=row.batch,
-            init_image=self.storage.load_input(row.init_image) if row.init_image else None,
-            strength=row.strength,
-            mask=self.storage.load_input(row.mask) if row.mask else None,
-            variation_seed=row.variation_seed,
-            variation_strength=row.variation_strength,
-            parameter_count=model.parameter_count,
-            filmstrip_frames=self.settings.filmstrip_frames,
+            model=model.on(row.device, row.dtype, row.low_memory),
+            params=params_from_row(row),
+            init_image=storage.load_input(row.init_image) if row.init_image else None,
+            mask=storage.load_input(row.mask) if row.mask else None,
+            filmstrip_frames=self.context.settings.filmstrip_frames,
         )
 
     def _save(
-        self, row: Generation, project_name: str, images: list[PILImage.Image], written: list[str]
+        self, row: Generation, project_name: str, made: GenerationResult, written: list[str]
     ) -> list[dict[str, Any]]:
         """Write every PNG (metadata naming the project) and thumbnail; the rows to insert."""
         rows = []
-        for index, image in enumerate(images):
-            dali = _dali_json(image)
+        for index, image in enumerate(made.images):
+            dali = made.metadata(index)
             dali.update(project=project_name, project_id=row.project_id, generation_id=row.id)
             image.info["dali"] = json.dumps(dali)
             path, thumb = self.context.storage.image_paths(row.project_id, row.id, index)
@@ -360,12 +337,12 @@ class DeviceWorker(threading.Thread):
                     "generation_id": row.id,
                     "project_id": row.project_id,
                     "index": index,
-                    "seed": int(image.info.get("seed", row.seed + index)),
+                    "seed": made.seeds[index],
                     "path": path,
                     "thumb_path": thumb,
                     "width": image.width,
                     "height": image.height,
-                    "parameters": str(image.info.get("parameters", "")),
+                    "parameters": made.infotext(index),
                 }
             )
         return rows
@@ -469,22 +446,16 @@ class DeviceWorker(threading.Thread):
         benchmark.mark("running")
         timing = _Timing()
         spec = JobSpec(
-            checkpoint=benchmark.model.path,
-            model_name=benchmark.model.name,
-            device=benchmark.device,
-            dtype=benchmark.dtype,
-            low_memory=False,
-            prompt=BENCHMARK_PROMPT,
-            seed=0,
-            steps=benchmark.steps,
-            width=benchmark.width,
-            height=benchmark.height,
-            parameter_count=benchmark.model.parameter_count,
+            model=benchmark.model.on(benchmark.device, benchmark.dtype),
+            params=GenerationParams(
+                BENCHMARK_PROMPT, seed=0, steps=benchmark.steps, width=benchmark.width,
+                height=benchmark.height,
+            ),  # fmt: skip
         )
         try:
             images = context.engine.generate(
                 spec, lambda step, total, preview: timing.step(step), context.stopping.is_set
-            )
+            ).images
             decoded = time.monotonic()
             buffer = io.BytesIO()
             images[0].save(buffer, format="PNG")  # saving is part of the per-image cost

@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from sd_core.result import GenerationResult
 from stable_diffusion_api.services.generator import (
     CheckpointSpec,
     DeviceSpec,
@@ -31,6 +32,7 @@ from stable_diffusion_api.services.generator import (
     ForwardStep,
     JobCanceled,
     JobSpec,
+    ModelSpec,
     SamplerSpec,
     StepCallback,
 )
@@ -128,11 +130,16 @@ class SdCoreGenerator:
             torch.cuda.empty_cache()  # give back what evicted pipelines held
         return sd_core.load_pipeline(path, device=device, dtype=dtype, low_memory=low_memory)
 
-    def _size_estimate(self, job: JobSpec) -> int:
-        if job.parameter_count is None:
-            return job.checkpoint.stat().st_size if job.checkpoint.exists() else 0
-        dtype = job.dtype or ("float32" if job.device == "cpu" else "float16")
-        return job.parameter_count * _BYTES_PER_PARAMETER.get(dtype, 4)
+    def _size_estimate(self, model: ModelSpec) -> int:
+        if model.parameter_count is None:
+            return model.checkpoint.stat().st_size if model.checkpoint.exists() else 0
+        dtype = model.dtype or ("float32" if model.device == "cpu" else "float16")
+        return model.parameter_count * _BYTES_PER_PARAMETER.get(dtype, 4)
+
+    def _pipeline(self, model: ModelSpec) -> Any:
+        """The loaded pipeline of `model`, from the cache or loaded now."""
+        key = (str(model.checkpoint), model.device, model.dtype, model.low_memory)
+        return self.cache.get(key, self._size_estimate(model))
 
     def _recorder(self, pipe: Any, job: JobSpec) -> Any:
         """The `trace` callback recording `job`'s reverse process (an
@@ -141,7 +148,7 @@ class SdCoreGenerator:
             return None
         from sd_core.explorer import recorder_for_run
 
-        return recorder_for_run(pipe, job.sampler, job.steps, job.filmstrip_frames)
+        return recorder_for_run(pipe, job.params.sampler, job.params.steps, job.filmstrip_frames)
 
     @staticmethod
     def _vae_decode_affordable(pipe: Any, frames: list[Any]) -> bool:
@@ -185,57 +192,28 @@ class SdCoreGenerator:
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
-    ) -> list[Image.Image]:
+    ) -> GenerationResult:
         import sd_core
 
-        key = (str(job.checkpoint), job.device, job.dtype, job.low_memory)
-        pipe = self.cache.get(key, self._size_estimate(job))
+        pipe = self._pipeline(job.model)
         recorder = self._recorder(pipe, job)
 
-        def callback(step: int, total: int, latents: Any) -> None:
+        def report(step: int, total: int, latents: Any) -> None:
             # The preview's latent is copied out only when the worker asks (every few steps).
             on_step(step, total, lambda: latents[0].detach().float().cpu().numpy().copy())
 
-        # Passed only when used, so an engine without variation seeds (or tracing) still serves
-        # the rest.
-        optional: dict[str, Any] = {}
-        if job.variation_strength > 0:
-            optional = {
-                "variation_seed": job.variation_seed,
-                "variation_strength": job.variation_strength,
-            }
-        if recorder is not None:
-            optional["trace"] = recorder
+        hooks = sd_core.GenerationHooks(on_step=report, cancel=should_cancel, trace=recorder)
         try:
-            images = list(
-                pipe.generate(
-                    prompt=job.prompt,
-                    negative_prompt=job.negative_prompt,
-                    seed=job.seed,
-                    steps=job.steps,
-                    sampler=job.sampler,
-                    guidance=job.guidance,
-                    width=job.width,
-                    height=job.height,
-                    batch=job.batch,
-                    init_image=job.init_image,
-                    strength=job.strength,
-                    mask=job.mask,
-                    callback=callback,
-                    cancel=should_cancel,
-                    **optional,
-                )
+            result = pipe.generate(
+                job.params, init_image=job.init_image, mask=job.mask, hooks=hooks
             )
         except sd_core.GenerationCancelled as exc:
             raise JobCanceled(str(exc)) from exc
-        if recorder is None or not recorder.frames:
-            return images
-        # The strip is made only when asked for.
-        if on_filmstrip is not None and job.filmstrip_frames > 0:
+        if recorder is not None and recorder.frames and on_filmstrip is not None:
             filmstrip = self._filmstrip(pipe, recorder.frames)
             if filmstrip is not None:
                 on_filmstrip(filmstrip)
-        return images
+        return result
 
     def save_png(self, image: Image.Image, path: Path) -> None:
         from sd_core.pngmeta import save_png
@@ -247,12 +225,10 @@ class SdCoreGenerator:
 
         from sd_core.explorer import decode_to_images, encode_mean, fit_size, forward_process
 
-        sizing = JobSpec(
-            checkpoint=spec.checkpoint, model_name=spec.model_name, device=spec.device,
-            dtype=spec.dtype, low_memory=False, prompt="", parameter_count=spec.parameter_count,
+        pipe = self._pipeline(
+            ModelSpec(spec.checkpoint, spec.model_name, spec.device, spec.dtype,
+                      parameter_count=spec.parameter_count)
         )  # fmt: skip
-        key = (str(spec.checkpoint), spec.device, spec.dtype, False)
-        pipe = self.cache.get(key, self._size_estimate(sizing))
         image = spec.image.convert("RGB")
         limit = max(pipe.config.native_size, FORWARD_MIN_SIDE)
         width, height = fit_size(image.width, image.height, limit)

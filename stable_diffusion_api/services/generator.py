@@ -9,12 +9,15 @@ inject a fake (queue mechanics without a model) and the real one (`SdCoreGenerat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
+
+from sd_core.params import GenerationParams
+from sd_core.result import GenerationResult
 
 
 class JobCanceled(Exception):
@@ -56,32 +59,28 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """One generation, resolved: which weights on which hardware, and every sampling input."""
+class ModelSpec:
+    """Which weights on which hardware: the key of a loaded pipeline."""
 
     checkpoint: Path
     model_name: str
     device: str
     dtype: str | None  # None → the device's default dtype
-    low_memory: bool
-    prompt: str
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 20
-    sampler: str | None = None
-    guidance: float = 7.0
-    width: int | None = None
-    height: int | None = None
-    batch: int = 1
-    init_image: Image.Image | None = None
-    strength: float = 0.75
-    mask: Image.Image | None = None
-    variation_seed: int | None = None
-    variation_strength: float = 0.0
+    low_memory: bool = False
     parameter_count: int | None = None  # sizes the pipeline cache; None → from the file size
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One generation, resolved: the model to run and the `GenerationParams` to run it with,
+    plus the input images of img2img / inpainting."""
+
+    model: ModelSpec
+    params: GenerationParams
+    init_image: Image.Image | None = None
+    mask: Image.Image | None = None
     # Record the reverse process of image 0 at this many evenly spaced steps; 0 → none.
     filmstrip_frames: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -177,9 +176,9 @@ class Generator(Protocol):
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
-    ) -> list[Image.Image]:
-        """Run one job. Each image carries info["parameters"], info["dali"] (JSON) and
-        info["seed"]. Raises JobCanceled when `should_cancel()` returned True (checked every
+    ) -> GenerationResult:
+        """Run one job: its images (each carrying info["parameters"], info["dali"] and
+        info["seed"]) and the resolved params that made them. Raises JobCanceled when `should_cancel()` returned True (checked every
         step) and ValueError for inputs the engine refuses.
 
         With `job.filmstrip_frames` > 0, the run's reverse process is recorded on the way (no

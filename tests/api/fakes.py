@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from sd_core.result import GenerationResult
 from stable_diffusion_api.services.generator import (
     CheckpointSpec,
     DeviceSpec,
@@ -93,10 +93,11 @@ class FakeGenerator:
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
-    ) -> list[Image.Image]:
+    ) -> GenerationResult:
         self.calls.append(job)
-        width, height = job.width or self.size, job.height or self.size
-        for step in range(1, job.steps + 1):
+        params = job.params.resolve(self.size, "euler_a")  # the fake model's default sampler
+        width, height = params.width or self.size, params.height or self.size
+        for step in range(1, params.steps + 1):
             if should_cancel():
                 raise JobCanceled(f"canceled at step {step}")
             if self.block_at == step:
@@ -104,36 +105,29 @@ class FakeGenerator:
                 self.release.wait(10)
             if self.step_delay:
                 time.sleep(self.step_delay)
-            self.steps_run[job.prompt] = step
-            on_step(step, job.steps, lambda: np.zeros((4, height // 8, width // 8), np.float32))
+            self.steps_run[params.prompt] = step
+            on_step(step, params.steps, lambda: np.zeros((4, height // 8, width // 8), np.float32))
         if self.fail_with is not None:
             raise self.fail_with
-        images = []
-        for index in range(job.batch):
-            seed = job.seed + index
-            image = Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 128))
-            params = (
-                f"{job.prompt}\nNegative prompt: {job.negative_prompt}\nSteps: {job.steps}, "
-                f"Sampler: {job.sampler}, CFG scale: {job.guidance}, Seed: {seed}, "
-                f"Size: {width}x{height}, Model: {job.model_name}"
-            )
-            image.info["parameters"] = params
-            sampler = job.sampler or "euler_a"  # the fake model's default sampler
-            image.info["dali"] = json.dumps(
-                {"prompt": job.prompt, "seed": seed, "sampler": sampler}
-            )
-            image.info["seed"] = seed
-            images.append(image)
+        images = [
+            Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 128))
+            for seed in params.seeds()
+        ]
+        result = GenerationResult(images, params, "txt2img" if job.init_image is None else
+                                  "img2img", job.model.model_name, "", job.model.device,
+                                  job.model.dtype or "float32")  # fmt: skip
+        result.annotate()
         if job.filmstrip_frames > 0 and on_filmstrip is not None:
             on_filmstrip(self.filmstrip(job, width // 2, height // 2))
-        return images
+        return result
 
     @staticmethod
     def filmstrip(job: JobSpec, cell_width: int, cell_height: int) -> Filmstrip:
         """The last `filmstrip_frames` steps (the real engine spreads them out), a grey cell
         each, and σ falling linearly to 0."""
-        steps = list(range(1, job.steps + 1))[-job.filmstrip_frames :]
-        frames = tuple(FilmstripFrame(s, job.steps, 10.0 * (1 - s / job.steps)) for s in steps)
+        total = job.params.steps
+        steps = list(range(1, total + 1))[-job.filmstrip_frames :]
+        frames = tuple(FilmstripFrame(s, total, 10.0 * (1 - s / total)) for s in steps)
         image = Image.new("RGB", (cell_width * len(frames), 2 * cell_height), "gray")
         return Filmstrip(image, frames)
 
