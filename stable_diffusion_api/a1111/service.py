@@ -223,8 +223,7 @@ class A1111Service:
             if view.status == SUCCEEDED:
                 done.append(view)
             elif view.status == FAILED:
-                kind = view.failure_kind or self.studio.jobs.failure_kind(view.id)
-                raise GenerationFailed(view.error or "the generation failed", kind)
+                raise GenerationFailed(view.error or "the generation failed", view.failure_kind)
             # canceled: skipped, interrupted, or canceled from elsewhere; go on with the next
         return done
 

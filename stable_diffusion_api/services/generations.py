@@ -89,6 +89,7 @@ def generation_view(
         has_init_image=row.init_image is not None,
         has_mask=row.mask is not None,
         error=row.error,
+        failure_kind=row.failure_kind,
         step_seconds=row.step_seconds,
         created_at=row.created_at,
         started_at=row.started_at,

@@ -155,7 +155,6 @@ _FLAG_RUNNING = (
     .returning(GENERATIONS.c.id)
 )
 
-_FAILURE_KIND = select(GENERATIONS.c.failure_kind).where(GENERATIONS.c.id == bindparam("job_key"))
 
 _STATUS = select(GENERATIONS.c.status).where(GENERATIONS.c.id == bindparam("job_key"))
 
@@ -371,13 +370,6 @@ class JobQueue:
                   "message": DIED.format(code=exit_code)}  # fmt: skip
         with self._db.engine.begin() as connection:
             return list(connection.execute(_INTERRUPT_WORKER, values).scalars())
-
-    def failure_kind(self, job_id: int) -> FailureKind | None:
-        """Why the job ended unsuccessfully; None while it has not, after a success, or when
-        there is no such job."""
-        with self._db.engine.connect() as connection:
-            kind = connection.execute(_FAILURE_KIND, {"job_key": job_id}).scalar()
-        return FailureKind(kind) if kind is not None else None
 
     def cancel_requested(self, job_id: int) -> bool:
         """Whether the job's row asks for a cancel; True when the row is gone."""
