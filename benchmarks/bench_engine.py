@@ -34,7 +34,10 @@ from tests.reference import diffusers_models, random_checkpoint, sd_core_models 
 
 
 def compared(
-    ours: Callable[[], object], ref: Callable[[], object], device: torch.device, repeat: int,
+    ours: Callable[[], object],
+    ref: Callable[[], object],
+    device: torch.device,
+    repeat: int,
     warmup: int = 3,
 ) -> dict[str, float]:
     """Median seconds of `repeat` runs of each, after `warmup` runs of each, the two alternating
@@ -67,7 +70,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--tiny", action="store_true", help="tiny config: a smoke test of this script")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny config: a smoke test of this script"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -103,13 +108,19 @@ def main() -> None:
                 lambda: ours[1].decode(z), lambda: ref[1].decode(z).sample, device, args.repeat
             )
         if "image" in parts:
-            results[f"image_512_{args.steps}_steps"] = time_images(config, ours, ref, device, dtype, args)
+            results[f"image_512_{args.steps}_steps"] = time_images(
+                config, ours, ref, device, dtype, args
+            )
         for name, r in results.items():
             r["ratio_sd_core_over_diffusers"] = r["sd_core"] / r["diffusers"]
-            print(f"{name:>22}: sd_core {r['sd_core']:.4f} s   diffusers {r['diffusers']:.4f} s"
-                  f"   ratio {r['ratio_sd_core_over_diffusers']:.3f}")
+            print(
+                f"{name:>22}: sd_core {r['sd_core']:.4f} s   diffusers {r['diffusers']:.4f} s"
+                f"   ratio {r['ratio_sd_core_over_diffusers']:.3f}"
+            )
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "dtype": args.dtype,
@@ -128,17 +139,34 @@ def time_images(config, ours, ref, device, dtype, args) -> dict[str, float]:  # 
     from sd_core.pipeline import StableDiffusionPipeline
     from tests.clip_reference import hf_tokenizer
 
-    ours_pipe = StableDiffusionPipeline(config, ours[0], ours[1], ours[2], device=device, dtype=dtype,
-                                        model_name="random", model_hash="0" * 10)
-    config = json.loads((Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "scheduler_config.json").read_text())
+    ours_pipe = StableDiffusionPipeline(
+        config,
+        ours[0],
+        ours[1],
+        ours[2],
+        device=device,
+        dtype=dtype,
+        model_name="random",
+        model_hash="0" * 10,
+    )
+    config = json.loads(
+        (
+            Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "scheduler_config.json"
+        ).read_text()
+    )
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = hf_tokenizer(Path(tmp) / "tokenizer")
     ref_pipe = diffusers.StableDiffusionPipeline(
-        vae=ref[1], text_encoder=ref[0], tokenizer=tokenizer, unet=ref[2],
+        vae=ref[1],
+        text_encoder=ref[0],
+        tokenizer=tokenizer,
+        unet=ref[2],
         scheduler=diffusers.EulerDiscreteScheduler.from_config(config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     ref_pipe.set_progress_bar_config(disable=True)
     prompt = "a photo of an astronaut riding a horse on mars"
@@ -151,6 +179,7 @@ def time_images(config, ours, ref, device, dtype, args) -> dict[str, float]:  # 
                          width=512, generator=torch.Generator("cpu").manual_seed(1)).images,
         device, repeat, warmup=1,
     )  # fmt: skip
+
 
 if __name__ == "__main__":
     main()

@@ -60,7 +60,13 @@ def write_checkpoints(scratch: Path) -> list[tuple[Path, str]]:
         save_file({k: v.contiguous() for k, v in half.items()}, str(fp16))
         torch.save({"state_dict": half}, ckpt16)
         del half
-    jobs += [(fp32, "float32"), (fp16, "float16"), (fp16, "float32"), (ckpt16, "float16"), (ckpt16, "float32")]
+    jobs += [
+        (fp32, "float32"),
+        (fp16, "float16"),
+        (fp16, "float32"),
+        (ckpt16, "float16"),
+        (ckpt16, "float32"),
+    ]
     return jobs
 
 
@@ -73,14 +79,25 @@ def main() -> None:
     for path, dtype in write_checkpoints(args.scratch):
         out = subprocess.run(
             [sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(path), dtype=dtype)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         ratio = (r["peak"] - r["base"]) / r["model_bytes"]
-        rows.append({"file": path.name, "dtype": dtype, "model_gib": r["model_bytes"] / 2**30,
-                     "peak_growth_gib": (r["peak"] - r["base"]) / 2**30, "ratio": ratio})
-        print(f"{path.name:>32} → {dtype:<8} model {rows[-1]['model_gib']:.2f} GiB, "
-              f"peak growth {rows[-1]['peak_growth_gib']:.2f} GiB, ratio {ratio:.2f}")
+        rows.append(
+            {
+                "file": path.name,
+                "dtype": dtype,
+                "model_gib": r["model_bytes"] / 2**30,
+                "peak_growth_gib": (r["peak"] - r["base"]) / 2**30,
+                "ratio": ratio,
+            }
+        )
+        print(
+            f"{path.name:>32} → {dtype:<8} model {rows[-1]['model_gib']:.2f} GiB, "
+            f"peak growth {rows[-1]['peak_growth_gib']:.2f} GiB, ratio {ratio:.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -35,9 +35,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    report: dict[str, object] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    report: dict[str, object] = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_checkpoint(Path(tmp) / "tiny.safetensors", random_checkpoint(TINY_TEST, 3), TINY_TEST)
+        path = save_checkpoint(
+            Path(tmp) / "tiny.safetensors", random_checkpoint(TINY_TEST, 3), TINY_TEST
+        )
         cpu = sd_core.load_pipeline(path, device="cpu")
         gpu = sd_core.load_pipeline(path, device="cuda", dtype="float32")
         for sampler in ("euler", "euler_a", "dpmpp_2m"):

@@ -34,11 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int, default=None, help="default: the model's native size")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--batch", type=int, default=1)
-    gen.add_argument("--variation-seed", type=int, default=None,
-                     help="blend the noise towards this seed's (default: random)")
+    gen.add_argument(
+        "--variation-seed",
+        type=int,
+        default=None,
+        help="blend the noise towards this seed's (default: random)",
+    )
     gen.add_argument("--variation-strength", type=float, default=0.0, help="0 … 1 (default 0)")
-    gen.add_argument("--clip-skip", type=int, default=1,
-                     help="AUTOMATIC1111's Clip skip: 1 = the text encoder's last layer")
+    gen.add_argument(
+        "--clip-skip",
+        type=int,
+        default=1,
+        help="AUTOMATIC1111's Clip skip: 1 = the text encoder's last layer",
+    )
     gen.add_argument("--init-image", type=Path, default=None)
     gen.add_argument("--strength", type=float, default=0.75)
     gen.add_argument("--mask", type=Path, default=None, help="white = repaint")
@@ -82,16 +90,25 @@ def _generate(args: argparse.Namespace) -> int:
 
     paths = output_paths(args.out, max(1, args.batch))
     params = sd_core.GenerationParams(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
-        steps=args.steps, sampler=args.sampler, guidance=args.guidance, width=args.width,
-        height=args.height, batch=args.batch, strength=args.strength,
-        variation_seed=args.variation_seed, variation_strength=args.variation_strength,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        steps=args.steps,
+        sampler=args.sampler,
+        guidance=args.guidance,
+        width=args.width,
+        height=args.height,
+        batch=args.batch,
+        strength=args.strength,
+        variation_seed=args.variation_seed,
+        variation_strength=args.variation_strength,
         clip_skip=args.clip_skip,
     ).check()  # input errors come before the model loads
     init = _open_image(args.init_image, "--init-image") if args.init_image else None
     mask = _open_image(args.mask, "--mask") if args.mask else None
-    pipe = sd_core.load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype,
-                                 low_memory=args.low_memory)
+    pipe = sd_core.load_pipeline(
+        args.checkpoint, device=args.device, dtype=args.dtype, low_memory=args.low_memory
+    )
     bar = None
 
     def progress(step: int, total: int, _latents: object) -> None:

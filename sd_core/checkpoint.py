@@ -132,7 +132,9 @@ class TensorSource:
             self._open_pickle()
 
     def _fail(self, why: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {str(self.path)!r} is not a valid safetensors file: {why}")
+        return CheckpointError(
+            f"checkpoint {str(self.path)!r} is not a valid safetensors file: {why}"
+        )
 
     def _open_safetensors(self) -> None:
         size = self.path.stat().st_size
@@ -252,7 +254,10 @@ def _family_error(path: Path, keys: list[str], shapes: Mapping[str, tuple[int, .
         return f"checkpoint {name} is a Stable Diffusion XL model; only SD v1.x is supported"
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         return f"checkpoint {name} is a Stable Diffusion 2.x model (OpenCLIP text encoder); only SD v1.x is supported"
-    if any(k.startswith(("down_blocks.", "unet.", "text_encoder.", "encoder.down_blocks.")) for k in keys):
+    if any(
+        k.startswith(("down_blocks.", "unet.", "text_encoder.", "encoder.down_blocks."))
+        for k in keys
+    ):
         return f"checkpoint {name} is in the diffusers layout; convert it to the original single-file layout"
     if not any(k.startswith(UNET_PREFIX) for k in keys):
         return f"checkpoint {name} holds no Stable Diffusion UNet (no '{UNET_PREFIX}*' keys); it is not an SD v1.x checkpoint"
@@ -308,7 +313,10 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], name: str = "sd-v1") -> 
     depth = 1
     level_res, level_attn = 0, False
     i = 1
-    while f"{u}input_blocks.{i}.0.op.weight" in shapes or f"{u}input_blocks.{i}.0.in_layers.2.weight" in shapes:
+    while (
+        f"{u}input_blocks.{i}.0.op.weight" in shapes
+        or f"{u}input_blocks.{i}.0.in_layers.2.weight" in shapes
+    ):
         if f"{u}input_blocks.{i}.0.op.weight" in shapes:  # a downsample closes a level
             res_blocks_per_level.append(level_res)
             if level_attn:
@@ -326,7 +334,11 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], name: str = "sd-v1") -> 
                 depth = 1 + max(
                     int(m.group(1))
                     for k in shapes
-                    if (m := re.match(rf"{re.escape(u)}input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.", k))
+                    if (
+                        m := re.match(
+                            rf"{re.escape(u)}input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.", k
+                        )
+                    )
                 )
         i += 1
     res_blocks_per_level.append(level_res)
@@ -353,7 +365,11 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], name: str = "sd-v1") -> 
     while f"{v}encoder.down.{n}.block.0.conv1.weight" in shapes:
         vae_mult.append(shapes[f"{v}encoder.down.{n}.block.0.conv2.weight"][0] // base)
         n += 1
-    n_res = sum(1 for k in shapes if re.fullmatch(rf"{re.escape(v)}encoder\.down\.0\.block\.\d+\.conv1\.weight", k))
+    n_res = sum(
+        1
+        for k in shapes
+        if re.fullmatch(rf"{re.escape(v)}encoder\.down\.0\.block\.\d+\.conv1\.weight", k)
+    )
     vae = VAEConfig(
         in_channels=shape(v + "encoder.conv_in.weight")[1],
         out_channels=shape(v + "decoder.conv_out.weight")[0],
@@ -367,7 +383,11 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], name: str = "sd-v1") -> 
     c = CLIP_PREFIX
     vocab, width = shape(c + "embeddings.token_embedding.weight")
     layers = 1 + max(
-        (int(m.group(1)) for k in shapes if (m := re.match(rf"{re.escape(c)}encoder\.layers\.(\d+)\.", k))),
+        (
+            int(m.group(1))
+            for k in shapes
+            if (m := re.match(rf"{re.escape(c)}encoder\.layers\.(\d+)\.", k))
+        ),
         default=-1,
     )
     clip = CLIPConfig(
@@ -444,7 +464,9 @@ def load_models(
         try:
             config = config_from_metadata(source.metadata[METADATA_CONFIG_KEY])
         except (ValueError, TypeError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {str(path)!r} has unreadable '{METADATA_CONFIG_KEY}' metadata ({e})") from e
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has unreadable '{METADATA_CONFIG_KEY}' metadata ({e})"
+            ) from e
     else:
         config = infer_config(shapes, name=source.path.stem)
     models = build_models(config, device="meta")

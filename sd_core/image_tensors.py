@@ -14,11 +14,15 @@ from torch import Tensor
 def slerp(t: float, a: Tensor, b: Tensor) -> Tensor:
     """Spherical interpolation per image between noise tensors a and b (B, C, h, w)."""
     a_flat, b_flat = a.flatten(1), b.flatten(1)
-    dot = (a_flat / a_flat.norm(dim=1, keepdim=True) * b_flat / b_flat.norm(dim=1, keepdim=True)).sum(1)
+    dot = (
+        a_flat / a_flat.norm(dim=1, keepdim=True) * b_flat / b_flat.norm(dim=1, keepdim=True)
+    ).sum(1)
     omega = torch.acos(dot.clamp(-1.0, 1.0)).view(-1, 1, 1, 1)
     so = torch.sin(omega)
     safe = so.abs() > 1e-6
-    mixed = (torch.sin((1.0 - t) * omega) * a + torch.sin(t * omega) * b) / torch.where(safe, so, 1.0)
+    mixed = (torch.sin((1.0 - t) * omega) * a + torch.sin(t * omega) * b) / torch.where(
+        safe, so, 1.0
+    )
     return torch.where(safe, mixed, (1.0 - t) * a + t * b)
 
 

@@ -371,7 +371,9 @@ class StableDiffusionPipeline:
         start_noise = self._noise(generators, shape)
         if p.variation_seed is not None and p.variation_strength > 0:
             # Image i blends towards the noise of variation seed + i (AUTOMATIC1111's subseed).
-            others = [torch.Generator("cpu").manual_seed(p.variation_seed + i) for i in range(p.batch)]
+            others = [
+                torch.Generator("cpu").manual_seed(p.variation_seed + i) for i in range(p.batch)
+            ]
             start_noise = slerp(p.variation_strength, start_noise, self._noise(others, shape))
         # img2img always starts from the noised image; inpainting at full strength from noise.
         if init_latents is not None and (mask_image is None or p.strength < 1.0):

@@ -208,4 +208,3 @@ class NoiseSchedule:
             f"NoiseSchedule(T={c.num_train_timesteps}, beta_start={c.beta_start}, "
             f"beta_end={c.beta_end}, sigma {self.sigma_min:.4f}…{self.sigma_max:.4f})"
         )
-

@@ -70,23 +70,33 @@ def _non_negative_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train dali-tiny (both phases), evaluate, write the file")
-    train.add_argument("--out", required=True, type=Path, help="run folder (checkpoint, logs, model)")
+    train.add_argument(
+        "--out", required=True, type=Path, help="run folder (checkpoint, logs, model)"
+    )
     train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--export", type=Path, help="also copy the final model file to this path")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     train.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
-    train.add_argument("--preset", choices=_PRESETS, default="dali-tiny",
-                       help="model size: dali-tiny (default) or micro (seconds; for tests)")
+    train.add_argument(
+        "--preset",
+        choices=_PRESETS,
+        default="dali-tiny",
+        help="model size: dali-tiny (default) or micro (seconds; for tests)",
+    )
     for name, kind in _TRAIN_FIELDS.items():
         parse = _non_negative_int if name == "seed" else _positive(kind)
-        train.add_argument("--" + name.replace("_", "-"), type=parse, default=None,
-                           help=f"TrainConfig.{name}")
+        train.add_argument(
+            "--" + name.replace("_", "-"), type=parse, default=None, help=f"TrainConfig.{name}"
+        )
 
     evaluate = sub.add_parser("eval", help="judge a checkpoint on held-out captions")
     evaluate.add_argument("--checkpoint", required=True, type=Path)
@@ -98,14 +108,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=_positive(int))
     evaluate.add_argument("--json", type=Path, help="write the figures here")
     evaluate.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
-    evaluate.add_argument("--tune-count", type=_positive(int), default=16,
-                          help="training captions per sampler/guidance pair (with --record)")
-    evaluate.add_argument("--record", action="store_true",
-                          help="as training ends: choose sampler and guidance on training "
-                          "captions, evaluate, and write the figures into the file")
+    evaluate.add_argument(
+        "--tune-count",
+        type=_positive(int),
+        default=16,
+        help="training captions per sampler/guidance pair (with --record)",
+    )
+    evaluate.add_argument(
+        "--record",
+        action="store_true",
+        help="as training ends: choose sampler and guidance on training "
+        "captions, evaluate, and write the figures into the file",
+    )
 
-    finetune = sub.add_parser("finetune-decoder",
-                              help="fine-tune only the VAE decoder of a model file, then evaluate")
+    finetune = sub.add_parser(
+        "finetune-decoder", help="fine-tune only the VAE decoder of a model file, then evaluate"
+    )
     finetune.add_argument("--checkpoint", required=True, type=Path, help="the model to start from")
     finetune.add_argument("--out", required=True, type=Path, help="the new model file")
     finetune.add_argument("--device", default="cpu")
@@ -114,11 +132,16 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--batch", type=_positive(int), default=8)
     finetune.add_argument("--lr", type=_positive(float), default=5e-4)
     finetune.add_argument("--shape-weight", type=_positive(float), default=10.0)
-    finetune.add_argument("--ring", type=_non_negative_int, default=2,
-                          help="pixels around the shape weighted like the shape (default 2)")
+    finetune.add_argument(
+        "--ring",
+        type=_non_negative_int,
+        default=2,
+        help="pixels around the shape weighted like the shape (default 2)",
+    )
     finetune.add_argument("--no-eval", action="store_true")
-    finetune.add_argument("--json", type=Path,
-                          help="also write the full evaluation report (failures, tuning) here")
+    finetune.add_argument(
+        "--json", type=Path, help="also write the full evaluation report (failures, tuning) here"
+    )
 
     sample = sub.add_parser("sample", help="draw images of one caption")
     sample.add_argument("--checkpoint", required=True, type=Path)
@@ -133,8 +156,11 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="seconds for one image, or (--train) for a whole run")
     bench.add_argument("--checkpoint", type=Path, help="model to time (not with --train)")
-    bench.add_argument("--train", action="store_true",
-                       help="time each part of the default training run and project its total")
+    bench.add_argument(
+        "--train",
+        action="store_true",
+        help="time each part of the default training run and project its total",
+    )
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--threads", type=_positive(int))
     bench.add_argument("--steps", type=_positive(int), default=20)
@@ -242,8 +268,9 @@ def _eval(args: argparse.Namespace) -> int:
 
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {str(args.checkpoint)!r} is not a file")
-        config = dataclasses.replace(TrainConfig(), eval_count=args.count, eval_steps=args.steps,
-                                     tune_count=args.tune_count)
+        config = dataclasses.replace(
+            TrainConfig(), eval_count=args.count, eval_steps=args.steps, tune_count=args.tune_count
+        )
         result = ev.evaluate_and_record(args.checkpoint, args.device, config, args.json)
         return 1 if args.strict and not all(result.meets_targets().values()) else 0
     pipe, record = _load(args.checkpoint, args.device)
@@ -272,8 +299,17 @@ def _finetune(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--checkpoint {str(args.checkpoint)!r} is not a file")
     device = resolve_device(args.device)
     command = "python -m training " + shlex.join(args.argv)
-    record = finetune_decoder(args.checkpoint, args.out, device, args.steps, args.batch, args.lr,
-                              args.shape_weight, args.ring, command=command)
+    record = finetune_decoder(
+        args.checkpoint,
+        args.out,
+        device,
+        args.steps,
+        args.batch,
+        args.lr,
+        args.shape_weight,
+        args.ring,
+        command=command,
+    )
     print(json.dumps(record))
     if not args.no_eval:
         ev.evaluate_and_record(args.out, str(device), TrainConfig(), args.json)
@@ -314,10 +350,19 @@ def _bench(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise ValueError("bench needs --checkpoint PATH (or --train)")
     pipe, record = _load(args.checkpoint, args.device)
-    seconds = ev.benchmark(pipe, args.steps, pipe.config.default_sampler, _guidance(args, record),
-                           args.repeat)
-    print(json.dumps({"seconds_per_image": round(seconds, 4), "steps": args.steps,
-                      "device": args.device, "threads": torch.get_num_threads()}))
+    seconds = ev.benchmark(
+        pipe, args.steps, pipe.config.default_sampler, _guidance(args, record), args.repeat
+    )
+    print(
+        json.dumps(
+            {
+                "seconds_per_image": round(seconds, 4),
+                "steps": args.steps,
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
     return 0
 
 

@@ -33,7 +33,9 @@ def _seconds(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def estimate_training(config: TrainConfig, device: torch.device, repeat: int = 10) -> dict[str, Any]:
+def estimate_training(
+    config: TrainConfig, device: torch.device, repeat: int = 10
+) -> dict[str, Any]:
     """Seconds per unit of each part of a run of `config` on `device`, and the projected total."""
     import sd_core
     from training import evaluate as ev
@@ -46,7 +48,9 @@ def estimate_training(config: TrainConfig, device: torch.device, repeat: int = 1
         vae_step = _seconds(trainer._vae_step, repeat)
 
         pool_images = 256
-        small = Trainer(Path(folder), TrainConfig(pool_size=pool_images, model=config.model), device)
+        small = Trainer(
+            Path(folder), TrainConfig(pool_size=pool_images, model=config.model), device
+        )
         started = time.perf_counter()
         small.build_pool()
         pool_image = (time.perf_counter() - started) / pool_images
@@ -83,6 +87,10 @@ def estimate_training(config: TrainConfig, device: torch.device, repeat: int = 1
         "seconds_per_detection": round(detector, 5),
         "projected_seconds": {k: round(v) for k, v in parts.items()},
         "projected_total_minutes": round(sum(parts.values()) / 60, 1),
-        "steps": {"vae": config.vae_steps, "diffusion": config.unet_steps,
-                  "pool_images": config.pool_size, "eval_images": eval_images},
+        "steps": {
+            "vae": config.vae_steps,
+            "diffusion": config.unet_steps,
+            "pool_images": config.pool_size,
+            "eval_images": eval_images,
+        },
     }

@@ -75,7 +75,9 @@ class EvalResult:
         )
 
 
-def _draw(pipe: Any, scene: Scene, seed: int, steps: int, sampler: str, guidance: float) -> np.ndarray:
+def _draw(
+    pipe: Any, scene: Scene, seed: int, steps: int, sampler: str, guidance: float
+) -> np.ndarray:
     from sd_core.params import GenerationParams
 
     params = GenerationParams(scene.caption, seed=seed, steps=steps, sampler=sampler,
@@ -134,7 +136,12 @@ def evaluate(
     if not 1 <= count <= len(scenes):
         raise ValueError(f"count {count} is out of range; allowed: 1..{len(scenes)}")
     return score(
-        pipe, scenes[:count], [eval_seed(i) for i in range(count)], steps, sampler, guidance,
+        pipe,
+        scenes[:count],
+        [eval_seed(i) for i in range(count)],
+        steps,
+        sampler,
+        guidance,
         progress,
     )
 
@@ -159,8 +166,14 @@ def tune(
         for guidance in guidances:
             result = score(pipe, scenes, seeds, steps, sampler, guidance, progress)
             key = (result.all_four, statistics.mean(result.accuracy.values()))
-            table.append({"sampler": sampler, "guidance": guidance, "all_four": result.all_four,
-                          "accuracy": result.accuracy})
+            table.append(
+                {
+                    "sampler": sampler,
+                    "guidance": guidance,
+                    "all_four": result.all_four,
+                    "accuracy": result.accuracy,
+                }
+            )
             if best is None or key > best[0]:
                 best = (key, sampler, guidance)
     assert best is not None
@@ -181,8 +194,15 @@ def variation_checks(
     for i, scene in enumerate(held_out_scenes()[:pairs]):
         seed = eval_seed(10_000 + i)
         other = next(c for c in COLORS if c not in (scene.color, scene.background))
-        swapped = Scene(other, scene.shape, scene.background, scene.size, scene.position,
-                        scene.position_said, scene.size_said)
+        swapped = Scene(
+            other,
+            scene.shape,
+            scene.background,
+            scene.size,
+            scene.position,
+            scene.position_said,
+            scene.size_said,
+        )
         base = _draw(pipe, scene, seed, steps, sampler, guidance).astype(np.float64)
         changed = _draw(pipe, swapped, seed, steps, sampler, guidance)
         reseeded = _draw(pipe, scene, seed + 1, steps, sampler, guidance).astype(np.float64)
@@ -251,5 +271,7 @@ def evaluate_and_record(
     full = {**result.as_dict(), "variation": variation, "tuning": table, "device": device}
     if report is not None:
         report.write_text(json.dumps(full, indent=2))
-    record_evaluation(path, sampler, {k: v for k, v in full.items() if k not in ("failures", "tuning")})
+    record_evaluation(
+        path, sampler, {k: v for k, v in full.items() if k not in ("failures", "tuning")}
+    )
     return result

@@ -71,9 +71,18 @@ def finetune_decoder(
         bar.set_postfix(loss=f"{smoothed:.4f}")
     bar.close()
 
-    record = {"steps": steps, "batch": batch, "lr": lr, "shape_weight": shape_weight, "ring": ring,
-              "seed": seed, "final_loss": smoothed, "source": source.name, "command": command,
-              "seconds": round(time.perf_counter() - started)}
+    record = {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "shape_weight": shape_weight,
+        "ring": ring,
+        "seed": seed,
+        "final_loss": smoothed,
+        "source": source.name,
+        "command": command,
+        "seconds": round(time.perf_counter() - started),
+    }
     meta = {k: v for k, v in metadata.items() if k not in ("dali_eval", "dali_config", "format")}
     meta["dali_decoder_finetune"] = json.dumps(record)
     save_checkpoint(target, checkpoint_state_dict(models), config, meta, dtype=torch.float16)

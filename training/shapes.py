@@ -85,9 +85,13 @@ class Scene:
         _check("size", self.size, SIZES)
         _check("position", self.position, POSITIONS)
         if self.color == self.background:
-            raise ValueError(f"background {self.background!r} must differ from color {self.color!r}")
+            raise ValueError(
+                f"background {self.background!r} must differ from color {self.color!r}"
+            )
         if not self.size_said and self.size != "medium":
-            raise ValueError(f"size {self.size!r} must be said in the caption (only medium is implied)")
+            raise ValueError(
+                f"size {self.size!r} must be said in the caption (only medium is implied)"
+            )
         if not self.position_said and self.position != "center":
             raise ValueError(f"position {self.position!r} must be said (only center is implied)")
 

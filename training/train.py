@@ -176,11 +176,15 @@ class Trainer:
         # TrainConfig.text_lr_scale for why).
         self.opt = torch.optim.AdamW(
             [
-                {"params": list(self.models["text_encoder"].parameters()),
-                 "lr_scale": config.text_lr_scale},
+                {
+                    "params": list(self.models["text_encoder"].parameters()),
+                    "lr_scale": config.text_lr_scale,
+                },
                 {"params": list(self.models["unet"].parameters()), "lr_scale": 1.0},
             ],
-            lr=config.lr, weight_decay=config.weight_decay, fused=True,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=True,
         )
         self.phase = "vae"
         self.step = 0
@@ -249,8 +253,12 @@ class Trainer:
             # autoencoder is convolutional, so it learns the same local job.
             cells = (images.shape[1] - crop) // 8 + 1
             ys, xs = 8 * self.np_rng.integers(0, cells, size=(2, len(images)))
-            images = np.stack([im[y : y + crop, x : x + crop] for im, y, x in zip(images, ys, xs, strict=True)])
-            weights = np.stack([w[y : y + crop, x : x + crop] for w, y, x in zip(weights, ys, xs, strict=True)])
+            images = np.stack(
+                [im[y : y + crop, x : x + crop] for im, y, x in zip(images, ys, xs, strict=True)]
+            )
+            weights = np.stack(
+                [w[y : y + crop, x : x + crop] for w, y, x in zip(weights, ys, xs, strict=True)]
+            )
         x = images_to_tensor(images, self.device)
         w = torch.from_numpy(weights).float().to(self.device)[:, None]
         for group in self.vae_opt.param_groups:
@@ -347,12 +355,20 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{smoothed:.4f}")
                 self.elapsed[phase] = time.perf_counter() - started
-                if self.step % cfg.checkpoint_every == 0 or self.step == total or (
-                    self.stop_requested
+                if (
+                    self.step % cfg.checkpoint_every == 0
+                    or self.step == total
+                    or (self.stop_requested)
                 ):
                     self.save()
-                    log({"phase": phase, "step": self.step, "loss": smoothed,
-                         "seconds": round(self.elapsed[phase], 1)})
+                    log(
+                        {
+                            "phase": phase,
+                            "step": self.step,
+                            "loss": smoothed,
+                            "seconds": round(self.elapsed[phase], 1),
+                        }
+                    )
                 if self.stop_requested:
                     return
         finally:
@@ -376,8 +392,13 @@ class Trainer:
             self.build_pool()
             self.scale_factor = self.measure_scale_factor()
             self.save()
-            log({"phase": "pool", "images": len(self.pool["ids"]),
-                 "scale_factor": self.scale_factor})
+            log(
+                {
+                    "phase": "pool",
+                    "images": len(self.pool["ids"]),
+                    "scale_factor": self.scale_factor,
+                }
+            )
         if self.phase == "diffusion":
             self.models["vae"].requires_grad_(False)
             if not self.pool:
@@ -402,8 +423,11 @@ class Trainer:
         """Write the model (EMA text encoder and UNet, the VAE) in the original SD layout, fp16."""
         if self.phase != "trained":
             raise TrainingError(f"cannot export: the run is still in phase {self.phase!r}")
-        models = {"text_encoder": self.ema["text_encoder"], "vae": self.models["vae"],
-                  "unet": self.ema["unet"]}
+        models = {
+            "text_encoder": self.ema["text_encoder"],
+            "vae": self.models["vae"],
+            "unet": self.ema["unet"],
+        }
         meta = {
             "dali_name": self.config.model.name,
             "dali_description": "built-in: shapes only (trained by `python -m training`)",
@@ -415,7 +439,10 @@ class Trainer:
             **(metadata or {}),
         }
         return save_checkpoint(
-            path, checkpoint_state_dict(models), self.model_config(default_sampler), meta,
+            path,
+            checkpoint_state_dict(models),
+            self.model_config(default_sampler),
+            meta,
             dtype=torch.float16,
         )
 

@@ -274,7 +274,8 @@ class A1111Service:
             project = self.project(header)
             defaults = GenerationDefaults.model_validate(project.defaults or {})
             self.studio.projects.update(
-                project.id, ProjectUpdate(defaults=defaults.model_copy(update={"clip_skip": clip_skip}))
+                project.id,
+                ProjectUpdate(defaults=defaults.model_copy(update={"clip_skip": clip_skip})),
             )
         if "sd_model_checkpoint" not in options:
             return

@@ -448,7 +448,10 @@ class DeviceWorker(threading.Thread):
         spec = JobSpec(
             model=benchmark.model.on(benchmark.device, benchmark.dtype),
             params=GenerationParams(
-                BENCHMARK_PROMPT, seed=0, steps=benchmark.steps, width=benchmark.width,
+                BENCHMARK_PROMPT,
+                seed=0,
+                steps=benchmark.steps,
+                width=benchmark.width,
                 height=benchmark.height,
             ),  # fmt: skip
         )

@@ -402,9 +402,13 @@ def test_clip_skip_from_override_settings_options_and_infotext(
     assert fake.calls[-1].params.clip_skip == 3
     client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
     # Read back from an infotext, as A1111 ≥ 1.8's `infotext` field does.
-    infotext = "a blue square\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 3, Size: 64x64, Clip skip: 2"
+    infotext = (
+        "a blue square\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 3, Size: 64x64, Clip skip: 2"
+    )
     assert client.post(TXT2IMG, json={"infotext": infotext}).status_code == 200
     assert fake.calls[-1].params.clip_skip == 2
-    bad = client.post(TXT2IMG, json={**SMALL, "override_settings": {"CLIP_stop_at_last_layers": 13}})
+    bad = client.post(
+        TXT2IMG, json={**SMALL, "override_settings": {"CLIP_stop_at_last_layers": 13}}
+    )
     assert bad.status_code == 422
     assert "CLIP_stop_at_last_layers" in bad.text and "1 to 12" in bad.text

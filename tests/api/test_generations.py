@@ -99,7 +99,10 @@ def test_variation_seeds_reach_the_engine(client: TestClient, fake: FakeGenerato
     chosen = wait_for(client, submit(client, project["id"], variation_seed=5,
                                      variation_strength=0.25)["id"])  # fmt: skip
     assert (chosen["variation_seed"], chosen["variation_strength"]) == (5, 0.25)
-    assert (fake.calls[-1].params.variation_seed, fake.calls[-1].params.variation_strength) == (5, 0.25)
+    assert (fake.calls[-1].params.variation_seed, fake.calls[-1].params.variation_strength) == (
+        5,
+        0.25,
+    )
     drawn = wait_for(client, submit(client, project["id"], variation_strength=0.5)["id"])
     assert (
         drawn["variation_seed"] is not None

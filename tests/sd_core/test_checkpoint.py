@@ -145,8 +145,12 @@ def test_wrong_shape_is_named(tmp_path, tiny_state):
 )
 def test_other_families_are_refused_by_name(tmp_path, key, shape, family):
     path = tmp_path / "other.safetensors"
-    save_file({key: torch.zeros(shape), "model.diffusion_model.x": torch.zeros(1)}
-              if family == "2.x" else {key: torch.zeros(shape)}, str(path))
+    save_file(
+        {key: torch.zeros(shape), "model.diffusion_model.x": torch.zeros(1)}
+        if family == "2.x"
+        else {key: torch.zeros(shape)},
+        str(path),
+    )
     with pytest.raises(CheckpointError, match=family):
         load_models(path)
 

@@ -24,8 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "sd_core", *args], capture_output=True, text=True, env=env,
-        cwd=ROOT, timeout=300,
+        [sys.executable, "-m", "sd_core", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
     )
 
 
@@ -43,9 +47,27 @@ def test_samplers_lists_every_name():
 
 def test_generate_batch_writes_numbered_pngs_with_parameters(checkpoint, tmp_path):
     out = tmp_path / "out.png"
-    result = run("generate", "--checkpoint", str(checkpoint), "--prompt", "a red circle",
-                 "--negative-prompt", "blue", "--seed", "4", "--steps", "3", "--sampler", "DPM++ 2M",
-                 "--guidance", "5", "--batch", "2", "--out", str(out))
+    result = run(
+        "generate",
+        "--checkpoint",
+        str(checkpoint),
+        "--prompt",
+        "a red circle",
+        "--negative-prompt",
+        "blue",
+        "--seed",
+        "4",
+        "--steps",
+        "3",
+        "--sampler",
+        "DPM++ 2M",
+        "--guidance",
+        "5",
+        "--batch",
+        "2",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     second = tmp_path / "out-1.png"
     assert out.exists() and second.exists()
@@ -64,9 +86,24 @@ def test_img2img_and_inpaint_from_files(checkpoint, tmp_path):
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[20:40, 20:40] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    result = run("generate", "--checkpoint", str(checkpoint), "--prompt", "x", "--steps", "2",
-                 "--init-image", str(tmp_path / "in.png"), "--strength", "0.5",
-                 "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "o.png"), "--quiet")
+    result = run(
+        "generate",
+        "--checkpoint",
+        str(checkpoint),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--init-image",
+        str(tmp_path / "in.png"),
+        "--strength",
+        "0.5",
+        "--mask",
+        str(tmp_path / "mask.png"),
+        "--out",
+        str(tmp_path / "o.png"),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "o.png") as image:
         assert parse_infotext(image.text["parameters"]).denoising_strength == 0.5
@@ -86,8 +123,16 @@ def test_img2img_and_inpaint_from_files(checkpoint, tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(checkpoint, tmp_path, args, message):
-    result = run("generate", "--checkpoint", str(checkpoint), "--prompt", "x",
-                 "--out", str(tmp_path / "o.png"), *args)
+    result = run(
+        "generate",
+        "--checkpoint",
+        str(checkpoint),
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "o.png"),
+        *args,
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -100,8 +145,9 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
         (tmp_path / "missing.safetensors", "does not exist"),
         (tmp_path / "junk.ckpt", "corrupt or truncated"),
     ]:
-        result = run("generate", "--checkpoint", str(path), "--prompt", "x",
-                     "--out", str(tmp_path / "o.png"))
+        result = run(
+            "generate", "--checkpoint", str(path), "--prompt", "x", "--out", str(tmp_path / "o.png")
+        )
         assert result.returncode == 2 and message in result.stderr
         assert "Traceback" not in result.stderr
     result = run("generate", "--prompt", "x", "--out", str(tmp_path / "o.jpg"))
@@ -123,16 +169,39 @@ def test_info_reports_variant_counts_and_hashes(checkpoint):
 
 def test_input_errors_come_before_the_model_loads(tmp_path):
     """A bad setting is reported even when the checkpoint could not be loaded at all."""
-    result = run("generate", "--checkpoint", str(tmp_path / "missing.safetensors"), "--prompt",
-                 "x", "--steps", "500", "--out", str(tmp_path / "o.png"))
+    result = run(
+        "generate",
+        "--checkpoint",
+        str(tmp_path / "missing.safetensors"),
+        "--prompt",
+        "x",
+        "--steps",
+        "500",
+        "--out",
+        str(tmp_path / "o.png"),
+    )
     assert result.returncode == 2
     assert "steps must be from 1 to 150, got 500" in result.stderr
 
 
 def test_clip_skip_reaches_the_image(checkpoint, tmp_path):
     out = tmp_path / "skip.png"
-    result = run("generate", "--checkpoint", str(checkpoint), "--prompt", "a red circle",
-                 "--seed", "1", "--steps", "2", "--clip-skip", "2", "--quiet", "--out", str(out))
+    result = run(
+        "generate",
+        "--checkpoint",
+        str(checkpoint),
+        "--prompt",
+        "a red circle",
+        "--seed",
+        "1",
+        "--steps",
+        "2",
+        "--clip-skip",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     with Image.open(out) as image:
         assert parse_infotext(image.text["parameters"]).extra["Clip skip"] == "2"

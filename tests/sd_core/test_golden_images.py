@@ -49,12 +49,16 @@ def _generate(pipe: Any, case: dict[str, Any]) -> list[Image.Image]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_images_are_bit_identical_to_the_pre_refactor_engine(pipe: Any, case: dict[str, Any]) -> None:
+def test_images_are_bit_identical_to_the_pre_refactor_engine(
+    pipe: Any, case: dict[str, Any]
+) -> None:
     images = _generate(pipe, case)
     assert len(images) == len(case["infotext"])
     for i, image in enumerate(images):
         expected = np.asarray(Image.open(GOLDEN / f"{case['name']}-{i}.png").convert("RGB"))
         got = np.asarray(image.convert("RGB"))
         diff = np.abs(got.astype(int) - expected.astype(int))
-        assert diff.max() == 0, f"{case['name']}[{i}]: {int((diff > 0).sum())} values differ, max {diff.max()}"
+        assert diff.max() == 0, (
+            f"{case['name']}[{i}]: {int((diff > 0).sum())} values differ, max {diff.max()}"
+        )
         assert image.info["parameters"] == case["infotext"][i]

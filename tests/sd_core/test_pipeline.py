@@ -22,12 +22,14 @@ from sd_core.preview import latent_to_rgb, latents_to_rgb
 from tests.reference import random_checkpoint
 
 
-def generate(pipe, prompt, *, init_image=None, mask=None, callback=None, cancel=None, trace=None,
-             **settings):  # type: ignore[no-untyped-def]
+def generate(
+    pipe, prompt, *, init_image=None, mask=None, callback=None, cancel=None, trace=None, **settings
+):  # type: ignore[no-untyped-def]
     """The images of `pipe.generate(GenerationParams(prompt, **settings), …)`."""
     hooks = GenerationHooks(on_step=callback, cancel=cancel, trace=trace)
-    return pipe.generate(GenerationParams(prompt, **settings), init_image=init_image, mask=mask,
-                         hooks=hooks).images
+    return pipe.generate(
+        GenerationParams(prompt, **settings), init_image=init_image, mask=mask, hooks=hooks
+    ).images
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +100,15 @@ def test_random_seed_is_reported_and_reproducible(pipe):
 
 def test_callback_sees_every_step_and_cancel_stops_within_one(pipe):
     seen: list[tuple[int, int, tuple[int, ...]]] = []
-    generate(pipe, "x", seed=1, steps=4, sampler="euler", batch=2,
-                  callback=lambda i, n, latents: seen.append((i, n, tuple(latents.shape))))
+    generate(
+        pipe,
+        "x",
+        seed=1,
+        steps=4,
+        sampler="euler",
+        batch=2,
+        callback=lambda i, n, latents: seen.append((i, n, tuple(latents.shape))),
+    )
     assert seen == [(i, 4, (2, 4, 8, 8)) for i in range(1, 5)]
 
     calls = []
@@ -110,22 +119,43 @@ def test_callback_sees_every_step_and_cancel_stops_within_one(pipe):
 
     seen_cancel: list[int] = []
     with pytest.raises(sd_core.GenerationCancelled):
-        generate(pipe, "x", seed=1, steps=10, sampler="euler",
-                      callback=lambda i, n, _: seen_cancel.append(i), cancel=cancel)
+        generate(
+            pipe,
+            "x",
+            seed=1,
+            steps=10,
+            sampler="euler",
+            callback=lambda i, n, _: seen_cancel.append(i),
+            cancel=cancel,
+        )
     assert seen_cancel == [1, 2]
 
 
 def test_trace_and_variation_seed(pipe):
     frames = []
-    generate(pipe, "x", seed=3, steps=3, sampler="euler",
-                  trace=lambda i, n, x, d: frames.append((i, x.shape, d.shape)))
+    generate(
+        pipe,
+        "x",
+        seed=3,
+        steps=3,
+        sampler="euler",
+        trace=lambda i, n, x, d: frames.append((i, x.shape, d.shape)),
+    )
     assert [f[0] for f in frames] == [1, 2, 3]
     base = np.asarray(generate(pipe, "x", seed=3, steps=3, sampler="euler")[0], dtype=int)
-    none = np.asarray(generate(pipe, "x", seed=3, steps=3, sampler="euler",
-                                    variation_seed=9, variation_strength=0.0)[0], dtype=int)
+    none = np.asarray(
+        generate(
+            pipe, "x", seed=3, steps=3, sampler="euler", variation_seed=9, variation_strength=0.0
+        )[0],
+        dtype=int,
+    )
     full = np.asarray(generate(pipe, "x", seed=9, steps=3, sampler="euler")[0], dtype=int)
-    towards = np.asarray(generate(pipe, "x", seed=3, steps=3, sampler="euler",
-                                       variation_seed=9, variation_strength=1.0)[0], dtype=int)
+    towards = np.asarray(
+        generate(
+            pipe, "x", seed=3, steps=3, sampler="euler", variation_seed=9, variation_strength=1.0
+        )[0],
+        dtype=int,
+    )
     assert np.array_equal(base, none)
     assert np.abs(towards - full).max() <= 1  # strength 1 = the variation seed's noise
     with pytest.raises(ValueError, match="variation_strength"):
@@ -145,15 +175,17 @@ def test_img2img_strength_zero_keeps_the_image_and_inpaint_keeps_unmasked_latent
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[:, 32:] = 255
     settings = GenerationParams("x", seed=1, steps=4, sampler="euler")
-    _, inpainted = pipe.generate_latents(replace(settings, strength=1.0), init_image=image,
-                                         mask=Image.fromarray(mask))
+    _, inpainted = pipe.generate_latents(
+        replace(settings, strength=1.0), init_image=image, mask=Image.fromarray(mask)
+    )
     _, kept = pipe.generate_latents(replace(settings, strength=0.0), init_image=image)
     # strength 0 denoises nothing: the image's own (posterior-sampled) latents come back, and
     # inpainting keeps exactly those latents where the mask is black (the left half).
     torch.testing.assert_close(inpainted[..., :4], kept[..., :4])
     assert (inpainted[..., 4:] - kept[..., 4:]).abs().mean() > 0.1
-    (decoded,) = generate(pipe, "x", seed=1, steps=4, sampler="euler", init_image=image,
-                               strength=0.0)
+    (decoded,) = generate(
+        pipe, "x", seed=1, steps=4, sampler="euler", init_image=image, strength=0.0
+    )
     assert decoded.size == (64, 64)
 
 

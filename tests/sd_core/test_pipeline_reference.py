@@ -102,7 +102,9 @@ def reference_pipeline(models, cls_name: str, sampler: str, inpaint: bool = Fals
     return pipe
 
 
-def ours_images(pipe: StableDiffusionPipeline, init_image=None, mask=None, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def ours_images(
+    pipe: StableDiffusionPipeline, init_image=None, mask=None, **kwargs
+) -> torch.Tensor:  # type: ignore[no-untyped-def]
     _, latents = pipe.generate_latents(GenerationParams(**kwargs), init_image=init_image, mask=mask)
     return pipe.decode_latents(latents)
 
@@ -118,12 +120,26 @@ def test_loaded_pipeline_describes_itself(models):
 def test_txt2img_equals_diffusers(models, sampler):
     steps, seed, batch = 4, 11, 2
     ours = ours_images(
-        models["ours"], prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed, steps=steps,
-        sampler=sampler, guidance=7.5, width=64, height=64, batch=batch,
+        models["ours"],
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        seed=seed,
+        steps=steps,
+        sampler=sampler,
+        guidance=7.5,
+        width=64,
+        height=64,
+        batch=batch,
     )
     reference = reference_pipeline(models, "StableDiffusionPipeline", sampler)(
-        prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.5,
-        height=64, width=64, num_images_per_prompt=batch, generator=generators(seed, batch),
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        height=64,
+        width=64,
+        num_images_per_prompt=batch,
+        generator=generators(seed, batch),
         output_type="np",
     ).images
     assert_images_close(ours, reference)
@@ -131,19 +147,32 @@ def test_txt2img_equals_diffusers(models, sampler):
 
 def test_txt2img_non_square_without_guidance(models):
     ours = ours_images(
-        models["ours"], prompt=PROMPT, seed=5, steps=3, sampler="euler", guidance=1.0,
-        width=96, height=64,
+        models["ours"],
+        prompt=PROMPT,
+        seed=5,
+        steps=3,
+        sampler="euler",
+        guidance=1.0,
+        width=96,
+        height=64,
     )
     reference = reference_pipeline(models, "StableDiffusionPipeline", "euler")(
-        prompt=PROMPT, num_inference_steps=3, guidance_scale=1.0, height=64, width=96,
-        generator=generators(5, 1), output_type="np",
+        prompt=PROMPT,
+        num_inference_steps=3,
+        guidance_scale=1.0,
+        height=64,
+        width=96,
+        generator=generators(5, 1),
+        output_type="np",
     ).images
     assert_images_close(ours, reference)
 
 
 def test_batch_image_equals_its_seed_alone(models):
     pipe = models["ours"]
-    batch = pipe.generate(GenerationParams(PROMPT, seed=20, steps=3, sampler="euler_a", batch=3)).images
+    batch = pipe.generate(
+        GenerationParams(PROMPT, seed=20, steps=3, sampler="euler_a", batch=3)
+    ).images
     alone = pipe.generate(GenerationParams(PROMPT, seed=21, steps=3, sampler="euler_a")).images
     assert [im.info["seed"] for im in batch] == [20, 21, 22]
     same = np.abs(np.asarray(batch[1], dtype=int) - np.asarray(alone[0], dtype=int))
@@ -165,29 +194,58 @@ def mask_image(size: tuple[int, int] = (64, 64)) -> Image.Image:
     return Image.fromarray(array)
 
 
-@pytest.mark.parametrize(("sampler", "strength"), [("euler", 0.6), ("ddim", 0.75), ("dpmpp_2m", 0.5), ("euler_a", 0.8)])
+@pytest.mark.parametrize(
+    ("sampler", "strength"), [("euler", 0.6), ("ddim", 0.75), ("dpmpp_2m", 0.5), ("euler_a", 0.8)]
+)
 def test_img2img_equals_diffusers(models, sampler, strength):
     ours = ours_images(
-        models["ours"], prompt=PROMPT, seed=3, steps=5, sampler=sampler, guidance=6.0,
-        init_image=init_image(), strength=strength,
+        models["ours"],
+        prompt=PROMPT,
+        seed=3,
+        steps=5,
+        sampler=sampler,
+        guidance=6.0,
+        init_image=init_image(),
+        strength=strength,
     )
     reference = reference_pipeline(models, "StableDiffusionImg2ImgPipeline", sampler)(
-        prompt=PROMPT, image=init_image(), strength=strength, num_inference_steps=5,
-        guidance_scale=6.0, generator=generators(3, 1), output_type="np",
+        prompt=PROMPT,
+        image=init_image(),
+        strength=strength,
+        num_inference_steps=5,
+        guidance_scale=6.0,
+        generator=generators(3, 1),
+        output_type="np",
     ).images
     assert_images_close(ours, reference)
 
 
-@pytest.mark.parametrize(("sampler", "strength"), [("euler", 1.0), ("ddim", 0.75), ("dpmpp_2m", 1.0)])
+@pytest.mark.parametrize(
+    ("sampler", "strength"), [("euler", 1.0), ("ddim", 0.75), ("dpmpp_2m", 1.0)]
+)
 def test_inpaint_regular_checkpoint_equals_diffusers(models, sampler, strength):
     ours = ours_images(
-        models["ours"], prompt=PROMPT, seed=4, steps=4, sampler=sampler, guidance=7.0,
-        init_image=init_image(), mask=mask_image(), strength=strength,
+        models["ours"],
+        prompt=PROMPT,
+        seed=4,
+        steps=4,
+        sampler=sampler,
+        guidance=7.0,
+        init_image=init_image(),
+        mask=mask_image(),
+        strength=strength,
     )
     reference = reference_pipeline(models, "StableDiffusionInpaintPipeline", sampler)(
-        prompt=PROMPT, image=init_image(), mask_image=mask_image(), strength=strength,
-        num_inference_steps=4, guidance_scale=7.0, height=64, width=64,
-        generator=generators(4, 1), output_type="np",
+        prompt=PROMPT,
+        image=init_image(),
+        mask_image=mask_image(),
+        strength=strength,
+        num_inference_steps=4,
+        guidance_scale=7.0,
+        height=64,
+        width=64,
+        generator=generators(4, 1),
+        output_type="np",
     ).images
     assert_images_close(ours, reference)
 
@@ -195,12 +253,26 @@ def test_inpaint_regular_checkpoint_equals_diffusers(models, sampler, strength):
 @pytest.mark.parametrize(("sampler", "strength"), [("euler", 1.0), ("ddim", 0.7)])
 def test_inpaint_9_channel_checkpoint_equals_diffusers(models, sampler, strength):
     ours = ours_images(
-        models["inpaint_ours"], prompt=PROMPT, seed=6, steps=4, sampler=sampler, guidance=7.0,
-        init_image=init_image(), mask=mask_image(), strength=strength,
+        models["inpaint_ours"],
+        prompt=PROMPT,
+        seed=6,
+        steps=4,
+        sampler=sampler,
+        guidance=7.0,
+        init_image=init_image(),
+        mask=mask_image(),
+        strength=strength,
     )
     reference = reference_pipeline(models, "StableDiffusionInpaintPipeline", sampler, inpaint=True)(
-        prompt=PROMPT, image=init_image(), mask_image=mask_image(), strength=strength,
-        num_inference_steps=4, guidance_scale=7.0, height=64, width=64,
-        generator=generators(6, 1), output_type="np",
+        prompt=PROMPT,
+        image=init_image(),
+        mask_image=mask_image(),
+        strength=strength,
+        num_inference_steps=4,
+        guidance_scale=7.0,
+        height=64,
+        width=64,
+        generator=generators(6, 1),
+        output_type="np",
     ).images
     assert_images_close(ours, reference)

@@ -51,7 +51,10 @@ def test_parse_caption_round_trips_every_caption() -> None:
     assert parse_caption("a red circle on a blue background") == Scene(
         "red", "circle", "blue", "medium", "center", position_said=False, size_said=False
     )
-    assert parse_caption("a large green triangle in the top right on a gray background").size == "large"
+    assert (
+        parse_caption("a large green triangle in the top right on a gray background").size
+        == "large"
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,9 @@ def _stop_at_first_diffusion_checkpoint(trainer: tr.Trainer) -> None:
 
 def test_train_command_writes_a_file_that_loads_through_the_pipeline(tmp_path: Path) -> None:
     out, export = tmp_path / "run", tmp_path / "models" / "tiny.safetensors"
-    code = main(["train", "--out", str(out), "--preset", "micro", "--no-eval",
-                 "--export", str(export)])
+    code = main(
+        ["train", "--out", str(out), "--preset", "micro", "--no-eval", "--export", str(export)]
+    )
     assert code == 0
     assert (out / tr.CHECKPOINT_NAME).is_file() and export.is_file()
     metadata = TensorSource(export).metadata
@@ -62,16 +63,20 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
     resumed.train()
     assert resumed.phase == "trained"
     for name in ("unet", "text_encoder"):
-        for a, b in zip(whole.ema[name].state_dict().values(),
-                        resumed.ema[name].state_dict().values(), strict=True):
+        for a, b in zip(
+            whole.ema[name].state_dict().values(),
+            resumed.ema[name].state_dict().values(),
+            strict=True,
+        ):
             assert torch.equal(a, b), name
 
 
 def test_a_finished_run_can_be_extended_with_more_diffusion_steps(tmp_path: Path) -> None:
     tr.open_run(tmp_path, CPU, MICRO_TRAIN, command="first").train()
     more = MICRO_TRAIN.unet_steps + 2
-    extended = tr.open_run(tmp_path, CPU, resume=True, command="second",
-                           overrides={"unet_steps": more})
+    extended = tr.open_run(
+        tmp_path, CPU, resume=True, command="second", overrides={"unet_steps": more}
+    )
     assert (extended.phase, extended.step) == ("diffusion", MICRO_TRAIN.unet_steps)
     records: list[dict] = []
     extended.train(log=records.append)
@@ -136,7 +141,10 @@ def test_bad_flags_exit_2_with_a_clear_message(
 def test_command_line_exit_status_for_a_bad_flag(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "training", "train", "--out", str(tmp_path), "--bogus"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 2
     assert "unrecognized arguments: --bogus" in run.stderr
@@ -146,10 +154,38 @@ def test_finetune_decoder_changes_only_the_decoder_and_eval_record_writes_figure
     tmp_path: Path,
 ) -> None:
     model, tuned = tmp_path / "micro.safetensors", tmp_path / "tuned.safetensors"
-    assert main(["train", "--out", str(tmp_path / "run"), "--preset", "micro", "--no-eval",
-                 "--export", str(model)]) == 0
-    assert main(["finetune-decoder", "--checkpoint", str(model), "--out", str(tuned),
-                 "--steps", "2", "--batch", "2", "--no-eval"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path / "run"),
+                "--preset",
+                "micro",
+                "--no-eval",
+                "--export",
+                str(model),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "finetune-decoder",
+                "--checkpoint",
+                str(model),
+                "--out",
+                str(tuned),
+                "--steps",
+                "2",
+                "--batch",
+                "2",
+                "--no-eval",
+            ]
+        )
+        == 0
+    )
     before, after = TensorSource(model), TensorSource(tuned)
     changed = {k for k in before.keys() if not torch.equal(before.pop(k), after.pop(k))}  # noqa: SIM118
     assert changed and all(
@@ -158,12 +194,32 @@ def test_finetune_decoder_changes_only_the_decoder_and_eval_record_writes_figure
     )
     assert json.loads(TensorSource(tuned).metadata["dali_decoder_finetune"])["steps"] == 2
 
-    assert main(["eval", "--checkpoint", str(tuned), "--record", "--count", "3", "--steps", "2",
-                 "--tune-count", "1"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tuned),
+                "--record",
+                "--count",
+                "3",
+                "--steps",
+                "2",
+                "--tune-count",
+                "1",
+            ]
+        )
+        == 0
+    )
     metadata = TensorSource(tuned).metadata
     record = json.loads(metadata["dali_eval"])
     assert record["count"] == 3 and set(record["accuracy"]) == {
-        "color", "background", "shape", "position", "size"}
+        "color",
+        "background",
+        "shape",
+        "position",
+        "size",
+    }
     assert json.loads(metadata["dali_config"])["default_sampler"] == record["sampler"]
     assert sd_core.load_pipeline(tuned).config.default_sampler == record["sampler"]
 
