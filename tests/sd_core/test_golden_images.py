@@ -16,21 +16,10 @@ from PIL import Image
 
 import sd_core
 from sd_core.params import GenerationParams
+from tests.fixtures.golden.make_golden import init_image, mask_image
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 CASES = json.loads((GOLDEN / "cases.json").read_text())
-
-
-def _init_image() -> Image.Image:
-    a = np.full((64, 64, 3), 128, np.uint8)
-    a[16:48, 16:48] = (230, 210, 20)
-    return Image.fromarray(a)
-
-
-def _mask() -> Image.Image:
-    a = np.zeros((64, 64), np.uint8)
-    a[:, 32:] = 255
-    return Image.fromarray(a)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +31,8 @@ def _generate(pipe: Any, case: dict[str, Any]) -> list[Image.Image]:
     kwargs = {k: v for k, v in case.items() if k not in ("name", "init_image", "mask", "infotext")}
     result = pipe.generate(
         GenerationParams(**kwargs),
-        init_image=_init_image() if case.get("init_image") else None,
-        mask=_mask() if case.get("mask") else None,
+        init_image=init_image() if case.get("init_image") else None,
+        mask=mask_image() if case.get("mask") else None,
     )
     return list(result.images)
 
