@@ -22,7 +22,7 @@ was taken from A1111.
 - A weight with no open round bracket (`a:1.5)`) is kept as text, including its `)`.
 - An unclosed `(` or `[` applies its multiplier (1.1 or 1/1.1) to everything after it, up to the
   end of the prompt. As in A1111, the unclosed round brackets are applied first, then the
-  unclosed square brackets (this fixes the float rounding of `[a (b`).
+  unclosed square brackets (the order decides the float rounding of `[a (b`).
 - A stray `)` or `]` (nothing open of its kind) is kept as text. A `]` never closes a `(`, nor
   a `)` a `[`: `(a]` is the text `a]` at 1.1.
 - Escapes: `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` give the literal `(`, `)`, `[`, `]`, `\\`.
@@ -41,8 +41,9 @@ was taken from A1111.
   no tokens). A prompt that leaves nothing at all gives `[Segment("", 1.0)]`; a prompt of only
   BREAKs gives the markers alone.
 
-When every weight is 1.0 and there is no BREAK, the segments joined are the prompt with its
-brackets and escapes resolved, so the engine can encode them exactly as a plain prompt.
+When every weight is 1.0 and there is no BREAK, the result is a single segment: the prompt with
+its brackets and escapes resolved (a prompt without syntax comes back unchanged, whitespace
+included), so the engine can encode it exactly as a plain prompt.
 
 `extract_extra_networks(prompt)` removes extra-network tags `<kind:name[:arg…]>` (kind: one or
 more word characters; the rest: anything up to the first `>`, at least one character, split at
