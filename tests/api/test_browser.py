@@ -52,9 +52,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
         model = "tiny-random"
     port = free_port()
     # One torch thread: on a shared CI machine, spinning torch threads can slow sampling
-    # down many times over (the test is about the pages, not about speed).
+    # down many times over (the test is about the pages, not about speed). Progress on every
+    # step: a 12-step tiny image takes ~0.2 s, so the default 0.1 s report interval left the
+    # bar only two values to show, and the test watches the bar follow the steps.
     env = os.environ | {"DALI_DATA_DIR": str(data), "DALI_PREVIEW_EVERY": "2",
-                        "DALI_TORCH_THREADS": "1"}  # fmt: skip
+                        "DALI_TORCH_THREADS": "1", "DALI_PROGRESS_INTERVAL_S": "0"}  # fmt: skip
     log = (data / "uvicorn.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "stable_diffusion_api.sd_api:app",
