@@ -115,7 +115,11 @@ def test_workers_run_in_their_own_process_and_survive_its_death(
     studio = client.app.state.studio  # type: ignore[attr-defined]
     worker = studio.workers.workers["cpu"]
     assert worker.pid is not None and worker.pid != os.getpid()  # sampling is not in this process
-    # It yields the CPU to the server (DALI_WORKER_PRIORITY=idle): SCHED_IDLE, niceness 10.
+    # It yields the CPU to the server (DALI_WORKER_PRIORITY=idle): SCHED_IDLE, niceness 10. The
+    # child sets that first thing in its main, which may not have run yet: give it 10 s.
+    deadline = time.monotonic() + 10
+    while os.sched_getscheduler(worker.pid) != os.SCHED_IDLE and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
     assert os.getpriority(os.PRIO_PROCESS, worker.pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10
     project = project_for(client, model, "Killed worker")
