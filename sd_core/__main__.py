@@ -127,6 +127,8 @@ def _generate(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     images = result.images
+    for message in result.warnings:
+        print(f"warning: {message}", file=sys.stderr)
     for image, path in zip(images, paths, strict=True):
         save_png(image, path)
         print(f"{path}  seed {image.info['seed']}")

@@ -17,7 +17,6 @@ and that list of CPU generators.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,21 +195,19 @@ class StableDiffusionPipeline:
     def latent_scale(self) -> float:
         return self.config.vae.scale_factor
 
-    def encode_text(self, prompts: Sequence[str], clip_skip: int = 1) -> Tensor:
-        """Prompts → (B, 77, width) text-encoder hidden states in the pipeline dtype, taken
-        `clip_skip` − 1 layers before the last (AUTOMATIC1111's "Clip skip")."""
-        for prompt in set(prompts):
-            n = self.tokenizer.count_tokens(prompt)
-            limit = self.config.clip.max_positions - 2
-            if n > limit:
-                warnings.warn(
-                    f"prompt has {n} tokens; only the first {limit} are used", stacklevel=3
-                )
-        ids = self.tokenizer.encode_batch(list(prompts)).to(self.device)
+    def encode_text(
+        self, prompts: Sequence[str], clip_skip: int = 1
+    ) -> tuple[list[Tensor], tuple[str, ...]]:
+        """Prompts in AUTOMATIC1111's syntax → each one's (1, 77·n, width) hidden states (the
+        same n for all) in the pipeline dtype, taken `clip_skip` − 1 layers before the last,
+        and the warnings met (see `sd_core.conditioning`)."""
+        from sd_core.conditioning import encode_prompts
+
         encoder = self._use(self.text_encoder)
-        hidden = encoder(ids, clip_skip)
-        self._release(encoder)
-        return hidden
+        try:
+            return encode_prompts(encoder, self.tokenizer, prompts, clip_skip, self.device)
+        finally:
+            self._release(encoder)
 
     def encode_image(self, image: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
         """(1, 3, H, W) in [-1, 1] → (B, C, H/8, W/8) scaled latents, one posterior sample per
@@ -252,7 +249,7 @@ class StableDiffusionPipeline:
         and GenerationCancelled when `hooks.cancel()` turns True. The result's images carry
         their metadata (`GenerationResult.annotate`).
         """
-        resolved, latents, timings = self._latents(params, init_image, mask, hooks)
+        resolved, latents, timings, warned = self._latents(params, init_image, mask, hooks)
         began = time.perf_counter()
         images = tensor_to_images(self.decode_latents(latents))
         result = GenerationResult(
@@ -268,6 +265,7 @@ class StableDiffusionPipeline:
                 sampling=timings[1],
                 decoding=time.perf_counter() - began,
             ),
+            warnings=warned,
         )
         result.annotate()
         return result
@@ -282,7 +280,7 @@ class StableDiffusionPipeline:
         hooks: GenerationHooks | None = None,
     ) -> tuple[GenerationParams, Tensor]:
         """`generate` without the decode: (resolved params, (B, C, H/8, W/8) scaled latents)."""
-        resolved, latents, _ = self._latents(params, init_image, mask, hooks)
+        resolved, latents, _, _ = self._latents(params, init_image, mask, hooks)
         return resolved, latents
 
     def resolve(self, params: GenerationParams) -> GenerationParams:
@@ -304,8 +302,9 @@ class StableDiffusionPipeline:
         init_image: Image.Image | None,
         mask: Image.Image | None,
         hooks: GenerationHooks | None,
-    ) -> tuple[GenerationParams, Tensor, tuple[float, float]]:
-        """Check, encode, sample: (resolved params, final latents, (encode s, sample s))."""
+    ) -> tuple[GenerationParams, Tensor, tuple[float, float], tuple[str, ...]]:
+        """Check, encode, sample: (resolved params, final latents, (encode s, sample s), the
+        prompts' warnings)."""
         from sd_core.samplers import get_sampler
 
         p = self.resolve(params)
@@ -321,21 +320,20 @@ class StableDiffusionPipeline:
 
         began = time.perf_counter()
         check_cancel()
-        context = self._conditioning(p)
+        context, warned = self._conditioning(p)
         encoded = time.perf_counter()
         start = self._start(p, spec, generators, init_image, mask)
         latents = self._sample(p, spec, start, context, hooks, check_cancel, generators)
-        return p, latents, (encoded - began, time.perf_counter() - encoded)
+        return p, latents, (encoded - began, time.perf_counter() - encoded), warned
 
     # -- stage 1: text conditioning --------------------------------------------------------
 
-    def _conditioning(self, p: GenerationParams) -> Tensor:
-        """(2B, 77, width) [negative; prompt] hidden states with CFG, else (B, 77, width)."""
-        cond = self.encode_text([p.prompt] * p.batch, p.clip_skip)
-        if p.guidance <= 1.0:
-            return cond
-        uncond = self.encode_text([p.negative_prompt] * p.batch, p.clip_skip)
-        return torch.cat([uncond, cond])
+    def _conditioning(self, p: GenerationParams) -> tuple[Tensor, tuple[str, ...]]:
+        """(2B, 77·n, width) [negative; prompt] hidden states with CFG, else (B, 77·n, width),
+        and the prompts' warnings. Each prompt is encoded once and repeated over the batch."""
+        prompts = [p.prompt] if p.guidance <= 1.0 else [p.negative_prompt, p.prompt]
+        encoded, warned = self.encode_text(prompts, p.clip_skip)
+        return torch.cat([e.expand(p.batch, -1, -1) for e in encoded]), warned
 
     # -- stage 2: the starting latent ------------------------------------------------------
 

@@ -58,6 +58,8 @@ class GenerationResult:
     device: str
     dtype: str
     timings: GenerationTimings = field(default_factory=GenerationTimings)
+    # What the user should know about how their input was read (e.g. a removed LoRA tag).
+    warnings: tuple[str, ...] = ()
 
     @property
     def seeds(self) -> list[int]:

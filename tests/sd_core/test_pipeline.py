@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -162,11 +161,10 @@ def test_trace_and_variation_seed(pipe):
         generate(pipe, "x", steps=1, variation_seed=1, variation_strength=2.0)
 
 
-def test_long_prompt_warns_and_is_truncated(pipe):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        generate(pipe, "red " * 100, seed=1, steps=1)
-    assert any("tokens" in str(w.message) for w in caught)
+def test_long_prompt_is_encoded_in_chunks_not_truncated(pipe):
+    # 100 tokens: two chunks of the text encoder (see test_conditioning.py), nothing dropped.
+    encoded, warned = pipe.encode_text(["red " * 100])
+    assert encoded[0].shape[1] == 2 * 77 and warned == ()
 
 
 def test_img2img_strength_zero_keeps_the_image_and_inpaint_keeps_unmasked_latents(pipe):
