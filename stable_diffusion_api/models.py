@@ -173,6 +173,8 @@ class Generation(Base):
     # None → no strip.
     filmstrip_path: Mapped[str | None] = mapped_column(String(255))
     filmstrip: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the engine warned about the run's input (e.g. a removed LoRA tag); None → nothing.
+    warnings: Mapped[list[str] | None] = mapped_column(JSON)
     # Seconds a finished run spent where (schemas.GenerationTimings); None → never ran.
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

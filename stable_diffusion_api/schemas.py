@@ -287,6 +287,8 @@ class GenerationOut(Out):
     # Why a failed or canceled job ended (None otherwise): invalid_input, out_of_memory,
     # interrupted, cancelled, internal.
     failure_kind: FailureKind | None = None
+    # How the engine read the input, where the user should know (a removed LoRA tag, …).
+    warnings: list[str] = []
     step_seconds: float | None
     created_at: dt.datetime
     started_at: dt.datetime | None

@@ -279,9 +279,7 @@ class DeviceWorker(threading.Thread):
             images_rows = self._save(row, project_name, made, written)
             filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
             timing.saving = time.perf_counter() - began
-            # A job asking for the model's default sampler records the one that ran.
-            sampler = made.params.sampler
-            result = self._succeed(row, model, images_rows, timing, sampler, filmstrip)
+            result = self._succeed(row, model, made, images_rows, timing, filmstrip)
             if result is not None:
                 status = SUCCEEDED
                 if images_rows:
@@ -367,23 +365,24 @@ class DeviceWorker(threading.Thread):
         self,
         row: Generation,
         model: ModelEntry,
+        made: GenerationResult,
         images: list[dict[str, Any]],
         timing: _Timing,
-        sampler: str | None,
         filmstrip: dict[str, object] | None = None,
     ) -> dict[str, Any] | None:
         """Insert the image rows and mark the job succeeded, in one transaction — unless the
         job's row is gone (project deleted) or no longer ours (then None, and the files are to
-        be dropped). A job asking for the model's default sampler records the sampler that ran;
-        `filmstrip` holds the filmstrip columns when the run kept one. Returns the finished
-        generation's view (for the event streams)."""
+        be dropped). A job asking for the model's default sampler records the sampler that ran
+        (from `made`, with the prompt's warnings); `filmstrip` holds the filmstrip columns when
+        the run kept one. Returns the finished generation's view (for the event streams)."""
         if row.width is None and images:
             self.context.models.learn_native_size(model, images[0]["width"])
         columns = {
             "finished_at": utcnow(),
             "step_seconds": timing.step_seconds,
             "model_hash": model.short_hash,
-            "sampler": sampler,
+            "sampler": made.params.sampler,
+            "warnings": list(made.warnings) or None,
             "timings": timing.spent(),
             **(filmstrip or {}),
         }

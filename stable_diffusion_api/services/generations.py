@@ -90,6 +90,7 @@ def generation_view(
         has_mask=row.mask is not None,
         error=row.error,
         failure_kind=row.failure_kind,
+        warnings=row.warnings or [],
         step_seconds=row.step_seconds,
         created_at=row.created_at,
         started_at=row.started_at,

@@ -48,7 +48,7 @@ def test_upgrade_matches_the_orm_and_downgrade_removes_it(tmp_path: Path) -> Non
         # No difference between what the migrations built and what the models declare.
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        assert version == "0006"
+        assert version == "0007"
     db.downgrade("base")
     with db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == {"alembic_version"}
@@ -178,4 +178,15 @@ def test_extra_params_column_comes_and_goes_keeping_rows(tmp_path: Path) -> None
     assert extra is None  # older rows: every parameter they have lives in its own column
     columns, kept = downgraded(db, "0005")
     assert "extra_params" not in columns and kept == "before extra params"
+    db.dispose()
+
+
+def test_warnings_column_comes_and_goes_keeping_rows(tmp_path: Path) -> None:
+    db = database_at(tmp_path, "0006", 1, "before warnings")
+    db.migrate()
+    with db.engine.connect() as connection:
+        warned = connection.exec_driver_sql("SELECT warnings FROM generations").scalar_one()
+    assert warned is None
+    columns, kept = downgraded(db, "0006")
+    assert "warnings" not in columns and kept == "before warnings"
     db.dispose()

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -251,3 +252,31 @@ def test_a_real_generation_keeps_its_filmstrip_until_deleted(
     assert strip["decoder"] == "vae" and "decoded by the VAE" in page
     assert client.delete(f"/api/v1/generations/{done['id']}").status_code == 204
     assert not path.exists()
+
+
+def test_prompt_warnings_reach_the_rest_api_and_weights_work(
+    engine_client: tuple[TestClient, str | None],
+) -> None:
+    client, model = engine_client
+    project = project_for(client, model, "Prompt syntax")
+    tagged = wait_for(
+        client,
+        submit(client, project["id"], prompt="a red circle <lora:detail:0.8>", seed=3, steps=2)[
+            "id"
+        ],
+    )
+    assert tagged["status"] == "succeeded", tagged
+    assert len(tagged["warnings"]) == 1 and "<lora:detail:0.8>" in tagged["warnings"][0]
+    plain = wait_for(
+        client, submit(client, project["id"], prompt="a red circle", seed=3, steps=2)["id"]
+    )
+    assert plain["warnings"] == []
+    same = wait_for(
+        client, submit(client, project["id"], prompt="a (red circle:1.0)", seed=3, steps=2)["id"]
+    )
+    files = [
+        client.get(f"/api/v1/images/{g['images'][0]['id']}/file").content
+        for g in (tagged, plain, same)
+    ]
+    pixels = [np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in files]
+    assert np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[1], pixels[2])
