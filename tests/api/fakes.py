@@ -54,6 +54,7 @@ class FakeGenerator:
         self.reached = threading.Event()
         self.release = threading.Event()
         self.fail_with: Exception | None = None
+        self.warnings: tuple[str, ...] = ()  # what the next runs' results warn about
         self.calls: list[JobSpec] = []
         self.steps_run: dict[str, int] = {}
         self.size = 64
@@ -115,7 +116,7 @@ class FakeGenerator:
         ]
         result = GenerationResult(images, params, "txt2img" if job.init_image is None else
                                   "img2img", job.model.model_name, "", job.model.device,
-                                  job.model.dtype or "float32")  # fmt: skip
+                                  job.model.dtype or "float32", warnings=self.warnings)  # fmt: skip
         result.annotate()
         if job.filmstrip_frames > 0 and on_filmstrip is not None:
             on_filmstrip(self.filmstrip(job, width // 2, height // 2))

@@ -173,3 +173,17 @@ def test_use_these_settings_remakes_one_image_of_a_batch(client: TestClient) -> 
     stale = client.get(f"/projects/{project['id']}?from_image={second['id']}")
     assert stale.status_code == 200  # a stale link starts from the project's defaults
     assert 'id="random_seed" name="random_seed" checked' in stale.text
+
+
+def test_the_generation_page_shows_the_engine_warnings(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client, "Warned")
+    fake.warnings = ("<lora:detail:0.8> was removed from the prompt",)
+    warned = wait_for(client, submit(client, project["id"], prompt="a red circle")["id"])
+    assert warned["warnings"] == list(fake.warnings)
+    page = client.get(f"/generations/{warned['id']}")
+    assert "Note: &lt;lora:detail:0.8&gt; was removed from the prompt" in page.text
+    fake.warnings = ()
+    plain = wait_for(client, submit(client, project["id"], prompt="a red circle")["id"])
+    assert 'class="notice"' not in client.get(f"/generations/{plain['id']}").text
