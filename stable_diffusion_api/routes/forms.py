@@ -32,7 +32,15 @@ from stable_diffusion_api.schemas import (
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
-DEFAULTS_FIELDS = ("negative_prompt", "sampler", "steps", "guidance", "width", "height")
+DEFAULTS_FIELDS = (
+    "negative_prompt",
+    "sampler",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "clip_skip",
+)
 GENERATION_FIELDS = DEFAULTS_FIELDS + ("prompt", "seed", "batch", "model", "strength")
 UPLOAD_FIELDS = ("init_image", "mask")
 

@@ -187,3 +187,27 @@ def test_the_generation_page_shows_the_engine_warnings(
     fake.warnings = ()
     plain = wait_for(client, submit(client, project["id"], prompt="a red circle")["id"])
     assert 'class="notice"' not in client.get(f"/generations/{plain['id']}").text
+
+
+def test_clip_skip_from_the_generate_form_and_the_project_default(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    created = client.post(
+        "/projects",
+        data={"name": "Skips", "device": "cpu", "clip_skip": "2"},
+        follow_redirects=False,
+    )
+    assert created.status_code == 303, created.text
+    project_id = int(created.headers["location"].rsplit("/", 1)[1])
+    page = client.get(f"/projects/{project_id}")
+    assert 'id="clip_skip"' in page.text
+    post = client.post(f"/projects/{project_id}/generate", data={"prompt": "x", "steps": "2"},
+                       follow_redirects=False)  # fmt: skip
+    wait_for(client, int(post.headers["location"].rsplit("/", 1)[1]))
+    assert fake.calls[-1].params.clip_skip == 2  # the project's default
+    post = client.post(f"/projects/{project_id}/generate",
+                       data={"prompt": "x", "steps": "2", "clip_skip": "3"}, follow_redirects=False)  # fmt: skip
+    wait_for(client, int(post.headers["location"].rsplit("/", 1)[1]))
+    assert fake.calls[-1].params.clip_skip == 3
+    bad = client.post(f"/projects/{project_id}/generate", data={"prompt": "x", "clip_skip": "13"})
+    assert bad.status_code == 422 and 'id="clip_skip-error"' in bad.text
