@@ -171,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(checkpoint: Path, device: str) -> tuple[Any, dict[str, Any]]:
     """A pipeline for `checkpoint` in float32 and the evaluation record the file carries."""
     import sd_core
-    from sd_core.checkpoint import TensorSource
+    from sd_core.tensor_source import TensorSource
 
     if not checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r} is not a file")

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import sd_core
-from sd_core.checkpoint import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, TensorSource
+from sd_core.checkpoint import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from sd_core.tensor_source import TensorSource
 from training.evaluate import TARGETS, score
 from training.shapes import eval_seed, held_out_scenes
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sd_core
-from sd_core.checkpoint import TensorSource
+from sd_core.tensor_source import TensorSource
 from training import train as tr
 from training.__main__ import main
 from training.config import MICRO_TRAIN
