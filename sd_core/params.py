@@ -155,27 +155,31 @@ class GenerationParams:
             clip_skip=_int("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP),
         )
 
-    def resolve(self, native_size: int, default_sampler: str) -> GenerationParams:
-        """Checked params with nothing left open: random seeds drawn, the sampler's canonical
-        name, the model's native size where none was asked for."""
-        from sd_core.samplers import get_sampler
-
+    def with_seeds(self) -> GenerationParams:
+        """Checked params with the random seed drawn (and the variation seed, when the noise
+        blends; without a blend there is none to record)."""
         params = self.check()
         seed = params.seed
         if seed is None or seed == -1:
             seed = random_seed(params.batch)
         variation_seed = params.variation_seed
-        if params.variation_strength > 0 and (variation_seed is None or variation_seed == -1):
-            variation_seed = random_seed(params.batch)
         if params.variation_strength == 0:
             variation_seed = None
+        elif variation_seed is None or variation_seed == -1:
+            variation_seed = random_seed(params.batch)
+        return replace(params, seed=seed, variation_seed=variation_seed)
+
+    def resolve(self, native_size: int, default_sampler: str) -> GenerationParams:
+        """Checked params with nothing left open: seeds drawn (`with_seeds`), the sampler's
+        canonical name, the model's native size where none was asked for."""
+        from sd_core.samplers import get_sampler
+
+        params = self.with_seeds()
         return replace(
             params,
-            seed=seed,
             sampler=get_sampler(params.sampler or default_sampler).name,
             width=native_size if params.width is None else params.width,
             height=native_size if params.height is None else params.height,
-            variation_seed=variation_seed,
         )
 
     def seeds(self) -> list[int]:

@@ -54,7 +54,6 @@ from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelEntry
-from stable_diffusion_api.services.storage import ImageStorage
 from stable_diffusion_api.services.worker_context import (
     Benchmark,
     ForwardFailed,
@@ -174,14 +173,6 @@ class DeviceWorker(threading.Thread):
         self._forwards: deque[tuple[ForwardSpec, Future[ForwardResult]]] = deque()
         self._cancels: set[int] = set()
         self._last_db_check = 0.0
-
-    @property
-    def settings(self) -> Settings:
-        return self.context.settings
-
-    @property
-    def storage(self) -> ImageStorage:
-        return self.context.storage
 
     @property
     def pid(self) -> int | None:
@@ -452,7 +443,7 @@ class DeviceWorker(threading.Thread):
                 steps=benchmark.steps,
                 width=benchmark.width,
                 height=benchmark.height,
-            ),  # fmt: skip
+            ),
         )
         try:
             images = context.engine.generate(

@@ -47,27 +47,9 @@ def params_from_request(
         chosen[name] = value if value is not None else getattr(defaults, name)
     chosen["sampler"] = sampler
     try:
-        checked = GenerationParams(**chosen).check()
+        return GenerationParams(**chosen).with_seeds()
     except InvalidParam as exc:
         raise InvalidField(exc.field, exc.value, str(exc)) from None
-    return _with_drawn_seeds(checked)
-
-
-def _with_drawn_seeds(params: GenerationParams) -> GenerationParams:
-    """`params` with its random seed (and variation seed, when it blends) drawn now."""
-    from dataclasses import replace
-
-    from sd_core.params import random_seed
-
-    seed = params.seed
-    if seed is None or seed < 0:
-        seed = random_seed(params.batch)
-    variation_seed = params.variation_seed
-    if params.variation_strength == 0:
-        variation_seed = None
-    elif variation_seed is None or variation_seed < 0:
-        variation_seed = random_seed(params.batch)
-    return replace(params, seed=seed, variation_seed=variation_seed)
 
 
 def row_values(params: GenerationParams) -> dict[str, Any]:
