@@ -81,6 +81,19 @@ class _Start:
     extra_channels: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class _Sampled:
+    """What `_latents` made: the resolved params, the mode (txt2img, img2img, inpaint), the
+    final (B, C, h, w) latents, the seconds text encoding and sampling took, the warnings."""
+
+    params: GenerationParams
+    mode: str
+    latents: Tensor
+    text_encoding_s: float
+    sampling_s: float
+    warnings: tuple[str, ...]
+
+
 def _check_images(
     init_image: Image.Image | None, mask: Image.Image | None, inpainting_model: bool
 ) -> str:
@@ -249,23 +262,23 @@ class StableDiffusionPipeline:
         and GenerationCancelled when `hooks.cancel()` turns True. The result's images carry
         their metadata (`GenerationResult.annotate`).
         """
-        resolved, latents, timings, warned = self._latents(params, init_image, mask, hooks)
+        sampled = self._latents(params, init_image, mask, hooks)
         began = time.perf_counter()
-        images = tensor_to_images(self.decode_latents(latents))
+        images = tensor_to_images(self.decode_latents(sampled.latents))
         result = GenerationResult(
             images=images,
-            params=resolved,
-            mode=_check_images(init_image, mask, self.config.unet.in_channels == 9),
+            params=sampled.params,
+            mode=sampled.mode,
             model_name=self.model_name,
             model_hash=self.model_hash,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             timings=GenerationTimings(
-                text_encoding=timings[0],
-                sampling=timings[1],
+                text_encoding=sampled.text_encoding_s,
+                sampling=sampled.sampling_s,
                 decoding=time.perf_counter() - began,
             ),
-            warnings=warned,
+            warnings=sampled.warnings,
         )
         result.annotate()
         return result
@@ -280,8 +293,8 @@ class StableDiffusionPipeline:
         hooks: GenerationHooks | None = None,
     ) -> tuple[GenerationParams, Tensor]:
         """`generate` without the decode: (resolved params, (B, C, H/8, W/8) scaled latents)."""
-        resolved, latents, _, _ = self._latents(params, init_image, mask, hooks)
-        return resolved, latents
+        sampled = self._latents(params, init_image, mask, hooks)
+        return sampled.params, sampled.latents
 
     def resolve(self, params: GenerationParams) -> GenerationParams:
         """`params` checked and completed for this model (its native size, default sampler)."""
@@ -302,13 +315,12 @@ class StableDiffusionPipeline:
         init_image: Image.Image | None,
         mask: Image.Image | None,
         hooks: GenerationHooks | None,
-    ) -> tuple[GenerationParams, Tensor, tuple[float, float], tuple[str, ...]]:
-        """Check, encode, sample: (resolved params, final latents, (encode s, sample s), the
-        prompts' warnings)."""
+    ) -> _Sampled:
+        """Check, encode, sample."""
         from sd_core.samplers import get_sampler
 
         p = self.resolve(params)
-        _check_images(init_image, mask, self.config.unet.in_channels == 9)
+        mode = _check_images(init_image, mask, self.config.unet.in_channels == 9)
         hooks = hooks or GenerationHooks()
         assert p.sampler is not None and p.seed is not None
         spec = get_sampler(p.sampler)
@@ -324,7 +336,8 @@ class StableDiffusionPipeline:
         encoded = time.perf_counter()
         start = self._start(p, spec, generators, init_image, mask)
         latents = self._sample(p, spec, start, context, hooks, check_cancel, generators)
-        return p, latents, (encoded - began, time.perf_counter() - encoded), warned
+        sampling_s = time.perf_counter() - encoded
+        return _Sampled(p, mode, latents, encoded - began, sampling_s, warned)
 
     # -- stage 1: text conditioning --------------------------------------------------------
 

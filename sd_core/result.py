@@ -19,8 +19,19 @@ from sd_core.params import GenerationParams, infotext_extras
 
 TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
 # Params fields the `dali` JSON writes per image (or only where they apply) itself.
-_PER_IMAGE = frozenset({"prompt", "negative_prompt", "steps", "sampler", "guidance", "seed",
-                        "width", "height", "strength"})  # fmt: skip
+_PER_IMAGE = frozenset(
+    (
+        "prompt",
+        "negative_prompt",
+        "steps",
+        "sampler",
+        "guidance",
+        "seed",
+        "width",
+        "height",
+        "strength",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -31,13 +42,6 @@ class GenerationTimings:
     text_encoding: float = 0.0
     sampling: float = 0.0
     decoding: float = 0.0
-
-    def to_dict(self) -> dict[str, float]:
-        return {
-            "text_encoding_s": self.text_encoding,
-            "sampling_s": self.sampling,
-            "decoding_s": self.decoding,
-        }
 
 
 @dataclass(frozen=True)

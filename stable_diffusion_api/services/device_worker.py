@@ -331,7 +331,7 @@ class DeviceWorker(threading.Thread):
                     "thumb_path": thumb,
                     "width": image.width,
                     "height": image.height,
-                    "parameters": made.infotext(index),
+                    "parameters": str(image.info["parameters"]),  # as the result wrote it
                 }
             )
         return rows
