@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
@@ -170,23 +171,23 @@ def test_upgrading_gives_ended_jobs_the_failure_kind_their_error_text_says(
     db.dispose()
 
 
-def test_extra_params_column_comes_and_goes_keeping_rows(tmp_path: Path) -> None:
-    db = database_at(tmp_path, "0005", 1, "before extra params")
+@pytest.mark.parametrize(
+    ("before", "column"),
+    [
+        # Older rows: every parameter they have lives in its own column.
+        ("0005", "extra_params"),
+        # Earlier runs carry no engine warnings.
+        ("0006", "warnings"),
+    ],
+)
+def test_a_nullable_json_column_comes_and_goes_keeping_rows(
+    tmp_path: Path, before: str, column: str
+) -> None:
+    db = database_at(tmp_path, before, 1, f"before {column}")
     db.migrate()
     with db.engine.connect() as connection:
-        extra = connection.exec_driver_sql("SELECT extra_params FROM generations").scalar_one()
-    assert extra is None  # older rows: every parameter they have lives in its own column
-    columns, kept = downgraded(db, "0005")
-    assert "extra_params" not in columns and kept == "before extra params"
-    db.dispose()
-
-
-def test_warnings_column_comes_and_goes_keeping_rows(tmp_path: Path) -> None:
-    db = database_at(tmp_path, "0006", 1, "before warnings")
-    db.migrate()
-    with db.engine.connect() as connection:
-        warned = connection.exec_driver_sql("SELECT warnings FROM generations").scalar_one()
-    assert warned is None
-    columns, kept = downgraded(db, "0006")
-    assert "warnings" not in columns and kept == "before warnings"
+        value = connection.exec_driver_sql(f"SELECT {column} FROM generations").scalar_one()
+    assert value is None
+    columns, kept = downgraded(db, before)
+    assert column not in columns and kept == f"before {column}"
     db.dispose()
