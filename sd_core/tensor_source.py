@@ -21,15 +21,15 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with the reason in words."""
 
 
-def check_path(path: str | Path) -> Path:
+def check_path(path: str | Path, kind: str = "checkpoint") -> Path:
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"{kind} {str(path)!r} does not exist")
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
+        raise CheckpointError(f"{kind} {str(path)!r} is not a file")
     if p.suffix.lower() not in SUFFIXES:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has suffix {p.suffix!r}; allowed: {', '.join(SUFFIXES)}"
+            f"{kind} {str(path)!r} has suffix {p.suffix!r}; allowed: {', '.join(SUFFIXES)}"
         )
     return p
 
@@ -50,6 +50,40 @@ DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bf
 MAX_HEADER_BYTES = 100 * 2**20
 
 
+def safe_torch_load(path: Path, kind: str = "checkpoint") -> object:
+    """`torch.load(weights_only=True)` of a .ckpt/.pt file, its failures as CheckpointError.
+
+    torch's safe unpickler refuses any object that would import code; the error then says so
+    (and names the global it refused), as it does for a damaged or foreign file. `kind` names
+    the file in messages ("checkpoint", "LoRA", "embedding", "VAE").
+    """
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's safe unpickler names an "Unsupported global" when the file asks for code
+        # it will not import; other failures are damaged, foreign or hand-made pickles.
+        text = str(e)
+        lines = [ln.strip() for ln in text.split("WeightsUnpickler error:")[-1].splitlines()]
+        detail = next((ln for ln in lines if "unsupported global" in ln.lower()), "")
+        detail = detail or next((ln for ln in lines if ln), type(e).__name__)
+        if "unsupported global" in text.lower():
+            raise CheckpointError(
+                f"{kind} {str(path)!r} was refused: it holds objects other than "
+                f"tensors (loading it could run code); convert it to .safetensors ({detail})"
+            ) from e
+        raise CheckpointError(
+            f"{kind} {str(path)!r} is corrupt or truncated, or not a torch file; "
+            f"it was refused without running anything ({detail})"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{kind} {str(path)!r} is corrupt or truncated ({type(e).__name__}: {e})"
+        ) from e
+
+
 class TensorSource:
     """Access to the tensors of one checkpoint file, one tensor at a time.
 
@@ -60,8 +94,9 @@ class TensorSource:
     one by one.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = check_path(path)
+    def __init__(self, path: str | Path, kind: str = "checkpoint") -> None:
+        self.kind = kind
+        self.path = check_path(path, kind)
         self.metadata: dict[str, str] = {}
         self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         self._data_start = 0
@@ -73,7 +108,7 @@ class TensorSource:
 
     def _fail(self, why: str) -> CheckpointError:
         return CheckpointError(
-            f"checkpoint {str(self.path)!r} is not a valid safetensors file: {why}"
+            f"{self.kind} {str(self.path)!r} is not a valid safetensors file: {why}"
         )
 
     def _open_safetensors(self) -> None:
@@ -117,36 +152,12 @@ class TensorSource:
         self._keys = list(self._entries)
 
     def _open_pickle(self) -> None:
-        import pickle
-        import zipfile
-
-        try:
-            obj = torch.load(str(self.path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            # torch's safe unpickler names an "Unsupported global" when the file asks for code
-            # it will not import; other failures are damaged, foreign or hand-made pickles.
-            text = str(e)
-            lines = [ln.strip() for ln in text.split("WeightsUnpickler error:")[-1].splitlines()]
-            detail = next((ln for ln in lines if "unsupported global" in ln.lower()), "")
-            detail = detail or next((ln for ln in lines if ln), type(e).__name__)
-            if "unsupported global" in text.lower():
-                raise CheckpointError(
-                    f"checkpoint {str(self.path)!r} was refused: it holds objects other than "
-                    f"tensors (loading it could run code); convert it to .safetensors ({detail})"
-                ) from e
-            raise CheckpointError(
-                f"checkpoint {str(self.path)!r} is corrupt or truncated, or not a torch checkpoint; "
-                f"it was refused without running anything ({detail})"
-            ) from e
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-            raise CheckpointError(
-                f"checkpoint {str(self.path)!r} is corrupt or truncated ({type(e).__name__}: {e})"
-            ) from e
+        obj = safe_torch_load(self.path, self.kind)
         if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping):
             raise CheckpointError(
-                f"checkpoint {str(self.path)!r} holds a {type(obj).__name__}, not a state dict"
+                f"{self.kind} {str(self.path)!r} holds a {type(obj).__name__}, not a state dict"
             )
         self._tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
         self._keys = list(self._tensors)
