@@ -45,10 +45,12 @@ class CLIPEmbeddings(nn.Module):
             "position_ids", torch.arange(config.max_positions).unsqueeze(0), persistent=True
         )
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """(B, L) int64 ids → (B, L, width)."""
+    def forward(self, input_ids: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        """(B, L) int64 ids → (B, L, width); `inputs_embeds` (B, L, width), when given, stands
+        in for the token embeddings of `input_ids` (textual-inversion vectors)."""
         length = input_ids.shape[1]
-        return self.token_embedding(input_ids) + self.position_embedding.weight[:length]
+        tokens = self.token_embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        return tokens + self.position_embedding.weight[:length]
 
 
 class CLIPAttention(nn.Module):
@@ -131,12 +133,17 @@ class CLIPTextModel(nn.Module):
         self.encoder = CLIPEncoder(config)
         self.final_layer_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: Tensor, clip_skip: int = 1) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, clip_skip: int = 1, inputs_embeds: Tensor | None = None
+    ) -> Tensor:
         """(B, 77) int64 token ids → (B, 77, width) hidden state after final_layer_norm.
 
         clip_skip: AUTOMATIC1111's "Clip skip": 1 takes the last layer's output, N the output
         N − 1 layers before the last (then the final layer norm, as A1111 applies it).
         Any length from 1 to `max_positions` is accepted; SD always passes 77.
+        inputs_embeds: (B, L, width) token embeddings used instead of looking up `input_ids`
+        (which then only give the shape); the position embeddings are added to them as usual.
+        `sd_core.conditioning` passes them to put textual-inversion vectors in a prompt.
         """
         if not 1 <= clip_skip <= self.config.layers:
             raise ValueError(
@@ -152,6 +159,14 @@ class CLIPTextModel(nn.Module):
                 f"input_ids length {input_ids.shape[1]} is out of range; "
                 f"allowed: 1..{self.config.max_positions}"
             )
-        x = self.embeddings(input_ids)
+        if inputs_embeds is not None and tuple(inputs_embeds.shape) != (
+            *input_ids.shape,
+            self.config.width,
+        ):
+            raise ValueError(
+                f"inputs_embeds must have shape {(*input_ids.shape, self.config.width)} "
+                f"(input_ids' shape, then the width); got {tuple(inputs_embeds.shape)}"
+            )
+        x = self.embeddings(input_ids, inputs_embeds)
         x = self.encoder(x, self.config.layers - (clip_skip - 1))
         return self.final_layer_norm(x)

@@ -35,6 +35,9 @@ from sd_core.result import IMG2IMG, INPAINT, TXT2IMG, GenerationResult, Generati
 
 if TYPE_CHECKING:
     from sd_core.clip import CLIPTextModel
+    from sd_core.conditioning import EncodedPrompts
+    from sd_core.embeddings import Embedding
+    from sd_core.file_library import FileLibrary
     from sd_core.samplers import SamplerFn, SamplerSpec
     from sd_core.unet import UNetModel
     from sd_core.vae import AutoencoderKL
@@ -147,6 +150,8 @@ class StableDiffusionPipeline:
         self.low_memory = low_memory and device.type != "cpu"
         self.tokenizer = CLIPTokenizer.default()
         self.schedule = NoiseSchedule(config.schedule)
+        # Textual-inversion embeddings that prompts may name (None: none installed).
+        self.embeddings: FileLibrary[Embedding] | None = None
         # Models live on the CPU between uses in low-memory mode; else on the device.
         self._home = torch.device("cpu") if self.low_memory else device
         for model in (text_encoder, vae, unet):
@@ -208,17 +213,18 @@ class StableDiffusionPipeline:
     def latent_scale(self) -> float:
         return self.config.vae.scale_factor
 
-    def encode_text(
-        self, prompts: Sequence[str], clip_skip: int = 1
-    ) -> tuple[list[Tensor], tuple[str, ...]]:
+    def encode_text(self, prompts: Sequence[str], clip_skip: int = 1) -> EncodedPrompts:
         """Prompts in AUTOMATIC1111's syntax → each one's (1, 77·n, width) hidden states (the
         same n for all) in the pipeline dtype, taken `clip_skip` − 1 layers before the last,
-        and the warnings met (see `sd_core.conditioning`)."""
+        with the warnings met and the embeddings of `self.embeddings` the prompts used (see
+        `sd_core.conditioning`)."""
         from sd_core.conditioning import encode_prompts
 
         encoder = self._use(self.text_encoder)
         try:
-            return encode_prompts(encoder, self.tokenizer, prompts, clip_skip, self.device)
+            return encode_prompts(
+                encoder, self.tokenizer, prompts, clip_skip, self.device, self.embeddings
+            )
         finally:
             self._release(encoder)
 
@@ -345,8 +351,8 @@ class StableDiffusionPipeline:
         """(2B, 77·n, width) [negative; prompt] hidden states with CFG, else (B, 77·n, width),
         and the prompts' warnings. Each prompt is encoded once and repeated over the batch."""
         prompts = [p.prompt] if p.guidance <= 1.0 else [p.negative_prompt, p.prompt]
-        encoded, warned = self.encode_text(prompts, p.clip_skip)
-        return torch.cat([e.expand(p.batch, -1, -1) for e in encoded]), warned
+        encoded = self.encode_text(prompts, p.clip_skip)
+        return torch.cat([e.expand(p.batch, -1, -1) for e in encoded.context]), encoded.warnings
 
     # -- stage 2: the starting latent ------------------------------------------------------
 

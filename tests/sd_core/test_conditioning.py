@@ -54,8 +54,8 @@ def reference_encoding(
 
 def ours(encoder: Any, prompts: list[str], clip_skip: int = 1) -> list[torch.Tensor]:
     with torch.inference_mode():
-        encoded, _ = encode_prompts(encoder, TOK, prompts, clip_skip, torch.device("cpu"))
-    return encoded
+        encoded = encode_prompts(encoder, TOK, prompts, clip_skip, torch.device("cpu"))
+    return encoded.context
 
 
 def test_weighted_prompt_equals_the_independent_computation(encoders: tuple[Any, Any]) -> None:

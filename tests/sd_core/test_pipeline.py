@@ -163,8 +163,8 @@ def test_trace_and_variation_seed(pipe):
 
 def test_long_prompt_is_encoded_in_chunks_not_truncated(pipe):
     # 100 tokens: two chunks of the text encoder (see test_conditioning.py), nothing dropped.
-    encoded, warned = pipe.encode_text(["red " * 100])
-    assert encoded[0].shape[1] == 2 * 77 and warned == ()
+    encoded = pipe.encode_text(["red " * 100])
+    assert encoded.context[0].shape[1] == 2 * 77 and encoded.warnings == ()
 
 
 def test_img2img_strength_zero_keeps_the_image_and_inpaint_keeps_unmasked_latents(pipe):
