@@ -120,6 +120,37 @@
     return link;
   }
 
+  // Writes `text` over the selection of `box` (a textarea), with a space either side where it
+  // would otherwise run into a word; the cursor ends after it. A box never focused gets it at
+  // the end (its caret would be at the start).
+  function insertAtCursor(box, text, atEnd) {
+    const start = atEnd ? box.value.length : box.selectionStart;
+    const end = atEnd ? box.value.length : box.selectionEnd;
+    const before = box.value.slice(0, start);
+    const after = box.value.slice(end);
+    const lead = before && !/[\s(\[]$/.test(before) ? " " : "";
+    const trail = after && !/^[\s,)\]]/.test(after) ? " " : "";
+    box.setRangeText(lead + text + trail, start, end, "end");
+    box.focus();
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+  }
+
+  // The LoRA & embedding picker: a click writes its tag into the prompt box used last (the
+  // prompt, until the negative prompt has had the focus).
+  const picker = $("#networks");
+  if (picker) {
+    let target = $("#prompt");
+    const focused = new Set();
+    ["#prompt", "#negative_prompt"].forEach((selector) => {
+      const box = $(selector);
+      if (box) box.addEventListener("focus", () => { target = box; focused.add(box); });
+    });
+    picker.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-insert]");
+      if (button && target) insertAtCursor(target, button.dataset.insert, !focused.has(target));
+    });
+  }
+
   // -- the generate page ------------------------------------------------------------------
   const form = $("#generate-form");
   if (form) {
@@ -200,8 +231,8 @@
       clearErrors(form);
       const value = (name) => (form.elements[name] ? form.elements[name].value.trim() : "");
       const body = { prompt: form.elements.prompt.value, negative_prompt: form.elements.negative_prompt.value };
-      for (const name of ["model", "sampler"]) if (value(name)) body[name] = value(name);
-      for (const name of ["steps", "guidance", "width", "height", "batch"]) if (value(name)) body[name] = Number(value(name));
+      for (const name of ["model", "sampler", "vae"]) if (value(name)) body[name] = value(name);
+      for (const name of ["steps", "guidance", "width", "height", "batch", "clip_skip"]) if (value(name)) body[name] = Number(value(name));
       if (!randomSeed.checked && value("seed")) body.seed = Number(value("seed"));
       try {
         const init = await readFile(form.elements.init_image);
@@ -223,6 +254,10 @@
       if (!response.ok) { showErrors(form, data ? data.detail : "request failed"); return; }
       if (stop) stop();
       current = data.id;
+      const link = $("#job-link");
+      link.href = `/generations/${data.id}`;
+      link.textContent = `Generation #${data.id}`;
+      link.hidden = false;
       const empty = $("#output-empty");
       if (empty) empty.remove();
       job.hidden = false;

@@ -40,6 +40,7 @@ DEFAULTS_FIELDS = (
     "width",
     "height",
     "clip_skip",
+    "vae",  # a VAE file's name, or "None" for the checkpoint's own; empty → the default
 )
 GENERATION_FIELDS = DEFAULTS_FIELDS + ("prompt", "seed", "batch", "model", "strength")
 UPLOAD_FIELDS = ("init_image", "mask")

@@ -43,7 +43,8 @@ GALLERY_PAGE = 24
 
 
 def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any]:
-    """What every form offers: devices (with estimated time per image), models, samplers."""
+    """What every form offers: devices (with estimated time per image), models, samplers,
+    the installed VAE files (and the folder they go in)."""
     models = studio.models.list()
     estimates: dict[str, str] = {}
     usable = [m.name for m in models if m.available]
@@ -71,6 +72,8 @@ def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any
         "estimates": estimates,
         "models": models,
         "samplers": studio.samplers.list(),
+        "vaes": studio.assets.vaes(),
+        "asset_folders": studio.assets.folders,
     }
 
 
@@ -167,6 +170,9 @@ def _generate_context(
         "recent": recent,
         "active": active,
         "builtin": studio.models.list()[0],
+        # The prompt's picker: a click writes `<lora:name:1>` or the embedding's name.
+        "loras": studio.assets.loras(),
+        "embeddings": studio.assets.embeddings(),
     }
     return context | _choices(studio, project)
 

@@ -1,7 +1,8 @@
 """The studio in a real browser: Debian's Chromium driven by Playwright against a real uvicorn.
 
 Create a project, pick the CPU, generate, watch the progress bar move, see the image in the
-gallery, reopen it with "use these settings". Screenshots of every page, at desktop and phone
+gallery, reopen it with "use these settings"; put a LoRA into the prompt with the picker and
+find it on the generation's page. Screenshots of every page, at desktop and phone
 width, go to $DALI_SCREENSHOTS (default /tmp/dali-screenshots) for a human to look at.
 """
 
@@ -28,6 +29,21 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
+LORA = "browser_test"
+
+
+def write_lora(path: Path) -> None:
+    """A valid LoRA file whose one layer fits no module: the engine loads it, applies nothing
+    and says so in a note, so the generation still succeeds."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_nowhere.lora_down.weight": torch.zeros(1, 4),
+               "lora_unet_nowhere.lora_up.weight": torch.zeros(4, 1),
+               "lora_unet_nowhere.alpha": torch.tensor(1.0)}, str(path))  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -50,6 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
         save_checkpoint(data / "models" / "tiny-random.safetensors",
                         random_checkpoint(TINY_TEST), TINY_TEST)  # fmt: skip
         model = "tiny-random"
+    write_lora(data / "loras" / f"{LORA}.safetensors")
     port = free_port()
     # One torch thread: on a shared CI machine, spinning torch threads can slow sampling
     # down many times over (the test is about the pages, not about speed). Progress on every
@@ -199,4 +216,42 @@ def test_create_generate_watch_gallery_reuse(server: tuple[str, str], browser) -
     shoot(page, "8-error")
 
     assert outside == [] and errors == []
+    context.close()
+
+
+def test_the_lora_picker_writes_into_the_prompt(server: tuple[str, str], browser) -> None:  # type: ignore[no-untyped-def]
+    base, model = server
+    body = {"name": "Browser LoRA", "device": "cpu"} | ({"default_model": model} if model else {})
+    project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/projects/{project['id']}")
+    assert page.locator("#vae option").all_inner_texts() == ["Model's own"]  # none installed
+
+    page.fill("#prompt", "a red circle on a blue background")
+    # The cursor after "circle": the tag goes there, spaced from the words either side.
+    page.evaluate("document.querySelector('#prompt').setSelectionRange(12, 12)")
+    page.click("#networks summary")
+    assert "No embeddings yet" in page.locator("#networks").inner_text()
+    page.get_by_role("button", name=f"Insert LoRA {LORA}").click()
+    prompt = f"a red circle <lora:{LORA}:1> on a blue background"
+    assert page.input_value("#prompt") == prompt
+    assert page.evaluate("document.activeElement.id") == "prompt"  # back to typing
+    assert unlabelled_controls(page) == []
+    shoot(page, "9-lora-picker")
+
+    page.fill("#steps", "4")
+    page.click("#generate-button")
+    page.wait_for_selector("#job-link:not([hidden])")
+    page.wait_for_selector("#results a.thumb img", timeout=300_000)
+    assert page.locator("#job-status").inner_text().startswith("Done")
+    page.click("#job-link")
+    page.wait_for_url("**/generations/*")
+    card = page.locator("#generation").inner_text()
+    assert f"“{prompt}”" in card and "VAE: model's own" in card
+    # The file fits no layer of the model: applied as nothing, with a note saying so.
+    assert LORA in page.locator(".notice").first.inner_text()
+    assert errors == []
     context.close()

@@ -124,3 +124,13 @@ def test_service_errors_go_beside_their_field() -> None:
     assert field_errors(taken) == {"name": taken.message}
     twice = FormInvalid([FieldError("steps", "0", "first"), FieldError("steps", "0", "second")])
     assert field_errors(twice) == {"steps": "first"}  # one message per field: the first
+
+
+def test_the_vae_select_is_sent_as_is_and_empty_leaves_the_default() -> None:
+    assert forms.generation_create(form(prompt="p", vae="None")).vae == "None"  # model's own
+    assert forms.generation_create(form(prompt="p", vae="mse.vae.pt")).vae == "mse.vae.pt"
+    assert forms.generation_create(form(prompt="p", vae="")).vae is None  # the project's
+    assert forms.project_create(form(name="x", vae="mse.vae.pt")).defaults.vae == "mse.vae.pt"
+    assert forms.project_update(form(name="x")).defaults.vae is None
+    unknown = InvalidField("defaults.vae", "gone.pt", "installed: mse.vae.pt")
+    assert field_errors(unknown) == {"vae": unknown.message}

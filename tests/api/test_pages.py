@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from stable_diffusion_api.config import Settings
 from stable_diffusion_api.errors import NotFound
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
@@ -211,3 +212,115 @@ def test_clip_skip_from_the_generate_form_and_the_project_default(
     assert fake.calls[-1].params.clip_skip == 3
     bad = client.post(f"/projects/{project_id}/generate", data={"prompt": "x", "clip_skip": "13"})
     assert bad.status_code == 422 and 'id="clip_skip-error"' in bad.text
+
+
+# -- VAE, LoRAs and embeddings ------------------------------------------------------------------
+
+
+def install(settings: Settings, *, loras: tuple[str, ...] = (), embeddings: tuple[str, ...] = (),
+            vaes: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """Files in the asset folders; listing reads names only, so their bytes don't matter."""
+    folders = settings.asset_folders
+    for folder, names in ((folders.loras, loras), (folders.embeddings, embeddings),
+                          (folders.vaes, vaes)):  # fmt: skip
+        for name in names:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(b"not read")
+
+
+def vae_options(page: str) -> list[tuple[str, str]]:
+    """The VAE select's options: (value, "selected" or "")."""
+    select = page.split('<select id="vae"')[1].split("</select>")[0]
+    return re.findall(r'<option value="([^"]*)"\s*(selected)?\s*>', select)
+
+
+def test_empty_asset_folders_say_where_files_go(client: TestClient, settings: Settings) -> None:
+    project = make_project(client, "Bare")
+    page = client.get(f"/projects/{project['id']}").text
+    folders = settings.asset_folders
+    assert re.search(r'<select id="vae" name="vae" aria-describedby="vae-hint">\s*'
+                     r'<option value="None" selected>Model\'s own</option>\s*</select>', page)  # fmt: skip
+    for folder in (folders.vaes, folders.loras, folders.embeddings):
+        assert f'<code class="path">{folder}</code>' in page
+    assert "No LoRAs yet" in page and "No embeddings yet" in page and 'class="chip"' not in page
+    edit = client.get(f"/projects/{project['id']}/edit").text
+    assert 'id="vae"' in edit and f'<code class="path">{folders.vaes}</code>' in edit
+
+
+def test_pickers_list_the_installed_files(client: TestClient, settings: Settings) -> None:
+    install(settings, loras=("add_detail.safetensors", "style/ink.pt"),
+            embeddings=("easynegative.safetensors",),
+            vaes=("mse.vae.safetensors", "kl-f8.pt", "notes.txt"))  # fmt: skip
+    project = make_project(client, "Assets", defaults={"vae": "mse.vae.safetensors"})
+    page = client.get(f"/projects/{project['id']}").text
+    installed = [("kl-f8.pt", ""), ("mse.vae.safetensors", "selected")]  # the project's
+    assert vae_options(page) == [("None", ""), *installed]
+    assert "No LoRAs yet" not in page and "notes.txt" not in page
+    chips = re.findall(r'data-insert="([^"]*)"', page)
+    assert chips == ["&lt;lora:add_detail:1&gt;", "&lt;lora:ink:1&gt;", "easynegative"]
+    assert 'LoRAs &amp; embeddings <span class="muted">(2 + 1)</span>' in page
+
+    edit = client.get(f"/projects/{project['id']}/edit").text
+    assert ("mse.vae.safetensors", "selected") in vae_options(edit)
+
+
+def test_a_vae_from_the_forms_reaches_the_job(
+    client: TestClient, settings: Settings, fake: FakeGenerator
+) -> None:
+    install(settings, vaes=("mse.vae.safetensors",))
+    created = client.post("/projects", data={"name": "Vae", "device": "cpu",
+                                             "vae": "mse.vae.safetensors"},
+                          follow_redirects=False)  # fmt: skip
+    assert created.status_code == 303, created.text
+    project_id = int(created.headers["location"].rsplit("/", 1)[1])
+
+    def generate(**fields: str) -> dict[str, object]:
+        post = client.post(f"/projects/{project_id}/generate",
+                           data={"prompt": "a red circle <lora:add_detail:1>", "steps": "2",
+                                 **fields}, follow_redirects=False)  # fmt: skip
+        assert post.status_code == 303, post.text
+        return wait_for(client, int(post.headers["location"].rsplit("/", 1)[1]))
+
+    done = generate()  # no vae field: the project's default
+    assert fake.calls[-1].params.vae == "mse.vae.safetensors" == done["vae"]
+    page = client.get(f"/generations/{done['id']}").text
+    assert '<span id="vae">VAE: mse.vae.safetensors</span>' in page
+    assert "a red circle &lt;lora:add_detail:1&gt;" in page
+    done = generate(vae="None", clip_skip="2")  # the model's own, over the project's default
+    assert fake.calls[-1].params.vae is None and done["vae"] is None
+    page = client.get(f"/generations/{done['id']}").text
+    assert '<span id="vae">VAE: model&#39;s own</span> · Clip skip 2' in page
+    image = client.get(f"/images/{done['images'][0]['id']}").text
+    assert "<dt>VAE</dt><dd>Model&#39;s own</dd>" in image
+
+    saved = client.post(f"/projects/{project_id}/edit",
+                        data={"name": "Vae", "device": "cpu", "vae": "None"},
+                        follow_redirects=False)  # fmt: skip
+    assert saved.status_code == 303
+    assert client.get(f"/api/v1/projects/{project_id}").json()["defaults"]["vae"] is None
+
+
+def test_a_bad_vae_re_renders_the_form_with_the_error_beside_it(
+    client: TestClient, settings: Settings, fake: FakeGenerator
+) -> None:
+    install(settings, vaes=("mse.vae.safetensors",))
+    project = make_project(client, "Typo")
+    sent = {"prompt": "a cat, <lora:ink:0.5>", "negative_prompt": "blurry", "steps": "7",
+            "vae": "mse.vae.safetensor", "seed": "5"}  # fmt: skip
+    bad = client.post(f"/projects/{project['id']}/generate", data=sent)
+    assert bad.status_code == 422 and fake.calls == []
+    assert re.search(r'id="vae-error"[^>]*>[^<]*mse\.vae\.safetensor&#39;[^<]*mse\.vae\.safetensors',
+                     bad.text)  # fmt: skip
+    invalid = '<select id="vae" name="vae" aria-invalid="true" aria-describedby="vae-error">'
+    assert invalid in bad.text
+    # Nothing lost: the text sent, and the bad name still chosen (marked), to be corrected.
+    assert ">a cat, &lt;lora:ink:0.5&gt;</textarea>" in bad.text
+    assert ">blurry</textarea>" in bad.text and re.search(r'id="steps"[^>]*value="7"', bad.text)
+    assert ("mse.vae.safetensor", "selected") in vae_options(bad.text)
+    assert "mse.vae.safetensor — not installed" in bad.text
+
+    edit = client.post(f"/projects/{project['id']}/edit",
+                       data={"name": "Typo", "device": "cpu", "vae": "gone.pt", "steps": "9"})  # fmt: skip
+    assert edit.status_code == 422 and 'id="vae-error"' in edit.text
+    assert re.search(r'id="steps"[^>]*value="9"', edit.text)
+    assert client.get(f"/api/v1/projects/{project['id']}").json()["defaults"]["vae"] is None
