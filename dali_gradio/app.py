@@ -94,4 +94,7 @@ class DaliUI:
                 **private(),
             )  # fmt: skip
             demo.load(choices.refresh, None, [project, model, device], **private())
+            # Files dropped into the asset folders since the UI was built show on a reload.
+            for panel in (generation.t2i, generation.i2i, generation.inp):
+                demo.load(self.generation.networks.refresh, None, panel.asset_lists(), **private())
         return demo

@@ -29,9 +29,10 @@ from dali_gradio.inputs import (
     size_or_native,
     slider,
 )
+from dali_gradio.networks import NetworkPicker, Networks
 from stable_diffusion_api.errors import Conflict, DomainError
 from stable_diffusion_api.models import CANCELED, FINISHED, QUEUED, SUCCEEDED
-from stable_diffusion_api.schemas import MAX_BATCH, GenerationCreate, GenerationOut
+from stable_diffusion_api.schemas import MAX_BATCH, MAX_CLIP_SKIP, GenerationCreate, GenerationOut
 from stable_diffusion_api.services import Studio
 
 SOURCE = "gradio"
@@ -50,6 +51,9 @@ class Panel:
     width: gr.Slider
     height: gr.Slider
     batch: gr.Slider
+    clip_skip: gr.Slider
+    vae: gr.Dropdown
+    networks: NetworkPicker
     generate: gr.Button
     cancel: gr.Button
     gallery: gr.Gallery
@@ -69,6 +73,8 @@ class Panel:
             self.width,
             self.height,
             self.batch,
+            self.clip_skip,
+            self.vae,
         ]
 
     def outputs(self) -> list[gr.components.Component]:
@@ -76,7 +82,12 @@ class Panel:
 
     def sendable(self) -> list[gr.components.Component]:
         """What "send to" fills in from an infotext: the settings, less the batch size."""
-        return self.settings()[:-1]
+        return [c for c in self.settings() if c is not self.batch]
+
+    def asset_lists(self) -> list[gr.components.Component]:
+        """What `Networks.refresh` fills in: the LoRA, embedding and VAE lists, the note."""
+        p = self.networks
+        return [p.loras, p.embeddings, self.vae, p.note]
 
 
 GenerationUpdate = tuple[Any, Any, Any, Any, Any]
@@ -102,6 +113,7 @@ class GenerationTabs:
     def __init__(self, studio: Studio, choices: Choices) -> None:
         self.studio = studio
         self.choices = choices
+        self.networks = Networks(studio)
         self._running: dict[str, int] = {}  # session → the generation it is following
         self.last: dict[str, int] = {}  # session → its newest finished generation
 
@@ -128,6 +140,8 @@ class GenerationTabs:
         width: float | None,
         height: float | None,
         batch: float | None,
+        clip_skip: float | None,
+        vae: str | None,
         **images: Any,
     ) -> GenerationCreate:
         if not (prompt or "").strip():
@@ -147,6 +161,8 @@ class GenerationTabs:
                 model=model or None,
                 device=device or None,
                 dtype=None if not dtype or dtype == AUTO_DTYPE else dtype,
+                clip_skip=optional_int(clip_skip),
+                vae=(vae or "").strip() or None,  # "": the project's default
                 **images,
             )
         except ValidationError as exc:
@@ -243,12 +259,14 @@ class GenerationTabs:
         width: float,
         height: float,
         batch: float,
+        clip_skip: float,
+        vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio finds it by this default)
     ) -> Iterator[GenerationUpdate]:
         body = self._request(
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
-            height, batch,
+            height, batch, clip_skip, vae,
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
 
@@ -269,6 +287,8 @@ class GenerationTabs:
         width: float,
         height: float,
         batch: float,
+        clip_skip: float,
+        vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[GenerationUpdate]:
@@ -277,7 +297,7 @@ class GenerationTabs:
             raise input_error("Image: upload the image to start from.")
         body = self._request(
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
-            height, batch, init_image=png_base64(image), strength=strength,
+            height, batch, clip_skip, vae, init_image=png_base64(image), strength=strength,
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
 
@@ -299,6 +319,8 @@ class GenerationTabs:
         width: float,
         height: float,
         batch: float,
+        clip_skip: float,
+        vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Iterator[GenerationUpdate]:
@@ -315,7 +337,8 @@ class GenerationTabs:
             )
         body = self._request(
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
-            height, batch, init_image=png_base64(image), mask=png_base64(mask.convert("L")),
+            height, batch, clip_skip, vae, init_image=png_base64(image),
+            mask=png_base64(mask.convert("L")),
             strength=strength,
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
@@ -352,6 +375,7 @@ class GenerationTabs:
                     placeholder="a red circle on a blue background",
                     elem_id=f"{tab}-prompt",
                 )
+                networks = self.networks.layout(tab)
                 negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="what to avoid")
             with gr.Column(scale=1, min_width=160):
                 generate = gr.Button(
@@ -370,6 +394,12 @@ class GenerationTabs:
                     width = slider(0, 2048, value=0, step=8, label="Width (0 = native size)")
                     height = slider(0, 2048, value=0, step=8, label="Height (0 = native size)")
                 batch = slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
+                with gr.Row():
+                    clip_skip = slider(
+                        1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip",
+                        info="1 = the text encoder's last layer",
+                    )  # fmt: skip
+                    vae = self.networks.vae_dropdown()
             with gr.Column(scale=1):
                 preview = gr.Image(
                     label="Live preview", height=160, interactive=False, format="png"
@@ -384,9 +414,10 @@ class GenerationTabs:
                 with gr.Accordion("Details", open=False):
                     details = gr.JSON(label="Generation")
         dice.click(lambda: -1, None, seed, **private())
+        self.networks.wire(networks, prompt, vae)
         panel = Panel(
-            prompt, negative, sampler, steps, guidance, seed, width, height, batch, generate,
-            cancel, gallery, preview, info, status, details,
+            prompt, negative, sampler, steps, guidance, seed, width, height, batch, clip_skip,
+            vae, networks, generate, cancel, gallery, preview, info, status, details,
         )  # fmt: skip
         return panel, extra_inputs
 

@@ -28,6 +28,8 @@ FIELD_LABELS = {
     "width": "Width",
     "height": "Height",
     "batch": "Batch size",
+    "clip_skip": "Clip skip",
+    "vae": "VAE",
     "model": "Model",
     "init_image": "Image",
     "strength": "Denoising strength",

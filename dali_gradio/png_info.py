@@ -1,5 +1,6 @@
 """The PNG info tab: the generation parameters a PNG carries (the A1111 `parameters` infotext
-and Dali's `dali` JSON), and turning an infotext back into a generation tab's settings."""
+and Dali's `dali` JSON), and turning an infotext back into a generation tab's settings
+(its `Clip skip` and `VAE` included)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from PIL import UnidentifiedImageError
 
 from dali_gradio.inputs import UPLOAD_HINT, image_upload, input_error
 from stable_diffusion_api.errors import DomainError
+from stable_diffusion_api.schemas import MAX_CLIP_SKIP
 from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.assets import MODEL_OWN_VAE
 
 
 @dataclass
@@ -44,8 +47,30 @@ class PngInfoTab:
 
         return format_infotext(parameters), parameters.to_dict(), dali or {}
 
+    def _clip_skip(self, text: str | None) -> Any:
+        """ "Clip skip" → the slider's value: absent is 1 (A1111 writes it only when it is not
+        1); a value the slider cannot hold keeps the current one."""
+        if text is None:
+            return 1
+        try:
+            value = int(text.strip())
+        except ValueError:
+            return gr.update()
+        return value if 1 <= value <= MAX_CLIP_SKIP else gr.update()
+
+    def _vae(self, name: str | None) -> Any:
+        """ "VAE" → the dropdown's value: absent is the model's own (A1111 writes it only for
+        a separate file); a file not installed here keeps the current choice."""
+        if name is None:
+            return MODEL_OWN_VAE
+        try:
+            return self.studio.assets.check_vae(name) or MODEL_OWN_VAE
+        except DomainError:
+            return gr.update()
+
     def send_parameters(self, infotext: str) -> list[Any]:
-        """Infotext → updates for a tab's prompt, negative prompt, sampler … batch, then Tabs."""
+        """Infotext → updates for a tab's prompt, negative prompt, sampler … height, clip skip
+        and VAE (a tab's `sendable()`), then Tabs."""
         from sd_core.infotext import parse_infotext
 
         if not (infotext or "").strip():
@@ -73,6 +98,8 @@ class PngInfoTab:
             keep(p.seed),
             keep(p.width),
             keep(p.height),
+            self._clip_skip(p.extra.get("Clip skip")),
+            self._vae(p.extra.get("VAE")),
         ]
 
     def layout(self) -> PngInfoWidgets:

@@ -107,7 +107,7 @@ def txt2img(app: dict[str, Any], prompt: str = "a red circle", **kw: Any) -> tup
     args = {
         "project": PROJECT, "model": app["model"], "device": "cpu", "dtype": "auto",
         "prompt": prompt, "negative_prompt": "", "sampler": "euler", "steps": 2, "guidance": 7.0,
-        "seed": 1, "width": 0, "height": 0, "batch": 1,
+        "seed": 1, "width": 0, "height": 0, "batch": 1, "clip_skip": 1, "vae": "",
     }  # fmt: skip
     args.update(kw)
     return tuple(app["client"].predict(*args.values(), api_name="/txt2img"))
@@ -248,6 +248,18 @@ def test_img2img_and_inpaint(app: dict[str, Any]) -> None:
     first_inpaint = details["id"] - 1
     with Image.open(studio.settings.inputs_dir / str(first_inpaint) / "mask.png") as stored:
         assert stored.getpixel((5, 30)) == 255 and stored.getpixel((60, 30)) == 0
+
+
+def test_clip_skip_and_vae_reach_the_engine(app: dict[str, Any]) -> None:
+    client: Client = app["client"]
+    _, _, info, _, details = txt2img(app, seed=11, clip_skip=2, vae="None")
+    assert details["clip_skip"] == 2 and details["vae"] is None  # "None": the model's own
+    assert "Clip skip: 2" in info and "VAE:" not in info
+    # A caller that leaves both out (an older client) gets clip skip 1 and the project's VAE.
+    old_style = [*common(app), "a red circle", "", "euler", 2, 7.0, 12, 0, 0, 1]
+    *_, details = client.predict(*old_style, api_name="/txt2img")
+    assert details["clip_skip"] == 1 and details["vae"] is None
+    assert_user_error(lambda: txt2img(app, vae="nope.vae.pt"), "nope.vae.pt", "VAE")
 
 
 # --------------------------------------------------------------------------- bad input
