@@ -47,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="AUTOMATIC1111's Clip skip: 1 = the text encoder's last layer",
     )
+    gen.add_argument(
+        "--vae",
+        default=None,
+        help="a VAE file's name in DATA_DIR/models/VAE (default: the model's)",
+    )
+    gen.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where loras/, embeddings/ and models/VAE/ are (default: the repository's data/)",
+    )
     gen.add_argument("--init-image", type=Path, default=None)
     gen.add_argument("--strength", type=float, default=0.75)
     gen.add_argument("--mask", type=Path, default=None, help="white = repaint")
@@ -86,6 +97,8 @@ def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import sd_core
+    from sd_core.assets import Assets
+    from sd_core.extra_networks import listed
     from sd_core.pngmeta import save_png
 
     paths = output_paths(args.out, max(1, args.batch))
@@ -103,12 +116,20 @@ def _generate(args: argparse.Namespace) -> int:
         variation_seed=args.variation_seed,
         variation_strength=args.variation_strength,
         clip_skip=args.clip_skip,
+        vae=args.vae,
     ).check()  # input errors come before the model loads
     init = _open_image(args.init_image, "--init-image") if args.init_image else None
     mask = _open_image(args.mask, "--mask") if args.mask else None
+    assets = Assets.under(args.data_dir or sd_core.DATA_DIR)
+    if args.vae is not None and assets.vaes.find(args.vae) is None:
+        raise ValueError(
+            f"--vae {args.vae!r}: no such file in {assets.folders.vaes} "
+            f"(installed: {listed(assets.vaes.names())})"
+        )
     pipe = sd_core.load_pipeline(
         args.checkpoint, device=args.device, dtype=args.dtype, low_memory=args.low_memory
     )
+    pipe.use_assets(assets)
     bar = None
 
     def progress(step: int, total: int, _latents: object) -> None:

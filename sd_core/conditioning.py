@@ -15,8 +15,9 @@ a prompt of n chunks gives (1, 77·n, width). The rules, as A1111 applies them:
   seed made alone. BOS, EOS and padding have weight 1.
 - The prompt and the negative prompt are padded with chunks of the empty prompt to the same
   number of chunks.
-- Extra-network tags (`<lora:name:0.8>`, `<hypernet:…>`) are removed from the text and never
-  tokenized; until LoRA support lands each gives a warning naming it.
+- Extra-network tags (`<lora:name:0.8>`, `<hypernet:…>`) are never tokenized: the pipeline
+  takes them out and applies them first (`sd_core.extra_networks`); one that still reaches the
+  encoder is removed with a warning naming it.
 - Textual-inversion embeddings (`sd_core.embeddings`) are found in token space: each installed
   embedding's name is tokenized, and wherever that token sequence appears in a segment's
   tokens, the embedding's n vectors take its place (the placeholder id `EMBEDDING_PLACEHOLDER`
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from sd_core.extra_networks import tag_text
 from sd_core.prompt_parser import Segment, extract_extra_networks, parse_prompt
 from sd_core.tensor_source import CheckpointError
 from sd_core.tokenizer import CLIPTokenizer
@@ -171,9 +173,10 @@ def tokenize_prompt(
     """The prompt's chunks of 77 ids with their weights and, where `embeddings` finds names,
     the embeddings' slots (see the module docstring)."""
     text, networks = extract_extra_networks(prompt)
+    # The pipeline takes the tags out and applies them (sd_core.extra_networks) before it
+    # encodes; a tag that reaches this point is text-encoder-only use, where it cannot act.
     warnings = [
-        f"<{n.kind}:{n.name}{''.join(':' + a for a in n.args)}> was removed from the prompt: "
-        f"{n.kind} networks are not supported yet"
+        f"{tag_text(n)} was removed from the prompt: the text encoder alone does not apply it"
         for n in networks
     ]
     warned_before = len(embeddings.warnings) if embeddings is not None else 0

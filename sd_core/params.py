@@ -19,6 +19,11 @@ Limits (checked by `GenerationParams.check`):
   variation_strength: 0 … 1, the spherical blend towards that seed's noise.
 - clip_skip: 1 … 12, AUTOMATIC1111's "Clip skip" (1: the text encoder's last layer; N: the
   output N − 1 layers earlier); at most the model's text-encoder layers (12 for SD v1.x).
+- vae: the name of a separate VAE file (its file name, as A1111's `sd_vae`), or None for the
+  checkpoint's own; the pipeline checks that it is installed.
+
+LoRAs and textual-inversion embeddings are not fields: the prompt names them (`<lora:name:w>`,
+an embedding's file name), as in AUTOMATIC1111.
 
 How to add a parameter: see docs/architecture.md ("Adding a generation parameter").
 """
@@ -115,6 +120,7 @@ class GenerationParams:
     variation_seed: int | None = None
     variation_strength: float = 0.0
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
+    vae: str | None = field(default=None, metadata={INFOTEXT_KEY: "VAE"})
 
     def check(self) -> GenerationParams:
         """Validate every field against the limits above; return the params with numbers normalised
@@ -139,6 +145,10 @@ class GenerationParams:
             )
         if self.sampler is not None and not isinstance(self.sampler, str):
             raise InvalidParam("sampler", self.sampler, "sampler must be a sampler's name")
+        if self.vae is not None and (not isinstance(self.vae, str) or not self.vae.strip()):
+            raise InvalidParam(
+                "vae", self.vae, "vae must be a VAE file's name, or None for the model's own"
+            )
         return replace(
             self,
             prompt=_text("prompt", self.prompt),

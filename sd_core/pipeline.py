@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -29,11 +29,24 @@ from torch import Tensor, nn
 from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
-from sd_core.image_tensors import image_to_tensor, mask_to_tensor, slerp, tensor_to_images
+from sd_core.extra_networks import prompt_networks
+from sd_core.image_tensors import (
+    check_images,
+    image_to_tensor,
+    mask_to_tensor,
+    slerp,
+    tensor_to_images,
+)
 from sd_core.params import GenerationParams, InvalidParam
-from sd_core.result import IMG2IMG, INPAINT, TXT2IMG, GenerationResult, GenerationTimings
+from sd_core.result import (
+    GenerationResult,
+    GenerationTimings,
+    UsedAsset,
+)
+from sd_core.vae_files import LoadedVae
 
 if TYPE_CHECKING:
+    from sd_core.assets import Assets
     from sd_core.clip import CLIPTextModel
     from sd_core.conditioning import EncodedPrompts
     from sd_core.embeddings import Embedding
@@ -95,30 +108,7 @@ class _Sampled:
     text_encoding_s: float
     sampling_s: float
     warnings: tuple[str, ...]
-
-
-def _check_images(
-    init_image: Image.Image | None, mask: Image.Image | None, inpainting_model: bool
-) -> str:
-    """The run's mode from its input images; ValueError for images that don't fit together."""
-    if mask is not None and init_image is None:
-        raise ValueError("mask needs an init_image to inpaint; got a mask without init_image")
-    if init_image is not None and not isinstance(init_image, Image.Image):
-        raise ValueError(f"init_image must be a PIL image, got {type(init_image).__name__}")
-    if mask is not None:
-        assert init_image is not None
-        if not isinstance(mask, Image.Image):
-            raise ValueError(f"mask must be a PIL image, got {type(mask).__name__}")
-        if mask.size != init_image.size:
-            raise ValueError(
-                f"mask size {mask.size[0]}x{mask.size[1]} must equal init_image size "
-                f"{init_image.size[0]}x{init_image.size[1]}"
-            )
-    if inpainting_model and mask is None:
-        raise ValueError(
-            "this is an inpainting checkpoint (UNet in_channels 9): it needs init_image and mask"
-        )
-    return INPAINT if mask is not None else IMG2IMG if init_image is not None else TXT2IMG
+    assets: tuple[UsedAsset, ...]
 
 
 class StableDiffusionPipeline:
@@ -152,6 +142,8 @@ class StableDiffusionPipeline:
         self.schedule = NoiseSchedule(config.schedule)
         # Textual-inversion embeddings that prompts may name (None: none installed).
         self.embeddings: FileLibrary[Embedding] | None = None
+        self.assets: Assets | None = None  # where prompts' LoRAs and params' VAE are found
+        self._separate_vae = LoadedVae()
         # Models live on the CPU between uses in low-memory mode; else on the device.
         self._home = torch.device("cpu") if self.low_memory else device
         for model in (text_encoder, vae, unet):
@@ -196,6 +188,12 @@ class StableDiffusionPipeline:
             low_memory=low_memory,
         )
 
+    def use_assets(self, assets: Assets) -> None:
+        """Find the LoRAs and embeddings that prompts name, and the VAE files that params'
+        `vae` names, in `assets` (without it a prompt's LoRA is left out with a warning)."""
+        self.assets = assets
+        self.embeddings = assets.embeddings
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _use(self, model: ModuleT) -> ModuleT:
@@ -228,10 +226,31 @@ class StableDiffusionPipeline:
         finally:
             self._release(encoder)
 
-    def encode_image(self, image: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    def vae_for(self, params: GenerationParams) -> AutoencoderKL:
+        """The VAE `params.vae` names (a file in `assets.vaes`), or the checkpoint's own.
+        Raises InvalidParam("vae") when no such file is installed, VaeError when it is broken."""
+        if params.vae is None:
+            return self.vae
+        found = self.assets.vaes.get(params.vae) if self.assets is not None else None
+        if found is None:
+            from sd_core.extra_networks import listed
+
+            installed = self.assets.vaes.names() if self.assets is not None else []
+            raise InvalidParam(
+                "vae", params.vae,
+                f"no VAE file named {params.vae!r} is installed (installed: {listed(installed)})",
+            )  # fmt: skip
+        return self._separate_vae.get(found, self.config.vae, self._home, self.dtype)
+
+    def encode_image(
+        self,
+        image: Tensor,
+        generators: Sequence[torch.Generator],
+        vae: AutoencoderKL | None = None,
+    ) -> Tensor:
         """(1, 3, H, W) in [-1, 1] → (B, C, H/8, W/8) scaled latents, one posterior sample per
-        generator (diffusers' `latent_dist.sample(generator)`)."""
-        vae = self._use(self.vae)
+        generator (diffusers' `latent_dist.sample(generator)`), with `vae` (the model's own)."""
+        vae = self._use(vae or self.vae)
         mean, logvar = vae.encode(image.to(self.device, self.dtype))
         self._release(vae)
         std = torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0))
@@ -241,9 +260,10 @@ class StableDiffusionPipeline:
         ]
         return torch.cat(samples) * self.latent_scale
 
-    def decode_latents(self, latents: Tensor) -> Tensor:
-        """(B, C, h, w) scaled latents → (B, 3, 8h, 8w) float32 images in [-1, 1] (unclamped)."""
-        vae = self._use(self.vae)
+    def decode_latents(self, latents: Tensor, vae: AutoencoderKL | None = None) -> Tensor:
+        """(B, C, h, w) scaled latents → (B, 3, 8h, 8w) float32 images in [-1, 1] (unclamped),
+        decoded by `vae` (the model's own)."""
+        vae = self._use(vae or self.vae)
         out = torch.cat(
             [vae.decode(z.unsqueeze(0).to(self.dtype) / self.latent_scale) for z in latents]
         )
@@ -270,7 +290,9 @@ class StableDiffusionPipeline:
         """
         sampled = self._latents(params, init_image, mask, hooks)
         began = time.perf_counter()
-        images = tensor_to_images(self.decode_latents(sampled.latents))
+        images = tensor_to_images(
+            self.decode_latents(sampled.latents, self.vae_for(sampled.params))
+        )
         result = GenerationResult(
             images=images,
             params=sampled.params,
@@ -285,6 +307,7 @@ class StableDiffusionPipeline:
                 decoding=time.perf_counter() - began,
             ),
             warnings=sampled.warnings,
+            assets=sampled.assets,
         )
         result.annotate()
         return result
@@ -298,7 +321,8 @@ class StableDiffusionPipeline:
         mask: Image.Image | None = None,
         hooks: GenerationHooks | None = None,
     ) -> tuple[GenerationParams, Tensor]:
-        """`generate` without the decode: (resolved params, (B, C, H/8, W/8) scaled latents)."""
+        """`generate` without the decode: (resolved params, (B, C, H/8, W/8) scaled latents);
+        decode them with `decode_latents(latents, vae_for(params))`."""
         sampled = self._latents(params, init_image, mask, hooks)
         return sampled.params, sampled.latents
 
@@ -326,7 +350,7 @@ class StableDiffusionPipeline:
         from sd_core.samplers import get_sampler
 
         p = self.resolve(params)
-        mode = _check_images(init_image, mask, self.config.unet.in_channels == 9)
+        mode = check_images(init_image, mask, self.config.unet.in_channels == 9)
         hooks = hooks or GenerationHooks()
         assert p.sampler is not None and p.seed is not None
         spec = get_sampler(p.sampler)
@@ -338,21 +362,36 @@ class StableDiffusionPipeline:
 
         began = time.perf_counter()
         check_cancel()
-        context, warned = self._conditioning(p)
-        encoded = time.perf_counter()
-        start = self._start(p, spec, generators, init_image, mask)
-        latents = self._sample(p, spec, start, context, hooks, check_cancel, generators)
+        vae = self.vae_for(p)
+        loras = self.assets.loras if self.assets is not None else None
+        networks = prompt_networks(p.prompt, p.negative_prompt, loras)
+        with networks.applied(self.text_encoder, self.unet) as lora_warnings:
+            # The text encoder reads the prompts without their tags; the params keep them.
+            untagged = replace(p, prompt=networks.prompt, negative_prompt=networks.negative_prompt)
+            context, encoded_prompts = self._conditioning(untagged)
+            encoded = time.perf_counter()
+            start = self._start(p, spec, generators, init_image, mask, vae)
+            latents = self._sample(p, spec, start, context, hooks, check_cancel, generators)
         sampling_s = time.perf_counter() - encoded
-        return _Sampled(p, mode, latents, encoded - began, sampling_s, warned)
+        used = [UsedAsset("lora", u.lora.name, u.lora.short_hash) for u in networks.loras]
+        used += [
+            UsedAsset("embedding", e.name, e.short_hash) for e in encoded_prompts.embeddings_used
+        ]
+        if vae is not self.vae and self._separate_vae.file is not None:
+            file = self._separate_vae.file
+            used.append(UsedAsset("vae", file.name, file.short_hash))
+        warnings = (*networks.warnings, *lora_warnings, *encoded_prompts.warnings)
+        return _Sampled(p, mode, latents, encoded - began, sampling_s, warnings, tuple(used))
 
     # -- stage 1: text conditioning --------------------------------------------------------
 
-    def _conditioning(self, p: GenerationParams) -> tuple[Tensor, tuple[str, ...]]:
+    def _conditioning(self, p: GenerationParams) -> tuple[Tensor, EncodedPrompts]:
         """(2B, 77·n, width) [negative; prompt] hidden states with CFG, else (B, 77·n, width),
-        and the prompts' warnings. Each prompt is encoded once and repeated over the batch."""
+        and the prompts as encoded (warnings, embeddings used). Each prompt is encoded once and
+        repeated over the batch."""
         prompts = [p.prompt] if p.guidance <= 1.0 else [p.negative_prompt, p.prompt]
         encoded = self.encode_text(prompts, p.clip_skip)
-        return torch.cat([e.expand(p.batch, -1, -1) for e in encoded.context]), encoded.warnings
+        return torch.cat([e.expand(p.batch, -1, -1) for e in encoded.context]), encoded
 
     # -- stage 2: the starting latent ------------------------------------------------------
 
@@ -368,6 +407,7 @@ class StableDiffusionPipeline:
         generators: Sequence[torch.Generator],
         init_image: Image.Image | None,
         mask_image: Image.Image | None,
+        vae: AutoencoderKL,
     ) -> _Start:
         """The starting latent of txt2img (scaled noise), img2img (the image's latents noised
         to the first σ of its shortened schedule) or inpainting (either, plus the mask).
@@ -384,7 +424,7 @@ class StableDiffusionPipeline:
         image = None if init_image is None else image_to_tensor(init_image, p.width, p.height)
         init_latents = None
         if image is not None and not (inpaint_9ch and p.strength >= 1.0):
-            init_latents = self.encode_image(image, generators)
+            init_latents = self.encode_image(image, generators, vae)
         start_noise = self._noise(generators, shape)
         if p.variation_seed is not None and p.variation_strength > 0:
             # Image i blends towards the noise of variation seed + i (AUTOMATIC1111's subseed).
@@ -409,7 +449,7 @@ class StableDiffusionPipeline:
         latent_mask = torch.nn.functional.interpolate(mask, size=(h, w)).to(self.device)
         if not inpaint_9ch:
             return _Start(x, sigmas, sample, init_latents, start_noise, blend_mask=latent_mask)
-        masked_latents = self.encode_image(image * (mask < 0.5), generators)
+        masked_latents = self.encode_image(image * (mask < 0.5), generators, vae)
         extra = torch.cat([latent_mask.expand(p.batch, -1, -1, -1), masked_latents], dim=1)
         return _Start(x, sigmas, sample, init_latents, start_noise, extra_channels=extra)
 

@@ -10,7 +10,7 @@ what ran.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -45,6 +45,33 @@ class GenerationTimings:
 
 
 @dataclass(frozen=True)
+class UsedAsset:
+    """A file the run used besides the checkpoint: kind "lora", "embedding" or "vae", its name
+    and the short hash A1111 writes for it (`Lora hashes`, `TI hashes`, `VAE hash`)."""
+
+    kind: str
+    name: str
+    short_hash: str
+
+
+_HASH_KEYS = {"lora": "Lora hashes", "embedding": "TI hashes"}
+
+
+def asset_infotext(assets: tuple[UsedAsset, ...]) -> dict[str, str]:
+    """A1111's keys for the files used: `Lora hashes: "a: 1234abcd5678, b: …"`, `TI hashes`,
+    `VAE hash` (the `VAE` name itself comes from the params)."""
+    out: dict[str, str] = {}
+    for kind, key in _HASH_KEYS.items():
+        listed = [f"{a.name}: {a.short_hash}" for a in assets if a.kind == kind]
+        if listed:
+            out[key] = ", ".join(listed)
+    vae = next((a for a in assets if a.kind == "vae"), None)
+    if vae is not None:
+        out["VAE hash"] = vae.short_hash
+    return out
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """The images of one run and how they were made.
 
@@ -64,6 +91,8 @@ class GenerationResult:
     timings: GenerationTimings = field(default_factory=GenerationTimings)
     # What the user should know about how their input was read (e.g. a removed LoRA tag).
     warnings: tuple[str, ...] = ()
+    # The LoRAs, embeddings and VAE file the run used, in the order met.
+    assets: tuple[UsedAsset, ...] = ()
 
     @property
     def seeds(self) -> list[int]:
@@ -89,7 +118,7 @@ class GenerationResult:
                 model_hash=self.model_hash,
                 model=self.model_name,
                 denoising_strength=p.strength if self.mode != TXT2IMG else None,
-                extra=infotext_extras(p),
+                extra={**infotext_extras(p), **asset_infotext(self.assets)},
             )
         )
 
@@ -116,6 +145,7 @@ class GenerationResult:
             "model_hash": self.model_hash,
             "device": self.device,
             "dtype": self.dtype,
+            "assets": [asdict(a) for a in self.assets],
             **{k: v for k, v in p.to_dict().items() if k not in _PER_IMAGE},
         }
 

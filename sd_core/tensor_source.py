@@ -78,7 +78,15 @@ def safe_torch_load(path: Path, kind: str = "checkpoint") -> object:
             f"{kind} {str(path)!r} is corrupt or truncated, or not a torch file; "
             f"it was refused without running anything ({detail})"
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        IndexError,
+        KeyError,
+    ) as e:
         raise CheckpointError(
             f"{kind} {str(path)!r} is corrupt or truncated ({type(e).__name__}: {e})"
         ) from e

@@ -6,6 +6,9 @@ runs with no configuration at all:
     DALI_DATA_DIR            data directory (images, uploads, database)     <repo>/data
     DALI_DATABASE_URL        SQLAlchemy URL; PostgreSQL works unchanged      sqlite:///<data>/dali.db
     DALI_MODELS_DIR          where *.safetensors / *.ckpt checkpoints live   <data>/models
+    DALI_LORAS_DIR           LoRAs, named in prompts as <lora:name:weight>    <data>/loras
+    DALI_EMBEDDINGS_DIR      textual-inversion embeddings                     <data>/embeddings
+    DALI_VAE_DIR             separate VAE files (*.vae.safetensors …)         <data>/models/VAE
     DALI_HOST, DALI_PORT     where ./run.sh (python dali_app.py) listens     127.0.0.1:8000
     DALI_API_KEY             when set, the API and pages require it          (none)
     DALI_QUEUE_LIMIT         queued jobs accepted before 429                  100
@@ -23,6 +26,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sd_core.assets import AssetFolders
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO_ROOT / "templates"
 STATIC_DIR = REPO_ROOT / "static"
@@ -36,6 +41,10 @@ class Settings(BaseSettings):
     data_dir: Path = REPO_ROOT / "data"
     database_url: str | None = None  # None → SQLite file `dali.db` in the data directory
     models_dir: Path | None = None  # None → `models/` in the data directory
+    # None → A1111's folders in the data directory (sd_core.assets).
+    loras_dir: Path | None = None
+    embeddings_dir: Path | None = None
+    vae_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key: SecretStr | None = None
@@ -81,6 +90,19 @@ class Settings(BaseSettings):
     def resolved_models_dir(self) -> Path:
         base = self.models_dir if self.models_dir is not None else self.resolved_data_dir / "models"
         return base.expanduser().resolve()
+
+    @property
+    def asset_folders(self) -> AssetFolders:
+        """Where the LoRAs, embeddings and VAE files live."""
+        default = AssetFolders.under(self.resolved_data_dir)
+        chosen = (self.loras_dir, self.embeddings_dir, self.vae_dir)
+        loras, embeddings, vaes = (
+            given.expanduser().resolve() if given is not None else fallback
+            for given, fallback in zip(
+                chosen, (default.loras, default.embeddings, default.vaes), strict=True
+            )
+        )
+        return AssetFolders(loras, embeddings, vaes)
 
     @property
     def resolved_database_url(self) -> str:

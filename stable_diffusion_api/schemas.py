@@ -64,6 +64,11 @@ ClipSkip = Annotated[
     int, Field(ge=1, le=MAX_CLIP_SKIP, description="A1111's Clip skip: 1 = the last layer")
 ]
 Identifier = Annotated[CleanText, Field(min_length=1, max_length=255)]
+VaeName = Annotated[
+    Identifier,
+    Field(description="a VAE file's name in the VAE folder (GET /api/v1/vaes); 'None' → the "
+          "checkpoint's own"),
+]  # fmt: skip
 Upload = Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]
 
 
@@ -81,6 +86,7 @@ class GenerationDefaults(Strict):
     width: Size | None = None  # None → the model's native size
     height: Size | None = None
     clip_skip: ClipSkip = 1
+    vae: VaeName | None = None  # None → the checkpoint's own VAE
 
 
 class ProjectCreate(Strict):
@@ -127,6 +133,7 @@ class GenerationCreate(Strict):
     variation_seed: Seed | None = Field(default=None, description="-1 or null → random")
     variation_strength: Strength = 0.0
     clip_skip: ClipSkip | None = None  # None → the project's default
+    vae: VaeName | None = None  # None → the project's default; "None" → the checkpoint's own
 
 
 class BenchmarkRequest(Strict):
@@ -281,6 +288,7 @@ class GenerationOut(Out):
     variation_seed: int | None = None
     variation_strength: float = 0.0
     clip_skip: int = 1
+    vae: str | None = None  # None: the checkpoint's own
     has_init_image: bool
     has_mask: bool
     error: str | None
@@ -335,3 +343,12 @@ class Page(BaseModel, Generic[T]):
 
 def page_of(items: list[Any], total: int, offset: int, limit: int) -> dict[str, Any]:
     return {"items": items, "total": total, "offset": offset, "limit": limit}
+
+
+class InstalledFileOut(BaseModel):
+    """A LoRA, embedding or VAE file: the name prompts and requests use, its path in its
+    folder, its size in bytes."""
+
+    name: str
+    path: str
+    size: int

@@ -35,6 +35,7 @@ from stable_diffusion_api.schemas import (
     GenerationCreate,
     GenerationOut,
     ImageOut,
+    InstalledFileOut,
     ModelOut,
     Page,
     ProjectCreate,
@@ -47,6 +48,7 @@ from stable_diffusion_api.schemas import (
     page_of,
 )
 from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.assets import InstalledFile
 from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.workers import Benchmark
 
@@ -167,6 +169,28 @@ async def samplers(studio: StudioDep) -> list[SamplerOut]:
 
 
 # -- projects --------------------------------------------------------------------------------
+
+
+def installed_out(files: list[InstalledFile]) -> list[InstalledFileOut]:
+    return [InstalledFileOut.model_validate(f, from_attributes=True) for f in files]
+
+
+@router.get("/loras")
+def loras(studio: StudioDep) -> list[InstalledFileOut]:
+    """LoRAs in the LoRA folder; a prompt uses one as `<lora:name:weight>`."""
+    return installed_out(studio.assets.loras())
+
+
+@router.get("/embeddings")
+def embeddings(studio: StudioDep) -> list[InstalledFileOut]:
+    """Textual-inversion embeddings; a prompt uses one by writing its name."""
+    return installed_out(studio.assets.embeddings())
+
+
+@router.get("/vaes")
+def vaes(studio: StudioDep) -> list[InstalledFileOut]:
+    """VAE files; a request or project chooses one by name in `vae`."""
+    return installed_out(studio.assets.vaes())
 
 
 @router.get("/projects")

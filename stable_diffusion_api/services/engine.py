@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from sd_core.assets import AssetFolders
 from sd_core.result import GenerationResult
 from stable_diffusion_api.services.generator import (
     CheckpointSpec,
@@ -68,7 +69,16 @@ def _native_size(metadata: dict[str, str], variant: str) -> int | None:
 
 
 class SdCoreGenerator:
-    def __init__(self, cache_budget_bytes: int, torch_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        cache_budget_bytes: int,
+        torch_threads: int | None = None,
+        asset_folders: AssetFolders | None = None,
+    ) -> None:
+        """`asset_folders`: where prompts' LoRAs and embeddings and requests' VAEs are found
+        (None: none are installed)."""
+        self._asset_folders = asset_folders
+        self._assets: Any = None
         self.cache: PipelineCache[Any] = PipelineCache(self._load, cache_budget_bytes)
         self._torch_threads = torch_threads
 
@@ -128,7 +138,14 @@ class SdCoreGenerator:
             torch.set_num_threads(self._torch_threads)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # give back what evicted pipelines held
-        return sd_core.load_pipeline(path, device=device, dtype=dtype, low_memory=low_memory)
+        pipe = sd_core.load_pipeline(path, device=device, dtype=dtype, low_memory=low_memory)
+        if self._asset_folders is not None:
+            if self._assets is None:
+                from sd_core.assets import Assets
+
+                self._assets = Assets.in_folders(self._asset_folders)
+            pipe.use_assets(self._assets)
+        return pipe
 
     def _size_estimate(self, model: ModelSpec) -> int:
         if model.parameter_count is None:

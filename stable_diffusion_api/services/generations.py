@@ -36,6 +36,7 @@ from stable_diffusion_api.schemas import (
     GenerationTimings,
     ProgressOut,
 )
+from stable_diffusion_api.services.assets import AssetService
 from stable_diffusion_api.services.gallery import image_view
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_params import params_from_request, params_view, row_values
@@ -114,7 +115,9 @@ class GenerationService:
         hub: ProgressHub,
         speeds: SpeedService,
         wake: Callable[[str], None],
+        assets: AssetService,
     ) -> None:
+        self._assets = assets
         self._settings = settings
         self._db = db
         self._models = models
@@ -153,7 +156,8 @@ class GenerationService:
                 f"{mask.width}x{mask.height}",
                 f"the mask must be the init image's size, {init_image.width}x{init_image.height}",
             )
-        params = params_from_request(request, defaults, sampler)
+        vae = self._assets.check_vae(request.vae if request.vae is not None else defaults.vae)
+        params = params_from_request(request, defaults, sampler, vae)
         values = {
             "project_id": project_id,
             "source": source,

@@ -31,21 +31,23 @@ def _column_names() -> frozenset[str]:
 
 
 def params_from_request(
-    request: GenerationCreate, defaults: GenerationDefaults, sampler: str | None
+    request: GenerationCreate, defaults: GenerationDefaults, sampler: str | None, vae: str | None
 ) -> GenerationParams:
     """The request's params, the project's `defaults` where it left a field out; `sampler` is
-    the canonical name the catalog resolved (None → the model's default). Random seeds are
+    the canonical name the catalog resolved (None → the model's default), `vae` the installed
+    VAE file the request or the project chose (None → the checkpoint's own). Random seeds are
     drawn here, so the row (and the gallery) always shows the seed. Raises InvalidField naming
     the field when a value breaks the engine's limits."""
     chosen: dict[str, Any] = {
         name: getattr(request, name)
         for name in field_names()
-        if name in GenerationCreate.model_fields and name not in _FROM_DEFAULTS
+        if name in GenerationCreate.model_fields and name not in (*_FROM_DEFAULTS, "vae")
     }
     for name in _FROM_DEFAULTS:
         value = getattr(request, name)
         chosen[name] = value if value is not None else getattr(defaults, name)
     chosen["sampler"] = sampler
+    chosen["vae"] = vae
     try:
         return GenerationParams(**chosen).with_seeds()
     except InvalidParam as exc:

@@ -15,6 +15,7 @@ from stable_diffusion_api.schemas import (
     ProjectOut,
     ProjectUpdate,
 )
+from stable_diffusion_api.services.assets import AssetService
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
@@ -32,7 +33,9 @@ class ProjectService:
         samplers: SamplerCatalog,
         storage: ImageStorage,
         hub: ProgressHub,
+        assets: AssetService,
     ) -> None:
+        self._assets = assets
         self._db = db
         self._hardware = hardware
         self._models = models
@@ -42,7 +45,10 @@ class ProjectService:
 
     def _check_defaults(self, defaults: GenerationDefaults) -> dict[str, Any]:
         checked = defaults.model_copy(
-            update={"sampler": self._samplers.canonical(defaults.sampler, "defaults.sampler")}
+            update={
+                "sampler": self._samplers.canonical(defaults.sampler, "defaults.sampler"),
+                "vae": self._assets.check_vae(defaults.vae, "defaults.vae"),
+            }
         )
         return checked.model_dump()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
+from stable_diffusion_api.services.assets import AssetService
 from stable_diffusion_api.services.gallery import GalleryService
 from stable_diffusion_api.services.generations import GenerationService
 from stable_diffusion_api.services.generator import Generator
@@ -45,7 +46,9 @@ class Studio:
         if generator is None:
             from stable_diffusion_api.services.engine import SdCoreGenerator
 
-            generator = SdCoreGenerator(settings.pipeline_cache_bytes, settings.torch_threads)
+            generator = SdCoreGenerator(
+                settings.pipeline_cache_bytes, settings.torch_threads, settings.asset_folders
+            )
         self.settings = settings
         self.generator = generator
         self.db = Database(settings.resolved_database_url)
@@ -56,8 +59,9 @@ class Studio:
         self.samplers = SamplerCatalog(generator)
         self.models = ModelRegistry(settings, self.db, generator)
         self.speeds = SpeedService(self.db)
+        self.assets = AssetService(settings.asset_folders)
         self.projects = ProjectService(
-            self.db, self.hardware, self.models, self.samplers, self.storage, self.hub
+            self.db, self.hardware, self.models, self.samplers, self.storage, self.hub, self.assets
         )
         self.gallery = GalleryService(self.db, self.storage)
         self.workers = WorkerPool(
@@ -82,6 +86,7 @@ class Studio:
             self.hub,
             self.speeds,
             wake=self.workers.wake,
+            assets=self.assets,
         )
         self.started = False
 

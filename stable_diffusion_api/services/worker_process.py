@@ -293,7 +293,9 @@ def child_context(
     from stable_diffusion_api.services.storage import ImageStorage
 
     db = Database(settings.resolved_database_url)
-    engine = SdCoreGenerator(settings.pipeline_cache_bytes, settings.torch_threads)
+    engine = SdCoreGenerator(
+        settings.pipeline_cache_bytes, settings.torch_threads, settings.asset_folders
+    )
     context = WorkerContext(
         settings=settings,
         jobs=JobQueue(db),

@@ -118,7 +118,7 @@ def test_extra_network_tags_are_removed_with_a_warning() -> None:
     chunks = tokenize_prompt(TOK, "a red circle <lora:detail:0.8>, <hypernet:x:1>")
     assert chunks.ids == tokenize_prompt(TOK, "a red circle , ").ids
     assert len(chunks.warnings) == 2
-    assert "<lora:detail:0.8>" in chunks.warnings[0] and "not supported" in chunks.warnings[0]
+    assert "<lora:detail:0.8>" in chunks.warnings[0] and "does not apply it" in chunks.warnings[0]
 
 
 @pytest.fixture(scope="module")
