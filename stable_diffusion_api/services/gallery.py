@@ -11,6 +11,7 @@ from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import Generation, Image, Project
 from stable_diffusion_api.schemas import ImageOut
+from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.storage import ImageStorage
 
 
@@ -63,14 +64,16 @@ class GalleryService:
 
     def settings_of(self, image_id: int) -> dict[str, Any]:
         """The settings that make this image again on its own ("use these settings"): its
-        generation's prompt, sampler, steps, guidance and model with the image's own seed and
-        size. NotFound if the image is gone."""
+        generation's prompt, sampler, steps, guidance, clip skip, VAE ("None": the checkpoint's
+        own) and model with the image's own seed and size. NotFound if the image is gone."""
+
         with self._db.session() as session:
             image = session.get(Image, image_id)
             if image is None:
                 raise NotFound("image", image_id)
             row = session.get(Generation, image.generation_id)
             assert row is not None, "an image row always has its generation (foreign key)"
+            params = params_from_row(row)
             return {
                 "prompt": row.prompt,
                 "negative_prompt": row.negative_prompt,
@@ -81,6 +84,8 @@ class GalleryService:
                 "seed": image.seed,
                 "width": image.width,
                 "height": image.height,
+                "clip_skip": params.clip_skip,
+                "vae": params.vae or "None",
             }
 
     def neighbours(self, image: Image) -> tuple[int | None, int | None]:

@@ -153,18 +153,21 @@ def test_static_files_are_served(client: TestClient) -> None:
 
 def test_use_these_settings_remakes_one_image_of_a_batch(client: TestClient) -> None:
     project = make_project(client, "Remake")
-    job = submit(client, project["id"], seed=7, batch=2, sampler="ddim", steps=5, guidance=4.5)
+    job = submit(client, project["id"], seed=7, batch=2, sampler="ddim", steps=5, guidance=4.5,
+                 clip_skip=2)  # fmt: skip
     second = wait_for(client, job["id"])["images"][1]
     studio = client.app.state.studio  # type: ignore[attr-defined]
     assert studio.gallery.settings_of(second["id"]) == {
         "prompt": "a red circle on a blue background", "negative_prompt": "",
         "sampler": "ddim", "steps": 5, "guidance": 4.5, "model": "dali-tiny",
         "seed": second["seed"], "width": second["width"], "height": second["height"],
+        "clip_skip": 2, "vae": "None",
     }  # fmt: skip
     page = client.get(f"/projects/{project['id']}?from_image={second['id']}").text
     assert second["seed"] == 8  # image i of a batch has seed + i: the page remakes this one
     assert re.search(r'id="seed"[^>]*value="8"', page)
     assert re.search(r'id="steps"[^>]*value="5"', page)
+    assert re.search(r'id="clip_skip"[^>]*value="2"', page)
     assert re.search(r'id="batch"[^>]*value="1"', page)
     assert 'id="random_seed" name="random_seed" >' in page
 
