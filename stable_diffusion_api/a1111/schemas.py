@@ -178,3 +178,37 @@ class SDModelItem(BaseModel):
 class ScriptsList(BaseModel):
     txt2img: list[str]
     img2img: list[str]
+
+
+class LoraItem(BaseModel):
+    """`GET /loras`: one LoRA file, as A1111's Lora extension lists it."""
+
+    name: str
+    alias: str
+    path: str  # absolute, as A1111 answers
+    metadata: dict[str, Any]
+
+
+class EmbeddingItem(BaseModel):
+    """One textual-inversion embedding of `GET /embeddings`: `shape` is the vector width,
+    `vectors` how many vectors (prompt tokens) it takes; None when the file cannot be read."""
+
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int | None = None
+    vectors: int | None = None
+
+
+class EmbeddingsResponse(BaseModel):
+    """`loaded`: usable with the current model; `skipped`: not (another width, or unreadable)."""
+
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem]
+
+
+class SDVaeItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str  # the file name, what `sd_vae` takes
+    filename: str  # absolute path

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 from typing import Any
 
@@ -23,8 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
 from stable_diffusion_api import __version__
+from stable_diffusion_api.a1111.assets import A1111Assets
 from stable_diffusion_api.a1111.schemas import (
     A1111Request,
+    EmbeddingsResponse,
     GenerationResponse,
     Img2ImgRequest,
     PngInfoResponse,
@@ -36,7 +39,9 @@ from stable_diffusion_api.a1111.settings import A1111Settings, Credentials
 from stable_diffusion_api.a1111.tasks import Task, TaskTracker
 from stable_diffusion_api.a1111.translate import (
     A1111_FIELD,
+    AUTOMATIC_VAE,
     CLIP_SKIP_OPTION,
+    SD_VAE_OPTION,
     Plan,
     check_supported,
     clip_skip_option,
@@ -51,6 +56,7 @@ from stable_diffusion_api.a1111.translate import (
     scheduler_label,
     schedulers,
     split_jobs,
+    unique_warnings,
 )
 from stable_diffusion_api.errors import Conflict, DomainError, InvalidField, NotFound
 from stable_diffusion_api.models import FAILED, FINISHED, SUCCEEDED, FailureKind, Project
@@ -62,7 +68,10 @@ from stable_diffusion_api.schemas import (
     ProjectUpdate,
 )
 from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.assets import MODEL_OWN_VAE
 from stable_diffusion_api.services.registry import ModelEntry
+
+log = logging.getLogger(__name__)
 
 SOURCE = "a1111"
 PROJECT_HEADER = "X-Dali-Project"
@@ -90,6 +99,7 @@ class A1111Service:
         self.settings = settings
         self.credentials = Credentials.parse(settings.api_auth)
         self.tasks = TaskTracker(studio.hub, self._cancel)
+        self.assets = A1111Assets(studio.assets)
 
     def _cancel(self, generation_id: int) -> None:
         # A job that finished (or was deleted) meanwhile has nothing left to stop.
@@ -133,6 +143,7 @@ class A1111Service:
         """Run an A1111 txt2img or img2img request to the end; blocks (call from a thread)."""
         mode = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
         defaults = infotext_defaults(request)
+        dropped = self.assets.drop_missing_infotext_vae(defaults, request)
         if defaults:
             try:
                 request = type(request).model_validate(
@@ -160,10 +171,14 @@ class A1111Service:
                 for image in generation.images:
                     data = self.studio.gallery.file(image.id).read_bytes()
                     images.append(base64.b64encode(data).decode("ascii"))
+        # A1111's response has no place for warnings: they go into `info` (and the log).
+        warnings = unique_warnings([dropped] if dropped else [], done)
+        for warning in warnings:
+            log.warning("A1111 %s (task %s): %s", mode, task.id, warning)
         return GenerationResponse(
             images=images,
             parameters=echo_parameters(request),
-            info=info_json(plan, request, done, self.studio.samplers),
+            info=info_json(plan, request, done, self.studio.samplers, warnings),
         )
 
     def _plan(self, request: A1111Request, mode: str, project: Project) -> Plan:
@@ -195,6 +210,11 @@ class A1111Service:
         if CLIP_SKIP_OPTION in request.override_settings:
             value = request.override_settings[CLIP_SKIP_OPTION]
             base["clip_skip"] = clip_skip_option(value, f"override_settings.{CLIP_SKIP_OPTION}")
+        if SD_VAE_OPTION in request.override_settings:
+            value = request.override_settings[SD_VAE_OPTION]
+            vae = self.assets.vae_choice(value, f"override_settings.{SD_VAE_OPTION}")
+            if vae is not None:  # "Automatic": the project's default, as if not sent
+                base["vae"] = vae
         if isinstance(request, Img2ImgRequest):
             prepare_img2img(request, base)
         return Plan(
@@ -252,11 +272,13 @@ class A1111Service:
     def get_options(self, header: str | None) -> dict[str, Any]:
         project = self.project(header)
         model = self.current_model(project)
+        defaults = GenerationDefaults.model_validate(project.defaults or {})
         return {
             "sd_model_checkpoint": model.title if model else None,
             "sd_checkpoint_hash": model.sha256 if model else None,
-            "sd_vae": "Automatic",
-            CLIP_SKIP_OPTION: GenerationDefaults.model_validate(project.defaults or {}).clip_skip,
+            # No default VAE file: the checkpoint's own, which A1111 calls "Automatic" too.
+            SD_VAE_OPTION: defaults.vae or AUTOMATIC_VAE,
+            CLIP_SKIP_OPTION: defaults.clip_skip,
             "eta_noise_seed_delta": 0,
             "samples_format": "png",
             "samples_save": True,
@@ -266,25 +288,36 @@ class A1111Service:
         }
 
     def set_options(self, options: dict[str, Any], header: str | None) -> None:
-        """`sd_model_checkpoint` sets the project's default model and `CLIP_stop_at_last_layers`
-        its default clip skip. Other options are accepted and ignored, as A1111 ignores unknown
-        ones."""
+        """`sd_model_checkpoint` sets the project's default model, `CLIP_stop_at_last_layers`
+        its default clip skip and `sd_vae` its default VAE ("Automatic" and "None": the
+        checkpoint's own). Every value is checked before any is applied. Other options are
+        accepted and ignored, as A1111 ignores unknown ones."""
+        updates: dict[str, Any] = {}
         if CLIP_SKIP_OPTION in options:
-            clip_skip = clip_skip_option(options[CLIP_SKIP_OPTION], CLIP_SKIP_OPTION)
-            project = self.project(header)
-            defaults = GenerationDefaults.model_validate(project.defaults or {})
-            self.studio.projects.update(
-                project.id,
-                ProjectUpdate(defaults=defaults.model_copy(update={"clip_skip": clip_skip})),
-            )
-        if "sd_model_checkpoint" not in options:
+            updates["clip_skip"] = clip_skip_option(options[CLIP_SKIP_OPTION], CLIP_SKIP_OPTION)
+        if SD_VAE_OPTION in options:
+            vae = self.assets.vae_choice(options[SD_VAE_OPTION], SD_VAE_OPTION)
+            updates["vae"] = None if vae == MODEL_OWN_VAE else vae
+        model = None
+        if "sd_model_checkpoint" in options:
+            wanted = options["sd_model_checkpoint"]
+            if not isinstance(wanted, str) or not wanted.strip():
+                raise InvalidField("sd_model_checkpoint", wanted, "a model title or name")
+            model = self.studio.models.resolve(wanted, "sd_model_checkpoint")
+        if not updates and model is None:
             return
-        wanted = options["sd_model_checkpoint"]
-        if not isinstance(wanted, str) or not wanted.strip():
-            raise InvalidField("sd_model_checkpoint", wanted, "a model title or name")
-        model = self.studio.models.resolve(wanted, "sd_model_checkpoint")
         project = self.project(header)
-        self.studio.projects.update(project.id, ProjectUpdate(default_model=model.name))
+        change: dict[str, Any] = {}
+        if updates:
+            defaults = GenerationDefaults.model_validate(project.defaults or {})
+            change["defaults"] = defaults.model_copy(update=updates)
+        if model is not None:
+            change["default_model"] = model.name
+        self.studio.projects.update(project.id, ProjectUpdate(**change))
+
+    def embeddings(self, header: str | None) -> EmbeddingsResponse:
+        """The embeddings, sorted by whether the current model (the project's) can use them."""
+        return self.assets.embeddings(self.current_model(self.project(header)))
 
     def samplers(self) -> list[SamplerItem]:
         items = []

@@ -76,8 +76,15 @@ A1111_FIELD = {
     "strength": "denoising_strength",
     "mask": "mask",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "vae": "override_settings.sd_vae",
 }
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
+# A1111's VAE option: a VAE file's name, "Automatic" (Dali: the project's default) or "None"
+# (the checkpoint's own). The infotext keys of the VAE an image was decoded with follow.
+SD_VAE_OPTION = "sd_vae"
+AUTOMATIC_VAE = "Automatic"
+# Infotext keys read back into override settings ("use these settings").
+INFOTEXT_OPTIONS = {"Clip skip": CLIP_SKIP_OPTION, "VAE": SD_VAE_OPTION}
 
 
 @dataclass(frozen=True)
@@ -248,9 +255,13 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
         for key, value in values.items()
         if value is not None and key not in request.model_fields_set
     }
-    if "Clip skip" in parsed.extra and CLIP_SKIP_OPTION not in request.override_settings:
-        clip_skip = parsed.extra["Clip skip"]
-        chosen["override_settings"] = {**request.override_settings, CLIP_SKIP_OPTION: clip_skip}
+    options = {
+        option: parsed.extra[key]
+        for key, option in INFOTEXT_OPTIONS.items()
+        if key in parsed.extra and option not in request.override_settings
+    }
+    if options:
+        chosen["override_settings"] = {**request.override_settings, **options}
     return chosen
 
 
@@ -341,12 +352,20 @@ def info_json(
     request: A1111Request,
     done: list[GenerationOut],
     catalog: SamplerCatalog,
+    warnings: list[str] | None = None,
 ) -> str:
-    """A1111's `info` string (`Processed.js()`) for the images of the finished jobs `done`."""
+    """A1111's `info` string (`Processed.js()`) for the images of the finished jobs `done`.
+
+    The VAE's name and hash come from the first image's own infotext (what the engine wrote),
+    so `info` and `infotexts` agree. `warnings` is a Dali extension (A1111 has no field for
+    them): what the request and the engine warned about (a LoRA not installed, …); None → the
+    jobs' own (`unique_warnings`).
+    """
     images = [image for generation in done for image in generation.images]
     first = done[0] if done else None
     infotexts = [image.parameters for image in images]
-    sampler = parse_infotext(infotexts[0]).sampler if infotexts else None
+    written = parse_infotext(infotexts[0]) if infotexts else None
+    sampler = written.sampler if written else None
     if sampler is None and first is not None:
         sampler = catalog.display_name(first.sampler)
     count = len(plan.all_seeds)
@@ -374,8 +393,8 @@ def info_json(
         "face_restoration_model": None,
         "sd_model_name": plan.model.name,
         "sd_model_hash": plan.model.short_hash,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": written.extra.get("VAE") if written else (first.vae if first else None),
+        "sd_vae_hash": written.extra.get("VAE hash") if written else None,
         "seed_resize_from_w": request.seed_resize_from_w,
         "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": (
@@ -389,8 +408,14 @@ def info_json(
         "clip_skip": first.clip_skip if first else plan.base.get("clip_skip", 1),
         "is_using_inpainting_conditioning": plan.model.variant == "sd-v1-inpainting",
         "version": VERSION,
+        "warnings": warnings if warnings is not None else unique_warnings([], done),
     }
     return json.dumps(info)
+
+
+def unique_warnings(first: list[str], done: list[GenerationOut]) -> list[str]:
+    """`first`, then every job's warnings, each once, in the order met."""
+    return list(dict.fromkeys([*first, *(w for generation in done for w in generation.warnings)]))
 
 
 def echo_parameters(request: A1111Request) -> dict[str, Any]:

@@ -21,8 +21,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
 
 from stable_diffusion_api.a1111.schemas import (
+    EmbeddingsResponse,
     GenerationResponse,
     Img2ImgRequest,
+    LoraItem,
     PngInfoRequest,
     PngInfoResponse,
     ProgressResponse,
@@ -30,6 +32,7 @@ from stable_diffusion_api.a1111.schemas import (
     SchedulerItem,
     ScriptsList,
     SDModelItem,
+    SDVaeItem,
     TaskProgressRequest,
     TaskProgressResponse,
     Txt2ImgRequest,
@@ -134,6 +137,41 @@ def sd_models(a1111: A1111Dep) -> list[SDModelItem]:
 @sdapi.post("/refresh-checkpoints")
 def refresh_checkpoints(a1111: A1111Dep) -> None:
     a1111.sd_models()  # the registry looks at the models folder again on every listing
+
+
+# LoRAs, embeddings and VAE files: their folders are listed again on every use (and a changed
+# file is read again), so the refresh endpoints have nothing to do; they answer 200 with null,
+# as A1111 does.
+
+
+@sdapi.get("/loras")
+def loras(a1111: A1111Dep) -> list[LoraItem]:
+    return a1111.assets.loras()
+
+
+@sdapi.post("/refresh-loras")
+def refresh_loras() -> None:
+    pass
+
+
+@sdapi.get("/embeddings")
+def embeddings(a1111: A1111Dep, project: ProjectHeader = None) -> EmbeddingsResponse:
+    return a1111.embeddings(project)
+
+
+@sdapi.post("/refresh-embeddings")
+def refresh_embeddings() -> None:
+    pass
+
+
+@sdapi.get("/sd-vae")
+def sd_vae(a1111: A1111Dep) -> list[SDVaeItem]:
+    return a1111.assets.vaes()
+
+
+@sdapi.post("/refresh-vae")
+def refresh_vae() -> None:
+    pass
 
 
 @sdapi.get("/options")
