@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sd_core.tokenizer import DEFAULT_BPE_FILE, NUM_MERGES
 
 
@@ -45,3 +47,18 @@ def hf_tokenizer(directory: Path) -> Any:
     assert len(reference) == 49408
     assert reference.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"]) == [49406, 49407]
     return reference
+
+
+def reference_encoding(
+    reference: Any, chunks: list[list[int]], weights: list[list[float]], clip_skip: int = 1
+) -> torch.Tensor:
+    """Each 77-id chunk through transformers, weighted token by token, scaled back to its mean,
+    concatenated: (1, 77·n, width)."""
+    out = []
+    with torch.inference_mode():
+        for ids, w in zip(chunks, weights, strict=True):
+            result = reference(input_ids=torch.tensor([ids]), output_hidden_states=True)
+            z = reference.final_layer_norm(result.hidden_states[-clip_skip])[0]
+            weighted = z * torch.tensor(w)[:, None]
+            out.append(weighted * (z.mean() / weighted.mean()))
+    return torch.cat(out).unsqueeze(0)

@@ -287,3 +287,36 @@ def assert_matches(actual: Tensor, reference: Tensor, tolerance: float = 1e-4) -
         f"{float(reference.abs().max()):.3e})"
     )
     return error
+
+
+def diffusers_pipeline(
+    text_encoder: Any, vae: Any, unet: Any, tokenizer: Any, scheduler: Any,
+    cls_name: str = "StableDiffusionPipeline",
+) -> Any:  # fmt: skip
+    """A diffusers pipeline of class `cls_name` over the given models, without the safety
+    checker and progress bars."""
+    import diffusers
+
+    pipe = getattr(diffusers, cls_name)(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def reference_scheduler(cls_name: str = "EulerDiscreteScheduler", **extra: Any) -> Any:
+    """A diffusers scheduler with SD v1.x's schedule (`tests/fixtures/scheduler_config.json`)."""
+    import json
+    from pathlib import Path
+
+    import diffusers
+
+    config = json.loads((Path(__file__).parent / "fixtures" / "scheduler_config.json").read_text())
+    return getattr(diffusers, cls_name).from_config({**config, **extra})

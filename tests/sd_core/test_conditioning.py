@@ -19,6 +19,7 @@ from sd_core.conditioning import CHUNK_TOKENS, encode_prompts, tokenize_prompt
 from sd_core.config import TINY_TEST
 from sd_core.params import GenerationParams
 from sd_core.tokenizer import CLIPTokenizer
+from tests.clip_reference import reference_encoding
 from tests.reference import diffusers_models, random_checkpoint, sd_core_models
 
 TOK = CLIPTokenizer.default()
@@ -35,21 +36,6 @@ def encoders() -> tuple[Any, Any]:
 
 def chunk(ids: list[int]) -> list[int]:
     return [BOS, *ids, EOS] + [EOS] * (CHUNK_TOKENS - len(ids))
-
-
-def reference_encoding(
-    reference: Any, chunks: list[list[int]], weights: list[list[float]], clip_skip: int = 1
-) -> torch.Tensor:
-    """Each 77-id chunk through transformers, weighted token by token, scaled back to its mean,
-    concatenated: (1, 77·n, width)."""
-    out = []
-    with torch.inference_mode():
-        for ids, w in zip(chunks, weights, strict=True):
-            result = reference(input_ids=torch.tensor([ids]), output_hidden_states=True)
-            z = reference.final_layer_norm(result.hidden_states[-clip_skip])[0]
-            weighted = z * torch.tensor(w)[:, None]
-            out.append(weighted * (z.mean() / weighted.mean()))
-    return torch.cat(out).unsqueeze(0)
 
 
 def ours(encoder: Any, prompts: list[str], clip_skip: int = 1) -> list[torch.Tensor]:

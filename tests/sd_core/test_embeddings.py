@@ -11,7 +11,6 @@ token rows, each chunk weighted and scaled back to its mean as written out here.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 from pathlib import Path
@@ -37,8 +36,14 @@ from sd_core.config import TINY_TEST
 from sd_core.embeddings import Embedding, EmbeddingError, embedding_library, load_embedding
 from sd_core.params import GenerationParams
 from sd_core.tokenizer import CLIPTokenizer
-from tests.clip_reference import hf_tokenizer
-from tests.reference import diffusers_models, random_checkpoint, sd_core_models
+from tests.clip_reference import hf_tokenizer, reference_encoding
+from tests.reference import (
+    diffusers_models,
+    diffusers_pipeline,
+    random_checkpoint,
+    reference_scheduler,
+    sd_core_models,
+)
 
 TOK = CLIPTokenizer.default()
 BOS, EOS = TOK.BOS, TOK.EOS
@@ -46,9 +51,6 @@ WIDTH = TINY_TEST.clip.width
 VOCAB = TINY_TEST.clip.vocab_size
 CPU = torch.device("cpu")
 PROMPT = "a photo of {} on a table"
-SCHEDULER_CONFIG = json.loads(
-    (Path(__file__).parent.parent / "fixtures" / "scheduler_config.json").read_text()
-)
 
 
 def vectors(count: int, seed: int, width: int = WIDTH) -> torch.Tensor:
@@ -364,19 +366,6 @@ def reference_encoder(
     return reference, added
 
 
-def reference_encoding(
-    reference: Any, chunks: list[list[int]], weights: list[list[float]], clip_skip: int = 1
-) -> torch.Tensor:
-    out = []
-    with torch.inference_mode():
-        for ids, w in zip(chunks, weights, strict=True):
-            result = reference(input_ids=torch.tensor([ids]), output_hidden_states=True)
-            z = reference.final_layer_norm(result.hidden_states[-clip_skip])[0]
-            weighted = z * torch.tensor(w)[:, None]
-            out.append(weighted * (z.mean() / weighted.mean()))
-    return torch.cat(out).unsqueeze(0)
-
-
 def test_weights_apply_to_the_embeddings_positions(
     folder: Path, encoder: CLIPTextModel, reference_encoder: tuple[Any, dict[str, list[int]]]
 ) -> None:
@@ -406,23 +395,14 @@ def pipes(
 ) -> tuple[Any, Any]:
     """(sd_core's pipeline with the embedding library, diffusers' with the same embeddings
     loaded by `load_textual_inversion`)."""
-    import diffusers
 
     tmp = tmp_path_factory.mktemp("ti_pipe")
     ours = sd_core.load_pipeline(save_checkpoint(tmp / "tiny.safetensors", state, TINY_TEST))
     ours.embeddings = embedding_library(folder)
     text_encoder, vae, unet = diffusers_models(state, TINY_TEST)
-    reference = diffusers.StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=hf_tokenizer(tmp / "tokenizer"),
-        unet=unet,
-        scheduler=diffusers.EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    reference = diffusers_pipeline(
+        text_encoder, vae, unet, hf_tokenizer(tmp / "tokenizer"), reference_scheduler()
     )
-    reference.set_progress_bar_config(disable=True)
     for path in sorted(folder.iterdir()):
         reference.load_textual_inversion(str(path), token=path.stem)
     return ours, reference

@@ -21,7 +21,6 @@ LoHa and LoKr, CompVis-spelled module names, and Linear-shaped factors on a 1×1
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import struct
@@ -52,11 +51,13 @@ from sd_core.params import GenerationParams
 from sd_core.pipeline import StableDiffusionPipeline
 from sd_core.unet import UNetModel
 from tests.clip_reference import hf_tokenizer
-from tests.reference import diffusers_models, random_checkpoint
-
-SCHEDULER_CONFIG = json.loads(
-    (Path(__file__).parent.parent / "fixtures" / "scheduler_config.json").read_text()
+from tests.reference import (
+    diffusers_models,
+    diffusers_pipeline,
+    random_checkpoint,
+    reference_scheduler,
 )
+
 PROMPT = "a red circle in the top left on a blue background"
 NEGATIVE = "blurry"
 SEED, STEPS, GUIDANCE = 7, 4, 7.5
@@ -160,7 +161,6 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
-    import diffusers
 
     tmp = tmp_path_factory.mktemp("lora")
     state = random_checkpoint(TINY_TEST, seed=3)
@@ -172,17 +172,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
             tmp / "b.safetensors", unet, text_encoder, 11, alpha=1.0, keep=("attn", "proj", "mlp")
         ),
     }
-    reference = diffusers.StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=hf_tokenizer(tmp / "tokenizer"),
-        unet=unet,
-        scheduler=diffusers.EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    reference = diffusers_pipeline(
+        text_encoder, vae, unet, hf_tokenizer(tmp / "tokenizer"), reference_scheduler()
     )
-    reference.set_progress_bar_config(disable=True)
     for name in tensors:
         reference.load_lora_weights(str(tmp), weight_name=f"{name}.safetensors", adapter_name=name)
     loras = {name: load_lora(tmp / f"{name}.safetensors") for name in tensors}

@@ -8,8 +8,6 @@ generators → the decoded images agree within 1e-4 (float32, CPU).
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +20,13 @@ from sd_core.config import TINY_TEST
 from sd_core.params import GenerationParams
 from sd_core.pipeline import StableDiffusionPipeline
 from tests.clip_reference import hf_tokenizer
-from tests.reference import diffusers_models, random_checkpoint
-
-SCHEDULER_CONFIG = json.loads(
-    (Path(__file__).parent.parent / "fixtures" / "scheduler_config.json").read_text()
+from tests.reference import (
+    diffusers_models,
+    diffusers_pipeline,
+    random_checkpoint,
+    reference_scheduler,
 )
+
 REFERENCE_SCHEDULERS = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
@@ -46,10 +46,8 @@ NEGATIVE = "blurry"
 
 
 def scheduler(name: str):  # type: ignore[no-untyped-def]
-    import diffusers
-
     cls_name, extra = REFERENCE_SCHEDULERS[name]
-    return getattr(diffusers, cls_name).from_config({**SCHEDULER_CONFIG, **extra})
+    return reference_scheduler(cls_name, **extra)
 
 
 def generators(seed: int, batch: int) -> list[torch.Generator]:
@@ -85,21 +83,10 @@ def models(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 def reference_pipeline(models, cls_name: str, sampler: str, inpaint: bool = False):  # type: ignore[no-untyped-def]
-    import diffusers
-
     text_encoder, vae, unet = models["inpaint_reference" if inpaint else "reference"]
-    pipe = getattr(diffusers, cls_name)(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=models["tokenizer"],
-        unet=unet,
-        scheduler=scheduler(sampler),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    return diffusers_pipeline(
+        text_encoder, vae, unet, models["tokenizer"], scheduler(sampler), cls_name
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def ours_images(

@@ -22,7 +22,14 @@ from sd_core.params import GenerationParams, InvalidParam
 from sd_core.vae import CHECKPOINT_PREFIX
 from sd_core.vae_files import VaeError, inspect_vae
 from tests.clip_reference import hf_tokenizer
-from tests.reference import diffusers_models, diffusers_vae, random_checkpoint, random_part
+from tests.reference import (
+    diffusers_models,
+    diffusers_pipeline,
+    diffusers_vae,
+    random_checkpoint,
+    random_part,
+    reference_scheduler,
+)
 
 PROMPT = "a red circle on a blue background"
 
@@ -61,21 +68,11 @@ def images(pipe, **kwargs) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def test_separate_vae_equals_diffusers_with_that_vae(setup):
-    import diffusers
-
     state = setup["state"]
     text_encoder, _, unet = diffusers_models(state, TINY_TEST)
     alt_vae = diffusers_vae({**state, **setup["alt"]}, TINY_TEST)
-    reference = diffusers.StableDiffusionPipeline(
-        vae=alt_vae, text_encoder=text_encoder, tokenizer=hf_tokenizer(setup["tmp"] / "tok"),
-        unet=unet, scheduler=diffusers.EulerDiscreteScheduler.from_config(
-            __import__("json").loads(
-                (Path(__file__).parent.parent / "fixtures" / "scheduler_config.json").read_text()
-            )
-        ),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
-    reference.set_progress_bar_config(disable=True)
+    tokenizer = hf_tokenizer(setup["tmp"] / "tok")
+    reference = diffusers_pipeline(text_encoder, alt_vae, unet, tokenizer, reference_scheduler())
     expected = reference(
         prompt=PROMPT, num_inference_steps=3, guidance_scale=7.0, height=64, width=64,
         generator=[torch.Generator().manual_seed(5)], output_type="np",
