@@ -1,0 +1,135 @@
+"""sd_core.upscalers: the built-in resamplers, ESRGAN model files through spandrel, refusals."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from sd_core.tensor_source import CheckpointError
+from sd_core.upscalers import (
+    UpscalerError,
+    import_spandrel,
+    library,
+    run_tiled,
+    upscale_image,
+    upscaler_names,
+)
+
+try:
+    import_spandrel()
+    HAS_SPANDREL = True
+except UpscalerError:
+    HAS_SPANDREL = False
+needs_spandrel = pytest.mark.skipif(not HAS_SPANDREL, reason="spandrel is not installed")
+
+
+def picture(width: int = 24, height: int = 16, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(0)
+    channels = len(mode)
+    array = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(array, mode)
+
+
+def esrgan_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A small random-weight ESRGAN (RRDBNet, ×4), built with spandrel's own class."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(seed)
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4)
+    return {k: v.contiguous() for k, v in net.state_dict().items()}
+
+
+def test_builtins_listed_first_and_files_by_stem(tmp_path: Path) -> None:
+    assert upscaler_names(None) == ["None", "Lanczos", "Nearest"]
+    (tmp_path / "4x-Tiny.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert upscaler_names(tmp_path) == ["None", "Lanczos", "Nearest", "4x-Tiny"]
+
+
+def test_lanczos_and_nearest_are_pils_resize() -> None:
+    image = picture()
+    lanczos = upscale_image(image, "Lanczos", 2.5, None)
+    assert lanczos.size == (60, 40)
+    assert lanczos.tobytes() == image.resize((60, 40), Image.Resampling.LANCZOS).tobytes()
+    nearest = upscale_image(image, "Nearest", 2, None)
+    assert nearest.tobytes() == image.resize((48, 32), Image.Resampling.NEAREST).tobytes()
+    assert upscale_image(image, "Lanczos", 1, None, size=(30, 31)).size == (30, 31)
+    assert upscale_image(image, "None", 4, None).tobytes() == image.tobytes()
+
+
+@pytest.mark.parametrize("scale", [0, -1, 9, float("nan")])
+def test_bad_scales_refused(scale: float) -> None:
+    with pytest.raises(UpscalerError, match="scale"):
+        upscale_image(picture(), "Lanczos", scale, None)
+
+
+def test_too_large_and_unknown_refused(tmp_path: Path) -> None:
+    with pytest.raises(UpscalerError, match="8192"):
+        upscale_image(picture(2000, 10), "Lanczos", 5, None)
+    with pytest.raises(UpscalerError, match="no upscaler called 'ESRGAN_4x'"):
+        upscale_image(picture(), "ESRGAN_4x", 4, tmp_path)
+
+
+@needs_spandrel
+def test_esrgan_safetensors_upscales_4x(tmp_path: Path) -> None:
+    save_file(esrgan_state_dict(), tmp_path / "4x-Tiny.safetensors")
+    model = library(tmp_path).get("4x-Tiny")
+    assert model is not None
+    assert (model.scale, model.architecture) == (4, "ESRGAN")
+    image = picture()
+    out = upscale_image(image, "4x-Tiny", 4, tmp_path)
+    assert out.size == (96, 64) and out.mode == "RGB"
+    # Scale 2: one ×4 pass, then Lanczos down to the target size; RGBA keeps its alpha.
+    half = upscale_image(picture(mode="RGBA"), "4x-Tiny", 2, tmp_path)
+    assert half.size == (48, 32) and half.mode == "RGBA"
+
+
+@needs_spandrel
+def test_tiles_give_the_whole_image_result(tmp_path: Path) -> None:
+    save_file(esrgan_state_dict(), tmp_path / "tiny.safetensors")
+    model = library(tmp_path).get("tiny")
+    assert model is not None
+    image = picture(40, 28)
+    whole = np.asarray(run_tiled(model, image, tile=64), dtype=np.int16)
+    tiled = np.asarray(run_tiled(model, image, tile=12), dtype=np.int16)
+    # A 1-block RRDBNet sees a few pixels around each one; TILE_PAD (16) covers it.
+    assert np.abs(whole - tiled).max() <= 1
+
+
+@needs_spandrel
+def test_pth_state_dict_loads_with_weights_only(tmp_path: Path) -> None:
+    torch.save({"params_ema": esrgan_state_dict(1)}, tmp_path / "RealESRGAN_tiny.pth")
+    assert upscale_image(picture(), "RealESRGAN_tiny", 4, tmp_path).size == (96, 64)
+
+
+class RunsCode:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(MARKER),))
+
+
+MARKER = Path("/nonexistent")
+
+
+def test_pickled_code_refused_without_running(tmp_path: Path) -> None:
+    global MARKER
+    MARKER = tmp_path / "ran"
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"weight": RunsCode()}, f, protocol=2)
+    torch.save({"conv.weight": torch.zeros(1), "payload": RunsCode()}, tmp_path / "evil2.pt")
+    for name in ("evil", "evil2"):
+        with pytest.raises(CheckpointError, match="refused"):
+            upscale_image(picture(), name, 4, tmp_path)
+    assert not MARKER.exists()
+
+
+@needs_spandrel
+def test_non_upscaler_weights_refused(tmp_path: Path) -> None:
+    save_file({"foo.weight": torch.zeros(3, 3)}, tmp_path / "junk.safetensors")
+    with pytest.raises(UpscalerError, match="architecture"):
+        upscale_image(picture(), "junk", 4, tmp_path)
