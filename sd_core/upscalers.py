@@ -14,8 +14,9 @@ as A1111 does. Images larger than a tile are cut into tiles, each run with `TILE
 its neighbours around it and only its own part kept, so memory stays bounded and no seams show.
 
 Model files are found through a `FileLibrary` (names looked up among the files found, never
-joined to a path) and kept loaded while the file is unchanged. The `spandrel` import is lazy:
-without it the built-ins work and a model file answers with an `UpscalerError` saying so.
+joined to a path) and kept loaded while the file is unchanged. torch and `spandrel` are
+imported on the first model upscale, so listing and the built-ins cost no torch import; without
+spandrel the built-ins work and a model file answers with an `UpscalerError` saying so.
 """
 
 from __future__ import annotations
@@ -30,12 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from PIL import Image
 
 from sd_core.file_library import FileLibrary, stem_name
-from sd_core.tensor_source import CheckpointError, TensorSource, safe_torch_load
 
 NONE, LANCZOS, NEAREST = "None", "Lanczos", "Nearest"
 BUILTINS = (NONE, LANCZOS, NEAREST)
@@ -111,6 +109,8 @@ def import_spandrel() -> Any:
 def read_state_dict(path: Path) -> dict[str, Any]:
     """The tensors of a model file: safetensors parsed by `TensorSource`, a pickle loaded with
     `weights_only=True` (nested dicts such as Real-ESRGAN's `params_ema` kept for spandrel)."""
+    from sd_core.tensor_source import CheckpointError, TensorSource, safe_torch_load
+
     if path.suffix.lower() == ".safetensors":
         source = TensorSource(path, "upscaler")
         return {key: source.pop(key) for key in source.keys()}  # noqa: SIM118
@@ -192,7 +192,8 @@ def upscale_image(
     """`image` upscaled by `scale` (or to `size`, when given) with the upscaler `name`.
 
     "None" gives the image unchanged. An unknown name, a bad scale or a model file that cannot
-    be used raise UpscalerError; a refused pickle raises CheckpointError (a ValueError too).
+    be used raise UpscalerError; a refused or damaged file raises `tensor_source`'s
+    CheckpointError. Both are ValueErrors.
     """
     if name == NONE:
         return image.copy()
@@ -226,6 +227,9 @@ def model_upscale(image: Image.Image, model: UpscaleModel, size: tuple[int, int]
 
 def run_tiled(model: UpscaleModel, image: Image.Image, tile: int = TILE) -> Image.Image:
     """One pass of `model` over an RGB image, `tile`×`tile` pieces at a time."""
+    import numpy as np
+    import torch
+
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
     pixels = pixels.permute(2, 0, 1).unsqueeze(0)  # 1 × 3 × H × W in [0, 1]
     _, _, height, width = pixels.shape
