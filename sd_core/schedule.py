@@ -15,6 +15,7 @@ timestep travels with the σ schedule as a `SigmaSchedule`; see `sd_core.sampler
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,8 @@ from torch import Tensor
 from sd_core.config import ScheduleConfig
 
 Interpolation = Literal["log", "linear"]
+# How a σ schedule's UNet timesteps come from its σ's: sigma_to_t as is, rounded, or truncated.
+TimestepRounding = Literal["exact", "round", "floor"]
 
 
 @dataclass(frozen=True)
@@ -189,17 +192,57 @@ class NoiseSchedule:
         sigmas = torch.cat([self.sigmas[t], self.sigmas.new_zeros(1)])
         return SigmaSchedule(sigmas, t.double())
 
-    def karras(self, steps: int, rho: float = 7.0) -> SigmaSchedule:
+    def karras(
+        self, steps: int, rho: float = 7.0, timesteps: TimestepRounding = "round"
+    ) -> SigmaSchedule:
         """Karras et al. 2022 eq. (5): σ_i = (σ_max^(1/ρ) + i/(N-1)·(σ_min^(1/ρ) - σ_max^(1/ρ)))^ρ.
 
         σ_min and σ_max are the trained extremes; the schedule ends at σ = 0. The timesteps are
-        `sigma_to_t` rounded to integers, as diffusers' DPM-Solver feeds them to the UNet.
+        `sigma_to_t` rounded to integers ("round"), as diffusers' DPM-Solver feeds them to the
+        UNet, or left fractional ("exact"), as its Euler-family schedulers do.
         """
         self._check_steps(steps)
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         min_inv, max_inv = self.sigma_min ** (1 / rho), self.sigma_max ** (1 / rho)
         sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
-        t = self.sigma_to_t(sigmas).round()
+        return self._with_timesteps(sigmas, timesteps)
+
+    def exponential(self, steps: int, timesteps: TimestepRounding = "exact") -> SigmaSchedule:
+        """σ's evenly spaced in log σ from σ_max down to σ_min (k-diffusion's
+        `get_sigmas_exponential`, diffusers' `use_exponential_sigmas`), then σ = 0.
+
+        timesteps: "exact" fractional `sigma_to_t` (diffusers' Euler family), or "floor", the
+        integer part, which is what diffusers' DPM-Solver/UniPC feed (their int64 cast)."""
+        self._check_steps(steps)
+        log_sigmas = torch.linspace(
+            math.log(self.sigma_max), math.log(self.sigma_min), steps, dtype=torch.float64
+        )
+        return self._with_timesteps(log_sigmas.exp(), timesteps)
+
+    def trailing(self, steps: int) -> SigmaSchedule:
+        """ "Trailing" spacing (Lin et al. 2023, table 2; A1111's "SGM Uniform" as diffusers
+        spells it): t_i = round(T - i·T/N) - 1, so 10 steps → 999, 899, …, 99; then σ = 0."""
+        self._check_steps(steps)
+        ratio = self.num_train_timesteps / steps
+        grid = torch.arange(self.num_train_timesteps, 0, -ratio, dtype=torch.float64)
+        t = grid.round().long() - 1
+        sigmas = torch.cat([self.sigmas[t], self.sigmas.new_zeros(1)])
+        return SigmaSchedule(sigmas, t.double())
+
+    def _with_timesteps(self, sigmas: Tensor, rounding: TimestepRounding) -> SigmaSchedule:
+        t = self.sigma_to_t(sigmas)
+        if rounding == "round":
+            t = t.round()
+        elif rounding == "floor":
+            # Truncation is sensitive to the last bit: diffusers interpolates in a float32
+            # table of log σ there, so σ_max maps to 998.99999… → 998; do the same.
+            table = self.sigmas.float().log().double()
+            value = sigmas.clamp_min(1e-10).log()
+            low = (torch.searchsorted(table, value, right=True) - 1).clamp(0, len(table) - 2)
+            w = ((value - table[low]) / (table[low + 1] - table[low])).clamp(0, 1)
+            t = (low + w).floor()
+        elif rounding != "exact":
+            raise ValueError(f"timesteps must be 'exact', 'round' or 'floor', got {rounding!r}")
         return SigmaSchedule(torch.cat([sigmas, sigmas.new_zeros(1)]), t)
 
     def __repr__(self) -> str:

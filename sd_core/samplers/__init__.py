@@ -39,7 +39,7 @@ from sd_core.samplers.heun import sample_heun
 from sd_core.samplers.lms import sample_lms
 from sd_core.samplers.plms import sample_plms
 from sd_core.samplers.unipc import sample_unipc
-from sd_core.schedule import NoiseSchedule, SigmaSchedule
+from sd_core.schedule import NoiseSchedule, SigmaSchedule, TimestepRounding
 
 __all__ = [
     "SAMPLERS",
@@ -93,10 +93,29 @@ class SamplerSpec:
     description: str = ""
     # LMS needs the σ's that img2img skips; see `img2img`.
     img2img_needs_prior: bool = field(default=False, repr=False)
+    # How its diffusers scheduler turns Karras / exponential σ's into UNet timesteps.
+    karras_timesteps: TimestepRounding = field(default="exact", repr=False)
+    exponential_timesteps: TimestepRounding = field(default="exact", repr=False)
 
-    def schedule(self, schedule: NoiseSchedule, steps: int) -> SigmaSchedule:
+    @property
+    def takes_schedule_type(self) -> bool:
+        """Whether a schedule type (`sd_core.schedule_types`) may replace this sampler's σ's:
+        the k-diffusion-style samplers; DDPM/DDIM/PLMS keep their own timesteps."""
+        return self.spacing not in ("leading", "leading_to_alpha0")
+
+    def schedule(
+        self, schedule: NoiseSchedule, steps: int, scheduler: str | None = None
+    ) -> SigmaSchedule:
         """σ's (N+1,) and UNet timesteps (N,), float64, as this sampler's diffusers scheduler
-        builds them for `steps` inference steps."""
+        builds them for `steps` inference steps.
+
+        scheduler: a canonical schedule type ("karras", "exponential", "sgm_uniform") in place
+        of the sampler's own spacing, as its diffusers scheduler builds it with
+        `use_karras_sigmas` / `use_exponential_sigmas` / `timestep_spacing="trailing"`; None
+        keeps the sampler's own. ValueError for a sampler that takes none (`takes_schedule_type`).
+        """
+        if scheduler is not None:
+            return self._typed_schedule(schedule, steps, scheduler)
         if self.spacing == "leading":
             return schedule.leading(steps)
         if self.spacing == "leading_to_alpha0":
@@ -109,9 +128,28 @@ class SamplerSpec:
             return schedule.karras(steps)
         raise AssertionError(f"unhandled spacing {self.spacing!r}")
 
-    def sigmas(self, schedule: NoiseSchedule, steps: int) -> Tensor:
-        """(N+1,) float32 σ schedule, decreasing, as this sampler's diffusers scheduler builds it."""
-        return self.schedule(schedule, steps).sigmas.float()
+    def _typed_schedule(self, schedule: NoiseSchedule, steps: int, scheduler: str) -> SigmaSchedule:
+        if not self.takes_schedule_type:
+            raise ValueError(
+                f"sampler {self.display_name!r} has its own timesteps; it takes no schedule type "
+                f"(got {scheduler!r})"
+            )
+        # diffusers' DPM-Solver/UniPC feed integer timesteps (Karras σ's rounded, exponential
+        # ones truncated by an int64 cast), KDPM2 rounds Karras ones; the rest are fractional.
+        if scheduler == "karras":
+            return schedule.karras(steps, timesteps=self.karras_timesteps)
+        if scheduler == "exponential":
+            return schedule.exponential(steps, timesteps=self.exponential_timesteps)
+        if scheduler == "sgm_uniform":
+            return schedule.trailing(steps)
+        raise ValueError(
+            f"unknown schedule type {scheduler!r}; choose one of: karras, exponential, sgm_uniform"
+        )
+
+    def sigmas(self, schedule: NoiseSchedule, steps: int, scheduler: str | None = None) -> Tensor:
+        """(N+1,) float32 σ schedule, decreasing, as this sampler's diffusers scheduler builds it
+        (with schedule type `scheduler`, if given; see `schedule`)."""
+        return self.schedule(schedule, steps, scheduler).sigmas.float()
 
     def initial_noise_scale(self, sigmas: Tensor) -> float:
         """txt2img: x_start = standard_normal * this.
@@ -125,7 +163,9 @@ class SamplerSpec:
             return sigma_max
         return (sigma_max**2 + 1.0) ** 0.5
 
-    def timestep_fn(self, schedule: NoiseSchedule, steps: int) -> TimestepFn:
+    def timestep_fn(
+        self, schedule: NoiseSchedule, steps: int, scheduler: str | None = None
+    ) -> TimestepFn:
         """σ (any shape) → the UNet timestep diffusers feeds with it (float64, CPU), for this sampler.
 
         A σ of the schedule maps to its own timestep (fractional for linspace spacing, rounded
@@ -140,7 +180,7 @@ class SamplerSpec:
         the log-interpolated timestep, while σ_{i+1} itself gets its linspace timestep; a map
         keyed by σ gives both the latter (~0.003 of a step apart at 50 steps, 0 at 10).
         """
-        plan = self.schedule(schedule, steps)
+        plan = self.schedule(schedule, steps, scheduler)
         table_sigmas = plan.sigmas[:-1].float()
         table_t = plan.timesteps
 
@@ -155,7 +195,9 @@ class SamplerSpec:
 
         return to_t
 
-    def img2img(self, schedule: NoiseSchedule, steps: int, strength: float) -> Img2ImgPlan:
+    def img2img(
+        self, schedule: NoiseSchedule, steps: int, strength: float, scheduler: str | None = None
+    ) -> Img2ImgPlan:
         """The σ's and function img2img runs, equal to diffusers' img2img with this scheduler.
 
         t_start = steps - int(steps * strength) steps of the full schedule are skipped (diffusers'
@@ -164,7 +206,7 @@ class SamplerSpec:
         """
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
-        sigmas = self.sigmas(schedule, steps)
+        sigmas = self.sigmas(schedule, steps, scheduler)
         t_start = max(steps - min(int(steps * strength), steps), 0)
         fn = self.fn
         if self.img2img_needs_prior and t_start > 0:
@@ -183,6 +225,8 @@ def _spec(
     initial_noise: InitialNoise = "sigma_max",
     description: str = "",
     img2img_needs_prior: bool = False,
+    karras_timesteps: TimestepRounding = "exact",
+    exponential_timesteps: TimestepRounding = "exact",
 ) -> SamplerSpec:
     return SamplerSpec(
         name=name,
@@ -194,6 +238,8 @@ def _spec(
         initial_noise=initial_noise,
         description=description,
         img2img_needs_prior=img2img_needs_prior,
+        karras_timesteps=karras_timesteps,
+        exponential_timesteps=exponential_timesteps,
     )
 
 
@@ -260,6 +306,7 @@ _ALL = [
         "DPM2",
         sample_dpm2,
         aliases=("k_dpm_2", "kdpm2"),
+        karras_timesteps="round",
         description="second-order midpoint solver; two model calls a step",
     ),
     _spec(
@@ -267,6 +314,7 @@ _ALL = [
         "DPM2 a",
         sample_dpm2_ancestral,
         aliases=("dpm2_ancestral", "k_dpm_2_a", "kdpm2_a"),
+        karras_timesteps="round",
         stochastic=True,
         description="DPM2 with ancestral noise",
     ),
@@ -275,6 +323,8 @@ _ALL = [
         "DPM++ 2M",
         sample_dpmpp_2m,
         aliases=("dpm++_2m", "dpmsolver++", "k_dpmpp_2m"),
+        karras_timesteps="round",
+        exponential_timesteps="floor",
         spacing="linspace_rounded",
         initial_noise="vp",
         description="DPM-Solver++ second-order multistep; good at 20-30 steps",
@@ -284,6 +334,8 @@ _ALL = [
         "DPM++ 2M Karras",
         sample_dpmpp_2m,
         aliases=("dpm++_2m_karras", "k_dpmpp_2m_karras"),
+        karras_timesteps="round",
+        exponential_timesteps="floor",
         spacing="karras",
         initial_noise="vp",
         description="DPM++ 2M on Karras et al.'s noise levels",
@@ -301,6 +353,8 @@ _ALL = [
         "UniPC",
         sample_unipc,
         aliases=("uni_pc",),
+        karras_timesteps="round",
+        exponential_timesteps="floor",
         spacing="linspace_rounded",
         initial_noise="vp",
         description="UniPC predictor-corrector, order 2",

@@ -112,12 +112,17 @@ def draw(gens: list[torch.Generator]) -> Tensor:
 _PROTOTYPES: dict[str, Any] = {}
 
 
-def make_scheduler(name: str) -> Any:
-    """A fresh reference scheduler (KDPM2's constructor alone takes ~1 s, so copy a prototype)."""
-    if name not in _PROTOTYPES:
+def make_scheduler(name: str, options: dict[str, Any] | None = None) -> Any:
+    """A fresh reference scheduler (KDPM2's constructor alone takes ~1 s, so copy a prototype).
+
+    options: config entries on top of REFERENCE's (a schedule type's, say)."""
+    key = json.dumps([name, options or {}], sort_keys=True)
+    if key not in _PROTOTYPES:
         cls_name, extra = REFERENCE[name]
-        _PROTOTYPES[name] = getattr(diffusers, cls_name).from_config(CONFIG, **extra)
-    return copy.deepcopy(_PROTOTYPES[name])
+        _PROTOTYPES[key] = getattr(diffusers, cls_name).from_config(
+            CONFIG, **extra, **(options or {})
+        )
+    return copy.deepcopy(_PROTOTYPES[key])
 
 
 def run_diffusers(
@@ -126,11 +131,12 @@ def run_diffusers(
     eps: Callable[[Tensor, Any], Tensor],
     init_latent: Tensor | None = None,
     strength: float = 1.0,
+    options: dict[str, Any] | None = None,
 ) -> Tensor:
     """StableDiffusion(Img2Img)Pipeline's denoising loop around the reference scheduler."""
     if name == "lms":
         pytest.importorskip("scipy")  # diffusers' LMS integrates its coefficients with scipy
-    scheduler = make_scheduler(name)
+    scheduler = make_scheduler(name, options)
     scheduler.set_timesteps(steps)
     gens = generators()
     timesteps = scheduler.timesteps
@@ -161,10 +167,11 @@ def run_sd_core(
     init_latent: Tensor | None = None,
     strength: float = 1.0,
     calls: list[int] | None = None,
+    scheduler: str | None = None,
 ) -> Tensor:
     """The pipeline's use of a SamplerSpec, with the analytic model in place of the UNet."""
     gens = generators()
-    to_t = spec.timestep_fn(schedule, steps)
+    to_t = spec.timestep_fn(schedule, steps, scheduler)
 
     def noise() -> Tensor:
         if calls is not None:
@@ -177,11 +184,11 @@ def run_sd_core(
         return x - sigma.float().view(-1, 1, 1, 1) * e
 
     if init_latent is None:
-        sigmas = spec.sigmas(schedule, steps)
+        sigmas = spec.sigmas(schedule, steps, scheduler)
         x = draw(gens) * spec.initial_noise_scale(sigmas)
         fn = spec.fn
     else:
-        plan = spec.img2img(schedule, steps, strength)
+        plan = spec.img2img(schedule, steps, strength, scheduler)
         sigmas, fn = plan.sigmas, plan.fn
         x = init_latent + draw(gens) * sigmas[0]
     return fn(denoise, x, sigmas, noise=noise)
