@@ -117,8 +117,10 @@ class GenerationParams:
     height: int | None = None
     batch: int = 1
     strength: float = 0.75
-    variation_seed: int | None = None
-    variation_strength: float = 0.0
+    variation_seed: int | None = field(default=None, metadata={INFOTEXT_KEY: "Variation seed"})
+    variation_strength: float = field(
+        default=0.0, metadata={INFOTEXT_KEY: "Variation seed strength"}
+    )
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
     vae: str | None = field(default=None, metadata={INFOTEXT_KEY: "VAE"})
 
@@ -216,5 +218,7 @@ def infotext_extras(params: GenerationParams) -> dict[str, str]:
         key = f.metadata.get(INFOTEXT_KEY)
         value = getattr(params, f.name)
         if key is not None and value != f.default:
-            extras[key] = str(value)
+            # 0.5 → "0.5", 1.0 → "1": numbers as A1111's UI hands them to its infotext.
+            integral = isinstance(value, float) and value.is_integer()
+            extras[key] = str(int(value)) if integral else str(value)
     return extras

@@ -10,7 +10,7 @@ what ran.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -30,6 +30,7 @@ _PER_IMAGE = frozenset(
         "width",
         "height",
         "strength",
+        "variation_seed",
     )
 )
 
@@ -98,6 +99,12 @@ class GenerationResult:
     def seeds(self) -> list[int]:
         return self.params.seeds()
 
+    def variation_seed(self, index: int) -> int | None:
+        """Image `index`'s variation seed (variation seed + index, as A1111's subseeds), or
+        None when its noise was not blended."""
+        seed = self.params.variation_seed
+        return None if seed is None else seed + index
+
     def infotext(self, index: int) -> str:
         """AUTOMATIC1111's infotext of image `index`."""
         from sd_core.infotext import GenerationParameters, format_infotext
@@ -118,7 +125,10 @@ class GenerationResult:
                 model_hash=self.model_hash,
                 model=self.model_name,
                 denoising_strength=p.strength if self.mode != TXT2IMG else None,
-                extra={**infotext_extras(p), **asset_infotext(self.assets)},
+                extra={
+                    **infotext_extras(replace(p, variation_seed=self.variation_seed(index))),
+                    **asset_infotext(self.assets),
+                },
             )
         )
 
@@ -146,6 +156,7 @@ class GenerationResult:
             "device": self.device,
             "dtype": self.dtype,
             "assets": [asdict(a) for a in self.assets],
+            "variation_seed": self.variation_seed(index),
             **{k: v for k, v in p.to_dict().items() if k not in _PER_IMAGE},
         }
 

@@ -153,12 +153,6 @@ def check_supported(request: A1111Request) -> None:
     if request.alwayson_scripts:
         name = next(iter(request.alwayson_scripts))
         raise InvalidField("alwayson_scripts", name, "no always-on scripts are installed; send {}")
-    if request.subseed_strength > 0 and "variation_seed" not in GenerationCreate.model_fields:
-        raise InvalidField(
-            "subseed_strength",
-            request.subseed_strength,
-            "variation seeds are not supported by this server yet; send 0",
-        )
 
 
 def resolve_sampler(request: A1111Request, catalog: SamplerCatalog) -> str | None:
@@ -249,6 +243,9 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
         "width": parsed.width,
         "height": parsed.height,
         "denoising_strength": parsed.denoising_strength,
+        # The image's own variation seed and blend, so it is made again as it was.
+        "subseed": parsed.extra.get("Variation seed"),
+        "subseed_strength": parsed.extra.get("Variation seed strength"),
     }
     chosen: dict[str, Any] = {
         key: value
