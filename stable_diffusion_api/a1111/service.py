@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.assets import A1111Assets
+from stable_diffusion_api.a1111.extras import Extras
 from stable_diffusion_api.a1111.schemas import (
     A1111Request,
     EmbeddingsResponse,
@@ -100,6 +101,7 @@ class A1111Service:
         self.credentials = Credentials.parse(settings.api_auth)
         self.tasks = TaskTracker(studio.hub, self._cancel)
         self.assets = A1111Assets(studio.assets)
+        self.extras = Extras.under(studio.settings.resolved_data_dir)
 
     def _cancel(self, generation_id: int) -> None:
         # A job that finished (or was deleted) meanwhile has nothing left to stop.

@@ -20,6 +20,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
 
+from stable_diffusion_api.a1111.extras import (
+    ExtrasBatchImagesRequest,
+    ExtrasBatchImagesResponse,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
+    NameItem,
+    RealesrganItem,
+    UpscalerItem,
+)
 from stable_diffusion_api.a1111.schemas import (
     EmbeddingsResponse,
     GenerationResponse,
@@ -172,6 +181,43 @@ def sd_vae(a1111: A1111Dep) -> list[SDVaeItem]:
 @sdapi.post("/refresh-vae")
 def refresh_vae() -> None:
     pass
+
+
+# Extras (upscaling): run here in the route's thread, not on the worker (see a1111/extras.py).
+
+
+@sdapi.get("/upscalers")
+def upscalers(a1111: A1111Dep) -> list[UpscalerItem]:
+    return a1111.extras.upscalers()
+
+
+@sdapi.get("/latent-upscale-modes")
+def latent_upscale_modes(a1111: A1111Dep) -> list[NameItem]:
+    return a1111.extras.latent_upscale_modes()
+
+
+@sdapi.get("/face-restorers")
+def face_restorers() -> list[dict[str, Any]]:
+    return []  # none installed: GFPGAN / CodeFormer visibility above 0 is refused
+
+
+@sdapi.get("/realesrgan-models")
+def realesrgan_models(a1111: A1111Dep) -> list[RealesrganItem]:
+    return a1111.extras.realesrgan_models()
+
+
+@sdapi.post("/extra-single-image")
+def extra_single_image(
+    request: ExtrasSingleImageRequest, a1111: A1111Dep
+) -> ExtrasSingleImageResponse:
+    return a1111.extras.single(request)
+
+
+@sdapi.post("/extra-batch-images")
+def extra_batch_images(
+    request: ExtrasBatchImagesRequest, a1111: A1111Dep
+) -> ExtrasBatchImagesResponse:
+    return a1111.extras.batch(request)
 
 
 @sdapi.get("/options")
