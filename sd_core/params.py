@@ -17,10 +17,19 @@ Limits (checked by `GenerationParams.check`):
 - strength: 0 … 1, how much of an init image is repainted (img2img / inpainting only).
 - variation_seed: like seed (None → random when variation_strength > 0);
   variation_strength: 0 … 1, the spherical blend towards that seed's noise.
+- scheduler: the σ schedule type (`sd_core.schedule_types`: karras, exponential, sgm_uniform;
+  A1111's labels accepted), or None for the sampler's own (A1111's "Automatic"); only the
+  k-diffusion-style samplers take one (`resolve` checks).
 - clip_skip: 1 … 12, AUTOMATIC1111's "Clip skip" (1: the text encoder's last layer; N: the
   output N − 1 layers earlier); at most the model's text-encoder layers (12 for SD v1.x).
 - vae: the name of a separate VAE file (its file name, as A1111's `sd_vae`), or None for the
   checkpoint's own; the pipeline checks that it is installed.
+- Inpainting (only with a mask; sd_core/inpaint.py says what each does): mask_blur 0 … 64
+  pixels (A1111's "Mask blur"; 0 keeps the mask's hard edge); inpainting_mask_invert (repaint
+  the black area instead); inpainting_fill 0 fill · 1 original · 2 latent noise · 3 latent
+  nothing (A1111's "Masked content"); inpaint_full_res ("Only masked": inpaint a crop around
+  the mask at the full size, paste it back) with inpaint_full_res_padding 0 … 256 pixels.
+  Every inpainting result keeps the unmasked pixels of the init image exactly.
 
 LoRAs and textual-inversion embeddings are not fields: the prompt names them (`<lora:name:w>`,
 an embedding's file name), as in AUTOMATIC1111.
@@ -35,6 +44,8 @@ import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from sd_core.schedule_types import schedule_type
+
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
@@ -44,6 +55,11 @@ MAX_CLIP_SKIP = 12
 # A field whose metadata names an infotext key is written to AUTOMATIC1111's infotext under
 # that key whenever it differs from its default (`infotext_extras`).
 INFOTEXT_KEY = "infotext"
+# A field may also name the words its values are written as ({True: "Only masked"}).
+INFOTEXT_VALUES = "infotext_values"
+MAX_MASK_BLUR = 64
+MAX_INPAINT_PADDING = 256
+INPAINT_FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 
 
 class InvalidParam(ValueError):
@@ -94,6 +110,15 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+_FILLS = " (0 fill, 1 original, 2 latent noise, 3 latent nothing)"
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidParam(name, value, f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def random_seed(batch: int = 1) -> int:
     """A random seed that leaves room for `batch` consecutive seeds."""
     return secrets.randbelow(MAX_SEED - batch + 2)
@@ -112,17 +137,29 @@ class GenerationParams:
     seed: int | None = None
     steps: int = 20
     sampler: str | None = None
+    scheduler: str | None = None
     guidance: float = 7.0
     width: int | None = None
     height: int | None = None
     batch: int = 1
     strength: float = 0.75
-    variation_seed: int | None = field(default=None, metadata={INFOTEXT_KEY: "Variation seed"})
-    variation_strength: float = field(
-        default=0.0, metadata={INFOTEXT_KEY: "Variation seed strength"}
-    )
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
     vae: str | None = field(default=None, metadata={INFOTEXT_KEY: "VAE"})
+    mask_blur: int = field(default=0, metadata={INFOTEXT_KEY: "Mask blur"})
+    inpainting_mask_invert: bool = field(
+        default=False,
+        metadata={INFOTEXT_KEY: "Mask mode", INFOTEXT_VALUES: {True: "Inpaint not masked"}},
+    )
+    inpainting_fill: int = field(
+        default=1, metadata={INFOTEXT_KEY: "Masked content", INFOTEXT_VALUES: INPAINT_FILLS}
+    )
+    inpaint_full_res: bool = field(
+        default=False,
+        metadata={INFOTEXT_KEY: "Inpaint area", INFOTEXT_VALUES: {True: "Only masked"}},
+    )
+    inpaint_full_res_padding: int = field(default=0, metadata={INFOTEXT_KEY: "Masked area padding"})
 
     def check(self) -> GenerationParams:
         """Validate every field against the limits above; return the params with numbers normalised
@@ -147,6 +184,12 @@ class GenerationParams:
             )
         if self.sampler is not None and not isinstance(self.sampler, str):
             raise InvalidParam("sampler", self.sampler, "sampler must be a sampler's name")
+        scheduler = self.scheduler
+        if scheduler is not None:
+            try:
+                scheduler = schedule_type(str(scheduler))
+            except ValueError as error:
+                raise InvalidParam("scheduler", self.scheduler, f"scheduler: {error}") from None
         if self.vae is not None and (not isinstance(self.vae, str) or not self.vae.strip()):
             raise InvalidParam(
                 "vae", self.vae, "vae must be a VAE file's name, or None for the model's own"
@@ -156,6 +199,7 @@ class GenerationParams:
             prompt=_text("prompt", self.prompt),
             negative_prompt=_text("negative_prompt", self.negative_prompt),
             seed=seed,
+            scheduler=scheduler,
             steps=_int("steps", self.steps, 1, MAX_STEPS),
             guidance=_float("guidance", self.guidance, 0.0, MAX_GUIDANCE),
             width=None if self.width is None else _size("width", self.width),
@@ -165,6 +209,13 @@ class GenerationParams:
             variation_seed=variation_seed,
             variation_strength=_float("variation_strength", self.variation_strength, 0.0, 1.0),
             clip_skip=_int("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP),
+            mask_blur=_int("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR),
+            inpainting_mask_invert=_bool("inpainting_mask_invert", self.inpainting_mask_invert),
+            inpainting_fill=_int("inpainting_fill", self.inpainting_fill, 0, 3, _FILLS),
+            inpaint_full_res=_bool("inpaint_full_res", self.inpaint_full_res),
+            inpaint_full_res_padding=_int(
+                "inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_INPAINT_PADDING
+            ),
         )
 
     def with_seeds(self) -> GenerationParams:
@@ -187,6 +238,14 @@ class GenerationParams:
         from sd_core.samplers import get_sampler
 
         params = self.with_seeds()
+        spec = get_sampler(params.sampler or default_sampler)
+        if params.scheduler is not None and not spec.takes_schedule_type:
+            raise InvalidParam(
+                "scheduler",
+                params.scheduler,
+                f"sampler {spec.display_name} has its own timesteps and takes no schedule type "
+                f"(got {params.scheduler}); leave scheduler empty (Automatic)",
+            )
         return replace(
             params,
             sampler=get_sampler(params.sampler or default_sampler).name,
@@ -218,7 +277,8 @@ def infotext_extras(params: GenerationParams) -> dict[str, str]:
         key = f.metadata.get(INFOTEXT_KEY)
         value = getattr(params, f.name)
         if key is not None and value != f.default:
-            # 0.5 → "0.5", 1.0 → "1": numbers as A1111's UI hands them to its infotext.
-            integral = isinstance(value, float) and value.is_integer()
-            extras[key] = str(int(value)) if integral else str(value)
+            if INFOTEXT_VALUES in f.metadata:  # in words, as A1111 writes them
+                extras[key] = f.metadata[INFOTEXT_VALUES][value]
+                continue
+            extras[key] = str(value)
     return extras

@@ -37,6 +37,7 @@ from sd_core.image_tensors import (
     slerp,
     tensor_to_images,
 )
+from sd_core.inpaint import FILL, Inpainting, fill_image, fill_latents, prepare
 from sd_core.params import GenerationParams, InvalidParam
 from sd_core.result import (
     GenerationResult,
@@ -109,6 +110,7 @@ class _Sampled:
     sampling_s: float
     warnings: tuple[str, ...]
     assets: tuple[UsedAsset, ...]
+    inpainting: Inpainting | None = None  # what pasting the results back needs
 
 
 class StableDiffusionPipeline:
@@ -293,6 +295,8 @@ class StableDiffusionPipeline:
         images = tensor_to_images(
             self.decode_latents(sampled.latents, self.vae_for(sampled.params))
         )
+        if sampled.inpainting is not None:  # the unmasked pixels are the init image's own
+            images = sampled.inpainting.paste_back(images)
         result = GenerationResult(
             images=images,
             params=sampled.params,
@@ -352,6 +356,9 @@ class StableDiffusionPipeline:
         p = self.resolve(params)
         mode = check_images(init_image, mask, self.config.unet.in_channels == 9)
         hooks = hooks or GenerationHooks()
+        inpainting = None if mask is None else prepare(cast(Image.Image, init_image), mask, p)
+        if inpainting is not None:  # the mask processed, or the crop of "Only masked"
+            init_image, mask = inpainting.image, inpainting.mask
         assert p.sampler is not None and p.seed is not None
         spec = get_sampler(p.sampler)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in p.seeds()]
@@ -381,7 +388,8 @@ class StableDiffusionPipeline:
             file = self._separate_vae.file
             used.append(UsedAsset("vae", file.name, file.short_hash))
         warnings = (*networks.warnings, *lora_warnings, *encoded_prompts.warnings)
-        return _Sampled(p, mode, latents, encoded - began, sampling_s, warnings, tuple(used))
+        timing = (encoded - began, sampling_s)
+        return _Sampled(p, mode, latents, *timing, warnings, tuple(used), inpainting)
 
     # -- stage 1: text conditioning --------------------------------------------------------
 
@@ -418,10 +426,12 @@ class StableDiffusionPipeline:
         assert p.width is not None and p.height is not None
         h, w = p.height // 8, p.width // 8
         shape = (1, self.config.vae.embed_dim, h, w)
-        sigmas = spec.sigmas(self.schedule, p.steps).to(self.device, torch.float32)
+        sigmas = spec.sigmas(self.schedule, p.steps, p.scheduler).to(self.device, torch.float32)
         sample = spec.fn
         inpaint_9ch = self.config.unet.in_channels == 9
         image = None if init_image is None else image_to_tensor(init_image, p.width, p.height)
+        if image is not None and mask_image is not None and p.inpainting_fill == FILL:
+            image = fill_image(image, mask_to_tensor(mask_image, p.width, p.height))
         init_latents = None
         if image is not None and not (inpaint_9ch and p.strength >= 1.0):
             init_latents = self.encode_image(image, generators, vae)
@@ -432,10 +442,14 @@ class StableDiffusionPipeline:
                 torch.Generator("cpu").manual_seed(p.variation_seed + i) for i in range(p.batch)
             ]
             start_noise = slerp(p.variation_strength, start_noise, self._noise(others, shape))
+        if init_latents is not None and mask_image is not None:  # latent noise or nothing
+            small = mask_to_tensor(mask_image, p.width, p.height)
+            small = torch.nn.functional.interpolate(small, size=(h, w)).to(self.device)
+            init_latents = fill_latents(init_latents, small, start_noise, p.inpainting_fill)
         # img2img always starts from the noised image; inpainting at full strength from noise.
         if init_latents is not None and (mask_image is None or p.strength < 1.0):
             if p.strength > 0:
-                plan = spec.img2img(self.schedule, p.steps, p.strength)
+                plan = spec.img2img(self.schedule, p.steps, p.strength, p.scheduler)
                 sigmas, sample = plan.sigmas.to(self.device, torch.float32), plan.fn
             else:  # nothing to denoise: the image's own latents
                 sigmas = sigmas[-1:]
@@ -470,7 +484,7 @@ class StableDiffusionPipeline:
         """
         use_cfg = p.guidance > 1.0
         # The UNet timestep for each σ exactly as diffusers feeds it with this sampler.
-        to_t = spec.timestep_fn(self.schedule, p.steps)
+        to_t = spec.timestep_fn(self.schedule, p.steps, p.scheduler)
 
         def denoise(x_in: Tensor, sigma: Tensor) -> Tensor:
             check_cancel()

@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from sd_core.params import GenerationParams, infotext_extras
+from sd_core.schedule_types import SCHEDULE_TYPES
 
 TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
 # Params fields the `dali` JSON writes per image (or only where they apply) itself.
@@ -118,6 +119,7 @@ class GenerationResult:
                 negative_prompt=p.negative_prompt,
                 steps=p.steps,
                 sampler=get_sampler(p.sampler).display_name,
+                schedule_type=None if p.scheduler is None else SCHEDULE_TYPES[p.scheduler],
                 cfg_scale=p.guidance,
                 seed=self.seeds[index],
                 width=p.width,
