@@ -134,6 +134,12 @@ class GenerationCreate(Strict):
     variation_strength: Strength = 0.0
     clip_skip: ClipSkip | None = None  # None → the project's default
     vae: VaeName | None = None  # None → the project's default; "None" → the checkpoint's own
+    styles: list[Identifier] = Field(
+        default_factory=list,
+        max_length=20,
+        description="prompt styles (GET /sdapi/v1/prompt-styles) applied in order before the "
+        "params are made, so the stored prompt is the expanded one",
+    )
 
 
 class BenchmarkRequest(Strict):

@@ -209,6 +209,10 @@ class A1111Service:
             "height": request.height,
             "model": model.name,
         }
+        styles = [name for name in request.styles if name.strip()]
+        if styles:  # checked now, so an unknown name fails before anything is queued
+            self.studio.generations.styles.find(styles, "styles")
+            base["styles"] = styles
         if CLIP_SKIP_OPTION in request.override_settings:
             value = request.override_settings[CLIP_SKIP_OPTION]
             base["clip_skip"] = clip_skip_option(value, f"override_settings.{CLIP_SKIP_OPTION}")
@@ -342,6 +346,13 @@ class A1111Service:
                 need_inner_model=False,
             )
             for name in schedulers(self.studio.samplers)
+        ]
+
+    def prompt_styles(self) -> list[dict[str, str]]:
+        """A1111's `/prompt-styles`: the styles of `styles.csv` in the data directory."""
+        return [
+            {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+            for s in self.studio.generations.styles.all()
         ]
 
     def png_info(self, image: str) -> PngInfoResponse:

@@ -247,6 +247,11 @@ def cmd_flags(a1111: A1111Dep) -> dict[str, Any]:
     return a1111.cmd_flags()
 
 
+@sdapi.get("/prompt-styles")
+def prompt_styles(a1111: A1111Dep) -> list[dict[str, str]]:
+    return a1111.prompt_styles()
+
+
 @sdapi.get("/scripts")
 def scripts() -> ScriptsList:
     """No A1111 scripts or extensions exist here (clients probe this for ControlNet & co)."""

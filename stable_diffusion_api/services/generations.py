@@ -46,6 +46,7 @@ from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.speeds import Estimate, SpeedService
 from stable_diffusion_api.services.storage import ImageStorage, decode_image
+from stable_diffusion_api.services.styles import StyleLibrary
 
 
 def filmstrip_view(row: Generation) -> FilmstripOut | None:
@@ -129,6 +130,7 @@ class GenerationService:
         self._wake = wake
         self._queue = JobQueue(db)
         self._submit_lock = threading.Lock()
+        self.styles = StyleLibrary.under(settings.resolved_data_dir)
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -157,6 +159,14 @@ class GenerationService:
                 f"the mask must be the init image's size, {init_image.width}x{init_image.height}",
             )
         vae = self._assets.check_vae(request.vae if request.vae is not None else defaults.vae)
+        if request.styles:  # expanded here, so the row keeps the prompt that was run
+            negative = request.negative_prompt
+            prompt, negative = self.styles.apply(
+                request.styles,
+                request.prompt,
+                negative if negative is not None else defaults.negative_prompt,
+            )
+            request = request.model_copy(update={"prompt": prompt, "negative_prompt": negative})
         params = params_from_request(request, defaults, sampler, vae)
         values = {
             "project_id": project_id,
