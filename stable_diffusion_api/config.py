@@ -12,6 +12,7 @@ runs with no configuration at all:
     DALI_HOST, DALI_PORT     where ./run.sh (python dali_app.py) listens     127.0.0.1:8000
     DALI_API_KEY             when set, the API and pages require it          (none)
     DALI_QUEUE_LIMIT         queued jobs accepted before 429                  100
+    DALI_MAX_BODY_MB         largest request body accepted before 413         64
     DALI_PIPELINE_CACHE_MB   memory budget for loaded pipelines              4096
     DALI_TORCH_THREADS       CPU threads torch may use (None: torch decides)  (none)
     DALI_WORKER_MODE         "process": workers in child processes; "thread"  process
@@ -49,6 +50,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     api_key: SecretStr | None = None
     queue_limit: int = Field(default=100, ge=1)
+    # Two base64 uploads of schemas.MAX_UPLOAD_CHARS (24 MB each) fit with room to spare.
+    max_body_mb: int = Field(default=64, ge=1)
     pipeline_cache_mb: int = Field(default=4096, ge=0)
     # On a busy CPU, torch's spinning worker threads can slow sampling down many times over;
     # fewer threads than cores leaves room for the web server. None keeps torch's default.
@@ -118,6 +121,10 @@ class Settings(BaseSettings):
     def inputs_dir(self) -> Path:
         """Uploaded init images and masks, kept until their job is deleted."""
         return self.resolved_data_dir / "inputs"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_mb * 1024 * 1024
 
     @property
     def pipeline_cache_bytes(self) -> int:

@@ -88,6 +88,11 @@ def wants_html(request: Request) -> bool:
 HtmlRenderer = Callable[[Request, int, str, list[str]], Response]
 
 
+UNPAIRED_SURROGATE = (
+    "text must be valid Unicode: it holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)"
+)
+
+
 def install_error_handlers(app: FastAPI, render_html: HtmlRenderer) -> None:
     """Register every handler; `render_html(request, status, title, details)` draws the view."""
 
@@ -130,6 +135,12 @@ def install_error_handlers(app: FastAPI, render_html: HtmlRenderer) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return respond(request, exc.status_code, exc.detail, str(exc.detail), headers)
 
+    async def unencodable_text(request: Request, exc: Exception) -> Response:
+        # JSON may spell a lone UTF-16 surrogate ("\\ud800"), which no database can store; the
+        # REST schemas refuse it by field, this catches any other text field that carried one.
+        detail = [{"type": "value_error", "loc": ["body"], "msg": UNPAIRED_SURROGATE}]
+        return respond(request, 422, detail, "Some values need fixing")
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return respond(request, 500, "internal error", "Something went wrong on our side")
@@ -137,4 +148,5 @@ def install_error_handlers(app: FastAPI, render_html: HtmlRenderer) -> None:
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(UnicodeEncodeError, unencodable_text)
     app.add_exception_handler(Exception, unexpected)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from sd_core.params import (
     MAX_BATCH,
@@ -22,6 +22,7 @@ from sd_core.params import (
     MIN_SIZE,
     SIZE_MULTIPLE,
 )
+from stable_diffusion_api.errors import UNPAIRED_SURROGATE
 from stable_diffusion_api.models import FailureKind
 
 # The generation limits are the engine's (sd_core.params, documented there); only the prompt's
@@ -35,6 +36,16 @@ def _no_control_characters(value: str) -> str:
     # NUL cannot be stored in PostgreSQL text; other controls are never meant in these fields.
     if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
         raise ValueError("control characters are not allowed")
+    # JSON can spell a lone UTF-16 surrogate, which is not text any database can store.
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValueError(UNPAIRED_SURROGATE)
+    return value
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # Python counts True as 1: `"steps": true` must not quietly mean one step.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
     return value
 
 
@@ -55,13 +66,14 @@ CleanText = Annotated[str, AfterValidator(_no_control_characters)]
 Name = Annotated[CleanText, Field(min_length=1, max_length=100), AfterValidator(_name)]
 Prompt = Annotated[CleanText, Field(min_length=1, max_length=MAX_PROMPT), AfterValidator(_prompt)]
 NegativePrompt = Annotated[CleanText, Field(max_length=MAX_PROMPT)]
-Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
-Guidance = Annotated[float, Field(ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)]
-Size = Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE)]
-Seed = Annotated[int, Field(ge=-1, le=MAX_SEED, description="-1 or null → random")]
-Strength = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Number = BeforeValidator(_not_a_boolean)
+Steps = Annotated[int, Number, Field(ge=1, le=MAX_STEPS)]
+Guidance = Annotated[float, Number, Field(ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)]
+Size = Annotated[int, Number, Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE)]
+Seed = Annotated[int, Number, Field(ge=-1, le=MAX_SEED, description="-1 or null → random")]
+Strength = Annotated[float, Number, Field(ge=0, le=1, allow_inf_nan=False)]
 ClipSkip = Annotated[
-    int, Field(ge=1, le=MAX_CLIP_SKIP, description="A1111's Clip skip: 1 = the last layer")
+    int, Number, Field(ge=1, le=MAX_CLIP_SKIP, description="A1111's Clip skip: 1 = the last layer")
 ]
 Identifier = Annotated[CleanText, Field(min_length=1, max_length=255)]
 VaeName = Annotated[
@@ -122,7 +134,7 @@ class GenerationCreate(Strict):
     seed: Seed | None = None
     width: Size | None = None
     height: Size | None = None
-    batch: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1
+    batch: Annotated[int, Number, Field(ge=1, le=MAX_BATCH)] = 1
     model: Identifier | None = None
     init_image: Upload | None = Field(default=None, description="base64 PNG/JPEG (img2img)")
     strength: Strength = 0.75

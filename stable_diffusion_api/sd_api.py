@@ -38,6 +38,7 @@ from stable_diffusion_api import __version__
 from stable_diffusion_api.config import STATIC_DIR, Settings
 from stable_diffusion_api.deps import LoginRequired
 from stable_diffusion_api.errors import install_error_handlers
+from stable_diffusion_api.middleware import BodyLimit, SecurityHeaders
 from stable_diffusion_api.routes import a1111, api, events, pages
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
@@ -91,6 +92,8 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.include_router(a1111.router)  # AUTOMATIC1111-compatible /sdapi/v1, same queue
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
 

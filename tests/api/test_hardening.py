@@ -1,0 +1,77 @@
+"""Hostile or odd input answered clearly: body limit, security headers, lone surrogates,
+booleans for numbers (issue 15, items 8, 11 and 13)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.sd_api import create_app
+from tests.api.fakes import FakeGenerator
+from tests.api.helpers import make_project
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(settings: Settings, fake: FakeGenerator):
+    small = settings.model_copy(update={"max_body_mb": 1})
+    with TestClient(create_app(small, fake)) as client:
+        project = make_project(client)
+        big = json.dumps({"prompt": "x" * (2 * 1024 * 1024)})
+        response = client.post(
+            f"/api/v1/projects/{project['id']}/generations", content=big,
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        assert response.status_code == 413
+        assert "over the limit of 1048576 bytes" in response.json()["detail"]
+
+        def chunks():  # no Content-Length: the limit holds while the chunks arrive
+            for _ in range(3):
+                yield b" " * (600 * 1024)
+
+        response = client.post("/api/v1/projects", content=chunks(),
+                               headers={"content-type": "application/json"})  # fmt: skip
+        assert response.status_code == 413
+        assert client.get("/api/v1/health").status_code == 200  # and the server is fine
+        ok = client.post("/api/v1/projects", content=b'{"name": "Fits"}',
+                         headers={"content-type": "application/json"})  # fmt: skip
+        assert ok.status_code == 201
+        streamed = client.post("/api/v1/projects", content=iter([b'{"name": ', b'"Chunked"}']),
+                               headers={"content-type": "application/json"})  # fmt: skip
+        assert streamed.status_code == 201, streamed.text
+
+
+def test_security_headers_on_pages_and_api(client: TestClient):
+    for path in ("/", "/api/v1/health", "/static/dali.js"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+        assert "script-src 'self'" in headers["content-security-policy"]
+    assert "content-security-policy" not in client.get("/docs").headers  # inline scripts there
+
+
+def test_a_lone_surrogate_is_422_naming_the_field(client: TestClient):
+    response = client.post("/api/v1/projects", content=b'{"name": "a\\ud800b"}',
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"][-1] == "name" and "surrogate" in detail["msg"]
+    # A proper pair (an emoji escaped as JSON does) is fine.
+    pair = client.post("/api/v1/projects", content=b'{"name": "ok \\ud83d\\ude00"}',
+                       headers={"content-type": "application/json"})  # fmt: skip
+    assert pair.status_code == 201 and pair.json()["name"] == "ok \U0001f600"
+    project = pair.json()
+    response = client.post(f"/api/v1/projects/{project['id']}/generations",
+                           content=b'{"prompt": "x \\udfff"}',
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "prompt"
+
+
+def test_booleans_are_not_numbers(client: TestClient, fake: FakeGenerator):
+    project = make_project(client)
+    for field in ("steps", "seed", "batch", "width", "guidance", "strength", "clip_skip"):
+        response = client.post(f"/api/v1/projects/{project['id']}/generations",
+                               json={"prompt": "x", field: True})  # fmt: skip
+        assert response.status_code == 422, field
+        assert response.json()["detail"][0]["loc"][-1] == field
+    assert fake.calls == []
