@@ -16,6 +16,8 @@ from sd_core.params import (
     MAX_BATCH,
     MAX_CLIP_SKIP,
     MAX_GUIDANCE,
+    MAX_INPAINT_PADDING,
+    MAX_MASK_BLUR,
     MAX_SEED,
     MAX_SIZE,
     MAX_STEPS,
@@ -123,6 +125,9 @@ class ProjectUpdate(Strict):
     defaults: GenerationDefaults | None = None
 
 
+INPAINT_FILL_HELP = "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing"
+
+
 class GenerationCreate(Strict):
     """One generation request. Fields left out take the project's defaults."""
 
@@ -146,6 +151,13 @@ class GenerationCreate(Strict):
     variation_strength: Strength = 0.0
     clip_skip: ClipSkip | None = None  # None → the project's default
     vae: VaeName | None = None  # None → the project's default; "None" → the checkpoint's own
+    # Inpainting as AUTOMATIC1111 (sd_core/inpaint.py); only with a mask. The defaults keep
+    # the mask's hard edge and the original under it; A1111's API defaults differ.
+    mask_blur: Annotated[int, Field(ge=0, le=MAX_MASK_BLUR, description="feather, pixels")] = 0
+    inpainting_mask_invert: bool = Field(default=False, description="repaint the black area")
+    inpainting_fill: Annotated[int, Field(ge=0, le=3, description=INPAINT_FILL_HELP)] = 1
+    inpaint_full_res: bool = Field(default=False, description="inpaint a crop around the mask")
+    inpaint_full_res_padding: Annotated[int, Field(ge=0, le=MAX_INPAINT_PADDING)] = 0
     styles: list[Identifier] = Field(
         default_factory=list,
         max_length=20,
@@ -307,6 +319,11 @@ class GenerationOut(Out):
     variation_strength: float = 0.0
     clip_skip: int = 1
     vae: str | None = None  # None: the checkpoint's own
+    mask_blur: int = 0
+    inpainting_mask_invert: bool = False
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 0
     has_init_image: bool
     has_mask: bool
     error: str | None

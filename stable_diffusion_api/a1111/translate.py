@@ -308,10 +308,12 @@ def snap_size(value: int) -> int:
 
 
 def prepare_img2img(request: Img2ImgRequest, base: dict[str, Any]) -> None:
-    """Decode, resize and (for the mask) invert and blur the inputs; set them into `base`.
+    """Decode and resize the inputs; set them and the mask's settings into `base`.
 
     Width and height not sent (and not in the project's defaults) default to the init image's
-    size snapped to the engine's grid, rather than the model's native size.
+    size snapped to the engine's grid, rather than the model's native size. The engine inverts,
+    blurs, fills and crops (sd_core/inpaint.py) with A1111's API defaults: blur 4, "fill",
+    "only masked" with no padding.
     """
     if not request.init_images:
         raise InvalidField("init_images", None, "img2img needs one base64 image in init_images")
@@ -332,13 +334,12 @@ def prepare_img2img(request: Img2ImgRequest, base: dict[str, Any]) -> None:
     mask = decode_image(request.mask, "mask")
     # A transparent-background mask paints where it is opaque; otherwise white = repaint.
     mask = mask.getchannel("A") if mask.mode in ("RGBA", "LA") else mask.convert("L")
-    mask = fit(mask, width, height, request.resize_mode)
-    if request.inpainting_mask_invert:
-        mask = ImageOps.invert(mask)
-    blur = request.mask_blur if request.mask_blur is not None else DEFAULT_MASK_BLUR
-    if blur:
-        mask = mask.filter(ImageFilter.GaussianBlur(blur))
-    base["mask"] = encode_png(mask)
+    base["mask"] = encode_png(fit(mask, width, height, request.resize_mode))
+    base["mask_blur"] = request.mask_blur if request.mask_blur is not None else DEFAULT_MASK_BLUR
+    base["inpainting_mask_invert"] = bool(request.inpainting_mask_invert)
+    base["inpainting_fill"] = request.inpainting_fill
+    base["inpaint_full_res"] = bool(request.inpaint_full_res)
+    base["inpaint_full_res_padding"] = request.inpaint_full_res_padding
 
 
 # -- responses ------------------------------------------------------------------------------------

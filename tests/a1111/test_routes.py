@@ -104,11 +104,30 @@ def test_img2img_fits_the_init_image_and_passes_mask_and_strength(
     assert response.status_code == 200, response.text
     job = fake.calls[-1]
     assert job.init_image is not None and job.init_image.size == (64, 64)
-    assert job.mask is not None and job.mask.getextrema() == (255, 255)  # inverted
+    assert job.mask is not None and job.mask.getextrema() == (0, 0)  # the engine inverts it
+    assert job.params.inpainting_mask_invert and job.params.mask_blur == 0
     assert job.params.strength == 0.4
     info = json.loads(response.json()["info"])
     assert info["denoising_strength"] == 0.4
     assert response.json()["parameters"]["init_images"] is None  # not echoed by default
+
+
+def test_img2img_passes_the_inpainting_settings_with_a1111s_defaults(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    image = png_b64(Image.new("RGB", (64, 64), "red"))
+    body = {**SMALL, "init_images": [image], "mask": png_b64(Image.new("L", (64, 64), 255))}
+    assert client.post("/sdapi/v1/img2img", json=body).status_code == 200
+    p = fake.calls[-1].params
+    assert (p.mask_blur, p.inpainting_fill, p.inpaint_full_res) == (4, 0, True)
+    assert (p.inpainting_mask_invert, p.inpaint_full_res_padding) == (False, 0)
+    sent = {"inpainting_fill": 2, "inpaint_full_res": False, "inpaint_full_res_padding": 32}
+    assert client.post("/sdapi/v1/img2img", json={**body, **sent}).status_code == 200
+    p = fake.calls[-1].params
+    assert (p.inpainting_fill, p.inpaint_full_res, p.inpaint_full_res_padding) == (2, False, 32)
+    body = {**SMALL, "init_images": [image]}  # no mask: no inpainting settings
+    assert client.post("/sdapi/v1/img2img", json=body).status_code == 200
+    assert fake.calls[-1].params.mask_blur == 0
 
 
 # -- errors ------------------------------------------------------------------------------------

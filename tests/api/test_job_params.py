@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 from fastapi.testclient import TestClient
 
-from sd_core.params import MAX_SEED, GenerationParams
+from sd_core.params import MAX_SEED, GenerationParams, field_names
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.models import Generation
 from stable_diffusion_api.schemas import GenerationCreate, GenerationDefaults
@@ -22,8 +22,10 @@ def test_every_params_field_round_trips_through_a_row() -> None:
                               strength=0.5, variation_seed=11, variation_strength=0.25,
                               clip_skip=2, vae="ft.vae.pt")  # fmt: skip
     values = job_params.row_values(params)
-    # clip_skip and vae came after the table: no columns, the JSON column carries them.
-    assert values["extra_params"] == {"clip_skip": 2, "vae": "ft.vae.pt"}
+    # clip_skip, vae and later fields came after the table: the JSON column carries them.
+    extra = values["extra_params"]
+    assert (extra["clip_skip"], extra["vae"]) == (2, "ft.vae.pt")
+    assert set(extra) == set(field_names()) - job_params._column_names()
     assert "clip_skip" not in values
     row = Generation(**values)
     assert job_params.params_from_row(row) == params
@@ -42,7 +44,8 @@ def test_a_column_wins_over_the_json(monkeypatch: pytest.MonkeyPatch) -> None:
     params = GenerationParams("x", seed=1, variation_seed=2, variation_strength=0.5)
     values = job_params.row_values(params)
     assert "variation_strength" not in values
-    assert values["extra_params"] == {"variation_strength": 0.5, "clip_skip": 1, "vae": None}
+    assert values["extra_params"]["variation_strength"] == 0.5
+    assert set(values["extra_params"]) == set(field_names()) - columns
     assert job_params.params_from_row(Generation(**values)) == params
 
 
@@ -54,6 +57,12 @@ def test_request_fields_named_like_params_reach_them_and_defaults_fill_the_rest(
     assert (params.negative_prompt, params.steps, params.guidance) == ("blurry", 7, 3.5)
     assert (params.width, params.height, params.sampler) == (128, 64, "ddim")
     assert params.vae == "ft.vae.pt"
+    assert (params.mask_blur, params.inpainting_fill, params.inpaint_full_res) == (0, 1, False)
+    inpaint = {"mask_blur": 8, "inpainting_fill": 3, "inpainting_mask_invert": True,
+               "inpaint_full_res": True, "inpaint_full_res_padding": 32}  # fmt: skip
+    request = GenerationCreate(prompt="x", **inpaint)  # type: ignore[arg-type]
+    params = job_params.params_from_request(request, defaults, None, None)
+    assert {name: getattr(params, name) for name in inpaint} == inpaint
     # Every GenerationCreate field that is a params field is taken over.
     shared = {f.name for f in fields(GenerationParams)} & set(GenerationCreate.model_fields)
     assert shared >= {"prompt", "seed", "batch", "strength", "variation_seed"}
