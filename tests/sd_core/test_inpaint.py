@@ -16,6 +16,7 @@ from sd_core.checkpoint import save_checkpoint
 from sd_core.config import TINY_TEST
 from sd_core.image_tensors import image_to_tensor, mask_to_tensor
 from sd_core.inpaint import crop_box, fill_image, fill_latents, prepare, process_mask
+from sd_core.outpaint import Margins, outpaint, outpaint_inputs
 from sd_core.params import GenerationParams, InvalidParam
 from sd_core.samplers import get_sampler
 from tests.reference import random_checkpoint
@@ -169,3 +170,22 @@ def test_limits(name: str, value: Any) -> None:
     with pytest.raises(InvalidParam) as error:
         params(**{name: value}).check()
     assert error.value.field == name
+
+
+def test_outpaint_margins_snap_to_the_grid_and_mask_the_new_area() -> None:
+    assert Margins(left=5).snapped(64, 64) == Margins(left=8)
+    assert Margins(left=4, right=4, top=3).snapped(60, 64) == Margins(4, 8, 8, 0)
+    canvas, mask = outpaint_inputs(picture(), Margins(left=16, bottom=8), overlap=4)
+    assert canvas.size == mask.size == (80, 72)
+    kept = np.asarray(mask) == 0
+    assert kept[:60, 20:].all() and not kept[:, :20].any() and not kept[60:].any()
+    assert np.array_equal(pixels(canvas)[:64, 16:], pixels(picture()))
+    assert np.array_equal(pixels(canvas)[10, :16], np.repeat(pixels(picture())[10, :1], 16, 0))
+
+
+def test_outpaint_extends_the_picture_and_keeps_it(pipe: Any) -> None:
+    result = outpaint(pipe, params(), picture(), right=16, top=8, overlap=4)
+    got = pixels(result.images[0])
+    assert got.shape == (72, 80, 3) and result.params.inpainting_fill == 0
+    assert np.array_equal(got[12:, :60], pixels(picture())[4:, :60])
+    assert result.mode == "inpaint"
