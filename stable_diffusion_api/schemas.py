@@ -134,6 +134,9 @@ class GenerationCreate(Strict):
     prompt: Prompt
     negative_prompt: NegativePrompt | None = None
     sampler: Identifier | None = None
+    # The σ schedule type (karras, exponential, sgm_uniform or A1111's label); None: the
+    # sampler's own ("Automatic").
+    scheduler: Identifier | None = None
     steps: Steps | None = None
     guidance: Guidance | None = None
     seed: Seed | None = None
@@ -308,6 +311,7 @@ class GenerationOut(Out):
     prompt: str
     negative_prompt: str
     sampler: str | None
+    scheduler: str | None = None  # the schedule type; None: the sampler's own
     steps: int
     guidance: float
     seed: int

@@ -106,7 +106,11 @@ class SdCoreGenerator:
         specs = []
         for name in samplers.sampler_names():
             spec = samplers.get_sampler(name)
-            specs.append(SamplerSpec(spec.name, spec.display_name, tuple(spec.aliases)))
+            specs.append(
+                SamplerSpec(
+                    spec.name, spec.display_name, tuple(spec.aliases), spec.takes_schedule_type
+                )
+            )
         return specs
 
     def builtin_checkpoint(self) -> Path:

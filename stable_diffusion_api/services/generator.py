@@ -44,6 +44,7 @@ class SamplerSpec:
     name: str  # canonical, e.g. "euler_a"
     display_name: str  # AUTOMATIC1111's label, e.g. "Euler a"
     aliases: tuple[str, ...] = ()
+    takes_schedule_type: bool = True  # whether a schedule type (Karras, …) may apply to it
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def test_img2img_passes_the_inpainting_settings_with_a1111s_defaults(
         ({"prompt": "  "}, ["body", "prompt"]),
         ({"enable_hr": True}, ["body", "enable_hr"]),
         ({"script_name": "x/y/z plot"}, ["body", "script_name"]),
-        ({"scheduler": "exponential"}, ["body", "scheduler"]),
+        ({"scheduler": "beta"}, ["body", "scheduler"]),
         ({"override_settings": {"sd_model_checkpoint": "nope"}},
          ["body", "override_settings", "sd_model_checkpoint"]),
     ],
@@ -271,7 +271,12 @@ def test_options_switch_the_model_of_the_project(
 def test_samplers_schedulers_and_the_small_endpoints(client: TestClient) -> None:
     samplers = client.get("/sdapi/v1/samplers").json()
     assert samplers[0] == {"name": "Euler a", "aliases": ["euler_a", "k_euler_a"], "options": {}}
-    assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == ["automatic"]
+    assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == [
+        "automatic",
+        "karras",
+        "exponential",
+        "sgm_uniform",
+    ]
     memory = client.get("/sdapi/v1/memory").json()
     assert memory["ram"]["total"] > 0 and memory["cuda"]["system"]["total"] == 24 * 1024**3
     flags = client.get("/sdapi/v1/cmd-flags").json()

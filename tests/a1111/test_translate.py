@@ -20,6 +20,7 @@ from stable_diffusion_api.a1111.translate import (
     png_info,
     prepare_img2img,
     resolve_sampler,
+    resolve_scheduler,
     schedulers,
     split_jobs,
 )
@@ -105,6 +106,25 @@ def test_sampler_and_scheduler_names(
     catalog: SamplerCatalog, fields: dict[str, str], expected: str | None
 ) -> None:
     assert resolve_sampler(Txt2ImgRequest(prompt="x", **fields), catalog) == expected
+    # A scheduler folded into a registered sampler's name is no schedule type of its own.
+    assert resolve_scheduler(Txt2ImgRequest(prompt="x", **fields), catalog) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"sampler_name": "Euler a", "scheduler": "karras"}, ("euler_a", "karras")),
+        ({"sampler_name": "Euler", "scheduler": "SGM Uniform"}, ("euler", "sgm_uniform")),
+        ({"sampler_name": "DPM++ 2M Karras", "scheduler": "exponential"},
+         ("dpmpp_2m_karras", "exponential")),
+        ({"scheduler": "exponential"}, (None, "exponential")),
+    ],
+)  # fmt: skip
+def test_other_schedulers_become_schedule_types(
+    catalog: SamplerCatalog, fields: dict[str, str], expected: tuple[str | None, str]
+) -> None:
+    request = Txt2ImgRequest(prompt="x", **fields)
+    assert (resolve_sampler(request, catalog), resolve_scheduler(request, catalog)) == expected
 
 
 def test_unknown_sampler_and_impossible_scheduler_name_the_field(catalog: SamplerCatalog) -> None:
@@ -112,17 +132,17 @@ def test_unknown_sampler_and_impossible_scheduler_name_the_field(catalog: Sample
         resolve_sampler(Txt2ImgRequest(prompt="x", sampler_name="Euler b"), catalog)
     assert error.value.field == "sampler_name" and "Euler a" in error.value.message
     with pytest.raises(InvalidField) as error:
-        resolve_sampler(Txt2ImgRequest(prompt="x", sampler_name="Euler a", scheduler="karras"),
+        resolve_sampler(Txt2ImgRequest(prompt="x", sampler_name="Euler a", scheduler="beta"),
                         catalog)  # fmt: skip
     assert error.value.field == "scheduler"
-    assert "automatic" in error.value.message
+    assert "automatic, karras, exponential, sgm_uniform" in error.value.message
 
 
 def test_schedulers_are_automatic_and_the_suffixes_sampler_names_carry(
     catalog: SamplerCatalog,
 ) -> None:
     # "Euler a" must not make "a" a scheduler: only A1111's scheduler names count.
-    assert schedulers(catalog) == ["automatic", "karras"]
+    assert schedulers(catalog) == ["automatic", "karras", "exponential", "sgm_uniform"]
 
 
 # -- images ------------------------------------------------------------------------------------
