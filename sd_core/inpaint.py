@@ -86,9 +86,9 @@ def crop_box(mask: Image.Image, padding: int, width: int, height: int) -> Box | 
     right, bottom = min(bbox[2] + padding, full_w), min(bbox[3] + padding, full_h)
     box_w, box_h = right - left, bottom - top
     if box_w * height > box_h * width:  # too wide: make it taller
-        top, bottom = _grow(top, bottom, round(box_w * height / width), full_h)
+        top, bottom = _grow(top, bottom, int(box_w * height / width), full_h)
     else:  # too tall: make it wider
-        left, right = _grow(left, right, round(box_h * width / height), full_w)
+        left, right = _grow(left, right, int(box_h * width / height), full_w)
     return left, top, right, bottom
 
 
