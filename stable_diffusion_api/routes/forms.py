@@ -43,6 +43,9 @@ DEFAULTS_FIELDS = (
     "vae",  # a VAE file's name, or "None" for the checkpoint's own; empty → the default
 )
 GENERATION_FIELDS = DEFAULTS_FIELDS + ("prompt", "seed", "batch", "model", "strength")
+# The mask's settings (sd_core/inpaint.py): numbers, then checkboxes.
+INPAINT_FIELDS = ("mask_blur", "inpainting_fill", "inpaint_full_res_padding")
+INPAINT_CHECKS = ("inpainting_mask_invert", "inpaint_full_res")
 UPLOAD_FIELDS = ("init_image", "mask")
 
 
@@ -152,7 +155,8 @@ def upload(form: FormData, name: str) -> str | None:
 
 
 def generation_create(form: FormData) -> GenerationCreate:
-    fields: dict[str, Any] = {key: text(form, key) for key in GENERATION_FIELDS}
+    fields: dict[str, Any] = {key: text(form, key) for key in GENERATION_FIELDS + INPAINT_FIELDS}
+    fields.update({key: ticked(form, key) for key in INPAINT_CHECKS})
     fields["negative_prompt"] = form.get("negative_prompt", "")
     if ticked(form, "random_seed"):
         fields["seed"] = None
@@ -167,4 +171,5 @@ def generation_values(form: FormData) -> dict[str, Any]:
     """What the generate page shows again after an error: the text sent, the seed box."""
     values: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
     values["random_seed"] = ticked(form, "random_seed")
+    values.update({key: True for key in INPAINT_CHECKS if ticked(form, key)})
     return values

@@ -86,6 +86,21 @@ def test_generate_form_becomes_generation_create() -> None:
     assert random.seed is None  # the box wins over a seed left in the field
 
 
+def test_generate_form_carries_the_inpainting_settings() -> None:
+    plain = forms.generation_create(form(prompt="p"))
+    assert (plain.mask_blur, plain.inpainting_fill, plain.inpaint_full_res) == (0, 1, False)
+    sent = form(prompt="p", mask_blur="4", inpainting_fill="0", inpaint_full_res="on",
+                inpaint_full_res_padding="32", inpainting_mask_invert="on")  # fmt: skip
+    request = forms.generation_create(sent)
+    assert (request.mask_blur, request.inpainting_fill, request.inpaint_full_res_padding) == (
+        4, 0, 32,
+    )  # fmt: skip
+    assert request.inpaint_full_res and request.inpainting_mask_invert
+    with pytest.raises(FormInvalid) as exc:
+        forms.generation_create(form(prompt="p", mask_blur="65"))
+    assert invalid(exc, "mask_blur").value == "65"
+
+
 def test_a_bad_generation_value_is_an_error_naming_the_field_and_the_value() -> None:
     with pytest.raises(FormInvalid) as exc:
         forms.generation_create(form(prompt="", seed="abc", strength="2", batch="9"))
