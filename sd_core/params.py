@@ -24,6 +24,7 @@ Limits (checked by `GenerationParams.check`):
   output N − 1 layers earlier); at most the model's text-encoder layers (12 for SD v1.x).
 - vae: the name of a separate VAE file (its file name, as A1111's `sd_vae`), or None for the
   checkpoint's own; the pipeline checks that it is installed.
+- tiling: True for a seamless texture (AUTOMATIC1111's "Tiling"; `sd_core/tiling.py`).
 - Inpainting (only with a mask; sd_core/inpaint.py says what each does): mask_blur 0 … 64
   pixels (A1111's "Mask blur"; 0 keeps the mask's hard edge); inpainting_mask_invert (repaint
   the black area instead); inpainting_fill 0 fill · 1 original · 2 latent noise · 3 latent
@@ -147,6 +148,7 @@ class GenerationParams:
     variation_strength: float = 0.0
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
     vae: str | None = field(default=None, metadata={INFOTEXT_KEY: "VAE"})
+    tiling: bool = field(default=False, metadata={INFOTEXT_KEY: "Tiling"})
     mask_blur: int = field(default=0, metadata={INFOTEXT_KEY: "Mask blur"})
     inpainting_mask_invert: bool = field(
         default=False,
@@ -194,6 +196,8 @@ class GenerationParams:
             raise InvalidParam(
                 "vae", self.vae, "vae must be a VAE file's name, or None for the model's own"
             )
+        if not isinstance(self.tiling, bool):
+            raise InvalidParam("tiling", self.tiling, "tiling must be true or false")
         return replace(
             self,
             prompt=_text("prompt", self.prompt),

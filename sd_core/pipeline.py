@@ -44,6 +44,7 @@ from sd_core.result import (
     GenerationTimings,
     UsedAsset,
 )
+from sd_core.tiling import tiling_aware
 from sd_core.vae_files import LoadedVae
 
 if TYPE_CHECKING:
@@ -274,6 +275,7 @@ class StableDiffusionPipeline:
 
     # -- the main entry point --------------------------------------------------------------
 
+    @tiling_aware
     @torch.inference_mode()
     def generate(
         self,
@@ -316,6 +318,7 @@ class StableDiffusionPipeline:
         result.annotate()
         return result
 
+    @tiling_aware
     @torch.inference_mode()
     def generate_latents(
         self,

@@ -154,6 +154,7 @@ class GenerationCreate(Strict):
     variation_strength: Strength = 0.0
     clip_skip: ClipSkip | None = None  # None → the project's default
     vae: VaeName | None = None  # None → the project's default; "None" → the checkpoint's own
+    tiling: bool = Field(default=False, description="a seamless texture (A1111's Tiling)")
     # Inpainting as AUTOMATIC1111 (sd_core/inpaint.py); only with a mask. The defaults keep
     # the mask's hard edge and the original under it; A1111's API defaults differ.
     mask_blur: Annotated[int, Field(ge=0, le=MAX_MASK_BLUR, description="feather, pixels")] = 0
@@ -323,6 +324,7 @@ class GenerationOut(Out):
     variation_strength: float = 0.0
     clip_skip: int = 1
     vae: str | None = None  # None: the checkpoint's own
+    tiling: bool = False
     mask_blur: int = 0
     inpainting_mask_invert: bool = False
     inpainting_fill: int = 1

@@ -215,6 +215,8 @@ class A1111Service:
         if styles:  # checked now, so an unknown name fails before anything is queued
             self.studio.generations.styles.find(styles, "styles")
             base["styles"] = styles
+        if request.tiling:
+            base["tiling"] = True
         if CLIP_SKIP_OPTION in request.override_settings:
             value = request.override_settings[CLIP_SKIP_OPTION]
             base["clip_skip"] = clip_skip_option(value, f"override_settings.{CLIP_SKIP_OPTION}")

@@ -270,6 +270,7 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
         # The image's own variation seed and blend, so it is made again as it was.
         "subseed": parsed.extra.get("Variation seed"),
         "subseed_strength": parsed.extra.get("Variation seed strength"),
+        "tiling": parsed.extra.get("Tiling"),
     }
     chosen: dict[str, Any] = {
         key: value

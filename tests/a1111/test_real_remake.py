@@ -68,3 +68,13 @@ def test_each_image_of_a_batch_names_its_own_variation_seed(real: TestClient) ->
     # Alone rather than in a batch of two, the CPU's float sums may round one level apart
     # (as they do without a variation seed).
     assert np.abs(again[0].astype(int) - images[1]).max() <= 1
+
+
+def test_tiling_is_honoured_written_and_read_back(real: TestClient) -> None:
+    images, info = txt2img(real, **BASE, seed=9, tiling=True)
+    (infotext,) = info["infotexts"]
+    assert "Tiling: True" in infotext
+    plain, _ = txt2img(real, **BASE, seed=9)
+    assert not np.array_equal(plain[0], images[0])
+    again, _ = txt2img(real, infotext=infotext)
+    assert np.array_equal(again[0], images[0])
