@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.assets import A1111Assets
+from stable_diffusion_api.a1111.options import FIXED, OptionStore, check_fixed
 from stable_diffusion_api.a1111.extras import Extras
 from stable_diffusion_api.a1111.schemas import (
     A1111Request,
@@ -102,6 +103,7 @@ class A1111Service:
         self.credentials = Credentials.parse(settings.api_auth)
         self.tasks = TaskTracker(studio.hub, self._cancel)
         self.assets = A1111Assets(studio.assets)
+        self.options = OptionStore()
         self.extras = Extras.under(studio.settings.resolved_data_dir)
 
     def _cancel(self, generation_id: int) -> None:
@@ -284,13 +286,13 @@ class A1111Service:
         model = self.current_model(project)
         defaults = GenerationDefaults.model_validate(project.defaults or {})
         return {
+            **self.options.get(project.name),  # kept as sent; what follows is Dali's own
+            **FIXED,
             "sd_model_checkpoint": model.title if model else None,
             "sd_checkpoint_hash": model.sha256 if model else None,
             # No default VAE file: the checkpoint's own, which A1111 calls "Automatic" too.
             SD_VAE_OPTION: defaults.vae or AUTOMATIC_VAE,
             CLIP_SKIP_OPTION: defaults.clip_skip,
-            "eta_noise_seed_delta": 0,
-            "samples_format": "png",
             "samples_save": True,
             "live_previews_enable": True,
             "show_progress_every_n_steps": self.studio.settings.preview_every,
@@ -300,8 +302,10 @@ class A1111Service:
     def set_options(self, options: dict[str, Any], header: str | None) -> None:
         """`sd_model_checkpoint` sets the project's default model, `CLIP_stop_at_last_layers`
         its default clip skip and `sd_vae` its default VAE ("Automatic" and "None": the
-        checkpoint's own). Every value is checked before any is applied. Other options are
-        accepted and ignored, as A1111 ignores unknown ones."""
+        checkpoint's own). Every value is checked before any is applied. Options Dali cannot
+        change must keep their value (`options.FIXED`); any other is kept per project and
+        answered back by `get_options` (`options.OptionStore`)."""
+        check_fixed(options)
         updates: dict[str, Any] = {}
         if CLIP_SKIP_OPTION in options:
             updates["clip_skip"] = clip_skip_option(options[CLIP_SKIP_OPTION], CLIP_SKIP_OPTION)
@@ -314,6 +318,10 @@ class A1111Service:
             if not isinstance(wanted, str) or not wanted.strip():
                 raise InvalidField("sd_model_checkpoint", wanted, "a model title or name")
             model = self.studio.models.resolve(wanted, "sd_model_checkpoint")
+        applied = (CLIP_SKIP_OPTION, SD_VAE_OPTION, "sd_model_checkpoint", *FIXED)
+        rest = {key: value for key, value in options.items() if key not in applied}
+        if rest:
+            self.options.set(self.project(header).name, rest)
         if not updates and model is None:
             return
         project = self.project(header)

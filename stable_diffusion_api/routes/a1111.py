@@ -258,6 +258,65 @@ def scripts() -> ScriptsList:
     return ScriptsList(txt2img=[], img2img=[])
 
 
+# The rest of A1111's surface: what Dali has none of answers an empty list; what it cannot do
+# answers 501 saying so, never a bare 404.
+
+
+def _not_here(what: str) -> HTTPException:
+    return HTTPException(status_code=501, detail=f"{what} (Dali's A1111 API does not do this)")
+
+
+@sdapi.get("/hypernetworks")
+def hypernetworks() -> list[dict[str, Any]]:
+    return []  # no hypernetworks: Dali loads LoRAs and embeddings only
+
+
+@sdapi.get("/sd-modules")
+def sd_modules() -> list[dict[str, Any]]:
+    return []  # no separate text-encoder / UNet modules (SDXL-era); SD v1 checkpoints only
+
+
+@sdapi.get("/script-info")
+def script_info() -> list[dict[str, Any]]:
+    return []
+
+
+@sdapi.get("/extensions")
+def extensions() -> list[dict[str, Any]]:
+    return []
+
+
+@sdapi.post("/interrogate")
+def interrogate() -> None:
+    raise _not_here("interrogate needs a CLIP interrogator or DeepBooru model; none is installed")
+
+
+@sdapi.post("/unload-checkpoint")
+def unload_checkpoint() -> None:
+    """Models load into the device's worker for the job that needs them and are dropped from
+    its cache when memory is wanted (DALI_PIPELINE_CACHE_MB): nothing to unload by hand."""
+
+
+@sdapi.post("/reload-checkpoint")
+def reload_checkpoint() -> None:
+    """The next job loads the current model (the project's) as needed."""
+
+
+@sdapi.post("/create/embedding")
+@sdapi.post("/create/hypernetwork")
+@sdapi.post("/train/embedding")
+@sdapi.post("/train/hypernetwork")
+def training() -> None:
+    raise _not_here("training embeddings and hypernetworks is not supported")
+
+
+@sdapi.post("/server-kill")
+@sdapi.post("/server-restart")
+@sdapi.post("/server-stop")
+def server_control() -> None:
+    raise _not_here("the server is not stopped or restarted over the API; stop its process")
+
+
 @internal.get("/ping")
 def ping() -> dict[str, Any]:
     return {}
