@@ -262,3 +262,13 @@ class WorkerProcess(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StudioIdentity(Base):
+    """The studio's id, also written in the data folder (`services/identity.py`): a database
+    and a data folder belong together only when their ids agree."""
+
+    __tablename__ = "studio_identity"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -21,12 +21,14 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from stable_diffusion_api.errors import InvalidField
 
+QUARANTINE = "quarantine"
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 256
@@ -110,6 +112,18 @@ class ImageStorage:
             return self.resolve(relative).is_file()
         except ValueError:
             return False
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a file no row points at to `quarantine/<its relative path>` in the data
+        directory (never deleted: a user decides); returns where it went."""
+        relative = path.relative_to(self.root)
+        target = self.root / QUARANTINE / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # the same name quarantined before: keep both
+            target = target.with_name(f"{target.stem}-{time.time_ns()}{target.suffix}")
+        os.replace(path, target)
+        log.warning("moved %s, which no generation points at, to %s", relative, target)
+        return target
 
     def generation_files(self) -> dict[int, list[Path]]:
         """Every image, thumbnail or filmstrip file on disk, grouped by the generation id in

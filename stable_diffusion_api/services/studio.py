@@ -21,6 +21,7 @@ from stable_diffusion_api.services.gallery import GalleryService
 from stable_diffusion_api.services.generations import GenerationService
 from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.hardware import HardwareService
+from stable_diffusion_api.services.identity import bind_data_folder
 from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.projects import ProjectService
@@ -89,6 +90,7 @@ class Studio:
             assets=self.assets,
         )
         self.started = False
+        self.studio_id: str | None = None  # set by start(), once the data folder is bound
 
     def start(self) -> RecoveryReport:
         """Create the data directories, migrate the schema, detect hardware, start workers."""
@@ -100,6 +102,9 @@ class Studio:
             directory.mkdir(parents=True, exist_ok=True)
         if self.settings.run_migrations:
             self.db.migrate()
+        # Before recovery looks for files no row points at: are these rows and files one
+        # studio's? (StudioMismatch stops the start with nothing changed.)
+        self.studio_id = bind_data_folder(self.db, self.settings.resolved_data_dir)
         self.hardware.refresh()
         report = self.workers.start()
         self.started = True

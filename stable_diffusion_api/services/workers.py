@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 class RecoveryReport:
     interrupted: list[int]
     removed_rows: int
-    removed_files: int
+    quarantined_files: int  # files no row points at, moved to <data>/quarantine, not deleted
 
 
 class WorkerPool:
@@ -260,15 +260,15 @@ class WorkerPool:
             running = set(
                 session.scalars(select(Generation.id).where(Generation.status == RUNNING))
             )
-        removed_files = 0
+        quarantined = 0
         for generation_id, paths in self.storage.generation_files().items():
             if generation_id in running:
                 continue  # another process is writing these right now
             for file in paths:
                 if file.relative_to(self.storage.root).as_posix() not in known:
-                    file.unlink(missing_ok=True)
-                    removed_files += 1
-        return RecoveryReport(interrupted, removed_rows, removed_files)
+                    self.storage.quarantine(file)
+                    quarantined += 1
+        return RecoveryReport(interrupted, removed_rows, quarantined)
 
     # -- benchmarks -------------------------------------------------------------------------
 

@@ -121,7 +121,7 @@ def test_deleting_removes_the_strip(
     assert not path.exists()
 
 
-def test_recovery_forgets_a_lost_strip_and_deletes_a_stray_one(
+def test_recovery_forgets_a_lost_strip_and_quarantines_a_stray_one(
     settings: Settings, fake: FakeGenerator
 ) -> None:
     with TestClient(create_app(settings, fake)) as client:
@@ -135,6 +135,8 @@ def test_recovery_forgets_a_lost_strip_and_deletes_a_stray_one(
         assert client.get(f"/api/v1/generations/{lost['id']}").json()["filmstrip"] is None
         assert client.get(kept["filmstrip"]["url"]).status_code == 200
     assert not stray.exists()
+    data = settings.resolved_data_dir
+    assert (data / "quarantine" / stray.relative_to(data)).read_bytes() == b"half a strip"
 
 
 def test_the_generation_page_labels_each_column(client: TestClient) -> None:

@@ -54,7 +54,9 @@ def test_restart_after_a_crash(settings: Settings, fake: FakeGenerator) -> None:
         assert wait_for(client, queued)["status"] == "succeeded"
         assert client.get(f"/api/v1/images/{lost['images'][0]['id']}").status_code == 404
         assert client.get(kept["images"][0]["url"]).status_code == 200
-        assert not stray.exists()
+        assert not stray.exists()  # moved aside, not deleted: the user decides
+        quarantined = data / "quarantine" / stray.relative_to(data)
+        assert quarantined.read_bytes() == b"half an image"
         # Every image row left points at a file that exists.
         page = client.get(f"/api/v1/projects/{project['id']}/images").json()
         for image in page["items"]:
