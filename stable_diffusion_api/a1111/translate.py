@@ -151,6 +151,13 @@ def check_supported(request: A1111Request) -> None:
         raise InvalidField("enable_hr", True, "hires fix is not supported; send false")
     if request.script_name:
         raise InvalidField("script_name", request.script_name, "no scripts are installed")
+    if request.restore_faces:
+        raise InvalidField("restore_faces", True, "no face restorer is installed; send false")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        if getattr(request, name) > 0:
+            raise InvalidField(
+                name, getattr(request, name), "seed resize is not supported; send -1"
+            )
     if request.alwayson_scripts:
         name = next(iter(request.alwayson_scripts))
         raise InvalidField("alwayson_scripts", name, "no always-on scripts are installed; send {}")

@@ -83,3 +83,18 @@ def test_options_keep_what_clients_write(client: TestClient) -> None:
     refused = client.post("/sdapi/v1/options", json={"samples_format": "jpg", "send_size": 0})
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "samples_format"
     assert client.get("/sdapi/v1/options").json()["send_size"] is True
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("restore_faces", True), ("seed_resize_from_w", 512), ("seed_resize_from_h", 320)],
+)
+def test_what_would_be_silently_ignored_is_refused(
+    shared: tuple[TestClient, FakeGenerator], field: str, value: object
+) -> None:
+    client, fake = shared
+    calls = len(fake.calls)
+    body = {**BODIES["txt2img"], field: value}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", field]
+    assert len(fake.calls) == calls
