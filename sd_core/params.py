@@ -31,6 +31,13 @@ Limits (checked by `GenerationParams.check`):
   nothing (A1111's "Masked content"); inpaint_full_res ("Only masked": inpaint a crop around
   the mask at the full size, paste it back) with inpaint_full_res_padding 0 … 256 pixels.
   Every inpainting result keeps the unmasked pixels of the init image exactly.
+- hires (AUTOMATIC1111's hires fix, txt2img only; off by default): hires_scale 1 … 4, or
+  hires_width / hires_height (64 … 2048, multiples of 8; one alone keeps the aspect ratio, both
+  crop to cover) instead; the target size must stay ≤ 2048. hires_upscaler: a latent mode
+  ("Latent", "Latent (antialiased)", …) or a pixel upscaler ("Lanczos", "Nearest", "None", or
+  a model upscaler the pipeline knows); hires_steps 0 … 150 (0: the first pass's steps);
+  hires_strength 0 … 1; hires_sampler, hires_prompt, hires_negative_prompt: None → the first
+  pass's (see `sd_core/hires.py`).
 
 LoRAs and textual-inversion embeddings are not fields: the prompt names them (`<lora:name:w>`,
 an embedding's file name), as in AUTOMATIC1111.
@@ -53,6 +60,7 @@ MAX_GUIDANCE = 30.0
 MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
 MAX_CLIP_SKIP = 12
+MAX_HIRES_SCALE = 4.0
 # A field whose metadata names an infotext key is written to AUTOMATIC1111's infotext under
 # that key whenever it differs from its default (`infotext_extras`).
 INFOTEXT_KEY = "infotext"
@@ -148,6 +156,17 @@ class GenerationParams:
     variation_strength: float = 0.0
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
     vae: str | None = field(default=None, metadata={INFOTEXT_KEY: "VAE"})
+    # The hires fix (sd_core/hires.py writes its infotext keys, only when it is on).
+    hires: bool = False
+    hires_scale: float = 2.0
+    hires_width: int | None = None
+    hires_height: int | None = None
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0
+    hires_strength: float = 0.7
+    hires_sampler: str | None = None
+    hires_prompt: str | None = None
+    hires_negative_prompt: str | None = None
     tiling: bool = field(default=False, metadata={INFOTEXT_KEY: "Tiling"})
     mask_blur: int = field(default=0, metadata={INFOTEXT_KEY: "Mask blur"})
     inpainting_mask_invert: bool = field(
@@ -198,6 +217,12 @@ class GenerationParams:
             )
         if not isinstance(self.tiling, bool):
             raise InvalidParam("tiling", self.tiling, "tiling must be true or false")
+        if not isinstance(self.hires, bool):
+            raise InvalidParam("hires", self.hires, "hires must be true or false")
+        for name in ("hires_upscaler", "hires_sampler", "hires_prompt", "hires_negative_prompt"):
+            value = getattr(self, name)
+            if not (value is None and name != "hires_upscaler") and not isinstance(value, str):
+                raise InvalidParam(name, value, f"{name} must be a string, got {value!r}")
         return replace(
             self,
             prompt=_text("prompt", self.prompt),
@@ -220,6 +245,17 @@ class GenerationParams:
             inpaint_full_res_padding=_int(
                 "inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_INPAINT_PADDING
             ),
+            hires_scale=_float("hires_scale", self.hires_scale, 1.0, MAX_HIRES_SCALE),
+            hires_width=(
+                None if self.hires_width is None else _size("hires_width", self.hires_width)
+            ),
+            hires_height=(
+                None if self.hires_height is None else _size("hires_height", self.hires_height)
+            ),
+            hires_steps=_int(
+                "hires_steps", self.hires_steps, 0, MAX_STEPS, " (0: as the first pass)"
+            ),
+            hires_strength=_float("hires_strength", self.hires_strength, 0.0, 1.0),
         )
 
     def with_seeds(self) -> GenerationParams:
@@ -253,6 +289,7 @@ class GenerationParams:
         return replace(
             params,
             sampler=get_sampler(params.sampler or default_sampler).name,
+            hires_sampler=params.hires_sampler and get_sampler(params.hires_sampler).name,
             width=native_size if params.width is None else params.width,
             height=native_size if params.height is None else params.height,
         )

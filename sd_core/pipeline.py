@@ -40,10 +40,12 @@ from sd_core.image_tensors import (
 from sd_core.inpaint import FILL, Inpainting, fill_image, fill_latents, prepare
 from sd_core.params import GenerationParams, InvalidParam
 from sd_core.result import (
+    IMG2IMG,
     GenerationResult,
     GenerationTimings,
     UsedAsset,
 )
+from sd_core.tiled_vae import VaeTiling, tiled_decode
 from sd_core.tiling import tiling_aware
 from sd_core.vae_files import LoadedVae
 
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from sd_core.conditioning import EncodedPrompts
     from sd_core.embeddings import Embedding
     from sd_core.file_library import FileLibrary
+    from sd_core.hires import UpscaleImage
     from sd_core.samplers import SamplerFn, SamplerSpec
     from sd_core.unet import UNetModel
     from sd_core.vae import AutoencoderKL
@@ -147,6 +150,9 @@ class StableDiffusionPipeline:
         self.embeddings: FileLibrary[Embedding] | None = None
         self.assets: Assets | None = None  # where prompts' LoRAs and params' VAE are found
         self._separate_vae = LoadedVae()
+        # A model upscaler the hires fix may name (sd_core/hires.py); None: the built-in ones.
+        self.upscale_image: UpscaleImage | None = None
+        self.vae_tiling = VaeTiling()  # above which size decode_latents decodes in tiles
         # Models live on the CPU between uses in low-memory mode; else on the device.
         self._home = torch.device("cpu") if self.low_memory else device
         for model in (text_encoder, vae, unet):
@@ -257,18 +263,24 @@ class StableDiffusionPipeline:
         mean, logvar = vae.encode(image.to(self.device, self.dtype))
         self._release(vae)
         std = torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0))
+        # One image for all generators, or (the hires fix) image i for generator i.
+        pick = [(0, g) for g in generators] if len(mean) == 1 else list(enumerate(generators))
         samples = [
-            mean.float() + std * torch.randn(mean.shape, generator=g).to(self.device)
-            for g in generators
+            mean[i : i + 1].float()
+            + std[i : i + 1] * torch.randn(mean[i : i + 1].shape, generator=g).to(self.device)
+            for i, g in pick
         ]
         return torch.cat(samples) * self.latent_scale
 
     def decode_latents(self, latents: Tensor, vae: AutoencoderKL | None = None) -> Tensor:
         """(B, C, h, w) scaled latents → (B, 3, 8h, 8w) float32 images in [-1, 1] (unclamped),
-        decoded by `vae` (the model's own)."""
+        decoded by `vae` (the model's own), in tiles above `vae_tiling`'s size."""
         vae = self._use(vae or self.vae)
+        decode, tiling = vae.decode, self.vae_tiling
+        if tiling.applies(*latents.shape[2:]):
+            decode = lambda z: tiled_decode(vae.decode, z, tiling.tile, tiling.overlap, norms=vae)  # noqa: E731
         out = torch.cat(
-            [vae.decode(z.unsqueeze(0).to(self.dtype) / self.latent_scale) for z in latents]
+            [decode(z.unsqueeze(0).to(self.dtype) / self.latent_scale) for z in latents]
         )
         self._release(vae)
         return out.float()
@@ -327,10 +339,12 @@ class StableDiffusionPipeline:
         init_image: Image.Image | None = None,
         mask: Image.Image | None = None,
         hooks: GenerationHooks | None = None,
+        init_latents: Tensor | None = None,
     ) -> tuple[GenerationParams, Tensor]:
         """`generate` without the decode: (resolved params, (B, C, H/8, W/8) scaled latents);
-        decode them with `decode_latents(latents, vae_for(params))`."""
-        sampled = self._latents(params, init_image, mask, hooks)
+        decode them with `decode_latents(latents, vae_for(params))`. `init_latents` (B, C,
+        H/8, W/8), one per image, makes it img2img from those latents (as the hires fix does)."""
+        sampled = self._latents(params, init_image, mask, hooks, init_latents=init_latents)
         return sampled.params, sampled.latents
 
     def resolve(self, params: GenerationParams) -> GenerationParams:
@@ -352,13 +366,24 @@ class StableDiffusionPipeline:
         init_image: Image.Image | None,
         mask: Image.Image | None,
         hooks: GenerationHooks | None,
+        init_latents: Tensor | None = None,
+        init_pixels: Tensor | None = None,
     ) -> _Sampled:
-        """Check, encode, sample."""
+        """Check, encode, sample. `init_latents` or `init_pixels` ((B, 3, H, W) in [-1, 1]),
+        one per image, make it img2img from them (the hires fix's second pass)."""
         from sd_core.samplers import get_sampler
 
+        hooks = hooks or GenerationHooks()
+        if params.hires:
+            from sd_core.hires import hires_latents
+
+            if init_image is not None or init_latents is not None or init_pixels is not None:
+                raise InvalidParam("hires", True, "the hires fix is for txt2img only")
+            return hires_latents(self, params, hooks)
         p = self.resolve(params)
         mode = check_images(init_image, mask, self.config.unet.in_channels == 9)
-        hooks = hooks or GenerationHooks()
+        if init_latents is not None or init_pixels is not None:
+            mode = IMG2IMG
         inpainting = None if mask is None else prepare(cast(Image.Image, init_image), mask, p)
         if inpainting is not None:  # the mask processed, or the crop of "Only masked"
             init_image, mask = inpainting.image, inpainting.mask
@@ -380,7 +405,8 @@ class StableDiffusionPipeline:
             untagged = replace(p, prompt=networks.prompt, negative_prompt=networks.negative_prompt)
             context, encoded_prompts = self._conditioning(untagged)
             encoded = time.perf_counter()
-            start = self._start(p, spec, generators, init_image, mask, vae)
+            given = (init_latents, init_pixels)
+            start = self._start(p, spec, generators, init_image, mask, vae, given)
             latents = self._sample(p, spec, start, context, hooks, check_cancel, generators)
         sampling_s = time.perf_counter() - encoded
         used = [UsedAsset("lora", u.lora.name, u.lora.short_hash) for u in networks.loras]
@@ -419,6 +445,7 @@ class StableDiffusionPipeline:
         init_image: Image.Image | None,
         mask_image: Image.Image | None,
         vae: AutoencoderKL,
+        given: tuple[Tensor | None, Tensor | None] = (None, None),
     ) -> _Start:
         """The starting latent of txt2img (scaled noise), img2img (the image's latents noised
         to the first σ of its shortened schedule) or inpainting (either, plus the mask).
@@ -435,9 +462,11 @@ class StableDiffusionPipeline:
         image = None if init_image is None else image_to_tensor(init_image, p.width, p.height)
         if image is not None and mask_image is not None and p.inpainting_fill == FILL:
             image = fill_image(image, mask_to_tensor(mask_image, p.width, p.height))
-        init_latents = None
+        init_latents, image = given[0], (given[1] if image is None else image)
         if image is not None and not (inpaint_9ch and p.strength >= 1.0):
             init_latents = self.encode_image(image, generators, vae)
+        if init_latents is not None:
+            init_latents = init_latents.to(self.device, torch.float32)
         start_noise = self._noise(generators, shape)
         if p.variation_seed is not None and p.variation_strength > 0:
             # Image i blends towards the noise of variation seed + i (AUTOMATIC1111's subseed).

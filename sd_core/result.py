@@ -108,6 +108,7 @@ class GenerationResult:
 
     def infotext(self, index: int) -> str:
         """AUTOMATIC1111's infotext of image `index`."""
+        from sd_core.hires import hires_infotext
         from sd_core.infotext import GenerationParameters, format_infotext
         from sd_core.samplers import get_sampler
 
@@ -126,10 +127,13 @@ class GenerationResult:
                 height=p.height,
                 model_hash=self.model_hash,
                 model=self.model_name,
-                denoising_strength=p.strength if self.mode != TXT2IMG else None,
+                denoising_strength=(
+                    p.strength if self.mode != TXT2IMG else p.hires_strength if p.hires else None
+                ),
                 extra={
                     **infotext_extras(replace(p, variation_seed=self.variation_seed(index))),
                     **asset_infotext(self.assets),
+                    **hires_infotext(p),
                 },
             )
         )

@@ -1,0 +1,283 @@
+"""The hires fix: a txt2img first pass, an upscale, then an img2img second pass at the new size.
+
+`GenerationParams.hires` turns it on (txt2img only). What runs, for a batch of B images:
+
+1. The first pass: the params as asked, without hires, at `width` × `height`.
+2. The upscale to the target size (`hires_size`): `hires_scale` × the first size rounded down
+   to multiples of 8, or `hires_width` / `hires_height` (one alone keeps the aspect ratio; both
+   scale to cover, then crop the centre). A latent mode (`LATENT_MODES`, AUTOMATIC1111's names)
+   resizes the latents themselves with `torch.nn.functional.interpolate`. A pixel upscaler
+   decodes, makes 8-bit images (as saving would), resizes them (`PIXEL_RESAMPLERS`, or a model
+   upscaler the pipeline was given as `pipe.upscale_image(image, name, scale)`), and the second
+   pass encodes them again.
+3. The second pass: img2img from those latents or images with `hires_steps` (0: the first
+   pass's steps), `hires_strength`, `hires_sampler`, `hires_prompt` and
+   `hires_negative_prompt` (None or "": the first pass's).
+
+Seeds: the second pass draws its noise as a new img2img run with the same seeds would (as
+AUTOMATIC1111 does, it reuses the seed): image i gets a fresh `torch.Generator("cpu")` seeded
+`seed + i`, from which a pixel upscaler's VAE posterior sample is drawn first and then the
+noise at the new size; the variation seed blends that noise as in the first pass. So a hires
+image equals, for a latent mode, `generate_latents(first)`, `upscale_latents`, then
+`generate_latents(second, init_latents=…)`; for a pixel upscaler and one image, `generate(first)`,
+`upscale_pixels`, then `generate(second, init_image=…)` (tests/sd_core/test_hires.py shows both).
+
+Progress counts both passes' steps as one run; the trace hook (the filmstrip) sees the first
+pass only (its frames must all have one size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from sd_core.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, InvalidParam
+
+if TYPE_CHECKING:
+    from sd_core.pipeline import GenerationHooks, StableDiffusionPipeline, _Sampled
+
+# A1111's latent upscale modes: name → (interpolate mode, antialias).
+LATENT_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+# Pixel upscalers built in ("None" is A1111's: no model, a Lanczos resize to the size).
+PIXEL_RESAMPLERS: dict[str, Image.Resampling] = {
+    "None": Image.Resampling.LANCZOS,
+    "Lanczos": Image.Resampling.LANCZOS,
+    "Nearest": Image.Resampling.NEAREST,
+}
+# A model upscaler: (image, its name, scale) → the image about `scale` times larger.
+UpscaleImage = Callable[[Image.Image, str, float], Image.Image]
+
+
+def _round(value: float) -> int:
+    return int(value) // SIZE_MULTIPLE * SIZE_MULTIPLE
+
+
+def hires_size(p: GenerationParams) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((cover width, height), (target width, height)) of resolved params: the upscale goes to
+    the cover size, whose centre is cropped to the target (equal unless both hires_width and
+    hires_height change the aspect ratio). InvalidParam when the target leaves 64 … 2048."""
+    assert p.width is not None and p.height is not None
+    w, h, rw, rh = p.width, p.height, p.hires_width, p.hires_height
+    value: float | None
+    if rw is None and rh is None:
+        target = cover = (_round(w * p.hires_scale), _round(h * p.hires_scale))
+        field, value = "hires_scale", p.hires_scale
+    else:
+        field, value = ("hires_width", rw) if rw is not None else ("hires_height", rh)
+        if rw is None:
+            assert rh is not None
+            target = cover = (_round(rh * w / h), rh)
+        elif rh is None:
+            target = cover = (rw, _round(rw * h / w))
+        else:
+            scale = max(rw / w, rh / h)
+            target = (rw, rh)
+            cover = (max(rw, _round(w * scale)), max(rh, _round(h * scale)))
+    if not all(SIZE_MULTIPLE <= s <= MAX_SIZE for s in (*target, *cover)):
+        raise InvalidParam(
+            field, value,
+            f"the hires fix would make {cover[0]}x{cover[1]} from {w}x{h}; each side must stay "
+            f"from {SIZE_MULTIPLE} to {MAX_SIZE}",
+        )  # fmt: skip
+    return cover, target
+
+
+def check_upscaler(name: str, model_upscaler: UpscaleImage | None) -> None:
+    """InvalidParam("hires_upscaler") unless `name` is a latent mode, a built-in pixel
+    upscaler, or there is a model upscaler to ask."""
+    if name in LATENT_MODES or name in PIXEL_RESAMPLERS or model_upscaler is not None:
+        return
+    known = ", ".join(repr(n) for n in (*LATENT_MODES, *PIXEL_RESAMPLERS))
+    raise InvalidParam("hires_upscaler", name, f"hires_upscaler must be one of {known}")
+
+
+def _crop(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centred `target` in `size`."""
+    left, top = (size[0] - target[0]) // 2, (size[1] - target[1]) // 2
+    return left, top, left + target[0], top + target[1]
+
+
+def upscale_latents(
+    latents: Tensor, mode: str, cover: tuple[int, int], target: tuple[int, int]
+) -> Tensor:
+    """(B, C, h, w) latents resized by latent mode `mode` to cover/8, centre cropped to
+    target/8 (sizes in pixels, as (width, height))."""
+    how, antialias = LATENT_MODES[mode]
+    size = (cover[1] // 8, cover[0] // 8)
+    if how.startswith("nearest"):
+        resized = F.interpolate(latents, size=size, mode=how)
+    else:
+        resized = F.interpolate(
+            latents, size=size, mode=how, antialias=antialias, align_corners=False
+        )
+    left, top, right, bottom = _crop((size[1], size[0]), (target[0] // 8, target[1] // 8))
+    return resized[:, :, top:bottom, left:right]
+
+
+def upscale_pixels(
+    image: Image.Image,
+    name: str,
+    cover: tuple[int, int],
+    target: tuple[int, int],
+    model_upscaler: UpscaleImage | None = None,
+) -> Image.Image:
+    """`image` upscaled by pixel upscaler `name` to `cover`, centre cropped to `target`. A name
+    that is not built in goes to `model_upscaler(image, name, scale)`, whose answer is then
+    resized (Lanczos) to the exact cover size."""
+    resample = PIXEL_RESAMPLERS.get(name)
+    if resample is None:
+        if model_upscaler is None:
+            check_upscaler(name, None)
+        assert model_upscaler is not None
+        scale = max(cover[0] / image.width, cover[1] / image.height)
+        image, resample = model_upscaler(image, name, scale), Image.Resampling.LANCZOS
+    if image.size != cover:
+        image = image.resize(cover, resample)
+    return image if cover == target else image.crop(_crop(cover, target))
+
+
+def second_pass_params(p: GenerationParams) -> GenerationParams:
+    """The img2img params of the second pass of resolved hires params `p`."""
+    _, (width, height) = hires_size(p)
+    return replace(
+        p,
+        hires=False,
+        width=width,
+        height=height,
+        steps=p.hires_steps or p.steps,
+        strength=p.hires_strength,
+        sampler=p.hires_sampler or p.sampler,
+        prompt=p.hires_prompt or p.prompt,
+        negative_prompt=p.hires_negative_prompt or p.negative_prompt,
+    )
+
+
+def _second_pass_steps(pipe: StableDiffusionPipeline, p: GenerationParams) -> int:
+    """How many sampler steps the img2img pass of `p` walks (for the progress total)."""
+    from sd_core.samplers import get_sampler
+
+    if p.strength <= 0:
+        return 0
+    assert p.sampler is not None
+    plan = get_sampler(p.sampler).img2img(pipe.schedule, p.steps, p.strength)
+    return len(plan.sigmas) - 1
+
+
+def hires_latents(
+    pipe: StableDiffusionPipeline, params: GenerationParams, hooks: GenerationHooks
+) -> _Sampled:
+    """Both passes of `params` (hires on): the pipeline's `_Sampled` with the second pass's
+    latents, the resolved params as asked (hires on, first-pass size) and both passes' times."""
+    from sd_core.image_tensors import image_to_tensor, tensor_to_images
+    from sd_core.pipeline import GenerationHooks, _Sampled
+    from sd_core.result import TXT2IMG
+
+    p = pipe.resolve(params)
+    second = second_pass_params(p)
+    check_upscaler(p.hires_upscaler, pipe.upscale_image)
+    cover, target = hires_size(p)
+    remaining = _second_pass_steps(pipe, second)
+    first_total = [0]
+
+    def first_step(step: int, n: int, x0: Tensor) -> None:
+        first_total[0] = n
+        if hooks.on_step is not None:
+            hooks.on_step(step, n + remaining, x0)
+
+    def second_step(step: int, n: int, x0: Tensor) -> None:
+        if hooks.on_step is not None:
+            hooks.on_step(first_total[0] + step, first_total[0] + n, x0)
+
+    first = pipe._latents(replace(p, hires=False), None, None, replace(hooks, on_step=first_step))
+    second_hooks = GenerationHooks(on_step=second_step, cancel=hooks.cancel)
+    if p.hires_upscaler in LATENT_MODES:
+        latents = upscale_latents(first.latents, p.hires_upscaler, cover, target)
+        done = pipe._latents(second, None, None, second_hooks, init_latents=latents)
+    else:
+        images = tensor_to_images(pipe.decode_latents(first.latents, pipe.vae_for(p)))
+        pixels = torch.cat(
+            [
+                image_to_tensor(
+                    upscale_pixels(image, p.hires_upscaler, cover, target, pipe.upscale_image),
+                    *target,
+                )
+                for image in images
+            ]
+        )
+        done = pipe._latents(second, None, None, second_hooks, init_pixels=pixels)
+    return _Sampled(
+        params=p,
+        mode=TXT2IMG,
+        latents=done.latents,
+        text_encoding_s=first.text_encoding_s + done.text_encoding_s,
+        sampling_s=first.sampling_s + done.sampling_s,
+        warnings=tuple(dict.fromkeys((*first.warnings, *done.warnings))),
+        assets=tuple(dict.fromkeys((*first.assets, *done.assets))),
+    )
+
+
+def hires_infotext(p: GenerationParams) -> dict[str, str]:
+    """A1111's infotext keys of the hires fix (none when it is off): `Hires upscale` or `Hires
+    resize`, `Hires steps` (when set), `Hires upscaler`, `Hires sampler`, `Hires prompt` and
+    `Hires negative prompt` (when they differ). `Denoising strength` is the result's."""
+    if not p.hires:
+        return {}
+    out: dict[str, str] = {}
+    if p.hires_width is None and p.hires_height is None:
+        scale = p.hires_scale
+        out["Hires upscale"] = str(int(scale)) if scale.is_integer() else str(scale)
+    else:
+        out["Hires resize"] = f"{p.hires_width or 0}x{p.hires_height or 0}"
+    if p.hires_steps:
+        out["Hires steps"] = str(p.hires_steps)
+    out["Hires upscaler"] = p.hires_upscaler
+    if p.hires_sampler is not None and p.hires_sampler != p.sampler:
+        from sd_core.samplers import get_sampler
+
+        out["Hires sampler"] = get_sampler(p.hires_sampler).display_name
+    if p.hires_prompt and p.hires_prompt != p.prompt:
+        out["Hires prompt"] = p.hires_prompt
+    if p.hires_negative_prompt and p.hires_negative_prompt != p.negative_prompt:
+        out["Hires negative prompt"] = p.hires_negative_prompt
+    return out
+
+
+def hires_from_infotext(extra: dict[str, str]) -> dict[str, object]:
+    """GenerationParams fields from an infotext's hires keys (`GenerationParameters.extra`);
+    {} when it has none. Values that do not read are left out; the caller sets
+    `hires_strength` from `Denoising strength`."""
+    if "Hires upscale" not in extra and "Hires resize" not in extra:
+        return {}
+    fields: dict[str, object] = {"hires": True}
+    try:
+        if "Hires upscale" in extra:
+            fields["hires_scale"] = float(extra["Hires upscale"])
+        if "Hires resize" in extra:
+            rw, _, rh = extra["Hires resize"].partition("x")
+            fields["hires_width"] = int(rw) or None
+            fields["hires_height"] = int(rh) or None
+        if "Hires steps" in extra:
+            fields["hires_steps"] = int(extra["Hires steps"])
+    except ValueError:
+        pass
+    names = {
+        "Hires upscaler": "hires_upscaler",
+        "Hires sampler": "hires_sampler",
+        "Hires prompt": "hires_prompt",
+        "Hires negative prompt": "hires_negative_prompt",
+    }
+    fields.update({name: extra[key] for key, name in names.items() if key in extra})
+    return fields

@@ -1,0 +1,169 @@
+"""Tiled VAE decode: a large latent decoded in overlapping tiles, blended with feathered weights.
+
+The VAE decoder's memory grows with the image (its full-resolution activations, and the
+attention of its middle block over every latent pixel at once). Above a size threshold the
+pipeline's `decode_latents` decodes square tiles of `tile` latent pixels that overlap by
+`overlap`, one at a time, and adds each into the output with a weight that ramps linearly from
+near 0 at a tile's inner edge to 1 over the overlap (1 at the image's own border), then divides
+by the summed weight. Peak memory is then that of one tile's decode plus the output image.
+
+What changes: each tile's group norms and middle-block attention see only that tile, and its
+convolutions see zero padding at inner edges; the feathering hides the edges (no seam) but the
+result is not bit-identical to an untiled decode. Measured with the built-in model
+(tests/sd_core/test_tiled_vae.py): a 256×256 decode in 128-pixel tiles, 48 overlapping, stays
+within the tolerance that test asserts of the untiled one.
+
+Configuration: `VaeTiling` on `pipe.vae_tiling`; its defaults come from the environment:
+`DALI_VAE_TILE_ABOVE` (pixels of the image, width × height, above which the decode is tiled;
+default 1024 × 1024, 0 tiles always), `DALI_VAE_TILE` (tile side in latent pixels, default 64:
+512 image pixels) and `DALI_VAE_TILE_OVERLAP` (default 16).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    return int(text) if text else default
+
+
+@dataclass(frozen=True)
+class VaeTiling:
+    """When and how to tile the VAE decode (see the module docstring).
+
+    above: tile an image of more than this many pixels (width × height); 0 always tiles.
+    tile, overlap: the tile's side and the overlap of neighbours, in latent pixels
+    (overlap < tile).
+    """
+
+    above: int = field(default_factory=lambda: _env_int("DALI_VAE_TILE_ABOVE", 1024 * 1024))
+    tile: int = field(default_factory=lambda: _env_int("DALI_VAE_TILE", 64))
+    overlap: int = field(default_factory=lambda: _env_int("DALI_VAE_TILE_OVERLAP", 16))
+
+    def __post_init__(self) -> None:
+        if self.above < 0 or self.tile < 2 or not 0 <= self.overlap < self.tile:
+            raise ValueError(
+                f"VAE tiling needs above ≥ 0, tile ≥ 2 and 0 ≤ overlap < tile; got "
+                f"above={self.above}, tile={self.tile}, overlap={self.overlap}"
+            )
+
+    def applies(self, latent_height: int, latent_width: int, factor: int = 8) -> bool:
+        """Whether a latent of this size decodes in tiles (it is larger than one tile and its
+        image has more than `above` pixels)."""
+        larger = latent_height > self.tile or latent_width > self.tile
+        return larger and latent_height * latent_width * factor * factor > self.above
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles of `tile` start along a side of `size` so that neighbours overlap by at least
+    `overlap` and the last one ends at the border."""
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride))
+    return [*starts, size - tile]
+
+
+def _ramp(length: int, fade: int, fade_start: bool, fade_end: bool) -> Tensor:
+    """(length,) weights: 1, except a linear ramp over `fade` values at a faded end (from
+    1/(fade+1) at the very edge to 1 inside)."""
+    weights = torch.ones(length)
+    if fade > 0:
+        ramp = torch.arange(1, fade + 1, dtype=torch.float32) / (fade + 1)
+        if fade_start:
+            weights[:fade] = torch.minimum(weights[:fade], ramp)
+        if fade_end:
+            weights[-fade:] = torch.minimum(weights[-fade:], ramp.flip(0))
+    return weights
+
+
+def tiled_decode(
+    decode: Callable[[Tensor], Tensor],
+    z: Tensor,
+    tile: int,
+    overlap: int,
+    factor: int = 8,
+    norms: nn.Module | None = None,
+) -> Tensor:
+    """(B, C, h, w) latents → (B, 3, h·f, w·f) float32 images, `decode` called on one
+    (B, C, ≤ tile, ≤ tile) tile at a time, neighbours blended over their overlap. With `norms`
+    (the module `decode` runs), its GroupNorms normalise every tile with the statistics of one
+    decode of the whole latent shrunk to fit a tile, not the tile's own."""
+    if norms is None:
+        return _blend_tiles(decode, z, tile, overlap, factor)
+    stats: Stats = {}
+    height, width = z.shape[2:]
+    shrink = min(1.0, tile / max(height, width))
+    small = z
+    if shrink < 1.0:
+        size = (max(1, round(height * shrink)), max(1, round(width * shrink)))
+        small = F.interpolate(z, size=size, mode="bilinear", antialias=True, align_corners=False)
+    with _shared_group_norms(norms, stats, record=True):
+        decode(small)
+    with _shared_group_norms(norms, stats, record=False):
+        return _blend_tiles(decode, z, tile, overlap, factor)
+
+
+def _blend_tiles(
+    decode: Callable[[Tensor], Tensor], z: Tensor, tile: int, overlap: int, factor: int
+) -> Tensor:
+    batch, _, height, width = z.shape
+    out: Tensor | None = None
+    total = torch.zeros(1, 1, height * factor, width * factor, device=z.device)
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    for y in ys:
+        for x in xs:
+            th, tw = min(tile, height), min(tile, width)
+            pixels = decode(z[:, :, y : y + th, x : x + tw]).float()
+            if out is None:
+                out = torch.zeros(batch, pixels.shape[1], *total.shape[2:], device=z.device)
+            fade = overlap * factor
+            wy = _ramp(th * factor, fade, y > 0, y + th < height)
+            wx = _ramp(tw * factor, fade, x > 0, x + tw < width)
+            weight = (wy[:, None] * wx[None, :]).to(z.device)[None, None]
+            rows = slice(y * factor, (y + th) * factor)
+            cols = slice(x * factor, (x + tw) * factor)
+            out[:, :, rows, cols] += pixels * weight
+            total[:, :, rows, cols] += weight
+    assert out is not None
+    return out / total
+
+
+Stats = dict[nn.GroupNorm, tuple[Tensor, Tensor]]
+
+
+@contextmanager
+def _shared_group_norms(model: nn.Module, stats: Stats, record: bool) -> Iterator[None]:
+    """Within the block, every GroupNorm of `model` records its per-group (mean, var) into
+    `stats` (record) or normalises with the recorded ones instead of its input's own."""
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+
+    def forward(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+        grouped = x.float().reshape(x.shape[0], norm.num_groups, -1)
+        if record:
+            stats[norm] = (
+                grouped.mean(-1, keepdim=True),
+                grouped.var(-1, keepdim=True, unbiased=False),
+            )
+        mean, var = stats[norm]
+        out = ((grouped - mean) * torch.rsqrt(var + norm.eps)).reshape(x.shape).to(x.dtype)
+        if norm.affine:
+            out = out * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+        return out
+
+    for norm in norms:
+        norm.forward = (lambda n: lambda x: forward(n, x))(norm)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
