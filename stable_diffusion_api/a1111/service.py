@@ -25,8 +25,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.assets import A1111Assets
-from stable_diffusion_api.a1111.options import FIXED, OptionStore, check_fixed
 from stable_diffusion_api.a1111.extras import Extras
+from stable_diffusion_api.a1111.options import FIXED, OptionStore, check_fixed
 from stable_diffusion_api.a1111.schemas import (
     A1111Request,
     EmbeddingsResponse,
