@@ -32,6 +32,7 @@ from sd_core.samplers.ddpm import sample_ddpm
 from sd_core.samplers.dpm2 import sample_dpm2
 from sd_core.samplers.dpm2_ancestral import sample_dpm2_ancestral
 from sd_core.samplers.dpmpp_2m import sample_dpmpp_2m
+from sd_core.samplers.dpmpp_2m_sde import sample_dpmpp_2m_sde
 from sd_core.samplers.dpmpp_sde import sample_dpmpp_sde
 from sd_core.samplers.euler import sample_euler
 from sd_core.samplers.euler_ancestral import sample_euler_ancestral
@@ -339,6 +340,30 @@ _ALL = [
         spacing="karras",
         initial_noise="vp",
         description="DPM++ 2M on Karras et al.'s noise levels",
+    ),
+    _spec(
+        "dpmpp_2m_sde",
+        "DPM++ 2M SDE",
+        sample_dpmpp_2m_sde,
+        aliases=("dpm++_2m_sde", "sde-dpmsolver++", "k_dpmpp_2m_sde"),
+        stochastic=True,
+        karras_timesteps="round",
+        exponential_timesteps="floor",
+        spacing="linspace_rounded",
+        initial_noise="vp",
+        description="stochastic DPM-Solver++ second-order multistep",
+    ),
+    _spec(
+        "dpmpp_2m_sde_karras",
+        "DPM++ 2M SDE Karras",
+        sample_dpmpp_2m_sde,
+        aliases=("dpm++_2m_sde_karras", "k_dpmpp_2m_sde_karras"),
+        stochastic=True,
+        karras_timesteps="round",
+        exponential_timesteps="floor",
+        spacing="karras",
+        initial_noise="vp",
+        description="DPM++ 2M SDE on Karras et al.'s noise levels",
     ),
     _spec(
         "dpmpp_sde",

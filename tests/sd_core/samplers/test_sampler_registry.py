@@ -33,6 +33,8 @@ EXPECTED = {
     "dpm2_a": "DPM2 a",
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
     "dpmpp_sde": "DPM++ SDE",
     "unipc": "UniPC",
 }
@@ -52,6 +54,11 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm2_a": ("KDPM2AncestralDiscreteScheduler", {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "dpmpp_2m_sde_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
     "dpmpp_sde": ("EulerDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
@@ -87,6 +94,8 @@ def test_names_and_order() -> None:
         "ddpm",
         "euler_a",
         "dpm2_a",
+        "dpmpp_2m_sde",
+        "dpmpp_2m_sde_karras",
         "dpmpp_sde",
     }
 

@@ -54,6 +54,14 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
         "DPMSolverMultistepScheduler",
         {"solver_order": 2, "use_karras_sigmas": True},
     ),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"},
+    ),
+    "dpmpp_2m_sde_karras": (
+        "DPMSolverMultistepScheduler",
+        {"solver_order": 2, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
     "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}),
 }
 STEP_COUNTS = (1, 2, 10, 50)
@@ -236,6 +244,8 @@ def test_txt2img_equals_diffusers(
         "dpm2",
         "dpm2_a",
         "dpmpp_2m_karras",
+        "dpmpp_2m_sde",
+        "dpmpp_2m_sde_karras",
         "unipc",
     ],
 )
@@ -274,7 +284,13 @@ def test_noise_draws_match_diffusers(name: str, schedule: NoiseSchedule, data_me
     calls: list[int] = []
     eps = analytic_eps(schedule, data_mean)
     run_sd_core(get_sampler(name), schedule, 5, eps, calls=calls)
-    expected = {"ddpm": 5, "euler_a": 5, "dpm2_a": 4}.get(name, 0)
+    expected = {
+        "ddpm": 5,
+        "euler_a": 5,
+        "dpm2_a": 4,
+        "dpmpp_2m_sde": 5,
+        "dpmpp_2m_sde_karras": 5,
+    }.get(name, 0)
     assert len(calls) == expected
     assert get_sampler(name).stochastic == (expected > 0)
 

@@ -37,7 +37,17 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "exponential": {"use_exponential_sigmas": True},
     "sgm_uniform": {"timestep_spacing": "trailing"},
 }
-SAMPLERS = ("euler", "euler_a", "heun", "lms", "dpm2", "dpm2_a", "dpmpp_2m", "unipc")
+SAMPLERS = (
+    "euler",
+    "euler_a",
+    "heun",
+    "lms",
+    "dpm2",
+    "dpm2_a",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "unipc",
+)
 STEP_COUNTS = (1, 2, 10, 50)
 # Not compared:
 # - Euler a: diffusers' EulerAncestralDiscreteScheduler has no Karras or exponential σ's
