@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from sd_core.infotext import parse_infotext
+from sd_core.params import INPAINT_FILLS
 from sd_core.schedule_types import SCHEDULE_TYPES, schedule_type
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.schemas import (
@@ -258,6 +259,19 @@ def split_jobs(seed: int, subseed: int | None, n_iter: int, batch_size: int) -> 
     return jobs
 
 
+def inpaint_infotext(extra: dict[str, str]) -> dict[str, Any]:
+    """An img2img infotext's inpainting settings; A1111 reads a key left out as its UI's
+    default (inpaint masked, original, whole picture, padding 32; no blur key: not set)."""
+    content = extra.get("Masked content", "original")
+    return {
+        "mask_blur": extra.get("Mask blur"),
+        "inpainting_mask_invert": int(extra.get("Mask mode") == "Inpaint not masked"),
+        "inpainting_fill": {v: k for k, v in INPAINT_FILLS.items()}.get(content, 1),
+        "inpaint_full_res": extra.get("Inpaint area") == "Only masked",
+        "inpaint_full_res_padding": extra.get("Masked area padding", 32),
+    }
+
+
 def infotext_defaults(request: A1111Request) -> dict[str, Any]:
     """A1111 ≥ 1.8's `infotext` field: values read from it fill the fields not sent."""
     if not request.infotext:
@@ -279,6 +293,8 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
         "subseed_strength": parsed.extra.get("Variation seed strength"),
         "tiling": parsed.extra.get("Tiling"),
     }
+    if isinstance(request, Img2ImgRequest):
+        values.update(inpaint_infotext(parsed.extra))
     chosen: dict[str, Any] = {
         key: value
         for key, value in values.items()

@@ -173,7 +173,7 @@ def test_resize_modes_stretch_crop_and_fill() -> None:
     assert fit(lined, 64, 64, 0).getpixel((32, 16))[0] < 50
 
 
-def test_img2img_inputs_are_fitted_and_the_mask_inverted_and_blurred() -> None:
+def test_img2img_inputs_are_fitted_and_the_mask_settings_passed_on() -> None:
     init = png_b64(stripes())
     mask = Image.new("L", (128, 64), 0)
     mask.paste(255, (0, 0, 64, 64))  # repaint the left half
@@ -186,13 +186,13 @@ def test_img2img_inputs_are_fitted_and_the_mask_inverted_and_blurred() -> None:
     assert decode(str(base["init_image"])).size == (64, 64)
     fitted = decode(str(base["mask"]))
     assert fitted.size == (64, 64)
-    assert fitted.getpixel((4, 32)) == 0 and fitted.getpixel((60, 32)) == 255  # inverted
-    assert base["strength"] == 0.3
+    # The engine inverts and blurs (sd_core/inpaint.py): the mask travels as it was drawn.
+    assert fitted.getpixel((4, 32)) == 255 and fitted.getpixel((60, 32)) == 0
+    assert (base["inpainting_mask_invert"], base["mask_blur"], base["strength"]) == (True, 0, 0.3)
 
-    blurred: dict[str, object] = {"width": 64, "height": 64}
-    prepare_img2img(request.model_copy(update={"mask_blur": 4}), blurred)
-    edge = decode(str(blurred["mask"])).getpixel((32, 32))
-    assert 0 < edge < 255  # A1111's mask_blur softens the edge
+    defaults: dict[str, object] = {"width": 64, "height": 64}
+    prepare_img2img(request.model_copy(update={"mask_blur": None}), defaults)
+    assert defaults["mask_blur"] == 4  # A1111's default
 
 
 def test_img2img_without_size_takes_the_init_image_size_on_the_grid() -> None:
@@ -264,6 +264,20 @@ def test_infotext_field_fills_what_the_request_left_out() -> None:
     assert (filled["sampler_name"], filled["scheduler"]) == ("DPM++ 2M", "Karras")
     assert (filled["seed"], filled["width"], filled["height"]) == (42, 512, 768)
     assert filled["cfg_scale"] == 7.5
+
+
+def test_an_img2img_infotext_fills_the_inpainting_settings() -> None:
+    text = ("a cat\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Mask blur: 8, "
+            "Mask mode: Inpaint not masked, Masked content: latent noise, "
+            "Inpaint area: Only masked, Masked area padding: 16")  # fmt: skip
+    filled = infotext_defaults(Img2ImgRequest(infotext=text, inpainting_fill=3))
+    assert "inpainting_fill" not in filled  # sent: the request wins
+    assert (filled["mask_blur"], filled["inpainting_mask_invert"]) == ("8", 1)
+    assert (filled["inpaint_full_res"], filled["inpaint_full_res_padding"]) == (True, "16")
+    plain = infotext_defaults(Img2ImgRequest(infotext="a cat\nSteps: 4, Seed: 1"))
+    assert (plain["inpainting_fill"], plain["inpaint_full_res"]) == (1, False)  # A1111's reading
+    assert plain["inpaint_full_res_padding"] == 32 and "mask_blur" not in plain
+    assert "inpainting_fill" not in infotext_defaults(Txt2ImgRequest(infotext="a cat\nSeed: 1"))
 
 
 # -- requests and credentials ------------------------------------------------------------------
