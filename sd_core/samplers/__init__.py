@@ -9,8 +9,8 @@
 img2img: `plan = spec.img2img(schedule, steps, strength)`, start from
 `init_latent + noise * plan.sigmas[0]` and run `plan.fn(denoise, x, plan.sigmas, …)`. For every
 sampler but LMS that is `sigmas[t_start:]` with `t_start = steps - int(steps * strength)` and
-`spec.fn`, exactly diffusers' img2img (`timesteps[t_start * order:]` + `add_noise`); LMS needs
-the skipped σ's too (see `sd_core.samplers.lms`).
+`spec.fn`, exactly diffusers' img2img (`timesteps[t_start * order:]` + `add_noise`); LMS and
+DPM++ 3M need the skipped σ's too (see `sd_core.samplers.lms`, `sd_core.samplers.dpmpp_3m`).
 
 The sampler functions themselves live one per file; see `sd_core.samplers.base` for the shared
 signature and conventions.
@@ -33,6 +33,7 @@ from sd_core.samplers.dpm2 import sample_dpm2
 from sd_core.samplers.dpm2_ancestral import sample_dpm2_ancestral
 from sd_core.samplers.dpmpp_2m import sample_dpmpp_2m
 from sd_core.samplers.dpmpp_2m_sde import sample_dpmpp_2m_sde
+from sd_core.samplers.dpmpp_3m import sample_dpmpp_3m, sample_dpmpp_3m_sde
 from sd_core.samplers.dpmpp_sde import sample_dpmpp_sde
 from sd_core.samplers.euler import sample_euler
 from sd_core.samplers.euler_ancestral import sample_euler_ancestral
@@ -364,6 +365,44 @@ _ALL = [
         spacing="karras",
         initial_noise="vp",
         description="DPM++ 2M SDE on Karras et al.'s noise levels",
+    ),
+    _spec(
+        "dpmpp_3m",
+        "DPM++ 3M",
+        sample_dpmpp_3m,
+        aliases=("dpm++_3m", "k_dpmpp_3m"),
+        karras_timesteps="round",
+        exponential_timesteps="floor",
+        spacing="linspace_rounded",
+        initial_noise="vp",
+        description="DPM-Solver++ third-order multistep",
+        img2img_needs_prior=True,
+    ),
+    _spec(
+        "dpmpp_3m_sde",
+        "DPM++ 3M SDE",
+        sample_dpmpp_3m_sde,
+        aliases=("dpm++_3m_sde", "k_dpmpp_3m_sde"),
+        stochastic=True,
+        karras_timesteps="round",
+        exponential_timesteps="floor",
+        spacing="linspace_rounded",
+        initial_noise="vp",
+        description="stochastic DPM-Solver++ third-order multistep",
+        img2img_needs_prior=True,
+    ),
+    _spec(
+        "dpmpp_3m_sde_karras",
+        "DPM++ 3M SDE Karras",
+        sample_dpmpp_3m_sde,
+        aliases=("dpm++_3m_sde_karras", "k_dpmpp_3m_sde_karras"),
+        stochastic=True,
+        karras_timesteps="round",
+        exponential_timesteps="floor",
+        spacing="karras",
+        initial_noise="vp",
+        description="DPM++ 3M SDE on Karras et al.'s noise levels",
+        img2img_needs_prior=True,
     ),
     _spec(
         "dpmpp_sde",

@@ -35,6 +35,9 @@ EXPECTED = {
     "dpmpp_2m_karras": "DPM++ 2M Karras",
     "dpmpp_2m_sde": "DPM++ 2M SDE",
     "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
+    "dpmpp_3m": "DPM++ 3M",
+    "dpmpp_3m_sde": "DPM++ 3M SDE",
+    "dpmpp_3m_sde_karras": "DPM++ 3M SDE Karras",
     "dpmpp_sde": "DPM++ SDE",
     "unipc": "UniPC",
 }
@@ -56,6 +59,12 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     "dpmpp_2m_sde_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    "dpmpp_3m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "dpmpp_3m_sde_karras": (
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
@@ -96,6 +105,8 @@ def test_names_and_order() -> None:
         "dpm2_a",
         "dpmpp_2m_sde",
         "dpmpp_2m_sde_karras",
+        "dpmpp_3m_sde",
+        "dpmpp_3m_sde_karras",
         "dpmpp_sde",
     }
 
@@ -136,7 +147,9 @@ def test_sigmas_and_timesteps_equal_diffusers(
         torch.testing.assert_close(sigmas, ((1 - alphas) / alphas) ** 0.5, rtol=1e-6, atol=0)
     else:
         ref_sigmas = (
-            ref.sigmas if name.startswith("dpmpp_2m") or name == "unipc" else distinct(ref.sigmas)
+            ref.sigmas
+            if name.startswith(("dpmpp_2m", "dpmpp_3m")) or name == "unipc"
+            else distinct(ref.sigmas)
         )
         torch.testing.assert_close(sigmas, ref_sigmas.float(), rtol=1e-6, atol=0)
         ref_timesteps = ref.timesteps.double()

@@ -62,6 +62,15 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
         "DPMSolverMultistepScheduler",
         {"solver_order": 2, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    "dpmpp_3m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"solver_order": 3, "algorithm_type": "sde-dpmsolver++"},
+    ),
+    "dpmpp_3m_sde_karras": (
+        "DPMSolverMultistepScheduler",
+        {"solver_order": 3, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
     "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}),
 }
 STEP_COUNTS = (1, 2, 10, 50)
@@ -246,6 +255,9 @@ def test_txt2img_equals_diffusers(
         "dpmpp_2m_karras",
         "dpmpp_2m_sde",
         "dpmpp_2m_sde_karras",
+        "dpmpp_3m",
+        "dpmpp_3m_sde",
+        "dpmpp_3m_sde_karras",
         "unipc",
     ],
 )
@@ -278,6 +290,31 @@ def test_lms_img2img_needs_the_skipped_sigmas(schedule: NoiseSchedule, data_mean
     assert relative_error(unbound, expected) > 1e-3
 
 
+@pytest.mark.parametrize("name", ["dpmpp_3m", "dpmpp_3m_sde"])
+def test_dpmpp_3m_img2img_counts_the_skipped_steps(
+    name: str, schedule: NoiseSchedule, data_mean: Tensor
+) -> None:
+    """20 steps at strength 0.5: diffusers keeps the second-to-last step third order, as the
+    whole schedule has 15 steps or more; run on the 10-step tail alone it would be lowered."""
+    eps = analytic_eps(schedule, data_mean)
+    init_latent = torch.randn(SHAPE, generator=torch.Generator().manual_seed(99))
+    expected = run_diffusers(name, 20, eps, init_latent, 0.5)
+    spec = get_sampler(name)
+    actual = run_sd_core(spec, schedule, 20, eps, init_latent, 0.5)
+    assert relative_error(actual, expected) < 1e-4, relative_error(actual, expected)
+    plan = spec.img2img(schedule, 20, 0.5)
+    gens = generators()
+    to_t = spec.timestep_fn(schedule, 20)
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        e = eps(x * (sigma**2 + 1).rsqrt().view(-1, 1, 1, 1), to_t(sigma))
+        return x - sigma.view(-1, 1, 1, 1) * e
+
+    x = init_latent + draw(gens) * plan.sigmas[0]
+    unbound = spec.fn(denoise, x, plan.sigmas, noise=lambda: draw(gens))
+    assert relative_error(unbound, expected) > 1e-4
+
+
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_noise_draws_match_diffusers(name: str, schedule: NoiseSchedule, data_mean: Tensor) -> None:
     """A stochastic sampler draws once per diffusers draw; a deterministic one never draws."""
@@ -290,6 +327,8 @@ def test_noise_draws_match_diffusers(name: str, schedule: NoiseSchedule, data_me
         "dpm2_a": 4,
         "dpmpp_2m_sde": 5,
         "dpmpp_2m_sde_karras": 5,
+        "dpmpp_3m_sde": 5,
+        "dpmpp_3m_sde_karras": 5,
     }.get(name, 0)
     assert len(calls) == expected
     assert get_sampler(name).stochastic == (expected > 0)
@@ -301,6 +340,11 @@ def test_diffusers_scale_checks_are_meaningful(schedule: NoiseSchedule, data_mea
     euler = run_diffusers("euler", 10, eps)
     heun = run_diffusers("heun", 10, eps)
     assert relative_error(heun, euler) > 1e-3
+    # Third order is not second order in disguise.
+    assert (
+        relative_error(run_diffusers("dpmpp_3m", 10, eps), run_diffusers("dpmpp_2m", 10, eps))
+        > 1e-3
+    )
     # The result sits near the data (mean μ, spread s), far from the initial noise (σ ≈ 14.6).
     assert float(euler.std()) < 3 * DATA_STD
     assert math.isclose(float((euler - data_mean).mean()), 0.0, abs_tol=0.3)

@@ -46,6 +46,8 @@ SAMPLERS = (
     "dpm2_a",
     "dpmpp_2m",
     "dpmpp_2m_sde",
+    "dpmpp_3m",
+    "dpmpp_3m_sde",
     "unipc",
 )
 STEP_COUNTS = (1, 2, 10, 50)
