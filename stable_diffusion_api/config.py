@@ -13,6 +13,7 @@ runs with no configuration at all:
     DALI_API_KEY             when set, the API and pages require it          (none)
     DALI_QUEUE_LIMIT         queued jobs accepted before 429                  100
     DALI_MAX_BODY_MB         largest request body accepted before 413         64
+    DALI_ALLOWED_HOSTS       host names the server answers to, comma-separated loopback names
     DALI_PIPELINE_CACHE_MB   memory budget for loaded pipelines              4096
     DALI_TORCH_THREADS       CPU threads torch may use (None: torch decides)  (none)
     DALI_WORKER_MODE         "process": workers in child processes; "thread"  process
@@ -28,6 +29,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sd_core.assets import AssetFolders
+from stable_diffusion_api.middleware import LOOPBACK_HOSTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO_ROOT / "templates"
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     api_key: SecretStr | None = None
     queue_limit: int = Field(default=100, ge=1)
+    # Besides the loopback names and DALI_HOST: names this server answers to (e.g. a LAN name
+    # when bound to one interface). Bound to 0.0.0.0 or ::, it answers to any name.
+    allowed_hosts: str = ""
     # Two base64 uploads of schemas.MAX_UPLOAD_CHARS (24 MB each) fit with room to spare.
     max_body_mb: int = Field(default=64, ge=1)
     pipeline_cache_mb: int = Field(default=4096, ge=0)
@@ -121,6 +126,13 @@ class Settings(BaseSettings):
     def inputs_dir(self) -> Path:
         """Uploaded init images and masks, kept until their job is deleted."""
         return self.resolved_data_dir / "inputs"
+
+    def host_names(self) -> tuple[str, ...] | None:
+        """The Host header names this server answers to; None: any (bound to every interface)."""
+        if self.host in ("0.0.0.0", "::"):
+            return None
+        extra = tuple(name.strip() for name in self.allowed_hosts.split(",") if name.strip())
+        return (*LOOPBACK_HOSTS, self.host, *extra)
 
     @property
     def max_body_bytes(self) -> int:

@@ -114,3 +114,67 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "testserver")
+UNSAFE_METHODS = (b"POST", b"PUT", b"PATCH", b"DELETE")
+
+
+def _host_name(host: str) -> str:
+    """`example.org:8000` → `example.org`; `[::1]:8000` → `::1`."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps({"detail": message}).encode()})
+
+
+class SameOrigin:
+    """Cross-site request forgery and DNS rebinding, refused before any route runs.
+
+    - The Host header must name this server (`allowed_hosts`; any host when the server is bound
+      to all interfaces, where a LAN name or address is expected): a page of evil.example whose
+      name was re-pointed at 127.0.0.1 reaches us with `Host: evil.example` → 421.
+    - A state-changing request (POST, PUT, PATCH, DELETE) that a browser marks with an Origin
+      (or, lacking one, a Referer) from another origin → 403. API clients send neither and are
+      unaffected; the studio's own pages and the mounted Gradio UI send their own origin.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...] | None) -> None:
+        self.app = app
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.allowed_hosts is not None and _host_name(host).lower() not in self.allowed_hosts:
+            await _refuse(
+                send, 421, f"this server does not answer to the host {host!r} (DALI_ALLOWED_HOSTS)"
+            )
+            return
+        if scope["type"] == "http" and scope.get("method", "").encode() in UNSAFE_METHODS:
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            if not origin or origin == "null":
+                referer = headers.get(b"referer", b"").decode("latin-1")
+                origin = "/".join(referer.split("/", 3)[:3]) if "://" in referer else ""
+            if origin and origin.split("://", 1)[-1].lower() != host.lower():
+                await _refuse(
+                    send,
+                    403,
+                    f"a request from {origin} may not change anything here: only this site's "
+                    "own pages (or API clients) can",
+                )
+                return
+        await self.app(scope, receive, send)

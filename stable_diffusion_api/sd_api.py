@@ -38,7 +38,7 @@ from stable_diffusion_api import __version__
 from stable_diffusion_api.config import STATIC_DIR, Settings
 from stable_diffusion_api.deps import LoginRequired
 from stable_diffusion_api.errors import install_error_handlers
-from stable_diffusion_api.middleware import BodyLimit, SecurityHeaders
+from stable_diffusion_api.middleware import BodyLimit, SameOrigin, SecurityHeaders
 from stable_diffusion_api.routes import a1111, api, events, pages
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(SameOrigin, allowed_hosts=settings.host_names())
     return app
 
 

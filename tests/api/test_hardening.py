@@ -75,3 +75,33 @@ def test_booleans_are_not_numbers(client: TestClient, fake: FakeGenerator):
         assert response.status_code == 422, field
         assert response.json()["detail"][0]["loc"][-1] == field
     assert fake.calls == []
+
+
+def test_a_form_posted_from_another_site_changes_nothing(client: TestClient):
+    project = make_project(client, "Kept")
+    evil = {"origin": "http://evil.example"}
+    deleted = client.post(f"/projects/{project['id']}/delete", data={"confirm": "on"},
+                          headers=evil)  # fmt: skip
+    assert deleted.status_code == 403 and "evil.example" in deleted.json()["detail"]
+    queued = client.post(f"/api/v1/projects/{project['id']}/generations", json={"prompt": "x"},
+                         headers={"referer": "http://evil.example/page"})  # fmt: skip
+    assert queued.status_code == 403
+    assert client.get(f"/api/v1/projects/{project['id']}").status_code == 200
+    assert client.get(f"/api/v1/projects/{project['id']}/generations").json()["total"] == 0
+    # The studio's own origin, and API clients that send none, go through.
+    own = client.post(f"/api/v1/projects/{project['id']}/generations", json={"prompt": "x"},
+                      headers={"origin": "http://testserver"})  # fmt: skip
+    assert own.status_code == 202
+
+
+def test_a_foreign_host_name_is_refused(client: TestClient, settings: Settings, fake):
+    rebound = client.get("/api/v1/health", headers={"host": "evil.example:8000"})
+    assert rebound.status_code == 421 and "evil.example" in rebound.json()["detail"]
+    assert client.get("/api/v1/health", headers={"host": "127.0.0.1:8000"}).status_code == 200
+    assert client.get("/api/v1/health", headers={"host": "localhost"}).status_code == 200
+    lan = settings.model_copy(update={"allowed_hosts": "studio.lan"})
+    with TestClient(create_app(lan, fake)) as other:
+        assert other.get("/api/v1/health", headers={"host": "studio.lan:8000"}).status_code == 200
+    everywhere = settings.model_copy(update={"host": "0.0.0.0"})
+    with TestClient(create_app(everywhere, fake)) as other:
+        assert other.get("/api/v1/health", headers={"host": "10.0.0.5:8000"}).status_code == 200
