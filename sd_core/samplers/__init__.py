@@ -33,6 +33,7 @@ from sd_core.samplers.dpm2 import sample_dpm2
 from sd_core.samplers.dpm2_ancestral import sample_dpm2_ancestral
 from sd_core.samplers.dpmpp_2m import sample_dpmpp_2m
 from sd_core.samplers.dpmpp_2m_sde import sample_dpmpp_2m_sde
+from sd_core.samplers.dpmpp_2s_ancestral import sample_dpmpp_2s_ancestral
 from sd_core.samplers.dpmpp_3m import sample_dpmpp_3m, sample_dpmpp_3m_sde
 from sd_core.samplers.dpmpp_sde import sample_dpmpp_sde
 from sd_core.samplers.euler import sample_euler
@@ -403,6 +404,14 @@ _ALL = [
         initial_noise="vp",
         description="DPM++ 3M SDE on Karras et al.'s noise levels",
         img2img_needs_prior=True,
+    ),
+    _spec(
+        "dpmpp_2s_a",
+        "DPM++ 2S a",
+        sample_dpmpp_2s_ancestral,
+        aliases=("dpm++_2s_a", "dpmpp_2s_ancestral", "k_dpmpp_2s_a", "k_dpmpp_2s_ancestral"),
+        stochastic=True,
+        description="single-step DPM-Solver++(2S) with ancestral noise; two model calls a step",
     ),
     _spec(
         "dpmpp_sde",

@@ -38,13 +38,15 @@ EXPECTED = {
     "dpmpp_3m": "DPM++ 3M",
     "dpmpp_3m_sde": "DPM++ 3M SDE",
     "dpmpp_3m_sde_karras": "DPM++ 3M SDE Karras",
+    "dpmpp_2s_a": "DPM++ 2S a",
     "dpmpp_sde": "DPM++ SDE",
     "unipc": "UniPC",
 }
 
 # sd_core name → diffusers scheduler whose σ's / timesteps it must reproduce. DPM++ SDE's
 # reference (DPMSolverSDEScheduler) needs torchsde, which is not installed; its σ's are built
-# exactly like EulerDiscreteScheduler's (linspace + np.interp), so that one stands in.
+# exactly like EulerDiscreteScheduler's (linspace + np.interp), so that one stands in; so it
+# does for DPM++ 2S a, which has no diffusers scheduler and uses k-diffusion's (Euler's) σ's.
 REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
@@ -69,6 +71,7 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
         {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
     "dpmpp_sde": ("EulerDiscreteScheduler", {}),
+    "dpmpp_2s_a": ("EulerDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
 _PROTOTYPES: dict[str, Any] = {}
@@ -107,6 +110,7 @@ def test_names_and_order() -> None:
         "dpmpp_2m_sde_karras",
         "dpmpp_3m_sde",
         "dpmpp_3m_sde_karras",
+        "dpmpp_2s_a",
         "dpmpp_sde",
     }
 
