@@ -29,6 +29,9 @@ from PIL import Image, UnidentifiedImageError
 from stable_diffusion_api.errors import InvalidField
 
 QUARANTINE = "quarantine"
+FILE_MODE = 0o644
+# What tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes for an atomic save.
+PARTIAL_WRITE = re.compile(r"^\.[^/]+\.[A-Za-z0-9_]+\.tmp$")
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 256
@@ -113,6 +116,22 @@ class ImageStorage:
         except ValueError:
             return False
 
+    def remove_partial_writes(self, older_than_s: float) -> int:
+        """Delete the temporary files a crash left mid-write (`.<name>.<random>.tmp`, made
+        only by the atomic saves here and in sd_core.pngmeta) that nobody touched for
+        `older_than_s` (a live process may be writing a younger one); how many there were."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for folder in ("images", "inputs"):
+            root = self.root / folder
+            if root.is_dir():
+                for path in root.rglob(".*.tmp"):
+                    fresh = path.stat().st_mtime > cutoff
+                    if path.is_file() and PARTIAL_WRITE.match(path.name) and not fresh:
+                        path.unlink(missing_ok=True)
+                        removed += 1
+        return removed
+
     def quarantine(self, path: Path) -> Path:
         """Move a file no row points at to `quarantine/<its relative path>` in the data
         directory (never deleted: a user decides); returns where it went."""
@@ -140,12 +159,16 @@ class ImageStorage:
         return found
 
     def _atomic_save(self, image: Image.Image, path: Path, fmt: str, **options: int) -> None:
-        # A reader (or a crash) never sees a half-written file: write beside it, then rename.
+        # A reader (or a crash) never sees a half-written file: write beside it, synced, then
+        # rename; readable like the generated PNGs (sd_core.pngmeta.save_png does the same).
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
                 image.save(handle, format=fmt, **options)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, FILE_MODE)
             os.replace(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)

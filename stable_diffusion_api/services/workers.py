@@ -260,6 +260,7 @@ class WorkerPool:
             running = set(
                 session.scalars(select(Generation.id).where(Generation.status == RUNNING))
             )
+        self.storage.remove_partial_writes(older_than_s=self.settings.stale_after_s)
         quarantined = 0
         for generation_id, paths in self.storage.generation_files().items():
             if generation_id in running:

@@ -4,6 +4,8 @@ image row points at a missing file. Also a graceful stop mid-job, and a second l
 from __future__ import annotations
 
 import datetime as dt
+import os
+import stat
 import time
 
 from fastapi.testclient import TestClient
@@ -107,3 +109,29 @@ def test_a_live_process_keeps_its_running_job_until_its_heartbeat_stops(
             time.sleep(0.05)
         assert client.get(f"/api/v1/generations/{job}").json()["error"].startswith("interrupted")
     db.dispose()
+
+
+def test_recovery_removes_partial_writes_and_files_are_readable(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    with TestClient(create_app(settings, fake)) as client:
+        project = make_project(client)
+        done = wait_for(client, submit(client, project["id"])["id"])
+    data = settings.resolved_data_dir
+    folder = data / "images" / str(project["id"])
+    old = folder / ".9-0.png.k2j4h1.tmp"  # what a crash mid-save leaves
+    young = folder / ".9-1.png.abcd12.tmp"  # a live process writing right now
+    for path in (old, young):
+        path.write_bytes(b"half")
+    os.utime(old, (0, 0))
+    mine = folder / "notes.tmp"  # not a name the studio makes: left alone
+    mine.write_text("user file")
+    with TestClient(create_app(settings, fake)):
+        pass
+    assert not old.exists() and young.exists() and mine.exists()
+    # Thumbnails and filmstrips (written by the storage; the PNGs here by the fake engine) are
+    # as readable as the engine's PNGs (they were 0600).
+    written = [*folder.glob("thumbs/*.jpg"), *folder.glob("filmstrips/*.png")]
+    assert len(written) == 2 and done["filmstrip"] is not None
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
