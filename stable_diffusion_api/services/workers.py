@@ -63,6 +63,17 @@ from stable_diffusion_api.services.worker_process import ProcessWorker
 log = logging.getLogger(__name__)
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return pid > 0
+
+
 @dataclass(frozen=True)
 class RecoveryReport:
     interrupted: list[int]
@@ -214,14 +225,22 @@ class WorkerPool:
     # -- recovery ---------------------------------------------------------------------------
 
     def _fail_orphaned_jobs(self) -> list[int]:
-        """Mark failed the running jobs of processes whose heartbeat stopped."""
+        """Mark failed the running jobs of processes whose heartbeat stopped, or which ran on
+        this host under a pid that no longer exists (killed: no need to wait for the heartbeat
+        to go stale)."""
         cutoff = utcnow() - dt.timedelta(seconds=self.settings.stale_after_s)
+        here = socket.gethostname()
         with self.db.session() as session:
-            alive = set(
-                session.scalars(
-                    select(WorkerProcess.id).where(WorkerProcess.heartbeat_at >= cutoff)
+            fresh = session.execute(
+                select(WorkerProcess.id, WorkerProcess.hostname, WorkerProcess.pid).where(
+                    WorkerProcess.heartbeat_at >= cutoff
                 )
-            )
+            ).all()
+            alive = {
+                process_id
+                for process_id, hostname, pid in fresh
+                if hostname != here or pid_exists(pid)
+            }
             alive.add(self.instance_id)
             session.execute(delete(WorkerProcess).where(WorkerProcess.id.not_in(alive)))
         return self.jobs.fail_orphaned(alive)

@@ -135,3 +135,24 @@ def test_recovery_removes_partial_writes_and_files_are_readable(
     assert len(written) == 2 and done["filmstrip"] is not None
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_killed_local_process_is_recognised_at_once(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    """Its heartbeat is still fresh, but its pid is gone from this host: no 30 s wait."""
+    import socket
+    import subprocess
+    import sys
+
+    with TestClient(create_app(settings, fake)) as client:
+        project = make_project(client)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that existed and is now free
+    db = Database(settings.resolved_database_url)
+    with db.session() as session:
+        session.add(WorkerProcess(id="killed", hostname=socket.gethostname(), pid=gone.pid))
+    job = add_job(db, project["id"], "running", "killed", "was running when killed")
+    with TestClient(create_app(settings, fake)) as client:
+        after = client.get(f"/api/v1/generations/{job}").json()
+        assert after["status"] == "failed" and after["error"].startswith("interrupted")
