@@ -126,6 +126,19 @@ class ProjectUpdate(Strict):
 
 
 INPAINT_FILL_HELP = "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing"
+Margin = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+
+
+class OutpaintMargins(Strict):
+    """Pixels to add on each side of the init image (sd_core/outpaint.py); each margin may grow
+    a little so the new size is a multiple of 8. `overlap`: pixels of the image beside a
+    margin that are repainted too, hiding the seam."""
+
+    left: Margin = 0
+    right: Margin = 0
+    top: Margin = 0
+    bottom: Margin = 0
+    overlap: Annotated[int, Field(ge=0, le=64)] = 8
 
 
 class GenerationCreate(Strict):
@@ -162,6 +175,9 @@ class GenerationCreate(Strict):
     inpainting_fill: Annotated[int, Field(ge=0, le=3, description=INPAINT_FILL_HELP)] = 1
     inpaint_full_res: bool = Field(default=False, description="inpaint a crop around the mask")
     inpaint_full_res_padding: Annotated[int, Field(ge=0, le=MAX_INPAINT_PADDING)] = 0
+    # Outpainting: the init image grown by these margins and the margins inpainted (no mask;
+    # width and height become the new size; masked content "fill" unless sent).
+    outpaint: OutpaintMargins | None = None
     styles: list[Identifier] = Field(
         default_factory=list,
         max_length=20,

@@ -41,6 +41,7 @@ from stable_diffusion_api.services.gallery import image_view
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_params import params_from_request, params_view, row_values
 from stable_diffusion_api.services.job_queue import JobQueue
+from stable_diffusion_api.services.outpainting import outpaint_request
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.samplers import SamplerCatalog
@@ -158,6 +159,8 @@ class GenerationService:
                 f"{mask.width}x{mask.height}",
                 f"the mask must be the init image's size, {init_image.width}x{init_image.height}",
             )
+        if request.outpaint is not None:  # an inpaint of the grown picture's new margins
+            request, init_image, mask = outpaint_request(request, init_image, mask)
         vae = self._assets.check_vae(request.vae if request.vae is not None else defaults.vae)
         if request.styles:  # expanded here, so the row keeps the prompt that was run
             negative = request.negative_prompt
