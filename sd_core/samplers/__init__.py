@@ -39,6 +39,7 @@ from sd_core.samplers.dpmpp_sde import sample_dpmpp_sde
 from sd_core.samplers.euler import sample_euler
 from sd_core.samplers.euler_ancestral import sample_euler_ancestral
 from sd_core.samplers.heun import sample_heun
+from sd_core.samplers.lcm import lcm_schedule, sample_lcm
 from sd_core.samplers.lms import sample_lms
 from sd_core.samplers.plms import sample_plms
 from sd_core.samplers.unipc import sample_unipc
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 # The σ spacing of each diffusers scheduler family, built with SD v1.5's scheduler config.
-Spacing = Literal["leading", "leading_to_alpha0", "linspace", "linspace_rounded", "karras"]
+Spacing = Literal["leading", "leading_to_alpha0", "linspace", "linspace_rounded", "karras", "lcm"]
 # How txt2img's starting latent is scaled: diffusers' init_noise_sigma in sigma space.
 InitialNoise = Literal["sigma_max", "vp"]
 TimestepFn = Callable[[Tensor], Tensor]
@@ -103,8 +104,8 @@ class SamplerSpec:
     @property
     def takes_schedule_type(self) -> bool:
         """Whether a schedule type (`sd_core.schedule_types`) may replace this sampler's σ's:
-        the k-diffusion-style samplers; DDPM/DDIM/PLMS keep their own timesteps."""
-        return self.spacing not in ("leading", "leading_to_alpha0")
+        the k-diffusion-style samplers; DDPM/DDIM/PLMS/LCM keep their own timesteps."""
+        return self.spacing not in ("leading", "leading_to_alpha0", "lcm")
 
     def schedule(
         self, schedule: NoiseSchedule, steps: int, scheduler: str | None = None
@@ -129,6 +130,8 @@ class SamplerSpec:
             return schedule.linspace_rounded(steps)
         if self.spacing == "karras":
             return schedule.karras(steps)
+        if self.spacing == "lcm":
+            return lcm_schedule(schedule, steps)
         raise AssertionError(f"unhandled spacing {self.spacing!r}")
 
     def _typed_schedule(self, schedule: NoiseSchedule, steps: int, scheduler: str) -> SigmaSchedule:
@@ -431,6 +434,16 @@ _ALL = [
         spacing="linspace_rounded",
         initial_noise="vp",
         description="UniPC predictor-corrector, order 2",
+    ),
+    _spec(
+        "lcm",
+        "LCM",
+        sample_lcm,
+        aliases=("lcm_scheduler",),
+        stochastic=True,
+        spacing="lcm",
+        initial_noise="vp",
+        description="latent consistency model sampling, 1-50 steps; needs an LCM-distilled model",
     ),
 ]
 

@@ -41,6 +41,7 @@ EXPECTED = {
     "dpmpp_2s_a": "DPM++ 2S a",
     "dpmpp_sde": "DPM++ SDE",
     "unipc": "UniPC",
+    "lcm": "LCM",
 }
 
 # sd_core name → diffusers scheduler whose σ's / timesteps it must reproduce. DPM++ SDE's
@@ -73,6 +74,7 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp_sde": ("EulerDiscreteScheduler", {}),
     "dpmpp_2s_a": ("EulerDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
 }
 _PROTOTYPES: dict[str, Any] = {}
 
@@ -112,6 +114,7 @@ def test_names_and_order() -> None:
         "dpmpp_3m_sde_karras",
         "dpmpp_2s_a",
         "dpmpp_sde",
+        "lcm",
     }
 
 
@@ -141,7 +144,12 @@ def test_sigmas_and_timesteps_equal_diffusers(
     plan = spec.schedule(schedule, steps)
     sigmas = spec.sigmas(schedule, steps)
     assert sigmas.dtype == torch.float32 and sigmas.shape == (steps + 1,)
-    if name in ("ddpm", "ddim", "plms"):
+    if name == "lcm":
+        # LCM visits integer training timesteps: their own σ's, then σ = 0.
+        assert plan.timesteps.tolist() == ref.timesteps.double().tolist()
+        expected = torch.cat([schedule.sigmas[ref.timesteps], torch.zeros(1, dtype=torch.float64)])
+        torch.testing.assert_close(sigmas, expected.float(), rtol=0, atol=0)
+    elif name in ("ddpm", "ddim", "plms"):
         # VP schedulers keep timesteps, not σ's: σ follows from ᾱ at each timestep, and the
         # last step lands on ᾱ = 1 (DDPM) or ᾱ_0 (DDIM, PNDM with set_alpha_to_one=False).
         timesteps = distinct(ref.timesteps) if name == "plms" else ref.timesteps

@@ -72,6 +72,7 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
         {"solver_order": 3, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
     "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}),
+    "lcm": ("LCMScheduler", {}),
 }
 STEP_COUNTS = (1, 2, 10, 50)
 # Step counts a reference scheduler refuses; none of them refuses 1, 2, 10 or 50 (diffusers
@@ -259,6 +260,7 @@ def test_txt2img_equals_diffusers(
         "dpmpp_3m_sde",
         "dpmpp_3m_sde_karras",
         "unipc",
+        "lcm",
     ],
 )
 def test_img2img_equals_diffusers(
@@ -329,6 +331,7 @@ def test_noise_draws_match_diffusers(name: str, schedule: NoiseSchedule, data_me
         "dpmpp_2m_sde_karras": 5,
         "dpmpp_3m_sde": 5,
         "dpmpp_3m_sde_karras": 5,
+        "lcm": 4,
     }.get(name, 0)
     assert len(calls) == expected
     assert get_sampler(name).stochastic == (expected > 0)
