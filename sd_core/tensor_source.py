@@ -127,7 +127,8 @@ class TensorSource:
                 raise self._fail("it is shorter than its 8-byte header length")
             header_len = int.from_bytes(head, "little")
             if header_len > min(MAX_HEADER_BYTES, size - 8):
-                raise self._fail(f"header length {header_len} does not fit a {size}-byte file")
+                # Not the number itself: it is the file's first 8 bytes, which may be anything.
+                raise self._fail(f"its first 8 bytes are no header length for a {size}-byte file")
             try:
                 header = json.loads(f.read(header_len))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:

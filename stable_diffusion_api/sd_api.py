@@ -38,7 +38,12 @@ from stable_diffusion_api import __version__
 from stable_diffusion_api.config import STATIC_DIR, Settings
 from stable_diffusion_api.deps import LoginRequired
 from stable_diffusion_api.errors import install_error_handlers
-from stable_diffusion_api.middleware import BodyLimit, SameOrigin, SecurityHeaders
+from stable_diffusion_api.middleware import (
+    LOOPBACK_HOSTS,
+    BodyLimit,
+    SameOrigin,
+    SecurityHeaders,
+)
 from stable_diffusion_api.routes import a1111, api, events, pages
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
@@ -65,6 +70,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warn_if_gradio_unserved(app, settings)
+        warn_if_exposed(settings)
         await run_in_threadpool(studio.start)
         freeze_long_lived_objects()
         try:
@@ -96,6 +102,22 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(SameOrigin, allowed_hosts=settings.host_names())
     return app
+
+
+def warn_if_exposed(settings: Settings) -> bool:
+    """At start-up: warn when the server listens beyond this machine with no authentication
+    (anyone on the network could then generate, read and delete). Whether it warned."""
+    if settings.host in LOOPBACK_HOSTS or settings.host.startswith("127."):
+        return False
+    if settings.api_key is not None:
+        return False
+    log.warning(
+        "DALI_HOST=%s makes the studio reachable from other machines, and no DALI_API_KEY is "
+        "set: anyone who can reach it can generate, read and delete. Set DALI_API_KEY, or "
+        "bind 127.0.0.1.",
+        settings.host,
+    )
+    return True
 
 
 def warn_if_gradio_unserved(app: FastAPI, settings: Settings) -> bool:

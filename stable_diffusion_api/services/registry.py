@@ -144,8 +144,9 @@ class ModelRegistry:
         fresh = ModelFile(path=str(path), size=size, mtime_ns=mtime_ns, checked_at=utcnow())
         try:
             spec = self._generator.inspect_checkpoint(path)
-        except ValueError as exc:  # CheckpointError: not a usable SD v1 file; say why
-            fresh.error = str(exc)
+        except (ValueError, OSError) as exc:  # CheckpointError, unreadable: not usable; say why
+            # Users see this: the file's name, not where the server keeps it.
+            fresh.error = str(exc).replace(str(path), path.name)
             fresh.parameters = {}
         else:
             fresh.sha256, fresh.short_hash = spec.sha256, spec.short_hash

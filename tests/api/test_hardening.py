@@ -105,3 +105,31 @@ def test_a_foreign_host_name_is_refused(client: TestClient, settings: Settings, 
     everywhere = settings.model_copy(update={"host": "0.0.0.0"})
     with TestClient(create_app(everywhere, fake)) as other:
         assert other.get("/api/v1/health", headers={"host": "10.0.0.5:8000"}).status_code == 200
+
+
+def test_listening_beyond_this_machine_without_a_key_warns(settings: Settings, caplog):
+    from stable_diffusion_api.sd_api import warn_if_exposed
+
+    assert not warn_if_exposed(settings)  # 127.0.0.1
+    exposed = settings.model_copy(update={"host": "0.0.0.0"})
+    assert warn_if_exposed(exposed) and "DALI_API_KEY" in caplog.text
+    keyed = exposed.model_copy(update={"api_key": "s3cret"})
+    assert not warn_if_exposed(keyed)
+
+
+def test_a_broken_model_file_is_listed_without_its_bytes_or_server_path(
+    client: TestClient, settings: Settings
+):
+    models = settings.resolved_models_dir
+    secret = models.parent / "secret.txt"
+    secret.write_bytes(b"TOPSECRET-passwd-like-content")
+    (models / "linked.safetensors").symlink_to(secret)
+    (models / "notes.ckpt").write_text("just a text file")
+    listed = {m["name"]: m for m in client.get("/api/v1/models").json()}
+    for name in ("linked", "notes"):
+        assert listed[name]["available"] is False and listed[name]["error"]
+        assert str(models) not in listed[name]["error"]
+    # The first 8 bytes as a number would tell what the file holds.
+    number = str(int.from_bytes(b"TOPSECRE", "little"))
+    assert number not in listed["linked"]["error"] and "TOPSECRET" not in listed["linked"]["error"]
+    assert client.get("/api/v1/projects").status_code == 200
