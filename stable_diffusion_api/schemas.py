@@ -16,6 +16,7 @@ from sd_core.params import (
     MAX_BATCH,
     MAX_CLIP_SKIP,
     MAX_GUIDANCE,
+    MAX_HIRES_SCALE,
     MAX_INPAINT_PADDING,
     MAX_MASK_BLUR,
     MAX_SEED,
@@ -125,6 +126,10 @@ class ProjectUpdate(Strict):
     defaults: GenerationDefaults | None = None
 
 
+HIRES_UPSCALER_HELP = (
+    "Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), Latent "
+    "(nearest), Latent (nearest-exact), None, Lanczos, Nearest"
+)
 INPAINT_FILL_HELP = "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing"
 Margin = Annotated[int, Field(ge=0, le=MAX_SIZE)]
 
@@ -178,6 +183,17 @@ class GenerationCreate(Strict):
     # Outpainting: the init image grown by these margins and the margins inpainted (no mask;
     # width and height become the new size; masked content "fill" unless sent).
     outpaint: OutpaintMargins | None = None
+    # The hires fix (txt2img only; sd_core/hires.py): upscale, then a second img2img pass.
+    hires: bool = Field(default=False, description="A1111's hires fix (enable_hr)")
+    hires_scale: Annotated[float, Number, Field(ge=1, le=MAX_HIRES_SCALE)] = 2.0
+    hires_width: Size | None = Field(default=None, description="instead of hires_scale")
+    hires_height: Size | None = None
+    hires_upscaler: Identifier = Field(default="Latent", description=HIRES_UPSCALER_HELP)
+    hires_steps: Annotated[int, Number, Field(ge=0, le=MAX_STEPS)] = 0  # 0: as the first pass
+    hires_strength: Strength = 0.7
+    hires_sampler: Identifier | None = None  # None: the first pass's sampler
+    hires_prompt: Annotated[CleanText, Field(max_length=MAX_PROMPT)] | None = None
+    hires_negative_prompt: Annotated[CleanText, Field(max_length=MAX_PROMPT)] | None = None
     styles: list[Identifier] = Field(
         default_factory=list,
         max_length=20,
@@ -346,6 +362,16 @@ class GenerationOut(Out):
     inpainting_fill: int = 1
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 0
+    hires: bool = False
+    hires_scale: float = 2.0
+    hires_width: int | None = None
+    hires_height: int | None = None
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0
+    hires_strength: float = 0.7
+    hires_sampler: str | None = None
+    hires_prompt: str | None = None
+    hires_negative_prompt: str | None = None
     has_init_image: bool
     has_mask: bool
     error: str | None

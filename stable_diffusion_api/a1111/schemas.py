@@ -2,7 +2,7 @@
 
 Requests follow A1111's `StableDiffusionTxt2ImgProcessingAPI` / `…Img2ImgProcessingAPI`: every
 field may be left out or sent as null (null means "the default"), and fields Dali does not know
-(hires fix settings, script arguments, `eta`, …) are accepted and ignored, as A1111 ignores what
+(script arguments, `eta`, …) are accepted and ignored, as A1111 ignores what
 it does not use. A field left out takes the project's default (steps, CFG scale, size, sampler,
 negative prompt), the way A1111 falls back to its UI settings.
 
@@ -17,8 +17,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stable_diffusion_api.schemas import (
+    MAX_HIRES_SCALE,
     MAX_PROMPT,
     MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
     MAX_UPLOAD_CHARS,
     CleanText,
     Guidance,
@@ -83,7 +86,16 @@ class A1111Request(BaseModel):
 
 
 class Txt2ImgRequest(A1111Request):
+    # The hires fix (a1111/hires.py); hr_checkpoint_name, hr_scheduler and hr_cfg are ignored.
     enable_hr: bool = False
+    hr_scale: Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE, allow_inf_nan=False)] = 2.0
+    hr_upscaler: Name | None = None  # None: "Latent"
+    hr_second_pass_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 0
+    hr_resize_x: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0
+    hr_resize_y: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0
+    hr_sampler_name: Name | None = None
+    hr_prompt: Text = ""
+    hr_negative_prompt: Text = ""
 
 
 class Img2ImgRequest(A1111Request):

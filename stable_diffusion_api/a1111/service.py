@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.assets import A1111Assets
 from stable_diffusion_api.a1111.extras import Extras
+from stable_diffusion_api.a1111.hires import HIRES_FIELDS, hires_fields
 from stable_diffusion_api.a1111.options import FIXED, OptionStore, check_fixed
 from stable_diffusion_api.a1111.schemas import (
     A1111Request,
@@ -227,6 +228,7 @@ class A1111Service:
             vae = self.assets.vae_choice(value, f"override_settings.{SD_VAE_OPTION}")
             if vae is not None:  # "Automatic": the project's default, as if not sent
                 base["vae"] = vae
+        base.update(hires_fields(request, self.studio.samplers))
         if isinstance(request, Img2ImgRequest):
             prepare_img2img(request, base)
         return Plan(
@@ -420,7 +422,7 @@ def _request_error(exc: ValidationError) -> RequestValidationError:
     errors = []
     for error in exc.errors():
         loc = [str(part) for part in error.get("loc", ())]
-        field = A1111_FIELD.get(loc[0], loc[0]) if loc else "body"
+        field = A1111_FIELD.get(loc[0], HIRES_FIELDS.get(loc[0], loc[0])) if loc else "body"
         errors.append(
             {
                 "type": error["type"],

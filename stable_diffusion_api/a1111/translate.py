@@ -27,6 +27,7 @@ from sd_core.infotext import parse_infotext
 from sd_core.params import INPAINT_FILLS
 from sd_core.schedule_types import SCHEDULE_TYPES, schedule_type
 from stable_diffusion_api import __version__
+from stable_diffusion_api.a1111.hires import hires_infotext
 from stable_diffusion_api.a1111.schemas import (
     MAX_INIT_IMAGES,
     A1111Request,
@@ -148,8 +149,6 @@ def check_supported(request: A1111Request) -> None:
     if not request.prompt.strip():
         # A1111 takes an empty prompt; Dali's queue needs one to name and find the image by.
         raise InvalidField("prompt", request.prompt, "send a prompt that is not blank")
-    if getattr(request, "enable_hr", False):
-        raise InvalidField("enable_hr", True, "hires fix is not supported; send false")
     if request.script_name:
         raise InvalidField("script_name", request.script_name, "no scripts are installed")
     if request.restore_faces:
@@ -295,6 +294,8 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
     }
     if isinstance(request, Img2ImgRequest):
         values.update(inpaint_infotext(parsed.extra))
+    else:
+        values.update(hires_infotext(parsed.extra))
     chosen: dict[str, Any] = {
         key: value
         for key, value in values.items()

@@ -149,6 +149,9 @@ class GenerationService:
         )
         model = self._models.resolve(request.model or project.default_model)
         sampler = self._samplers.canonical(request.sampler or defaults.sampler)
+        if request.hires_sampler is not None:
+            hires_sampler = self._samplers.canonical(request.hires_sampler, "hires_sampler")
+            request = request.model_copy(update={"hires_sampler": hires_sampler})
         init_image = decode_image(request.init_image, "init_image") if request.init_image else None
         mask = decode_image(request.mask, "mask") if request.mask else None
         if mask is not None and init_image is None:

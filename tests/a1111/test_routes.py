@@ -145,7 +145,7 @@ def test_img2img_passes_the_inpainting_settings_with_a1111s_defaults(
         ({"batch_size": 0}, ["body", "batch_size"]),
         ({"seed": -2}, ["body", "seed"]),
         ({"prompt": "  "}, ["body", "prompt"]),
-        ({"enable_hr": True}, ["body", "enable_hr"]),
+        ({"enable_hr": True, "hr_resize_x": 20}, ["body", "hr_resize_x"]),
         ({"script_name": "x/y/z plot"}, ["body", "script_name"]),
         ({"scheduler": "beta"}, ["body", "scheduler"]),
         ({"override_settings": {"sd_model_checkpoint": "nope"}},
@@ -199,7 +199,8 @@ def test_bad_requests_elsewhere_are_422_never_500(
 
 
 def test_no_value_of_any_type_in_any_field_gives_a_500(client: TestClient) -> None:
-    # img2img's fields are txt2img's (but enable_hr, checked above) plus its own.
+    # img2img's fields are txt2img's (but the hires fix's: tests/a1111/test_hires.py) plus
+    # its own.
     from stable_diffusion_api.a1111.schemas import Img2ImgRequest
 
     base = {**SMALL, "steps": 1, "init_images": [png_b64(Image.new("RGB", (64, 64), "red"))]}
