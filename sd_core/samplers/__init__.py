@@ -42,6 +42,7 @@ from sd_core.samplers.heun import sample_heun
 from sd_core.samplers.lcm import lcm_schedule, sample_lcm
 from sd_core.samplers.lms import sample_lms
 from sd_core.samplers.plms import sample_plms
+from sd_core.samplers.restart import sample_restart
 from sd_core.samplers.unipc import sample_unipc
 from sd_core.schedule import NoiseSchedule, SigmaSchedule, TimestepRounding
 
@@ -415,6 +416,14 @@ _ALL = [
         aliases=("dpm++_2s_a", "dpmpp_2s_ancestral", "k_dpmpp_2s_a", "k_dpmpp_2s_ancestral"),
         stochastic=True,
         description="single-step DPM-Solver++(2S) with ancestral noise; two model calls a step",
+    ),
+    _spec(
+        "restart",
+        "Restart",
+        sample_restart,
+        aliases=("restart_sampling",),
+        stochastic=True,
+        description="Heun with two noisy returns from σ 2 to σ 0.1 (Xu et al. 2023); more model calls",
     ),
     _spec(
         "dpmpp_sde",

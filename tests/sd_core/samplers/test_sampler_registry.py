@@ -39,6 +39,7 @@ EXPECTED = {
     "dpmpp_3m_sde": "DPM++ 3M SDE",
     "dpmpp_3m_sde_karras": "DPM++ 3M SDE Karras",
     "dpmpp_2s_a": "DPM++ 2S a",
+    "restart": "Restart",
     "dpmpp_sde": "DPM++ SDE",
     "unipc": "UniPC",
     "lcm": "LCM",
@@ -47,7 +48,8 @@ EXPECTED = {
 # sd_core name → diffusers scheduler whose σ's / timesteps it must reproduce. DPM++ SDE's
 # reference (DPMSolverSDEScheduler) needs torchsde, which is not installed; its σ's are built
 # exactly like EulerDiscreteScheduler's (linspace + np.interp), so that one stands in; so it
-# does for DPM++ 2S a, which has no diffusers scheduler and uses k-diffusion's (Euler's) σ's.
+# does for DPM++ 2S a and Restart, which have no diffusers scheduler and use k-diffusion's
+# (Euler's) σ's.
 REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
@@ -73,6 +75,7 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "dpmpp_sde": ("EulerDiscreteScheduler", {}),
     "dpmpp_2s_a": ("EulerDiscreteScheduler", {}),
+    "restart": ("EulerDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
     "lcm": ("LCMScheduler", {}),
 }
@@ -113,6 +116,7 @@ def test_names_and_order() -> None:
         "dpmpp_3m_sde",
         "dpmpp_3m_sde_karras",
         "dpmpp_2s_a",
+        "restart",
         "dpmpp_sde",
         "lcm",
     }
