@@ -130,7 +130,7 @@ class SamplerSpec:
         if self.spacing == "linspace_rounded":
             return schedule.linspace_rounded(steps)
         if self.spacing == "karras":
-            return schedule.karras(steps)
+            return schedule.karras(steps, timesteps=self.karras_timesteps)
         if self.spacing == "lcm":
             return lcm_schedule(schedule, steps)
         raise AssertionError(f"unhandled spacing {self.spacing!r}")
@@ -432,6 +432,15 @@ _ALL = [
         aliases=("dpm++_sde", "k_dpmpp_sde"),
         stochastic=True,
         description="stochastic DPM-Solver++(2S); two model calls a step",
+    ),
+    _spec(
+        "dpmpp_sde_karras",
+        "DPM++ SDE Karras",
+        sample_dpmpp_sde,
+        aliases=("dpm++_sde_karras", "k_dpmpp_sde_karras"),
+        stochastic=True,
+        spacing="karras",
+        description="DPM++ SDE on Karras et al.'s noise levels",
     ),
     _spec(
         "unipc",

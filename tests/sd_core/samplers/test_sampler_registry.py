@@ -41,6 +41,7 @@ EXPECTED = {
     "dpmpp_2s_a": "DPM++ 2S a",
     "restart": "Restart",
     "dpmpp_sde": "DPM++ SDE",
+    "dpmpp_sde_karras": "DPM++ SDE Karras",
     "unipc": "UniPC",
     "lcm": "LCM",
 }
@@ -74,6 +75,7 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
         {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
     "dpmpp_sde": ("EulerDiscreteScheduler", {}),
+    "dpmpp_sde_karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
     "dpmpp_2s_a": ("EulerDiscreteScheduler", {}),
     "restart": ("EulerDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
@@ -118,6 +120,7 @@ def test_names_and_order() -> None:
         "dpmpp_2s_a",
         "restart",
         "dpmpp_sde",
+        "dpmpp_sde_karras",
         "lcm",
     }
 
@@ -143,6 +146,10 @@ def distinct(values: Tensor) -> Tensor:
 def test_sigmas_and_timesteps_equal_diffusers(
     name: str, steps: int, schedule: NoiseSchedule
 ) -> None:
+    if (name, steps) == ("dpmpp_sde_karras", 1):
+        # diffusers' Euler-family Karras σ's for 1 step start from σ_min (see
+        # test_schedule_types_vs_diffusers); DPM++ SDE Karras starts at σ_max, as k-diffusion.
+        pytest.skip("diffusers' 1-step Karras quirk")
     spec = get_sampler(name)
     ref = reference(name, steps)
     plan = spec.schedule(schedule, steps)
@@ -171,7 +178,19 @@ def test_sigmas_and_timesteps_equal_diffusers(
         ref_timesteps = ref.timesteps.double()
         if name in ("heun", "dpm2", "dpm2_a"):
             ref_timesteps = ref_timesteps[::2]  # the first-order evaluations at σ_i
-        torch.testing.assert_close(plan.timesteps, ref_timesteps, rtol=1e-7, atol=0)
+        # diffusers computes the fractional timesteps of Karras σ's from float32 σ's: ~2e-7.
+        rtol = 1e-6 if name == "dpmpp_sde_karras" else 1e-7
+        torch.testing.assert_close(plan.timesteps, ref_timesteps, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("steps", (1, 7, 20))
+def test_dpmpp_sde_karras_is_dpmpp_sde_with_karras(steps: int, schedule: NoiseSchedule) -> None:
+    """The registered name and A1111's "DPM++ SDE" + scheduler "karras" give the same σ's and
+    timesteps, hence the same pixels."""
+    named = get_sampler("DPM++ SDE Karras").schedule(schedule, steps)
+    typed = get_sampler("DPM++ SDE").schedule(schedule, steps, "karras")
+    assert torch.equal(named.sigmas, typed.sigmas) and torch.equal(named.timesteps, typed.timesteps)
+    assert get_sampler("DPM++ SDE Karras").fn is get_sampler("DPM++ SDE").fn
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
