@@ -15,6 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from dali_gradio.choices import AUTO_DTYPE, Choices
+from dali_gradio.hires import hires_fields, hires_inputs
 from dali_gradio.inputs import (
     dropdown,
     explain,
@@ -105,6 +106,7 @@ class GenerationWidgets:
     editor: gr.ImageEditor
     mask_upload: gr.Image
     inpaint_strength: gr.Slider
+    hires: list[Any]  # txt2img's hires fix controls (dali_gradio/hires.py)
 
 
 class GenerationTabs:
@@ -263,10 +265,11 @@ class GenerationTabs:
         vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio finds it by this default)
+        *hires: Any,  # the hires fix controls, last so older callers can leave them out
     ) -> Iterator[GenerationUpdate]:
         body = self._request(
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
-            height, batch, clip_skip, vae,
+            height, batch, clip_skip, vae, **hires_fields(*hires[:5]),
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
 
@@ -453,6 +456,7 @@ class GenerationTabs:
         """The txt2img, img2img and inpaint tabs (inside the app's `gr.Tabs`)."""
         with gr.Tab("txt2img", id="txt2img"):
             t2i, _ = self.panel("txt2img")
+            hires = hires_inputs()
         with gr.Tab("img2img", id="img2img"):
             i2i, (init_image, strength) = self.panel("img2img", self.img2img_inputs)
         with gr.Tab("Inpaint", id="inpaint"):
@@ -460,24 +464,24 @@ class GenerationTabs:
                 "inpaint", self.inpaint_inputs
             )
         return GenerationWidgets(
-            t2i, i2i, inp, init_image, strength, editor, mask_upload, inpaint_strength
+            t2i, i2i, inp, init_image, strength, editor, mask_upload, inpaint_strength, hires
         )
 
     def wire(self, widgets: GenerationWidgets, common: list[Any]) -> None:
         """Each tab's Generate button (and Enter in its prompt) and Cancel; `common` are the
         project, model, hardware and precision pickers above the tabs."""
         w = widgets
-        for name, panel, fn, extra in (
-            ("txt2img", w.t2i, self.txt2img, []),
-            ("img2img", w.i2i, self.img2img, [w.init_image, w.strength]),
-            ("inpaint", w.inp, self.inpaint, [w.editor, w.mask_upload, w.inpaint_strength]),
+        for name, panel, fn, extra, after in (
+            ("txt2img", w.t2i, self.txt2img, [], w.hires),
+            ("img2img", w.i2i, self.img2img, [w.init_image, w.strength], []),
+            ("inpaint", w.inp, self.inpaint, [w.editor, w.mask_upload, w.inpaint_strength], []),
         ):
             panel.generate.click(
-                fn, [*common, *extra, *panel.settings()], panel.outputs(),
+                fn, [*common, *extra, *panel.settings(), *after], panel.outputs(),
                 api_name=name, concurrency_id="generate",
             )  # fmt: skip
             panel.prompt.submit(
-                fn, [*common, *extra, *panel.settings()], panel.outputs(),
+                fn, [*common, *extra, *panel.settings(), *after], panel.outputs(),
                 **private(), concurrency_id="generate",
             )  # fmt: skip
             # One public /cancel; every tab's button does the same.

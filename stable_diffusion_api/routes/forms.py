@@ -47,6 +47,8 @@ GENERATION_FIELDS = DEFAULTS_FIELDS + ("prompt", "seed", "batch", "model", "stre
 INPAINT_FIELDS = ("mask_blur", "inpainting_fill", "inpaint_full_res_padding")
 INPAINT_CHECKS = ("inpainting_mask_invert", "inpaint_full_res")
 UPLOAD_FIELDS = ("init_image", "mask")
+# The hires fix (sd_core/hires.py): the box that turns it on, then its settings.
+HIRES_FIELDS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
 
 
 async def read_form(request: Request) -> FormData:
@@ -157,6 +159,8 @@ def upload(form: FormData, name: str) -> str | None:
 def generation_create(form: FormData) -> GenerationCreate:
     fields: dict[str, Any] = {key: text(form, key) for key in GENERATION_FIELDS + INPAINT_FIELDS}
     fields.update({key: ticked(form, key) for key in INPAINT_CHECKS})
+    if ticked(form, "hires"):
+        fields.update({"hires": True, **{key: text(form, key) for key in HIRES_FIELDS}})
     fields["negative_prompt"] = form.get("negative_prompt", "")
     if ticked(form, "random_seed"):
         fields["seed"] = None
@@ -172,4 +176,5 @@ def generation_values(form: FormData) -> dict[str, Any]:
     values: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
     values["random_seed"] = ticked(form, "random_seed")
     values.update({key: True for key in INPAINT_CHECKS if ticked(form, key)})
+    values["hires"] = ticked(form, "hires")
     return values

@@ -1,0 +1,54 @@
+"""The txt2img tab's hires fix controls (sd_core/hires.py): a box that turns it on, the
+upscale factor, the upscaler, the second pass's steps and denoising strength."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from dali_gradio.inputs import dropdown, optional_int, slider
+
+# A1111's latent modes and the built-in pixel upscalers, as the engine names them.
+UPSCALERS = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+    "None",
+    "Lanczos",
+    "Nearest",
+)
+
+
+def hires_inputs() -> list[Any]:
+    """The controls, in an accordion under the txt2img panel, in `hires_fields`' order."""
+    with gr.Accordion("Hires fix", open=False), gr.Row():
+        enabled = gr.Checkbox(value=False, label="Hires fix", info="upscale, then a second pass")
+        scale = slider(1, 4, value=2.0, step=0.05, label="Upscale by")
+        upscaler = dropdown(list(UPSCALERS), value="Latent", label="Upscaler")
+        steps = slider(0, 150, value=0, step=1, label="Hires steps", info="0 = as above")
+        strength = slider(0, 1, value=0.7, step=0.01, label="Denoising strength")
+    return [enabled, scale, upscaler, steps, strength]
+
+
+def hires_fields(
+    enabled: bool | None = False,
+    scale: float | None = None,
+    upscaler: str | None = None,
+    steps: float | None = None,
+    strength: float | None = None,
+) -> dict[str, Any]:
+    """GenerationCreate's hires fields from the controls ({} while the box is not ticked)."""
+    if not enabled:
+        return {}
+    fields: dict[str, Any] = {"hires": True, "hires_upscaler": upscaler or "Latent"}
+    if scale is not None:
+        fields["hires_scale"] = scale
+    if optional_int(steps) is not None:
+        fields["hires_steps"] = optional_int(steps)
+    if strength is not None:
+        fields["hires_strength"] = strength
+    return fields

@@ -1,0 +1,81 @@
+"""The txt2img tab's hires fix controls reach the request; callers that leave them out (an
+older client, a positional call) still work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio.helpers import special_args
+
+from dali_gradio import DaliUI
+from dali_gradio.hires import hires_fields
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.services import Studio
+from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeGenerator:
+    return FakeGenerator(
+        write_fake_checkpoint(tmp_path / "data" / "models" / "dali-tiny.safetensors")
+    )
+
+
+@pytest.fixture
+def ui(tmp_path: Path, fake: FakeGenerator) -> Iterator[DaliUI]:
+    studio = Studio(Settings(data_dir=tmp_path / "data", poll_s=0.05, heartbeat_s=0.2), fake)
+    studio.start()
+    try:
+        yield DaliUI(studio)
+    finally:
+        fake.release.set()
+        studio.stop()
+        studio.db.dispose()
+
+
+SETTINGS = ["Hires", "", "cpu", "auto", "a red circle", "", "", 2, 7.0, 5, 0, 0, 1, 1, ""]
+
+
+def run(ui: DaliUI, *hires: Any) -> dict[str, Any]:
+    updates = list(ui.generation.txt2img(*SETTINGS, None, lambda *a, **k: None, *hires))  # type: ignore[arg-type]
+    *_, details = updates[-1]
+    return details  # type: ignore[no-any-return]
+
+
+def test_the_controls_reach_the_request(ui: DaliUI, fake: FakeGenerator) -> None:
+    details = run(ui, True, 1.5, "Lanczos", 3, 0.4)
+    assert (details["hires"], details["hires_scale"], details["hires_upscaler"]) == (
+        True, 1.5, "Lanczos",
+    )  # fmt: skip
+    assert (details["hires_steps"], details["hires_strength"]) == (3, 0.4)
+    assert fake.calls[-1].params.hires is True
+    assert run(ui, False, 3.0, "Nearest", 1, 0.1)["hires"] is False
+    assert run(ui)["hires"] is False  # left out: off
+
+
+def test_gradio_puts_request_and_progress_before_the_hires_controls(ui: DaliUI) -> None:
+    inputs, progress_index, _, _ = special_args(
+        ui.generation.txt2img, [*SETTINGS, True, 2.0, "Latent", 0, 0.7], request=None
+    )
+    assert progress_index == len(SETTINGS) + 1
+    assert inputs[len(SETTINGS)] is None and inputs[-5:] == [True, 2.0, "Latent", 0, 0.7]
+
+
+def test_hires_fields_only_when_ticked() -> None:
+    assert hires_fields(False, 2.0, "Latent", 0, 0.7) == {}
+    assert hires_fields(True, 2.0, None, None, None) == {
+        "hires": True, "hires_upscaler": "Latent", "hires_scale": 2.0,
+    }  # fmt: skip
+
+
+def test_the_api_lists_the_controls_last_with_their_defaults(ui: DaliUI) -> None:
+    api = ui.build().get_api_info()
+    assert api is not None
+    hires = api["named_endpoints"]["/txt2img"]["parameters"][-5:]
+    assert [p["label"] for p in hires] == [
+        "Hires fix", "Upscale by", "Upscaler", "Hires steps", "Denoising strength",
+    ]  # fmt: skip
+    assert [p["parameter_default"] for p in hires] == [False, 2.0, "Latent", 0, 0.7]
