@@ -14,14 +14,18 @@ names, so a bad value is always a 422 with `detail`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.assets import A1111Assets
@@ -80,8 +84,44 @@ log = logging.getLogger(__name__)
 SOURCE = "a1111"
 PROJECT_HEADER = "X-Dali-Project"
 # A finished job is noticed at once (the hub wakes the waiter); this only bounds one wait call.
-WAIT_SLICE_S = 30.0
+# How often a waiting A1111 call looks at its job (a short read each time, no thread held).
+POLL_S = 0.1
+
+
+class ClientGone(DomainError):
+    """The A1111 client disconnected while its job ran; the job was canceled. Answered 499
+    (nginx's "client closed request"), which nobody reads: not an error of ours."""
+
+    status_code = 499
+
+    def __init__(self, generation_id: int) -> None:
+        super().__init__(f"the client disconnected; generation {generation_id} was canceled")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An A1111 request read and planned, its task begun: what `_run` and `_respond` need."""
+
+    request: A1111Request
+    mode: str
+    plan: Plan
+    project_id: int
+    generations: list[GenerationCreate]
+    dropped: str | None
+    task: Task
+
+
 _PROJECT_NAME: TypeAdapter[str] = TypeAdapter(Name)
+
+
+def _header_text(value: str) -> str:
+    """A header value as the client meant it. HTTP hands values over as Latin-1 characters,
+    but clients send a name like `Äpfel` as UTF-8 bytes: read those as UTF-8 (text that is
+    not valid UTF-8 was Latin-1 indeed, and stays as it came)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 class GenerationFailed(DomainError):
@@ -117,7 +157,7 @@ class A1111Service:
     def project(self, header: str | None) -> Project:
         """The project requests land in: the header's, else the configured one; made if new
         (on the fastest device present)."""
-        name = header if header is not None else self.settings.a1111_project
+        name = _header_text(header) if header is not None else self.settings.a1111_project
         try:
             name = _PROJECT_NAME.validate_python(name)
         except ValidationError:
@@ -145,8 +185,23 @@ class A1111Service:
 
     # -- txt2img / img2img ----------------------------------------------------------------------
 
-    def generate(self, request: A1111Request, header: str | None) -> GenerationResponse:
-        """Run an A1111 txt2img or img2img request to the end; blocks (call from a thread)."""
+    async def generate(
+        self, request: A1111Request, header: str | None, gone: Callable[[], Awaitable[bool]]
+    ) -> GenerationResponse:
+        """Run an A1111 txt2img or img2img request to the end, as A1111 does, but without
+        holding a thread while the jobs run (a hundred waiting clients must not starve the
+        other routes); `gone()` tells whether the client disconnected, and then its jobs are
+        canceled instead of generating for nobody."""
+        prepared = await run_in_threadpool(self._prepare, request, header)
+        try:
+            done = await self._run(prepared, gone)
+        finally:
+            self.tasks.end(prepared.task)
+        return await run_in_threadpool(self._respond, prepared, done)
+
+    def _prepare(self, request: A1111Request, header: str | None) -> Prepared:
+        """Everything before the first job is queued: the request read (infotext defaults
+        applied), checked, planned into jobs, every job checked, the task begun."""
         mode = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
         defaults = infotext_defaults(request)
         dropped = self.assets.drop_missing_infotext_vae(defaults, request)
@@ -167,10 +222,10 @@ class A1111Service:
         task = self.tasks.begin(
             request.force_task_id, f"scripts_{mode}", len(plan.jobs), plan.timestamp
         )
-        try:
-            done = self._run(task, project.id, generations)
-        finally:
-            self.tasks.end(task)
+        return Prepared(request, mode, plan, project.id, generations, dropped, task)
+
+    def _respond(self, prepared: Prepared, done: list[GenerationOut]) -> GenerationResponse:
+        request, mode, plan = prepared.request, prepared.mode, prepared.plan
         images = []
         if request.send_images:
             for generation in done:
@@ -178,9 +233,10 @@ class A1111Service:
                     data = self.studio.gallery.file(image.id).read_bytes()
                     images.append(base64.b64encode(data).decode("ascii"))
         # A1111's response has no place for warnings: they go into `info` (and the log).
+        dropped = prepared.dropped
         warnings = unique_warnings([dropped] if dropped else [], done)
         for warning in warnings:
-            log.warning("A1111 %s (task %s): %s", mode, task.id, warning)
+            log.warning("A1111 %s (task %s): %s", mode, prepared.task.id, warning)
         return GenerationResponse(
             images=images,
             parameters=echo_parameters(request),
@@ -243,17 +299,20 @@ class A1111Service:
             model=model,
         )
 
-    def _run(
-        self, task: Task, project_id: int, generations: list[GenerationCreate]
+    async def _run(
+        self, prepared: Prepared, gone: Callable[[], Awaitable[bool]]
     ) -> list[GenerationOut]:
         """Submit the jobs one after the other, waiting for each; the succeeded ones."""
         done: list[GenerationOut] = []
-        for number, generation in enumerate(generations):
-            if not self.tasks.next_job(task, number):
+        generations = self.studio.generations
+        for number, generation in enumerate(prepared.generations):
+            if not self.tasks.next_job(prepared.task, number):
                 break  # interrupted: A1111 answers with what it has
-            accepted = self.studio.generations.submit(project_id, generation, SOURCE)
-            self.tasks.attach(task, accepted.id)
-            view = self._wait(accepted.id)
+            accepted = await run_in_threadpool(
+                generations.submit, prepared.project_id, generation, SOURCE
+            )
+            self.tasks.attach(prepared.task, accepted.id)
+            view = await self._wait(accepted.id, gone)
             if view.status == SUCCEEDED:
                 done.append(view)
             elif view.status == FAILED:
@@ -261,11 +320,19 @@ class A1111Service:
             # canceled: skipped, interrupted, or canceled from elsewhere; go on with the next
         return done
 
-    def _wait(self, generation_id: int) -> GenerationOut:
+    async def _wait(self, generation_id: int, gone: Callable[[], Awaitable[bool]]) -> GenerationOut:
+        """The job's final view, polled without holding a thread; the job is canceled (and
+        ClientGone raised) when the client disconnects first."""
+        generations = self.studio.generations
         while True:
-            view = self.studio.generations.wait(generation_id, WAIT_SLICE_S)
+            view = await run_in_threadpool(generations.view, generation_id)
             if view.status in FINISHED:
                 return view
+            if await gone():
+                with contextlib.suppress(DomainError):  # finished meanwhile: nothing to stop
+                    await run_in_threadpool(generations.cancel, generation_id)
+                raise ClientGone(generation_id)
+            await asyncio.sleep(POLL_S)
 
     # -- models, options, samplers --------------------------------------------------------------
 

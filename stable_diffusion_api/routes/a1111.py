@@ -1,8 +1,9 @@
 """AUTOMATIC1111's API under /sdapi/v1 (and its /internal/ping), so A1111 clients work unchanged.
 
 Thin routes over `A1111Service` (stable_diffusion_api/a1111/): validate, call one method, answer.
-txt2img and img2img block until their images exist, as in A1111, but the work goes through the
-same queue and worker as everything else; they are plain `def` routes, run in the thread pool.
+txt2img and img2img answer once their images exist, as in A1111, but the work goes through the
+same queue and worker as everything else; they wait on the event loop, holding no thread, and a
+client that disconnects has its jobs canceled.
 
 Authentication: the app's API key (when set) as on /api/v1, and on top of it HTTP Basic auth
 with the `DALI_API_AUTH` user:password pairs (A1111's `--api-auth`) when those are set.
@@ -97,17 +98,17 @@ internal = APIRouter(prefix="/internal", tags=["AUTOMATIC1111"])
 
 
 @sdapi.post("/txt2img")
-def txt2img(
-    request: Txt2ImgRequest, a1111: A1111Dep, project: ProjectHeader = None
+async def txt2img(
+    request: Txt2ImgRequest, http: Request, a1111: A1111Dep, project: ProjectHeader = None
 ) -> GenerationResponse:
-    return a1111.generate(request, project)
+    return await a1111.generate(request, project, http.is_disconnected)
 
 
 @sdapi.post("/img2img")
-def img2img(
-    request: Img2ImgRequest, a1111: A1111Dep, project: ProjectHeader = None
+async def img2img(
+    request: Img2ImgRequest, http: Request, a1111: A1111Dep, project: ProjectHeader = None
 ) -> GenerationResponse:
-    return a1111.generate(request, project)
+    return await a1111.generate(request, project, http.is_disconnected)
 
 
 @sdapi.get("/progress")
