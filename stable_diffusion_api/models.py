@@ -12,6 +12,7 @@ ever points at a missing file.
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -29,7 +30,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
 class JobStatus(StrEnum):
@@ -107,11 +108,25 @@ class Base(DeclarativeBase):
     pass
 
 
+def name_key(name: str) -> str:
+    """What makes two project names the same: whitespace runs as one space, Unicode case
+    folding (`str.casefold`, so `Straße` is `STRASSE`) and canonical composition (an `Ö` typed
+    as O plus a combining diaeresis is an `Ö`)."""
+    folded = unicodedata.normalize("NFC", " ".join(name.split())).casefold()
+    return unicodedata.normalize("NFC", folded)
+
+
 class Project(Base):
     __tablename__ = "projects"
+    __table_args__ = (Index("ix_projects_name_key", "name_key", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # `name_key(name)`, set whenever the name is: its unique index makes `Ölbild` and `ölbild`
+    # one name on every database (SQLite's lower() folds ASCII only). No length: case folding
+    # can lengthen a name ("ß" → "ss"). Nullable only because SQLite cannot make an added
+    # column NOT NULL without copying the table (migration 0009); every project has one.
+    name_key: Mapped[str | None] = mapped_column(String(), nullable=True)
     description: Mapped[str] = mapped_column(Text, default="")
     device: Mapped[str] = mapped_column(String(32))
     dtype: Mapped[str | None] = mapped_column(String(16))  # None → the device's default
@@ -124,6 +139,11 @@ class Project(Base):
     generations: Mapped[list[Generation]] = relationship(
         back_populates="project", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @validates("name")
+    def _set_name_key(self, _key: str, name: str) -> str:
+        self.name_key = name_key(name)
+        return name
 
 
 class Generation(Base):

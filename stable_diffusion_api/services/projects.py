@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import Conflict, NotFound
-from stable_diffusion_api.models import Generation, Image, Project, utcnow
+from stable_diffusion_api.models import Generation, Image, Project, name_key, utcnow
 from stable_diffusion_api.schemas import (
     GenerationDefaults,
     ProjectCreate,
@@ -52,13 +55,29 @@ class ProjectService:
         )
         return checked.model_dump()
 
+    @staticmethod
+    def _name_taken(name: str) -> Conflict:
+        return Conflict(f"a project named {name!r} already exists; choose another name")
+
     def _check_name_free(self, name: str, except_id: int | None = None) -> None:
+        """Conflict if another project has this name in any case (`models.name_key`). Only a
+        courtesy check before the other work: `_saving_name` catches a concurrent twin."""
         with self._db.session() as session:
-            query = select(Project.id).where(func.lower(Project.name) == name.lower())
+            query = select(Project.id).where(Project.name_key == name_key(name))
             if except_id is not None:
                 query = query.where(Project.id != except_id)
             if session.scalar(query) is not None:
-                raise Conflict(f"a project named {name!r} already exists; choose another name")
+                raise self._name_taken(name)
+
+    @contextmanager
+    def _saving_name(self, name: str) -> Iterator[Any]:
+        """A session writing a project called `name`; the unique index refusing it (a project of
+        that name committed since `_check_name_free`) is a Conflict, not a 500."""
+        try:
+            with self._db.session() as session:
+                yield session
+        except IntegrityError:
+            raise self._name_taken(name) from None
 
     def create(self, data: ProjectCreate) -> ProjectOut:
         self._check_name_free(data.name)
@@ -77,7 +96,7 @@ class ProjectService:
             default_model=model.name if model else None,
             defaults=self._check_defaults(data.defaults),
         )
-        with self._db.session() as session:
+        with self._saving_name(data.name) as session:
             session.add(project)
         return self.view(project.id)
 
@@ -93,14 +112,16 @@ class ProjectService:
 
         For front ends that have no project picker (the A1111 API puts its images in "API").
         """
-        with self._db.session() as session:
-            found = session.scalar(select(Project).where(func.lower(Project.name) == name.lower()))
-            if found is not None:
-                return found
-        try:
-            return self.get(self.create(ProjectCreate(name=name, device=device or "cpu")).id)
-        except Conflict:  # created by a concurrent request in the meantime
-            return self.get_or_create(name, device)
+        for _ in range(3):
+            with self._db.session() as session:
+                found = session.scalar(select(Project).where(Project.name_key == name_key(name)))
+                if found is not None:
+                    return found
+            try:
+                return self.get(self.create(ProjectCreate(name=name, device=device or "cpu")).id)
+            except Conflict:  # created by a concurrent request in the meantime: find it
+                continue
+        raise self._name_taken(name)  # created and deleted again, thrice: give up
 
     def _views(self, session: Any, projects: list[Project]) -> list[ProjectOut]:
         ids = [p.id for p in projects]
@@ -150,7 +171,7 @@ class ProjectService:
         for key in ("name", "low_memory", "description", "device", "defaults"):
             if key in changes and changes[key] is None:
                 del changes[key]  # null means "unchanged" for fields that cannot be empty
-        with self._db.session() as session:
+        with self._saving_name(changes.get("name", current.name)) as session:
             project = session.get(Project, project_id)
             if project is None:
                 raise NotFound("project", project_id)
