@@ -11,6 +11,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from starlette.requests import HTTPConnection
 
 from stable_diffusion_api.errors import DomainError, Unauthorized
 from stable_diffusion_api.schemas import GenerationOut, ImageOut, ProjectOut
@@ -31,8 +32,9 @@ async def get_studio(request: Request) -> Studio:
 StudioDep = Annotated[Studio, Depends(get_studio)]
 
 
-def presented_key(request: Request) -> str | None:
-    """The API key a request carries: X-API-Key, a Bearer token, or the pages' login cookie."""
+def presented_key(request: HTTPConnection) -> str | None:
+    """The API key a request (or websocket) carries: X-API-Key, a Bearer token, or the pages'
+    login cookie."""
     header = request.headers.get("x-api-key")
     if header:
         return header
