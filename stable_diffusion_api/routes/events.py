@@ -10,9 +10,11 @@
                            then the stream ends
 
 Progress comes from the in-memory hub, which wakes the stream the moment a job changes; the
-database is read only for status changes (every half second), so hundreds of watchers cost
-little. A job that ends here comes with its finished view from the worker, sent at once; one
-that ended elsewhere (another process) is read from the database.
+database is read only for status changes, at most every half second per job however many
+streams watch it (`Watchers`: one read, shared), so hundreds of watchers cost little. A job that
+ends here comes with its finished view from the worker, sent at once; one that ended elsewhere
+(another process) is read from the database. One client may hold at most
+`event_watch.STREAMS_PER_CLIENT` streams at once; the next is a 429.
 """
 
 from __future__ import annotations
@@ -22,20 +24,29 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from stable_diffusion_api.deps import GenerationDep, StudioDep, require_api_key
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.event_watch import STATUS_EVERY_S, TooManyStreams, Watchers
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
 
-STATUS_EVERY_S = 0.5
 KEEPALIVE_S = 15.0
+
+
+def watchers(request: Request) -> Watchers:
+    """The app's one `Watchers` (made on first use)."""
+    app_state = request.app.state
+    if not hasattr(app_state, "event_watchers"):
+        app_state.event_watchers = Watchers()
+    found: Watchers = app_state.event_watchers
+    return found
 
 
 def sse(event: str, data: object) -> str:
@@ -43,7 +54,15 @@ def sse(event: str, data: object) -> str:
 
 
 async def generation_events(
-    request: Request, studio: Studio, generation_id: int
+    request: Request, studio: Studio, generation_id: int, watch: Watchers, client: str
+) -> AsyncIterator[str]:
+    with watch.stream(client, generation_id):
+        async for chunk in _events(request, studio, generation_id, watch):
+            yield chunk
+
+
+async def _events(
+    request: Request, studio: Studio, generation_id: int, watch: Watchers
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     last_status: tuple[str, int | None] | None = None
@@ -87,7 +106,7 @@ async def generation_events(
                 if await request.is_disconnected():
                     return
                 try:
-                    view = await run_in_threadpool(studio.generations.view, generation_id)
+                    view = await watch.view(studio, generation_id)
                 except NotFound:  # deleted while watched
                     yield sse("done", {"id": generation_id, "status": "deleted", "error": None})
                     return
@@ -112,12 +131,26 @@ async def generation_events(
             changed.clear()
 
 
+def stream_slot(request: Request) -> tuple[Watchers, str]:
+    """The app's watchers and this client's name, refused (429) before the stream starts when
+    the client holds as many streams as allowed."""
+    watch = watchers(request)
+    client = request.client.host if request.client else "unknown"
+    if watch.clients.get(client, 0) >= watch.per_client:
+        raise TooManyStreams(watch.per_client)
+    return watch, client
+
+
+StreamSlot = Annotated[tuple[Watchers, str], Depends(stream_slot)]
+
+
 @router.get("/generations/{generation_id}/events", response_class=StreamingResponse)
 async def events(
-    generation: GenerationDep, studio: StudioDep, request: Request
+    generation: GenerationDep, studio: StudioDep, request: Request, slot: StreamSlot
 ) -> StreamingResponse:
+    watch, client = slot
     return StreamingResponse(
-        generation_events(request, studio, generation.id),
+        generation_events(request, studio, generation.id, watch, client),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

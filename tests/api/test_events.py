@@ -97,3 +97,54 @@ def test_a_job_ending_here_is_announced_with_its_workers_view(
     done = events[-1][1]
     assert done == client.get(f"/api/v1/generations/{job['id']}").json()
     assert done["status"] == "succeeded" and done["images"][0]["url"].endswith("/file")
+
+
+def test_streams_of_one_job_share_one_status_read() -> None:
+    """500 idle streams each read the job every half second; now they share one read."""
+    import asyncio
+
+    from stable_diffusion_api.services.event_watch import Watchers
+
+    reads: list[int] = []
+
+    class Generations:
+        def view(self, generation_id: int) -> object:
+            reads.append(generation_id)
+            return {"id": generation_id}
+
+    class Studio:
+        generations = Generations()
+
+    watch = Watchers()
+
+    async def many() -> list[object]:
+        return list(await asyncio.gather(*(watch.view(Studio(), 7) for _ in range(200))))  # type: ignore[arg-type]
+
+    views = asyncio.run(many())
+    assert len(views) == 200 and reads == [7]
+
+
+def test_one_client_may_hold_only_so_many_streams(client: TestClient) -> None:
+    import pytest
+
+    from stable_diffusion_api.services.event_watch import TooManyStreams, Watchers
+
+    watch = Watchers(per_client=2)
+    with watch.stream("10.0.0.1", 5), watch.stream("10.0.0.1", 6):
+        with pytest.raises(TooManyStreams), watch.stream("10.0.0.1", 7):
+            pass
+        with watch.stream("10.0.0.2", 5):  # another client is not held back
+            assert watch.clients == {"10.0.0.1": 2, "10.0.0.2": 1}
+    assert watch.clients == {}  # closed streams are forgotten, their jobs' views too
+
+    # Through the route: a client at its limit gets a 429 before any stream starts.
+    project = make_project(client)
+    job = wait_for(client, submit(client, project["id"])["id"])
+    url = f"/api/v1/generations/{job['id']}/events"
+    full = Watchers(per_client=1)
+    full.clients["testclient"] = 1  # TestClient's address, holding one stream already
+    client.app.state.event_watchers = full  # type: ignore[attr-defined]
+    refused = client.get(url)
+    assert refused.status_code == 429 and "1 event streams" in refused.json()["detail"]
+    full.clients.clear()
+    assert client.get(url).status_code == 200
