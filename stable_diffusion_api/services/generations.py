@@ -152,8 +152,14 @@ class GenerationService:
         if request.hires_sampler is not None:
             hires_sampler = self._samplers.canonical(request.hires_sampler, "hires_sampler")
             request = request.model_copy(update={"hires_sampler": hires_sampler})
-        init_image = decode_image(request.init_image, "init_image") if request.init_image else None
-        mask = decode_image(request.mask, "mask") if request.mask else None
+        # What the engine paints from: RGB (alpha dropped, as the A1111 route does) and a
+        # greyscale mask (white = repaint).
+        init_image = (
+            decode_image(request.init_image, "init_image").convert("RGB")
+            if request.init_image
+            else None
+        )
+        mask = decode_image(request.mask, "mask").convert("L") if request.mask else None
         if mask is not None and init_image is None:
             raise InvalidField("mask", "<image>", "a mask needs an init_image to paint into")
         if mask is not None and init_image is not None and mask.size != init_image.size:

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stable_diffusion_api.errors import InvalidField
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 THUMBNAIL_SIZE = 256
 MAX_UPLOAD_SIDE = 2048
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+PLAIN_MODES = ("L", "LA", "RGB", "RGBA")  # what decode_image hands out
 IMAGE_NAME = re.compile(r"^(\d+)-(\d+)\.(png|jpg)$")
 FILMSTRIPS = "filmstrips"
 FILMSTRIP_NAME = re.compile(r"^(\d+)\.png$")
@@ -179,7 +181,9 @@ def decode_image(data: str, field: str) -> Image.Image:
     """A base64 image (optionally a `data:` URL) from a request, checked and fully decoded.
 
     Raises InvalidField naming `field` for anything that is not a readable PNG/JPEG/WebP/BMP of
-    at most 2048×2048 pixels; the size is checked before decoding the pixels.
+    at most 2048×2048 pixels; the size is checked before decoding the pixels. The image comes
+    back in one of PLAIN_MODES (`plain_mode`), so a CMYK JPEG or a 16-bit PNG is no surprise to
+    the code after, nor to saving it as PNG.
     """
     payload = data.split(",", 1)[1] if data.startswith("data:") else data
     try:
@@ -195,6 +199,29 @@ def decode_image(data: str, field: str) -> Image.Image:
                 field, f"{image.width}x{image.height}", f"sides must be 8–{MAX_UPLOAD_SIDE} pixels"
             )
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        plain = plain_mode(image)
+    except Image.DecompressionBombError:  # sides far beyond the limit, read from the header
+        raise InvalidField(
+            field, "<data>", f"sides must be 8–{MAX_UPLOAD_SIDE} pixels (an image bomb?)"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise InvalidField(field, "<data>", "not a readable PNG, JPEG, WebP or BMP image") from None
-    return image
+    return plain
+
+
+def plain_mode(image: Image.Image) -> Image.Image:
+    """`image` as greyscale or RGB, each with or without alpha (PLAIN_MODES).
+
+    16-bit greyscale is scaled to 8 bits (PIL's own conversion clips at 255: a mid-grey mask
+    would paint everything); 1-bit becomes greyscale; a palette becomes RGB (RGBA where it has
+    transparency); CMYK and the other colour spaces become RGB.
+    """
+    if image.mode in PLAIN_MODES:
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        levels = np.asarray(image, dtype=np.float64) / 257.0  # 65535 → 255
+        return Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("1", "La"):
+        return image.convert("LA" if image.mode == "La" else "L")
+    alpha = image.mode in ("PA", "RGBa") or (image.mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if alpha else "RGB")
