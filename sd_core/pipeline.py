@@ -45,7 +45,7 @@ from sd_core.result import (
     GenerationTimings,
     UsedAsset,
 )
-from sd_core.tiled_vae import VaeTiling, tiled_decode
+from sd_core.tiled_vae import VaeTiling, vae_decode, vae_encode
 from sd_core.tiling import tiling_aware
 from sd_core.vae_files import LoadedVae
 
@@ -260,7 +260,7 @@ class StableDiffusionPipeline:
         """(1, 3, H, W) in [-1, 1] → (B, C, H/8, W/8) scaled latents, one posterior sample per
         generator (diffusers' `latent_dist.sample(generator)`), with `vae` (the model's own)."""
         vae = self._use(vae or self.vae)
-        mean, logvar = vae.encode(image.to(self.device, self.dtype))
+        mean, logvar = vae_encode(vae, image.to(self.device, self.dtype), self.vae_tiling)
         self._release(vae)
         std = torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0))
         # One image for all generators, or (the hires fix) image i for generator i.
@@ -275,12 +275,9 @@ class StableDiffusionPipeline:
     def decode_latents(self, latents: Tensor, vae: AutoencoderKL | None = None) -> Tensor:
         """(B, C, h, w) scaled latents → (B, 3, 8h, 8w) float32 images in [-1, 1] (unclamped),
         decoded by `vae` (the model's own), in tiles above `vae_tiling`'s size."""
-        vae = self._use(vae or self.vae)
-        decode, tiling = vae.decode, self.vae_tiling
-        if tiling.applies(*latents.shape[2:]):
-            decode = lambda z: tiled_decode(vae.decode, z, tiling.tile, tiling.overlap, norms=vae)  # noqa: E731
+        vae, scale = self._use(vae or self.vae), self.latent_scale
         out = torch.cat(
-            [decode(z.unsqueeze(0).to(self.dtype) / self.latent_scale) for z in latents]
+            [vae_decode(vae, z[None].to(self.dtype) / scale, self.vae_tiling) for z in latents]
         )
         self._release(vae)
         return out.float()

@@ -1,4 +1,4 @@
-"""Tiled VAE decode: a large latent decoded in overlapping tiles, blended with feathered weights.
+"""Tiled VAE decode and encode: a large latent (image) in overlapping tiles, feathered blend.
 
 The VAE decoder's memory grows with the image (its full-resolution activations, and the
 attention of its middle block over every latent pixel at once). Above a size threshold the
@@ -10,8 +10,14 @@ by the summed weight. Peak memory is then that of one tile's decode plus the out
 What changes: each tile's group norms and middle-block attention see only that tile, and its
 convolutions see zero padding at inner edges; the feathering hides the edges (no seam) but the
 result is not bit-identical to an untiled decode. Measured with the built-in model
-(tests/sd_core/test_tiled_vae.py): a 256×256 decode in 128-pixel tiles, 48 overlapping, stays
-within the tolerance that test asserts of the untiled one.
+(tests/sd_core/test_tiled_vae.py, small tiles on purpose: 16 latent pixels overlapping by 8):
+a generated 256×256 image decodes within mean |Δ| 0.033 (max 1.64) of the untiled decode, in
+values of [-1, 1]; a smooth gradient shows no step at a tile border steeper than the untiled
+image's steepest. Tiled encoding moves the latents by 8 % of their mean magnitude, 0.034 once
+decoded. Larger tiles (the default 64) move less.
+
+Encoding a large image (img2img, the hires fix's pixel upscalers) works the same way: tiles
+of `tile`·8 pixels, blended in latent space (`vae_encode`).
 
 Configuration: `VaeTiling` on `pipe.vae_tiling`; its defaults come from the environment:
 `DALI_VAE_TILE_ABOVE` (pixels of the image, width × height, above which the decode is tiled;
@@ -25,10 +31,14 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from sd_core.vae import AutoencoderKL
 
 
 def _env_int(name: str, default: int) -> int:
@@ -61,6 +71,28 @@ class VaeTiling:
         image has more than `above` pixels)."""
         larger = latent_height > self.tile or latent_width > self.tile
         return larger and latent_height * latent_width * factor * factor > self.above
+
+
+def vae_decode(vae: AutoencoderKL, z: Tensor, tiling: VaeTiling) -> Tensor:
+    """`vae.decode(z)`, in tiles (float32) when `tiling` applies to its size."""
+    factor = vae.config.downsample_factor
+    if not tiling.applies(z.shape[2], z.shape[3], factor):
+        return vae.decode(z)
+    return tiled_decode(vae.decode, z, tiling.tile, tiling.overlap, factor, norms=vae)
+
+
+def vae_encode(vae: AutoencoderKL, pixels: Tensor, tiling: VaeTiling) -> tuple[Tensor, Tensor]:
+    """`vae.encode(pixels)` (mean, logvar), in tiles when `tiling` applies to its size."""
+    factor = vae.config.downsample_factor
+    if not tiling.applies(pixels.shape[2] // factor, pixels.shape[3] // factor, factor):
+        return vae.encode(pixels)
+
+    def moments(x: Tensor) -> Tensor:
+        return torch.cat(vae.encode(x), dim=1)
+
+    both = tiled_encode(moments, pixels, tiling.tile, tiling.overlap, factor, norms=vae)
+    mean, logvar = both.to(pixels.dtype).chunk(2, dim=1)
+    return mean, logvar
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -98,41 +130,71 @@ def tiled_decode(
     (B, C, ≤ tile, ≤ tile) tile at a time, neighbours blended over their overlap. With `norms`
     (the module `decode` runs), its GroupNorms normalise every tile with the statistics of one
     decode of the whole latent shrunk to fit a tile, not the tile's own."""
+    return _tiled(decode, z, tile, overlap, (factor, 1), norms)
+
+
+def tiled_encode(
+    encode: Callable[[Tensor], Tensor],
+    image: Tensor,
+    tile: int,
+    overlap: int,
+    factor: int = 8,
+    norms: nn.Module | None = None,
+) -> Tensor:
+    """(B, 3, H, W) images (multiples of f) → (B, C, H/f, W/f) float32, `encode` called on
+    tiles of `tile`·f pixels overlapping by `overlap`·f (tile and overlap in latent pixels, as
+    `VaeTiling`'s), blended in latent space; `norms` as in `tiled_decode`."""
+    return _tiled(encode, image, tile * factor, overlap * factor, (1, factor), norms)
+
+
+def _tiled(
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    tile: int,
+    overlap: int,
+    scale: tuple[int, int],
+    norms: nn.Module | None,
+) -> Tensor:
+    """`fn` over tiles of `x`, its output `scale[0] / scale[1]` times the input's size."""
     if norms is None:
-        return _blend_tiles(decode, z, tile, overlap, factor)
+        return _blend_tiles(fn, x, tile, overlap, scale)
     stats: Stats = {}
-    height, width = z.shape[2:]
+    height, width = x.shape[2:]
     shrink = min(1.0, tile / max(height, width))
-    small = z
-    if shrink < 1.0:
-        size = (max(1, round(height * shrink)), max(1, round(width * shrink)))
-        small = F.interpolate(z, size=size, mode="bilinear", antialias=True, align_corners=False)
+    small = x
+    if shrink < 1.0:  # a size the model takes: whole multiples of the down factor
+        step = scale[1]
+        size = (max(step, round(height * shrink / step) * step), max(step, round(width * shrink / step) * step))  # fmt: skip
+        small = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     with _shared_group_norms(norms, stats, record=True):
-        decode(small)
+        fn(small)
     with _shared_group_norms(norms, stats, record=False):
-        return _blend_tiles(decode, z, tile, overlap, factor)
+        return _blend_tiles(fn, x, tile, overlap, scale)
 
 
 def _blend_tiles(
-    decode: Callable[[Tensor], Tensor], z: Tensor, tile: int, overlap: int, factor: int
+    fn: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int, scale: tuple[int, int]
 ) -> Tensor:
-    batch, _, height, width = z.shape
+    batch, _, height, width = x.shape
+
+    def out_size(n: int) -> int:
+        return n * scale[0] // scale[1]
+
     out: Tensor | None = None
-    total = torch.zeros(1, 1, height * factor, width * factor, device=z.device)
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    for y in ys:
-        for x in xs:
-            th, tw = min(tile, height), min(tile, width)
-            pixels = decode(z[:, :, y : y + th, x : x + tw]).float()
+    total = torch.zeros(1, 1, out_size(height), out_size(width), device=x.device)
+    th, tw = min(tile, height), min(tile, width)
+    fade = out_size(overlap)
+    for y in tile_starts(height, tile, overlap):
+        for x0 in tile_starts(width, tile, overlap):
+            result = fn(x[:, :, y : y + th, x0 : x0 + tw]).float()
             if out is None:
-                out = torch.zeros(batch, pixels.shape[1], *total.shape[2:], device=z.device)
-            fade = overlap * factor
-            wy = _ramp(th * factor, fade, y > 0, y + th < height)
-            wx = _ramp(tw * factor, fade, x > 0, x + tw < width)
-            weight = (wy[:, None] * wx[None, :]).to(z.device)[None, None]
-            rows = slice(y * factor, (y + th) * factor)
-            cols = slice(x * factor, (x + tw) * factor)
-            out[:, :, rows, cols] += pixels * weight
+                out = torch.zeros(batch, result.shape[1], *total.shape[2:], device=x.device)
+            wy = _ramp(out_size(th), fade, y > 0, y + th < height)
+            wx = _ramp(out_size(tw), fade, x0 > 0, x0 + tw < width)
+            weight = (wy[:, None] * wx[None, :]).to(x.device)[None, None]
+            rows = slice(out_size(y), out_size(y + th))
+            cols = slice(out_size(x0), out_size(x0 + tw))
+            out[:, :, rows, cols] += result * weight
             total[:, :, rows, cols] += weight
     assert out is not None
     return out / total
