@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where loras/, embeddings/ and models/VAE/ are (default: the repository's data/)",
     )
+    gen.add_argument(
+        "--hires-scale", type=float, default=None, help="turn on the hires fix: upscale by this"
+    )
+    gen.add_argument("--hires-upscaler", default="Latent", help="Latent…, Lanczos, Nearest")
+    gen.add_argument("--hires-steps", type=int, default=0, help="0: as --steps")
+    gen.add_argument("--hires-strength", type=float, default=0.7, help="0 … 1 (default 0.7)")
     gen.add_argument("--init-image", type=Path, default=None)
     gen.add_argument("--strength", type=float, default=0.75)
     gen.add_argument("--mask", type=Path, default=None, help="white = repaint")
@@ -117,6 +123,11 @@ def _generate(args: argparse.Namespace) -> int:
         variation_strength=args.variation_strength,
         clip_skip=args.clip_skip,
         vae=args.vae,
+        hires=args.hires_scale is not None,
+        hires_scale=2.0 if args.hires_scale is None else args.hires_scale,
+        hires_upscaler=args.hires_upscaler,
+        hires_steps=args.hires_steps,
+        hires_strength=args.hires_strength,
     ).check()  # input errors come before the model loads
     init = _open_image(args.init_image, "--init-image") if args.init_image else None
     mask = _open_image(args.mask, "--mask") if args.mask else None
