@@ -16,6 +16,10 @@ values of [-1, 1]; a smooth gradient shows no step at a tile border steeper than
 image's steepest. Tiled encoding moves the latents by 8 % of their mean magnitude, 0.034 once
 decoded. Larger tiles (the default 64) move less.
 
+Memory and time, measured on the CPU (SD v1's VAE, float32, 8 threads, a shared machine): a
+1024×1024 decode took +3.9 GiB at peak whole and +1.2 GiB in the default tiles (64, overlap
+16), at 2.1× the time (9 overlapping 512-pixel tiles and the statistics decode redo work).
+
 Encoding a large image (img2img, the hires fix's pixel upscalers) works the same way: tiles
 of `tile`·8 pixels, blended in latent space (`vae_encode`).
 
