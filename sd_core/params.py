@@ -152,21 +152,12 @@ class GenerationParams:
     height: int | None = None
     batch: int = 1
     strength: float = 0.75
-    variation_seed: int | None = None
-    variation_strength: float = 0.0
+    variation_seed: int | None = field(default=None, metadata={INFOTEXT_KEY: "Variation seed"})
+    variation_strength: float = field(
+        default=0.0, metadata={INFOTEXT_KEY: "Variation seed strength"}
+    )
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
     vae: str | None = field(default=None, metadata={INFOTEXT_KEY: "VAE"})
-    # The hires fix (sd_core/hires.py writes its infotext keys, only when it is on).
-    hires: bool = False
-    hires_scale: float = 2.0
-    hires_width: int | None = None
-    hires_height: int | None = None
-    hires_upscaler: str = "Latent"
-    hires_steps: int = 0
-    hires_strength: float = 0.7
-    hires_sampler: str | None = None
-    hires_prompt: str | None = None
-    hires_negative_prompt: str | None = None
     tiling: bool = field(default=False, metadata={INFOTEXT_KEY: "Tiling"})
     mask_blur: int = field(default=0, metadata={INFOTEXT_KEY: "Mask blur"})
     inpainting_mask_invert: bool = field(
@@ -181,6 +172,17 @@ class GenerationParams:
         metadata={INFOTEXT_KEY: "Inpaint area", INFOTEXT_VALUES: {True: "Only masked"}},
     )
     inpaint_full_res_padding: int = field(default=0, metadata={INFOTEXT_KEY: "Masked area padding"})
+    # The hires fix (sd_core/hires.py writes its infotext keys, only when it is on).
+    hires: bool = False
+    hires_scale: float = 2.0
+    hires_width: int | None = None
+    hires_height: int | None = None
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0
+    hires_strength: float = 0.7
+    hires_sampler: str | None = None
+    hires_prompt: str | None = None
+    hires_negative_prompt: str | None = None
 
     def check(self) -> GenerationParams:
         """Validate every field against the limits above; return the params with numbers normalised
@@ -321,5 +323,7 @@ def infotext_extras(params: GenerationParams) -> dict[str, str]:
             if INFOTEXT_VALUES in f.metadata:  # in words, as A1111 writes them
                 extras[key] = f.metadata[INFOTEXT_VALUES][value]
                 continue
-            extras[key] = str(value)
+            # 0.5 → "0.5", 1.0 → "1": numbers as A1111's UI hands them to its infotext.
+            integral = isinstance(value, float) and value.is_integer()
+            extras[key] = str(int(value)) if integral else str(value)
     return extras
