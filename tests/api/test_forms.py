@@ -125,7 +125,8 @@ def test_generation_values_keep_the_text_sent_and_the_seed_box() -> None:
     values = forms.generation_values(
         form(prompt="a cat", steps="0", init_image=upload(b"png"), random_seed="on")
     )
-    assert values == {"prompt": "a cat", "steps": "0", "random_seed": True}
+    # Checkboxes are always there: ticked or not (random seed, hires fix).
+    assert values == {"prompt": "a cat", "steps": "0", "random_seed": True, "hires": False}
     assert forms.generation_values(form(prompt="a cat"))["random_seed"] is False
 
 
