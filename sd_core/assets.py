@@ -3,6 +3,7 @@
     data/loras/         LoRAs (kohya/A1111 .safetensors), named in prompts as <lora:name:w>
     data/embeddings/    textual-inversion embeddings (.pt, .safetensors), named by file stem
     data/models/VAE/    separate VAEs (*.vae.safetensors, .pt, .ckpt), chosen by file name
+    data/upscalers/     ESRGAN-family upscaler models (sd_core.upscalers), for the hires fix
 
 `Assets.under(data_dir)` gives the three libraries over those folders; a pipeline uses them
 after `StableDiffusionPipeline.use_assets(assets)`. Listing a folder costs no model loading.
@@ -25,6 +26,7 @@ LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors")
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 LORAS_DIR, EMBEDDINGS_DIR, VAE_DIR = Path("loras"), Path("embeddings"), Path("models") / "VAE"
+UPSCALERS_DIR = Path("upscalers")
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,17 @@ class AssetFolders:
     loras: Path
     embeddings: Path
     vaes: Path
+    upscalers: Path | None = None
 
     @classmethod
     def under(cls, data_dir: Path) -> AssetFolders:
         """A1111's layout under a data directory (see the module docstring)."""
-        return cls(data_dir / LORAS_DIR, data_dir / EMBEDDINGS_DIR, data_dir / VAE_DIR)
+        return cls(
+            data_dir / LORAS_DIR,
+            data_dir / EMBEDDINGS_DIR,
+            data_dir / VAE_DIR,
+            data_dir / UPSCALERS_DIR,
+        )
 
 
 @dataclass(frozen=True)

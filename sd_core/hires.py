@@ -101,7 +101,10 @@ def check_upscaler(name: str, model_upscaler: UpscaleImage | None) -> None:
     if name in LATENT_MODES or name in PIXEL_RESAMPLERS or model_upscaler is not None:
         return
     known = ", ".join(repr(n) for n in (*LATENT_MODES, *PIXEL_RESAMPLERS))
-    raise InvalidParam("hires_upscaler", name, f"hires_upscaler must be one of {known}")
+    raise InvalidParam(
+        "hires_upscaler", name, f"hires_upscaler {name!r} is not one of {known} (no upscaler "
+        "model files are available to this pipeline)",
+    )  # fmt: skip
 
 
 def _crop(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:

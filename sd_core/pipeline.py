@@ -16,6 +16,7 @@ and that list of CPU generators.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -202,6 +203,10 @@ class StableDiffusionPipeline:
         `vae` names, in `assets` (without it a prompt's LoRA is left out with a warning)."""
         self.assets = assets
         self.embeddings = assets.embeddings
+        if assets.folders.upscalers is not None:  # the hires fix's model upscalers
+            from sd_core.upscalers import upscale_image
+
+            self.upscale_image = functools.partial(upscale_image, folder=assets.folders.upscalers)
 
     # -- helpers ---------------------------------------------------------------------------
 

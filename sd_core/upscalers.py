@@ -38,7 +38,6 @@ from sd_core.file_library import FileLibrary, stem_name
 NONE, LANCZOS, NEAREST = "None", "Lanczos", "Nearest"
 BUILTINS = (NONE, LANCZOS, NEAREST)
 MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
-UPSCALERS_DIR = Path("upscalers")
 MAX_SCALE = 8.0
 MAX_SIDE = 8192  # the largest output width or height
 MAX_PASSES = 3

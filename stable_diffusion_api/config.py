@@ -110,7 +110,7 @@ class Settings(BaseSettings):
                 chosen, (default.loras, default.embeddings, default.vaes), strict=True
             )
         )
-        return AssetFolders(loras, embeddings, vaes)
+        return AssetFolders(loras, embeddings, vaes, default.upscalers)
 
     @property
     def resolved_database_url(self) -> str:

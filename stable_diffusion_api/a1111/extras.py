@@ -30,11 +30,11 @@ from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict, Field
 
+from sd_core.assets import UPSCALERS_DIR
 from sd_core.upscalers import (
     BUILTINS,
     MAX_SCALE,
     NONE,
-    UPSCALERS_DIR,
     library,
     upscale_image,
     upscaler_names,

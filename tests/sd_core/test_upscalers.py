@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -133,3 +134,28 @@ def test_non_upscaler_weights_refused(tmp_path: Path) -> None:
     save_file({"foo.weight": torch.zeros(3, 3)}, tmp_path / "junk.safetensors")
     with pytest.raises(UpscalerError, match="architecture"):
         upscale_image(picture(), "junk", 4, tmp_path)
+
+
+@needs_spandrel
+def test_the_hires_fix_uses_an_installed_model_upscaler(tmp_path: Path) -> None:
+    """A pipeline given the data folder's assets upscales its hires pass with a model file
+    there, by name, as A1111's `hr_upscaler` names one."""
+    from safetensors.torch import save_file
+
+    import sd_core
+    from sd_core.assets import Assets
+    from sd_core.params import GenerationParams
+
+    (tmp_path / "upscalers").mkdir()
+    save_file(esrgan_state_dict(), str(tmp_path / "upscalers" / "4x-Tiny.safetensors"))
+    pipe = sd_core.load_pipeline()
+    params = GenerationParams("a red circle", seed=3, steps=2, width=64, height=64, hires=True,
+                              hires_scale=2.0, hires_steps=2)  # fmt: skip
+    with pytest.raises(ValueError, match="4x-Tiny"):  # not installed for this pipeline yet
+        pipe.generate(dataclasses.replace(params, hires_upscaler="4x-Tiny"))
+    pipe.use_assets(Assets.under(tmp_path))
+    by_model = pipe.generate(dataclasses.replace(params, hires_upscaler="4x-Tiny")).images[0]
+    by_lanczos = pipe.generate(dataclasses.replace(params, hires_upscaler="Lanczos")).images[0]
+    assert by_model.size == (128, 128)
+    assert by_model.tobytes() != by_lanczos.tobytes()  # the model's pixels, not Lanczos'
+    assert "Hires upscaler: 4x-Tiny" in by_model.info["parameters"]
