@@ -8,6 +8,8 @@ other URL, PostgreSQL included, the engine is used as is.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +19,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from stable_diffusion_api.errors import DomainError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -51,6 +56,21 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+class DatabaseUnavailable(DomainError):
+    """The SQLite file went away or turned read-only while the studio ran: a write now would
+    vanish with the deleted file (SQLite keeps writing to it) or fail half-way."""
+
+    status_code = 503
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for any other database (or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
 class Database:
     """An engine plus its session factory. One per application."""
 
@@ -58,10 +78,30 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._file = sqlite_file(url)
+
+    def problem(self) -> str | None:
+        """Why the database cannot take writes now, or None. For a SQLite file: it must still
+        exist (an open connection would go on writing into a deleted file, and the next start
+        would find none of it) and be writable. Costs two stat calls."""
+        if self._file is None:
+            return None
+        if not self._file.exists():
+            return "the database file is gone (deleted or moved while the studio ran)"
+        # The mode bits too: root may write whatever the mode says, but a file set read-only
+        # means someone wants no writes (a read-only file system fails os.access for root).
+        if not os.access(self._file, os.W_OK) or not self._file.stat().st_mode & 0o222:
+            return "the database file has become read-only"
+        return None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits when the block ends normally and rolls back otherwise."""
+        """A session that commits when the block ends normally and rolls back otherwise.
+        DatabaseUnavailable when the file is gone or read-only (see `problem`)."""
+        problem = self.problem()
+        if problem is not None:
+            log.error("%s: %s; nothing can be saved until it is back", self._file, problem)
+            raise DatabaseUnavailable(f"{problem}: nothing can be saved; see the server log")
         with self._sessions() as session, session.begin():
             yield session
 

@@ -112,7 +112,12 @@ def _immutable_file(
 
 
 @router.get("/health")
-async def health(studio: StudioDep) -> dict[str, object]:
+def health(studio: StudioDep, response: Response) -> dict[str, object]:
+    """200 "ok"; 503 "unhealthy" with the problems when the studio cannot save its work."""
+    problems = [p for p in (studio.db.problem(),) if p is not None]
+    if problems:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return {"status": "unhealthy", "problems": problems}
     return {"status": "ok", "devices": [d.id for d in studio.hardware.devices]}
 
 

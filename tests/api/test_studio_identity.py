@@ -80,3 +80,28 @@ def test_an_existing_studio_from_before_the_ids_gets_one(
         pass
     assert (settings.resolved_data_dir / ID_FILE).is_file()
     assert image_files(settings) == files
+
+
+def test_a_database_deleted_while_running_makes_writes_fail_loudly(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    import os
+    import stat
+
+    with TestClient(create_app(settings, fake)) as client:
+        project = make_project(client)
+        assert client.get("/api/v1/health").json()["status"] == "ok"
+        db_file = settings.resolved_data_dir / "dali.db"
+        db_file.chmod(stat.S_IRUSR)  # read-only (root may still write; the studio will not)
+        response = client.post(f"/api/v1/projects/{project['id']}/generations",
+                               json={"prompt": "x"})  # fmt: skip
+        assert response.status_code == 503 and "read-only" in response.json()["detail"]
+        db_file.chmod(0o644)
+        os.rename(db_file, db_file.with_name("moved.db"))  # gone while running
+        health = client.get("/api/v1/health")
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        response = client.post("/api/v1/projects", json={"name": "Lost"})
+        assert response.status_code == 503 and "gone" in response.json()["detail"]
+        os.rename(db_file.with_name("moved.db"), db_file)  # back: writes work again
+        assert client.get("/api/v1/health").status_code == 200
+        assert client.post("/api/v1/projects", json={"name": "Kept"}).status_code == 201
