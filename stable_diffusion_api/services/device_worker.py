@@ -152,6 +152,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+class ServerGone(JobCanceled):
+    """The server process a worker process reports to is gone (killed, crashed): its job was
+    interrupted, not broken — recorded as such, not as an internal BrokenPipeError."""
+
+
 def failure_of(exc: Exception) -> tuple[FailureKind, str]:
     """The kind and the message a run that raised `exc` ends with (JobCanceled aside)."""
     if isinstance(exc, (ValueError, DomainError)):  # the engine or a check refused the inputs
@@ -279,8 +284,9 @@ class DeviceWorker(threading.Thread):
                     )
             else:  # the row went (project deleted) or is no longer ours: nothing to record
                 status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING
-        except JobCanceled:
-            if context.stopping.is_set() and job_id not in self._cancels:
+        except JobCanceled as exc:
+            stopped = context.stopping.is_set() and job_id not in self._cancels
+            if isinstance(exc, ServerGone) or stopped:
                 kind, error = FailureKind.INTERRUPTED, INTERRUPTED
             else:
                 status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING

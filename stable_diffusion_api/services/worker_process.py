@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.models import FAILED, FailureKind
-from stable_diffusion_api.services.device_worker import DeviceWorker
+from stable_diffusion_api.services.device_worker import DeviceWorker, ServerGone
 from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.worker_context import (
@@ -225,8 +225,12 @@ class _RelayHub(ProgressHub):
         self._send_lock = lock
 
     def send(self, message: FromWorker) -> None:
+        """ServerGone when the server's end of the pipe is closed (the server died)."""
         with self._send_lock:
-            self._conn.send(message)
+            try:
+                self._conn.send(message)
+            except (BrokenPipeError, ConnectionError, EOFError, OSError) as exc:
+                raise ServerGone(f"the server process is gone ({type(exc).__name__})") from exc
 
     def start(self, generation_id: int, total: int) -> None:
         self.send(JobStarted(generation_id, total))
@@ -238,7 +242,8 @@ class _RelayHub(ProgressHub):
         self.send(JobPreview(generation_id, latent, step))  # drawn by the server
 
     def finish(self, generation_id: int, status: str, result: dict[str, Any] | None = None) -> None:
-        self.send(JobFinished(generation_id, status, result))
+        with contextlib.suppress(ServerGone):  # the row holds the outcome; nobody to tell
+            self.send(JobFinished(generation_id, status, result))
 
 
 class _ChildWorker(DeviceWorker):

@@ -156,3 +156,37 @@ def test_a_killed_local_process_is_recognised_at_once(
     with TestClient(create_app(settings, fake)) as client:
         after = client.get(f"/api/v1/generations/{job}").json()
         assert after["status"] == "failed" and after["error"].startswith("interrupted")
+
+
+def test_a_worker_whose_server_died_records_its_job_interrupted(
+    client: TestClient, fake: FakeGenerator, monkeypatch
+) -> None:
+    """A worker process reporting a step to a dead server used to end the job as
+    "internal error: BrokenPipeError"; the job was interrupted, and says so."""
+    from multiprocessing import Pipe
+    from threading import Lock
+
+    from stable_diffusion_api.services.device_worker import ServerGone
+    from stable_diffusion_api.services.worker_process import _RelayHub
+
+    ours, servers = Pipe()
+    servers.close()  # the server's end: gone
+    relay = _RelayHub(ours, Lock())
+    try:
+        relay.step(1, 1, 4, None)
+    except ServerGone:
+        pass
+    else:
+        raise AssertionError("a step sent to a dead server must raise ServerGone")
+    relay.finish(1, "failed")  # the outcome is in the row: nothing raised at the end
+
+    studio = client.app.state.studio  # type: ignore[attr-defined]
+
+    def dead_server(*args: object) -> None:
+        raise ServerGone("the server process is gone (BrokenPipeError)")
+
+    monkeypatch.setattr(studio.hub, "step", dead_server)
+    project = make_project(client)
+    done = wait_for(client, submit(client, project["id"])["id"], ("failed",))
+    assert done["failure_kind"] == "interrupted"
+    assert done["error"].startswith("interrupted") and "BrokenPipe" not in done["error"]
