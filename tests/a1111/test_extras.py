@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from stable_diffusion_api.a1111.extras import LATENT_UPSCALE_MODES, scale_in_name
 from stable_diffusion_api.config import Settings
-from tests.sd_core.test_upscalers import HAS_SPANDREL, esrgan_state_dict
+from tests.sd_core.test_upscalers import esrgan_state_dict, needs_spandrel
 
 
 def b64_png(image: Image.Image, parameters: str | None = None) -> str:
@@ -138,7 +138,7 @@ def test_refusals_name_the_field(client: TestClient, body: dict[str, object], fi
     assert field in str(answer.json()["detail"])
 
 
-@pytest.mark.skipif(not HAS_SPANDREL, reason="spandrel is not installed")
+@needs_spandrel
 def test_model_upscale_and_bad_file(client: TestClient, upscalers: Path) -> None:
     save_file(esrgan_state_dict(), upscalers / "4x-Tiny.safetensors")
     body = {"image": b64_png(picture()), "upscaler_1": "4x-Tiny", "upscaling_resize": 4}

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.a1111.live_server import Server, running_server
-from tests.sd_core.test_upscalers import HAS_SPANDREL, esrgan_state_dict
+from tests.sd_core.test_upscalers import HAS_SPANDREL, esrgan_state_dict, needs_spandrel
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_extra_batch_images(api: Any) -> None:
     assert [image.size for image in result.images] == [(80, 48), (32, 32)]
 
 
-@pytest.mark.skipif(not HAS_SPANDREL, reason="spandrel is not installed")
+@needs_spandrel
 def test_model_upscaler(api: Any) -> None:
     result = api.extra_single_image(picture(), upscaler_1="4x-Tiny", upscaling_resize=4)
     assert result.image.size == (160, 96)

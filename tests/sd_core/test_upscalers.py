@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 from pathlib import Path
 
@@ -27,7 +28,13 @@ try:
     HAS_SPANDREL = True
 except UpscalerError:
     HAS_SPANDREL = False
-needs_spandrel = pytest.mark.skipif(not HAS_SPANDREL, reason="spandrel is not installed")
+# ./test.sh (CI) installs spandrel and sets DALI_TEST_UPSCALERS=1: there a missing spandrel
+# fails these tests instead of skipping them. A local run without the optional extra skips.
+REQUIRED = os.environ.get("DALI_TEST_UPSCALERS") == "1"
+needs_spandrel = pytest.mark.skipif(
+    not HAS_SPANDREL and not REQUIRED,
+    reason="spandrel, an optional extra, is not installed (./test.sh installs it)",
+)
 
 
 def picture(width: int = 24, height: int = 16, mode: str = "RGB") -> Image.Image:

@@ -146,11 +146,14 @@ def distinct(values: Tensor) -> Tensor:
 def test_sigmas_and_timesteps_equal_diffusers(
     name: str, steps: int, schedule: NoiseSchedule
 ) -> None:
+    spec = get_sampler(name)
     if (name, steps) == ("dpmpp_sde_karras", 1):
         # diffusers' Euler-family Karras σ's for 1 step start from σ_min (see
-        # test_schedule_types_vs_diffusers); DPM++ SDE Karras starts at σ_max, as k-diffusion.
-        pytest.skip("diffusers' 1-step Karras quirk")
-    spec = get_sampler(name)
+        # test_schedule_types_vs_diffusers); DPM++ SDE Karras starts at σ_max, as k-diffusion
+        # and A1111 do: the one step goes from σ_max to 0.
+        sigmas = spec.sigmas(schedule, 1)
+        assert sigmas.tolist() == [pytest.approx(schedule.sigma_max, rel=1e-6), 0.0]
+        return
     ref = reference(name, steps)
     plan = spec.schedule(schedule, steps)
     sigmas = spec.sigmas(schedule, steps)

@@ -51,13 +51,15 @@ SAMPLERS = (
     "unipc",
 )
 STEP_COUNTS = (1, 2, 10, 50)
-# Not compared:
+# Not compared with diffusers, but checked another way below:
 # - Euler a: diffusers' EulerAncestralDiscreteScheduler has no Karras or exponential σ's
-#   (0.42); it shares the σ's of Euler's, which are compared.
+#   (0.42); it takes the σ's and timesteps of Euler's, which are compared
+#   (test_euler_a_takes_the_schedule_types_of_euler).
 # - 1 step of Karras/exponential on the Euler family: diffusers takes σ_min and σ_max from its
 #   own linspace σ's, which for 1 step are the single σ at t = 0, so it "samples" from σ_min
-#   (a quirk: the image stays noise). sd_core starts at σ_max, as k-diffusion and A1111 do.
-UNSUPPORTED: set[tuple[str, str, int]] = {
+#   (a quirk: the image stays noise). sd_core starts at σ_max, as k-diffusion and A1111 do
+#   (test_one_typed_step_goes_from_sigma_max_to_the_denoised_start).
+NO_REFERENCE: set[tuple[str, str, int]] = {
     *(("euler_a", kind, steps) for kind in ("karras", "exponential") for steps in STEP_COUNTS),
     *(
         (name, kind, 1)
@@ -83,14 +85,19 @@ def data_mean() -> Tensor:
     return torch.randn((1, *SHAPE[1:]), generator=torch.Generator().manual_seed(7)) * 0.8
 
 
-@pytest.mark.parametrize("steps", STEP_COUNTS)
-@pytest.mark.parametrize("scheduler", list(SCHEDULE_TYPES))
-@pytest.mark.parametrize("name", SAMPLERS)
+COMPARED = [
+    (name, scheduler, steps)
+    for name in SAMPLERS
+    for scheduler in SCHEDULE_TYPES
+    for steps in STEP_COUNTS
+    if (name, scheduler, steps) not in NO_REFERENCE
+]
+
+
+@pytest.mark.parametrize(("name", "scheduler", "steps"), COMPARED)
 def test_schedule_type_equals_diffusers(
     name: str, scheduler: str, steps: int, schedule: NoiseSchedule, data_mean: Tensor
 ) -> None:
-    if (name, scheduler, steps) in UNSUPPORTED:
-        pytest.skip(f"diffusers cannot run {name} with {scheduler} at {steps} steps")
     reference_calls: Trace = []
     calls: Trace = []
     expected = run_diffusers(
@@ -128,6 +135,39 @@ def test_schedule_type_img2img_equals_diffusers(
         get_sampler(name), schedule, 10, eps, init_latent, 0.75, scheduler=scheduler
     )
     assert relative_error(actual, expected) < 1e-4, relative_error(actual, expected)
+
+
+@pytest.mark.parametrize("steps", STEP_COUNTS)
+@pytest.mark.parametrize("scheduler", ("karras", "exponential"))
+def test_euler_a_takes_the_schedule_types_of_euler(
+    scheduler: str, steps: int, schedule: NoiseSchedule
+) -> None:
+    ancestral = get_sampler("euler_a").schedule(schedule, steps, scheduler)
+    euler = get_sampler("euler").schedule(schedule, steps, scheduler)
+    assert torch.equal(ancestral.sigmas, euler.sigmas)
+    assert torch.equal(ancestral.timesteps, euler.timesteps)
+
+
+@pytest.mark.parametrize("scheduler", ("karras", "exponential"))
+@pytest.mark.parametrize("name", ("euler", "euler_a", "heun", "lms", "dpm2", "dpm2_a"))
+def test_one_typed_step_goes_from_sigma_max_to_the_denoised_start(
+    name: str, scheduler: str, schedule: NoiseSchedule
+) -> None:
+    """One step from σ_max to 0 is a single Euler step to σ = 0 for every one of these (an
+    ancestral step adds no noise when it ends at 0): the result is the denoiser's prediction
+    at the start."""
+    spec = get_sampler(name)
+    sigmas = spec.sigmas(schedule, 1, scheduler)
+    assert sigmas.tolist() == [pytest.approx(schedule.sigma_max, rel=1e-6), 0.0]
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * sigmas[0]
+
+    def denoise(x_in: Tensor, sigma: Tensor) -> Tensor:
+        return torch.tanh(x_in / (1 + sigma.reshape(-1, 1, 1, 1) ** 2) ** 0.5)
+
+    generator = torch.Generator().manual_seed(4)
+    result = spec.fn(denoise, x, sigmas, noise=lambda: torch.randn(SHAPE, generator=generator))
+    # x + (0 − σ)·(x − D)/σ in float32 at σ ≈ 14.6 rounds to D within a few 1e-6.
+    torch.testing.assert_close(result, denoise(x, sigmas[:1]), rtol=1e-6, atol=1e-5)
 
 
 def test_karras_on_dpmpp_2m_is_dpmpp_2m_karras(schedule: NoiseSchedule) -> None:
