@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -250,7 +250,22 @@ def _spec(
     )
 
 
-_ALL = [
+def _karras(plain: SamplerSpec) -> SamplerSpec:
+    """`plain` on Karras et al.'s noise levels: A1111's "<label> Karras", its own sampler."""
+    short = plain.name.removeprefix("dpmpp_")
+    return replace(
+        plain,
+        name=f"{plain.name}_karras",
+        display_name=f"{plain.display_name} Karras",
+        aliases=(f"dpm++_{short}_karras", f"k_{plain.name}_karras"),
+        spacing="karras",
+        description=f"{plain.display_name} on Karras et al.'s noise levels",
+    )
+
+
+# The samplers A1111 also lists with Karras σ's under a name of their own, right after them.
+_WITH_KARRAS_NAME = ("dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde")
+_PLAIN = [
     _spec(
         "ddpm",
         "DDPM",
@@ -337,17 +352,6 @@ _ALL = [
         description="DPM-Solver++ second-order multistep; good at 20-30 steps",
     ),
     _spec(
-        "dpmpp_2m_karras",
-        "DPM++ 2M Karras",
-        sample_dpmpp_2m,
-        aliases=("dpm++_2m_karras", "k_dpmpp_2m_karras"),
-        karras_timesteps="round",
-        exponential_timesteps="floor",
-        spacing="karras",
-        initial_noise="vp",
-        description="DPM++ 2M on Karras et al.'s noise levels",
-    ),
-    _spec(
         "dpmpp_2m_sde",
         "DPM++ 2M SDE",
         sample_dpmpp_2m_sde,
@@ -358,18 +362,6 @@ _ALL = [
         spacing="linspace_rounded",
         initial_noise="vp",
         description="stochastic DPM-Solver++ second-order multistep",
-    ),
-    _spec(
-        "dpmpp_2m_sde_karras",
-        "DPM++ 2M SDE Karras",
-        sample_dpmpp_2m_sde,
-        aliases=("dpm++_2m_sde_karras", "k_dpmpp_2m_sde_karras"),
-        stochastic=True,
-        karras_timesteps="round",
-        exponential_timesteps="floor",
-        spacing="karras",
-        initial_noise="vp",
-        description="DPM++ 2M SDE on Karras et al.'s noise levels",
     ),
     _spec(
         "dpmpp_3m",
@@ -397,19 +389,6 @@ _ALL = [
         img2img_needs_prior=True,
     ),
     _spec(
-        "dpmpp_3m_sde_karras",
-        "DPM++ 3M SDE Karras",
-        sample_dpmpp_3m_sde,
-        aliases=("dpm++_3m_sde_karras", "k_dpmpp_3m_sde_karras"),
-        stochastic=True,
-        karras_timesteps="round",
-        exponential_timesteps="floor",
-        spacing="karras",
-        initial_noise="vp",
-        description="DPM++ 3M SDE on Karras et al.'s noise levels",
-        img2img_needs_prior=True,
-    ),
-    _spec(
         "dpmpp_2s_a",
         "DPM++ 2S a",
         sample_dpmpp_2s_ancestral,
@@ -434,15 +413,6 @@ _ALL = [
         description="stochastic DPM-Solver++(2S); two model calls a step",
     ),
     _spec(
-        "dpmpp_sde_karras",
-        "DPM++ SDE Karras",
-        sample_dpmpp_sde,
-        aliases=("dpm++_sde_karras", "k_dpmpp_sde_karras"),
-        stochastic=True,
-        spacing="karras",
-        description="DPM++ SDE on Karras et al.'s noise levels",
-    ),
-    _spec(
         "unipc",
         "UniPC",
         sample_unipc,
@@ -465,6 +435,11 @@ _ALL = [
     ),
 ]
 
+_ALL = [
+    named
+    for spec in _PLAIN
+    for named in ((spec, _karras(spec)) if spec.name in _WITH_KARRAS_NAME else (spec,))
+]
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in _ALL}
 
 _LOOKUP: dict[str, SamplerSpec] = {}
