@@ -208,13 +208,22 @@ def test_img2img_equals_diffusers(models, sampler, strength):
 
 
 @pytest.mark.parametrize(
-    ("sampler", "strength"), [("euler", 1.0), ("ddim", 0.75), ("dpmpp_2m", 1.0)]
+    ("nine_channels", "sampler", "strength", "seed"),
+    [
+        (False, "euler", 1.0, 4),
+        (False, "ddim", 0.75, 4),
+        (False, "dpmpp_2m", 1.0, 4),
+        (True, "euler", 1.0, 6),
+        (True, "ddim", 0.7, 6),
+    ],
+    ids=["regular-euler", "regular-ddim", "regular-dpmpp_2m", "9ch-euler", "9ch-ddim"],
 )
-def test_inpaint_regular_checkpoint_equals_diffusers(models, sampler, strength):
+def test_inpaint_equals_diffusers(models, nine_channels, sampler, strength, seed):
+    """A regular checkpoint (latent blending) and a 9-channel inpainting checkpoint."""
     ours = ours_images(
-        models["ours"],
+        models["inpaint_ours" if nine_channels else "ours"],
         prompt=PROMPT,
-        seed=4,
+        seed=seed,
         steps=4,
         sampler=sampler,
         guidance=7.0,
@@ -222,7 +231,9 @@ def test_inpaint_regular_checkpoint_equals_diffusers(models, sampler, strength):
         mask=mask_image(),
         strength=strength,
     )
-    reference = reference_pipeline(models, "StableDiffusionInpaintPipeline", sampler)(
+    reference = reference_pipeline(
+        models, "StableDiffusionInpaintPipeline", sampler, inpaint=nine_channels
+    )(
         prompt=PROMPT,
         image=init_image(),
         mask_image=mask_image(),
@@ -231,35 +242,7 @@ def test_inpaint_regular_checkpoint_equals_diffusers(models, sampler, strength):
         guidance_scale=7.0,
         height=64,
         width=64,
-        generator=generators(4, 1),
-        output_type="np",
-    ).images
-    assert_images_close(ours, reference)
-
-
-@pytest.mark.parametrize(("sampler", "strength"), [("euler", 1.0), ("ddim", 0.7)])
-def test_inpaint_9_channel_checkpoint_equals_diffusers(models, sampler, strength):
-    ours = ours_images(
-        models["inpaint_ours"],
-        prompt=PROMPT,
-        seed=6,
-        steps=4,
-        sampler=sampler,
-        guidance=7.0,
-        init_image=init_image(),
-        mask=mask_image(),
-        strength=strength,
-    )
-    reference = reference_pipeline(models, "StableDiffusionInpaintPipeline", sampler, inpaint=True)(
-        prompt=PROMPT,
-        image=init_image(),
-        mask_image=mask_image(),
-        strength=strength,
-        num_inference_steps=4,
-        guidance_scale=7.0,
-        height=64,
-        width=64,
-        generator=generators(6, 1),
+        generator=generators(seed, 1),
         output_type="np",
     ).images
     assert_images_close(ours, reference)
