@@ -12,6 +12,7 @@ Dali, and reads no file on the server that a user did not upload to it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -138,28 +139,34 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         OMP_NUM_THREADS="1",
     )
     log = tmp / "server.log"
+    with serving("dali_app.py", port, env, log, "/internal/ping") as url:
+        yield {"url": url, "tmp": tmp, "cache": cache, "log": log}
+
+
+@contextlib.contextmanager
+def serving(script: str, port: int, env: dict[str, str], log: Path, ready: str) -> Iterator[str]:
+    """`python <script> --port <port>` with `env`, its output in `log`; its URL once `ready`
+    answers (any response but a 5xx); stopped on the way out."""
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "dali_app.py", "--port", str(port)],
+            [sys.executable, script, "--port", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if process.poll() is not None:
-                pytest.fail(f"dali_app.py exited with {process.returncode}:\n{log.read_text()}")
+                pytest.fail(f"{script} exited with {process.returncode}:\n{log.read_text()}")
             try:
-                if httpx.get(f"{url}/internal/ping", timeout=5).status_code < 500:
+                if httpx.get(f"{url}{ready}", timeout=5).status_code < 500:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(
-                    f"dali_app.py did not answer in {START_TIMEOUT_S} s:\n{log.read_text()}"
-                )
+                pytest.fail(f"{script} did not answer in {START_TIMEOUT_S} s:\n{log.read_text()}")
             time.sleep(0.5)
-        yield {"url": url, "tmp": tmp, "cache": cache, "log": log}
+        yield url
     finally:
         process.terminate()
         try:
@@ -288,35 +295,13 @@ def test_standalone_launcher_asks_for_the_key(tmp_path: Path) -> None:
         OMP_NUM_THREADS="1",
     )
     log = tmp_path / "server.log"
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "sd_gradio.py", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"sd_gradio.py exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                httpx.get(f"{url}/config", timeout=5)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"sd_gradio.py did not answer:\n{log.read_text()}")
-                time.sleep(0.5)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            assert http.get("/config").status_code == 401
-            wrong = http.post("/login", data={"username": "me", "password": "wrong"})
-            assert wrong.status_code >= 400
-            assert http.get("/config").status_code == 401
-            assert http.post("/login", data={"username": "me", "password": KEY}).status_code == 200
-            assert http.get("/config").status_code == 200
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with (
+        serving("sd_gradio.py", port, env, log, "/config") as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        assert http.get("/config").status_code == 401
+        wrong = http.post("/login", data={"username": "me", "password": "wrong"})
+        assert wrong.status_code >= 400
+        assert http.get("/config").status_code == 401
+        assert http.post("/login", data={"username": "me", "password": KEY}).status_code == 200
+        assert http.get("/config").status_code == 200
