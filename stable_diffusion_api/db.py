@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -94,16 +94,27 @@ class Database:
             return "the database file has become read-only"
         return None
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session that commits when the block ends normally and rolls back otherwise.
-        DatabaseUnavailable when the file is gone or read-only (see `problem`)."""
+    def _check(self) -> None:
         problem = self.problem()
         if problem is not None:
             log.error("%s: %s; nothing can be saved until it is back", self._file, problem)
             raise DatabaseUnavailable(f"{problem}: nothing can be saved; see the server log")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits when the block ends normally and rolls back otherwise.
+        DatabaseUnavailable when the file is gone or read-only (see `problem`)."""
+        self._check()
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction (Core statements), committed when the block ends
+        normally; DatabaseUnavailable as for `session`."""
+        self._check()
+        with self.engine.begin() as connection:
+            yield connection
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to `revision` with Alembic (idempotent; safe at every start-up)."""

@@ -266,7 +266,7 @@ class JobQueue:
         wait (then None). `attach(id)`, when given, writes the job's input files and returns
         the columns that point at them. One transaction: callers serialise calls to make the
         limit exact. Raises LookupError when the project has gone meanwhile."""
-        with self._db.engine.begin() as connection:
+        with self._db.begin() as connection:
             waiting, ahead = connection.execute(
                 _QUEUE_LENGTHS, {"on_device": values["device"]}
             ).one()
@@ -286,7 +286,7 @@ class JobQueue:
         """The oldest queued job of `device`, now running under `owner`, and its project's name;
         None when nothing waits. One conditional UPDATE … RETURNING: two workers (even in two
         processes) never claim the same row."""
-        with self._db.engine.begin() as connection:
+        with self._db.begin() as connection:
             for _ in range(3):  # PostgreSQL: another worker may win the row between the two
                 row = connection.execute(
                     _CLAIM, {"on_device": device, "owner": owner, "now": utcnow()}
@@ -303,7 +303,7 @@ class JobQueue:
         """Mark the job succeeded (setting `columns` too: finished_at, timings, …) and insert its image rows, in one
         transaction — unless the row is gone (project deleted) or no longer running under
         `owner`: then None and nothing changes. Returns the finished row and the image rows."""
-        with self._db.engine.begin() as connection:
+        with self._db.begin() as connection:
             row = connection.execute(
                 _SUCCEED, {"job_key": job_id, "owner": owner, **columns}
             ).first()
@@ -322,7 +322,7 @@ class JobQueue:
         status = CANCELED if kind is FailureKind.CANCELLED else FAILED
         values = {"job_key": job_id, "new_status": status, "kind": kind, "message": error,
                   "now": utcnow(), **(columns or {})}  # fmt: skip
-        with self._db.engine.begin() as connection:
+        with self._db.begin() as connection:
             done = connection.execute(_FINISH, values)
         return status if done.rowcount else None
 
@@ -330,7 +330,7 @@ class JobQueue:
         """Cancel a queued job at once (canceled, kind `cancelled`) or flag a running one (its
         worker stops it at the next step and records it canceled); a finished job is left as
         it was. What happened, or None when there is no such job."""
-        with self._db.engine.begin() as connection:
+        with self._db.begin() as connection:
             if connection.execute(_CANCEL_QUEUED, {"job_key": job_id, "now": utcnow()}).first():
                 return CancelOutcome(CANCELED, True)
             if connection.execute(_FLAG_RUNNING, {"job_key": job_id}).first():
@@ -352,7 +352,7 @@ class JobQueue:
         """Recovery: every running job whose worker id is not in `alive` (its process stopped
         beating) → failed, interrupted. The ids failed. A job claimed meanwhile by a process
         not in `alive` is not among them: only the rows seen running before are changed."""
-        with self._db.engine.begin() as connection:
+        with self._db.begin() as connection:
             orphans = [
                 job_id
                 for job_id, worker_id in connection.execute(_RUNNING_OWNERS)
@@ -368,7 +368,7 @@ class JobQueue:
         interrupted (saying the exit code). The ids failed."""
         values = {"on_device": device, "owner": owner, "now": utcnow(),
                   "message": DIED.format(code=exit_code)}  # fmt: skip
-        with self._db.engine.begin() as connection:
+        with self._db.begin() as connection:
             return list(connection.execute(_INTERRUPT_WORKER, values).scalars())
 
     def cancel_requested(self, job_id: int) -> bool:

@@ -88,14 +88,21 @@ def test_a_database_deleted_while_running_makes_writes_fail_loudly(
     import os
     import stat
 
+    fake.block_at = 1
     with TestClient(create_app(settings, fake)) as client:
         project = make_project(client)
         assert client.get("/api/v1/health").json()["status"] == "ok"
+        running = submit(client, project["id"])
+        assert fake.reached.wait(10)
         db_file = settings.resolved_data_dir / "dali.db"
         db_file.chmod(stat.S_IRUSR)  # read-only (root may still write; the studio will not)
         response = client.post(f"/api/v1/projects/{project['id']}/generations",
                                json={"prompt": "x"})  # fmt: skip
         assert response.status_code == 503 and "read-only" in response.json()["detail"]
+        # The job queue's own writes are checked too (a cancel is a status change).
+        cancel = client.post(f"/api/v1/generations/{running['id']}/cancel")
+        assert cancel.status_code == 503
+        fake.release.set()
         db_file.chmod(0o644)
         os.rename(db_file, db_file.with_name("moved.db"))  # gone while running
         health = client.get("/api/v1/health")
