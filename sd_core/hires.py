@@ -210,7 +210,7 @@ def hires_latents(
         latents = upscale_latents(first.latents, p.hires_upscaler, cover, target)
         done = pipe._latents(second, None, None, second_hooks, init_latents=latents)
     else:
-        images = tensor_to_images(pipe.decode_latents(first.latents, pipe.vae_for(p)))
+        images = tensor_to_images(pipe.decode_latents(first.latents, first.vae))
         pixels = torch.cat(
             [
                 image_to_tensor(
@@ -225,6 +225,7 @@ def hires_latents(
         params=p,
         mode=TXT2IMG,
         latents=done.latents,
+        vae=done.vae,
         text_encoding_s=first.text_encoding_s + done.text_encoding_s,
         sampling_s=first.sampling_s + done.sampling_s,
         warnings=tuple(dict.fromkeys((*first.warnings, *done.warnings))),

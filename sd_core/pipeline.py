@@ -106,11 +106,13 @@ class _Start:
 @dataclass(frozen=True)
 class _Sampled:
     """What `_latents` made: the resolved params, the mode (txt2img, img2img, inpaint), the
-    final (B, C, h, w) latents, the seconds text encoding and sampling took, the warnings."""
+    final (B, C, h, w) latents, the VAE that decodes them, the seconds text encoding and
+    sampling took, the warnings."""
 
     params: GenerationParams
     mode: str
     latents: Tensor
+    vae: AutoencoderKL
     text_encoding_s: float
     sampling_s: float
     warnings: tuple[str, ...]
@@ -308,9 +310,7 @@ class StableDiffusionPipeline:
         """
         sampled = self._latents(params, init_image, mask, hooks)
         began = time.perf_counter()
-        images = tensor_to_images(
-            self.decode_latents(sampled.latents, self.vae_for(sampled.params))
-        )
+        images = tensor_to_images(self.decode_latents(sampled.latents, sampled.vae))
         if sampled.inpainting is not None:  # the unmasked pixels are the init image's own
             images = sampled.inpainting.paste_back(images)
         result = GenerationResult(
@@ -420,7 +420,7 @@ class StableDiffusionPipeline:
             used.append(UsedAsset("vae", file.name, file.short_hash))
         warnings = (*networks.warnings, *lora_warnings, *encoded_prompts.warnings)
         timing = (encoded - began, sampling_s)
-        return _Sampled(p, mode, latents, *timing, warnings, tuple(used), inpainting)
+        return _Sampled(p, mode, latents, vae, *timing, warnings, tuple(used), inpainting)
 
     # -- stage 1: text conditioning --------------------------------------------------------
 
