@@ -77,7 +77,6 @@ REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
 STEP_COUNTS = (1, 2, 10, 50)
 # Step counts a reference scheduler refuses; none of them refuses 1, 2, 10 or 50 (diffusers
 # 0.42), but the skip stays explicit so that a future refusal is visible rather than silent.
-REJECTED_STEP_COUNTS: dict[str, tuple[int, ...]] = {}
 # diffusers' KDPM2 ancestral evaluates its midpoint at sqrt(σ_i·σ_down) = σ_{i+1} exactly, yet
 # feeds it the log-σ-interpolated timestep, while σ_{i+1} itself (next step) gets its linspace
 # timestep, linearly interpolated in σ. One σ, two timesteps: a σ-keyed Denoiser must pick one
@@ -221,8 +220,6 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
 def test_txt2img_equals_diffusers(
     name: str, steps: int, schedule: NoiseSchedule, data_mean: Tensor
 ) -> None:
-    if steps in REJECTED_STEP_COUNTS.get(name, ()):
-        pytest.skip(f"diffusers' scheduler for {name} rejects {steps} steps")
     reference_calls: Trace = []
     calls: Trace = []
     expected = run_diffusers(name, steps, analytic_eps(schedule, data_mean, reference_calls))
