@@ -6,8 +6,9 @@
   its mask, is two base64 images of at most `schemas.MAX_UPLOAD_CHARS` characters).
 - `SecurityHeaders`: `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
   `Referrer-Policy: same-origin`, and a Content-Security-Policy that lets the pages run only
-  the studio's own script (no inline script anywhere). The mounted Gradio UI and FastAPI's
-  /docs bring inline scripts of their own, so they get every header but the CSP.
+  the studio's own script (no inline script anywhere). The mounted Gradio UI brings inline
+  scripts of its own, so it gets every header but the CSP; /docs and /redoc set a policy of
+  their own (routes/api_docs.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
 ]
-# Paths whose pages carry inline scripts they need (Gradio, the OpenAPI docs): no CSP there.
+# Paths whose pages carry inline scripts they need: no studio CSP there (Gradio has none; the
+# OpenAPI docs pages set their own).
 CSP_EXEMPT = ("/gradio", "/docs", "/redoc")
 
 

@@ -45,6 +45,7 @@ from stable_diffusion_api.middleware import (
     SecurityHeaders,
 )
 from stable_diffusion_api.routes import a1111, api, events, pages
+from stable_diffusion_api.routes.api_docs import install_api_docs
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.studio import freeze_long_lived_objects
@@ -78,7 +79,14 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
         finally:
             await run_in_threadpool(studio.stop)
 
-    app = FastAPI(title="Dali", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Dali",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by install_api_docs, from local assets
+        redoc_url=None,
+    )
     app.state.studio = studio
     templates = pages.make_templates()
     app.state.templates = templates
@@ -98,6 +106,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.include_router(a1111.router)  # AUTOMATIC1111-compatible /sdapi/v1, same queue
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_api_docs(app)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(SameOrigin, allowed_hosts=settings.host_names())
