@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dali_gradio.address import add_address_arguments, choose_port, parse_address
 from dali_gradio.app import DaliUI
 from dali_gradio.choices import DEFAULT_PROJECT
 from dali_gradio.inputs import input_error
@@ -26,7 +27,6 @@ from stable_diffusion_api.services import Studio
 
 log = logging.getLogger("dali.gradio")
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 THEME_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "monospace"]
 CSS = """
@@ -153,12 +153,16 @@ def _login(studio: Studio) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Dali's Gradio UI (same studio as the web app)")
-    parser.add_argument("--host", default=os.environ.get("DALI_GRADIO_HOST", DEFAULT_HOST))
+    add_address_arguments(parser)
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("DALI_GRADIO_PORT", DEFAULT_PORT))
+        "--project",
+        default=DEFAULT_PROJECT,
+        help=f"the project picked at start ({DEFAULT_PROJECT})",
     )
-    parser.add_argument("--project", default=DEFAULT_PROJECT, help="the project picked at start")
     args = parser.parse_args(argv)
+    # Before anything slow: a port that is taken is said at once, in one line.
+    address = parse_address(args, os.environ)
+    port = choose_port(address)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         _uploads_only(demo)
         log.info("data directory %s", settings.resolved_data_dir)
         demo.launch(
-            server_name=args.host, server_port=args.port, share=False, inbrowser=False,
+            server_name=address.host, server_port=port, share=False, inbrowser=False,
             run_history=False, **_launch_options(studio), **_login(studio),
         )  # fmt: skip
     finally:

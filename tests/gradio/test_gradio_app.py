@@ -74,6 +74,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     env = {
         **os.environ,
         "DALI_DATA_DIR": str(data),
+        # Gradio's own variable, not --port: the UI must listen where it says (issue 16).
+        "GRADIO_SERVER_PORT": str(port),
         "GRADIO_TEMP_DIR": str(tmp / "gradio-cache"),
         "GRADIO_ANALYTICS_ENABLED": "False",
         "PYTHONUNBUFFERED": "1",
@@ -83,7 +85,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     log = tmp / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "sd_gradio.py"), "--port", str(port), "--project", PROJECT],
+            [sys.executable, str(ROOT / "sd_gradio.py"), "--project", PROJECT],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
