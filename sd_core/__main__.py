@@ -19,21 +19,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """`--help` shows each option's default, unless its help already says it or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == ""
+        if "default" in text or nothing or action.default is argparse.SUPPRESS:
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)".lstrip()
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m sd_core", description="Dali's Stable Diffusion v1.x engine")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    gen = sub.add_parser("generate", help="generate images from a prompt")
+    gen = sub.add_parser(
+        "generate", help="generate images from a prompt", formatter_class=_ShowDefaults
+    )
     gen.add_argument("--checkpoint", help="SD v1.x .safetensors/.ckpt (default: built-in model)")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--prompt", required=True, help="what to draw (A1111 prompt syntax)")
+    gen.add_argument("--negative-prompt", default="", help="what to steer away from")
     gen.add_argument("--seed", type=int, default=None, help="default: random")
-    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--steps", type=int, default=20, help="sampling steps, 1 … 150")
     gen.add_argument("--sampler", default=None, help="default: the model's (see `samplers`)")
-    gen.add_argument("--guidance", type=float, default=7.0)
+    gen.add_argument("--guidance", type=float, default=7.0, help="CFG scale, 0 … 30")
     gen.add_argument("--width", type=int, default=None, help="default: the model's native size")
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--batch", type=int, default=1)
+    gen.add_argument("--height", type=int, default=None, help="default: the model's native size")
+    gen.add_argument("--batch", type=int, default=1, help="images, 1 … 8, seeds seed … seed+N-1")
     gen.add_argument(
         "--variation-seed",
         type=int,
@@ -64,11 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--hires-upscaler", default="Latent", help="Latent…, Lanczos, Nearest")
     gen.add_argument("--hires-steps", type=int, default=0, help="0: as --steps")
     gen.add_argument("--hires-strength", type=float, default=0.7, help="0 … 1 (default 0.7)")
-    gen.add_argument("--init-image", type=Path, default=None)
-    gen.add_argument("--strength", type=float, default=0.75)
+    gen.add_argument("--init-image", type=Path, default=None, help="img2img: start from this")
+    gen.add_argument("--strength", type=float, default=0.75, help="img2img denoising, 0 … 1")
     gen.add_argument("--mask", type=Path, default=None, help="white = repaint")
-    gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
-    gen.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    gen.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="default: the device's own (see the hardware page)",
+    )
     gen.add_argument("--low-memory", action="store_true")
     gen.add_argument("--out", type=Path, required=True, help="PATH.png")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -97,6 +117,19 @@ def output_paths(out: Path, count: int) -> list[Path]:
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must end in .png, got {str(out)!r}")
     return [out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+
+
+def _check_before_loading(args: argparse.Namespace) -> None:
+    """What can be wrong with the sampler, device and checkpoint, found before the model takes
+    seconds to load (each raises ValueError with the one line to show)."""
+    from sd_core.devices import resolve_device
+    from sd_core.samplers import get_sampler
+
+    if args.sampler is not None:
+        get_sampler(args.sampler)
+    resolve_device(args.device)
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -129,6 +162,7 @@ def _generate(args: argparse.Namespace) -> int:
         hires_steps=args.hires_steps,
         hires_strength=args.hires_strength,
     ).check()  # input errors come before the model loads
+    _check_before_loading(args)
     init = _open_image(args.init_image, "--init-image") if args.init_image else None
     mask = _open_image(args.mask, "--mask") if args.mask else None
     assets = Assets.under(args.data_dir or sd_core.DATA_DIR)
@@ -195,9 +229,12 @@ def _info(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "samplers":
-        from sd_core.samplers import sampler_names
+        from sd_core.samplers import SAMPLERS
 
-        print("\n".join(sampler_names()))
+        # Either name works for --sampler: ours, or the label AUTOMATIC1111 shows.
+        width = max(len(name) for name in SAMPLERS)
+        for name, spec in SAMPLERS.items():
+            print(f"{name:<{width}}  {spec.display_name}")
         return 0
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"

@@ -15,7 +15,7 @@ from PIL import Image
 from sd_core.checkpoint import save_checkpoint
 from sd_core.config import TINY_TEST
 from sd_core.infotext import parse_infotext
-from sd_core.samplers import sampler_names
+from sd_core.samplers import SAMPLERS, get_sampler, sampler_names
 from tests.reference import random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,10 +39,21 @@ def checkpoint(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     return save_checkpoint(path, random_checkpoint(TINY_TEST, seed=8), TINY_TEST)
 
 
-def test_samplers_lists_every_name():
+def test_samplers_lists_every_name_with_its_a1111_label():
     result = run("samplers")
     assert result.returncode == 0
-    assert result.stdout.split() == sampler_names()
+    rows = [line.split(maxsplit=1) for line in result.stdout.splitlines()]
+    assert [name for name, _ in rows] == sampler_names()
+    assert dict(rows)["dpmpp_2m_karras"] == "DPM++ 2M Karras"
+    assert all(get_sampler(label) is SAMPLERS[name] for name, label in rows)
+
+
+def test_generate_help_shows_the_defaults():
+    result = run("generate", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for default in ("(default: 20)", "(default: 7.0)", "(default: 1)", "(default: 0.75)"):
+        assert default in text
 
 
 def test_generate_batch_writes_numbered_pngs_with_parameters(checkpoint, tmp_path):
@@ -167,21 +178,30 @@ def test_info_reports_variant_counts_and_hashes(checkpoint):
     assert "short hash" in text.stdout
 
 
-def test_input_errors_come_before_the_model_loads(tmp_path):
-    """A bad setting is reported even when the checkpoint could not be loaded at all."""
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "500"], "steps must be from 1 to 150, got 500"),
+        (["--sampler", "fast"], "unknown sampler 'fast'"),
+        (["--device", "cuda:3"], "device 'cuda:3' is not available"),
+    ],
+)
+def test_input_errors_come_before_the_model_loads(tmp_path, args, message):
+    """A bad setting is reported even when the checkpoint could not be loaded at all (it is
+    looked at before the model takes seconds to load)."""
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")  # loading it would fail
     result = run(
         "generate",
         "--checkpoint",
-        str(tmp_path / "missing.safetensors"),
+        str(tmp_path / "junk.ckpt"),
         "--prompt",
         "x",
-        "--steps",
-        "500",
+        *args,
         "--out",
         str(tmp_path / "o.png"),
     )
     assert result.returncode == 2
-    assert "steps must be from 1 to 150, got 500" in result.stderr
+    assert message in result.stderr
 
 
 def test_clip_skip_reaches_the_image(checkpoint, tmp_path):
