@@ -72,7 +72,9 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warn_if_gradio_unserved(app, settings)
         warn_if_exposed(settings)
-        await run_in_threadpool(studio.start)
+        # On the event loop's (main) thread, which nothing else needs before start-up ends:
+        # worker processes spawned there start with Ctrl+C left to the server (worker_process).
+        studio.start()
         freeze_long_lived_objects()
         try:
             yield

@@ -25,7 +25,9 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -91,7 +93,8 @@ class ProcessWorker:
             name=f"dali-worker-{self.device}",
             daemon=True,
         )
-        process.start()
+        with sigint_ignored_if_main_thread():
+            process.start()
         child.close()
         with self._lock:
             self._conn, self._process = parent, process
@@ -273,6 +276,25 @@ class _ChildWorker(DeviceWorker):
         self.request_forward(spec).add_done_callback(answer)
 
 
+@contextlib.contextmanager
+def sigint_ignored_if_main_thread() -> Iterator[None]:
+    """SIGINT ignored while a worker process is spawned, so that the worker starts with it
+    ignored (an ignored signal stays ignored across exec, and Python then installs no
+    KeyboardInterrupt handler). Ctrl+C in a terminal goes to the whole process group; the
+    server stops its workers itself, and a worker that took the SIGINT, even while still
+    importing, would only print a traceback. Only the main thread may change a handler: the
+    studio starts its workers there (the app's lifespan); a restart from another thread relies
+    on `child_main` ignoring SIGINT once it runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def lower_priority(priority: str, device: str) -> None:
     """Make this process (and the threads it starts later) yield the CPU to the web server:
     sampling takes whatever CPU is left; a page or an API read must not wait behind it. With
@@ -317,6 +339,8 @@ def child_context(
 
 def child_main(settings: Settings, device: str, instance_id: str, conn: Connection) -> None:
     """The worker process: one `DeviceWorker` thread, steered by messages on `conn`."""
+    # Ctrl+C is the server's to handle: it stops this worker itself (`stop`, then `terminate`).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from stable_diffusion_api.services.runtime import freeze_long_lived_objects
 
     logging.basicConfig(level=logging.INFO)
