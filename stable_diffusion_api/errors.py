@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from stable_diffusion_api.error_text import human_message
+
 log = logging.getLogger(__name__)
 
 
@@ -125,7 +127,7 @@ def install_error_handlers(app: FastAPI, render_html: HtmlRenderer) -> None:
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = [
-            {key: value for key, value in error.items() if key in ("type", "loc", "msg")}
+            {"type": error["type"], "loc": error["loc"], "msg": human_message(error)}
             for error in exc.errors()
         ]
         return respond(request, 422, errors, "Some values need fixing")

@@ -22,6 +22,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
+from stable_diffusion_api.error_text import human_message
 from stable_diffusion_api.errors import Conflict, InvalidField
 from stable_diffusion_api.schemas import (
     GenerationCreate,
@@ -115,7 +116,7 @@ def validate(schema: type[Schema], fields: dict[str, Any], form: FormData) -> Sc
             loc = [str(part) for part in error["loc"]]
             # A project's defaults are nested in the schema but are top-level inputs in the form.
             field = loc[-1] if loc and loc[0] == "defaults" else (loc[0] if loc else "form")
-            errors.append(FieldError(field, _sent(form, field), error["msg"]))
+            errors.append(FieldError(field, _sent(form, field), human_message(dict(error))))
         raise FormInvalid(errors) from exc
 
 
