@@ -3,8 +3,10 @@ Dali, and reads no file on the server that a user did not upload to it.
 
 - With DALI_API_KEY set, every request under /gradio (the page, its config and assets, the
   queue, uploads, file downloads, API calls) needs the key (X-API-Key, a Bearer token or the
-  pages' login cookie): a browser's page load without it is sent to `/login?next=…`, anything
-  else gets a 401. Without a key configured nothing changes (`test_mount.py`).
+  pages' login session): a browser's page load without it is sent to `/login?next=…`,
+  anything else gets a 401. The same holds for DALI_API_AUTH's users: the app's one guard
+  (stable_diffusion_api/auth/) is in front of the mount. Without credentials configured
+  nothing changes (`test_mount.py`).
 - An input's file must be one Gradio received as an upload: a call that names a path on the
   server (`{"path": "/etc/hostname"}` instead of an uploaded file) is refused, and the file is
   neither read nor copied into Gradio's cache.
@@ -32,8 +34,8 @@ from PIL import Image, PngImagePlugin
 from pydantic import SecretStr
 
 import dali_app
+from stable_diffusion_api.auth import LEGACY_COOKIE, SESSION_COOKIE
 from stable_diffusion_api.config import Settings
-from stable_diffusion_api.deps import API_KEY_COOKIE
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "gradio-test-key-1234"
@@ -90,10 +92,13 @@ def test_without_the_key_every_gradio_request_is_refused(keyed: TestClient) -> N
         assert response.status_code == 401, (method, path, response.text)
         assert response.headers["content-type"].startswith("application/json"), path
         assert "API key" in response.json()["detail"], path
-    # A wrong key is no key.
+    # A wrong key is no key; neither is a forged session, nor the old cookie with the key.
     for headers in ({"x-api-key": "wrong"}, {"authorization": "Bearer wrong"}):
         assert keyed.get("/gradio/config", headers=headers).status_code == 401
-    keyed.cookies.set(API_KEY_COOKIE, "wrong")
+    keyed.cookies.set(SESSION_COOKIE, "wrong")
+    assert keyed.get("/gradio/", headers=HTML, follow_redirects=False).status_code == 303
+    keyed.cookies.clear()
+    keyed.cookies.set(LEGACY_COOKIE, KEY)
     assert keyed.get("/gradio/", headers=HTML, follow_redirects=False).status_code == 303
 
 
@@ -109,15 +114,35 @@ def test_with_the_key_or_the_login_cookie_the_ui_answers(keyed: TestClient) -> N
         )
         assert uploaded.status_code == 200, uploaded.text
     # The pages' login: the form sends the person back to the UI with the cookie set.
-    login = keyed.post("/login", data={"api_key": KEY, "next": "/gradio/"}, follow_redirects=False)
+    login = keyed.post("/login", data={"password": KEY, "next": "/gradio/"}, follow_redirects=False)
     assert login.status_code == 303 and login.headers["location"] == "/gradio/"
-    assert API_KEY_COOKIE in keyed.cookies
+    assert SESSION_COOKIE in keyed.cookies
     page = keyed.get("/gradio/", headers=HTML, follow_redirects=False)
     assert page.status_code == 200 and "<html" in page.text.lower()
     assert keyed.get("/gradio/config").status_code == 200
     # The service's own API is guarded as before, by its own routes.
     keyed.cookies.clear()
     assert keyed.get("/api/v1/projects").status_code == 401
+
+
+def test_users_alone_guard_the_ui_too(tmp_path: Path) -> None:
+    """DALI_API_AUTH without a key: the same guard, a user's credentials open the UI."""
+    users = Settings(data_dir=tmp_path / "data", gradio=True, api_auth=SecretStr("ann:pass-word"))
+    with TestClient(dali_app.create_app(users), base_url="http://127.0.0.1") as client:
+        page = client.get("/gradio/", headers=HTML, follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/gradio/"
+        for method, path, kwargs in GUARDED:
+            response = client.request(method, path, follow_redirects=False, **kwargs)
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.headers["www-authenticate"].startswith("Basic"), path
+        assert client.get("/gradio/config", auth=("ann", "pass-word")).status_code == 200
+        login = client.post(
+            "/login",
+            data={"username": "ann", "password": "pass-word", "next": "/gradio/"},
+            follow_redirects=False,
+        )
+        assert login.status_code == 303 and login.headers["location"] == "/gradio/"
+        assert client.get("/gradio/config").status_code == 200
 
 
 # --------------------------------------------------------------------------- a real server
@@ -228,8 +253,12 @@ def test_real_server_with_the_key_reads_an_uploaded_png(server: dict[str, Any]) 
     )
     text, fields, _ = client.predict(handle_file(tmp / "upload.png"), api_name="/png_info")
     assert "Seed: 424242" in text and fields["seed"] == 424242
-    # The login cookie does as well as the header.
-    headers = {"cookie": f"{API_KEY_COOKIE}={KEY}"}
+    # The login's session cookie does as well as the header.
+    login = httpx.post(
+        f"{server['url']}/login", data={"password": KEY}, follow_redirects=False, timeout=30
+    )
+    assert login.status_code == 303, login.text
+    headers = {"cookie": f"{SESSION_COOKIE}={login.cookies[SESSION_COOKIE]}"}
     with httpx.Client(base_url=f"{server['url']}/gradio", headers=headers, timeout=60) as http:
         uploaded = http.post(
             "/gradio_api/upload", files={"files": ("b.png", png_bytes(SECRET), "image/png")}
@@ -285,11 +314,13 @@ def _error_message(stream: str) -> str:
 
 @pytest.mark.server
 def test_standalone_launcher_asks_for_the_key(tmp_path: Path) -> None:
-    """`python sd_gradio.py` with DALI_API_KEY: Gradio's own login, the key as the password."""
+    """`python sd_gradio.py` with DALI_API_KEY and DALI_API_AUTH: Gradio's own login, with the
+    key as the password (any user name) or a user's own password."""
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
     env.update(
         DALI_API_KEY=KEY,
+        DALI_API_AUTH="ann:pass-word",
         DALI_DATA_DIR=str(tmp_path / "data"),
         GRADIO_TEMP_DIR=str(tmp_path / "gradio-cache"),
         OMP_NUM_THREADS="1",
@@ -304,4 +335,9 @@ def test_standalone_launcher_asks_for_the_key(tmp_path: Path) -> None:
         assert wrong.status_code >= 400
         assert http.get("/config").status_code == 401
         assert http.post("/login", data={"username": "me", "password": KEY}).status_code == 200
+        assert http.get("/config").status_code == 200
+        http.cookies.clear()
+        assert http.post("/login", data={"username": "ann", "password": "nope"}).status_code >= 400
+        ann = {"username": "ann", "password": "pass-word"}
+        assert http.post("/login", data=ann).status_code == 200
         assert http.get("/config").status_code == 200
