@@ -14,14 +14,9 @@ Dali, and reads no file on the server that a user did not upload to it.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +31,9 @@ from pydantic import SecretStr
 import dali_app
 from stable_diffusion_api.auth import LEGACY_COOKIE, SESSION_COOKIE
 from stable_diffusion_api.config import Settings
+from tests.servers import free_port, serving
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "gradio-test-key-1234"
-START_TIMEOUT_S = 120
 SECRET = "Steps: 7, Sampler: Euler, CFG scale: 5, Seed: 424242, Size: 64x64 NOTFORYOU"
 HTML = {"accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
@@ -152,7 +146,7 @@ def test_users_alone_guard_the_ui_too(tmp_path: Path) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`python dali_app.py` with DALI_GRADIO=1 and DALI_API_KEY, on a fresh data directory."""
     tmp = tmp_path_factory.mktemp("gradio-mount")
-    port = _free_port()
+    port = free_port()
     cache = tmp / "gradio-cache"
     env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
     env.update(
@@ -166,45 +160,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     log = tmp / "server.log"
     with serving("dali_app.py", port, env, log, "/internal/ping") as url:
         yield {"url": url, "tmp": tmp, "cache": cache, "log": log}
-
-
-@contextlib.contextmanager
-def serving(script: str, port: int, env: dict[str, str], log: Path, ready: str) -> Iterator[str]:
-    """`python <script> --port <port>` with `env`, its output in `log`; its URL once `ready`
-    answers (any response but a 5xx); stopped on the way out."""
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, script, "--port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"{script} exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}{ready}", timeout=5).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{script} did not answer in {START_TIMEOUT_S} s:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(url: str, api_name: str, data: list[Any], headers: dict[str, str]) -> str:
@@ -316,7 +271,7 @@ def _error_message(stream: str) -> str:
 def test_standalone_launcher_asks_for_the_key(tmp_path: Path) -> None:
     """`python sd_gradio.py` with DALI_API_KEY and DALI_API_AUTH: Gradio's own login, with the
     key as the password (any user name) or a user's own password."""
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
     env.update(
         DALI_API_KEY=KEY,
