@@ -76,6 +76,8 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
         warn_if_gradio_unserved(app, settings)
         warn_if_exposed(settings)
         await run_in_threadpool(studio.start)
+        if auth.enabled:  # after the data folder is known to be this studio's
+            await run_in_threadpool(auth.sessions.server_secret)
         freeze_long_lived_objects()
         try:
             yield

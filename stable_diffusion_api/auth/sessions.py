@@ -95,9 +95,10 @@ class SessionSigner:
         self._lock = threading.Lock()
         self._revoked: dict[str, float] = {}  # signature → when its token expires
 
-    def _server_secret(self) -> bytes:
-        # Read (or made) on first use, not when the app is built: importing the app writes
-        # nothing into the data folder.
+    def server_secret(self) -> bytes:
+        """The server's secret, read (or made) on first use, not when the app is built:
+        importing the app writes nothing into the data folder. The app's start-up calls this
+        (in a thread), so no request waits on the file."""
         with self._lock:
             if self._secret is None:
                 self._secret = load_or_create_secret(self.secret_file)
@@ -108,7 +109,7 @@ class SessionSigner:
         if bound_to is None:
             return None
         material = b"dali-session\0" + subject.encode("utf-8") + b"\0" + bound_to
-        key = hmac.new(self._server_secret(), material, hashlib.sha256).digest()
+        key = hmac.new(self.server_secret(), material, hashlib.sha256).digest()
         return _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
 
     def issue(self, subject: str, now: float | None = None) -> str:

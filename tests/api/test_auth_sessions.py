@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from stable_diffusion_api.auth import LEGACY_COOKIE, SESSION_COOKIE, Authenticator
 from stable_diffusion_api.auth.limiter import FailureLimiter
-from stable_diffusion_api.auth.sessions import SECRET_FILE
+from stable_diffusion_api.auth.sessions import SECRET_FILE, load_or_create_secret
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
 from tests.api.fakes import FakeGenerator
@@ -90,10 +90,21 @@ def test_over_https_the_cookie_is_secure(settings: Settings, fake: FakeGenerator
 
 
 def test_the_server_secret_is_private_to_its_owner(client: TestClient, settings: Settings) -> None:
-    log_in(client, *ANN)
-    secret = settings.resolved_data_dir / SECRET_FILE
+    secret = settings.resolved_data_dir / SECRET_FILE  # made at start-up, not at a request
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(load_or_create_secret(secret)) == 32
     assert KEY not in secret.read_text() and ANN[1] not in secret.read_text()
+
+
+def test_a_loose_or_damaged_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / SECRET_FILE
+    first = load_or_create_secret(secret)
+    secret.chmod(0o644)  # copied with looser permissions: tightened, and kept
+    assert load_or_create_secret(secret) == first
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    secret.write_text("not hex")
+    with pytest.raises(RuntimeError, match="is damaged: delete it"):
+        load_or_create_secret(secret)
 
 
 def forge(token: str, **changes: object) -> str:
