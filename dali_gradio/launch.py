@@ -4,25 +4,20 @@ FastAPI app (`mount_gradio`, what `dali_app` does when `DALI_GRADIO=1`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from typing import Any
-from urllib.parse import quote
 
 import gradio as gr
 from fastapi import FastAPI
 from gradio.exceptions import InvalidPathError
-from starlette.requests import HTTPConnection
-from starlette.routing import Mount
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dali_gradio.address import add_address_arguments, choose_port, parse_address
 from dali_gradio.app import DaliUI
 from dali_gradio.choices import DEFAULT_PROJECT
 from dali_gradio.inputs import input_error
+from stable_diffusion_api.auth import Authenticator
 from stable_diffusion_api.config import Settings
-from stable_diffusion_api.deps import key_ok, presented_key
 from stable_diffusion_api.services import Studio
 
 log = logging.getLogger("dali.gradio")
@@ -53,50 +48,6 @@ def _launch_options(studio: Studio) -> dict[str, Any]:
     }
 
 
-class KeyGuard:
-    """Every request to the mounted UI needs the app's API key, as everything else does.
-
-    The key is the one the pages and the REST API take (`presented_key`: X-API-Key, a Bearer
-    token or the pages' login cookie). Without it a browser's page load goes to the login page
-    (`/login?next=…`, back here once logged in); anything else (config, assets, the queue,
-    uploads, files, API calls) is a 401, and a websocket is closed. An ASGI wrapper rather than
-    Gradio's `auth_dependency`: that one guards the routes Gradio chose to guard, this one every
-    request that reaches the mount.
-    """
-
-    def __init__(self, app: ASGIApp, studio: Studio) -> None:
-        self.app = app
-        self.studio = studio
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        connection = HTTPConnection(scope)
-        if key_ok(self.studio, presented_key(connection)):
-            await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-        elif scope.get("method") in ("GET", "HEAD") and "text/html" in connection.headers.get(
-            "accept", ""
-        ):
-            target = scope["path"] + (f"?{qs.decode()}" if (qs := scope["query_string"]) else "")
-            location = "/login?next=" + quote(target, safe="/")
-            await _respond(send, 303, b"", [(b"location", location.encode("latin-1"))])
-        else:
-            body = {"detail": "a valid API key is required (header X-API-Key or Bearer token)"}
-            headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
-            await _respond(send, 401, json.dumps(body).encode(), headers)
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
-    length = (b"content-length", str(len(body)).encode())
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, length]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def _uploads_only(blocks: gr.Blocks) -> None:
     """A file Gradio refuses as an input (one it was not sent as an upload) is the caller's
     mistake: a message for them, not a crash with a traceback in the server's log."""
@@ -118,11 +69,15 @@ def mount_gradio(app: FastAPI, path: str = "/gradio") -> FastAPI:
     that); the app's lifespan starts the studio, the UI only uses it. `dali_app.create_app`
     calls this when `DALI_GRADIO=1`.
 
-    Two things `launch()` does that mounting does not, done here:
-    - the API key (DALI_API_KEY), when set, guards every request under `path` (`KeyGuard`);
-    - an input's file must be one Gradio received as an upload. Gradio checks that only for a
-      launched app (`has_launched`); mounted, any `{"path": "/some/file"}` a client sent in
-      place of an upload was copied into the cache and read (PNG info, the explorer).
+    Credentials (DALI_API_KEY, DALI_API_AUTH) guard every request under `path` as they guard
+    the rest of the app: `stable_diffusion_api.auth.AuthGuard` is in front of the whole app,
+    mounts included. A browser's page load without them goes to the login page (and back here
+    after it), any other request gets 401, a websocket is closed.
+
+    What `launch()` does that mounting does not, done here: an input's file must be one
+    Gradio received as an upload. Gradio checks that only for a launched app
+    (`has_launched`); mounted, any `{"path": "/some/file"}` a client sent in place of an
+    upload was copied into the cache and read (PNG info, the explorer).
     """
     studio: Studio = app.state.studio
     blocks = DaliUI(studio).build()
@@ -133,22 +88,22 @@ def mount_gradio(app: FastAPI, path: str = "/gradio") -> FastAPI:
     # gradio.processing_utils, a no-op until the Blocks count as launched.
     blocks.has_launched = True
     _uploads_only(blocks)
-    if studio.settings.api_key is not None:
-        mounted = next(r for r in app.routes if isinstance(r, Mount) and r.path == path)
-        mounted.app = KeyGuard(mounted.app, studio)
     return app
 
 
-def _login(studio: Studio) -> dict[str, Any]:
-    """Served alone, the UI asks for the API key (DALI_API_KEY), when one is set, through
-    Gradio's own login form: the key is the password, any user name will do."""
-    if studio.settings.api_key is None:
+def _login(auth: Authenticator) -> dict[str, Any]:
+    """Served alone, the UI asks for the same credentials as the studio, when any are
+    configured, through Gradio's own login form: a DALI_API_AUTH user and password, or any
+    user name with the API key (DALI_API_KEY) as the password."""
+    if not auth.enabled:
         return {}
-
-    def check(_user: str, password: str) -> bool:
-        return key_ok(studio, password)
-
-    return {"auth": check, "auth_message": "Dali's API key (DALI_API_KEY) is the password."}
+    ways = []
+    if auth.credentials.has_users:
+        ways.append("a user name and password of DALI_API_AUTH")
+    if auth.credentials.has_key:
+        ways.append("any user name with the API key (DALI_API_KEY) as the password")
+    message = "Log in with " + ", or ".join(ways) + "."
+    return {"auth": auth.check_password, "auth_message": message}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
 
     settings = Settings()
+    auth = Authenticator.from_settings(settings)  # a malformed value stops here, not later
     studio = Studio(settings)
     studio.start()
     try:
@@ -179,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("data directory %s", settings.resolved_data_dir)
         demo.launch(
             server_name=address.host, server_port=port, share=False, inbrowser=False,
-            run_history=False, **_launch_options(studio), **_login(studio),
+            run_history=False, **_launch_options(studio), **_login(auth),
         )  # fmt: skip
     finally:
         studio.stop()

@@ -10,7 +10,10 @@ runs with no configuration at all:
     DALI_EMBEDDINGS_DIR      textual-inversion embeddings                     <data>/embeddings
     DALI_VAE_DIR             separate VAE files (*.vae.safetensors …)         <data>/models/VAE
     DALI_HOST, DALI_PORT     where ./run.sh (python dali_app.py) listens     127.0.0.1:8000
-    DALI_API_KEY             when set, the API and pages require it          (none)
+    DALI_API_KEY             an API key; when set (or DALI_API_AUTH), every  (none)
+                             route but a few needs credentials (auth/)
+    DALI_API_AUTH            users, "user:password[,user2:password2]"        (none)
+    DALI_SESSION_HOURS       how long a login (its session cookie) lasts     24
     DALI_QUEUE_LIMIT         queued jobs accepted before 429                  100
     DALI_MAX_BODY_MB         largest request body accepted before 413         64
     DALI_ALLOWED_HOSTS       host names the server answers to, comma-separated loopback names
@@ -51,6 +54,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key: SecretStr | None = None
+    # "user:password[,user2:password2]", A1111's --api-auth; checked by `auth.Credentials`.
+    api_auth: SecretStr | None = None
+    session_hours: float = Field(default=24.0, gt=0, le=24 * 365)
     queue_limit: int = Field(default=100, ge=1)
     # Besides the loopback names and DALI_HOST: names this server answers to (e.g. a LAN name
     # when bound to one interface). Bound to 0.0.0.0 or ::, it answers to any name.
@@ -133,6 +139,11 @@ class Settings(BaseSettings):
             return None
         extra = tuple(name.strip() for name in self.allowed_hosts.split(",") if name.strip())
         return (*LOOPBACK_HOSTS, self.host, *extra)
+
+    @property
+    def auth_configured(self) -> bool:
+        """Whether credentials are required (an API key, users, or both)."""
+        return self.api_key is not None or self.api_auth is not None
 
     @property
     def max_body_bytes(self) -> int:

@@ -1,23 +1,23 @@
-"""Dependencies for the routes: the studio, authentication, and "load or 404" — each once.
+"""Dependencies for the routes: the studio, the authenticator, and "load or 404" — each once.
 
 Routes declare what they need with these `Annotated` aliases, e.g.
 `def read(project: ProjectDep) -> ProjectOut`; the studio comes from `app.state`, put there by
 `create_app()`, so tests build an app with their own settings and fake generator.
+
+Authentication is not a dependency: `auth.AuthGuard`, in front of the whole app, has checked
+every request before any route runs.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
-from starlette.requests import HTTPConnection
 
-from stable_diffusion_api.errors import DomainError, Unauthorized
+from stable_diffusion_api.auth import Authenticator
 from stable_diffusion_api.schemas import GenerationOut, ImageOut, ProjectOut
 from stable_diffusion_api.services import Studio
 
-API_KEY_COOKIE = "dali_api_key"
 # Ids are 64-bit in the database; a larger number must be a 422, never an overflow.
 Id = Annotated[int, Path(ge=1, le=2**62)]
 
@@ -32,45 +32,13 @@ async def get_studio(request: Request) -> Studio:
 StudioDep = Annotated[Studio, Depends(get_studio)]
 
 
-def presented_key(request: HTTPConnection) -> str | None:
-    """The API key a request (or websocket) carries: X-API-Key, a Bearer token, or the pages'
-    login cookie."""
-    header = request.headers.get("x-api-key")
-    if header:
-        return header
-    authorization = request.headers.get("authorization", "")
-    if authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return request.cookies.get(API_KEY_COOKIE)
+async def get_auth(request: Request) -> Authenticator:
+    """The app's one `Authenticator` (the guard in front of every route uses the same)."""
+    auth: Authenticator = request.app.state.auth
+    return auth
 
 
-def key_ok(studio: Studio, presented: str | None) -> bool:
-    expected = studio.settings.api_key
-    if expected is None:
-        return True
-    return presented is not None and secrets.compare_digest(
-        presented.encode(), expected.get_secret_value().encode()
-    )
-
-
-async def require_api_key(request: Request, studio: StudioDep) -> None:
-    if not key_ok(studio, presented_key(request)):
-        raise Unauthorized("a valid API key is required (header X-API-Key or Bearer token)")
-
-
-class LoginRequired(DomainError):
-    """A page was asked for without the API key; the handler redirects to the login page."""
-
-    status_code = 303
-
-    def __init__(self, next_path: str) -> None:
-        super().__init__("please log in")
-        self.next_path = next_path
-
-
-async def require_login(request: Request, studio: StudioDep) -> None:
-    if not key_ok(studio, presented_key(request)):
-        raise LoginRequired(request.url.path)
+AuthDep = Annotated[Authenticator, Depends(get_auth)]
 
 
 def load_project(project_id: Id, studio: StudioDep) -> ProjectOut:

@@ -75,14 +75,14 @@ class QueueFull(DomainError):
         self.retry_after_s = retry_after_s
 
 
-class Unauthorized(DomainError):
-    status_code = 401
+# The machine-facing paths: JSON errors, and a 401 (never a login page) without credentials.
+API_PATHS = ("/api/", "/sdapi/", "/internal/")
 
 
 def wants_html(request: Request) -> bool:
     """Page requests get the HTML error view; API clients always get JSON."""
     path = request.url.path
-    if path.startswith(("/api/", "/sdapi/", "/internal/", "/static/")):
+    if path.startswith((*API_PATHS, "/static/")):
         return False
     return "text/html" in request.headers.get("accept", "")
 
@@ -120,8 +120,6 @@ def install_error_handlers(app: FastAPI, render_html: HtmlRenderer) -> None:
         headers: dict[str, str] = {}
         if isinstance(exc, QueueFull):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = "Bearer"
         return respond(request, exc.status_code, exc.message, exc.message, headers)
 
     async def validation_error(request: Request, exc: Exception) -> Response:

@@ -29,14 +29,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Mount
 
 from stable_diffusion_api import __version__
+from stable_diffusion_api.auth import Authenticator, AuthGuard
 from stable_diffusion_api.config import STATIC_DIR, Settings
-from stable_diffusion_api.deps import LoginRequired
 from stable_diffusion_api.errors import install_error_handlers
 from stable_diffusion_api.middleware import (
     LOOPBACK_HOSTS,
@@ -44,7 +44,7 @@ from stable_diffusion_api.middleware import (
     SameOrigin,
     SecurityHeaders,
 )
-from stable_diffusion_api.routes import a1111, api, events, pages
+from stable_diffusion_api.routes import a1111, api, events, login, pages
 from stable_diffusion_api.routes.api_docs import install_api_docs
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
@@ -64,8 +64,12 @@ Create a project (its hardware, default model and settings), queue generations w
 
 
 def create_app(settings: Settings | None = None, generator: Generator | None = None) -> FastAPI:
-    """Build the application. `generator` replaces the sd_core engine (tests pass a fake)."""
+    """Build the application. `generator` replaces the sd_core engine (tests pass a fake).
+
+    A malformed DALI_API_KEY or DALI_API_AUTH raises `auth.AuthConfigError` here, so the
+    server refuses to start (saying which variable, and what it allows)."""
     settings = settings if settings is not None else Settings()
+    auth = Authenticator.from_settings(settings)
     studio = Studio(settings, generator)
 
     @asynccontextmanager
@@ -75,6 +79,8 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
         # On the event loop's (main) thread, which nothing else needs before start-up ends:
         # worker processes spawned there start with Ctrl+C left to the server (worker_process).
         studio.start()
+        if auth.enabled:  # after the data folder is known to be this studio's
+            auth.sessions.server_secret()
         freeze_long_lived_objects()
         try:
             yield
@@ -90,6 +96,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
         redoc_url=None,
     )
     app.state.studio = studio
+    app.state.auth = auth
     templates = pages.make_templates()
     app.state.templates = templates
 
@@ -97,12 +104,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
         return pages.render_error(templates, request, status, title, details)
 
     install_error_handlers(app, render_error)
-
-    async def login_required(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, LoginRequired)
-        return RedirectResponse(f"/login?next={exc.next_path}", status_code=303)
-
-    app.add_exception_handler(LoginRequired, login_required)
+    app.include_router(login.router)
     app.include_router(api.router)
     app.include_router(events.router)
     app.include_router(a1111.router)  # AUTOMATIC1111-compatible /sdapi/v1, same queue
@@ -111,6 +113,8 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     install_api_docs(app)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # In front of every route and mount (the Gradio UI too): credentials, when configured.
+    app.add_middleware(AuthGuard, authenticator=auth)
     app.add_middleware(SameOrigin, allowed_hosts=settings.host_names())
     return app
 
@@ -120,12 +124,12 @@ def warn_if_exposed(settings: Settings) -> bool:
     (anyone on the network could then generate, read and delete). Whether it warned."""
     if settings.host in LOOPBACK_HOSTS or settings.host.startswith("127."):
         return False
-    if settings.api_key is not None:
+    if settings.auth_configured:
         return False
     log.warning(
-        "DALI_HOST=%s makes the studio reachable from other machines, and no DALI_API_KEY is "
-        "set: anyone who can reach it can generate, read and delete. Set DALI_API_KEY, or "
-        "bind 127.0.0.1.",
+        "DALI_HOST=%s makes the studio reachable from other machines, and neither DALI_API_KEY "
+        "nor DALI_API_AUTH is set: anyone who can reach it can generate, read and delete. Set "
+        "DALI_API_KEY or DALI_API_AUTH, or bind 127.0.0.1.",
         settings.host,
     )
     return True

@@ -42,7 +42,7 @@ from stable_diffusion_api.a1111.schemas import (
     SchedulerItem,
     SDModelItem,
 )
-from stable_diffusion_api.a1111.settings import A1111Settings, Credentials
+from stable_diffusion_api.a1111.settings import A1111Settings
 from stable_diffusion_api.a1111.tasks import Task, TaskTracker
 from stable_diffusion_api.a1111.translate import (
     A1111_FIELD,
@@ -141,7 +141,6 @@ class A1111Service:
     def __init__(self, studio: Studio, settings: A1111Settings) -> None:
         self.studio = studio
         self.settings = settings
-        self.credentials = Credentials.parse(settings.api_auth)
         self.tasks = TaskTracker(studio.hub, self._cancel)
         self.assets = A1111Assets(studio.assets)
         self.options = OptionStore()

@@ -5,17 +5,16 @@ txt2img and img2img answer once their images exist, as in A1111, but the work go
 same queue and worker as everything else; they wait on the event loop, holding no thread, and a
 client that disconnects has its jobs canceled.
 
-Authentication: the app's API key (when set) as on /api/v1, and on top of it HTTP Basic auth
-with the `DALI_API_AUTH` user:password pairs (A1111's `--api-auth`) when those are set.
-`GET /internal/ping` stays open, as in A1111.
+Authentication is the app's, checked in front of every route (`auth.AuthGuard`): with
+DALI_API_AUTH (A1111's `--api-auth`) or DALI_API_KEY set, HTTP Basic with a user's password or
+the key as the password, or the key in X-API-Key / a Bearer token. `GET /internal/ping` stays
+open, as in A1111.
 
 The service is built on first use and kept in `app.state.a1111`; a test may put its own there.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import threading
 from typing import Annotated, Any
 
@@ -49,7 +48,7 @@ from stable_diffusion_api.a1111.schemas import (
 )
 from stable_diffusion_api.a1111.service import PROJECT_HEADER, A1111Service
 from stable_diffusion_api.a1111.settings import A1111Settings
-from stable_diffusion_api.deps import StudioDep, require_api_key
+from stable_diffusion_api.deps import StudioDep
 
 _create_lock = threading.Lock()
 
@@ -69,31 +68,7 @@ A1111Dep = Annotated[A1111Service, Depends(get_a1111)]
 ProjectHeader = Annotated[str | None, Header(alias=PROJECT_HEADER, max_length=100)]
 
 
-def require_basic_auth(request: Request, a1111: A1111Dep) -> None:
-    """A1111's `--api-auth`: HTTP Basic credentials, when DALI_API_AUTH configures any."""
-    if not a1111.credentials.enabled:
-        return
-    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
-            decoded = ""
-        user, colon, password = decoded.partition(":")
-        if colon and a1111.credentials.check(user, password):
-            return
-    raise HTTPException(
-        status_code=401,
-        detail="Incorrect username or password",
-        headers={"WWW-Authenticate": 'Basic realm="Dali"'},
-    )
-
-
-sdapi = APIRouter(
-    prefix="/sdapi/v1",
-    tags=["AUTOMATIC1111"],
-    dependencies=[Depends(require_api_key), Depends(require_basic_auth)],
-)
+sdapi = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
 internal = APIRouter(prefix="/internal", tags=["AUTOMATIC1111"])
 
 
@@ -323,7 +298,7 @@ def ping() -> dict[str, Any]:
     return {}
 
 
-@internal.post("/progress", dependencies=[Depends(require_api_key), Depends(require_basic_auth)])
+@internal.post("/progress")
 def task_progress(request: TaskProgressRequest, a1111: A1111Dep) -> TaskProgressResponse:
     """A1111's per-task progress, for a task started with `force_task_id`."""
     return a1111.tasks.task_progress(request.id_task, request.live_preview, request.id_live_preview)

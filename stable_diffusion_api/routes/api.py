@@ -13,17 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from stable_diffusion_api.auth import identity_of
 from stable_diffusion_api.deps import (
     GenerationDep,
     Id,
     ImageDep,
     ProjectDep,
     StudioDep,
-    require_api_key,
 )
 from stable_diffusion_api.models import STATUSES
 from stable_diffusion_api.schemas import (
@@ -52,7 +52,8 @@ from stable_diffusion_api.services.assets import InstalledFile
 from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.workers import Benchmark
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+# Credentials are checked in front of every route (auth.AuthGuard), not here.
+router = APIRouter(prefix="/api/v1")
 
 STATUS_PATTERN = "^(" + "|".join(STATUSES) + ")$"
 Offset = Annotated[int, Query(ge=0, le=10**9)]
@@ -97,7 +98,7 @@ def _immutable_file(
 ) -> Response:
     """Serve a generated file. The content under an id never changes, so `name` (made of the
     id) is a strong validator and the file may be cached for good."""
-    visibility = "private" if studio.settings.api_key else "public"
+    visibility = "private" if studio.settings.auth_configured else "public"
     stem = name.rsplit(".", 1)[0]
     headers = {"Cache-Control": f"{visibility}, {IMMUTABLE}", "ETag": f'"{stem}"'}
     if request.headers.get("if-none-match") == headers["ETag"]:
@@ -112,13 +113,18 @@ def _immutable_file(
 
 
 @router.get("/health")
-def health(studio: StudioDep, response: Response) -> dict[str, object]:
-    """200 "ok"; 503 "unhealthy" with the problems when the studio cannot save its work."""
+def health(studio: StudioDep, request: Request, response: Response) -> dict[str, object]:
+    """200 "ok"; 503 "unhealthy" with the problems when the studio cannot save its work.
+
+    Open without credentials (for load balancers and monitors), and then it says only "ok" or
+    "unhealthy": the devices and the problems (which name files) need credentials."""
     problems = [p for p in (studio.db.problem(),) if p is not None]
+    details = identity_of(request) is not None
     if problems:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return {"status": "unhealthy", "problems": problems}
-    return {"status": "ok", "devices": [d.id for d in studio.hardware.devices]}
+        return {"status": "unhealthy"} | ({"problems": problems} if details else {})
+    devices = [d.id for d in studio.hardware.devices]
+    return {"status": "ok"} | ({"devices": devices} if details else {})
 
 
 # -- hardware, models, samplers ---------------------------------------------------------------

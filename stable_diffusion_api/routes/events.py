@@ -29,13 +29,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from stable_diffusion_api.deps import GenerationDep, StudioDep, require_api_key
+from stable_diffusion_api.deps import GenerationDep, StudioDep
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.event_watch import STATUS_EVERY_S, TooManyStreams, Watchers
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+# Credentials are checked in front of every route (auth.AuthGuard), streams included.
+router = APIRouter(prefix="/api/v1")
 
 KEEPALIVE_S = 15.0
 

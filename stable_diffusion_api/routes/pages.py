@@ -15,16 +15,10 @@ from __future__ import annotations
 import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from stable_diffusion_api.deps import (
-    API_KEY_COOKIE,
-    Id,
-    StudioDep,
-    key_ok,
-    require_login,
-)
+from stable_diffusion_api.deps import Id, StudioDep
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound
 from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.routes import forms
@@ -37,8 +31,9 @@ from stable_diffusion_api.services.workers import Benchmark
 # `create_app()` builds the template environment and error view through this module.
 __all__ = ["make_templates", "render_error", "router"]
 
+# Credentials are checked in front of every route (auth.AuthGuard); the login is routes/login.py.
 router = APIRouter(include_in_schema=False)
-pages = APIRouter(include_in_schema=False, dependencies=[Depends(require_login)])
+pages = APIRouter(include_in_schema=False)
 GALLERY_PAGE = 24
 
 
@@ -75,30 +70,6 @@ def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any
         "vaes": studio.assets.vaes(),
         "asset_folders": studio.assets.folders,
     }
-
-
-# -- login -------------------------------------------------------------------------------------
-
-
-@router.get("/login")
-def login_form(request: Request, next: str = "/") -> HTMLResponse:
-    return render(request, "login.html", {"next": next, "error": None})
-
-
-@router.post("/login")
-def login(
-    request: Request,
-    studio: StudioDep,
-    api_key: Annotated[str, Form(max_length=500)],
-    next: Annotated[str, Form(max_length=500)] = "/",
-) -> Response:
-    if not key_ok(studio, api_key):
-        return render(request, "login.html", {"next": next, "error": "wrong key"}, 401)
-    # Only local paths: a login link must not be able to send the user to another site.
-    target = next if next.startswith("/") and not next.startswith("//") else "/"
-    response = RedirectResponse(target, status_code=303)
-    response.set_cookie(API_KEY_COOKIE, api_key, httponly=True, samesite="strict")
-    return response
 
 
 # -- projects ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from stable_diffusion_api import __version__
+from stable_diffusion_api.auth import identity_of
 from stable_diffusion_api.config import STATIC_DIR, TEMPLATES_DIR
 
 SIZE_CHOICES = (64, 128, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024)
@@ -50,10 +51,18 @@ def static(path: str) -> str:
     return f"/static/{path}?v={stamp}"
 
 
+def signed_in(request: Request) -> bool:
+    """Whether the page was asked for with a login session (and so offers "Log out")."""
+    identity = identity_of(request)
+    return identity is not None and identity.method == "session"
+
+
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     templates.env.filters.update(filesize=filesize, when=when, seconds=seconds)
-    templates.env.globals.update(static=static, version=__version__, size_choices=SIZE_CHOICES)
+    templates.env.globals.update(
+        static=static, version=__version__, size_choices=SIZE_CHOICES, signed_in=signed_in
+    )
     return templates
 
 

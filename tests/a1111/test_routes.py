@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import SecretStr
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
@@ -373,9 +374,9 @@ def test_interrupt_leaves_other_front_ends_jobs_alone(
 
 
 @pytest.fixture
-def auth_client(settings: Settings, fake: FakeGenerator, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("DALI_API_AUTH", "alice:secret,bob:hunter2")
-    with TestClient(with_a1111(create_app(settings, fake))) as test_client:
+def auth_client(settings: Settings, fake: FakeGenerator) -> Any:
+    users = settings.model_copy(update={"api_auth": SecretStr("alice:secret,bob:hunter2")})
+    with TestClient(with_a1111(create_app(users, fake))) as test_client:
         yield test_client
 
 
@@ -395,19 +396,19 @@ def test_basic_auth_when_configured(auth_client: TestClient) -> None:
     assert auth_client.post("/internal/progress", json={}).status_code == 401
 
 
-def test_basic_auth_comes_on_top_of_the_api_key(
-    tmp_path: Any, fake: FakeGenerator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DALI_API_AUTH", "alice:secret")
+def test_basic_auth_or_the_api_key_each_open_the_api(tmp_path: Any, fake: FakeGenerator) -> None:
+    """One authentication model for the whole app (tests/api/test_auth.py): a user's Basic
+    credentials or the key, each alone, as on every other route."""
     settings = Settings(
-        data_dir=tmp_path / "keyed", models_dir=fake.builtin.parent, api_key="k3y", poll_s=0.05
-    )
+        data_dir=tmp_path / "keyed", models_dir=fake.builtin.parent, api_key="k3y",
+        api_auth="alice:secret", poll_s=0.05,
+    )  # fmt: skip
     with TestClient(with_a1111(create_app(settings, fake))) as client:
         path = "/sdapi/v1/samplers"
-        assert client.get(path, auth=("alice", "secret")).status_code == 401  # no key
-        assert client.get(path, headers={"X-API-Key": "k3y"}).status_code == 401  # no user
-        both = client.get(path, auth=("alice", "secret"), headers={"X-API-Key": "k3y"})
-        assert both.status_code == 200
+        assert client.get(path).status_code == 401
+        assert client.get(path, auth=("alice", "secret")).status_code == 200
+        assert client.get(path, headers={"X-API-Key": "k3y"}).status_code == 200
+        assert client.get(path, auth=("alice", "k3y")).status_code == 200  # the key as password
 
 
 def test_clip_skip_from_override_settings_options_and_infotext(

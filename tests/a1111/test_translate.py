@@ -10,7 +10,6 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from stable_diffusion_api.a1111.schemas import Img2ImgRequest, Txt2ImgRequest
-from stable_diffusion_api.a1111.settings import Credentials
 from stable_diffusion_api.a1111.translate import (
     Job,
     decode_base64,
@@ -24,6 +23,7 @@ from stable_diffusion_api.a1111.translate import (
     schedulers,
     split_jobs,
 )
+from stable_diffusion_api.auth.credentials import AuthConfigError, Credentials
 from stable_diffusion_api.errors import InvalidField
 from stable_diffusion_api.schemas import MAX_SEED
 from stable_diffusion_api.services.generator import SamplerSpec
@@ -292,11 +292,14 @@ def test_null_means_default_and_unknown_fields_are_ignored() -> None:
 
 
 def test_api_auth_pairs() -> None:
-    credentials = Credentials.parse("alice:secret, bob:pa:ss")
+    credentials = Credentials.parse(None, "alice:secret, bob:pa:ss")
     assert credentials.enabled
-    assert credentials.check("alice", "secret") and credentials.check("bob", "pa:ss")
-    assert not credentials.check("alice", "wrong") and not credentials.check("carol", "")
-    assert not Credentials.parse(None).enabled and not Credentials.parse(" ").enabled
-    with pytest.raises(ValueError) as error:
-        Credentials.parse("alice:secret,hunter2")
-    assert "entry 2" in str(error.value) and "hunter2" not in str(error.value)
+    assert credentials.user_ok("alice", "secret") and credentials.user_ok("bob", "pa:ss")
+    assert not credentials.user_ok("alice", "wrong") and not credentials.user_ok("carol", "")
+    assert not Credentials.parse(None, None).enabled
+    for malformed in (" ", "alice:secret,hunter2"):
+        with pytest.raises(AuthConfigError) as error:
+            Credentials.parse(None, malformed)
+        assert "DALI_API_AUTH" in str(error.value) and "hunter2" not in str(error.value)
+    with pytest.raises(AuthConfigError, match="entry 2"):
+        Credentials.parse(None, "alice:secret,hunter2")

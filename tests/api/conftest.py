@@ -24,6 +24,9 @@ def settings(tmp_path: Path) -> Settings:
         heartbeat_s=0.2,
         stale_after_s=2.0,
         queue_limit=20,
+        # Open unless a test says otherwise, whatever the developer's environment holds.
+        api_key=None,
+        api_auth=None,
     )
 
 

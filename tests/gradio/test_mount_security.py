@@ -3,8 +3,10 @@ Dali, and reads no file on the server that a user did not upload to it.
 
 - With DALI_API_KEY set, every request under /gradio (the page, its config and assets, the
   queue, uploads, file downloads, API calls) needs the key (X-API-Key, a Bearer token or the
-  pages' login cookie): a browser's page load without it is sent to `/login?next=…`, anything
-  else gets a 401. Without a key configured nothing changes (`test_mount.py`).
+  pages' login session): a browser's page load without it is sent to `/login?next=…`,
+  anything else gets a 401. The same holds for DALI_API_AUTH's users: the app's one guard
+  (stable_diffusion_api/auth/) is in front of the mount. Without credentials configured
+  nothing changes (`test_mount.py`).
 - An input's file must be one Gradio received as an upload: a call that names a path on the
   server (`{"path": "/etc/hostname"}` instead of an uploaded file) is refused, and the file is
   neither read nor copied into Gradio's cache.
@@ -12,14 +14,9 @@ Dali, and reads no file on the server that a user did not upload to it.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,12 +29,11 @@ from PIL import Image, PngImagePlugin
 from pydantic import SecretStr
 
 import dali_app
+from stable_diffusion_api.auth import LEGACY_COOKIE, SESSION_COOKIE
 from stable_diffusion_api.config import Settings
-from stable_diffusion_api.deps import API_KEY_COOKIE
+from tests.servers import free_port, serving
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "gradio-test-key-1234"
-START_TIMEOUT_S = 120
 SECRET = "Steps: 7, Sampler: Euler, CFG scale: 5, Seed: 424242, Size: 64x64 NOTFORYOU"
 HTML = {"accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
@@ -90,10 +86,13 @@ def test_without_the_key_every_gradio_request_is_refused(keyed: TestClient) -> N
         assert response.status_code == 401, (method, path, response.text)
         assert response.headers["content-type"].startswith("application/json"), path
         assert "API key" in response.json()["detail"], path
-    # A wrong key is no key.
+    # A wrong key is no key; neither is a forged session, nor the old cookie with the key.
     for headers in ({"x-api-key": "wrong"}, {"authorization": "Bearer wrong"}):
         assert keyed.get("/gradio/config", headers=headers).status_code == 401
-    keyed.cookies.set(API_KEY_COOKIE, "wrong")
+    keyed.cookies.set(SESSION_COOKIE, "wrong")
+    assert keyed.get("/gradio/", headers=HTML, follow_redirects=False).status_code == 303
+    keyed.cookies.clear()
+    keyed.cookies.set(LEGACY_COOKIE, KEY)
     assert keyed.get("/gradio/", headers=HTML, follow_redirects=False).status_code == 303
 
 
@@ -109,15 +108,35 @@ def test_with_the_key_or_the_login_cookie_the_ui_answers(keyed: TestClient) -> N
         )
         assert uploaded.status_code == 200, uploaded.text
     # The pages' login: the form sends the person back to the UI with the cookie set.
-    login = keyed.post("/login", data={"api_key": KEY, "next": "/gradio/"}, follow_redirects=False)
+    login = keyed.post("/login", data={"password": KEY, "next": "/gradio/"}, follow_redirects=False)
     assert login.status_code == 303 and login.headers["location"] == "/gradio/"
-    assert API_KEY_COOKIE in keyed.cookies
+    assert SESSION_COOKIE in keyed.cookies
     page = keyed.get("/gradio/", headers=HTML, follow_redirects=False)
     assert page.status_code == 200 and "<html" in page.text.lower()
     assert keyed.get("/gradio/config").status_code == 200
     # The service's own API is guarded as before, by its own routes.
     keyed.cookies.clear()
     assert keyed.get("/api/v1/projects").status_code == 401
+
+
+def test_users_alone_guard_the_ui_too(tmp_path: Path) -> None:
+    """DALI_API_AUTH without a key: the same guard, a user's credentials open the UI."""
+    users = Settings(data_dir=tmp_path / "data", gradio=True, api_auth=SecretStr("ann:pass-word"))
+    with TestClient(dali_app.create_app(users), base_url="http://127.0.0.1") as client:
+        page = client.get("/gradio/", headers=HTML, follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/gradio/"
+        for method, path, kwargs in GUARDED:
+            response = client.request(method, path, follow_redirects=False, **kwargs)
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.headers["www-authenticate"].startswith("Basic"), path
+        assert client.get("/gradio/config", auth=("ann", "pass-word")).status_code == 200
+        login = client.post(
+            "/login",
+            data={"username": "ann", "password": "pass-word", "next": "/gradio/"},
+            follow_redirects=False,
+        )
+        assert login.status_code == 303 and login.headers["location"] == "/gradio/"
+        assert client.get("/gradio/config").status_code == 200
 
 
 # --------------------------------------------------------------------------- a real server
@@ -127,7 +146,7 @@ def test_with_the_key_or_the_login_cookie_the_ui_answers(keyed: TestClient) -> N
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`python dali_app.py` with DALI_GRADIO=1 and DALI_API_KEY, on a fresh data directory."""
     tmp = tmp_path_factory.mktemp("gradio-mount")
-    port = _free_port()
+    port = free_port()
     cache = tmp / "gradio-cache"
     env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
     env.update(
@@ -141,45 +160,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     log = tmp / "server.log"
     with serving("dali_app.py", port, env, log, "/internal/ping") as url:
         yield {"url": url, "tmp": tmp, "cache": cache, "log": log}
-
-
-@contextlib.contextmanager
-def serving(script: str, port: int, env: dict[str, str], log: Path, ready: str) -> Iterator[str]:
-    """`python <script> --port <port>` with `env`, its output in `log`; its URL once `ready`
-    answers (any response but a 5xx); stopped on the way out."""
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, script, "--port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"{script} exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}{ready}", timeout=5).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{script} did not answer in {START_TIMEOUT_S} s:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(url: str, api_name: str, data: list[Any], headers: dict[str, str]) -> str:
@@ -228,8 +208,12 @@ def test_real_server_with_the_key_reads_an_uploaded_png(server: dict[str, Any]) 
     )
     text, fields, _ = client.predict(handle_file(tmp / "upload.png"), api_name="/png_info")
     assert "Seed: 424242" in text and fields["seed"] == 424242
-    # The login cookie does as well as the header.
-    headers = {"cookie": f"{API_KEY_COOKIE}={KEY}"}
+    # The login's session cookie does as well as the header.
+    login = httpx.post(
+        f"{server['url']}/login", data={"password": KEY}, follow_redirects=False, timeout=30
+    )
+    assert login.status_code == 303, login.text
+    headers = {"cookie": f"{SESSION_COOKIE}={login.cookies[SESSION_COOKIE]}"}
     with httpx.Client(base_url=f"{server['url']}/gradio", headers=headers, timeout=60) as http:
         uploaded = http.post(
             "/gradio_api/upload", files={"files": ("b.png", png_bytes(SECRET), "image/png")}
@@ -285,11 +269,13 @@ def _error_message(stream: str) -> str:
 
 @pytest.mark.server
 def test_standalone_launcher_asks_for_the_key(tmp_path: Path) -> None:
-    """`python sd_gradio.py` with DALI_API_KEY: Gradio's own login, the key as the password."""
-    port = _free_port()
+    """`python sd_gradio.py` with DALI_API_KEY and DALI_API_AUTH: Gradio's own login, with the
+    key as the password (any user name) or a user's own password."""
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
     env.update(
         DALI_API_KEY=KEY,
+        DALI_API_AUTH="ann:pass-word",
         DALI_DATA_DIR=str(tmp_path / "data"),
         GRADIO_TEMP_DIR=str(tmp_path / "gradio-cache"),
         OMP_NUM_THREADS="1",
@@ -304,4 +290,9 @@ def test_standalone_launcher_asks_for_the_key(tmp_path: Path) -> None:
         assert wrong.status_code >= 400
         assert http.get("/config").status_code == 401
         assert http.post("/login", data={"username": "me", "password": KEY}).status_code == 200
+        assert http.get("/config").status_code == 200
+        http.cookies.clear()
+        assert http.post("/login", data={"username": "ann", "password": "nope"}).status_code >= 400
+        ann = {"username": "ann", "password": "pass-word"}
+        assert http.post("/login", data=ann).status_code == 200
         assert http.get("/config").status_code == 200
