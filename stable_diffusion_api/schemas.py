@@ -289,6 +289,10 @@ class ImageOut(Out):
     created_at: dt.datetime
     url: str
     thumbnail_url: str
+    # An upscale (POST /api/v1/images/{id}/upscale): the image it was made from (None once that
+    # is deleted) and A1111's postprocessing text; both None for a generated image.
+    source_image_id: int | None = None
+    postprocessing: str | None = None
 
 
 class ProgressOut(BaseModel):

@@ -28,6 +28,8 @@ def image_view(image: Image) -> ImageOut:
         created_at=image.created_at,
         url=f"/api/v1/images/{image.id}/file",
         thumbnail_url=f"/api/v1/images/{image.id}/thumbnail",
+        source_image_id=image.source_image_id,
+        postprocessing=image.postprocessing,
     )
 
 
