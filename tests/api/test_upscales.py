@@ -3,6 +3,7 @@ file and real files, with the fake engine drawing random pixels to resample."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from typing import Any
@@ -249,3 +250,75 @@ def test_claimed_names_skip_files_that_exist(studio: Studio) -> None:
     assert first == ("images/3/9-1.png", "images/3/thumbs/9-1.jpg")
     assert second == ("images/3/9-2.png", "images/3/thumbs/9-2.jpg")
     assert storage.resolve(first[0]).stat().st_size == 0  # claimed, empty until written
+
+
+# -- REST ---------------------------------------------------------------------------------------
+
+
+def test_rest_upscale_answers_201_with_the_new_image(client: TestClient, studio: Studio) -> None:
+    source = generated(client, width=64, height=64)
+    answer = client.post(
+        f"/api/v1/images/{source['id']}/upscale", json={"upscaler": "Lanczos", "scale": 2}
+    )
+    assert answer.status_code == 201, answer.text
+    up = answer.json()
+    assert answer.headers["location"] == f"/api/v1/images/{up['id']}"
+    assert (up["width"], up["height"], up["source_image_id"]) == (128, 128, source["id"])
+    assert up["postprocessing"] == POSTPROCESSING and up["parameters"] == source["parameters"]
+    assert client.get(answer.headers["location"]).json() == up
+    png = client.get(up["url"])
+    assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (128, 128)
+    listed = client.get(f"/api/v1/projects/{source['project_id']}/images").json()["items"]
+    assert [i["id"] for i in listed] == [up["id"], source["id"]]
+    # The scale's default is 2, as A1111's extras'.
+    again = client.post(f"/api/v1/images/{source['id']}/upscale", json={"upscaler": "nearest"})
+    assert again.status_code == 201 and again.json()["width"] == 128
+    assert again.json()["postprocessing"].endswith("Postprocess upscaler: Nearest")
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ({"upscaler": "R-ESRGAN 4x+"}, "upscaler", "upscalers installed: Lanczos, Nearest"),
+        ({"upscaler": "None"}, "upscaler", "upscalers installed: Lanczos, Nearest"),
+        ({"upscaler": ""}, "upscaler", "at least 1"),
+        ({"scale": 2}, "upscaler", "Field required"),
+        ({"upscaler": "Lanczos", "scale": 1}, "scale", "greater than 1"),
+        ({"upscaler": "Lanczos", "scale": 8.5}, "scale", "less than or equal to 8"),
+        ({"upscaler": "Lanczos", "scale": True}, "scale", "not true/false"),
+        ({"upscaler": "Lanczos", "scale": "big"}, "scale", "valid number"),
+        ({"upscaler": "Lanczos", "scale": 5}, "scale", "at most 8192 pixels a side"),
+        ({"upscaler": "Lanczos", "scale": 1.0001}, "scale", "as large as it is"),
+        ({"upscaler": "Lanczos", "denoise": 0.3}, "denoise", "Extra inputs are not permitted"),
+    ],
+)
+def test_rest_refuses_bad_bodies_with_a_422_naming_the_field(
+    client: TestClient, settings: Settings, body: dict[str, Any], field: str, says: str
+) -> None:
+    source = generated(client, width=2048, height=64)
+    before = stored_files(settings)
+    answer = client.post(f"/api/v1/images/{source['id']}/upscale", json=body)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["body", field] and says in error["msg"]
+    assert stored_files(settings) == before
+
+
+def test_rest_upscale_of_an_unknown_image_is_404(client: TestClient) -> None:
+    answer = client.post("/api/v1/images/999/upscale", json={"upscaler": "Lanczos"})
+    assert answer.status_code == 404 and answer.json() == {"detail": "image 999 not found"}
+    assert client.post("/api/v1/images/0/upscale", json={"upscaler": "Lanczos"}).status_code == 422
+
+
+def test_rest_upscale_is_in_the_openapi_with_its_responses(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    operation = schema["paths"]["/api/v1/images/{image_id}/upscale"]["post"]
+    assert set(operation["responses"]) == {"201", "404", "422"}
+    created = operation["responses"]["201"]["content"]["application/json"]["schema"]
+    assert created == {"$ref": "#/components/schemas/ImageOut"}
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/UpscaleRequest"}
+    fields = schema["components"]["schemas"]["UpscaleRequest"]["properties"]
+    assert fields["scale"]["exclusiveMinimum"] == 1 and fields["scale"]["maximum"] == 8
+    image = schema["components"]["schemas"]["ImageOut"]["properties"]
+    assert "source_image_id" in image and "postprocessing" in image
