@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from sd_core.infotext import parse_infotext
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import Generation, Image, Project
@@ -67,7 +68,8 @@ class GalleryService:
     def settings_of(self, image_id: int) -> dict[str, Any]:
         """The settings that make this image again on its own ("use these settings"): its
         generation's prompt, sampler, steps, guidance, clip skip, VAE ("None": the checkpoint's
-        own) and model with the image's own seed and size. NotFound if the image is gone."""
+        own) and model with the image's own seed and size — for an upscale, the size its
+        infotext says it was made at. NotFound if the image is gone."""
 
         with self._db.session() as session:
             image = session.get(Image, image_id)
@@ -76,6 +78,11 @@ class GalleryService:
             row = session.get(Generation, image.generation_id)
             assert row is not None, "an image row always has its generation (foreign key)"
             params = params_from_row(row)
+            width, height = image.width, image.height
+            if image.postprocessing is not None:
+                made = parse_infotext(image.parameters)
+                if made.width is not None and made.height is not None:
+                    width, height = made.width, made.height
             return {
                 "prompt": row.prompt,
                 "negative_prompt": row.negative_prompt,
@@ -84,8 +91,8 @@ class GalleryService:
                 "guidance": row.guidance,
                 "model": row.model,
                 "seed": image.seed,
-                "width": image.width,
-                "height": image.height,
+                "width": width,
+                "height": height,
                 "clip_skip": params.clip_skip,
                 "vae": params.vae or "None",
             }

@@ -3,8 +3,10 @@ file and real files, with the fake engine drawing random pixels to resample."""
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import re
 import threading
 from typing import Any
 
@@ -322,3 +324,89 @@ def test_rest_upscale_is_in_the_openapi_with_its_responses(client: TestClient) -
     assert fields["scale"]["exclusiveMinimum"] == 1 and fields["scale"]["maximum"] == 8
     image = schema["components"]["schemas"]["ImageOut"]["properties"]
     assert "source_image_id" in image and "postprocessing" in image
+
+
+# -- the image page -----------------------------------------------------------------------------
+
+
+def test_the_image_page_upscales_without_javascript(
+    client: TestClient, studio: Studio, settings: Settings
+) -> None:
+    folder = settings.resolved_data_dir / "upscalers"
+    folder.mkdir(parents=True)
+    (folder / "4x-Tiny.safetensors").write_bytes(b"listed, never loaded here")
+    source = generated(client, width=64, height=64)
+    page = client.get(f"/images/{source['id']}")
+    form = page.text[page.text.index('<form method="post" action="/images/') :]
+    assert f'action="/images/{source["id"]}/upscale"' in form
+    assert re.findall(r'<option value="([^"]+)"', form) == ["Lanczos", "Nearest", "4x-Tiny"]
+    assert '<option value="Lanczos" selected>' in form and 'value="2"' in form
+    assert str(folder) in form  # where model files go
+
+    posted = client.post(
+        f"/images/{source['id']}/upscale",
+        data={"upscaler": "Nearest", "scale": "3"},
+        follow_redirects=False,
+    )
+    assert posted.status_code == 303
+    up = client.get("/api/v1/projects/{}/images".format(source["project_id"])).json()["items"][0]
+    assert posted.headers["location"] == f"/images/{up['id']}"
+    assert (up["width"], up["source_image_id"]) == (192, source["id"])
+    shown = client.get(posted.headers["location"]).text
+    assert (
+        "192×192" in shown
+        and f'<a href="/images/{source["id"]}">image #{source["id"]}</a>' in shown
+    )
+    assert "Postprocess upscale by: 3, Postprocess upscaler: Nearest" in shown
+
+    # An empty scale takes the default, 2.
+    default = client.post(
+        f"/images/{source['id']}/upscale", data={"upscaler": "Lanczos", "scale": ""}
+    )
+    assert default.status_code == 200 and "128×128" in default.text  # followed to the new page
+
+    # "Use these settings" on the upscale makes its source again: the source's size and seed.
+    reuse = client.get(f"/projects/{source['project_id']}?from_image={up['id']}").text
+    assert '<option value="64" selected>' in reuse and f'value="{source["seed"]}"' in reuse
+
+    client.delete(f"/api/v1/images/{source['id']}")
+    assert "from an image since deleted" in client.get(posted.headers["location"]).text
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "says"),
+    [
+        ({"upscaler": "Lanczos", "scale": "9"}, "scale", "less than or equal to 8"),
+        ({"upscaler": "Lanczos", "scale": "lots"}, "scale", "valid number"),
+        ({"upscaler": "Lanczos", "scale": "1.0001"}, "scale", "as large as it is"),
+        ({"upscaler": "Bogus", "scale": "2"}, "upscaler", "upscalers installed: Lanczos, Nearest"),
+        ({"scale": "2"}, "upscaler", "Field required"),
+    ],
+)
+def test_a_bad_upscale_form_shows_the_error_beside_its_field(
+    client: TestClient, settings: Settings, data: dict[str, str], field: str, says: str
+) -> None:
+    source = generated(client, width=64, height=64)
+    before = stored_files(settings)
+    answer = client.post(f"/images/{source['id']}/upscale", data=data)
+    assert answer.status_code == 422
+    message = re.search(
+        rf'<p class="field-error" id="{field}-error" role="alert">([^<]*)</p>', answer.text
+    )
+    assert message is not None and says in html.unescape(message.group(1))
+    assert f'aria-invalid="true" aria-describedby="{field}-error"' in answer.text
+    # What was sent is shown again, so it can be corrected.
+    if "scale" in data:
+        assert f'value="{data["scale"]}"' in answer.text
+    if data.get("upscaler") == "Bogus":
+        assert '<option value="Bogus" selected>Bogus — not installed</option>' in answer.text
+    assert stored_files(settings) == before
+
+
+def test_the_upscale_form_of_an_unknown_image_is_a_404_page(client: TestClient) -> None:
+    answer = client.post(
+        "/images/999/upscale",
+        data={"upscaler": "Lanczos", "scale": "2"},
+        headers={"accept": "text/html"},
+    )
+    assert answer.status_code == 404 and answer.headers["content-type"].startswith("text/html")
