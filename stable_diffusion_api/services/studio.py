@@ -66,7 +66,9 @@ class Studio:
             self.db, self.hardware, self.models, self.samplers, self.storage, self.hub, self.assets
         )
         self.gallery = GalleryService(self.db, self.storage)
-        self.upscales = UpscaleService(self.db, self.storage, settings.asset_folders.upscalers)
+        self.upscales = UpscaleService(
+            self.db, self.storage, self.gallery, settings.asset_folders.upscalers
+        )
         self.workers = WorkerPool(
             settings,
             self.db,

@@ -42,9 +42,9 @@ from sd_core.upscalers import MAX_SCALE, NONE, UpscalerError, target_size, upsca
 from sd_core.upscalers import upscale_image as run_upscaler
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import InvalidField, NotFound
-from stable_diffusion_api.models import Generation, Image
+from stable_diffusion_api.models import Image
 from stable_diffusion_api.schemas import ImageOut
-from stable_diffusion_api.services.gallery import image_view
+from stable_diffusion_api.services.gallery import GalleryService, image_view
 from stable_diffusion_api.services.storage import ImageStorage
 
 
@@ -54,10 +54,13 @@ def postprocessing_text(upscaler: str, scale: float) -> str:
 
 
 class UpscaleService:
-    def __init__(self, db: Database, storage: ImageStorage, folder: Path | None) -> None:
+    def __init__(
+        self, db: Database, storage: ImageStorage, gallery: GalleryService, folder: Path | None
+    ) -> None:
         """`folder`: where the model files are (`<data>/upscalers/`); None → built-ins only."""
         self._db = db
         self._storage = storage
+        self._gallery = gallery
         self._folder = folder
         self._lock = threading.Lock()
 
@@ -118,13 +121,8 @@ class UpscaleService:
     def _source(self, image_id: int) -> tuple[Image, int]:
         """The image's row, and the first file number an upscale of it may take: the one after
         its generation's own images."""
-        with self._db.session() as session:
-            image = session.get(Image, image_id)
-            if image is None:
-                raise NotFound("image", image_id)
-            generation = session.get(Generation, image.generation_id)
-            assert generation is not None, "an image row always has its generation (foreign key)"
-            return image, generation.batch
+        image, generation = self._gallery.with_generation(image_id)
+        return image, generation.batch
 
     @staticmethod
     def _target_size(source: Image, scale: float) -> tuple[int, int]:

@@ -8,6 +8,7 @@ import io
 import json
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,14 @@ def studio(client: TestClient, fake: FakeGenerator) -> Studio:
     fake.textured = True
     found: Studio = client.app.state.studio  # type: ignore[attr-defined]
     return found
+
+
+@pytest.fixture
+def upscalers(settings: Settings) -> Path:
+    """The model upscalers' folder, made."""
+    folder = settings.resolved_data_dir / "upscalers"
+    folder.mkdir(parents=True)
+    return folder
 
 
 def generated(client: TestClient, **fields: Any) -> dict[str, Any]:
@@ -191,11 +200,9 @@ def test_bad_upscalers_and_scales_are_refused_naming_the_field(
 
 
 def test_a_model_file_that_cannot_be_used_is_refused_naming_the_upscaler(
-    client: TestClient, studio: Studio, settings: Settings
+    client: TestClient, studio: Studio, settings: Settings, upscalers: Path
 ) -> None:
-    folder = settings.resolved_data_dir / "upscalers"
-    folder.mkdir(parents=True)
-    (folder / "broken.pth").write_bytes(b"not a torch file")
+    (upscalers / "broken.pth").write_bytes(b"not a torch file")
     assert studio.upscales.upscalers() == ["Lanczos", "Nearest", "broken"]
     source = generated(client)
     before = stored_files(settings)
@@ -330,18 +337,16 @@ def test_rest_upscale_is_in_the_openapi_with_its_responses(client: TestClient) -
 
 
 def test_the_image_page_upscales_without_javascript(
-    client: TestClient, studio: Studio, settings: Settings
+    client: TestClient, studio: Studio, upscalers: Path
 ) -> None:
-    folder = settings.resolved_data_dir / "upscalers"
-    folder.mkdir(parents=True)
-    (folder / "4x-Tiny.safetensors").write_bytes(b"listed, never loaded here")
+    (upscalers / "4x-Tiny.safetensors").write_bytes(b"listed, never loaded here")
     source = generated(client, width=64, height=64)
     page = client.get(f"/images/{source['id']}")
     form = page.text[page.text.index('<form method="post" action="/images/') :]
     assert f'action="/images/{source["id"]}/upscale"' in form
     assert re.findall(r'<option value="([^"]+)"', form) == ["Lanczos", "Nearest", "4x-Tiny"]
     assert '<option value="Lanczos" selected>' in form and 'value="2"' in form
-    assert str(folder) in form  # where model files go
+    assert str(upscalers) in form  # where model files go
 
     posted = client.post(
         f"/images/{source['id']}/upscale",
