@@ -156,6 +156,16 @@ def test_deleting_the_source_keeps_the_upscale_deleting_the_generation_removes_i
     assert stored_files(settings) == []
 
 
+def test_deleting_a_project_removes_its_upscales_of_upscales(
+    client: TestClient, studio: Studio, settings: Settings
+) -> None:
+    source = generated(client)
+    up = studio.upscales.upscale(source["id"], "Lanczos", 2)
+    studio.upscales.upscale(up.id, "Nearest", 2)
+    deleted = client.delete(f"/api/v1/projects/{up.project_id}", params={"confirm": "true"})
+    assert deleted.status_code == 204 and stored_files(settings) == []
+
+
 def test_recovery_keeps_the_upscales_files(
     client: TestClient, studio: Studio, settings: Settings
 ) -> None:
