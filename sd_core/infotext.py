@@ -356,6 +356,13 @@ def _spelling(
     return _quote(text)
 
 
+def format_pairs(pairs: Mapping[str, str]) -> str:
+    """`Key: value` pairs joined by ", ", each value quoted as on the parameter line: the text
+    A1111 writes for postprocessing (its `postprocessing` and `extras` PNG chunks, e.g.
+    "Postprocess upscale by: 2, Postprocess upscaler: Lanczos")."""
+    return ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items())
+
+
 def format_infotext(params: GenerationParameters) -> str:
     """Write `params` as A1111 does: prompt, "Negative prompt: …" line when there is one, and
     the parameter line, whole text stripped.

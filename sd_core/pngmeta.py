@@ -9,6 +9,9 @@ Two text chunks, as docs/architecture.md ("Contracts") fixes them:
 - `dali`: the same as JSON, plus what only Dali knows (device, dtype, project, sampler name).
   Written with ASCII escapes, so it is always a plain tEXt chunk.
 
+`save_png` also writes any further text chunks it is given, such as the `postprocessing` and
+`extras` chunks A1111 adds to an upscaled image (tEXt or iTXt, as `parameters`).
+
 Files are written atomically: into a temporary file in the target's folder, then renamed over
 the target, so a reader (the gallery, a browser) never sees half an image.
 """
@@ -19,6 +22,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -85,11 +89,13 @@ def save_png(
     *,
     parameters: str | GenerationParameters | None = None,
     dali: dict[str, Any] | None = None,
+    text: Mapping[str, str] | None = None,
 ) -> Path:
     """Write `image` as a PNG at `path` with its `parameters` and `dali` chunks; return the path.
 
     `parameters` (an infotext, or GenerationParameters to format as one) defaults to
     `image.info["parameters"]`, `dali` to `image.info["dali"]`; a chunk with neither is left out.
+    `text` holds further chunks by name (written after those two); it may not name either.
     Parent folders are created. The write is atomic: a temporary file in the same folder is
     renamed over `path` only once it is complete, and removed if anything fails, so `path` holds
     either its old content or the whole new image. Raises ValueError when `path` does not end in
@@ -102,12 +108,18 @@ def save_png(
         parameters if parameters is not None else image.info.get(PARAMETERS_CHUNK)
     )
     dali_text = _dali_text(dali if dali is not None else image.info.get(DALI_CHUNK))
+    further = dict(text or {})
+    for name in (PARAMETERS_CHUNK, DALI_CHUNK):
+        if name in further:
+            raise ValueError(f"text must not hold the {name!r} chunk: pass it as {name}=")
 
     chunks = PngImagePlugin.PngInfo()
     if parameters_text is not None:
         chunks.add_text(PARAMETERS_CHUNK, parameters_text)  # tEXt, or iTXt when not latin-1
     if dali_text is not None:
         chunks.add_text(DALI_CHUNK, dali_text)
+    for name, value in further.items():
+        chunks.add_text(name, value)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file must be in the target's folder: os.replace is atomic only within one

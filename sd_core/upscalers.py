@@ -75,6 +75,9 @@ def _placeholder_torchvision() -> Iterator[None]:
         return
 
     def missing(name: str) -> Any:
+        if name.startswith("__"):  # `__file__`, `__path__`, …: what a module may lack
+            raise AttributeError(name)
+
         def call(*args: object, **kwargs: object) -> None:
             raise RuntimeError(f"torchvision is not installed (needed for {name})")
 

@@ -230,6 +230,14 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     parameters: Mapped[str] = mapped_column(Text, default="")  # A1111 infotext
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # An upscale of another image (services/upscales.py) belongs to its source's generation and
+    # points at the source; the link goes (NULL) when the source is deleted. `postprocessing` is
+    # what AUTOMATIC1111 writes in its PNG chunk of that name ("Postprocess upscale by: 2,
+    # Postprocess upscaler: Lanczos"); None for a generated image.
+    source_image_id: Mapped[int | None] = mapped_column(
+        ForeignKey("images.id", ondelete="SET NULL", name="fk_images_source_image_id"), index=True
+    )
+    postprocessing: Mapped[str | None] = mapped_column(Text)
 
     generation: Mapped[Generation] = relationship(back_populates="images")
 

@@ -25,6 +25,7 @@ from sd_core.params import (
     MIN_SIZE,
     SIZE_MULTIPLE,
 )
+from sd_core.upscalers import MAX_SCALE as MAX_UPSCALE
 from stable_diffusion_api.errors import UNPAIRED_SURROGATE
 from stable_diffusion_api.models import FailureKind
 
@@ -289,6 +290,31 @@ class ImageOut(Out):
     created_at: dt.datetime
     url: str
     thumbnail_url: str
+    # An upscale (POST /api/v1/images/{id}/upscale): the image it was made from (None once that
+    # is deleted) and A1111's postprocessing text; both None for a generated image.
+    source_image_id: int | None = None
+    postprocessing: str | None = None
+
+
+class UpscaleRequest(Strict):
+    """An upscale of a gallery image into a new one (`POST /api/v1/images/{id}/upscale`)."""
+
+    upscaler: Identifier = Field(
+        description="Lanczos, Nearest, or a model file's name in data/upscalers/ (the names "
+        "/sdapi/v1/upscalers lists, but None)"
+    )
+    # Field before Number, so the OpenAPI schema says exclusiveMinimum/maximum (not gt/le).
+    scale: Annotated[
+        float,
+        Field(gt=1, le=MAX_UPSCALE, allow_inf_nan=False, description="the factor per side"),
+        Number,
+    ] = 2.0
+
+
+class ErrorOut(BaseModel):
+    """The body of an error other than a 422: what went wrong, in words."""
+
+    detail: str
 
 
 class ProgressOut(BaseModel):

@@ -30,6 +30,7 @@ from stable_diffusion_api.schemas import (
     BenchmarkOut,
     BenchmarkRequest,
     DeviceOut,
+    ErrorOut,
     EstimateOut,
     GenerationAccepted,
     GenerationCreate,
@@ -45,6 +46,7 @@ from stable_diffusion_api.schemas import (
     Size,
     SpeedOut,
     Steps,
+    UpscaleRequest,
     page_of,
 )
 from stable_diffusion_api.services import Studio
@@ -346,3 +348,21 @@ async def image_thumbnail(image_id: Id, studio: StudioDep, request: Request) -> 
 def delete_image(image: ImageDep, studio: StudioDep) -> Response:
     studio.gallery.delete(image.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/images/{image_id}/upscale",
+    status_code=status.HTTP_201_CREATED,
+    responses={404: {"model": ErrorOut, "description": "No image with this id"}},
+)
+def upscale_image(
+    image_id: Id, request: UpscaleRequest, studio: StudioDep, response: Response
+) -> ImageOut:
+    """Upscale an image into a new image of the gallery: the same project and generation,
+    `source_image_id` pointing at this one, A1111's `postprocessing` text. 422 names
+    `upscaler` (not installed, or a model file that cannot be used) or `scale` (a result
+    larger than 8192 pixels a side, or no larger than the image). Runs in the thread pool,
+    one upscale at a time."""
+    upscaled = studio.upscales.upscale(image_id, request.upscaler, request.scale)
+    response.headers["Location"] = f"/api/v1/images/{upscaled.id}"
+    return upscaled

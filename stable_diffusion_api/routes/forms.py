@@ -29,6 +29,7 @@ from stable_diffusion_api.schemas import (
     GenerationDefaults,
     ProjectCreate,
     ProjectUpdate,
+    UpscaleRequest,
 )
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -179,3 +180,11 @@ def generation_values(form: FormData) -> dict[str, Any]:
     values.update({key: True for key in INPAINT_CHECKS if ticked(form, key)})
     values["hires"] = ticked(form, "hires")
     return values
+
+
+def upscale_request(form: FormData) -> UpscaleRequest:
+    """The image page's upscale form: the upscaler chosen and the scale typed (empty → 2)."""
+    fields = {key: text(form, key) for key in ("upscaler", "scale")}
+    return validate(
+        UpscaleRequest, {key: value for key, value in fields.items() if value is not None}, form
+    )

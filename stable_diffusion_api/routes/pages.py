@@ -232,21 +232,44 @@ def gallery(
     return render(request, "gallery.html", context)
 
 
-@pages.get("/images/{image_id}")
-def image_page(request: Request, image_id: Id, studio: StudioDep) -> HTMLResponse:
+def _image_context(
+    studio: Studio, image_id: int, values: dict[str, Any], errors: dict[str, str]
+) -> dict[str, Any]:
+    """The image page: the image, how it was made, its neighbours and the upscale form."""
     image = studio.gallery.get(image_id)
     generation = studio.generations.view(image.generation_id)
-    project = studio.projects.view(image.project_id)
     newer, older = studio.gallery.neighbours(image)
-    context = {
+    return {
         "image": studio.gallery.view(image_id),
         "generation": generation,
-        "project": project,
+        "project": studio.projects.view(image.project_id),
         "sampler_label": studio.samplers.display_name(generation.sampler),
         "newer": newer,
         "older": older,
+        "upscalers": studio.upscales.upscalers(),
+        "upscalers_folder": studio.assets.folders.upscalers,
+        "values": values,
+        "errors": errors,
     }
+
+
+@pages.get("/images/{image_id}")
+def image_page(request: Request, image_id: Id, studio: StudioDep) -> HTMLResponse:
+    context = _image_context(studio, image_id, {"upscaler": "Lanczos", "scale": 2}, {})
     return render(request, "image.html", context)
+
+
+@pages.post("/images/{image_id}/upscale")
+def upscale_image(request: Request, image_id: Id, studio: StudioDep, form: FormDep) -> Response:
+    """Upscale into a new gallery image and show its page; errors beside the form's fields."""
+    try:
+        upscale = forms.upscale_request(form)
+        upscaled = studio.upscales.upscale(image_id, upscale.upscaler, upscale.scale)
+    except (FormInvalid, InvalidField) as exc:
+        values = {key: value for key, value in form.items() if isinstance(value, str)}
+        context = _image_context(studio, image_id, values, field_errors(exc))
+        return render(request, "image.html", context, 422)
+    return RedirectResponse(f"/images/{upscaled.id}", status_code=303)
 
 
 @pages.post("/images/{image_id}/delete")

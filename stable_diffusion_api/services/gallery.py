@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from sd_core.infotext import parse_infotext
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import Generation, Image, Project
@@ -28,6 +29,8 @@ def image_view(image: Image) -> ImageOut:
         created_at=image.created_at,
         url=f"/api/v1/images/{image.id}/file",
         thumbnail_url=f"/api/v1/images/{image.id}/thumbnail",
+        source_image_id=image.source_image_id,
+        postprocessing=image.postprocessing,
     )
 
 
@@ -62,31 +65,41 @@ class GalleryService:
     def view(self, image_id: int) -> ImageOut:
         return image_view(self.get(image_id))
 
-    def settings_of(self, image_id: int) -> dict[str, Any]:
-        """The settings that make this image again on its own ("use these settings"): its
-        generation's prompt, sampler, steps, guidance, clip skip, VAE ("None": the checkpoint's
-        own) and model with the image's own seed and size. NotFound if the image is gone."""
-
+    def with_generation(self, image_id: int) -> tuple[Image, Generation]:
+        """The image's row and its generation's. NotFound if the image is gone."""
         with self._db.session() as session:
             image = session.get(Image, image_id)
             if image is None:
                 raise NotFound("image", image_id)
-            row = session.get(Generation, image.generation_id)
-            assert row is not None, "an image row always has its generation (foreign key)"
-            params = params_from_row(row)
-            return {
-                "prompt": row.prompt,
-                "negative_prompt": row.negative_prompt,
-                "sampler": row.sampler,
-                "steps": row.steps,
-                "guidance": row.guidance,
-                "model": row.model,
-                "seed": image.seed,
-                "width": image.width,
-                "height": image.height,
-                "clip_skip": params.clip_skip,
-                "vae": params.vae or "None",
-            }
+            generation = session.get(Generation, image.generation_id)
+            assert generation is not None, "an image row always has its generation (foreign key)"
+            return image, generation
+
+    def settings_of(self, image_id: int) -> dict[str, Any]:
+        """The settings that make this image again on its own ("use these settings"): its
+        generation's prompt, sampler, steps, guidance, clip skip, VAE ("None": the checkpoint's
+        own) and model with the image's own seed and size — for an upscale, the size its
+        infotext says it was made at. NotFound if the image is gone."""
+        image, row = self.with_generation(image_id)
+        params = params_from_row(row)
+        width, height = image.width, image.height
+        if image.postprocessing is not None:
+            made = parse_infotext(image.parameters)
+            if made.width is not None and made.height is not None:
+                width, height = made.width, made.height
+        return {
+            "prompt": row.prompt,
+            "negative_prompt": row.negative_prompt,
+            "sampler": row.sampler,
+            "steps": row.steps,
+            "guidance": row.guidance,
+            "model": row.model,
+            "seed": image.seed,
+            "width": width,
+            "height": height,
+            "clip_skip": params.clip_skip,
+            "vae": params.vae or "None",
+        }
 
     def neighbours(self, image: Image) -> tuple[int | None, int | None]:
         """(newer, older) image ids in the same project, for the detail page's arrows."""

@@ -3,6 +3,8 @@
 Layout (all paths stored in the database are relative to the data directory):
 
     images/<project id>/<generation id>-<index>.png          the image, with its metadata
+    images/<project id>/<generation id>-<n>.png              an upscale of one of its images
+                                                             (n ≥ the batch size, first free)
     images/<project id>/thumbs/<generation id>-<index>.jpg   a small JPEG for the gallery
     images/<project id>/filmstrips/<generation id>.png       the run's reverse-process strip
     inputs/<generation id>/init.png | mask.png               img2img / inpainting inputs
@@ -60,6 +62,24 @@ class ImageStorage:
         name = f"{int(generation_id)}-{int(index)}"
         base = f"images/{int(project_id)}"
         return f"{base}/{name}.png", f"{base}/thumbs/{name}.jpg"
+
+    def claim_image_paths(self, project_id: int, generation_id: int, first: int) -> tuple[str, str]:
+        """(png, thumbnail) relative paths for a new image of a generation, numbered `first` or
+        the next free number after it. The PNG's name is claimed by creating it empty and
+        exclusively (O_EXCL), so two writers — threads or processes — never get the same name;
+        the caller writes it over (`sd_core.pngmeta.save_png`) or deletes it. An empty file a
+        crash leaves is one no row points at: recovery quarantines it."""
+        number = first
+        while True:
+            png, thumb = self.image_paths(project_id, generation_id, number)
+            path = self.resolve(png)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+            except FileExistsError:
+                number += 1
+                continue
+            return png, thumb
 
     def filmstrip_path(self, project_id: int, generation_id: int) -> str:
         """The relative path of a generation's filmstrip PNG."""

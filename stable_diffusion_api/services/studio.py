@@ -30,6 +30,7 @@ from stable_diffusion_api.services.runtime import freeze_long_lived_objects
 from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.speeds import SpeedService
 from stable_diffusion_api.services.storage import ImageStorage
+from stable_diffusion_api.services.upscales import UpscaleService
 from stable_diffusion_api.services.workers import RecoveryReport, WorkerPool
 
 
@@ -65,6 +66,9 @@ class Studio:
             self.db, self.hardware, self.models, self.samplers, self.storage, self.hub, self.assets
         )
         self.gallery = GalleryService(self.db, self.storage)
+        self.upscales = UpscaleService(
+            self.db, self.storage, self.gallery, settings.asset_folders.upscalers
+        )
         self.workers = WorkerPool(
             settings,
             self.db,

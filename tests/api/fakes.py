@@ -44,7 +44,8 @@ class FakeGenerator:
     """Draws a flat colour from the seed; every step calls back and polls `should_cancel`.
 
     `block_at` makes a run wait at that step until `release` is set, so tests can act while a
-    job is provably running; `fail_with` makes the next runs raise it.
+    job is provably running; `fail_with` makes the next runs raise it; `textured` draws random
+    pixels from the seed instead, for tests that resample the images.
     """
 
     def __init__(self, builtin: Path) -> None:
@@ -58,6 +59,7 @@ class FakeGenerator:
         self.calls: list[JobSpec] = []
         self.steps_run: dict[str, int] = {}
         self.size = 64
+        self.textured = False
         self.forwards: list[tuple[ForwardSpec, str]] = []  # each task and the thread that ran it
 
     def list_devices(self) -> list[DeviceSpec]:
@@ -110,10 +112,7 @@ class FakeGenerator:
             on_step(step, params.steps, lambda: np.zeros((4, height // 8, width // 8), np.float32))
         if self.fail_with is not None:
             raise self.fail_with
-        images = [
-            Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 128))
-            for seed in params.seeds()
-        ]
+        images = [self.picture(seed, width, height) for seed in params.seeds()]
         result = GenerationResult(images, params, "txt2img" if job.init_image is None else
                                   "img2img", job.model.model_name, "", job.model.device,
                                   job.model.dtype or "float32", warnings=self.warnings)  # fmt: skip
@@ -121,6 +120,12 @@ class FakeGenerator:
         if job.filmstrip_frames > 0 and on_filmstrip is not None:
             on_filmstrip(self.filmstrip(job, width // 2, height // 2))
         return result
+
+    def picture(self, seed: int, width: int, height: int) -> Image.Image:
+        if self.textured:
+            pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)
+            return Image.fromarray(pixels, "RGB")
+        return Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 128))
 
     @staticmethod
     def filmstrip(job: JobSpec, cell_width: int, cell_height: int) -> Filmstrip:

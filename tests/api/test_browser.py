@@ -2,7 +2,7 @@
 
 Create a project, pick the CPU, generate, watch the progress bar move, see the image in the
 gallery, reopen it with "use these settings"; put a LoRA into the prompt with the picker and
-find it on the generation's page. Screenshots of every page, at desktop and phone
+find it on the generation's page; upscale an image from its page. Screenshots of every page, at desktop and phone
 width, go to $DALI_SCREENSHOTS (default /tmp/dali-screenshots) for a human to look at.
 """
 
@@ -258,5 +258,46 @@ def test_the_lora_picker_writes_into_the_prompt(server: tuple[str, str], browser
     assert f"“{prompt}”" in card and "VAE: model's own" in card
     # The file fits no layer of the model: applied as nothing, with a note saying so.
     assert LORA in page.locator(".notice").first.inner_text()
+    assert errors == []
+    context.close()
+
+
+def test_an_image_is_upscaled_from_its_page(server: tuple[str, str], browser) -> None:  # type: ignore[no-untyped-def]
+    base, model = server
+    body = {"name": "Browser upscale", "device": "cpu"} | (
+        {"default_model": model} if model else {}
+    )
+    project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()
+    job = {"prompt": "a green square on a white background", "steps": 2, "width": 64, "height": 64}
+    queued = httpx.post(f"{base}/api/v1/projects/{project['id']}/generations", json=job, timeout=30)
+    deadline = time.monotonic() + 300
+    while (done := httpx.get(f"{base}/api/v1/generations/{queued.json()['id']}").json())[
+        "status"
+    ] != "succeeded":
+        assert done["status"] in ("queued", "running") and time.monotonic() < deadline, done
+        time.sleep(0.2)
+    source = done["images"][0]["id"]
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/images/{source}")
+    assert page.locator("#upscaler option").all_inner_texts() == ["Lanczos", "Nearest"]
+    assert unlabelled_controls(page) == []
+
+    page.fill("#scale", "9")  # beyond the limit: the browser's own check stops the form
+    page.click("#upscale-form button[type=submit]")
+    assert page.evaluate("document.querySelector('#scale').validity.rangeOverflow")
+    assert page.url == f"{base}/images/{source}"
+
+    page.select_option("#upscaler", "Nearest")
+    page.fill("#scale", "3")
+    page.click("#upscale-form button[type=submit]")
+    page.wait_for_url(lambda url: url.rstrip("/").rsplit("/", 1)[-1] not in ("", str(source)))
+    assert page.evaluate("document.querySelector('img.full').naturalWidth") == 192
+    assert f"from image #{source}" in page.locator("#upscaled-from").inner_text()
+    shoot(page, "10-upscaled")
+    page.click(f"#upscaled-from a[href='/images/{source}']")
+    page.wait_for_url(f"**/images/{source}")
     assert errors == []
     context.close()

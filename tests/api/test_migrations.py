@@ -49,7 +49,7 @@ def test_upgrade_matches_the_orm_and_downgrade_removes_it(tmp_path: Path) -> Non
         # No difference between what the migrations built and what the models declare.
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        assert version == "0009"
+        assert version == "0010"
     db.downgrade("base")
     with db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == {"alembic_version"}
@@ -190,4 +190,46 @@ def test_a_nullable_json_column_comes_and_goes_keeping_rows(
     assert value is None
     columns, kept = downgraded(db, before)
     assert column not in columns and kept == f"before {column}"
+    db.dispose()
+
+
+def insert_image(connection: Connection, generation_id: int, image_id: int | None = None) -> int:
+    """An image of the generation, with the columns every revision has; its id (given, or the
+    one the database chose)."""
+    chosen = "" if image_id is None else f"{image_id}, "
+    connection.exec_driver_sql(
+        f'INSERT INTO images ({"id, " if chosen else ""}generation_id, project_id, "index", seed,'
+        f" path, thumb_path, width, height, parameters, created_at) VALUES ({chosen}"
+        f"{generation_id}, 1, 0, 5, 'a.png', 'a.jpg', 64, 64, 'p', '2025-01-01')"
+    )
+    return int(connection.exec_driver_sql("SELECT max(id) FROM images").scalar_one())
+
+
+def test_upscale_links_come_and_go_without_reusing_a_deleted_image_id(tmp_path: Path) -> None:
+    """0010 copies the images table on SQLite (to add the source link's foreign key): the rows,
+    AUTOINCREMENT and its counter survive both ways, so the id of an image deleted before is
+    never handed out again; a deleted source leaves its upscale unlinked (ON DELETE SET NULL)."""
+    db = database_at(tmp_path, "0009", 1, "before upscales")
+    with db.engine.begin() as connection:
+        for image_id in (1, 2, 3):
+            insert_image(connection, 1, image_id)
+        connection.exec_driver_sql("DELETE FROM images WHERE id = 3")
+    db.migrate()
+    with db.engine.begin() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT id, source_image_id, postprocessing FROM images"
+        ).all()
+        assert [tuple(row) for row in rows] == [(1, None, None), (2, None, None)]
+        assert insert_image(connection, 1) == 4  # not 3, whose image was deleted
+        connection.exec_driver_sql("UPDATE images SET source_image_id = 1 WHERE id = 2")
+        connection.exec_driver_sql("DELETE FROM images WHERE id IN (1, 4)")
+        assert connection.exec_driver_sql("SELECT id, source_image_id FROM images").all() == [
+            (2, None)
+        ]
+    db.downgrade("0009")
+    with db.engine.begin() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("images")}
+        assert "source_image_id" not in columns and "postprocessing" not in columns
+        assert insert_image(connection, 1) == 5
+    db.migrate()
     db.dispose()

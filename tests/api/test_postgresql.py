@@ -67,6 +67,13 @@ def test_the_service_runs_on_postgresql_unchanged(postgres: PostgresServer, tmp_
         assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
         listed = client.get(f"/api/v1/projects/{project['id']}/generations").json()
         assert [job["prompt"] for job in listed["items"]] == ["third", "second", "first"]
+        # An upscale, and one of it: deleting its source unlinks it (ON DELETE SET NULL).
+        source = done["images"][0]["id"]
+        up = client.post(f"/api/v1/images/{source}/upscale", json={"upscaler": "Lanczos"}).json()
+        upup = client.post(f"/api/v1/images/{up['id']}/upscale", json={"upscaler": "Nearest"})
+        assert upup.status_code == 201 and upup.json()["source_image_id"] == up["id"]
+        assert client.delete(f"/api/v1/images/{source}").status_code == 204
+        assert client.get(f"/api/v1/images/{up['id']}").json()["source_image_id"] is None
         deleted = client.delete(f"/api/v1/projects/{project['id']}", params={"confirm": "true"})
         assert deleted.status_code == 204
         assert client.get(f"/api/v1/generations/{first['id']}").status_code == 404

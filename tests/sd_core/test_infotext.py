@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from sd_core.infotext import GenerationParameters, format_infotext, parse_infotext
+from sd_core.infotext import (
+    GenerationParameters,
+    format_infotext,
+    format_pairs,
+    parse_infotext,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "infotexts"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((FIXTURES / "expected.json").read_text("utf-8"))
@@ -309,3 +314,21 @@ def test_sd_parsers_reads_the_same_core_fields(name: str) -> None:
         assert (ours.model, ours.model_hash) == (None, None)
     else:
         assert (theirs.model.name, theirs.model.hash) == (ours.model, ours.model_hash)
+
+
+def test_postprocessing_pairs_are_written_as_a1111_writes_them() -> None:
+    """A1111 joins `pp.info` as `key: value` pairs, quoting a value with "," or ":" (its
+    `postprocessing` PNG chunk); such text reads back as pairs, not as a prompt."""
+    text = format_pairs(
+        {
+            "Postprocess upscale by": "2",
+            "Postprocess upscaler": "4x, sharp: v2",
+            "Postprocess upscaler 2": "Lanczos",
+        }
+    )
+    assert text == (
+        'Postprocess upscale by: 2, Postprocess upscaler: "4x, sharp: v2", '
+        "Postprocess upscaler 2: Lanczos"
+    )
+    read = parse_infotext(text)
+    assert read.prompt == "" and read.extra["Postprocess upscaler"] == "4x, sharp: v2"

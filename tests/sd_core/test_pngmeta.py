@@ -129,6 +129,33 @@ def test_no_metadata_no_chunks(tmp_path: Path) -> None:
     assert read_png_metadata(path) == (None, None)
 
 
+def test_further_text_chunks_are_written_as_given(tmp_path: Path) -> None:
+    """A1111's upscaled images carry `postprocessing` and `extras` beside the source's
+    `parameters`; a non-latin-1 value goes in an iTXt chunk like the infotext."""
+    info = "Postprocess upscale by: 2, Postprocess upscaler: 4x-Ünïcode 🌸"
+    path = save_png(
+        image(),
+        tmp_path / "up.png",
+        parameters=INFOTEXT,
+        text={"postprocessing": info, "extras": "plain"},
+    )
+    with Image.open(path) as reopened:
+        assert png_text_chunks(reopened) == {
+            "parameters": INFOTEXT,
+            "postprocessing": info,
+            "extras": "plain",
+        }
+    kinds = chunk_types(path.read_bytes())
+    assert kinds == {"parameters": "tEXt", "postprocessing": "iTXt", "extras": "tEXt"}
+
+
+@pytest.mark.parametrize("name", ["parameters", "dali"])
+def test_further_text_may_not_name_the_two_own_chunks(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name}="):
+        save_png(image(), tmp_path / "x.png", text={name: "{}"})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_read_png_metadata_takes_a_path_bytes_or_a_file(tmp_path: Path) -> None:
     path = save_png(image(), tmp_path / "x.png", parameters=INFOTEXT, dali=DALI)
     expected = (parse_infotext(INFOTEXT), DALI)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,33 @@ def test_esrgan_safetensors_upscales_4x(tmp_path: Path) -> None:
     # Scale 2: one ×4 pass, then Lanczos down to the target size; RGBA keeps its alpha.
     half = upscale_image(picture(mode="RGBA"), "4x-Tiny", 2, tmp_path)
     assert half.size == (48, 32) and half.mode == "RGBA"
+
+
+@needs_spandrel
+def test_a_model_upscales_in_a_process_that_has_not_imported_torch(tmp_path: Path) -> None:
+    """The web process imports torch only for its first model upscale, inside spandrel's
+    import with the torchvision stand-in in place; torch's import looks at every module's
+    `__file__` then, which the stand-in must not answer with a function."""
+    save_file(esrgan_state_dict(), tmp_path / "4x-Tiny.safetensors")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from PIL import Image\n"
+        "from sd_core.upscalers import upscale_image\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(upscale_image(Image.new('RGB', (8, 6)), '4x-Tiny', 4, Path(sys.argv[1])).size)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "(32, 24)"
 
 
 @needs_spandrel
