@@ -71,11 +71,13 @@ def human_message(error: dict[str, Any]) -> str:
             return f"must be less than {_number(context.get('lt'))}"
         case "multiple_of":
             return f"must be a multiple of {_number(context.get('multiple_of'))}"
-        case "string_too_short":
+        # A length limit on text reads "string_too_short", or "too_short" when it came as an
+        # annotated-types constraint: the input tells which.
+        case "string_too_short" | "too_short" if isinstance(error.get("input"), str):
             if context.get("min_length") == 1:
                 return "must not be empty"
             return f"must be at least {_characters(context.get('min_length'))} long"
-        case "string_too_long":
+        case "string_too_long" | "too_long" if isinstance(error.get("input"), str):
             return f"must be at most {_characters(context.get('max_length'))} long"
         case "too_short":
             return f"needs at least {_items(context.get('min_length'))}"
