@@ -18,9 +18,12 @@
     return (s / 60).toFixed(1) + " min";
   }
 
+  // A JSON call; `body` is sent as JSON, or as it is when it is a form's FormData.
   async function api(method, url, body) {
     const options = { method, headers: { Accept: "application/json" } };
-    if (body !== undefined) {
+    if (body instanceof FormData) {
+      options.body = body;
+    } else if (body !== undefined) {
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
     }
@@ -28,17 +31,6 @@
     let data = null;
     try { data = await response.json(); } catch (e) { data = null; }
     return { response, data };
-  }
-
-  function readFile(input) {
-    const file = input && input.files && input.files[0];
-    if (!file) return Promise.resolve(null);
-    return new Promise((resolve, reject) => {
-      const reader = new FileReader();
-      reader.onload = () => resolve(String(reader.result));
-      reader.onerror = () => reject(reader.error);
-      reader.readAsDataURL(file);
-    });
   }
 
   function clearErrors(form) {
@@ -226,26 +218,21 @@
       await api("POST", `/api/v1/generations/${current}/cancel`);
     });
 
+    // The form itself is posted, to the same route as without JavaScript, asking for JSON:
+    // every field (hires fix, inpainting, styles) is read by the server's one form reader.
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       clearErrors(form);
-      const value = (name) => (form.elements[name] ? form.elements[name].value.trim() : "");
-      const body = { prompt: form.elements.prompt.value, negative_prompt: form.elements.negative_prompt.value };
-      for (const name of ["model", "sampler", "vae"]) if (value(name)) body[name] = value(name);
-      for (const name of ["steps", "guidance", "width", "height", "batch", "clip_skip"]) if (value(name)) body[name] = Number(value(name));
-      if (!randomSeed.checked && value("seed")) body.seed = Number(value("seed"));
-      try {
-        const init = await readFile(form.elements.init_image);
-        const mask = await readFile(form.elements.mask);
-        if (init) { body.init_image = init; if (value("strength")) body.strength = Number(value("strength")); }
-        if (mask) body.mask = mask;
-      } catch (e) {
-        showErrors(form, [{ loc: ["body", "init_image"], msg: "could not read the file" }]);
-        return;
-      }
       button.disabled = true;
-      const { response, data } = await api("POST", `/api/v1/projects/${project}/generations`, body);
-      button.disabled = false;
+      let response, data;
+      try {
+        ({ response, data } = await api("POST", form.action, new FormData(form)));
+      } catch (e) {
+        showErrors(form, [{ msg: "The request could not be sent; is the studio running?" }]);
+        return;
+      } finally {
+        button.disabled = false;
+      }
       if (response.status === 429) {
         const wait = response.headers.get("Retry-After");
         showErrors(form, [{ msg: `The queue is full; try again in ${wait} s.` }]);

@@ -260,3 +260,32 @@ def test_the_lora_picker_writes_into_the_prompt(server: tuple[str, str], browser
     assert LORA in page.locator(".notice").first.inner_text()
     assert errors == []
     context.close()
+
+
+def test_the_script_posts_every_field_of_the_form(server: tuple[str, str], browser) -> None:  # type: ignore[no-untyped-def]
+    """The script queues the form as it is: settings it has no code of its own for (here the
+    hires fix) reach the job just as they do without JavaScript."""
+    base, model = server
+    body = {"name": "Browser form", "device": "cpu"} | ({"default_model": model} if model else {})
+    project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()
+    page = browser.new_page(viewport=DESKTOP)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/projects/{project['id']}")
+    page.fill("#prompt", "a blue square on a white background")
+    page.fill("#steps", "2")
+    page.select_option("#width", "64")
+    page.select_option("#height", "64")
+    page.click("#hires-fix summary")
+    page.check("#hires")
+    page.fill("#hires_scale", "1.5")
+    page.fill("#hires_steps", "1")
+    page.click("#generate-button")
+    page.wait_for_selector("#results a.thumb img", timeout=300_000)
+    job = page.get_attribute("#job-link", "href")
+    assert job is not None and page.url.endswith(f"/projects/{project['id']}")  # no reload
+    done = httpx.get(f"{base}/api/v1{job}", timeout=30).json()
+    assert (done["hires"], done["hires_scale"], done["hires_steps"]) == (True, 1.5, 1)
+    assert (done["images"][0]["width"], done["images"][0]["height"]) == (96, 96)  # 64 × 1.5
+    assert errors == []
+    page.close()
