@@ -173,6 +173,9 @@ def _generate_context(
         # The prompt's picker: a click writes `<lora:name:1>` or the embedding's name.
         "loras": studio.assets.loras(),
         "embeddings": studio.assets.embeddings(),
+        # Prompt styles from the studio's styles.csv, applied by name when the job is queued.
+        "styles": studio.generations.styles.all(),
+        "styles_file": studio.generations.styles.path,
     }
     return context | _choices(studio, project)
 

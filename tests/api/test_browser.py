@@ -30,6 +30,7 @@ PHONE = {"width": 390, "height": 844}
 
 
 LORA = "browser_test"
+STYLES = "name,prompt,negative_prompt\ncentered,{prompt} in the center,\nwhite,,white background\n"
 
 
 def write_lora(path: Path) -> None:
@@ -67,6 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
                         random_checkpoint(TINY_TEST), TINY_TEST)  # fmt: skip
         model = "tiny-random"
     write_lora(data / "loras" / f"{LORA}.safetensors")
+    (data / "styles.csv").write_text(STYLES, encoding="utf-8")
     port = free_port()
     # One torch thread: on a shared CI machine, spinning torch threads can slow sampling
     # down many times over (the test is about the pages, not about speed). Progress on every
@@ -264,7 +266,7 @@ def test_the_lora_picker_writes_into_the_prompt(server: tuple[str, str], browser
 
 def test_the_script_posts_every_field_of_the_form(server: tuple[str, str], browser) -> None:  # type: ignore[no-untyped-def]
     """The script queues the form as it is: settings it has no code of its own for (here the
-    hires fix) reach the job just as they do without JavaScript."""
+    hires fix and the styles) reach the job just as they do without JavaScript."""
     base, model = server
     body = {"name": "Browser form", "device": "cpu"} | ({"default_model": model} if model else {})
     project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()
@@ -272,7 +274,10 @@ def test_the_script_posts_every_field_of_the_form(server: tuple[str, str], brows
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{base}/projects/{project['id']}")
-    page.fill("#prompt", "a blue square on a white background")
+    page.fill("#prompt", "a blue square")
+    page.select_option("#styles", ["centered", "white"])
+    assert unlabelled_controls(page) == []
+    shoot(page, "10-styles")
     page.fill("#steps", "2")
     page.select_option("#width", "64")
     page.select_option("#height", "64")
@@ -286,6 +291,8 @@ def test_the_script_posts_every_field_of_the_form(server: tuple[str, str], brows
     assert job is not None and page.url.endswith(f"/projects/{project['id']}")  # no reload
     done = httpx.get(f"{base}/api/v1{job}", timeout=30).json()
     assert (done["hires"], done["hires_scale"], done["hires_steps"]) == (True, 1.5, 1)
+    assert done["prompt"] == "a blue square in the center"
+    assert done["negative_prompt"] == "white background"
     assert (done["images"][0]["width"], done["images"][0]["height"]) == (96, 96)  # 64 × 1.5
     assert errors == []
     page.close()
