@@ -3,38 +3,13 @@ older client, a positional call) still work."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from gradio.helpers import special_args
 
 from dali_gradio import DaliUI
 from dali_gradio.hires import hires_fields
-from stable_diffusion_api.config import Settings
-from stable_diffusion_api.services import Studio
-from tests.api.fakes import FakeGenerator, write_fake_checkpoint
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> FakeGenerator:
-    return FakeGenerator(
-        write_fake_checkpoint(tmp_path / "data" / "models" / "dali-tiny.safetensors")
-    )
-
-
-@pytest.fixture
-def ui(tmp_path: Path, fake: FakeGenerator) -> Iterator[DaliUI]:
-    studio = Studio(Settings(data_dir=tmp_path / "data", poll_s=0.05, heartbeat_s=0.2), fake)
-    studio.start()
-    try:
-        yield DaliUI(studio)
-    finally:
-        fake.release.set()
-        studio.stop()
-        studio.db.dispose()
-
+from tests.api.fakes import FakeGenerator
 
 SETTINGS = ["Hires", "", "cpu", "auto", "a red circle", "", "", 2, 7.0, 5, 0, 0, 1, 1, ""]
 
