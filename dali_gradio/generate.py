@@ -16,12 +16,12 @@ from pydantic import ValidationError
 
 from dali_gradio.choices import AUTO_DTYPE, Choices
 from dali_gradio.hires import hires_fields, hires_inputs
+from dali_gradio.inpaint import inpaint_fields, inpaint_image_inputs, inpaint_settings
 from dali_gradio.inputs import (
     dropdown,
     explain,
     image_upload,
     input_error,
-    mask_editor,
     mask_from_layers,
     open_image,
     optional_int,
@@ -107,6 +107,7 @@ class GenerationWidgets:
     mask_upload: gr.Image
     inpaint_strength: gr.Slider
     hires: list[Any]  # txt2img's hires fix controls (dali_gradio/hires.py)
+    inpaint: list[Any]  # the inpaint tab's mask settings (dali_gradio/inpaint.py)
 
 
 class GenerationTabs:
@@ -326,6 +327,7 @@ class GenerationTabs:
         vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
+        *settings: Any,  # the mask settings, last so older callers can leave them out
     ) -> Iterator[GenerationUpdate]:
         background = (editor or {}).get("background")
         if background is None:
@@ -342,7 +344,7 @@ class GenerationTabs:
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
             height, batch, clip_skip, vae, init_image=png_base64(image),
             mask=png_base64(mask.convert("L")),
-            strength=strength,
+            strength=strength, **inpaint_fields(*settings[:5]),
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
 
@@ -438,20 +440,6 @@ class GenerationTabs:
             slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
         ]
 
-    @staticmethod
-    def inpaint_inputs() -> list[Any]:
-        """The image with a brush for the mask, an optional uploaded mask, and the strength."""
-        return [
-            mask_editor(
-                label="Image — paint over what to repaint",
-                elem_id="inpaint-editor", type="pil", format="png",
-                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-                transforms=(), layers=False, height=360, sources=["upload", "clipboard"],
-            ),
-            image_upload(label="Mask (optional; white = repaint, same size as the image)", type="filepath", image_mode=None, height=160, sources=["upload", "clipboard"]),
-            slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
-        ]  # fmt: skip
-
     def layout(self) -> GenerationWidgets:
         """The txt2img, img2img and inpaint tabs (inside the app's `gr.Tabs`)."""
         with gr.Tab("txt2img", id="txt2img"):
@@ -461,20 +449,23 @@ class GenerationTabs:
             i2i, (init_image, strength) = self.panel("img2img", self.img2img_inputs)
         with gr.Tab("Inpaint", id="inpaint"):
             inp, (editor, mask_upload, inpaint_strength) = self.panel(
-                "inpaint", self.inpaint_inputs
+                "inpaint", inpaint_image_inputs
             )
+            inpaint = inpaint_settings()
         return GenerationWidgets(
-            t2i, i2i, inp, init_image, strength, editor, mask_upload, inpaint_strength, hires
-        )
+            t2i, i2i, inp, init_image, strength, editor, mask_upload, inpaint_strength, hires,
+            inpaint,
+        )  # fmt: skip
 
     def wire(self, widgets: GenerationWidgets, common: list[Any]) -> None:
         """Each tab's Generate button (and Enter in its prompt) and Cancel; `common` are the
         project, model, hardware and precision pickers above the tabs."""
         w = widgets
+        inpaint_images = [w.editor, w.mask_upload, w.inpaint_strength]
         for name, panel, fn, extra, after in (
             ("txt2img", w.t2i, self.txt2img, [], w.hires),
             ("img2img", w.i2i, self.img2img, [w.init_image, w.strength], []),
-            ("inpaint", w.inp, self.inpaint, [w.editor, w.mask_upload, w.inpaint_strength], []),
+            ("inpaint", w.inp, self.inpaint, inpaint_images, w.inpaint),
         ):
             panel.generate.click(
                 fn, [*common, *extra, *panel.settings(), *after], panel.outputs(),
