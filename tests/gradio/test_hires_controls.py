@@ -49,7 +49,7 @@ def test_hires_fields_only_when_ticked() -> None:
 def test_the_api_lists_the_controls_last_with_their_defaults(ui: DaliUI) -> None:
     api = ui.build().get_api_info()
     assert api is not None
-    hires = api["named_endpoints"]["/txt2img"]["parameters"][-5:]
+    hires = api["named_endpoints"]["/txt2img"]["parameters"][-6:-1]  # then the styles
     assert [p["label"] for p in hires] == [
         "Hires fix", "Upscale by", "Upscaler", "Hires steps", "Denoising strength",
     ]  # fmt: skip

@@ -75,7 +75,7 @@ def test_a_bad_choice_is_refused_naming_the_field() -> None:
 def test_the_api_lists_the_settings_last_with_their_defaults(ui: DaliUI) -> None:
     api = ui.build().get_api_info()
     assert api is not None
-    settings = api["named_endpoints"]["/inpaint"]["parameters"][-5:]
+    settings = api["named_endpoints"]["/inpaint"]["parameters"][-6:-1]  # then the styles
     assert [p["label"] for p in settings] == [
         "Mask blur", "Inpaint not masked", "Masked content", "Inpaint area",
         "Only masked padding, pixels",
