@@ -95,6 +95,8 @@ class DaliUI:
             )  # fmt: skip
             demo.load(choices.refresh, None, [project, model, device], **private())
             # Files dropped into the asset folders since the UI was built show on a reload.
+            # So do styles added to styles.csv.
             for panel in (generation.t2i, generation.i2i, generation.inp):
                 demo.load(self.generation.networks.refresh, None, panel.asset_lists(), **private())
+                demo.load(self.generation.styles.refresh, None, panel.styles, **private())
         return demo

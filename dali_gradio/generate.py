@@ -16,12 +16,12 @@ from pydantic import ValidationError
 
 from dali_gradio.choices import AUTO_DTYPE, Choices
 from dali_gradio.hires import hires_fields, hires_inputs
+from dali_gradio.inpaint import inpaint_fields, inpaint_image_inputs, inpaint_settings
 from dali_gradio.inputs import (
     dropdown,
     explain,
     image_upload,
     input_error,
-    mask_editor,
     mask_from_layers,
     open_image,
     optional_int,
@@ -31,6 +31,7 @@ from dali_gradio.inputs import (
     slider,
 )
 from dali_gradio.networks import NetworkPicker, Networks
+from dali_gradio.styles import Styles, picked_styles
 from stable_diffusion_api.errors import Conflict, DomainError
 from stable_diffusion_api.models import CANCELED, FINISHED, QUEUED, SUCCEEDED
 from stable_diffusion_api.schemas import MAX_BATCH, MAX_CLIP_SKIP, GenerationCreate, GenerationOut
@@ -55,6 +56,7 @@ class Panel:
     clip_skip: gr.Slider
     vae: gr.Dropdown
     networks: NetworkPicker
+    styles: gr.Dropdown  # passed last of all, after the tab's own controls
     generate: gr.Button
     cancel: gr.Button
     gallery: gr.Gallery
@@ -107,6 +109,7 @@ class GenerationWidgets:
     mask_upload: gr.Image
     inpaint_strength: gr.Slider
     hires: list[Any]  # txt2img's hires fix controls (dali_gradio/hires.py)
+    inpaint: list[Any]  # the inpaint tab's mask settings (dali_gradio/inpaint.py)
 
 
 class GenerationTabs:
@@ -116,6 +119,7 @@ class GenerationTabs:
         self.studio = studio
         self.choices = choices
         self.networks = Networks(studio)
+        self.styles = Styles(studio)
         self._running: dict[str, int] = {}  # session → the generation it is following
         self.last: dict[str, int] = {}  # session → its newest finished generation
 
@@ -265,11 +269,12 @@ class GenerationTabs:
         vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio finds it by this default)
-        *hires: Any,  # the hires fix controls, last so older callers can leave them out
+        *options: Any,  # hires fix controls, then styles (last: callers may leave them out)
     ) -> Iterator[GenerationUpdate]:
+        hires, styles = options[:5], options[5:6]
         body = self._request(
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
-            height, batch, clip_skip, vae, **hires_fields(*hires[:5]),
+            height, batch, clip_skip, vae, styles=picked_styles(*styles), **hires_fields(*hires),
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
 
@@ -294,6 +299,7 @@ class GenerationTabs:
         vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
+        *styles: Any,  # the styles (last: callers may leave them out)
     ) -> Iterator[GenerationUpdate]:
         image = open_image(init_image, "Image")
         if image is None:
@@ -301,6 +307,7 @@ class GenerationTabs:
         body = self._request(
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
             height, batch, clip_skip, vae, init_image=png_base64(image), strength=strength,
+            styles=picked_styles(*styles[:1]),
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
 
@@ -326,7 +333,9 @@ class GenerationTabs:
         vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
+        *options: Any,  # mask settings, then styles (last: callers may leave them out)
     ) -> Iterator[GenerationUpdate]:
+        settings, styles = options[:5], options[5:6]
         background = (editor or {}).get("background")
         if background is None:
             raise input_error("Image: upload the image to inpaint, then paint over what to redo.")
@@ -342,7 +351,7 @@ class GenerationTabs:
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
             height, batch, clip_skip, vae, init_image=png_base64(image),
             mask=png_base64(mask.convert("L")),
-            strength=strength,
+            strength=strength, styles=picked_styles(*styles), **inpaint_fields(*settings),
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
 
@@ -380,6 +389,7 @@ class GenerationTabs:
                 )
                 networks = self.networks.layout(tab)
                 negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="what to avoid")
+                styles = self.styles.picker(tab)
             with gr.Column(scale=1, min_width=160):
                 generate = gr.Button(
                     "Generate", variant="primary", size="lg", elem_id=f"{tab}-generate"
@@ -420,7 +430,7 @@ class GenerationTabs:
         self.networks.wire(networks, prompt, vae)
         panel = Panel(
             prompt, negative, sampler, steps, guidance, seed, width, height, batch, clip_skip,
-            vae, networks, generate, cancel, gallery, preview, info, status, details,
+            vae, networks, styles, generate, cancel, gallery, preview, info, status, details,
         )  # fmt: skip
         return panel, extra_inputs
 
@@ -438,20 +448,6 @@ class GenerationTabs:
             slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
         ]
 
-    @staticmethod
-    def inpaint_inputs() -> list[Any]:
-        """The image with a brush for the mask, an optional uploaded mask, and the strength."""
-        return [
-            mask_editor(
-                label="Image — paint over what to repaint",
-                elem_id="inpaint-editor", type="pil", format="png",
-                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-                transforms=(), layers=False, height=360, sources=["upload", "clipboard"],
-            ),
-            image_upload(label="Mask (optional; white = repaint, same size as the image)", type="filepath", image_mode=None, height=160, sources=["upload", "clipboard"]),
-            slider(0, 1, value=0.75, step=0.01, label="Denoising strength"),
-        ]  # fmt: skip
-
     def layout(self) -> GenerationWidgets:
         """The txt2img, img2img and inpaint tabs (inside the app's `gr.Tabs`)."""
         with gr.Tab("txt2img", id="txt2img"):
@@ -461,29 +457,29 @@ class GenerationTabs:
             i2i, (init_image, strength) = self.panel("img2img", self.img2img_inputs)
         with gr.Tab("Inpaint", id="inpaint"):
             inp, (editor, mask_upload, inpaint_strength) = self.panel(
-                "inpaint", self.inpaint_inputs
+                "inpaint", inpaint_image_inputs
             )
+            inpaint = inpaint_settings()
         return GenerationWidgets(
-            t2i, i2i, inp, init_image, strength, editor, mask_upload, inpaint_strength, hires
-        )
+            t2i, i2i, inp, init_image, strength, editor, mask_upload, inpaint_strength, hires,
+            inpaint,
+        )  # fmt: skip
 
     def wire(self, widgets: GenerationWidgets, common: list[Any]) -> None:
         """Each tab's Generate button (and Enter in its prompt) and Cancel; `common` are the
         project, model, hardware and precision pickers above the tabs."""
         w = widgets
+        inpaint_images = [w.editor, w.mask_upload, w.inpaint_strength]
         for name, panel, fn, extra, after in (
             ("txt2img", w.t2i, self.txt2img, [], w.hires),
             ("img2img", w.i2i, self.img2img, [w.init_image, w.strength], []),
-            ("inpaint", w.inp, self.inpaint, [w.editor, w.mask_upload, w.inpaint_strength], []),
+            ("inpaint", w.inp, self.inpaint, inpaint_images, w.inpaint),
         ):
+            inputs = [*common, *extra, *panel.settings(), *after, panel.styles]
             panel.generate.click(
-                fn, [*common, *extra, *panel.settings(), *after], panel.outputs(),
-                api_name=name, concurrency_id="generate",
-            )  # fmt: skip
-            panel.prompt.submit(
-                fn, [*common, *extra, *panel.settings(), *after], panel.outputs(),
-                **private(), concurrency_id="generate",
-            )  # fmt: skip
+                fn, inputs, panel.outputs(), api_name=name, concurrency_id="generate"
+            )
+            panel.prompt.submit(fn, inputs, panel.outputs(), **private(), concurrency_id="generate")
             # One public /cancel; every tab's button does the same.
             cancel_api = {"api_name": "cancel"} if name == "txt2img" else private()
             panel.cancel.click(self.cancel, None, panel.status, queue=False, **cancel_api)

@@ -138,6 +138,10 @@ def dropdown(*args: Any, **kwargs: Any) -> gr.Dropdown:
     return _with_field_names(gr.Dropdown(*args, **kwargs), "Choice", image=False)
 
 
+def radio(*args: Any, **kwargs: Any) -> gr.Radio:
+    return _with_field_names(gr.Radio(*args, **kwargs), "Choice", image=False)
+
+
 def png_base64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

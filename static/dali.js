@@ -18,9 +18,12 @@
     return (s / 60).toFixed(1) + " min";
   }
 
+  // A JSON call; `body` is sent as JSON, or as it is when it is a form's FormData.
   async function api(method, url, body) {
     const options = { method, headers: { Accept: "application/json" } };
-    if (body !== undefined) {
+    if (body instanceof FormData) {
+      options.body = body;
+    } else if (body !== undefined) {
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
     }
@@ -28,17 +31,6 @@
     let data = null;
     try { data = await response.json(); } catch (e) { data = null; }
     return { response, data };
-  }
-
-  function readFile(input) {
-    const file = input && input.files && input.files[0];
-    if (!file) return Promise.resolve(null);
-    return new Promise((resolve, reject) => {
-      const reader = new FileReader();
-      reader.onload = () => resolve(String(reader.result));
-      reader.onerror = () => reject(reader.error);
-      reader.readAsDataURL(file);
-    });
   }
 
   function clearErrors(form) {
@@ -151,6 +143,111 @@
     });
   }
 
+  // -- the mask editor: paint the inpainting mask over the chosen init image ----------------
+  // The strokes are kept on a canvas of the image's own size (shown scaled over it); on
+  // submit they become a black-and-white PNG sent as the form's "mask" file, so a drawn mask
+  // is checked like an uploaded one. Returns { addTo(formData) }, or null without an editor.
+  function maskEditor(form) {
+    const editor = $("#mask-editor");
+    const init = form.elements.init_image;
+    if (!editor || !init) return null;
+    const picture = $("#mask-image");
+    const canvas = $("#mask-canvas");
+    const paint = canvas.getContext("2d");
+    const size = $("#brush_size");
+    const brush = $("#mask-brush");
+    const eraser = $("#mask-eraser");
+    const INK = "rgb(255, 0, 170)"; // shown half transparent; any painted pixel repaints
+    let erasing = false;
+    let last = null;
+
+    const setTool = (erase) => {
+      erasing = erase;
+      brush.setAttribute("aria-pressed", String(!erase));
+      eraser.setAttribute("aria-pressed", String(erase));
+    };
+    brush.addEventListener("click", () => setTool(false));
+    eraser.addEventListener("click", () => setTool(true));
+    $("#mask-clear").addEventListener("click", () => paint.clearRect(0, 0, canvas.width, canvas.height));
+    const showSize = () => { $("#brush-size-value").textContent = size.value; };
+    size.addEventListener("input", showSize);
+    showSize();
+
+    // A new init image starts a new, empty mask of its size; a file the browser cannot
+    // decode hides the editor (the server says what is wrong with it).
+    init.addEventListener("change", async () => {
+      const file = init.files && init.files[0];
+      editor.hidden = true;
+      if (!file) return;
+      let bitmap;
+      try { bitmap = await createImageBitmap(file); } catch (e) { return; }
+      for (const c of [picture, canvas]) { c.width = bitmap.width; c.height = bitmap.height; }
+      picture.getContext("2d").drawImage(bitmap, 0, 0);
+      bitmap.close();
+      editor.hidden = false;
+    });
+
+    // Pointer position in the image's pixels (the canvas is shown scaled).
+    const at = (event) => {
+      const box = canvas.getBoundingClientRect();
+      return [(event.clientX - box.left) * canvas.width / box.width,
+              (event.clientY - box.top) * canvas.height / box.height];
+    };
+    const draw = (from, to) => {
+      paint.globalCompositeOperation = erasing ? "destination-out" : "source-over";
+      paint.strokeStyle = paint.fillStyle = INK;
+      paint.lineWidth = Number(size.value);
+      paint.lineCap = paint.lineJoin = "round";
+      paint.beginPath();
+      if (from) {
+        paint.moveTo(from[0], from[1]);
+        paint.lineTo(to[0], to[1]);
+        paint.stroke();
+      } else {
+        paint.arc(to[0], to[1], paint.lineWidth / 2, 0, 2 * Math.PI);
+        paint.fill();
+      }
+    };
+    canvas.addEventListener("pointerdown", (event) => {
+      event.preventDefault();
+      canvas.setPointerCapture(event.pointerId);
+      last = at(event);
+      draw(null, last);
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      if (last === null) return;
+      const point = at(event);
+      draw(last, point);
+      last = point;
+    });
+    const stop = () => { last = null; };
+    canvas.addEventListener("pointerup", stop);
+    canvas.addEventListener("pointercancel", stop);
+
+    return {
+      // Puts the drawn mask into `data` as its "mask" file; nothing when none is drawn.
+      async addTo(data) {
+        if (editor.hidden || !canvas.width) return;
+        const strokes = paint.getImageData(0, 0, canvas.width, canvas.height);
+        const pixels = strokes.data;
+        let painted = false;
+        for (let i = 0; i < pixels.length; i += 4) {
+          const alpha = pixels[i + 3]; // white where painted, black elsewhere
+          pixels[i] = pixels[i + 1] = pixels[i + 2] = alpha;
+          pixels[i + 3] = 255;
+          painted = painted || alpha > 0;
+        }
+        if (!painted) return;
+        const mask = document.createElement("canvas");
+        mask.width = canvas.width;
+        mask.height = canvas.height;
+        mask.getContext("2d").putImageData(strokes, 0, 0);
+        const blob = await new Promise((resolve) => mask.toBlob(resolve, "image/png"));
+        if (blob) data.set("mask", blob, "drawn-mask.png");
+      },
+    };
+  }
+
   // -- the generate page ------------------------------------------------------------------
   const form = $("#generate-form");
   if (form) {
@@ -168,6 +265,7 @@
     };
     let current = null;
     let stop = null;
+    const mask = maskEditor(form);
 
     const syncSeed = () => { seed.disabled = randomSeed.checked; };
     randomSeed.addEventListener("change", syncSeed);
@@ -226,26 +324,23 @@
       await api("POST", `/api/v1/generations/${current}/cancel`);
     });
 
+    // The form itself is posted, to the same route as without JavaScript, asking for JSON:
+    // every field (hires fix, inpainting, styles) is read by the server's one form reader.
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       clearErrors(form);
-      const value = (name) => (form.elements[name] ? form.elements[name].value.trim() : "");
-      const body = { prompt: form.elements.prompt.value, negative_prompt: form.elements.negative_prompt.value };
-      for (const name of ["model", "sampler", "vae"]) if (value(name)) body[name] = value(name);
-      for (const name of ["steps", "guidance", "width", "height", "batch", "clip_skip"]) if (value(name)) body[name] = Number(value(name));
-      if (!randomSeed.checked && value("seed")) body.seed = Number(value("seed"));
-      try {
-        const init = await readFile(form.elements.init_image);
-        const mask = await readFile(form.elements.mask);
-        if (init) { body.init_image = init; if (value("strength")) body.strength = Number(value("strength")); }
-        if (mask) body.mask = mask;
-      } catch (e) {
-        showErrors(form, [{ loc: ["body", "init_image"], msg: "could not read the file" }]);
-        return;
-      }
       button.disabled = true;
-      const { response, data } = await api("POST", `/api/v1/projects/${project}/generations`, body);
-      button.disabled = false;
+      let response, data;
+      try {
+        const fields = new FormData(form);
+        if (mask) await mask.addTo(fields);
+        ({ response, data } = await api("POST", form.action, fields));
+      } catch (e) {
+        showErrors(form, [{ msg: "The request could not be sent; is the studio running?" }]);
+        return;
+      } finally {
+        button.disabled = false;
+      }
       if (response.status === 429) {
         const wait = response.headers.get("Retry-After");
         showErrors(form, [{ msg: `The queue is full; try again in ${wait} s.` }]);

@@ -84,8 +84,19 @@ def field_errors(exc: FormInvalid | InvalidField | Conflict) -> dict[str, str]:
             found.setdefault(error.field, error.message)
         return found
     if isinstance(exc, InvalidField):
-        return {exc.field.split(".")[-1]: exc.message}
+        # "defaults.sampler" is the form's "sampler"; "styles.1" (a list's item) its "styles".
+        parts = [part for part in exc.field.split(".") if not part.isdigit()]
+        return {parts[-1]: exc.message}
     return {"name": exc.message}  # the only conflict a form can make: a name already taken
+
+
+def error_detail(exc: FormInvalid | InvalidField | Conflict) -> list[dict[str, Any]]:
+    """`field_errors` in FastAPI's 422 shape, for the page's script (which places each
+    message beside the input of that name, as it does for the REST API's errors)."""
+    return [
+        {"type": "value_error", "loc": ["body", field], "msg": message}
+        for field, message in field_errors(exc).items()
+    ]
 
 
 def text(form: FormData, name: str) -> str | None:
@@ -98,6 +109,11 @@ def text(form: FormData, name: str) -> str | None:
 
 def ticked(form: FormData, name: str) -> bool:
     return form.get(name) == "on"
+
+
+def picked(form: FormData, name: str) -> list[str]:
+    """The options chosen in a multiple select, in the page's order (none: [])."""
+    return [value for value in form.getlist(name) if isinstance(value, str) and value.strip()]
 
 
 def _sent(form: FormData, field: str) -> object:
@@ -168,6 +184,7 @@ def generation_create(form: FormData) -> GenerationCreate:
         fields["seed"] = None
     for name in UPLOAD_FIELDS:
         fields[name] = upload(form, name)
+    fields["styles"] = picked(form, "styles")
     return validate(
         GenerationCreate, {key: value for key, value in fields.items() if value is not None}, form
     )
@@ -179,6 +196,7 @@ def generation_values(form: FormData) -> dict[str, Any]:
     values["random_seed"] = ticked(form, "random_seed")
     values.update({key: True for key in INPAINT_CHECKS if ticked(form, key)})
     values["hires"] = ticked(form, "hires")
+    values["styles"] = picked(form, "styles")
     return values
 
 

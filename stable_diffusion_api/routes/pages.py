@@ -1,8 +1,8 @@
 """The HTML pages (Jinja2 templates in /templates, plain CSS/JS in /static; no CDN, no build).
 
 Every form posts to a page route and works without JavaScript (post → redirect → get); the
-script in static/dali.js upgrades the generate page to queue over the JSON API and show live
-progress over SSE. Bad form input re-renders the same page with each message beside its field.
+script in static/dali.js upgrades the generate page to post its form for a JSON answer (the
+same route and form reader) and show live progress over SSE. Bad form input re-renders the same page with each message beside its field.
 
 Thin like the JSON API: `forms` turns form fields into the API's schemas, `templating` holds
 the Jinja environment, and every read and write goes through a service of the studio. The
@@ -16,7 +16,7 @@ import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from stable_diffusion_api.deps import Id, StudioDep
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound
@@ -144,6 +144,9 @@ def _generate_context(
         # The prompt's picker: a click writes `<lora:name:1>` or the embedding's name.
         "loras": studio.assets.loras(),
         "embeddings": studio.assets.embeddings(),
+        # Prompt styles from the studio's styles.csv, applied by name when the job is queued.
+        "styles": studio.generations.styles.all(),
+        "styles_file": studio.generations.styles.path,
     }
     return context | _choices(studio, project)
 
@@ -176,16 +179,26 @@ def generate_page(
 
 @pages.post("/projects/{project_id}/generate")
 def generate(request: Request, project_id: Id, studio: StudioDep, form: FormDep) -> Response:
-    """The no-JavaScript path: queue, then show the generation's own page."""
+    """Queue the form's generation, then show the generation's own page (bad values: the form
+    again, each message beside its field).
+
+    The page's script posts the same form asking for JSON (`Accept: application/json`) and
+    gets the REST API's answers instead: 202 with the job, or 422 with the fields' errors in
+    FastAPI's shape. So with or without JavaScript every field goes through `forms`."""
     project = studio.projects.view(project_id)
+    as_json = "application/json" in request.headers.get("accept", "")
     try:
         accepted = studio.generations.submit(
             project_id, forms.generation_create(form), source="page"
         )
     except (FormInvalid, InvalidField) as exc:
+        if as_json:
+            return JSONResponse({"detail": forms.error_detail(exc)}, status_code=422)
         values = forms.generation_values(form)
         context = _generate_context(studio, project, values, field_errors(exc))
         return render(request, "generate.html", context, 422)
+    if as_json:
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     return RedirectResponse(f"/generations/{accepted.id}", status_code=303)
 
 

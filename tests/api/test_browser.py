@@ -2,7 +2,8 @@
 
 Create a project, pick the CPU, generate, watch the progress bar move, see the image in the
 gallery, reopen it with "use these settings"; put a LoRA into the prompt with the picker and
-find it on the generation's page; upscale an image from its page. Screenshots of every page, at desktop and phone
+find it on the generation's page; pick styles and the hires fix; paint an inpainting
+mask; upscale an image from its page. Screenshots of every page, at desktop and phone
 width, go to $DALI_SCREENSHOTS (default /tmp/dali-screenshots) for a human to look at.
 """
 
@@ -30,6 +31,7 @@ PHONE = {"width": 390, "height": 844}
 
 
 LORA = "browser_test"
+STYLES = "name,prompt,negative_prompt\ncentered,{prompt} in the center,\nwhite,,white background\n"
 
 
 def write_lora(path: Path) -> None:
@@ -51,12 +53,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's data directory (DALI_DATA_DIR): its database, images and job inputs."""
+    data = tmp_path_factory.mktemp("browser") / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    return data
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path) -> Iterator[tuple[str, str]]:
     """A uvicorn process on a free loopback port; yields (base URL, model to pick or "")."""
     import sd_core
 
-    data = tmp_path_factory.mktemp("browser") / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    data = data_dir
     model = ""
     if not Path(sd_core.BUILTIN_MODEL_PATH).is_file():
         from sd_core.checkpoint import save_checkpoint
@@ -67,6 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
                         random_checkpoint(TINY_TEST), TINY_TEST)  # fmt: skip
         model = "tiny-random"
     write_lora(data / "loras" / f"{LORA}.safetensors")
+    (data / "styles.csv").write_text(STYLES, encoding="utf-8")
     port = free_port()
     # One torch thread: on a shared CI machine, spinning torch threads can slow sampling
     # down many times over (the test is about the pages, not about speed). Progress on every
@@ -301,3 +311,115 @@ def test_an_image_is_upscaled_from_its_page(server: tuple[str, str], browser) ->
     page.wait_for_url(f"**/images/{source}")
     assert errors == []
     context.close()
+
+
+def test_the_script_posts_every_field_of_the_form(server: tuple[str, str], browser) -> None:  # type: ignore[no-untyped-def]
+    """The script queues the form as it is: settings it has no code of its own for (here the
+    hires fix and the styles) reach the job just as they do without JavaScript."""
+    base, model = server
+    body = {"name": "Browser form", "device": "cpu"} | ({"default_model": model} if model else {})
+    project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()
+    page = browser.new_page(viewport=DESKTOP)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/projects/{project['id']}")
+    page.fill("#prompt", "a blue square")
+    page.select_option("#styles", ["centered", "white"])
+    assert unlabelled_controls(page) == []
+    shoot(page, "10-styles")
+    page.fill("#steps", "2")
+    page.select_option("#width", "64")
+    page.select_option("#height", "64")
+    page.click("#hires-fix summary")
+    page.check("#hires")
+    page.fill("#hires_scale", "1.5")
+    page.fill("#hires_steps", "1")
+    page.click("#generate-button")
+    page.wait_for_selector("#results a.thumb img", timeout=300_000)
+    job = page.get_attribute("#job-link", "href")
+    assert job is not None and page.url.endswith(f"/projects/{project['id']}")  # no reload
+    done = httpx.get(f"{base}/api/v1{job}", timeout=30).json()
+    assert (done["hires"], done["hires_scale"], done["hires_steps"]) == (True, 1.5, 1)
+    assert done["prompt"] == "a blue square in the center"
+    assert done["negative_prompt"] == "white background"
+    assert (done["images"][0]["width"], done["images"][0]["height"]) == (96, 96)  # 64 × 1.5
+    assert errors == []
+    page.close()
+
+
+def test_the_mask_is_painted_over_the_init_image(  # type: ignore[no-untyped-def]
+    server: tuple[str, str], data_dir: Path, browser, tmp_path: Path
+) -> None:
+    """Brush, eraser and clear on the canvas over the chosen image: the job gets the mask as
+    drawn (white where painted and not erased, black elsewhere) and the result keeps every
+    pixel outside it."""
+    import numpy as np
+    from PIL import Image
+
+    base, model = server
+    body = {"name": "Browser mask", "device": "cpu"} | ({"default_model": model} if model else {})
+    project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()
+    pixels = np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "init.png")
+    page = browser.new_page(viewport=DESKTOP)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/projects/{project['id']}")
+    assert page.locator("#mask-editor").is_hidden()  # no image, nothing to paint on
+    page.fill("#prompt", "a red circle on a blue background")
+    page.fill("#steps", "2")
+    page.select_option("#width", "64")
+    page.select_option("#height", "64")
+    page.click("text=Start from an image")
+    page.set_input_files("#init_image", str(tmp_path / "init.png"))
+    page.wait_for_selector("#mask-editor:not([hidden])")
+    assert unlabelled_controls(page) == []
+
+    def stroke(*points: tuple[int, int]) -> None:
+        """Drag through `points`, given in the image's pixels."""
+        page.locator("#mask-canvas").scroll_into_view_if_needed()
+        canvas = page.locator("#mask-canvas").bounding_box()
+        assert canvas is not None and canvas["width"] > 64 * 4  # a small image is shown larger
+        scale = canvas["width"] / 64
+        screen = [(canvas["x"] + x * scale, canvas["y"] + y * scale) for x, y in points]
+        page.mouse.move(*screen[0])
+        page.mouse.down()
+        for point in screen[1:]:
+            page.mouse.move(*point, steps=8)
+        page.mouse.up()
+
+    page.locator("#brush_size").fill("8")
+    assert page.locator("#brush-size-value").inner_text() == "8"
+    stroke((8, 50), (56, 50))  # then cleared: not in the mask
+    page.click("#mask-clear")
+    stroke((8, 20), (56, 20))
+    page.click("#mask-eraser")
+    stroke((44, 20), (60, 20))  # erases the stroke's right end
+    assert page.get_attribute("#mask-eraser", "aria-pressed") == "true"
+    page.click("#mask-brush")
+    shoot(page, "11-mask")
+
+    page.click("#generate-button")
+    page.wait_for_selector("#results a.thumb img", timeout=300_000)
+    job = page.get_attribute("#job-link", "href")
+    assert job is not None
+    done = httpx.get(f"{base}/api/v1{job}", timeout=30).json()
+    assert done["has_mask"] and done["status"] == "succeeded"
+    with Image.open(data_dir / "inputs" / str(done["id"]) / "mask.png") as stored:
+        mask = np.asarray(stored.convert("L"))
+    assert mask.shape == (64, 64)
+    assert (mask[17:24, 10:40] == 255).all()  # painted
+    assert (mask[:12] == 0).all() and (mask[28:] == 0).all()  # never painted, or cleared
+    assert (mask[14:27, 48:] == 0).all()  # erased
+    with Image.open(data_dir / "inputs" / str(done["id"]) / "init.png") as stored:
+        assert (np.asarray(stored.convert("RGB")) == pixels).all()
+    result = httpx.get(base + done["images"][0]["url"], timeout=30)
+    from io import BytesIO
+
+    with Image.open(BytesIO(result.content)) as image:
+        out = np.asarray(image.convert("RGB"))
+    kept = mask < 128  # the engine repaints where the mask is at least mid-grey
+    assert (out[kept] == pixels[kept]).all()  # every pixel outside the mask as it was sent
+    assert (out[~kept] != pixels[~kept]).any()  # and the painted part repainted
+    assert errors == []
+    page.close()

@@ -125,9 +125,15 @@ def test_generation_values_keep_the_text_sent_and_the_seed_box() -> None:
     values = forms.generation_values(
         form(prompt="a cat", steps="0", init_image=upload(b"png"), random_seed="on")
     )
-    # Checkboxes are always there: ticked or not (random seed, hires fix).
-    assert values == {"prompt": "a cat", "steps": "0", "random_seed": True, "hires": False}
+    # Checkboxes are always there: ticked or not (random seed, hires fix); the styles picked.
+    assert values == {
+        "prompt": "a cat", "steps": "0", "random_seed": True, "hires": False, "styles": [],
+    }  # fmt: skip
     assert forms.generation_values(form(prompt="a cat"))["random_seed"] is False
+    # A multiple select sends its name once per pick: all of them, in order.
+    picks = FormData([("prompt", "p"), ("styles", "b"), ("styles", ""), ("styles", "a")])
+    assert forms.generation_values(picks)["styles"] == ["b", "a"]
+    assert forms.generation_create(picks).styles == ["b", "a"]
 
 
 # -- errors from the services -----------------------------------------------------------------
@@ -138,6 +144,8 @@ def test_service_errors_go_beside_their_field() -> None:
     assert field_errors(unknown) == {"sampler": unknown.message}
     taken = Conflict("a project named 'x' already exists; choose another name")
     assert field_errors(taken) == {"name": taken.message}
+    style = InvalidField("styles.1", "gone", "installed styles: oil")
+    assert field_errors(style) == {"styles": style.message}  # the list's field, not "1"
     twice = FormInvalid([FieldError("steps", "0", "first"), FieldError("steps", "0", "second")])
     assert field_errors(twice) == {"steps": "first"}  # one message per field: the first
 

@@ -3,38 +3,13 @@ older client, a positional call) still work."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from gradio.helpers import special_args
 
 from dali_gradio import DaliUI
 from dali_gradio.hires import hires_fields
-from stable_diffusion_api.config import Settings
-from stable_diffusion_api.services import Studio
-from tests.api.fakes import FakeGenerator, write_fake_checkpoint
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> FakeGenerator:
-    return FakeGenerator(
-        write_fake_checkpoint(tmp_path / "data" / "models" / "dali-tiny.safetensors")
-    )
-
-
-@pytest.fixture
-def ui(tmp_path: Path, fake: FakeGenerator) -> Iterator[DaliUI]:
-    studio = Studio(Settings(data_dir=tmp_path / "data", poll_s=0.05, heartbeat_s=0.2), fake)
-    studio.start()
-    try:
-        yield DaliUI(studio)
-    finally:
-        fake.release.set()
-        studio.stop()
-        studio.db.dispose()
-
+from tests.api.fakes import FakeGenerator
 
 SETTINGS = ["Hires", "", "cpu", "auto", "a red circle", "", "", 2, 7.0, 5, 0, 0, 1, 1, ""]
 
@@ -74,7 +49,7 @@ def test_hires_fields_only_when_ticked() -> None:
 def test_the_api_lists_the_controls_last_with_their_defaults(ui: DaliUI) -> None:
     api = ui.build().get_api_info()
     assert api is not None
-    hires = api["named_endpoints"]["/txt2img"]["parameters"][-5:]
+    hires = api["named_endpoints"]["/txt2img"]["parameters"][-6:-1]  # then the styles
     assert [p["label"] for p in hires] == [
         "Hires fix", "Upscale by", "Upscaler", "Hires steps", "Denoising strength",
     ]  # fmt: skip

@@ -7,7 +7,6 @@ loads nothing either. test_gradio_app.py runs the real server and engine."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from dali_gradio import DaliUI
 from dali_gradio.networks import lora_tag, with_tag
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.schemas import GenerationDefaults, ProjectCreate
-from stable_diffusion_api.services import Studio
-from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+from tests.api.fakes import FakeGenerator
 
 VAE = "mse.vae.safetensors"
 
@@ -32,29 +30,11 @@ def install(folder: Path, *names: str) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    # Folders of their own, as DALI_LORAS_DIR etc. would set them.
+    # Folders of their own, as DALI_LORAS_DIR etc. would set them (`fake` and `ui` from
+    # conftest.py take these settings).
     return Settings(data_dir=tmp_path / "data", loras_dir=tmp_path / "loras",
                     embeddings_dir=tmp_path / "embeddings", vae_dir=tmp_path / "vae",
                     poll_s=0.05, heartbeat_s=0.2)  # fmt: skip
-
-
-@pytest.fixture
-def fake(settings: Settings) -> FakeGenerator:
-    return FakeGenerator(
-        write_fake_checkpoint(settings.resolved_models_dir / "dali-tiny.safetensors")
-    )
-
-
-@pytest.fixture
-def ui(settings: Settings, fake: FakeGenerator) -> Iterator[DaliUI]:
-    studio = Studio(settings, fake)
-    studio.start()
-    try:
-        yield DaliUI(studio)
-    finally:
-        fake.release.set()
-        studio.stop()
-        studio.db.dispose()
 
 
 def test_with_tag_spaces_the_tag_from_the_words() -> None:
@@ -153,12 +133,12 @@ def test_each_tab_has_the_controls_and_the_api_takes_them(ui: DaliUI) -> None:
     api = demo.get_api_info()
     assert api is not None
     tabs = ("txt2img", "img2img", "inpaint")
+    # After them come the tab's own controls: the hires fix (test_hires_controls.py) and the
+    # mask settings (test_inpaint_controls.py), then the styles (test_styles_controls.py).
+    after = {"txt2img": 5 + 1, "img2img": 1, "inpaint": 5 + 1}
     for tab in tabs:
         parameters = api["named_endpoints"][f"/{tab}"]["parameters"]
-        if (
-            tab == "txt2img"
-        ):  # the hires fix controls come last (tests/gradio/test_hires_controls.py)
-            parameters = parameters[:-5]
+        parameters = parameters[: len(parameters) - after[tab]]
         clip_skip, vae = parameters[-2:]
         assert (clip_skip["label"], vae["label"]) == ("Clip skip", "VAE")
         # Callers that leave them out get clip skip 1 and the project's VAE.
