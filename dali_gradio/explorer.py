@@ -210,12 +210,19 @@ class ExplorerTab:
                 rows=1,
                 height=260,
                 format="png",
+                object_fit="contain",
             )
             with gr.Row(equal_height=True):
                 generation = gr.Number(value=0, precision=0, label="Generation # (0 = your latest)")
                 film_go = gr.Button("Show the reverse process", variant="primary")
             note = gr.Markdown()
-            film = gr.Gallery(label="Reverse process", columns=4, height="auto", format="png")
+            film = gr.Gallery(
+                label="Reverse process",
+                columns=4,
+                height="auto",
+                format="png",
+                object_fit="contain",
+            )
 
         inputs = [image, t, seed, model, device, dtype]
         go.click(self.forward, inputs, [clean, noisy, stats], api_name="forward")

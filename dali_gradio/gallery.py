@@ -61,7 +61,11 @@ class GalleryTab:
                 count = gr.Markdown()
             ids = gr.State([])
             images = gr.Gallery(
-                label="Project images", columns=6, height="auto", allow_preview=False
+                label="Project images",
+                columns=6,
+                height="auto",
+                allow_preview=False,
+                object_fit="contain",  # whole images, never cropped to the tile
             )
             with gr.Row():
                 picked = gr.Image(

@@ -14,6 +14,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
+from stable_diffusion_api.error_text import human_message
 from stable_diffusion_api.errors import DomainError
 
 UPLOAD_HINT = "use a PNG, JPEG, WebP or BMP image"
@@ -49,7 +50,7 @@ def explain(exc: BaseException) -> str:
             label = FIELD_LABELS.get(where, where or "Input")
             value = error.get("input")
             shown = "" if isinstance(value, dict | list) or value is None else f" ({value!r})"
-            message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
+            message = human_message(dict(error))
             parts.append(f"{label}{shown}: {message}")
         return "; ".join(parts)
     if isinstance(exc, DomainError):
