@@ -101,6 +101,23 @@
     return close;
   }
 
+  // One line on how a finished job went, from the steps it really ran: the sampler's own count
+  // (img2img at strength 0.6 runs 12 of 20 steps; the hires fix adds its pass), as the
+  // progress bar counted them, not the requested number.
+  function runSummary(g, progress) {
+    if (!(g.started_at && g.finished_at)) return "";
+    // The time includes loading the model the first time it is used.
+    const took = formatSeconds((Date.parse(g.finished_at) - Date.parse(g.started_at)) / 1000);
+    const total = progress.max > 1 ? progress.max : null;
+    const done = progress.value;
+    if (g.status === "succeeded") {
+      const rate = g.step_seconds ? ` at ${formatSeconds(g.step_seconds)}/step` : "";
+      return `Finished in ${took}` + (total ? ` (${total} steps${rate})` : "");
+    }
+    const stopped = g.status === "canceled" ? "Canceled" : "Stopped";
+    return total ? `${stopped} after ${done} of ${total} steps (${took})` : `${stopped} after ${took}`;
+  }
+
   function thumbLink(image) {
     const link = document.createElement("a");
     link.className = "thumb";
@@ -248,6 +265,28 @@
     };
   }
 
+  // -- the hardware page: benchmarks follow themselves ----------------------------------------
+  const benchmarkList = $("#benchmarks");
+  if (benchmarkList && benchmarkList.querySelector(".status-queued, .status-running")) {
+    const finished = (b) => b.status === "done" || b.status === "failed";
+    const poll = async () => {
+      const { response, data } = await api("GET", "/api/v1/hardware/benchmarks");
+      if (response.ok) {
+        // The list is the page's, in the same order.
+        const badges = benchmarkList.querySelectorAll(".status");
+        data.forEach((b, i) => {
+          if (!badges[i]) return;
+          badges[i].textContent = b.status;
+          badges[i].className = `status status-${b.status}`;
+        });
+        // All measured: the page's estimates and speeds table are out of date; redraw it.
+        if (data.every(finished)) { window.location.reload(); return; }
+      }
+      setTimeout(poll, 1000);
+    };
+    setTimeout(poll, 1000);
+  }
+
   // -- the generate page ------------------------------------------------------------------
   const form = $("#generate-form");
   if (form) {
@@ -359,6 +398,7 @@
       // On a phone the output sits below the form: bring it into view.
       if (window.matchMedia("(max-width: 900px)").matches) job.scrollIntoView({ behavior: "smooth", block: "start" });
       ui.preview.hidden = true;
+      ui.progress.max = 1;  // no steps known until the first progress event
       ui.progress.value = 0;
       ui.detail.textContent = "";
       ui.status.textContent = data.position > 0 ? `Queued — ${data.position} ahead` : "Starting…";
@@ -366,12 +406,7 @@
       stop = follow(data.id, Object.assign({}, ui, {
         done(g) {
           $("#cancel-button").hidden = true;
-          if (g.started_at && g.finished_at) {
-            // The total includes loading the model the first time it is used.
-            const took = (Date.parse(g.finished_at) - Date.parse(g.started_at)) / 1000;
-            const rate = g.step_seconds ? ` at ${formatSeconds(g.step_seconds)}/step` : "";
-            ui.detail.textContent = `Finished in ${formatSeconds(took)} (${g.steps} steps${rate})`;
-          }
+          ui.detail.textContent = runSummary(g, ui.progress);
           if (g.status === "succeeded") {
             ui.status.textContent = `Done — ${g.images.length} image${g.images.length === 1 ? "" : "s"}`;
             ui.progress.value = ui.progress.max;
