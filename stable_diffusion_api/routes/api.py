@@ -114,7 +114,7 @@ def _immutable_file(
 @router.get("/health")
 def health(studio: StudioDep, response: Response) -> dict[str, object]:
     """200 "ok"; 503 "unhealthy" with the problems when the studio cannot save its work."""
-    problems = [p for p in (studio.db.problem(),) if p is not None]
+    problems = studio.db.problems()
     if problems:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return {"status": "unhealthy", "problems": problems}
