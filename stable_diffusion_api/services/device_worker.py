@@ -24,13 +24,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from sd_core.params import GenerationParams
 from sd_core.result import GenerationResult
-from stable_diffusion_api.config import Settings
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
     CANCELED,
@@ -48,12 +46,11 @@ from stable_diffusion_api.services.generator import (
     ForwardSpec,
     JobCanceled,
     JobSpec,
-    PreviewFn,
 )
 from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
-from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelEntry
+from stable_diffusion_api.services.run_reporting import RunTiming, StepReporter
 from stable_diffusion_api.services.worker_context import (
     Benchmark,
     ForwardFailed,
@@ -64,84 +61,6 @@ from stable_diffusion_api.services.worker_context import (
 log = logging.getLogger(__name__)
 
 BENCHMARK_PROMPT = "a red circle in the center on a blue background"
-
-
-@dataclass
-class _Timing:
-    """Step timestamps of one run: the first step also pays for loading and text encoding,
-    so speed is measured from the first step's end to the last step's end."""
-
-    started: float = field(default_factory=time.monotonic)
-    first_step: float | None = None
-    last_step: float | None = None
-    steps: int = 0
-    # Where the run's time went (schemas.GenerationTimings), in seconds.
-    engine: float = 0.0
-    reporting: float = 0.0
-    saving: float = 0.0
-
-    def step(self, step: int) -> None:
-        now = time.monotonic()
-        if self.first_step is None:
-            self.first_step = now
-        self.last_step, self.steps = now, step
-
-    @property
-    def step_seconds(self) -> float | None:
-        if self.first_step is None or self.last_step is None:
-            return None
-        if self.steps < 2:
-            return self.first_step - self.started
-        return (self.last_step - self.first_step) / (self.steps - 1)
-
-    def spent(self) -> dict[str, float]:
-        """The columns of `Generation.timings`."""
-        return {"engine_s": self.engine, "reporting_s": self.reporting, "saving_s": self.saving}
-
-
-class _Reporter:
-    """The engine's callbacks for one run: progress to the hub at most every
-    `progress_interval_s` (the first and last step always), with a preview at least
-    `preview_every` steps and `preview_interval_s` apart, and the cancel check. The time the
-    engine waits for them is counted in `timing.reporting`."""
-
-    def __init__(
-        self,
-        hub: ProgressHub,
-        settings: Settings,
-        job_id: int,
-        timing: _Timing,
-        cancel_requested: Callable[[int], bool],
-    ) -> None:
-        self.hub, self.settings, self.job_id, self.timing = hub, settings, job_id, timing
-        self._cancel_requested = cancel_requested
-        self._reported_at = 0.0
-        self._preview_at = 0.0
-        self._preview_step = 0
-
-    def on_step(self, step: int, total: int, preview: PreviewFn) -> None:
-        began = time.perf_counter()
-        timing, settings = self.timing, self.settings
-        timing.step(step)
-        if step == 1 or step >= total or began - self._reported_at >= settings.progress_interval_s:
-            self._reported_at = began
-            # The first step also paid for loading: no ETA until a pure step is measured.
-            self.hub.step(self.job_id, step, total, timing.step_seconds if step > 1 else None)
-            if (
-                step < total
-                and step - self._preview_step >= settings.preview_every
-                and began - self._preview_at >= settings.preview_interval_s
-            ):
-                self._preview_step, self._preview_at = step, began
-                self.hub.preview_latent(self.job_id, preview(), step)
-        timing.reporting += time.perf_counter() - began
-
-    def should_cancel(self) -> bool:
-        began = time.perf_counter()
-        try:
-            return self._cancel_requested(self.job_id)
-        finally:
-            self.timing.reporting += time.perf_counter() - began
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -253,7 +172,7 @@ class DeviceWorker(threading.Thread):
         context = self.context
         job_id = row.id
         context.hub.start(job_id, row.steps)
-        timing = _Timing()
+        timing = RunTiming()
         # The claim has just seen the row queued; the database is next asked in a second.
         self._last_db_check = time.monotonic()
         written: list[str] = []
@@ -264,7 +183,9 @@ class DeviceWorker(threading.Thread):
             model = context.models.resolve(row.model)
             spec = self._job_spec(row, model)
             filmstrips: list[Filmstrip] = []
-            reporter = _Reporter(context.hub, context.settings, job_id, timing, self._should_cancel)
+            reporter = StepReporter(
+                context.hub, context.settings, job_id, timing, self._should_cancel
+            )
             began = time.perf_counter()
             made = context.engine.generate(
                 spec, reporter.on_step, reporter.should_cancel, on_filmstrip=filmstrips.append
@@ -364,7 +285,7 @@ class DeviceWorker(threading.Thread):
         model: ModelEntry,
         made: GenerationResult,
         images: list[dict[str, Any]],
-        timing: _Timing,
+        timing: RunTiming,
         filmstrip: dict[str, object] | None = None,
     ) -> dict[str, Any] | None:
         """Insert the image rows and mark the job succeeded, in one transaction — unless the
@@ -388,7 +309,7 @@ class DeviceWorker(threading.Thread):
             return None
         return generation_view(*done).model_dump(mode="json")
 
-    def _finish(self, job_id: int, kind: FailureKind, error: str, timing: _Timing) -> None:
+    def _finish(self, job_id: int, kind: FailureKind, error: str, timing: RunTiming) -> None:
         self.context.jobs.finish(job_id, kind, error, {"step_seconds": timing.step_seconds})
 
     def _record_speed(
@@ -396,7 +317,7 @@ class DeviceWorker(threading.Thread):
         row: Generation,
         model: ModelEntry,
         image: dict[str, Any],
-        timing: _Timing,
+        timing: RunTiming,
         sampled: float,
     ) -> None:
         """Keep the speed a finished single-image run measured (for estimates); `sampled` is
@@ -440,7 +361,7 @@ class DeviceWorker(threading.Thread):
     def _benchmark(self, benchmark: Benchmark) -> None:
         context = self.context
         benchmark.mark("running")
-        timing = _Timing()
+        timing = RunTiming()
         spec = JobSpec(
             model=benchmark.model.on(benchmark.device, benchmark.dtype),
             params=GenerationParams(
