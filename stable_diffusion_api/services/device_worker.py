@@ -8,6 +8,7 @@ stopping, or — once a second — the row's `cancel_requested`, so another proc
 writes every PNG and thumbnail (and the run's filmstrip, when the engine kept one), and then in
 one transaction inserts the image rows and marks the job succeeded. Any failure leaves no file
 behind and is recorded with its `FailureKind` (through the job queue, like every status change).
+A database that refuses that last write delays it, up to a point (services/job_outcomes.py).
 
 Between jobs it runs the small tasks asked of it, ahead of waiting jobs: benchmarks and the
 diffusion explorer's forward process.
@@ -29,6 +30,7 @@ from typing import Any
 
 from sd_core.params import GenerationParams
 from sd_core.result import GenerationResult
+from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
     CANCELED,
@@ -47,6 +49,7 @@ from stable_diffusion_api.services.generator import (
     JobCanceled,
     JobSpec,
 )
+from stable_diffusion_api.services.job_outcomes import Outcomes, Unsaved
 from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
 from stable_diffusion_api.services.registry import ModelEntry
@@ -78,6 +81,8 @@ class ServerGone(JobCanceled):
 
 def failure_of(exc: Exception) -> tuple[FailureKind, str]:
     """The kind and the message a run that raised `exc` ends with (JobCanceled aside)."""
+    if isinstance(exc, DatabaseUnavailable):  # not the inputs' fault
+        return FailureKind.INTERNAL, f"internal error: {exc.reason}"
     if isinstance(exc, (ValueError, DomainError)):  # the engine or a check refused the inputs
         return FailureKind.INVALID_INPUT, str(exc)
     # The message is worded as it always was; the kind tells the two apart.
@@ -97,6 +102,7 @@ class DeviceWorker(threading.Thread):
         self._forwards: deque[tuple[ForwardSpec, Future[ForwardResult]]] = deque()
         self._cancels: set[int] = set()
         self._last_db_check = 0.0
+        self._outcomes = Outcomes(context)
 
     @property
     def pid(self) -> int | None:
@@ -137,6 +143,11 @@ class DeviceWorker(threading.Thread):
                 if self._benchmarks:
                     self._benchmark(self._benchmarks.popleft())
                     continue
+                # A job's end the database refused goes in first: no claim before (a claim is
+                # a write, too).
+                if not self._outcomes.write_unwritten():
+                    self._wakeup.wait(context.settings.poll_s)
+                    continue
                 claimed = context.jobs.claim(self.device, context.instance_id)
                 if claimed is None:
                     self._wakeup.wait(context.settings.poll_s)
@@ -147,6 +158,8 @@ class DeviceWorker(threading.Thread):
                     # Requests for jobs it is not running (another device's, or ended) go too:
                     # a job is only canceled once it runs, after its claim.
                     self._cancels.clear()
+            except DatabaseUnavailable:  # the database has logged why; look again after a poll
+                time.sleep(context.settings.poll_s)
             except Exception:  # a broken job or a database hiccup must not kill the worker
                 log.exception("worker %s: unexpected error", self.device)
                 time.sleep(context.settings.poll_s)
@@ -166,7 +179,10 @@ class DeviceWorker(threading.Thread):
             return False
         # Another process (the Gradio UI, a second server) may have asked: look once a second.
         self._last_db_check = now
-        return context.jobs.cancel_requested(job_id)  # also when the project was deleted
+        try:
+            return context.jobs.cancel_requested(job_id)  # also when the project was deleted
+        except DatabaseUnavailable:  # it cannot say now; the run goes on
+            return False
 
     def _run(self, row: Generation, project_name: str) -> None:
         context = self.context
@@ -196,7 +212,7 @@ class DeviceWorker(threading.Thread):
             images_rows = self._save(row, project_name, made, written)
             filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
             timing.saving = time.perf_counter() - began
-            result = self._succeed(row, model, made, images_rows, timing, filmstrip)
+            result = self._succeed(row, model, made, images_rows, timing, written, filmstrip)
             if result is not None:
                 status = SUCCEEDED
                 if images_rows:
@@ -205,6 +221,9 @@ class DeviceWorker(threading.Thread):
                     )
             else:  # the row went (project deleted) or is no longer ours: nothing to record
                 status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING
+        except Unsaved as exc:  # its files are in quarantine now
+            kind, error = FailureKind.INTERNAL, str(exc)
+            written.clear()
         except JobCanceled as exc:
             stopped = context.stopping.is_set() and job_id not in self._cancels
             if isinstance(exc, ServerGone) or stopped:
@@ -218,7 +237,8 @@ class DeviceWorker(threading.Thread):
         finally:
             if status != SUCCEEDED:
                 context.storage.delete(*written)
-                self._finish(job_id, kind, error, timing)
+                columns = {"step_seconds": timing.step_seconds}
+                result = self._outcomes.finish(row, status, kind, error, columns)
             context.hub.finish(job_id, status, result)
         if measured is not None:  # after the news is out: nobody waits for an estimate's input
             measured()
@@ -286,15 +306,21 @@ class DeviceWorker(threading.Thread):
         made: GenerationResult,
         images: list[dict[str, Any]],
         timing: RunTiming,
+        written: list[str],
         filmstrip: dict[str, object] | None = None,
     ) -> dict[str, Any] | None:
         """Insert the image rows and mark the job succeeded, in one transaction — unless the
         job's row is gone (project deleted) or no longer ours (then None, and the files are to
         be dropped). A job asking for the model's default sampler records the sampler that ran
         (from `made`, with the prompt's warnings); `filmstrip` holds the filmstrip columns when
-        the run kept one. Returns the finished generation's view (for the event streams)."""
+        the run kept one. Returns the finished generation's view (for the event streams).
+        Unsaved when the database refuses it for too long (`written`, its files, are then in
+        quarantine)."""
         if row.width is None and images:
-            self.context.models.learn_native_size(model, images[0]["width"])
+            try:
+                self.context.models.learn_native_size(model, images[0]["width"])
+            except DatabaseUnavailable:  # only a hint for estimates: the job matters more
+                log.warning("generation %d: the model's native size was not saved", row.id)
         columns = {
             "finished_at": utcnow(),
             "step_seconds": timing.step_seconds,
@@ -304,13 +330,10 @@ class DeviceWorker(threading.Thread):
             "timings": timing.spent(),
             **(filmstrip or {}),
         }
-        done = self.context.jobs.succeed(row.id, self.context.instance_id, columns, images)
+        done = self._outcomes.succeed(row.id, columns, images, written)
         if done is None:
             return None
         return generation_view(*done).model_dump(mode="json")
-
-    def _finish(self, job_id: int, kind: FailureKind, error: str, timing: RunTiming) -> None:
-        self.context.jobs.finish(job_id, kind, error, {"step_seconds": timing.step_seconds})
 
     def _record_speed(
         self,

@@ -8,8 +8,8 @@ connections and job queue, engine, model registry and storage, and a hub that re
 report over the pipe; it claims jobs from the same queue under the server's process id (the
 server's heartbeat covers it). The pipe carries typed messages (services/worker_messages.py):
 to the child, wake-ups, cancel requests, benchmarks, forward-process tasks and stop; back, the
-hub's reports (start, step, a preview's latent, finish: replayed on the server's hub for the
-event streams), benchmark status and forward-process results.
+hub's reports (start, step, a preview's latent, a problem saving, finish: replayed on the
+server's hub for the event streams), benchmark status and forward-process results.
 
 If a child dies (killed, out of memory), the server has the job queue mark the job it was
 running failed (interrupted), fails the forward-process tasks it had, and starts a new child.
@@ -49,6 +49,7 @@ from stable_diffusion_api.services.worker_messages import (
     FromWorker,
     JobFinished,
     JobPreview,
+    JobProblem,
     JobStarted,
     JobStepped,
     RunBenchmark,
@@ -166,6 +167,8 @@ class ProcessWorker:
                     hub.start(job_id, total)
                 case JobFinished(job_id, status, result):
                     hub.finish(job_id, status, result)
+                case JobProblem(job_id, problem):
+                    hub.problem(job_id, problem)
                 case BenchmarkChanged(key, status, error):
                     benchmark = self._benchmarks.get(key)
                     if benchmark is not None:
@@ -240,6 +243,10 @@ class _RelayHub(ProgressHub):
 
     def preview_latent(self, generation_id: int, latent: np.ndarray, step: int) -> None:
         self.send(JobPreview(generation_id, latent, step))  # drawn by the server
+
+    def problem(self, generation_id: int, message: str) -> None:
+        with contextlib.suppress(ServerGone):  # nobody to tell; the job's files stay as they are
+            self.send(JobProblem(generation_id, message))
 
     def finish(self, generation_id: int, status: str, result: dict[str, Any] | None = None) -> None:
         with contextlib.suppress(ServerGone):  # the row holds the outcome; nobody to tell

@@ -10,19 +10,29 @@ as it would on a full disk.
 
 from __future__ import annotations
 
+import json
+import stat
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from multiprocessing import Pipe
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
+from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database, DatabaseUnavailable
 from stable_diffusion_api.models import Project
 from stable_diffusion_api.schemas import MAX_PROMPT
-from tests.api.helpers import make_project
+from stable_diffusion_api.sd_api import create_app
+from stable_diffusion_api.services.worker_messages import JobProblem
+from stable_diffusion_api.services.worker_process import _RelayHub
+from tests.api.fakes import FakeGenerator
+from tests.api.helpers import make_project, submit, wait_for
 
 # A row longer than a 4 KiB page needs a new one: refused by a full disk.
 LONG_TEXT = ("a red circle on a blue background " * 60)[: MAX_PROMPT - 1] + "x"
@@ -32,42 +42,47 @@ BIG_JOB = {"prompt": LONG_TEXT, "negative_prompt": LONG_TEXT, "steps": 2}
 @contextmanager
 def disk_full(db: Database) -> Iterator[None]:
     """Within the block, the database file cannot grow: a write that needs a new page fails
-    with SQLITE_FULL, as on a full disk; writes that fit in the pages there still work."""
+    with SQLITE_FULL, as on a full disk (a write that fits in the pages there still works).
+    Afterwards each connection lifts its cap as it leaves the pool: the pool itself is kept,
+    so a connection that a refused write had broken would show."""
     with db.engine.connect() as connection:
         pages = connection.exec_driver_sql("PRAGMA page_count").scalar()
+    cap = {"pages": pages}
 
     def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA max_page_count = {pages}")
+        cursor.execute(f"PRAGMA max_page_count = {cap['pages']}")
         cursor.close()
 
     event.listen(db.engine, "checkout", on_checkout)
     try:
         yield
     finally:
-        event.remove(db.engine, "checkout", on_checkout)
-        db.engine.dispose()  # room again: the capped connections are closed as they come back
+        cap["pages"] = 2**30  # room again
 
 
 def test_a_refused_write_is_a_503_and_the_next_requests_work(client: TestClient) -> None:
     project = make_project(client)
     jobs = f"/api/v1/projects/{project['id']}/generations"
+    done = wait_for(client, submit(client, project["id"])["id"])
+    reads = [f"/api/v1/generations/{done['id']}", f"/api/v1/projects/{project['id']}", jobs]
     db = client.app.state.studio.db  # type: ignore[attr-defined]
     with disk_full(db):
         refused = client.post(jobs, json=BIG_JOB)
         assert refused.status_code == 503, refused.text
         detail = refused.json()["detail"]
         assert "database or disk is full" in detail and "nothing can be saved" in detail
-        # The pool is not left broken: 15 more requests, reads and writes that fit, all work.
-        answers = []
-        for _ in range(5):
-            queued = client.post(jobs, json={"prompt": "a red circle", "steps": 2})
-            answers.append(queued.status_code)
-            answers.append(client.get(f"/api/v1/generations/{queued.json()['id']}").status_code)
-            answers.append(client.get(f"/api/v1/projects/{project['id']}").status_code)
-        assert answers == [202, 200, 200] * 5
+        # The pool is not left broken: the next 15 requests answer, the disk still full.
+        assert [client.get(url).status_code for url in reads * 5] == [200] * 15
         assert client.post(jobs, json=BIG_JOB).status_code == 503
-    assert client.post(jobs, json=BIG_JOB).status_code == 202  # room again
+    # With room again, 15 more: writes (the one refused before among them) and reads.
+    answers = []
+    for body in [BIG_JOB] + [{"prompt": "a red circle", "steps": 2}] * 4:
+        queued = client.post(jobs, json=body)
+        answers.append(queued.status_code)
+        answers.append(client.get(f"/api/v1/generations/{queued.json()['id']}").status_code)
+        answers.append(client.get(f"/api/v1/projects/{project['id']}").status_code)
+    assert answers == [202, 200, 200] * 5
     # /health names the refusal until the heartbeat's next write goes through.
     deadline = time.monotonic() + 5
     while (health := client.get("/api/v1/health")).status_code != 200:
@@ -95,3 +110,137 @@ def test_health_names_a_refusal_until_a_write_goes_through(client: TestClient) -
     assert client.get("/api/v1/health").status_code == 503
     db.writes_work()  # what the heartbeat says after each of its writes
     assert client.get("/api/v1/health").json()["status"] == "ok"
+
+
+def read_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, data) of each event of an open event stream, as they come."""
+    name = None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: ") and name:
+            yield name, json.loads(line[6:])
+
+
+@contextmanager
+def read_only(settings: Settings) -> Iterator[None]:
+    """The database file made read-only (root may still write it; the studio will not)."""
+    db_file = settings.resolved_data_dir / "dali.db"
+    db_file.chmod(stat.S_IRUSR)
+    try:
+        yield
+    finally:
+        db_file.chmod(0o644)
+
+
+def job_files(folder: Path, job_id: int) -> list[str]:
+    """The job's image, thumbnail and filmstrip files under `folder`, relative to it."""
+    if not folder.is_dir():
+        return []
+    names = (f"{job_id}-*", f"{job_id}.*")
+    found = {p for name in names for p in folder.rglob(name) if p.is_file()}
+    return sorted(p.relative_to(folder).as_posix() for p in found)
+
+
+def test_a_job_the_database_will_not_save_fails_with_its_files_in_quarantine(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    settings = settings.model_copy(update={"save_retry_s": 0.5})
+    fake.block_at = 1
+    data = settings.resolved_data_dir
+    with TestClient(create_app(settings, fake)) as client:
+        project = make_project(client)
+        job = submit(client, project["id"], batch=2)
+        assert fake.reached.wait(10)  # running: the row is claimed
+        url = f"/api/v1/generations/{job['id']}"
+        with client.stream("GET", f"{url}/events") as stream:
+            events = read_events(stream.iter_lines())
+            assert next(events)[0] == "status"
+            with read_only(settings):
+                fake.release.set()  # the run ends; its final write is refused
+                rest = list(events)  # the stream ends, it does not hang
+                # While the database takes no writes, nothing pretends it did.
+                assert client.post(f"{url}/cancel").status_code == 503
+                assert client.delete(url).status_code == 503
+                health = client.get("/api/v1/health")
+                assert health.status_code == 503 and "read-only" in health.json()["problems"][0]
+        assert rest[-1][0] == "done"
+        # Said as it happened: the database refusing the stream's reads, the worker its write.
+        problems = [data["error"] for name, data in rest if name == "problem"]
+        assert all("read-only" in problem for problem in problems)
+        assert any(problem.startswith("its images are not saved yet") for problem in problems)
+        done = rest[-1][1]
+        assert done["status"] == "failed" and done["failure_kind"] == "internal"
+        assert "could not be saved" in done["error"] and "quarantine" in done["error"]
+        # Writable again: the row says what the stream said, at the worker's next look.
+        failed = wait_for(client, job["id"], ("failed",))
+        assert failed["error"] == done["error"] and failed["images"] == []
+        assert "read-only" in failed["error"] and "its 5 image files" in failed["error"]
+        assert client.get("/api/v1/health").status_code == 200
+    # Both images, their thumbnails and the filmstrip: moved aside, not lost, not orphaned.
+    assert job_files(data / "images", job["id"]) == []
+    quarantined = job_files(data / "quarantine" / "images", job["id"])
+    project_dir = str(project["id"])
+    assert quarantined == sorted([f"{project_dir}/{job['id']}-0.png",
+                                  f"{project_dir}/{job['id']}-1.png",
+                                  f"{project_dir}/filmstrips/{job['id']}.png",
+                                  f"{project_dir}/thumbs/{job['id']}-0.jpg",
+                                  f"{project_dir}/thumbs/{job['id']}-1.jpg"])  # fmt: skip
+
+
+def test_a_job_saved_once_the_database_takes_writes_again_succeeds(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    fake.block_at = 1  # DALI_SAVE_RETRY_S stays 60 s: the write is retried well within it
+    with TestClient(create_app(settings, fake)) as client:
+        project = make_project(client)
+        job = submit(client, project["id"], batch=2)
+        assert fake.reached.wait(10)
+        with client.stream("GET", f"/api/v1/generations/{job['id']}/events") as stream:
+            events = read_events(stream.iter_lines())
+            with read_only(settings):
+                fake.release.set()
+                for name, data in events:  # until the worker says it cannot save the job
+                    if name == "problem" and data["error"].startswith("its images are not"):
+                        break
+            rest = list(events)
+        done = wait_for(client, job["id"])
+        assert rest[-1] == ("done", done)
+        assert len(done["images"]) == 2
+        for image in done["images"]:
+            assert client.get(image["url"]).status_code == 200
+    assert job_files(settings.resolved_data_dir / "quarantine", job["id"]) == []
+
+
+def test_a_final_write_refused_by_a_full_disk_is_not_lost(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    settings = settings.model_copy(update={"save_retry_s": 0.5})
+    fake.block_at = 1
+    fake.warnings = (LONG_TEXT, LONG_TEXT)  # the final write needs new pages
+    with TestClient(create_app(settings, fake)) as client:
+        studio = client.app.state.studio  # type: ignore[attr-defined]
+        project = make_project(client)
+        job = submit(client, project["id"])
+        assert fake.reached.wait(10)
+        with disk_full(studio.db):
+            fake.release.set()
+            deadline = time.monotonic() + 10
+            while (state := studio.hub.get(job["id"])) is None or state.status == "running":
+                assert time.monotonic() < deadline, "the worker never gave the job up"
+                time.sleep(0.05)
+        failed = wait_for(client, job["id"], ("failed",))
+        assert failed["failure_kind"] == "internal"
+        saying = "could not be saved: the database refused it (database or disk is full)"
+        assert saying in failed["error"]
+    quarantine = settings.resolved_data_dir / "quarantine" / "images"
+    assert len(job_files(quarantine, job["id"])) == 3  # image, thumbnail, filmstrip
+    assert job_files(settings.resolved_data_dir / "images", job["id"]) == []
+
+
+def test_a_worker_process_relays_a_problem_saving() -> None:
+    ours, servers = Pipe()
+    _RelayHub(ours, threading.Lock()).problem(7, "its images are not saved yet: disk full")
+    assert servers.recv() == JobProblem(7, "its images are not saved yet: disk full")
+    servers.close()
+    _RelayHub(ours, threading.Lock()).problem(7, "nobody hears this")  # and nothing raised
