@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from stable_diffusion_api.config import Settings
+from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.models import FAILED, FailureKind
 from stable_diffusion_api.services.device_worker import DeviceWorker, ServerGone
 from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec
@@ -211,10 +212,20 @@ class ProcessWorker:
             future.set_exception(forward_error(kind or FailureKind.INTERNAL, error or "failed"))
 
     def _fail_running(self, code: int | None) -> None:
-        """The job the dead child was running: failed, and its hub state finished."""
+        """The job the dead child was running: failed, and its hub state finished. A database
+        that refuses the write is asked again every poll until it takes it (or the server
+        stops): the job must not stay `running`, and no new child could claim a job before."""
         context = self.context
-        for job_id in context.jobs.fail_dead_worker(self.device, context.instance_id, code):
-            context.hub.finish(job_id, FAILED)
+        while True:
+            try:
+                failed = context.jobs.fail_dead_worker(self.device, context.instance_id, code)
+            except DatabaseUnavailable:  # the database has logged why
+                if context.stopping.wait(context.settings.poll_s):
+                    return
+                continue
+            for job_id in failed:
+                context.hub.finish(job_id, FAILED)
+            return
 
 
 class _RelayHub(ProgressHub):

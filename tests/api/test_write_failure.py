@@ -30,7 +30,7 @@ from stable_diffusion_api.models import Project
 from stable_diffusion_api.schemas import MAX_PROMPT
 from stable_diffusion_api.sd_api import create_app
 from stable_diffusion_api.services.worker_messages import JobProblem
-from stable_diffusion_api.services.worker_process import _RelayHub
+from stable_diffusion_api.services.worker_process import ProcessWorker, _RelayHub
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
 
@@ -236,6 +236,30 @@ def test_a_final_write_refused_by_a_full_disk_is_not_lost(
     quarantine = settings.resolved_data_dir / "quarantine" / "images"
     assert len(job_files(quarantine, job["id"])) == 3  # image, thumbnail, filmstrip
     assert job_files(settings.resolved_data_dir / "images", job["id"]) == []
+
+
+def test_a_dead_worker_process_job_is_failed_once_the_database_takes_it(
+    client: TestClient, settings: Settings, fake: FakeGenerator
+) -> None:
+    """The server's side of a worker process whose child died marks the child's job failed; a
+    refused write used to kill its relay thread, leaving the job running and no new child."""
+    studio = client.app.state.studio  # type: ignore[attr-defined]
+    fake.block_at = 1
+    project = make_project(client)
+    job = submit(client, project["id"])
+    assert fake.reached.wait(10)  # running on "cpu" under this server's id, as a child's job
+    relay_side = ProcessWorker(studio.workers.context, "cpu")
+    with read_only(settings):
+        dead_child = threading.Thread(target=relay_side._fail_running, args=(-9,))
+        dead_child.start()
+        time.sleep(0.3)
+        assert dead_child.is_alive()  # asking again while the database refuses
+    dead_child.join(5)
+    assert not dead_child.is_alive()
+    failed = client.get(f"/api/v1/generations/{job['id']}").json()
+    assert failed["status"] == "failed" and failed["failure_kind"] == "interrupted"
+    assert "exit code -9" in failed["error"]
+    fake.release.set()
 
 
 def test_a_worker_process_relays_a_problem_saving() -> None:
