@@ -122,6 +122,14 @@ class Database:
         last refusal of the database until a write has gone through since."""
         return [p for p in (self.problem(), self._refused) if p is not None]
 
+    def require_writes(self) -> None:
+        """DatabaseUnavailable while `problems()` has something to say. For the changes that
+        would otherwise answer as if all were well: a job whose end the database refused still
+        reads `running`, so a cancel would flag it for nobody and a delete call it busy."""
+        problems = self.problems()
+        if problems:
+            raise DatabaseUnavailable(problems[0])
+
     def writes_work(self) -> None:
         """A write has just gone through (the heartbeat's): the last refusal is over."""
         self._refused = None

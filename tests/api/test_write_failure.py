@@ -238,6 +238,33 @@ def test_a_final_write_refused_by_a_full_disk_is_not_lost(
     assert job_files(settings.resolved_data_dir / "images", job["id"]) == []
 
 
+def test_cancel_and_delete_answer_503_while_the_database_refuses_writes(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    """On a full disk a statement that changes nothing goes through: a delete of a job that
+    reads `running` (perhaps only because its end could not be written) was a 409, a cancel
+    a 200 that flagged it for nobody. While the database refuses writes, both say so."""
+    settings = settings.model_copy(update={"heartbeat_s": 60.0})  # no heartbeat write here
+    fake.block_at = 1
+    with TestClient(create_app(settings, fake)) as client:
+        db = client.app.state.studio.db  # type: ignore[attr-defined]
+        project = make_project(client)
+        job = submit(client, project["id"])
+        url = f"/api/v1/generations/{job['id']}"
+        assert fake.reached.wait(10)
+        with disk_full(db):
+            jobs = f"/api/v1/projects/{project['id']}/generations"
+            assert client.post(jobs, json=BIG_JOB).status_code == 503  # a write refused
+        for response in (client.delete(url), client.post(f"{url}/cancel")):
+            assert response.status_code == 503, response.text
+            assert "database or disk is full" in response.json()["detail"]
+        db.writes_work()  # what the heartbeat says after its next write
+        assert client.delete(url).status_code == 409  # running, for all anyone can tell
+        assert client.post(f"{url}/cancel").json()["status"] == "running"  # cancel asked
+        fake.release.set()
+        assert wait_for(client, job["id"], ("canceled",))["failure_kind"] == "cancelled"
+
+
 def test_a_dead_worker_process_job_is_failed_once_the_database_takes_it(
     client: TestClient, settings: Settings, fake: FakeGenerator
 ) -> None:
