@@ -3,14 +3,15 @@ file made read-only. Requests get a 503 saying why and the next ones work; a job
 write is refused does not stay `running`, and its images are saved or quarantined, never lost.
 
 The faults are real: the file's mode bits, and SQLite's own "database or disk is full"
-(SQLITE_FULL), raised by capping the file at its current size (`PRAGMA max_page_count`) on
-every connection of the studio's pool, so that a write needing one more page fails in SQLite
-as it would on a full disk.
+(SQLITE_FULL) for a write that needs one more page of a file capped at its size
+(tests/api/disk_full.py).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import sqlite3
 import stat
 import threading
 import time
@@ -22,43 +23,22 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
 
 from stable_diffusion_api.config import Settings
-from stable_diffusion_api.db import Database, DatabaseUnavailable
+from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.models import Project
 from stable_diffusion_api.schemas import MAX_PROMPT
 from stable_diffusion_api.sd_api import create_app
 from stable_diffusion_api.services.worker_messages import JobProblem
 from stable_diffusion_api.services.worker_process import ProcessWorker, _RelayHub
+from tests.a1111.live_server import running_server
+from tests.api.disk_full import disk_full
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
 
 # A row longer than a 4 KiB page needs a new one: refused by a full disk.
 LONG_TEXT = ("a red circle on a blue background " * 60)[: MAX_PROMPT - 1] + "x"
 BIG_JOB = {"prompt": LONG_TEXT, "negative_prompt": LONG_TEXT, "steps": 2}
-
-
-@contextmanager
-def disk_full(db: Database) -> Iterator[None]:
-    """Within the block, the database file cannot grow: a write that needs a new page fails
-    with SQLITE_FULL, as on a full disk (a write that fits in the pages there still works).
-    Afterwards each connection lifts its cap as it leaves the pool: the pool itself is kept,
-    so a connection that a refused write had broken would show."""
-    with db.engine.connect() as connection:
-        pages = connection.exec_driver_sql("PRAGMA page_count").scalar()
-    cap = {"pages": pages}
-
-    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA max_page_count = {cap['pages']}")
-        cursor.close()
-
-    event.listen(db.engine, "checkout", on_checkout)
-    try:
-        yield
-    finally:
-        cap["pages"] = 2**30  # room again
 
 
 def test_a_refused_write_is_a_503_and_the_next_requests_work(client: TestClient) -> None:
@@ -295,3 +275,39 @@ def test_a_worker_process_relays_a_problem_saving() -> None:
     assert servers.recv() == JobProblem(7, "its images are not saved yet: disk full")
     servers.close()
     _RelayHub(ours, threading.Lock()).problem(7, "nobody hears this")  # and nothing raised
+
+
+@pytest.mark.server
+def test_a_refused_write_leaves_the_connection_open_under_uvicorn(tmp_path: Path) -> None:
+    """uvicorn closes a keep-alive connection after an unhandled error, so the bare 500 of a
+    refused write used to break the client's connection too. One connection, no reconnects:
+    the 503, then 15 more requests on the same connection, the disk still full."""
+    (tmp_path / "models").mkdir()
+    flag = tmp_path / "disk-full"
+    app = "tests.api.disk_full:build"
+    with running_server(
+        tmp_path, app, DISK_FULL_FLAG=str(flag), DALI_WORKER_MODE="thread"
+    ) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.auto_open = False  # a connection the server closed fails the next request
+
+        def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            data = json.dumps(body) if body is not None else None
+            connection.request(method, path, data, {"content-type": "application/json"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+
+        connection.connect()
+        status, project = call("POST", "/api/v1/projects", {"name": "Full"})
+        assert status == 201, project
+        jobs = f"/api/v1/projects/{project['id']}/generations"
+        with sqlite3.connect(tmp_path / "data" / "dali.db") as probe:
+            flag.write_text(str(probe.execute("PRAGMA page_count").fetchone()[0]))
+        status, refused = call("POST", jobs, BIG_JOB)
+        assert status == 503 and "database or disk is full" in refused["detail"]
+        reads = [f"/api/v1/projects/{project['id']}", "/api/v1/projects", jobs]
+        assert [call("GET", path)[0] for path in reads * 5] == [200] * 15
+        flag.unlink()  # room again
+        assert call("POST", jobs, BIG_JOB)[0] == 202
+        connection.close()
