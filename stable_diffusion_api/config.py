@@ -21,6 +21,8 @@ runs with no configuration at all:
     DALI_TORCH_THREADS       CPU threads torch may use (None: torch decides)  (none)
     DALI_WORKER_MODE         "process": workers in child processes; "thread"  process
     DALI_FILMSTRIP_FRAMES    reverse-process frames kept per generation; 0 off  8
+    DALI_SAVE_RETRY_S        how long a finished job's images wait for a database 60
+                             that refuses writes before they go to quarantine
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=5.0, gt=0)
     # Workers also poll the database, so jobs queued by another process (Gradio) are found.
     poll_s: float = Field(default=1.0, gt=0)
+    # A job whose final write (its image rows, `succeeded`) the database refuses (disk full,
+    # file read-only) retries it this long before its files go to quarantine and it fails
+    # (services/job_outcomes.py).
+    save_retry_s: float = Field(default=60.0, ge=0)
     run_migrations: bool = True
     # Mount the Gradio UI (dali_gradio, optional extra) at /gradio; only dali_app.py mounts it.
     gradio: bool = False

@@ -1,5 +1,11 @@
 """The database: a SQLAlchemy 2.0 engine, its sessions, and Alembic migrations at start-up.
 
+A database that cannot do the work asked of it — its file gone or read-only, its disk full, its
+server unreachable — raises `DatabaseUnavailable` (503, saying why) from `session`, `begin` and
+`connect`, never the driver's error: the transaction is rolled back and its connection goes back
+to the pool clean, so the next request works as soon as the database does. The last refusal is
+remembered (`problems`, for /health) until a write goes through again (`writes_work`).
+
 SQLite is the default. Each new SQLite connection turns on foreign keys (off by default in
 SQLite, and cascading deletes rely on them), WAL journaling (readers never block the worker's
 writes, synced at checkpoints) and a busy timeout (two writers wait for each other instead of failing at once). For any
@@ -17,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stable_diffusion_api.errors import DomainError
@@ -57,10 +64,25 @@ def make_engine(url: str) -> Engine:
 
 
 class DatabaseUnavailable(DomainError):
-    """The SQLite file went away or turned read-only while the studio ran: a write now would
-    vanish with the deleted file (SQLite keeps writing to it) or fail half-way."""
+    """The database cannot do the work now: the SQLite file went away or turned read-only while
+    the studio ran (a write would vanish with the deleted file, or fail half-way), or the
+    database refused it (disk full, I/O error, locked too long, server gone). `reason` says
+    which, without the advice the message adds."""
 
     status_code = 503
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}: nothing can be saved; see the server log")
+        self.reason = reason
+
+
+def refusal(exc: OperationalError) -> str | None:
+    """Why the database refused, when `exc` says it cannot do the work now (full, read-only,
+    I/O error, locked, unreachable); None when the statement itself is at fault (SQLite's
+    generic SQLITE_ERROR: no such table, a syntax error), which is a bug, not an outage."""
+    if getattr(exc.orig, "sqlite_errorname", None) == "SQLITE_ERROR":
+        return None
+    return f"the database refused it ({str(exc.orig).strip() or type(exc.orig).__name__})"
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -79,6 +101,7 @@ class Database:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._file = sqlite_file(url)
+        self._refused: str | None = None  # the last refusal, until a write goes through
 
     def problem(self) -> str | None:
         """Why the database cannot take writes now, or None. For a SQLite file: it must still
@@ -94,18 +117,50 @@ class Database:
             return "the database file has become read-only"
         return None
 
+    def problems(self) -> list[str]:
+        """What keeps the studio from saving its work now, for /health: `problem()`, and the
+        last refusal of the database until a write has gone through since."""
+        return [p for p in (self.problem(), self._refused) if p is not None]
+
+    def require_writes(self) -> None:
+        """DatabaseUnavailable while `problems()` has something to say. For the changes that
+        would otherwise answer as if all were well: a job whose end the database refused still
+        reads `running`, so a cancel would flag it for nobody and a delete call it busy."""
+        problems = self.problems()
+        if problems:
+            raise DatabaseUnavailable(problems[0])
+
+    def writes_work(self) -> None:
+        """A write has just gone through (the heartbeat's): the last refusal is over."""
+        self._refused = None
+
     def _check(self) -> None:
         problem = self.problem()
         if problem is not None:
             log.error("%s: %s; nothing can be saved until it is back", self._file, problem)
-            raise DatabaseUnavailable(f"{problem}: nothing can be saved; see the server log")
+            raise DatabaseUnavailable(problem)
+
+    @contextmanager
+    def _refusals(self) -> Iterator[None]:
+        """The driver's "cannot do it now" (OperationalError) as DatabaseUnavailable, raised
+        after the transaction inside has been rolled back and its connection returned."""
+        try:
+            yield
+        except OperationalError as exc:
+            reason = refusal(exc)
+            if reason is None:
+                raise
+            log.error("database: %s; the transaction was rolled back", reason)
+            self._refused = reason
+            raise DatabaseUnavailable(reason) from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits when the block ends normally and rolls back otherwise.
-        DatabaseUnavailable when the file is gone or read-only (see `problem`)."""
+        DatabaseUnavailable when the file is gone or read-only (see `problem`), or when the
+        database refuses the work (disk full, …)."""
         self._check()
-        with self._sessions() as session, session.begin():
+        with self._refusals(), self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
@@ -113,7 +168,14 @@ class Database:
         """A connection in a transaction (Core statements), committed when the block ends
         normally; DatabaseUnavailable as for `session`."""
         self._check()
-        with self.engine.begin() as connection:
+        with self._refusals(), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads (no transaction is committed; nothing is checked first);
+        DatabaseUnavailable when the database refuses them."""
+        with self._refusals(), self.engine.connect() as connection:
             yield connection
 
     def migrate(self, revision: str = "head") -> None:

@@ -90,6 +90,9 @@
       ui.detail.textContent = `Step ${p.step} of ${p.total}${eta}${speed}`;
       if (p.preview) { ui.preview.src = p.preview; ui.preview.hidden = false; }
     });
+    source.addEventListener("problem", (event) => {
+      ui.status.textContent = `Not saved yet: ${JSON.parse(event.data).error}`;
+    });
     source.addEventListener("done", (event) => {
       close();
       const g = JSON.parse(event.data);

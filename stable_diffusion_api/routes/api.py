@@ -120,7 +120,7 @@ def health(studio: StudioDep, request: Request, response: Response) -> dict[str,
 
     Open without credentials (for load balancers and monitors), and then it says only "ok" or
     "unhealthy": the devices and the problems (which name files) need credentials."""
-    problems = [p for p in (studio.db.problem(),) if p is not None]
+    problems = studio.db.problems()
     details = identity_of(request) is not None
     if problems:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

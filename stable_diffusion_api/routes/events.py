@@ -6,6 +6,9 @@
                            queue-position change
     event: progress  data: {"step", "total", "eta_s", "step_seconds", "preview"?} — every step;
                            "preview" (a data: URL of a small PNG) every few steps
+    event: problem   data: {"id", "error"} — the job's outcome cannot be saved now (the
+                           database refuses writes, or reads): the stream goes on, and ends
+                           with `done` once the worker has given the job up
     event: done      data: the finished generation (succeeded, failed with `error`, canceled),
                            then the stream ends
 
@@ -29,6 +32,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.deps import GenerationDep, StudioDep
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import FINISHED
@@ -71,6 +75,7 @@ async def _events(
     last_preview = -1
     last_db = 0.0
     last_sent = time.monotonic()
+    problems_sent: set[str] = set()
 
     def progress() -> str | None:
         """The hub's news since the last call, as a progress event (None if nothing new)."""
@@ -102,6 +107,9 @@ async def _events(
                 last_steps = progress() if last_status is not None else None
                 yield (last_steps or "") + sse("done", state.result)
                 return
+            # Why the job's outcome cannot be saved now, if so: the worker's word, or the
+            # database's refusal to be read. Each is said once; the worker's news still comes.
+            problem = state.problem if state is not None else None
             if now - last_db >= STATUS_EVERY_S or finished_here:
                 last_db = now
                 if await request.is_disconnected():
@@ -111,17 +119,25 @@ async def _events(
                 except NotFound:  # deleted while watched
                     yield sse("done", {"id": generation_id, "status": "deleted", "error": None})
                     return
-                if view.status in FINISHED:
-                    # The last steps may have landed since the previous event: send them first.
-                    last_steps = progress() if last_status is not None else None
-                    yield (last_steps or "") + sse("done", view.model_dump(mode="json"))
-                    return
-                if (view.status, view.position) != last_status:
-                    last_status = (view.status, view.position)
-                    yield sse("status", view.model_dump(mode="json", exclude={"progress"}))
-                    last_sent = now
+                except DatabaseUnavailable as exc:
+                    problem = exc.message
+                else:
+                    if view.status in FINISHED:
+                        # The last steps may have landed since the previous event: send them
+                        # first.
+                        last_steps = progress() if last_status is not None else None
+                        yield (last_steps or "") + sse("done", view.model_dump(mode="json"))
+                        return
+                    if (view.status, view.position) != last_status:
+                        last_status = (view.status, view.position)
+                        yield sse("status", view.model_dump(mode="json", exclude={"progress"}))
+                        last_sent = now
             if last_status is not None and (event := progress()):
                 yield event
+                last_sent = now
+            if problem is not None and problem not in problems_sent:
+                problems_sent.add(problem)
+                yield sse("problem", {"id": generation_id, "error": problem})
                 last_sent = now
             if now - last_sent > KEEPALIVE_S:
                 yield ": keep-alive\n\n"  # a comment line: keeps proxies from closing it

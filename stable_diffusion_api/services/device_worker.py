@@ -8,6 +8,7 @@ stopping, or — once a second — the row's `cancel_requested`, so another proc
 writes every PNG and thumbnail (and the run's filmstrip, when the engine kept one), and then in
 one transaction inserts the image rows and marks the job succeeded. Any failure leaves no file
 behind and is recorded with its `FailureKind` (through the job queue, like every status change).
+A database that refuses that last write delays it, up to a point (services/job_outcomes.py).
 
 Between jobs it runs the small tasks asked of it, ahead of waiting jobs: benchmarks and the
 diffusion explorer's forward process.
@@ -24,13 +25,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from sd_core.params import GenerationParams
 from sd_core.result import GenerationResult
-from stable_diffusion_api.config import Settings
+from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
     CANCELED,
@@ -48,12 +48,12 @@ from stable_diffusion_api.services.generator import (
     ForwardSpec,
     JobCanceled,
     JobSpec,
-    PreviewFn,
 )
+from stable_diffusion_api.services.job_outcomes import Outcomes, Unsaved
 from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
-from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelEntry
+from stable_diffusion_api.services.run_reporting import RunTiming, StepReporter
 from stable_diffusion_api.services.worker_context import (
     Benchmark,
     ForwardFailed,
@@ -64,84 +64,6 @@ from stable_diffusion_api.services.worker_context import (
 log = logging.getLogger(__name__)
 
 BENCHMARK_PROMPT = "a red circle in the center on a blue background"
-
-
-@dataclass
-class _Timing:
-    """Step timestamps of one run: the first step also pays for loading and text encoding,
-    so speed is measured from the first step's end to the last step's end."""
-
-    started: float = field(default_factory=time.monotonic)
-    first_step: float | None = None
-    last_step: float | None = None
-    steps: int = 0
-    # Where the run's time went (schemas.GenerationTimings), in seconds.
-    engine: float = 0.0
-    reporting: float = 0.0
-    saving: float = 0.0
-
-    def step(self, step: int) -> None:
-        now = time.monotonic()
-        if self.first_step is None:
-            self.first_step = now
-        self.last_step, self.steps = now, step
-
-    @property
-    def step_seconds(self) -> float | None:
-        if self.first_step is None or self.last_step is None:
-            return None
-        if self.steps < 2:
-            return self.first_step - self.started
-        return (self.last_step - self.first_step) / (self.steps - 1)
-
-    def spent(self) -> dict[str, float]:
-        """The columns of `Generation.timings`."""
-        return {"engine_s": self.engine, "reporting_s": self.reporting, "saving_s": self.saving}
-
-
-class _Reporter:
-    """The engine's callbacks for one run: progress to the hub at most every
-    `progress_interval_s` (the first and last step always), with a preview at least
-    `preview_every` steps and `preview_interval_s` apart, and the cancel check. The time the
-    engine waits for them is counted in `timing.reporting`."""
-
-    def __init__(
-        self,
-        hub: ProgressHub,
-        settings: Settings,
-        job_id: int,
-        timing: _Timing,
-        cancel_requested: Callable[[int], bool],
-    ) -> None:
-        self.hub, self.settings, self.job_id, self.timing = hub, settings, job_id, timing
-        self._cancel_requested = cancel_requested
-        self._reported_at = 0.0
-        self._preview_at = 0.0
-        self._preview_step = 0
-
-    def on_step(self, step: int, total: int, preview: PreviewFn) -> None:
-        began = time.perf_counter()
-        timing, settings = self.timing, self.settings
-        timing.step(step)
-        if step == 1 or step >= total or began - self._reported_at >= settings.progress_interval_s:
-            self._reported_at = began
-            # The first step also paid for loading: no ETA until a pure step is measured.
-            self.hub.step(self.job_id, step, total, timing.step_seconds if step > 1 else None)
-            if (
-                step < total
-                and step - self._preview_step >= settings.preview_every
-                and began - self._preview_at >= settings.preview_interval_s
-            ):
-                self._preview_step, self._preview_at = step, began
-                self.hub.preview_latent(self.job_id, preview(), step)
-        timing.reporting += time.perf_counter() - began
-
-    def should_cancel(self) -> bool:
-        began = time.perf_counter()
-        try:
-            return self._cancel_requested(self.job_id)
-        finally:
-            self.timing.reporting += time.perf_counter() - began
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -159,6 +81,8 @@ class ServerGone(JobCanceled):
 
 def failure_of(exc: Exception) -> tuple[FailureKind, str]:
     """The kind and the message a run that raised `exc` ends with (JobCanceled aside)."""
+    if isinstance(exc, DatabaseUnavailable):  # not the inputs' fault
+        return FailureKind.INTERNAL, f"internal error: {exc.reason}"
     if isinstance(exc, (ValueError, DomainError)):  # the engine or a check refused the inputs
         return FailureKind.INVALID_INPUT, str(exc)
     # The message is worded as it always was; the kind tells the two apart.
@@ -178,6 +102,7 @@ class DeviceWorker(threading.Thread):
         self._forwards: deque[tuple[ForwardSpec, Future[ForwardResult]]] = deque()
         self._cancels: set[int] = set()
         self._last_db_check = 0.0
+        self._outcomes = Outcomes(context)
 
     @property
     def pid(self) -> int | None:
@@ -218,6 +143,11 @@ class DeviceWorker(threading.Thread):
                 if self._benchmarks:
                     self._benchmark(self._benchmarks.popleft())
                     continue
+                # A job's end the database refused goes in first: no claim before (a claim is
+                # a write, too).
+                if not self._outcomes.write_unwritten():
+                    self._wakeup.wait(context.settings.poll_s)
+                    continue
                 claimed = context.jobs.claim(self.device, context.instance_id)
                 if claimed is None:
                     self._wakeup.wait(context.settings.poll_s)
@@ -228,6 +158,8 @@ class DeviceWorker(threading.Thread):
                     # Requests for jobs it is not running (another device's, or ended) go too:
                     # a job is only canceled once it runs, after its claim.
                     self._cancels.clear()
+            except DatabaseUnavailable:  # the database has logged why; look again after a poll
+                time.sleep(context.settings.poll_s)
             except Exception:  # a broken job or a database hiccup must not kill the worker
                 log.exception("worker %s: unexpected error", self.device)
                 time.sleep(context.settings.poll_s)
@@ -247,13 +179,16 @@ class DeviceWorker(threading.Thread):
             return False
         # Another process (the Gradio UI, a second server) may have asked: look once a second.
         self._last_db_check = now
-        return context.jobs.cancel_requested(job_id)  # also when the project was deleted
+        try:
+            return context.jobs.cancel_requested(job_id)  # also when the project was deleted
+        except DatabaseUnavailable:  # it cannot say now; the run goes on
+            return False
 
     def _run(self, row: Generation, project_name: str) -> None:
         context = self.context
         job_id = row.id
         context.hub.start(job_id, row.steps)
-        timing = _Timing()
+        timing = RunTiming()
         # The claim has just seen the row queued; the database is next asked in a second.
         self._last_db_check = time.monotonic()
         written: list[str] = []
@@ -264,7 +199,9 @@ class DeviceWorker(threading.Thread):
             model = context.models.resolve(row.model)
             spec = self._job_spec(row, model)
             filmstrips: list[Filmstrip] = []
-            reporter = _Reporter(context.hub, context.settings, job_id, timing, self._should_cancel)
+            reporter = StepReporter(
+                context.hub, context.settings, job_id, timing, self._should_cancel
+            )
             began = time.perf_counter()
             made = context.engine.generate(
                 spec, reporter.on_step, reporter.should_cancel, on_filmstrip=filmstrips.append
@@ -275,7 +212,7 @@ class DeviceWorker(threading.Thread):
             images_rows = self._save(row, project_name, made, written)
             filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
             timing.saving = time.perf_counter() - began
-            result = self._succeed(row, model, made, images_rows, timing, filmstrip)
+            result = self._succeed(row, model, made, images_rows, timing, written, filmstrip)
             if result is not None:
                 status = SUCCEEDED
                 if images_rows:
@@ -284,6 +221,9 @@ class DeviceWorker(threading.Thread):
                     )
             else:  # the row went (project deleted) or is no longer ours: nothing to record
                 status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING
+        except Unsaved as exc:  # its files are in quarantine now
+            kind, error = FailureKind.INTERNAL, str(exc)
+            written.clear()
         except JobCanceled as exc:
             stopped = context.stopping.is_set() and job_id not in self._cancels
             if isinstance(exc, ServerGone) or stopped:
@@ -297,7 +237,8 @@ class DeviceWorker(threading.Thread):
         finally:
             if status != SUCCEEDED:
                 context.storage.delete(*written)
-                self._finish(job_id, kind, error, timing)
+                columns = {"step_seconds": timing.step_seconds}
+                result = self._outcomes.finish(row, status, kind, error, columns)
             context.hub.finish(job_id, status, result)
         if measured is not None:  # after the news is out: nobody waits for an estimate's input
             measured()
@@ -364,16 +305,22 @@ class DeviceWorker(threading.Thread):
         model: ModelEntry,
         made: GenerationResult,
         images: list[dict[str, Any]],
-        timing: _Timing,
+        timing: RunTiming,
+        written: list[str],
         filmstrip: dict[str, object] | None = None,
     ) -> dict[str, Any] | None:
         """Insert the image rows and mark the job succeeded, in one transaction — unless the
         job's row is gone (project deleted) or no longer ours (then None, and the files are to
         be dropped). A job asking for the model's default sampler records the sampler that ran
         (from `made`, with the prompt's warnings); `filmstrip` holds the filmstrip columns when
-        the run kept one. Returns the finished generation's view (for the event streams)."""
+        the run kept one. Returns the finished generation's view (for the event streams).
+        Unsaved when the database refuses it for too long (`written`, its files, are then in
+        quarantine)."""
         if row.width is None and images:
-            self.context.models.learn_native_size(model, images[0]["width"])
+            try:
+                self.context.models.learn_native_size(model, images[0]["width"])
+            except DatabaseUnavailable:  # only a hint for estimates: the job matters more
+                log.warning("generation %d: the model's native size was not saved", row.id)
         columns = {
             "finished_at": utcnow(),
             "step_seconds": timing.step_seconds,
@@ -383,20 +330,17 @@ class DeviceWorker(threading.Thread):
             "timings": timing.spent(),
             **(filmstrip or {}),
         }
-        done = self.context.jobs.succeed(row.id, self.context.instance_id, columns, images)
+        done = self._outcomes.succeed(row.id, columns, images, written)
         if done is None:
             return None
         return generation_view(*done).model_dump(mode="json")
-
-    def _finish(self, job_id: int, kind: FailureKind, error: str, timing: _Timing) -> None:
-        self.context.jobs.finish(job_id, kind, error, {"step_seconds": timing.step_seconds})
 
     def _record_speed(
         self,
         row: Generation,
         model: ModelEntry,
         image: dict[str, Any],
-        timing: _Timing,
+        timing: RunTiming,
         sampled: float,
     ) -> None:
         """Keep the speed a finished single-image run measured (for estimates); `sampled` is
@@ -440,7 +384,7 @@ class DeviceWorker(threading.Thread):
     def _benchmark(self, benchmark: Benchmark) -> None:
         context = self.context
         benchmark.mark("running")
-        timing = _Timing()
+        timing = RunTiming()
         spec = JobSpec(
             model=benchmark.model.on(benchmark.device, benchmark.dtype),
             params=GenerationParams(

@@ -367,7 +367,9 @@ class GenerationService:
     # -- changing ---------------------------------------------------------------------------
 
     def cancel(self, generation_id: int) -> GenerationOut:
-        """Cancel a queued job at once, or ask a running one to stop at its next step."""
+        """Cancel a queued job at once, or ask a running one to stop at its next step;
+        DatabaseUnavailable while the database refuses writes."""
+        self._db.require_writes()
         outcome = self._queue.cancel(generation_id)
         if outcome is None:
             raise NotFound("generation", generation_id)
@@ -379,7 +381,8 @@ class GenerationService:
 
     def delete(self, generation_id: int) -> None:
         """Delete a finished or queued generation and its files; a running one must be
-        canceled first (Conflict)."""
+        canceled first (Conflict). DatabaseUnavailable while the database refuses writes."""
+        self._db.require_writes()
         with self._db.session() as session:
             row = session.scalar(
                 select(Generation)

@@ -252,7 +252,7 @@ class JobQueue:
     def project(self, project_id: int) -> ProjectSettings | None:
         """The project's hardware, default model and defaults; None when there is no such
         project."""
-        with self._db.engine.connect() as connection:
+        with self._db.connect() as connection:
             row = connection.execute(_PROJECT, {"project_key": project_id}).first()
         return ProjectSettings(*row) if row is not None else None
 
@@ -373,6 +373,6 @@ class JobQueue:
 
     def cancel_requested(self, job_id: int) -> bool:
         """Whether the job's row asks for a cancel; True when the row is gone."""
-        with self._db.engine.connect() as connection:
+        with self._db.connect() as connection:
             row = connection.execute(_CANCEL_REQUESTED, {"job_key": job_id}).first()
         return row is None or bool(row[0])

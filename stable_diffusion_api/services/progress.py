@@ -34,6 +34,8 @@ class Progress:
     # A finished job's view (GenerationOut as JSON), when its worker sent one: the event streams
     # announce the end with it instead of each reading the database.
     result: dict[str, Any] | None = None
+    # Why the job's outcome is not in the database yet (the database refuses writes), if so.
+    problem: str | None = None
     version: int = 0
     updated: float = 0.0  # time.monotonic()
 
@@ -113,6 +115,13 @@ class ProgressHub:
         buffer = io.BytesIO()
         latent_to_rgb(latent).save(buffer, format="PNG")
         self.preview(generation_id, buffer.getvalue(), step)
+
+    def problem(self, generation_id: int, message: str) -> None:
+        """The job's outcome cannot be written now (`message` says why): the streams say so.
+        The same message again (a worker retrying) is no news."""
+        state = self._states.get(generation_id) or Progress(generation_id)
+        if state.problem != message:
+            self._put(replace(state, problem=message))
 
     def finish(self, generation_id: int, status: str, result: dict[str, Any] | None = None) -> None:
         state = self._states.get(generation_id) or Progress(generation_id)

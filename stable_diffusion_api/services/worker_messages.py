@@ -84,6 +84,12 @@ class JobFinished:
 
 
 @dataclass(frozen=True)
+class JobProblem:
+    job_id: int
+    message: str  # why its outcome is not in the database yet
+
+
+@dataclass(frozen=True)
 class BenchmarkChanged:
     key: tuple[object, ...]  # benchmark_key
     status: str
@@ -98,4 +104,6 @@ class ForwardDone:
     error: str | None = None
 
 
-FromWorker = JobStarted | JobStepped | JobPreview | JobFinished | BenchmarkChanged | ForwardDone
+FromWorker = (
+    JobStarted | JobStepped | JobPreview | JobFinished | JobProblem | BenchmarkChanged | ForwardDone
+)

@@ -8,8 +8,8 @@ connections and job queue, engine, model registry and storage, and a hub that re
 report over the pipe; it claims jobs from the same queue under the server's process id (the
 server's heartbeat covers it). The pipe carries typed messages (services/worker_messages.py):
 to the child, wake-ups, cancel requests, benchmarks, forward-process tasks and stop; back, the
-hub's reports (start, step, a preview's latent, finish: replayed on the server's hub for the
-event streams), benchmark status and forward-process results.
+hub's reports (start, step, a preview's latent, a problem saving, finish: replayed on the
+server's hub for the event streams), benchmark status and forward-process results.
 
 If a child dies (killed, out of memory), the server has the job queue mark the job it was
 running failed (interrupted), fails the forward-process tasks it had, and starts a new child.
@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from stable_diffusion_api.config import Settings
+from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.models import FAILED, FailureKind
 from stable_diffusion_api.services.device_worker import DeviceWorker, ServerGone
 from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec
@@ -51,6 +52,7 @@ from stable_diffusion_api.services.worker_messages import (
     FromWorker,
     JobFinished,
     JobPreview,
+    JobProblem,
     JobStarted,
     JobStepped,
     RunBenchmark,
@@ -169,6 +171,8 @@ class ProcessWorker:
                     hub.start(job_id, total)
                 case JobFinished(job_id, status, result):
                     hub.finish(job_id, status, result)
+                case JobProblem(job_id, problem):
+                    hub.problem(job_id, problem)
                 case BenchmarkChanged(key, status, error):
                     benchmark = self._benchmarks.get(key)
                     if benchmark is not None:
@@ -211,10 +215,20 @@ class ProcessWorker:
             future.set_exception(forward_error(kind or FailureKind.INTERNAL, error or "failed"))
 
     def _fail_running(self, code: int | None) -> None:
-        """The job the dead child was running: failed, and its hub state finished."""
+        """The job the dead child was running: failed, and its hub state finished. A database
+        that refuses the write is asked again every poll until it takes it (or the server
+        stops): the job must not stay `running`, and no new child could claim a job before."""
         context = self.context
-        for job_id in context.jobs.fail_dead_worker(self.device, context.instance_id, code):
-            context.hub.finish(job_id, FAILED)
+        while True:
+            try:
+                failed = context.jobs.fail_dead_worker(self.device, context.instance_id, code)
+            except DatabaseUnavailable:  # the database has logged why
+                if context.stopping.wait(context.settings.poll_s):
+                    return
+                continue
+            for job_id in failed:
+                context.hub.finish(job_id, FAILED)
+            return
 
 
 class _RelayHub(ProgressHub):
@@ -243,6 +257,10 @@ class _RelayHub(ProgressHub):
 
     def preview_latent(self, generation_id: int, latent: np.ndarray, step: int) -> None:
         self.send(JobPreview(generation_id, latent, step))  # drawn by the server
+
+    def problem(self, generation_id: int, message: str) -> None:
+        with contextlib.suppress(ServerGone):  # nobody to tell; the job's files stay as they are
+            self.send(JobProblem(generation_id, message))
 
     def finish(self, generation_id: int, status: str, result: dict[str, Any] | None = None) -> None:
         with contextlib.suppress(ServerGone):  # the row holds the outcome; nobody to tell

@@ -216,6 +216,7 @@ class WorkerPool:
                         .where(WorkerProcess.id == self.instance_id)
                         .values(heartbeat_at=utcnow())
                     )
+                self.db.writes_work()  # a refusal (disk full, …) is over: /health says so
                 if time.monotonic() - last_sweep > self.settings.stale_after_s:
                     last_sweep = time.monotonic()
                     self._fail_orphaned_jobs()

@@ -63,8 +63,11 @@ def write_random_checkpoint(path: Path) -> None:
 
 
 @contextmanager
-def running_server(root: Path) -> Iterator[Server]:
-    """uvicorn on `root/data` and `root/models` (made by the caller), until the block ends."""
+def running_server(
+    root: Path, factory: str = "tests.a1111.server_app:build", **environment: str
+) -> Iterator[Server]:
+    """uvicorn serving `factory`'s app on `root/data` and `root/models` (made by the caller),
+    with `environment` added to its own, until the block ends."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
     env.update(
@@ -74,10 +77,11 @@ def running_server(root: Path) -> Iterator[Server]:
         DALI_PREVIEW_EVERY="1",
         OMP_NUM_THREADS="1",  # the test machine is shared; one thread is plenty for 64×64
         PYTHONPATH=str(ROOT),
+        **environment,
     )
     log = root / "server.log"
     command = [
-        sys.executable, "-m", "uvicorn", "--factory", "tests.a1111.server_app:build",
+        sys.executable, "-m", "uvicorn", "--factory", factory,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
     with open(log, "wb") as output:
