@@ -72,11 +72,13 @@ class Settings(BaseSettings):
     # Sampling a small model holds the GIL most of the time: in its own process it cannot
     # slow the web server down. "thread" keeps the workers in the server process.
     worker_mode: Literal["process", "thread"] = "process"
-    # How a worker process yields the CPU to the web server: "idle" — the CPU device's sampler
-    # runs only when nothing else wants the CPU (Linux SCHED_IDLE; niceness elsewhere and for
-    # GPU workers, whose kernel launches must stay prompt); "low" — niceness 10; "normal".
-    # On a machine busy with other work, "idle" lets that work slow generation down most.
-    worker_priority: Literal["idle", "low", "normal"] = "idle"
+    # How a worker process yields the CPU to the web server: "low" — niceness 10, so a page or
+    # an API read gets the CPU first while the job still gets its share when other programs
+    # are busy; "idle" — the CPU device's sampler runs only when nothing else wants the CPU
+    # (Linux SCHED_IDLE), which on a busy machine starves the user's own job (a 20-step image
+    # took 102 s instead of 17 s); "normal". Worker processes also let OpenMP's threads sleep
+    # rather than spin while they wait (worker_process.wait_without_spinning).
+    worker_priority: Literal["idle", "low", "normal"] = "low"
     # Live progress goes out at most this often (the first and last step always): a small
     # model takes 40 steps a second, and every report costs the sampler and every event stream.
     progress_interval_s: float = Field(default=0.1, ge=0)

@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -313,6 +313,16 @@ def sigint_ignored_if_main_thread() -> Iterator[None]:
         signal.signal(signal.SIGINT, before)
 
 
+def wait_without_spinning(environ: MutableMapping[str, str]) -> None:
+    """OpenMP's threads, by default, spin while they wait for the next piece of work. On a
+    machine that other programs also use, spinning threads fight them for the cores, and each
+    step waits for the thread that was descheduled: with one other busy process on 2 cores a
+    4-step image took 18.5 s in the worker, and 1.9 s with the threads sleeping instead
+    (`OMP_WAIT_POLICY=PASSIVE`; docs/benchmarks.md). A value the user set is kept. OpenMP reads
+    it once, when torch first loads it, so this must run before torch is imported."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def lower_priority(priority: str, device: str) -> None:
     """Make this process (and the threads it starts later) yield the CPU to the web server:
     sampling takes whatever CPU is left; a page or an API read must not wait behind it. With
@@ -363,6 +373,7 @@ def child_main(settings: Settings, device: str, instance_id: str, conn: Connecti
 
     logging.basicConfig(level=logging.INFO)
     lower_priority(settings.worker_priority, device)
+    wait_without_spinning(os.environ)  # before torch loads OpenMP
     hub = _RelayHub(conn, threading.Lock())
     context, db = child_context(settings, instance_id, hub)
     import torch  # noqa: F401  (this process exists to run it: import it before the freeze)
