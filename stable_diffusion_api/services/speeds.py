@@ -10,6 +10,7 @@ linearly with the number of latent pixels at SD sizes), and the estimate says so
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,20 @@ from sqlalchemy.orm import Session
 
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.models import SpeedMeasurement, utcnow
+
+# A generation's measurement is first held within ×/÷ `MAX_JUMP` of the kept one, then
+# `NEW_WEIGHT` of it goes in: one run 780× slower than usual (the machine busy for a moment)
+# moves the estimate by 4^0.3 ≈ 1.5×, not 780×; a lasting change takes over within ten runs.
+MAX_JUMP = 4.0
+NEW_WEIGHT = 0.3
+
+
+def blend(kept: float, new: float) -> float:
+    """A new measurement (a rate or a duration) blended into the kept one, geometrically."""
+    if kept <= 0 or new <= 0:
+        return new
+    new = min(max(new, kept / MAX_JUMP), kept * MAX_JUMP)
+    return float(math.exp((1 - NEW_WEIGHT) * math.log(kept) + NEW_WEIGHT * math.log(new)))
 
 
 @dataclass(frozen=True)
@@ -42,17 +57,24 @@ class SpeedService:
         overhead_s: float,
         source: str,
     ) -> None:
-        """Keep this measurement, replacing the last one of the same key."""
+        """Keep this measurement. A benchmark (asked for) replaces the last one of the same
+        key; a generation's is blended into it (`blend`), so one run slowed by other work moves
+        the estimate by a little, not by the whole slowdown."""
         key = dict(
             device=device, model_hash=model_hash, dtype=dtype or "auto", width=width, height=height
         )
-        values = dict(
-            steps_per_s=steps_per_s,
-            overhead_s=max(0.0, overhead_s),
-            source=source,
-            measured_at=utcnow(),
-        )
+        overhead_s = max(0.0, overhead_s)
         with self._db.session() as session:
+            last = session.scalars(select(SpeedMeasurement).filter_by(**key)).first()
+            if last is not None and source == "generation":
+                steps_per_s = blend(last.steps_per_s, steps_per_s)
+                overhead_s = blend(last.overhead_s, overhead_s)
+            values = dict(
+                steps_per_s=steps_per_s,
+                overhead_s=overhead_s,
+                source=source,
+                measured_at=utcnow(),
+            )
             self._upsert(session, key, values)
 
     @staticmethod
