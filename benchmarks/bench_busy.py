@@ -61,7 +61,11 @@ def burn() -> None:
 def direct_seconds(checkpoint: Path | None, steps: int, runs: int) -> list[float]:
     """Sampling seconds of `runs` images made by sd_core in a fresh normal-priority process."""
     code = DIRECT.format(prompt=PROMPT, steps=steps, runs=runs)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+    }
     done = subprocess.run(
         [sys.executable, "-c", code, str(checkpoint) if checkpoint else "-"],
         capture_output=True, text=True, check=True, env=env,
