@@ -107,6 +107,18 @@ def test_a_foreign_host_name_is_refused(client: TestClient, settings: Settings, 
         assert other.get("/api/v1/health", headers={"host": "10.0.0.5:8000"}).status_code == 200
 
 
+def test_a_method_a_path_does_not_take_is_405_naming_every_method_it_takes(client: TestClient):
+    """GET and POST of one path are two routes: Allow names both, not only the first's."""
+    project = make_project(client)
+    for path, allowed in [
+        ("/api/v1/projects", "GET, POST"),
+        (f"/api/v1/projects/{project['id']}", "DELETE, GET, PATCH"),
+        ("/sdapi/v1/options", "GET, POST"),
+    ]:
+        answer = client.put(path, json={})
+        assert answer.status_code == 405 and answer.headers["allow"] == allowed, path
+
+
 def test_listening_beyond_this_machine_without_a_key_warns(settings: Settings, caplog):
     from stable_diffusion_api.sd_api import warn_if_exposed
 
