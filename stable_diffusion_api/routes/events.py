@@ -32,10 +32,11 @@ from fastapi.responses import StreamingResponse
 from stable_diffusion_api.deps import GenerationDep, StudioDep, require_api_key
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import FINISHED
+from stable_diffusion_api.routes.responses import GUARDED, errors
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.event_watch import STATUS_EVERY_S, TooManyStreams, Watchers
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], responses=GUARDED)
 
 KEEPALIVE_S = 15.0
 
@@ -144,7 +145,11 @@ def stream_slot(request: Request) -> tuple[Watchers, str]:
 StreamSlot = Annotated[tuple[Watchers, str], Depends(stream_slot)]
 
 
-@router.get("/generations/{generation_id}/events", response_class=StreamingResponse)
+@router.get(
+    "/generations/{generation_id}/events",
+    response_class=StreamingResponse,
+    responses=errors(404, 429),
+)
 async def events(
     generation: GenerationDep, studio: StudioDep, request: Request, slot: StreamSlot
 ) -> StreamingResponse:

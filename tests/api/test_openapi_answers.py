@@ -1,0 +1,40 @@
+"""/openapi.json names the error answers each route may give, so a client knows them all.
+
+schemathesis (tests/api/test_schemathesis.py) checks every status it receives against the
+schema; this checks the ones a fuzzer never provokes: the key (401), a foreign Host (421), a
+cross-site browser (403), a body over the limit (413) and a full queue (429 with Retry-After).
+"""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+UNSAFE_METHODS = ("post", "put", "patch", "delete")
+
+
+def test_every_route_documents_its_error_answers(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    missing = []
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            expected = {"421"}
+            if path != "/internal/ping":
+                expected.add("401")
+            if method in UNSAFE_METHODS:
+                expected |= {"403", "413"}
+            if "{" in path:
+                expected.add("404")
+            if lacking := expected - set(operation["responses"]):
+                missing.append(f"{method.upper()} {path}: {sorted(lacking)}")
+    assert missing == []
+
+
+def test_a_full_queue_is_documented_with_its_retry_after(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/v1/projects/{project_id}/generations", "/sdapi/v1/txt2img"):
+        full = paths[path]["post"]["responses"]["429"]
+        assert "Retry-After" in full["headers"], path
+    error = paths["/api/v1/generations/{generation_id}"]["get"]["responses"]["404"]
+    assert error["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Message"
+    }
