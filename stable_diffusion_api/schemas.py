@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from sd_core.params import (
     MAX_BATCH,
@@ -109,7 +109,7 @@ class ProjectCreate(Strict):
     description: Annotated[CleanText, Field(max_length=2000)] = ""
     device: Identifier = "cpu"
     dtype: Identifier | None = None  # None → the device's default dtype
-    low_memory: bool = False
+    low_memory: StrictBool = False
     default_model: Identifier | None = None  # None → the built-in model
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
 
@@ -121,7 +121,7 @@ class ProjectUpdate(Strict):
     description: Annotated[CleanText, Field(max_length=2000)] | None = None
     device: Identifier | None = None
     dtype: Identifier | None = None
-    low_memory: bool | None = None
+    low_memory: StrictBool | None = None
     default_model: Identifier | None = None
     defaults: GenerationDefaults | None = None
 
@@ -172,19 +172,21 @@ class GenerationCreate(Strict):
     variation_strength: Strength = 0.0
     clip_skip: ClipSkip | None = None  # None → the project's default
     vae: VaeName | None = None  # None → the project's default; "None" → the checkpoint's own
-    tiling: bool = Field(default=False, description="a seamless texture (A1111's Tiling)")
+    tiling: StrictBool = Field(default=False, description="a seamless texture (A1111's Tiling)")
     # Inpainting as AUTOMATIC1111 (sd_core/inpaint.py); only with a mask. The defaults keep
     # the mask's hard edge and the original under it; A1111's API defaults differ.
     mask_blur: Annotated[int, Field(ge=0, le=MAX_MASK_BLUR, description="feather, pixels")] = 0
-    inpainting_mask_invert: bool = Field(default=False, description="repaint the black area")
+    inpainting_mask_invert: StrictBool = Field(default=False, description="repaint the black area")
     inpainting_fill: Annotated[int, Field(ge=0, le=3, description=INPAINT_FILL_HELP)] = 1
-    inpaint_full_res: bool = Field(default=False, description="inpaint a crop around the mask")
+    inpaint_full_res: StrictBool = Field(
+        default=False, description="inpaint a crop around the mask"
+    )
     inpaint_full_res_padding: Annotated[int, Field(ge=0, le=MAX_INPAINT_PADDING)] = 0
     # Outpainting: the init image grown by these margins and the margins inpainted (no mask;
     # width and height become the new size; masked content "fill" unless sent).
     outpaint: OutpaintMargins | None = None
     # The hires fix (txt2img only; sd_core/hires.py): upscale, then a second img2img pass.
-    hires: bool = Field(default=False, description="A1111's hires fix (enable_hr)")
+    hires: StrictBool = Field(default=False, description="A1111's hires fix (enable_hr)")
     hires_scale: Annotated[float, Number, Field(ge=1, le=MAX_HIRES_SCALE)] = 2.0
     hires_width: Size | None = Field(default=None, description="instead of hires_scale")
     hires_height: Size | None = None

@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 
 from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from sd_core.assets import UPSCALERS_DIR
 from sd_core.upscalers import (
@@ -68,18 +68,18 @@ class ExtrasRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     resize_mode: Literal[0, 1] = 0
-    show_extras_results: bool = True
+    show_extras_results: StrictBool = True
     gfpgan_visibility: Visibility = 0.0
     codeformer_visibility: Visibility = 0.0
     codeformer_weight: Visibility = 0.0
     upscaling_resize: Annotated[float, Field(gt=0, le=MAX_SCALE, allow_inf_nan=False)] = 2.0
     upscaling_resize_w: Side = 512
     upscaling_resize_h: Side = 512
-    upscaling_crop: bool = True
+    upscaling_crop: StrictBool = True
     upscaler_1: UpscalerName | None = NONE
     upscaler_2: UpscalerName | None = NONE
     extras_upscaler_2_visibility: Visibility = 0.0
-    upscale_first: bool = False
+    upscale_first: StrictBool = False
 
 
 class ExtrasSingleImageRequest(ExtrasRequest):

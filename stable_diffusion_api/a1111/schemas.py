@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from stable_diffusion_api.schemas import (
     MAX_HIRES_SCALE,
@@ -64,15 +64,15 @@ class A1111Request(BaseModel):
     width: Size | None = None
     height: Size | None = None
     denoising_strength: Strength | None = None
-    restore_faces: bool | None = None
-    tiling: bool | None = None
+    restore_faces: StrictBool | None = None
+    tiling: StrictBool | None = None
     override_settings: dict[str, Any] = Field(default_factory=dict)
-    override_settings_restore_afterwards: bool = True
+    override_settings_restore_afterwards: StrictBool = True
     script_name: Name | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    send_images: bool = True
-    save_images: bool = False
+    send_images: StrictBool = True
+    save_images: StrictBool = False
     force_task_id: Name | None = None
     infotext: Annotated[CleanText, Field(max_length=MAX_PROMPT * 3)] | None = None
 
@@ -87,7 +87,7 @@ class A1111Request(BaseModel):
 
 class Txt2ImgRequest(A1111Request):
     # The hires fix (a1111/hires.py); hr_checkpoint_name, hr_scheduler and hr_cfg are ignored.
-    enable_hr: bool = False
+    enable_hr: StrictBool = False
     hr_scale: Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE, allow_inf_nan=False)] = 2.0
     hr_upscaler: Name | None = None  # None: "Latent"
     hr_second_pass_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 0
@@ -107,10 +107,10 @@ class Img2ImgRequest(A1111Request):
     mask: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
     mask_blur: Annotated[int, Field(ge=0, le=64)] | None = None
     inpainting_fill: Annotated[int, Field(ge=0, le=3)] = 0
-    inpaint_full_res: bool | int = True
+    inpaint_full_res: StrictBool | int = True
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: Annotated[int, Field(ge=0, le=1)] = 0
-    include_init_images: bool = False
+    include_init_images: StrictBool = False
 
 
 class GenerationResponse(BaseModel):
@@ -148,7 +148,7 @@ class TaskProgressRequest(BaseModel):
 
     id_task: Name | None = None
     id_live_preview: int = -1
-    live_preview: bool = True
+    live_preview: StrictBool = True
 
 
 class TaskProgressResponse(BaseModel):

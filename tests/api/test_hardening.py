@@ -77,6 +77,23 @@ def test_booleans_are_not_numbers(client: TestClient, fake: FakeGenerator):
     assert fake.calls == []
 
 
+def test_numbers_are_not_booleans(client: TestClient, fake: FakeGenerator):
+    """The schema says boolean: 0 or 1 is refused, not read as false or true (pydantic's
+    lax mode took them, and "yes"; schemathesis found `upscale_first: 0` accepted)."""
+    project = make_project(client)
+    for path, body, field in [
+        (f"/api/v1/projects/{project['id']}/generations", {"prompt": "x", "tiling": 1}, "tiling"),
+        ("/api/v1/projects", {"name": "Flags", "low_memory": 0}, "low_memory"),
+        ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": 1}, "enable_hr"),
+        ("/sdapi/v1/extra-single-image", {"image": "", "upscale_first": 0}, "upscale_first"),
+        ("/internal/progress", {"id_task": "x", "live_preview": "yes"}, "live_preview"),
+    ]:
+        response = client.post(path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"][0]["loc"][-1] == field, response.text
+    assert fake.calls == []
+
+
 def test_a_form_posted_from_another_site_changes_nothing(client: TestClient):
     project = make_project(client, "Kept")
     evil = {"origin": "http://evil.example"}
