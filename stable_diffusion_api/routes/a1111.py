@@ -52,6 +52,7 @@ from stable_diffusion_api.a1111.settings import A1111Settings
 from stable_diffusion_api.deps import StudioDep, require_api_key
 from stable_diffusion_api.routes.responses import (
     ANY,
+    BODY,
     GUARDED,
     QUEUE_FULL,
     UNSAFE,
@@ -106,7 +107,7 @@ sdapi = APIRouter(
 internal = APIRouter(prefix="/internal", tags=["AUTOMATIC1111"], responses=ANY)
 # A generation answers once its images exist: its job may fail on the way, as in A1111.
 GENERATED: Responses = (
-    UNSAFE
+    BODY
     | errors(503)
     | QUEUE_FULL
     | {500: {"description": "The engine failed (out of memory included, as A1111 answers it)"}}
@@ -224,14 +225,14 @@ def realesrgan_models(a1111: A1111Dep) -> list[RealesrganItem]:
     return a1111.extras.realesrgan_models()
 
 
-@sdapi.post("/extra-single-image", responses=UNSAFE)
+@sdapi.post("/extra-single-image", responses=BODY)
 def extra_single_image(
     request: ExtrasSingleImageRequest, a1111: A1111Dep
 ) -> ExtrasSingleImageResponse:
     return a1111.extras.single(request)
 
 
-@sdapi.post("/extra-batch-images", responses=UNSAFE)
+@sdapi.post("/extra-batch-images", responses=BODY)
 def extra_batch_images(
     request: ExtrasBatchImagesRequest, a1111: A1111Dep
 ) -> ExtrasBatchImagesResponse:
@@ -243,14 +244,14 @@ def get_options(a1111: A1111Dep, project: ProjectHeader = None) -> dict[str, Any
     return a1111.get_options(project)
 
 
-@sdapi.post("/options", responses=UNSAFE | errors(503))
+@sdapi.post("/options", responses=BODY | errors(503))
 def set_options(
     options: Annotated[dict[str, Any], Body()], a1111: A1111Dep, project: ProjectHeader = None
 ) -> None:
     a1111.set_options(options, project)
 
 
-@sdapi.post("/png-info", responses=UNSAFE)
+@sdapi.post("/png-info", responses=BODY)
 def png_info(request: PngInfoRequest, a1111: A1111Dep) -> PngInfoResponse:
     return a1111.png_info(request.image)
 
@@ -343,7 +344,7 @@ def ping() -> dict[str, Any]:
 @internal.post(
     "/progress",
     dependencies=[Depends(require_api_key), Depends(require_basic_auth)],
-    responses=errors(401) | UNSAFE,
+    responses=errors(401) | BODY,
 )
 def task_progress(request: TaskProgressRequest, a1111: A1111Dep) -> TaskProgressResponse:
     """A1111's per-task progress, for a task started with `force_task_id`."""

@@ -26,7 +26,14 @@ from stable_diffusion_api.deps import (
     require_api_key,
 )
 from stable_diffusion_api.models import STATUSES
-from stable_diffusion_api.routes.responses import GUARDED, QUEUE_FULL, UNSAFE, Responses, errors
+from stable_diffusion_api.routes.responses import (
+    BODY,
+    GUARDED,
+    QUEUE_FULL,
+    UNSAFE,
+    Responses,
+    errors,
+)
 from stable_diffusion_api.schemas import (
     BenchmarkOut,
     BenchmarkRequest,
@@ -151,7 +158,7 @@ async def hardware(studio: StudioDep) -> list[DeviceOut]:
     ]
 
 
-@router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED, responses=UNSAFE)
+@router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED, responses=BODY)
 def benchmark(request: BenchmarkRequest, studio: StudioDep) -> BenchmarkOut:
     """Measure steps/s of a model at a size on a device (a short run, queued on its worker)."""
     device, dtype = studio.hardware.check(request.device, request.dtype)
@@ -210,7 +217,7 @@ async def list_projects(studio: StudioDep) -> list[ProjectOut]:
     return await run_in_threadpool(studio.projects.list)
 
 
-@router.post("/projects", status_code=status.HTTP_201_CREATED, responses=UNSAFE | errors(409, 503))
+@router.post("/projects", status_code=status.HTTP_201_CREATED, responses=BODY | errors(409, 503))
 def create_project(data: ProjectCreate, studio: StudioDep, response: Response) -> ProjectOut:
     project = studio.projects.create(data)
     response.headers["Location"] = f"/api/v1/projects/{project.id}"
@@ -222,7 +229,7 @@ async def read_project(project: ProjectDep) -> ProjectOut:
     return project
 
 
-@router.patch("/projects/{project_id}", responses=UNSAFE | errors(404, 409, 503))
+@router.patch("/projects/{project_id}", responses=BODY | errors(404, 409, 503))
 def update_project(project: ProjectDep, data: ProjectUpdate, studio: StudioDep) -> ProjectOut:
     return studio.projects.update(project.id, data)
 
@@ -271,7 +278,7 @@ def estimate(
 @router.post(
     "/projects/{project_id}/generations",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=UNSAFE | errors(404, 503) | QUEUE_FULL,
+    responses=BODY | errors(404, 503) | QUEUE_FULL,
 )
 async def create_generation(
     project_id: Id, request: GenerationCreate, studio: StudioDep, response: Response

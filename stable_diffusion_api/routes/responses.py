@@ -5,7 +5,8 @@ checks each status it receives against the schema: tests/api/test_schemathesis.p
 422 comes from FastAPI itself for every route that takes input. The bodies are those of
 `errors.install_error_handlers` and the middleware: `{"detail": "<message>"}`.
 
-Bad input is always a 422 naming the field (never a 400): the API answers no 400 of its own.
+Bad input is a 422 naming the field; only a body that is not JSON text at all (invalid UTF-8)
+is FastAPI's 400, before any field can be named.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Message(BaseModel):
 
 
 WHY = {
+    400: "The body is not JSON text at all (not UTF-8, say); FastAPI cannot parse it",
     401: "A valid API key is required (DALI_API_KEY; X-API-Key header or Bearer token), or "
     "on /sdapi/v1 the HTTP Basic credentials of DALI_API_AUTH",
     403: "Refused: a browser request from another site (its Origin or Referer)",
@@ -56,4 +58,5 @@ GUARDED = errors(401, 421)
 # On top, for every request that may change something (POST, PATCH, DELETE): a browser's
 # cross-site request is refused, and so is a body over the limit.
 UNSAFE = errors(403, 413)
+BODY = UNSAFE | errors(400)  # ... that sends a JSON body
 QUEUE_FULL: Responses = {429: {"model": Message, "description": WHY[429], "headers": RETRY_AFTER}}

@@ -1,8 +1,9 @@
 """/openapi.json names the error answers each route may give, so a client knows them all.
 
 schemathesis (tests/api/test_schemathesis.py) checks every status it receives against the
-schema; this checks the ones a fuzzer never provokes: the key (401), a foreign Host (421), a
-cross-site browser (403), a body over the limit (413) and a full queue (429 with Retry-After).
+schema; this checks the ones a fuzzer seldom or never provokes: a body that is not JSON text
+(400), the key (401), a foreign Host (421), a cross-site browser (403), a body over the limit
+(413) and a full queue (429 with Retry-After).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def test_every_route_documents_its_error_answers(client: TestClient) -> None:
                 expected.add("401")
             if method in UNSAFE_METHODS:
                 expected |= {"403", "413"}
+            if "requestBody" in operation:  # a body that is not JSON text is FastAPI's 400
+                expected.add("400")
             if "{" in path:
                 expected.add("404")
             if lacking := expected - set(operation["responses"]):
@@ -38,3 +41,10 @@ def test_a_full_queue_is_documented_with_its_retry_after(client: TestClient) -> 
     assert error["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Message"
     }
+
+
+def test_a_body_that_is_not_json_text_is_the_documented_400(client: TestClient) -> None:
+    answer = client.post(
+        "/api/v1/projects", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 400 and isinstance(answer.json()["detail"], str)
