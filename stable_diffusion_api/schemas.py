@@ -131,7 +131,7 @@ HIRES_UPSCALER_HELP = (
     "(nearest), Latent (nearest-exact), None, Lanczos, Nearest"
 )
 INPAINT_FILL_HELP = "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing"
-Margin = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+Margin = Annotated[int, Number, Field(ge=0, le=MAX_SIZE)]
 
 
 class OutpaintMargins(Strict):
@@ -143,7 +143,7 @@ class OutpaintMargins(Strict):
     right: Margin = 0
     top: Margin = 0
     bottom: Margin = 0
-    overlap: Annotated[int, Field(ge=0, le=64)] = 8
+    overlap: Annotated[int, Number, Field(ge=0, le=64)] = 8
 
 
 class GenerationCreate(Strict):
@@ -175,13 +175,15 @@ class GenerationCreate(Strict):
     tiling: StrictBool = Field(default=False, description="a seamless texture (A1111's Tiling)")
     # Inpainting as AUTOMATIC1111 (sd_core/inpaint.py); only with a mask. The defaults keep
     # the mask's hard edge and the original under it; A1111's API defaults differ.
-    mask_blur: Annotated[int, Field(ge=0, le=MAX_MASK_BLUR, description="feather, pixels")] = 0
+    mask_blur: Annotated[
+        int, Number, Field(ge=0, le=MAX_MASK_BLUR, description="feather, pixels")
+    ] = 0
     inpainting_mask_invert: StrictBool = Field(default=False, description="repaint the black area")
-    inpainting_fill: Annotated[int, Field(ge=0, le=3, description=INPAINT_FILL_HELP)] = 1
+    inpainting_fill: Annotated[int, Number, Field(ge=0, le=3, description=INPAINT_FILL_HELP)] = 1
     inpaint_full_res: StrictBool = Field(
         default=False, description="inpaint a crop around the mask"
     )
-    inpaint_full_res_padding: Annotated[int, Field(ge=0, le=MAX_INPAINT_PADDING)] = 0
+    inpaint_full_res_padding: Annotated[int, Number, Field(ge=0, le=MAX_INPAINT_PADDING)] = 0
     # Outpainting: the init image grown by these margins and the margins inpainted (no mask;
     # width and height become the new size; masked content "fill" unless sent).
     outpaint: OutpaintMargins | None = None
@@ -210,7 +212,7 @@ class BenchmarkRequest(Strict):
     model: Identifier | None = None
     width: Size | None = None
     height: Size | None = None
-    steps: Annotated[int, Field(ge=2, le=50)] = 8
+    steps: Annotated[int, Number, Field(ge=2, le=50)] = 8
 
 
 class Out(BaseModel):

@@ -4,10 +4,23 @@ booleans for numbers (issue 15, items 8, 11 and 13)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, ValidationError
 
+from stable_diffusion_api.a1111.extras import ExtrasBatchImagesRequest, ExtrasSingleImageRequest
+from stable_diffusion_api.a1111.schemas import Img2ImgRequest, TaskProgressRequest, Txt2ImgRequest
 from stable_diffusion_api.config import Settings
+from stable_diffusion_api.schemas import (
+    BenchmarkRequest,
+    GenerationCreate,
+    GenerationDefaults,
+    OutpaintMargins,
+    ProjectCreate,
+    ProjectUpdate,
+)
 from stable_diffusion_api.sd_api import create_app
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project
@@ -75,6 +88,34 @@ def test_booleans_are_not_numbers(client: TestClient, fake: FakeGenerator):
         assert response.status_code == 422, field
         assert response.json()["detail"][0]["loc"][-1] == field
     assert fake.calls == []
+
+
+REQUEST_MODELS: list[tuple[type[BaseModel], dict[str, object]]] = [
+    (GenerationCreate, {"prompt": "x"}), (GenerationDefaults, {}), (OutpaintMargins, {}),
+    (ProjectCreate, {"name": "x"}), (ProjectUpdate, {}), (BenchmarkRequest, {}),
+    (Txt2ImgRequest, {}), (Img2ImgRequest, {}), (TaskProgressRequest, {}),
+    (ExtrasSingleImageRequest, {}), (ExtrasBatchImagesRequest, {"imageList": []}),
+]  # fmt: skip
+
+
+def _numeric(prop: dict[str, Any]) -> bool:
+    types = {option.get("type") for option in prop.get("anyOf", [prop])}
+    return bool(types & {"integer", "number"}) and "boolean" not in types
+
+
+def test_no_request_model_reads_true_as_a_number():
+    """Every number of every request body, REST and A1111 (schemathesis found
+    `extras_upscaler_2_visibility: false` and `id_live_preview: false` taken as 0)."""
+    checked = []
+    for model, required in REQUEST_MODELS:
+        for name, prop in model.model_json_schema()["properties"].items():
+            if not _numeric(prop):
+                continue
+            with pytest.raises(ValidationError) as refused:
+                model.model_validate({**required, name: True})
+            assert refused.value.errors()[0]["loc"][0] == name, (model.__name__, name)
+            checked.append(name)
+    assert {"batch", "mask_blur", "subseed", "id_live_preview", "upscaling_resize"} <= set(checked)
 
 
 def test_numbers_are_not_booleans(client: TestClient, fake: FakeGenerator):
