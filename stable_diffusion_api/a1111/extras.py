@@ -57,9 +57,9 @@ DEFAULT_MODEL_SCALE = 4
 _SCALE_IN_NAME = re.compile(r"(?<![0-9a-z])([1-8])x|x([1-8])(?![0-9])", re.IGNORECASE)
 _REAL_ESRGAN = re.compile(r"real[-_ ]?esrgan", re.IGNORECASE)
 
-Visibility = Annotated[float, Number, Field(ge=0, le=1, allow_inf_nan=False)]
+Visibility = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), Number]
 UpscalerName = Annotated[str, Field(max_length=255)]
-Side = Annotated[int, Number, Field(ge=1, le=8192)]
+Side = Annotated[int, Field(ge=1, le=8192), Number]
 
 
 class ExtrasRequest(BaseModel):
@@ -72,7 +72,7 @@ class ExtrasRequest(BaseModel):
     gfpgan_visibility: Visibility = 0.0
     codeformer_visibility: Visibility = 0.0
     codeformer_weight: Visibility = 0.0
-    upscaling_resize: Annotated[float, Number, Field(gt=0, le=MAX_SCALE, allow_inf_nan=False)] = 2.0
+    upscaling_resize: Annotated[float, Field(gt=0, le=MAX_SCALE, allow_inf_nan=False), Number] = 2.0
     upscaling_resize_w: Side = 512
     upscaling_resize_h: Side = 512
     upscaling_crop: StrictBool = True

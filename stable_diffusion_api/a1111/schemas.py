@@ -51,15 +51,15 @@ class A1111Request(BaseModel):
     negative_prompt: Text | None = None
     styles: list[str] = Field(default_factory=list)
     seed: Seed = -1
-    subseed: Annotated[int, Number, Field(ge=-1, le=MAX_SEED)] = -1
-    subseed_strength: Annotated[float, Number, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
+    subseed: Annotated[int, Field(ge=-1, le=MAX_SEED), Number] = -1
+    subseed_strength: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), Number] = 0.0
     seed_resize_from_h: Annotated[int, Number] = -1
     seed_resize_from_w: Annotated[int, Number] = -1
     sampler_name: Name | None = None
     sampler_index: Name | None = None  # A1111's older name for sampler_name
     scheduler: Name | None = None  # "automatic", "karras", … (A1111 ≥ 1.9)
-    batch_size: Annotated[int, Number, Field(ge=1, le=MAX_BATCH_SIZE)] = 1
-    n_iter: Annotated[int, Number, Field(ge=1, le=MAX_ITERATIONS)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE), Number] = 1
+    n_iter: Annotated[int, Field(ge=1, le=MAX_ITERATIONS), Number] = 1
     steps: Steps | None = None
     cfg_scale: Guidance | None = None
     width: Size | None = None
@@ -89,11 +89,11 @@ class A1111Request(BaseModel):
 class Txt2ImgRequest(A1111Request):
     # The hires fix (a1111/hires.py); hr_checkpoint_name, hr_scheduler and hr_cfg are ignored.
     enable_hr: StrictBool = False
-    hr_scale: Annotated[float, Number, Field(ge=1, le=MAX_HIRES_SCALE, allow_inf_nan=False)] = 2.0
+    hr_scale: Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE, allow_inf_nan=False), Number] = 2.0
     hr_upscaler: Name | None = None  # None: "Latent"
-    hr_second_pass_steps: Annotated[int, Number, Field(ge=0, le=MAX_STEPS)] = 0
-    hr_resize_x: Annotated[int, Number, Field(ge=0, le=MAX_SIZE)] = 0
-    hr_resize_y: Annotated[int, Number, Field(ge=0, le=MAX_SIZE)] = 0
+    hr_second_pass_steps: Annotated[int, Field(ge=0, le=MAX_STEPS), Number] = 0
+    hr_resize_x: Annotated[int, Field(ge=0, le=MAX_SIZE), Number] = 0
+    hr_resize_y: Annotated[int, Field(ge=0, le=MAX_SIZE), Number] = 0
     hr_sampler_name: Name | None = None
     hr_prompt: Text = ""
     hr_negative_prompt: Text = ""
@@ -104,13 +104,13 @@ class Img2ImgRequest(A1111Request):
         Annotated[list[Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]], Field(min_length=1)]
         | None
     ) = None
-    resize_mode: Annotated[int, Number, Field(ge=0, le=3)] = 0
+    resize_mode: Annotated[int, Field(ge=0, le=3), Number] = 0
     mask: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
-    mask_blur: Annotated[int, Number, Field(ge=0, le=64)] | None = None
-    inpainting_fill: Annotated[int, Number, Field(ge=0, le=3)] = 0
+    mask_blur: Annotated[int, Field(ge=0, le=64), Number] | None = None
+    inpainting_fill: Annotated[int, Field(ge=0, le=3), Number] = 0
     inpaint_full_res: StrictBool | int = True
     inpaint_full_res_padding: Annotated[int, Number] = 0
-    inpainting_mask_invert: Annotated[int, Number, Field(ge=0, le=1)] = 0
+    inpainting_mask_invert: Annotated[int, Field(ge=0, le=1), Number] = 0
     include_init_images: StrictBool = False
 
 

@@ -48,3 +48,23 @@ def test_a_body_that_is_not_json_text_is_the_documented_400(client: TestClient) 
         "/api/v1/projects", content=b"\xff\xfe{", headers={"content-type": "application/json"}
     )
     assert answer.status_code == 400 and isinstance(answer.json()["detail"], str)
+
+
+PYDANTIC_WORDS = {"ge", "gt", "le", "lt", "multiple_of", "min_length", "max_length"}
+
+
+def _keys(node: object) -> set[str]:
+    if isinstance(node, dict):
+        return set(node).union(*(_keys(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_keys(value) for value in node))
+    return set()
+
+
+def test_the_limits_are_stated_in_json_schema_words(client: TestClient) -> None:
+    """A validator placed before Field(ge=…) made pydantic publish `"ge": 64`, which JSON
+    Schema does not know: clients (and schemathesis) saw steps, sizes and seeds unlimited."""
+    schema = client.get("/openapi.json").json()
+    assert _keys(schema) & PYDANTIC_WORDS == set()
+    steps = schema["components"]["schemas"]["GenerationCreate"]["properties"]["steps"]
+    assert {"minimum": 1, "maximum": 150}.items() <= steps["anyOf"][0].items()
