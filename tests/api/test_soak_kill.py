@@ -44,7 +44,7 @@ from tests.a1111.live_server import Server, running_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-CYCLES = 6
+CYCLES = 5
 # Recovery removes a crash's temporary files once nobody touched them for this long; a younger
 # one might be another live process's, so it is left for a later start. The soak restarts no
 # sooner than this after a kill, as a supervisor with a restart delay would.
