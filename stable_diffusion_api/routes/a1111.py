@@ -56,6 +56,7 @@ from stable_diffusion_api.routes.responses import (
     GUARDED,
     QUEUE_FULL,
     UNSAFE,
+    Message,
     Responses,
     errors,
 )
@@ -108,9 +109,15 @@ internal = APIRouter(prefix="/internal", tags=["AUTOMATIC1111"], responses=ANY)
 # A generation answers once its images exist: its job may fail on the way, as in A1111.
 GENERATED: Responses = (
     BODY
-    | errors(503)
     | QUEUE_FULL
-    | {500: {"description": "The engine failed (out of memory included, as A1111 answers it)"}}
+    | {
+        500: {"description": "The engine failed (out of memory included, as A1111 answers it)"},
+        503: {
+            "model": Message,
+            "description": "The server stopped while the job ran, or the database cannot be "
+            "written",
+        },
+    }
 )
 NOT_HERE = UNSAFE | errors(501)
 
