@@ -1,11 +1,13 @@
 """schemathesis over `/openapi.json`: every check, over a thousand cases, no server error.
 
-schemathesis (requirements-dev) reads the app's schema and runs its phases — examples,
-coverage (boundaries and each way to break a field), fuzzing (positive and negative data) and
-stateful sequences (ids from one answer used in the next) — against every operation, REST and
-A1111, checking each answer: no 5xx, every status documented, bodies, content types and headers
+schemathesis (requirements-dev) reads the app's schema and runs its phases — coverage
+(boundaries and each way to break a field), fuzzing (positive and negative data) and stateful
+sequences (ids from one answer used in the next); examples too, but the schema has none —
+against every operation, REST and A1111, checking each answer: no 5xx, every status documented, bodies, content types and headers
 as the schema says, schema-valid data accepted and schema-violating data refused, a 405's
-Allow, a deleted resource gone. The run is deterministic (a fixed seed, derandomized).
+Allow, a deleted resource gone. The data is drawn from a fixed seed, derandomized; the
+number of cases still moves a little with the app's timing (a queue full or not changes the
+stateful sequences): 4,038 to 4,139 in the runs seen.
 
 The app runs in-process (schemathesis's ASGI transport, which also runs the app's lifespan) on
 a real SQLite file, with the fake engine of tests/api/fakes.py: a generation is done at once,
