@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from stable_diffusion_api.error_text import human_message
 
@@ -90,6 +91,23 @@ def wants_html(request: Request) -> bool:
 HtmlRenderer = Callable[[Request, int, str, list[str]], Response]
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` header of a 405: every method some route serves at this path. Starlette
+    names only those of the first route whose path matched, though GET and POST of one path
+    are two routes (HTTP says Allow lists them all)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 UNPAIRED_SURROGATE = (
     "text must be valid Unicode: it holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)"
 )
@@ -133,6 +151,8 @@ def install_error_handlers(app: FastAPI, render_html: HtmlRenderer) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405 and headers is not None and "Allow" in headers:
+            headers["Allow"] = allowed_methods(request)
         return respond(request, exc.status_code, exc.detail, str(exc.detail), headers)
 
     async def unencodable_text(request: Request, exc: Exception) -> Response:

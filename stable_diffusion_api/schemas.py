@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from sd_core.params import (
     MAX_BATCH,
@@ -71,13 +71,13 @@ Name = Annotated[CleanText, Field(min_length=1, max_length=100), AfterValidator(
 Prompt = Annotated[CleanText, Field(min_length=1, max_length=MAX_PROMPT), AfterValidator(_prompt)]
 NegativePrompt = Annotated[CleanText, Field(max_length=MAX_PROMPT)]
 Number = BeforeValidator(_not_a_boolean)
-Steps = Annotated[int, Number, Field(ge=1, le=MAX_STEPS)]
-Guidance = Annotated[float, Number, Field(ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)]
-Size = Annotated[int, Number, Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE)]
-Seed = Annotated[int, Number, Field(ge=-1, le=MAX_SEED, description="-1 or null → random")]
-Strength = Annotated[float, Number, Field(ge=0, le=1, allow_inf_nan=False)]
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS), Number]
+Guidance = Annotated[float, Field(ge=0, le=MAX_GUIDANCE, allow_inf_nan=False), Number]
+Size = Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE), Number]
+Seed = Annotated[int, Field(ge=-1, le=MAX_SEED, description="-1 or null → random"), Number]
+Strength = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), Number]
 ClipSkip = Annotated[
-    int, Number, Field(ge=1, le=MAX_CLIP_SKIP, description="A1111's Clip skip: 1 = the last layer")
+    int, Field(ge=1, le=MAX_CLIP_SKIP, description="A1111's Clip skip: 1 = the last layer"), Number
 ]
 Identifier = Annotated[CleanText, Field(min_length=1, max_length=255)]
 VaeName = Annotated[
@@ -110,7 +110,7 @@ class ProjectCreate(Strict):
     description: Annotated[CleanText, Field(max_length=2000)] = ""
     device: Identifier = "cpu"
     dtype: Identifier | None = None  # None → the device's default dtype
-    low_memory: bool = False
+    low_memory: StrictBool = False
     default_model: Identifier | None = None  # None → the built-in model
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
 
@@ -122,7 +122,7 @@ class ProjectUpdate(Strict):
     description: Annotated[CleanText, Field(max_length=2000)] | None = None
     device: Identifier | None = None
     dtype: Identifier | None = None
-    low_memory: bool | None = None
+    low_memory: StrictBool | None = None
     default_model: Identifier | None = None
     defaults: GenerationDefaults | None = None
 
@@ -132,7 +132,7 @@ HIRES_UPSCALER_HELP = (
     "(nearest), Latent (nearest-exact), None, Lanczos, Nearest"
 )
 INPAINT_FILL_HELP = "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing"
-Margin = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+Margin = Annotated[int, Field(ge=0, le=MAX_SIZE), Number]
 
 
 class OutpaintMargins(Strict):
@@ -144,7 +144,7 @@ class OutpaintMargins(Strict):
     right: Margin = 0
     top: Margin = 0
     bottom: Margin = 0
-    overlap: Annotated[int, Field(ge=0, le=64)] = 8
+    overlap: Annotated[int, Field(ge=0, le=64), Number] = 8
 
 
 class GenerationCreate(Strict):
@@ -161,7 +161,7 @@ class GenerationCreate(Strict):
     seed: Seed | None = None
     width: Size | None = None
     height: Size | None = None
-    batch: Annotated[int, Number, Field(ge=1, le=MAX_BATCH)] = 1
+    batch: Annotated[int, Field(ge=1, le=MAX_BATCH), Number] = 1
     model: Identifier | None = None
     init_image: Upload | None = Field(default=None, description="base64 PNG/JPEG (img2img)")
     strength: Strength = 0.75
@@ -173,24 +173,28 @@ class GenerationCreate(Strict):
     variation_strength: Strength = 0.0
     clip_skip: ClipSkip | None = None  # None → the project's default
     vae: VaeName | None = None  # None → the project's default; "None" → the checkpoint's own
-    tiling: bool = Field(default=False, description="a seamless texture (A1111's Tiling)")
+    tiling: StrictBool = Field(default=False, description="a seamless texture (A1111's Tiling)")
     # Inpainting as AUTOMATIC1111 (sd_core/inpaint.py); only with a mask. The defaults keep
     # the mask's hard edge and the original under it; A1111's API defaults differ.
-    mask_blur: Annotated[int, Field(ge=0, le=MAX_MASK_BLUR, description="feather, pixels")] = 0
-    inpainting_mask_invert: bool = Field(default=False, description="repaint the black area")
-    inpainting_fill: Annotated[int, Field(ge=0, le=3, description=INPAINT_FILL_HELP)] = 1
-    inpaint_full_res: bool = Field(default=False, description="inpaint a crop around the mask")
-    inpaint_full_res_padding: Annotated[int, Field(ge=0, le=MAX_INPAINT_PADDING)] = 0
+    mask_blur: Annotated[
+        int, Field(ge=0, le=MAX_MASK_BLUR, description="feather, pixels"), Number
+    ] = 0
+    inpainting_mask_invert: StrictBool = Field(default=False, description="repaint the black area")
+    inpainting_fill: Annotated[int, Field(ge=0, le=3, description=INPAINT_FILL_HELP), Number] = 1
+    inpaint_full_res: StrictBool = Field(
+        default=False, description="inpaint a crop around the mask"
+    )
+    inpaint_full_res_padding: Annotated[int, Field(ge=0, le=MAX_INPAINT_PADDING), Number] = 0
     # Outpainting: the init image grown by these margins and the margins inpainted (no mask;
     # width and height become the new size; masked content "fill" unless sent).
     outpaint: OutpaintMargins | None = None
     # The hires fix (txt2img only; sd_core/hires.py): upscale, then a second img2img pass.
-    hires: bool = Field(default=False, description="A1111's hires fix (enable_hr)")
-    hires_scale: Annotated[float, Number, Field(ge=1, le=MAX_HIRES_SCALE)] = 2.0
+    hires: StrictBool = Field(default=False, description="A1111's hires fix (enable_hr)")
+    hires_scale: Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE), Number] = 2.0
     hires_width: Size | None = Field(default=None, description="instead of hires_scale")
     hires_height: Size | None = None
     hires_upscaler: Identifier = Field(default="Latent", description=HIRES_UPSCALER_HELP)
-    hires_steps: Annotated[int, Number, Field(ge=0, le=MAX_STEPS)] = 0  # 0: as the first pass
+    hires_steps: Annotated[int, Field(ge=0, le=MAX_STEPS), Number] = 0  # 0: as the first pass
     hires_strength: Strength = 0.7
     hires_sampler: Identifier | None = None  # None: the first pass's sampler
     hires_prompt: Annotated[CleanText, Field(max_length=MAX_PROMPT)] | None = None
@@ -209,7 +213,7 @@ class BenchmarkRequest(Strict):
     model: Identifier | None = None
     width: Size | None = None
     height: Size | None = None
-    steps: Annotated[int, Field(ge=2, le=50)] = 8
+    steps: Annotated[int, Field(ge=2, le=50), Number] = 8
 
 
 class Out(BaseModel):

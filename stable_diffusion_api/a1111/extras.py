@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 
 from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from sd_core.assets import UPSCALERS_DIR
 from sd_core.upscalers import (
@@ -40,7 +40,7 @@ from sd_core.upscalers import (
     upscaler_names,
 )
 from stable_diffusion_api.errors import InvalidField
-from stable_diffusion_api.schemas import Upload
+from stable_diffusion_api.schemas import Number, Upload
 from stable_diffusion_api.services.storage import decode_image
 
 # A1111's latent upscale modes for the hires fix (sd_core/hires.py implements them).
@@ -57,9 +57,9 @@ DEFAULT_MODEL_SCALE = 4
 _SCALE_IN_NAME = re.compile(r"(?<![0-9a-z])([1-8])x|x([1-8])(?![0-9])", re.IGNORECASE)
 _REAL_ESRGAN = re.compile(r"real[-_ ]?esrgan", re.IGNORECASE)
 
-Visibility = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Visibility = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), Number]
 UpscalerName = Annotated[str, Field(max_length=255)]
-Side = Annotated[int, Field(ge=1, le=8192)]
+Side = Annotated[int, Field(ge=1, le=8192), Number]
 
 
 class ExtrasRequest(BaseModel):
@@ -67,19 +67,19 @@ class ExtrasRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    resize_mode: Literal[0, 1] = 0
-    show_extras_results: bool = True
+    resize_mode: Annotated[Literal[0, 1], Number] = 0
+    show_extras_results: StrictBool = True
     gfpgan_visibility: Visibility = 0.0
     codeformer_visibility: Visibility = 0.0
     codeformer_weight: Visibility = 0.0
-    upscaling_resize: Annotated[float, Field(gt=0, le=MAX_SCALE, allow_inf_nan=False)] = 2.0
+    upscaling_resize: Annotated[float, Field(gt=0, le=MAX_SCALE, allow_inf_nan=False), Number] = 2.0
     upscaling_resize_w: Side = 512
     upscaling_resize_h: Side = 512
-    upscaling_crop: bool = True
+    upscaling_crop: StrictBool = True
     upscaler_1: UpscalerName | None = NONE
     upscaler_2: UpscalerName | None = NONE
     extras_upscaler_2_visibility: Visibility = 0.0
-    upscale_first: bool = False
+    upscale_first: StrictBool = False
 
 
 class ExtrasSingleImageRequest(ExtrasRequest):

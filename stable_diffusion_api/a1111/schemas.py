@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from stable_diffusion_api.schemas import (
     MAX_HIRES_SCALE,
@@ -25,6 +25,7 @@ from stable_diffusion_api.schemas import (
     MAX_UPLOAD_CHARS,
     CleanText,
     Guidance,
+    Number,
     Seed,
     Size,
     Steps,
@@ -50,29 +51,29 @@ class A1111Request(BaseModel):
     negative_prompt: Text | None = None
     styles: list[str] = Field(default_factory=list)
     seed: Seed = -1
-    subseed: Annotated[int, Field(ge=-1, le=MAX_SEED)] = -1
-    subseed_strength: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
+    subseed: Annotated[int, Field(ge=-1, le=MAX_SEED), Number] = -1
+    subseed_strength: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), Number] = 0.0
+    seed_resize_from_h: Annotated[int, Number] = -1
+    seed_resize_from_w: Annotated[int, Number] = -1
     sampler_name: Name | None = None
     sampler_index: Name | None = None  # A1111's older name for sampler_name
     scheduler: Name | None = None  # "automatic", "karras", … (A1111 ≥ 1.9)
-    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] = 1
-    n_iter: Annotated[int, Field(ge=1, le=MAX_ITERATIONS)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE), Number] = 1
+    n_iter: Annotated[int, Field(ge=1, le=MAX_ITERATIONS), Number] = 1
     steps: Steps | None = None
     cfg_scale: Guidance | None = None
     width: Size | None = None
     height: Size | None = None
     denoising_strength: Strength | None = None
-    restore_faces: bool | None = None
-    tiling: bool | None = None
+    restore_faces: StrictBool | None = None
+    tiling: StrictBool | None = None
     override_settings: dict[str, Any] = Field(default_factory=dict)
-    override_settings_restore_afterwards: bool = True
+    override_settings_restore_afterwards: StrictBool = True
     script_name: Name | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    send_images: bool = True
-    save_images: bool = False
+    send_images: StrictBool = True
+    save_images: StrictBool = False
     force_task_id: Name | None = None
     infotext: Annotated[CleanText, Field(max_length=MAX_PROMPT * 3)] | None = None
 
@@ -87,12 +88,12 @@ class A1111Request(BaseModel):
 
 class Txt2ImgRequest(A1111Request):
     # The hires fix (a1111/hires.py); hr_checkpoint_name, hr_scheduler and hr_cfg are ignored.
-    enable_hr: bool = False
-    hr_scale: Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE, allow_inf_nan=False)] = 2.0
+    enable_hr: StrictBool = False
+    hr_scale: Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE, allow_inf_nan=False), Number] = 2.0
     hr_upscaler: Name | None = None  # None: "Latent"
-    hr_second_pass_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 0
-    hr_resize_x: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0
-    hr_resize_y: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0
+    hr_second_pass_steps: Annotated[int, Field(ge=0, le=MAX_STEPS), Number] = 0
+    hr_resize_x: Annotated[int, Field(ge=0, le=MAX_SIZE), Number] = 0
+    hr_resize_y: Annotated[int, Field(ge=0, le=MAX_SIZE), Number] = 0
     hr_sampler_name: Name | None = None
     hr_prompt: Text = ""
     hr_negative_prompt: Text = ""
@@ -103,14 +104,14 @@ class Img2ImgRequest(A1111Request):
         Annotated[list[Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]], Field(min_length=1)]
         | None
     ) = None
-    resize_mode: Annotated[int, Field(ge=0, le=3)] = 0
+    resize_mode: Annotated[int, Field(ge=0, le=3), Number] = 0
     mask: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
-    mask_blur: Annotated[int, Field(ge=0, le=64)] | None = None
-    inpainting_fill: Annotated[int, Field(ge=0, le=3)] = 0
-    inpaint_full_res: bool | int = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: Annotated[int, Field(ge=0, le=1)] = 0
-    include_init_images: bool = False
+    mask_blur: Annotated[int, Field(ge=0, le=64), Number] | None = None
+    inpainting_fill: Annotated[int, Field(ge=0, le=3), Number] = 0
+    inpaint_full_res: StrictBool | int = True
+    inpaint_full_res_padding: Annotated[int, Number] = 0
+    inpainting_mask_invert: Annotated[int, Field(ge=0, le=1), Number] = 0
+    include_init_images: StrictBool = False
 
 
 class GenerationResponse(BaseModel):
@@ -147,8 +148,8 @@ class TaskProgressRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id_task: Name | None = None
-    id_live_preview: int = -1
-    live_preview: bool = True
+    id_live_preview: Annotated[int, Number] = -1
+    live_preview: StrictBool = True
 
 
 class TaskProgressResponse(BaseModel):

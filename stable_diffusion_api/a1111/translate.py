@@ -271,6 +271,14 @@ def inpaint_infotext(extra: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _flag(text: str | None) -> bool | str | None:
+    """An infotext's "True"/"False" as a boolean (the request's booleans are strict); any
+    other text is passed on, to be refused naming its field."""
+    if text is None:
+        return None
+    return {"true": True, "false": False}.get(text.strip().lower(), text)
+
+
 def infotext_defaults(request: A1111Request) -> dict[str, Any]:
     """A1111 ≥ 1.8's `infotext` field: values read from it fill the fields not sent."""
     if not request.infotext:
@@ -290,7 +298,7 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
         # The image's own variation seed and blend, so it is made again as it was.
         "subseed": parsed.extra.get("Variation seed"),
         "subseed_strength": parsed.extra.get("Variation seed strength"),
-        "tiling": parsed.extra.get("Tiling"),
+        "tiling": _flag(parsed.extra.get("Tiling")),
     }
     if isinstance(request, Img2ImgRequest):
         values.update(inpaint_infotext(parsed.extra))

@@ -49,6 +49,16 @@ from stable_diffusion_api.a1111.schemas import (
 from stable_diffusion_api.a1111.service import PROJECT_HEADER, A1111Service
 from stable_diffusion_api.a1111.settings import A1111Settings
 from stable_diffusion_api.deps import StudioDep
+from stable_diffusion_api.routes.responses import (
+    ANY,
+    BODY,
+    GUARDED,
+    QUEUE_FULL,
+    UNSAFE,
+    Message,
+    Responses,
+    errors,
+)
 
 _create_lock = threading.Lock()
 
@@ -68,18 +78,36 @@ A1111Dep = Annotated[A1111Service, Depends(get_a1111)]
 ProjectHeader = Annotated[str | None, Header(alias=PROJECT_HEADER, max_length=100)]
 
 
-sdapi = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
-internal = APIRouter(prefix="/internal", tags=["AUTOMATIC1111"])
+sdapi = APIRouter(
+    prefix="/sdapi/v1",
+    tags=["AUTOMATIC1111"],
+    responses=GUARDED,
+)
+internal = APIRouter(prefix="/internal", tags=["AUTOMATIC1111"], responses=ANY)
+# A generation answers once its images exist: its job may fail on the way, as in A1111.
+GENERATED: Responses = (
+    BODY
+    | QUEUE_FULL
+    | {
+        500: {"description": "The engine failed (out of memory included, as A1111 answers it)"},
+        503: {
+            "model": Message,
+            "description": "The server stopped while the job ran, or the database cannot be "
+            "written",
+        },
+    }
+)
+NOT_HERE = UNSAFE | errors(501)
 
 
-@sdapi.post("/txt2img")
+@sdapi.post("/txt2img", responses=GENERATED)
 async def txt2img(
     request: Txt2ImgRequest, http: Request, a1111: A1111Dep, project: ProjectHeader = None
 ) -> GenerationResponse:
     return await a1111.generate(request, project, http.is_disconnected)
 
 
-@sdapi.post("/img2img")
+@sdapi.post("/img2img", responses=GENERATED)
 async def img2img(
     request: Img2ImgRequest, http: Request, a1111: A1111Dep, project: ProjectHeader = None
 ) -> GenerationResponse:
@@ -93,13 +121,13 @@ def progress(
     return a1111.tasks.progress(include_image=not skip_current_image)
 
 
-@sdapi.post("/interrupt")
+@sdapi.post("/interrupt", responses=UNSAFE)
 def interrupt(a1111: A1111Dep) -> dict[str, Any]:
     a1111.tasks.interrupt()
     return {}
 
 
-@sdapi.post("/skip")
+@sdapi.post("/skip", responses=UNSAFE)
 def skip(a1111: A1111Dep) -> None:
     a1111.tasks.skip()
 
@@ -119,7 +147,7 @@ def sd_models(a1111: A1111Dep) -> list[SDModelItem]:
     return a1111.sd_models()
 
 
-@sdapi.post("/refresh-checkpoints")
+@sdapi.post("/refresh-checkpoints", responses=UNSAFE)
 def refresh_checkpoints(a1111: A1111Dep) -> None:
     a1111.sd_models()  # the registry looks at the models folder again on every listing
 
@@ -134,7 +162,7 @@ def loras(a1111: A1111Dep) -> list[LoraItem]:
     return a1111.assets.loras()
 
 
-@sdapi.post("/refresh-loras")
+@sdapi.post("/refresh-loras", responses=UNSAFE)
 def refresh_loras() -> None:
     pass
 
@@ -144,7 +172,7 @@ def embeddings(a1111: A1111Dep, project: ProjectHeader = None) -> EmbeddingsResp
     return a1111.embeddings(project)
 
 
-@sdapi.post("/refresh-embeddings")
+@sdapi.post("/refresh-embeddings", responses=UNSAFE)
 def refresh_embeddings() -> None:
     pass
 
@@ -154,7 +182,7 @@ def sd_vae(a1111: A1111Dep) -> list[SDVaeItem]:
     return a1111.assets.vaes()
 
 
-@sdapi.post("/refresh-vae")
+@sdapi.post("/refresh-vae", responses=UNSAFE)
 def refresh_vae() -> None:
     pass
 
@@ -182,14 +210,14 @@ def realesrgan_models(a1111: A1111Dep) -> list[RealesrganItem]:
     return a1111.extras.realesrgan_models()
 
 
-@sdapi.post("/extra-single-image")
+@sdapi.post("/extra-single-image", responses=BODY)
 def extra_single_image(
     request: ExtrasSingleImageRequest, a1111: A1111Dep
 ) -> ExtrasSingleImageResponse:
     return a1111.extras.single(request)
 
 
-@sdapi.post("/extra-batch-images")
+@sdapi.post("/extra-batch-images", responses=BODY)
 def extra_batch_images(
     request: ExtrasBatchImagesRequest, a1111: A1111Dep
 ) -> ExtrasBatchImagesResponse:
@@ -201,14 +229,14 @@ def get_options(a1111: A1111Dep, project: ProjectHeader = None) -> dict[str, Any
     return a1111.get_options(project)
 
 
-@sdapi.post("/options")
+@sdapi.post("/options", responses=BODY | errors(503))
 def set_options(
     options: Annotated[dict[str, Any], Body()], a1111: A1111Dep, project: ProjectHeader = None
 ) -> None:
     a1111.set_options(options, project)
 
 
-@sdapi.post("/png-info")
+@sdapi.post("/png-info", responses=BODY)
 def png_info(request: PngInfoRequest, a1111: A1111Dep) -> PngInfoResponse:
     return a1111.png_info(request.image)
 
@@ -262,33 +290,33 @@ def extensions() -> list[dict[str, Any]]:
     return []
 
 
-@sdapi.post("/interrogate")
+@sdapi.post("/interrogate", responses=NOT_HERE)
 def interrogate() -> None:
     raise _not_here("interrogate needs a CLIP interrogator or DeepBooru model; none is installed")
 
 
-@sdapi.post("/unload-checkpoint")
+@sdapi.post("/unload-checkpoint", responses=UNSAFE)
 def unload_checkpoint() -> None:
     """Models load into the device's worker for the job that needs them and are dropped from
     its cache when memory is wanted (DALI_PIPELINE_CACHE_MB): nothing to unload by hand."""
 
 
-@sdapi.post("/reload-checkpoint")
+@sdapi.post("/reload-checkpoint", responses=UNSAFE)
 def reload_checkpoint() -> None:
     """The next job loads the current model (the project's) as needed."""
 
 
-@sdapi.post("/create/embedding")
-@sdapi.post("/create/hypernetwork")
-@sdapi.post("/train/embedding")
-@sdapi.post("/train/hypernetwork")
+@sdapi.post("/create/embedding", responses=NOT_HERE)
+@sdapi.post("/create/hypernetwork", responses=NOT_HERE)
+@sdapi.post("/train/embedding", responses=NOT_HERE)
+@sdapi.post("/train/hypernetwork", responses=NOT_HERE)
 def training() -> None:
     raise _not_here("training embeddings and hypernetworks is not supported")
 
 
-@sdapi.post("/server-kill")
-@sdapi.post("/server-restart")
-@sdapi.post("/server-stop")
+@sdapi.post("/server-kill", responses=NOT_HERE)
+@sdapi.post("/server-restart", responses=NOT_HERE)
+@sdapi.post("/server-stop", responses=NOT_HERE)
 def server_control() -> None:
     raise _not_here("the server is not stopped or restarted over the API; stop its process")
 
@@ -298,7 +326,7 @@ def ping() -> dict[str, Any]:
     return {}
 
 
-@internal.post("/progress")
+@internal.post("/progress", responses=errors(401) | BODY)
 def task_progress(request: TaskProgressRequest, a1111: A1111Dep) -> TaskProgressResponse:
     """A1111's per-task progress, for a task started with `force_task_id`."""
     return a1111.tasks.task_progress(request.id_task, request.live_preview, request.id_live_preview)

@@ -26,6 +26,14 @@ from stable_diffusion_api.deps import (
     StudioDep,
 )
 from stable_diffusion_api.models import STATUSES
+from stable_diffusion_api.routes.responses import (
+    BODY,
+    GUARDED,
+    QUEUE_FULL,
+    UNSAFE,
+    Responses,
+    errors,
+)
 from stable_diffusion_api.schemas import (
     BenchmarkOut,
     BenchmarkRequest,
@@ -55,13 +63,19 @@ from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.workers import Benchmark
 
 # Credentials are checked in front of every route (auth.AuthGuard), not here.
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=GUARDED)
 
 STATUS_PATTERN = "^(" + "|".join(STATUSES) + ")$"
 Offset = Annotated[int, Query(ge=0, le=10**9)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 # Generated images never change under an id (ids are never reused): cache them for good.
 IMMUTABLE = "max-age=31536000, immutable"
+FILE: Responses = errors(404) | {
+    304: {"description": "Not modified: the copy of If-None-Match is current"}
+}
+UNHEALTHY: Responses = {
+    503: {"description": "Unhealthy: the studio cannot save its work (`problems`)"}
+}
 
 
 def model_out(entry: ModelEntry) -> ModelOut:
@@ -114,7 +128,7 @@ def _immutable_file(
     )
 
 
-@router.get("/health")
+@router.get("/health", responses=UNHEALTHY)
 def health(studio: StudioDep, request: Request, response: Response) -> dict[str, object]:
     """200 "ok"; 503 "unhealthy" with the problems when the studio cannot save its work.
 
@@ -152,7 +166,7 @@ async def hardware(studio: StudioDep) -> list[DeviceOut]:
     ]
 
 
-@router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED, responses=BODY)
 def benchmark(request: BenchmarkRequest, studio: StudioDep) -> BenchmarkOut:
     """Measure steps/s of a model at a size on a device (a short run, queued on its worker)."""
     device, dtype = studio.hardware.check(request.device, request.dtype)
@@ -211,24 +225,28 @@ async def list_projects(studio: StudioDep) -> list[ProjectOut]:
     return await run_in_threadpool(studio.projects.list)
 
 
-@router.post("/projects", status_code=status.HTTP_201_CREATED)
+@router.post("/projects", status_code=status.HTTP_201_CREATED, responses=BODY | errors(409, 503))
 def create_project(data: ProjectCreate, studio: StudioDep, response: Response) -> ProjectOut:
     project = studio.projects.create(data)
     response.headers["Location"] = f"/api/v1/projects/{project.id}"
     return project
 
 
-@router.get("/projects/{project_id}")
+@router.get("/projects/{project_id}", responses=errors(404))
 async def read_project(project: ProjectDep) -> ProjectOut:
     return project
 
 
-@router.patch("/projects/{project_id}")
+@router.patch("/projects/{project_id}", responses=BODY | errors(404, 409, 503))
 def update_project(project: ProjectDep, data: ProjectUpdate, studio: StudioDep) -> ProjectOut:
     return studio.projects.update(project.id, data)
 
 
-@router.delete("/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/projects/{project_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=UNSAFE | errors(404, 409, 503),
+)
 def delete_project(
     project: ProjectDep, studio: StudioDep, confirm: Annotated[bool, Query()] = False
 ) -> Response:
@@ -237,7 +255,7 @@ def delete_project(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/projects/{project_id}/estimate")
+@router.get("/projects/{project_id}/estimate", responses=errors(404))
 def estimate(
     project: ProjectDep,
     studio: StudioDep,
@@ -265,7 +283,11 @@ def estimate(
 # -- generations -----------------------------------------------------------------------------
 
 
-@router.post("/projects/{project_id}/generations", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/projects/{project_id}/generations",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=BODY | errors(404, 503) | QUEUE_FULL,
+)
 async def create_generation(
     project_id: Id, request: GenerationCreate, studio: StudioDep, response: Response
 ) -> GenerationAccepted:
@@ -275,7 +297,7 @@ async def create_generation(
     return accepted
 
 
-@router.get("/projects/{project_id}/generations")
+@router.get("/projects/{project_id}/generations", responses=errors(404))
 async def list_generations(
     project_id: Id,
     studio: StudioDep,
@@ -288,18 +310,18 @@ async def list_generations(
     return Page[GenerationOut].model_validate(page_of(items, total, offset, limit))
 
 
-@router.get("/generations/{generation_id}")
+@router.get("/generations/{generation_id}", responses=errors(404))
 async def read_generation(generation: GenerationDep) -> GenerationOut:
     return generation
 
 
-@router.post("/generations/{generation_id}/cancel")
+@router.post("/generations/{generation_id}/cancel", responses=UNSAFE | errors(404, 409, 503))
 def cancel_generation(generation: GenerationDep, studio: StudioDep) -> GenerationOut:
     """Cancel: a queued job at once; a running one stops at its next step (409 if finished)."""
     return studio.generations.cancel(generation.id)
 
 
-@router.get("/generations/{generation_id}/filmstrip", response_class=FileResponse)
+@router.get("/generations/{generation_id}/filmstrip", response_class=FileResponse, responses=FILE)
 def generation_filmstrip(
     generation: GenerationDep, studio: StudioDep, request: Request
 ) -> Response:
@@ -309,7 +331,11 @@ def generation_filmstrip(
     return _immutable_file(studio, request, path, name, "image/png")
 
 
-@router.delete("/generations/{generation_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/generations/{generation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=UNSAFE | errors(404, 409, 503),
+)
 def delete_generation(generation: GenerationDep, studio: StudioDep) -> Response:
     studio.generations.delete(generation.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -318,7 +344,7 @@ def delete_generation(generation: GenerationDep, studio: StudioDep) -> Response:
 # -- images ----------------------------------------------------------------------------------
 
 
-@router.get("/projects/{project_id}/images")
+@router.get("/projects/{project_id}/images", responses=errors(404))
 async def list_images(
     project_id: Id, studio: StudioDep, offset: Offset = 0, limit: Limit = 24
 ) -> Page[ImageOut]:
@@ -327,24 +353,28 @@ async def list_images(
     return Page[ImageOut].model_validate(page_of(items, total, offset, limit))
 
 
-@router.get("/images/{image_id}")
+@router.get("/images/{image_id}", responses=errors(404))
 async def read_image(image: ImageDep) -> ImageOut:
     return image
 
 
-@router.get("/images/{image_id}/file", response_class=FileResponse)
+@router.get("/images/{image_id}/file", response_class=FileResponse, responses=FILE)
 async def image_file(image_id: Id, studio: StudioDep, request: Request) -> Response:
     path = await run_in_threadpool(studio.gallery.file, image_id)
     return _immutable_file(studio, request, path, f"dali-{image_id}.png", "image/png")
 
 
-@router.get("/images/{image_id}/thumbnail", response_class=FileResponse)
+@router.get("/images/{image_id}/thumbnail", response_class=FileResponse, responses=FILE)
 async def image_thumbnail(image_id: Id, studio: StudioDep, request: Request) -> Response:
     path = await run_in_threadpool(studio.gallery.file, image_id, True)
     return _immutable_file(studio, request, path, f"dali-{image_id}-thumb.jpg", "image/jpeg")
 
 
-@router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/images/{image_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=UNSAFE | errors(404, 503),
+)
 def delete_image(image: ImageDep, studio: StudioDep) -> Response:
     studio.gallery.delete(image.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -353,7 +383,9 @@ def delete_image(image: ImageDep, studio: StudioDep) -> Response:
 @router.post(
     "/images/{image_id}/upscale",
     status_code=status.HTTP_201_CREATED,
-    responses={404: {"model": ErrorOut, "description": "No image with this id"}},
+    responses=BODY
+    | errors(503)
+    | {404: {"model": ErrorOut, "description": "No image with this id"}},
 )
 def upscale_image(
     image_id: Id, request: UpscaleRequest, studio: StudioDep, response: Response

@@ -36,11 +36,12 @@ from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.deps import GenerationDep, StudioDep
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import FINISHED
+from stable_diffusion_api.routes.responses import GUARDED, errors
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.event_watch import STATUS_EVERY_S, TooManyStreams, Watchers
 
 # Credentials are checked in front of every route (auth.AuthGuard), streams included.
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=GUARDED)
 
 KEEPALIVE_S = 15.0
 
@@ -161,7 +162,11 @@ def stream_slot(request: Request) -> tuple[Watchers, str]:
 StreamSlot = Annotated[tuple[Watchers, str], Depends(stream_slot)]
 
 
-@router.get("/generations/{generation_id}/events", response_class=StreamingResponse)
+@router.get(
+    "/generations/{generation_id}/events",
+    response_class=StreamingResponse,
+    responses=errors(404, 429),
+)
 async def events(
     generation: GenerationDep, studio: StudioDep, request: Request, slot: StreamSlot
 ) -> StreamingResponse:

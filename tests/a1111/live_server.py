@@ -1,6 +1,8 @@
 """A real uvicorn serving Dali (with the A1111 router and the real engine) for the `webuiapi`
-tests: `running_server(root)` starts it on a free port with its data under `root/data` and
-checkpoints in `root/models`, waits for `/internal/ping`, and stops it on the way out.
+tests and the kill -9 soak test: `running_server(root)` starts it on a free port with its data
+under `root/data` and checkpoints in `root/models`, waits for `/internal/ping`, and stops it on
+the way out. The server leads a process group of its own (its worker processes are in it), so
+a test can kill all of it at once: `os.killpg(server.process.pid, signal.SIGKILL)`.
 
 The model is the built-in one when `data/models/dali-tiny.safetensors` exists; otherwise
 `write_random_checkpoint` gives a random-weight tiny checkpoint for the test to select.
@@ -33,6 +35,7 @@ class Server:
     log: Path
     builtin: bool  # the built-in model exists; else the random checkpoint is the main model
     data: Path  # the server's data directory
+    process: subprocess.Popen[bytes]  # uvicorn, the leader of the server's process group
 
     def api(self) -> Any:
         host, port = self.url.removeprefix("http://").split(":")
@@ -67,7 +70,7 @@ def running_server(
     root: Path, factory: str = "tests.a1111.server_app:build", **environment: str
 ) -> Iterator[Server]:
     """uvicorn serving `factory`'s app on `root/data` and `root/models` (made by the caller),
-    with `environment` added to its own, until the block ends."""
+    with `environment` added to its own (e.g. `DALI_STALE_AFTER_S="1"`), until the block ends."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("DALI_")}
     env.update(
@@ -84,8 +87,10 @@ def running_server(
         sys.executable, "-m", "uvicorn", "--factory", factory,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
+    with open(log, "ab") as output:  # appended: a restarted server keeps the earlier logs
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=output, stderr=output, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -98,7 +103,7 @@ def running_server(
                 pass
             assert time.monotonic() < deadline, f"uvicorn did not start:\n{log.read_text()}"
             time.sleep(0.2)
-        yield Server(url, log, Path(sd_core.BUILTIN_MODEL_PATH).exists(), root / "data")
+        yield Server(url, log, Path(sd_core.BUILTIN_MODEL_PATH).exists(), root / "data", process)
     finally:
         process.terminate()
         try:

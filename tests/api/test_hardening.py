@@ -4,10 +4,23 @@ booleans for numbers (issue 15, items 8, 11 and 13)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, ValidationError
 
+from stable_diffusion_api.a1111.extras import ExtrasBatchImagesRequest, ExtrasSingleImageRequest
+from stable_diffusion_api.a1111.schemas import Img2ImgRequest, TaskProgressRequest, Txt2ImgRequest
 from stable_diffusion_api.config import Settings
+from stable_diffusion_api.schemas import (
+    BenchmarkRequest,
+    GenerationCreate,
+    GenerationDefaults,
+    OutpaintMargins,
+    ProjectCreate,
+    ProjectUpdate,
+)
 from stable_diffusion_api.sd_api import create_app
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project
@@ -81,6 +94,51 @@ def test_booleans_are_not_numbers(client: TestClient, fake: FakeGenerator):
     assert fake.calls == []
 
 
+REQUEST_MODELS: list[tuple[type[BaseModel], dict[str, object]]] = [
+    (GenerationCreate, {"prompt": "x"}), (GenerationDefaults, {}), (OutpaintMargins, {}),
+    (ProjectCreate, {"name": "x"}), (ProjectUpdate, {}), (BenchmarkRequest, {}),
+    (Txt2ImgRequest, {}), (Img2ImgRequest, {}), (TaskProgressRequest, {}),
+    (ExtrasSingleImageRequest, {}), (ExtrasBatchImagesRequest, {"imageList": []}),
+]  # fmt: skip
+
+
+def _numeric(prop: dict[str, Any]) -> bool:
+    types = {option.get("type") for option in prop.get("anyOf", [prop])}
+    return bool(types & {"integer", "number"}) and "boolean" not in types
+
+
+def test_no_request_model_reads_true_as_a_number():
+    """Every number of every request body, REST and A1111 (schemathesis found
+    `extras_upscaler_2_visibility: false` and `id_live_preview: false` taken as 0)."""
+    checked = []
+    for model, required in REQUEST_MODELS:
+        for name, prop in model.model_json_schema()["properties"].items():
+            if not _numeric(prop):
+                continue
+            with pytest.raises(ValidationError) as refused:
+                model.model_validate({**required, name: True})
+            assert refused.value.errors()[0]["loc"][0] == name, (model.__name__, name)
+            checked.append(name)
+    assert {"batch", "mask_blur", "subseed", "id_live_preview", "upscaling_resize"} <= set(checked)
+
+
+def test_numbers_are_not_booleans(client: TestClient, fake: FakeGenerator):
+    """The schema says boolean: 0 or 1 is refused, not read as false or true (pydantic's
+    lax mode took them, and "yes"; schemathesis found `upscale_first: 0` accepted)."""
+    project = make_project(client)
+    for path, body, field in [
+        (f"/api/v1/projects/{project['id']}/generations", {"prompt": "x", "tiling": 1}, "tiling"),
+        ("/api/v1/projects", {"name": "Flags", "low_memory": 0}, "low_memory"),
+        ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": 1}, "enable_hr"),
+        ("/sdapi/v1/extra-single-image", {"image": "", "upscale_first": 0}, "upscale_first"),
+        ("/internal/progress", {"id_task": "x", "live_preview": "yes"}, "live_preview"),
+    ]:
+        response = client.post(path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"][0]["loc"][-1] == field, response.text
+    assert fake.calls == []
+
+
 def test_a_form_posted_from_another_site_changes_nothing(client: TestClient):
     project = make_project(client, "Kept")
     evil = {"origin": "http://evil.example"}
@@ -109,6 +167,18 @@ def test_a_foreign_host_name_is_refused(client: TestClient, settings: Settings, 
     everywhere = settings.model_copy(update={"host": "0.0.0.0"})
     with TestClient(create_app(everywhere, fake)) as other:
         assert other.get("/api/v1/health", headers={"host": "10.0.0.5:8000"}).status_code == 200
+
+
+def test_a_method_a_path_does_not_take_is_405_naming_every_method_it_takes(client: TestClient):
+    """GET and POST of one path are two routes: Allow names both, not only the first's."""
+    project = make_project(client)
+    for path, allowed in [
+        ("/api/v1/projects", "GET, POST"),
+        (f"/api/v1/projects/{project['id']}", "DELETE, GET, PATCH"),
+        ("/sdapi/v1/options", "GET, POST"),
+    ]:
+        answer = client.put(path, json={})
+        assert answer.status_code == 405 and answer.headers["allow"] == allowed, path
 
 
 def test_listening_beyond_this_machine_without_a_key_warns(settings: Settings, caplog):

@@ -332,7 +332,9 @@ def test_rest_upscale_of_an_unknown_image_is_404(client: TestClient) -> None:
 def test_rest_upscale_is_in_the_openapi_with_its_responses(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     operation = schema["paths"]["/api/v1/images/{image_id}/upscale"]["post"]
-    assert set(operation["responses"]) == {"201", "404", "422"}
+    # Besides what every guarded write may answer (400, 401, 403, 413, 421; 503 when the
+    # database refuses writes): the new image, no such image, a bad field.
+    assert {"201", "404", "422"} <= set(operation["responses"])
     created = operation["responses"]["201"]["content"]["application/json"]["schema"]
     assert created == {"$ref": "#/components/schemas/ImageOut"}
     body = operation["requestBody"]["content"]["application/json"]["schema"]
