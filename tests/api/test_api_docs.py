@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.test_browser import DESKTOP, browser, server  # noqa: F401  (fixtures)
+from tests.api.test_browser import DESKTOP, browser, data_dir, server  # noqa: F401  (fixtures)
 
 REDOC_LOGO_BLOCKED = "Loading the image 'https://cdn.redoc.ly/redoc/logo-mini.svg' violates"
 ASSET = re.compile(r"""(?:src|href|url)\s*[=:(]\s*['"]([^'"]+)['"]""")
