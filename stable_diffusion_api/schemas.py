@@ -86,6 +86,8 @@ VaeName = Annotated[
           "checkpoint's own"),
 ]  # fmt: skip
 Upload = Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]
+# A row's id: 64-bit in the database, so a larger number is a 422, never an overflow.
+RowId = Annotated[int, Number, Field(ge=1, le=2**62)]
 
 
 class Strict(BaseModel):
@@ -164,6 +166,9 @@ class GenerationCreate(Strict):
     batch: Annotated[int, Number, Field(ge=1, le=MAX_BATCH)] = 1
     model: Identifier | None = None
     init_image: Upload | None = Field(default=None, description="base64 PNG/JPEG (img2img)")
+    init_image_id: RowId | None = Field(
+        default=None, description="a gallery image's id as the init image, instead of init_image"
+    )
     strength: Strength = 0.75
     mask: Upload | None = Field(default=None, description="base64; white = repaint (inpainting)")
     device: Identifier | None = None  # None → the project's hardware

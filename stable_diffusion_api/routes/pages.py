@@ -134,10 +134,13 @@ def _generate_context(
     recent, _ = studio.gallery.page(project.id, 0, 8)
     active, _ = studio.generations.page(project.id, 0, 10)
     active = [g for g in active if g.status not in FINISHED]
+    stored_init = str(values.get("init_image_id") or "")
     context = {
         "project": project,
         "values": values,
         "errors": errors,
+        # The gallery image the form starts from (its id in a hidden field), if any.
+        "stored_init": int(stored_init) if stored_init.isdigit() else None,
         "recent": recent,
         "active": active,
         "builtin": studio.models.list()[0],
@@ -151,30 +154,44 @@ def _generate_context(
     return context | _choices(studio, project)
 
 
+def _settings_values(studio: Studio, image_id: int) -> dict[str, Any]:
+    """The generate form's values that make image `image_id` again; NotFound if it is gone."""
+    settings = studio.gallery.settings_of(image_id)
+    return settings | {"sampler": settings["sampler"] or "", "batch": 1}
+
+
 @pages.get("/projects/{project_id}")
 def generate_page(
     request: Request,
     project_id: Id,
     studio: StudioDep,
     from_image: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    init_from: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    inpaint: bool = False,
 ) -> HTMLResponse:
+    """The generate form: the project's defaults, or an image's settings ("use these
+    settings": `from_image`), or an image to start from ("send to img2img / inpaint":
+    `init_from`, its settings with a random seed; `inpaint` opens the mask editor on it)."""
     project = studio.projects.view(project_id)
     values: dict[str, Any] = project.defaults.model_dump() | {
         "model": project.default_model or "",
         "random_seed": True,
         "batch": 1,
     }
+    errors: dict[str, str] = {}
     if from_image is not None:
         # "Use these settings". A stale link (image deleted) starts from the defaults instead.
         with contextlib.suppress(NotFound):
-            settings = studio.gallery.settings_of(from_image)
-            values |= settings | {
-                "sampler": settings["sampler"] or "",
-                "random_seed": False,
-                "batch": 1,
-            }
-    context = _generate_context(studio, project, values, {})
-    return render(request, "generate.html", context)
+            values |= _settings_values(studio, from_image) | {"random_seed": False}
+    if init_from is not None:
+        # A new picture from the image: its settings, a new seed, the image itself.
+        try:
+            values |= _settings_values(studio, init_from) | {"init_image_id": init_from}
+        except NotFound:
+            errors["init_image_id"] = f"Image #{init_from} is not in the gallery any more."
+    values["inpaint"] = inpaint  # the init image section open, with the mask's hint
+    context = _generate_context(studio, project, values, errors)
+    return render(request, "generate.html", context, 404 if errors else 200)
 
 
 @pages.post("/projects/{project_id}/generate")

@@ -92,6 +92,7 @@ class Studio:
             self.speeds,
             wake=self.workers.wake,
             assets=self.assets,
+            gallery=self.gallery,
         )
         self.started = False
         self.studio_id: str | None = None  # set by start(), once the data folder is bound
