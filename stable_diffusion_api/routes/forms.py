@@ -30,6 +30,7 @@ from stable_diffusion_api.schemas import (
     ProjectCreate,
     ProjectUpdate,
     UpscaleRequest,
+    VariationRequest,
 )
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -208,4 +209,13 @@ def upscale_request(form: FormData) -> UpscaleRequest:
     fields = {key: text(form, key) for key in ("upscaler", "scale")}
     return validate(
         UpscaleRequest, {key: value for key, value in fields.items() if value is not None}, form
+    )
+
+
+def variation_request(form: FormData) -> VariationRequest:
+    """The image page's variations form: the strength typed (empty → 0.3) and the first
+    variation seed (empty → random)."""
+    fields = {key: text(form, key) for key in ("variation_seed", "variation_strength")}
+    return validate(
+        VariationRequest, {key: value for key, value in fields.items() if value is not None}, form
     )

@@ -24,7 +24,7 @@ from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.routes import forms
 from stable_diffusion_api.routes.forms import FormDep, FormInvalid, field_errors
 from stable_diffusion_api.routes.templating import make_templates, render, render_error, seconds
-from stable_diffusion_api.schemas import ProjectOut
+from stable_diffusion_api.schemas import DEFAULT_VARIATION_STRENGTH, VARIATIONS, ProjectOut
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.workers import Benchmark
 
@@ -278,6 +278,7 @@ def _image_context(
         "older": older,
         "upscalers": studio.upscales.upscalers(),
         "upscalers_folder": studio.assets.folders.upscalers,
+        "variations": VARIATIONS,
         "values": values,
         "errors": errors,
     }
@@ -285,7 +286,8 @@ def _image_context(
 
 @pages.get("/images/{image_id}")
 def image_page(request: Request, image_id: Id, studio: StudioDep) -> HTMLResponse:
-    context = _image_context(studio, image_id, {"upscaler": "Lanczos", "scale": 2}, {})
+    values = {"upscaler": "Lanczos", "scale": 2, "variation_strength": DEFAULT_VARIATION_STRENGTH}
+    context = _image_context(studio, image_id, values, {})
     return render(request, "image.html", context)
 
 
@@ -300,6 +302,24 @@ def upscale_image(request: Request, image_id: Id, studio: StudioDep, form: FormD
         context = _image_context(studio, image_id, values, field_errors(exc))
         return render(request, "image.html", context, 422)
     return RedirectResponse(f"/images/{upscaled.id}", status_code=303)
+
+
+@pages.post("/images/{image_id}/variations")
+def vary_image(request: Request, image_id: Id, studio: StudioDep, form: FormDep) -> Response:
+    """Queue `VARIATIONS` variations of the image (one job each), then show its project's
+    generate page, which lists them in the queue; errors beside the form's fields."""
+    try:
+        wanted = forms.variation_request(form)
+        studio.variations.queue(image_id, wanted.variation_seed, wanted.variation_strength)
+    except (FormInvalid, InvalidField) as exc:
+        errors = field_errors(exc)
+        if not errors.keys() <= {"variation_seed", "variation_strength"}:
+            errors = {"variations": " ".join(errors.values())}  # a setting of the image's
+        values = {key: value for key, value in form.items() if isinstance(value, str)}
+        context = _image_context(studio, image_id, values, errors)
+        return render(request, "image.html", context, 422)
+    project_id = studio.gallery.get(image_id).project_id
+    return RedirectResponse(f"/projects/{project_id}", status_code=303)
 
 
 @pages.post("/images/{image_id}/delete")
