@@ -24,6 +24,7 @@ from tests.api.test_browser import (  # noqa: F401  (fixtures)
     shoot,
     unlabelled_controls,
 )
+from tests.api.test_browser_status import new_project, open_page, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -46,27 +47,6 @@ def png_bytes(pixels: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def wait_until(page: Any, condition: str, timeout_s: float = 30) -> None:
-    """Poll `condition` (a function's text) from here: wait_for_function would need eval."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(condition):
-        assert time.monotonic() < deadline, f"not true after {timeout_s} s: {condition}"
-        time.sleep(0.05)
-
-
-def new_project(base: str, model: str, name: str) -> int:
-    body = {"name": name, "device": "cpu"} | ({"default_model": model} if model else {})
-    return int(httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()["id"])
-
-
-def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:  # noqa: F811
-    page = browser.new_page(viewport=DESKTOP)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(url)
-    return page, errors
 
 
 def generate_and_wait(page: Any, base: str) -> dict[str, Any]:
@@ -100,7 +80,7 @@ def test_a_pasted_image_is_the_init_image(server, data_dir: Path, browser) -> No
     page.focus("#prompt")
     args = ["paste", "#prompt", "image.png", "image/png", png_bytes(pixels)]
     assert page.evaluate(DISPATCH, args) is True  # the browser's own paste did not happen
-    wait_until(page, "() => document.querySelector('#init-preview').naturalWidth === 64")
+    wait_until(page, "() => document.querySelector('#init-preview').naturalWidth === 64", 30)
     assert page.locator("#init-tools").get_attribute("open") is not None  # opened to show it
     assert page.locator("#init-preview-figure").is_visible()
     assert "image.png" in page.inner_text("#init-preview-caption")
@@ -134,7 +114,7 @@ def test_a_dropped_file_must_be_an_image(server, browser) -> None:  # type: igno
 
     pixels = np.full((48, 40, 3), (200, 30, 60), dtype=np.uint8)
     page.evaluate(DISPATCH, ["drop", "#init-drop", "red.png", "image/png", png_bytes(pixels)])
-    wait_until(page, "() => document.querySelector('#init-preview').naturalWidth === 40")
+    wait_until(page, "() => document.querySelector('#init-preview').naturalWidth === 40", 30)
     assert page.locator("#init-drop-error").is_hidden()  # the refusal is gone with its cause
     assert page.evaluate("() => document.querySelector('#init_image').files[0].name") == "red.png"
     page.wait_for_selector("#mask-editor:not([hidden])")
@@ -182,6 +162,7 @@ def test_send_to_inpaint_opens_the_mask_editor_over_the_image(  # type: ignore[n
         page,
         """() => { const box = document.querySelector('#mask-canvas').getBoundingClientRect();
                    return box.top >= 0 && box.bottom <= window.innerHeight; }""",
+        30,
     )  # brought into view
     assert page.input_value("#init_image_id") == str(image["id"])
     assert unlabelled_controls(page) == []
