@@ -125,10 +125,14 @@ document.addEventListener("DOMContentLoaded", () => {
     input.focus();
   });
 
-  // "Send to inpaint": once the mask editor shows the image, bring it into view.
+  // "Send to inpaint": once the mask editor shows the image, bring it into view — after the
+  // page's load, when the browser has made its own scroll to the link's #fragment.
   if (editor && zone.dataset.inpaint === "true") {
-    editor.addEventListener("dali:mask-ready", () => editor.scrollIntoView({ block: "center" }),
-                            { once: true });
+    const reveal = () => setTimeout(() => editor.scrollIntoView({ block: "center" }), 0);
+    editor.addEventListener("dali:mask-ready", () => {
+      if (document.readyState === "complete") reveal();
+      else window.addEventListener("load", reveal, { once: true });
+    }, { once: true });
   }
 
   // A gallery image sent here: the mask editor paints over it once it has loaded.
