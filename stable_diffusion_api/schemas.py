@@ -34,6 +34,9 @@ from stable_diffusion_api.models import FailureKind
 MAX_PROMPT = 2000
 # base64 of a 2048×2048 RGBA PNG with no compression, rounded up.
 MAX_UPLOAD_CHARS = 24_000_000
+# The image page's "Variations": how many, and how far from the image by default.
+VARIATIONS = 4
+DEFAULT_VARIATION_STRENGTH = 0.3
 
 
 def _no_control_characters(value: str) -> str:
@@ -86,6 +89,8 @@ VaeName = Annotated[
           "checkpoint's own"),
 ]  # fmt: skip
 Upload = Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]
+# A row's id: 64-bit in the database, so a larger number is a 422, never an overflow.
+RowId = Annotated[int, Number, Field(ge=1, le=2**62)]
 
 
 class Strict(BaseModel):
@@ -164,6 +169,9 @@ class GenerationCreate(Strict):
     batch: Annotated[int, Field(ge=1, le=MAX_BATCH), Number] = 1
     model: Identifier | None = None
     init_image: Upload | None = Field(default=None, description="base64 PNG/JPEG (img2img)")
+    init_image_id: RowId | None = Field(
+        default=None, description="a gallery image's id as the init image, instead of init_image"
+    )
     strength: Strength = 0.75
     mask: Upload | None = Field(default=None, description="base64; white = repaint (inpainting)")
     device: Identifier | None = None  # None → the project's hardware
@@ -298,6 +306,19 @@ class ImageOut(Out):
     # is deleted) and A1111's postprocessing text; both None for a generated image.
     source_image_id: int | None = None
     postprocessing: str | None = None
+
+
+class VariationRequest(Strict):
+    """Variations of a gallery image: its settings and seed, the noise blended towards
+    `VARIATIONS` consecutive variation seeds (the image page's "Variations" form)."""
+
+    variation_seed: Seed | None = Field(default=None, description="the first; -1 or null → random")
+    # Field before Number, so the OpenAPI schema says exclusiveMinimum (not gt).
+    variation_strength: Annotated[
+        float,
+        Field(gt=0, le=1, allow_inf_nan=False, description="0 would give the image itself"),
+        Number,
+    ] = DEFAULT_VARIATION_STRENGTH
 
 
 class UpscaleRequest(Strict):

@@ -194,18 +194,22 @@
     showSize();
 
     // A new init image starts a new, empty mask of its size; a file the browser cannot
-    // decode hides the editor (the server says what is wrong with it).
-    init.addEventListener("change", async () => {
-      const file = init.files && init.files[0];
+    // decode hides the editor (the server says what is wrong with it). The image is a chosen
+    // file, or a gallery image's <img> that static/image_tools.js hands over in a
+    // "dali:init-image" event (null: the init image was removed).
+    const show = async (source) => {
       editor.hidden = true;
-      if (!file) return;
+      if (!source) return;
       let bitmap;
-      try { bitmap = await createImageBitmap(file); } catch (e) { return; }
+      try { bitmap = await createImageBitmap(source); } catch (e) { return; }
       for (const c of [picture, canvas]) { c.width = bitmap.width; c.height = bitmap.height; }
       picture.getContext("2d").drawImage(bitmap, 0, 0);
       bitmap.close();
       editor.hidden = false;
-    });
+      editor.dispatchEvent(new Event("dali:mask-ready", { bubbles: true }));
+    };
+    init.addEventListener("change", () => show(init.files && init.files[0]));
+    init.addEventListener("dali:init-image", (event) => show(event.detail));
 
     // Pointer position in the image's pixels (the canvas is shown scaled).
     const at = (event) => {

@@ -30,6 +30,7 @@ from stable_diffusion_api.schemas import (
     ProjectCreate,
     ProjectUpdate,
     UpscaleRequest,
+    VariationRequest,
 )
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -45,6 +46,8 @@ DEFAULTS_FIELDS = (
     "vae",  # a VAE file's name, or "None" for the checkpoint's own; empty → the default
 )
 GENERATION_FIELDS = DEFAULTS_FIELDS + ("prompt", "seed", "batch", "model", "strength")
+# A gallery image as the init image ("send to img2img"): a hidden field with the image's id.
+STORED_INIT_FIELD = "init_image_id"
 # The mask's settings (sd_core/inpaint.py): numbers, then checkboxes.
 INPAINT_FIELDS = ("mask_blur", "inpainting_fill", "inpaint_full_res_padding")
 INPAINT_CHECKS = ("inpainting_mask_invert", "inpaint_full_res")
@@ -175,7 +178,8 @@ def upload(form: FormData, name: str) -> str | None:
 
 
 def generation_create(form: FormData) -> GenerationCreate:
-    fields: dict[str, Any] = {key: text(form, key) for key in GENERATION_FIELDS + INPAINT_FIELDS}
+    names = GENERATION_FIELDS + INPAINT_FIELDS + (STORED_INIT_FIELD,)
+    fields: dict[str, Any] = {key: text(form, key) for key in names}
     fields.update({key: ticked(form, key) for key in INPAINT_CHECKS})
     if ticked(form, "hires"):
         fields.update({"hires": True, **{key: text(form, key) for key in HIRES_FIELDS}})
@@ -205,4 +209,13 @@ def upscale_request(form: FormData) -> UpscaleRequest:
     fields = {key: text(form, key) for key in ("upscaler", "scale")}
     return validate(
         UpscaleRequest, {key: value for key, value in fields.items() if value is not None}, form
+    )
+
+
+def variation_request(form: FormData) -> VariationRequest:
+    """The image page's variations form: the strength typed (empty → 0.3) and the first
+    variation seed (empty → random)."""
+    fields = {key: text(form, key) for key in ("variation_seed", "variation_strength")}
+    return validate(
+        VariationRequest, {key: value for key, value in fields.items() if value is not None}, form
     )

@@ -24,7 +24,7 @@ from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.routes import forms
 from stable_diffusion_api.routes.forms import FormDep, FormInvalid, field_errors
 from stable_diffusion_api.routes.templating import make_templates, render, render_error, seconds
-from stable_diffusion_api.schemas import ProjectOut
+from stable_diffusion_api.schemas import DEFAULT_VARIATION_STRENGTH, VARIATIONS, ProjectOut
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.workers import Benchmark
 
@@ -134,10 +134,13 @@ def _generate_context(
     recent, _ = studio.gallery.page(project.id, 0, 8)
     active, _ = studio.generations.page(project.id, 0, 10)
     active = [g for g in active if g.status not in FINISHED]
+    stored_init = str(values.get("init_image_id") or "")
     context = {
         "project": project,
         "values": values,
         "errors": errors,
+        # The gallery image the form starts from (its id in a hidden field), if any.
+        "stored_init": int(stored_init) if stored_init.isdigit() else None,
         "recent": recent,
         "active": active,
         "builtin": studio.models.list()[0],
@@ -151,30 +154,44 @@ def _generate_context(
     return context | _choices(studio, project)
 
 
+def _settings_values(studio: Studio, image_id: int) -> dict[str, Any]:
+    """The generate form's values that make image `image_id` again; NotFound if it is gone."""
+    settings = studio.gallery.settings_of(image_id)
+    return settings | {"sampler": settings["sampler"] or "", "batch": 1}
+
+
 @pages.get("/projects/{project_id}")
 def generate_page(
     request: Request,
     project_id: Id,
     studio: StudioDep,
     from_image: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    init_from: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    inpaint: bool = False,
 ) -> HTMLResponse:
+    """The generate form: the project's defaults, or an image's settings ("use these
+    settings": `from_image`), or an image to start from ("send to img2img / inpaint":
+    `init_from`, its settings with a random seed; `inpaint` opens the mask editor on it)."""
     project = studio.projects.view(project_id)
     values: dict[str, Any] = project.defaults.model_dump() | {
         "model": project.default_model or "",
         "random_seed": True,
         "batch": 1,
     }
+    errors: dict[str, str] = {}
     if from_image is not None:
         # "Use these settings". A stale link (image deleted) starts from the defaults instead.
         with contextlib.suppress(NotFound):
-            settings = studio.gallery.settings_of(from_image)
-            values |= settings | {
-                "sampler": settings["sampler"] or "",
-                "random_seed": False,
-                "batch": 1,
-            }
-    context = _generate_context(studio, project, values, {})
-    return render(request, "generate.html", context)
+            values |= _settings_values(studio, from_image) | {"random_seed": False}
+    if init_from is not None:
+        # A new picture from the image: its settings, a new seed, the image itself.
+        try:
+            values |= _settings_values(studio, init_from) | {"init_image_id": init_from}
+        except NotFound:
+            errors["init_image_id"] = f"Image #{init_from} is not in the gallery any more."
+    values["inpaint"] = inpaint  # the init image section open, with the mask's hint
+    context = _generate_context(studio, project, values, errors)
+    return render(request, "generate.html", context, 404 if errors else 200)
 
 
 @pages.post("/projects/{project_id}/generate")
@@ -261,6 +278,7 @@ def _image_context(
         "older": older,
         "upscalers": studio.upscales.upscalers(),
         "upscalers_folder": studio.assets.folders.upscalers,
+        "variations": VARIATIONS,
         "values": values,
         "errors": errors,
     }
@@ -268,7 +286,8 @@ def _image_context(
 
 @pages.get("/images/{image_id}")
 def image_page(request: Request, image_id: Id, studio: StudioDep) -> HTMLResponse:
-    context = _image_context(studio, image_id, {"upscaler": "Lanczos", "scale": 2}, {})
+    values = {"upscaler": "Lanczos", "scale": 2, "variation_strength": DEFAULT_VARIATION_STRENGTH}
+    context = _image_context(studio, image_id, values, {})
     return render(request, "image.html", context)
 
 
@@ -283,6 +302,24 @@ def upscale_image(request: Request, image_id: Id, studio: StudioDep, form: FormD
         context = _image_context(studio, image_id, values, field_errors(exc))
         return render(request, "image.html", context, 422)
     return RedirectResponse(f"/images/{upscaled.id}", status_code=303)
+
+
+@pages.post("/images/{image_id}/variations")
+def vary_image(request: Request, image_id: Id, studio: StudioDep, form: FormDep) -> Response:
+    """Queue `VARIATIONS` variations of the image (one job each), then show its project's
+    generate page, which lists them in the queue; errors beside the form's fields."""
+    try:
+        wanted = forms.variation_request(form)
+        studio.variations.queue(image_id, wanted.variation_seed, wanted.variation_strength)
+    except (FormInvalid, InvalidField) as exc:
+        errors = field_errors(exc)
+        if not errors.keys() <= {"variation_seed", "variation_strength"}:
+            errors = {"variations": " ".join(errors.values())}  # a setting of the image's
+        values = {key: value for key, value in form.items() if isinstance(value, str)}
+        context = _image_context(studio, image_id, values, errors)
+        return render(request, "image.html", context, 422)
+    project_id = studio.gallery.get(image_id).project_id
+    return RedirectResponse(f"/projects/{project_id}", status_code=303)
 
 
 @pages.post("/images/{image_id}/delete")

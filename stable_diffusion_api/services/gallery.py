@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from sd_core.infotext import parse_infotext
 from stable_diffusion_api.db import Database
-from stable_diffusion_api.errors import NotFound
+from stable_diffusion_api.errors import InvalidField, NotFound
 from stable_diffusion_api.models import Generation, Image, Project
 from stable_diffusion_api.schemas import ImageOut
 from stable_diffusion_api.services.job_params import params_from_row
-from stable_diffusion_api.services.storage import ImageStorage
+from stable_diffusion_api.services.storage import MAX_UPLOAD_SIDE, ImageStorage
 
 
 def image_view(image: Image) -> ImageOut:
@@ -123,6 +124,26 @@ class GalleryService:
         if path is None:
             raise NotFound("image file", image_id)
         return path
+
+    def init_image(self, image_id: int, field: str = "init_image_id") -> PILImage.Image:
+        """Image `image_id`'s pixels as RGB, for a generation to start from ("send to img2img"):
+        read from the file its row names, so no path a request sends reaches the file system.
+
+        InvalidField naming `field` when there is no such image (or its file is gone), or when
+        it is larger than an uploaded init image may be (an upscale can be)."""
+        try:
+            path = self.file(image_id)
+        except NotFound:
+            raise InvalidField(field, image_id, "no image with this id in the gallery") from None
+        with PILImage.open(path) as opened:
+            if max(opened.size) > MAX_UPLOAD_SIDE:
+                raise InvalidField(
+                    field,
+                    image_id,
+                    f"image {image_id} is {opened.width}×{opened.height}; an init image's sides "
+                    f"must be at most {MAX_UPLOAD_SIDE} pixels",
+                )
+            return opened.convert("RGB")
 
     def delete(self, image_id: int) -> None:
         with self._db.session() as session:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image as PILImage
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -37,7 +38,7 @@ from stable_diffusion_api.schemas import (
     ProgressOut,
 )
 from stable_diffusion_api.services.assets import AssetService
-from stable_diffusion_api.services.gallery import image_view
+from stable_diffusion_api.services.gallery import GalleryService, image_view
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_params import params_from_request, params_view, row_values
 from stable_diffusion_api.services.job_queue import JobQueue
@@ -48,6 +49,9 @@ from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.speeds import Estimate, SpeedService
 from stable_diffusion_api.services.storage import ImageStorage, decode_image
 from stable_diffusion_api.services.styles import StyleLibrary
+
+# A job's input images: the init image (RGB) and the mask (greyscale), each None when absent.
+Inputs = tuple[PILImage.Image | None, PILImage.Image | None]
 
 
 def filmstrip_view(row: Generation) -> FilmstripOut | None:
@@ -118,8 +122,10 @@ class GenerationService:
         speeds: SpeedService,
         wake: Callable[[str], None],
         assets: AssetService,
+        gallery: GalleryService,
     ) -> None:
         self._assets = assets
+        self._gallery = gallery
         self._settings = settings
         self._db = db
         self._models = models
@@ -136,9 +142,16 @@ class GenerationService:
     # -- submitting -------------------------------------------------------------------------
 
     def submit(
-        self, project_id: int, request: GenerationCreate, source: str = "api"
+        self,
+        project_id: int,
+        request: GenerationCreate,
+        source: str = "api",
+        inputs: Inputs | None = None,
     ) -> GenerationAccepted:
-        """Check `request`, queue it, wake the worker; raises InvalidField, NotFound, QueueFull."""
+        """Check `request`, queue it, wake the worker; raises InvalidField, NotFound, QueueFull.
+
+        `inputs`: the init image and mask already read (a variation of an image made from
+        them, `VariationService`), used instead of the request's image fields."""
         project = self._queue.project(project_id)
         if project is None:
             raise NotFound("project", project_id)
@@ -152,14 +165,7 @@ class GenerationService:
         if request.hires_sampler is not None:
             hires_sampler = self._samplers.canonical(request.hires_sampler, "hires_sampler")
             request = request.model_copy(update={"hires_sampler": hires_sampler})
-        # What the engine paints from: RGB (alpha dropped, as the A1111 route does) and a
-        # greyscale mask (white = repaint).
-        init_image = (
-            decode_image(request.init_image, "init_image").convert("RGB")
-            if request.init_image
-            else None
-        )
-        mask = decode_image(request.mask, "mask").convert("L") if request.mask else None
+        init_image, mask = inputs if inputs is not None else self._inputs(request)
         if mask is not None and init_image is None:
             raise InvalidField("mask", "<image>", "a mask needs an init_image to paint into")
         if mask is not None and init_image is not None and mask.size != init_image.size:
@@ -217,6 +223,26 @@ class GenerationService:
             url=f"/api/v1/generations/{queued.id}",
             events_url=f"/api/v1/generations/{queued.id}/events",
         )
+
+    def _inputs(self, request: GenerationCreate) -> Inputs:
+        """What the engine paints from: the init image as RGB (alpha dropped, as the A1111
+        route does) — uploaded, or the gallery image `init_image_id` names — and the mask as
+        greyscale (white = repaint)."""
+        if request.init_image_id is not None:
+            if request.init_image:
+                raise InvalidField(
+                    "init_image_id",
+                    request.init_image_id,
+                    "send either init_image (an image file) or init_image_id (a gallery "
+                    "image), not both",
+                )
+            init_image = self._gallery.init_image(request.init_image_id)
+        elif request.init_image:
+            init_image = decode_image(request.init_image, "init_image").convert("RGB")
+        else:
+            init_image = None
+        mask = decode_image(request.mask, "mask").convert("L") if request.mask else None
+        return init_image, mask
 
     def retry_after_s(self) -> float:
         """When a queue slot should free up: the soonest end among running jobs, else 5 s."""

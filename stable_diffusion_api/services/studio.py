@@ -31,6 +31,7 @@ from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.speeds import SpeedService
 from stable_diffusion_api.services.storage import ImageStorage
 from stable_diffusion_api.services.upscales import UpscaleService
+from stable_diffusion_api.services.variations import VariationService
 from stable_diffusion_api.services.workers import RecoveryReport, WorkerPool
 
 
@@ -92,7 +93,9 @@ class Studio:
             self.speeds,
             wake=self.workers.wake,
             assets=self.assets,
+            gallery=self.gallery,
         )
+        self.variations = VariationService(self.gallery, self.generations, self.storage)
         self.started = False
         self.studio_id: str | None = None  # set by start(), once the data folder is bound
 
