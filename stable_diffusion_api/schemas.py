@@ -90,7 +90,7 @@ VaeName = Annotated[
 ]  # fmt: skip
 Upload = Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)]
 # A row's id: 64-bit in the database, so a larger number is a 422, never an overflow.
-RowId = Annotated[int, Number, Field(ge=1, le=2**62)]
+RowId = Annotated[int, Field(ge=1, le=2**62), Number]
 
 
 class Strict(BaseModel):
