@@ -11,7 +11,8 @@ Limits (checked by `GenerationParams.check`):
 - prompt, negative_prompt: text (the engine reads at most 75 tokens of each today).
 - seed: 0 … 2³² − 1, and seed + batch − 1 must stay within it (image i has seed + i); None or
   −1 asks for a random one, drawn by `resolve`.
-- steps: 1 … 150; guidance (CFG scale): 0 … 30, no CFG at ≤ 1.
+- steps: 1 … 150 (LCM: 1 … 50, its distillation schedule's timesteps; `resolve` checks);
+  guidance (CFG scale): 0 … 30, no CFG at ≤ 1.
 - width, height: 64 … 2048, multiples of 8; None → the model's native size.
 - batch: 1 … 8 images in one job (front ends split larger requests into several jobs).
 - strength: 0 … 1, how much of an init image is repainted (img2img / inpainting only).
@@ -281,6 +282,11 @@ class GenerationParams:
 
         params = self.with_seeds()
         spec = get_sampler(params.sampler or default_sampler)
+        check_sampler_steps(spec.display_name, spec.max_steps, params.steps, "steps")
+        if params.hires:
+            hires_spec = get_sampler(params.hires_sampler or params.sampler or default_sampler)
+            steps = params.hires_steps or params.steps  # 0: as many as the first pass
+            check_sampler_steps(hires_spec.display_name, hires_spec.max_steps, steps, "hires_steps")
         if params.scheduler is not None and not spec.takes_schedule_type:
             raise InvalidParam(
                 "scheduler",
@@ -305,6 +311,16 @@ class GenerationParams:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, one key per field."""
         return asdict(self)
+
+
+def check_sampler_steps(sampler: str, max_steps: int, steps: int, field_name: str) -> None:
+    """InvalidParam naming `field_name` when `steps` is more than sampler `sampler` (its
+    display name) takes; `max_steps` is its limit (`SamplerSpec.max_steps`: 50 for LCM)."""
+    if steps > max_steps:
+        raise InvalidParam(
+            field_name, steps,
+            f"{field_name} must be from 1 to {max_steps} with sampler {sampler}, got {steps}",
+        )  # fmt: skip
 
 
 def field_names() -> tuple[str, ...]:

@@ -244,6 +244,7 @@ class SamplerOut(Out):
     name: str
     display_name: str
     aliases: list[str]
+    max_steps: int  # the most steps it takes (LCM: 50)
 
 
 class ModelOut(Out):

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sd_core.params import MAX_STEPS
 from sd_core.samplers.base import Denoiser, NoiseSource, SamplerFn, StepCallback
 from sd_core.samplers.ddim import sample_ddim
 from sd_core.samplers.ddpm import sample_ddpm
@@ -39,7 +40,7 @@ from sd_core.samplers.dpmpp_sde import sample_dpmpp_sde
 from sd_core.samplers.euler import sample_euler
 from sd_core.samplers.euler_ancestral import sample_euler_ancestral
 from sd_core.samplers.heun import sample_heun
-from sd_core.samplers.lcm import lcm_schedule, sample_lcm
+from sd_core.samplers.lcm import ORIGINAL_STEPS, lcm_schedule, sample_lcm
 from sd_core.samplers.lms import sample_lms
 from sd_core.samplers.plms import sample_plms
 from sd_core.samplers.restart import sample_restart
@@ -101,6 +102,12 @@ class SamplerSpec:
     # How its diffusers scheduler turns Karras / exponential σ's into UNet timesteps.
     karras_timesteps: TimestepRounding = field(default="exact", repr=False)
     exponential_timesteps: TimestepRounding = field(default="exact", repr=False)
+
+    @property
+    def max_steps(self) -> int:
+        """The most steps this sampler takes: LCM's distillation schedule has 50 timesteps,
+        every other sampler takes the engine's limit (`sd_core.params.MAX_STEPS`)."""
+        return ORIGINAL_STEPS if self.spacing == "lcm" else MAX_STEPS
 
     @property
     def takes_schedule_type(self) -> bool:

@@ -308,9 +308,12 @@ class A1111Service:
         for number, generation in enumerate(prepared.generations):
             if not self.tasks.next_job(prepared.task, number):
                 break  # interrupted: A1111 answers with what it has
-            accepted = await run_in_threadpool(
-                generations.submit, prepared.project_id, generation, SOURCE
-            )
+            try:
+                accepted = await run_in_threadpool(
+                    generations.submit, prepared.project_id, generation, SOURCE
+                )
+            except InvalidField as exc:  # the service's check, in A1111's words
+                raise exc.renamed(_a1111_field(exc.field)) from None
             self.tasks.attach(prepared.task, accepted.id)
             view = await self._wait(accepted.id, gone)
             if view.status == SUCCEEDED:
@@ -484,12 +487,17 @@ class A1111Service:
         }
 
 
+def _a1111_field(name: str) -> str:
+    """A `GenerationCreate` field's name as A1111's request spells it."""
+    return A1111_FIELD.get(name, HIRES_FIELDS.get(name, name))
+
+
 def _request_error(exc: ValidationError) -> RequestValidationError:
     """The queue schema's errors, located at the A1111 field the value came from."""
     errors = []
     for error in exc.errors():
         loc = [str(part) for part in error.get("loc", ())]
-        field = A1111_FIELD.get(loc[0], HIRES_FIELDS.get(loc[0], loc[0])) if loc else "body"
+        field = _a1111_field(loc[0]) if loc else "body"
         errors.append(
             {
                 "type": error["type"],

@@ -108,7 +108,11 @@ class SdCoreGenerator:
             spec = samplers.get_sampler(name)
             specs.append(
                 SamplerSpec(
-                    spec.name, spec.display_name, tuple(spec.aliases), spec.takes_schedule_type
+                    spec.name,
+                    spec.display_name,
+                    tuple(spec.aliases),
+                    spec.takes_schedule_type,
+                    spec.max_steps,
                 )
             )
         return specs

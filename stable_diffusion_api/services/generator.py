@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from sd_core.params import GenerationParams
+from sd_core.params import MAX_STEPS, GenerationParams
 from sd_core.result import GenerationResult
 
 
@@ -45,6 +45,7 @@ class SamplerSpec:
     display_name: str  # AUTOMATIC1111's label, e.g. "Euler a"
     aliases: tuple[str, ...] = ()
     takes_schedule_type: bool = True  # whether a schedule type (Karras, …) may apply to it
+    max_steps: int = MAX_STEPS  # the most steps it takes (LCM: 50)
 
 
 @dataclass(frozen=True)

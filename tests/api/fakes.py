@@ -74,6 +74,7 @@ class FakeGenerator:
             SamplerSpec("euler", "Euler"),
             SamplerSpec("ddim", "DDIM"),
             SamplerSpec("dpmpp_2m", "DPM++ 2M"),
+            SamplerSpec("lcm", "LCM", (), takes_schedule_type=False, max_steps=50),
         ]
 
     def builtin_checkpoint(self) -> Path:
