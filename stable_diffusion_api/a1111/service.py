@@ -32,6 +32,12 @@ from stable_diffusion_api.a1111.assets import A1111Assets
 from stable_diffusion_api.a1111.extras import Extras
 from stable_diffusion_api.a1111.hires import HIRES_FIELDS, hires_fields
 from stable_diffusion_api.a1111.options import FIXED, OptionStore, check_fixed
+from stable_diffusion_api.a1111.sampling import (
+    resolve_sampler,
+    resolve_scheduler,
+    scheduler_label,
+    schedulers,
+)
 from stable_diffusion_api.a1111.schemas import (
     A1111Request,
     EmbeddingsResponse,
@@ -59,10 +65,6 @@ from stable_diffusion_api.a1111.translate import (
     infotext_defaults,
     png_info,
     prepare_img2img,
-    resolve_sampler,
-    resolve_scheduler,
-    scheduler_label,
-    schedulers,
     split_jobs,
     unique_warnings,
 )

@@ -25,7 +25,6 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from sd_core.infotext import parse_infotext
 from sd_core.params import INPAINT_FILLS
-from sd_core.schedule_types import SCHEDULE_TYPES, schedule_type
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.hires import hires_infotext
 from stable_diffusion_api.a1111.schemas import (
@@ -47,22 +46,7 @@ from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.storage import decode_image
 
 VERSION = f"dali-{__version__}"
-AUTOMATIC = "automatic"
 DEFAULT_MASK_BLUR = 4  # A1111's default
-# A1111's scheduler names (`scheduler` field, ≥ 1.9) and the label its older sampler names end in.
-SCHEDULER_LABELS = {
-    "karras": "Karras",
-    "exponential": "Exponential",
-    "polyexponential": "Polyexponential",
-    "sgm_uniform": "SGM Uniform",
-    "uniform": "Uniform",
-    "simple": "Simple",
-    "normal": "Normal",
-    "ddim": "DDIM",
-    "beta": "Beta",
-    "kl_optimal": "KL Optimal",
-    "align_your_steps": "Align Your Steps",
-}
 # Names of GenerationCreate fields in A1111's words, for error messages.
 A1111_FIELD = {
     "prompt": "prompt",
@@ -161,75 +145,6 @@ def check_supported(request: A1111Request) -> None:
     if request.alwayson_scripts:
         name = next(iter(request.alwayson_scripts))
         raise InvalidField("alwayson_scripts", name, "no always-on scripts are installed; send {}")
-
-
-def resolve_sampler(request: A1111Request, catalog: SamplerCatalog) -> str | None:
-    """The canonical sampler for `sampler_name` (or `sampler_index`) and `scheduler`.
-    (`resolve_scheduler` says which schedule type goes with it.)
-
-    A1111 ≥ 1.9 sends "DPM++ 2M" with scheduler "karras" for what older versions called
-    "DPM++ 2M Karras"; Dali registers the latter, so the two are joined. None: neither was
-    sent, and the project's default sampler applies.
-    """
-    field_name = "sampler_name" if request.sampler_name else "sampler_index"
-    name = request.sampler_name or request.sampler_index
-    if name is None:
-        return None
-    canonical = catalog.canonical(name, field_name)
-    return _sampler_and_schedule(request, catalog, canonical)[0]
-
-
-def resolve_scheduler(request: A1111Request, catalog: SamplerCatalog) -> str | None:
-    """The schedule type (`GenerationCreate.scheduler`) for `scheduler`: None when it is
-    automatic or already in the sampler's registered name ("DPM++ 2M" + "karras" is "DPM++ 2M
-    Karras", pixel for pixel the same); else a canonical type the sampler takes, or InvalidField
-    naming what it does take."""
-    field_name = "sampler_name" if request.sampler_name else "sampler_index"
-    name = request.sampler_name or request.sampler_index
-    canonical = None if name is None else catalog.canonical(name, field_name)
-    return _sampler_and_schedule(request, catalog, canonical)[1]
-
-
-def _sampler_and_schedule(
-    request: A1111Request, catalog: SamplerCatalog, canonical: str | None
-) -> tuple[str | None, str | None]:
-    scheduler = (request.scheduler or "").strip()
-    if not scheduler or scheduler.casefold() == AUTOMATIC:
-        return canonical, None
-    display = catalog.display_name(canonical)
-    label = scheduler_label(scheduler)
-    if canonical is not None:
-        if display.casefold().endswith(" " + label.casefold()):
-            return canonical, None  # "DPM++ 2M Karras" with scheduler "karras"
-        combined = f"{display} {label}"
-        for spec in catalog.list():
-            if spec.display_name.casefold() == combined.casefold():
-                return spec.name, None
-    takes = all(s.takes_schedule_type for s in catalog.list() if s.name == canonical)
-    try:
-        kind = schedule_type(scheduler)
-    except ValueError:
-        kind = None
-    if kind is None or not takes:
-        allowed = [AUTOMATIC, *(SCHEDULE_TYPES if takes else ())]
-        raise InvalidField("scheduler", scheduler, f"with {display} use: {', '.join(allowed)}")
-    return canonical, kind
-
-
-def scheduler_label(name: str) -> str:
-    """A1111's label for a scheduler name ("sgm_uniform" → "SGM Uniform")."""
-    key = name.strip().lower().replace(" ", "_")
-    return SCHEDULER_LABELS.get(key, name.strip().replace("_", " ").title())
-
-
-def schedulers(catalog: SamplerCatalog) -> list[str]:
-    """Scheduler names: automatic, plus each A1111 scheduler a sampler name ends in (Karras)."""
-    found = [AUTOMATIC, *SCHEDULE_TYPES]
-    displays = [spec.display_name for spec in catalog.list()]
-    for name, label in SCHEDULER_LABELS.items():
-        if name not in found and any(display.endswith(" " + label) for display in displays):
-            found.append(name)
-    return found
 
 
 def draw_seed(seed: int, count: int, field_name: str) -> int:

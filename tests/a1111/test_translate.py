@@ -9,6 +9,7 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
+from stable_diffusion_api.a1111.sampling import resolve_sampler, resolve_scheduler, schedulers
 from stable_diffusion_api.a1111.schemas import Img2ImgRequest, Txt2ImgRequest
 from stable_diffusion_api.a1111.settings import Credentials
 from stable_diffusion_api.a1111.translate import (
@@ -19,9 +20,6 @@ from stable_diffusion_api.a1111.translate import (
     infotext_defaults,
     png_info,
     prepare_img2img,
-    resolve_sampler,
-    resolve_scheduler,
-    schedulers,
     split_jobs,
 )
 from stable_diffusion_api.errors import InvalidField
