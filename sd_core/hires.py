@@ -11,8 +11,9 @@
    upscaler the pipeline was given as `pipe.upscale_image(image, name, scale)`), and the second
    pass encodes them again.
 3. The second pass: img2img from those latents or images with `hires_steps` (0: the first
-   pass's steps), `hires_strength`, `hires_sampler`, `hires_prompt` and
-   `hires_negative_prompt` (None or "": the first pass's).
+   pass's steps), `hires_strength`, `hires_sampler`, `hires_scheduler` (the schedule type;
+   "automatic": the hires sampler's own σ's), `hires_guidance` (the CFG scale), `hires_prompt`
+   and `hires_negative_prompt` (None or "": the first pass's).
 
 Seeds: the second pass draws its noise as a new img2img run with the same seeds would (as
 AUTOMATIC1111 does, it reuses the seed): image i gets a fresh `torch.Generator("cpu")` seeded
@@ -37,7 +38,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from sd_core.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, InvalidParam
+from sd_core.params import (
+    HIRES_AUTOMATIC,
+    MAX_SIZE,
+    SIZE_MULTIPLE,
+    GenerationParams,
+    InvalidParam,
+)
+from sd_core.schedule_types import schedule_label, schedule_type
 
 if TYPE_CHECKING:
     from sd_core.pipeline import GenerationHooks, StableDiffusionPipeline, _Sampled
@@ -163,9 +171,18 @@ def second_pass_params(p: GenerationParams) -> GenerationParams:
         steps=p.hires_steps or p.steps,
         strength=p.hires_strength,
         sampler=p.hires_sampler or p.sampler,
+        scheduler=_second_pass_schedule(p),
+        guidance=p.guidance if p.hires_guidance is None else p.hires_guidance,
         prompt=p.hires_prompt or p.prompt,
         negative_prompt=p.hires_negative_prompt or p.negative_prompt,
     )
+
+
+def _second_pass_schedule(p: GenerationParams) -> str | None:
+    """The schedule type the second pass of `p` runs with (None: its sampler's own)."""
+    if p.hires_scheduler is None:
+        return p.scheduler
+    return None if p.hires_scheduler == HIRES_AUTOMATIC else p.hires_scheduler
 
 
 def _second_pass_steps(pipe: StableDiffusionPipeline, p: GenerationParams) -> int:
@@ -175,7 +192,7 @@ def _second_pass_steps(pipe: StableDiffusionPipeline, p: GenerationParams) -> in
     if p.strength <= 0:
         return 0
     assert p.sampler is not None
-    plan = get_sampler(p.sampler).img2img(pipe.schedule, p.steps, p.strength)
+    plan = get_sampler(p.sampler).img2img(pipe.schedule, p.steps, p.strength, p.scheduler)
     return len(plan.sigmas) - 1
 
 
@@ -235,8 +252,9 @@ def hires_latents(
 
 def hires_infotext(p: GenerationParams) -> dict[str, str]:
     """A1111's infotext keys of the hires fix (none when it is off): `Hires upscale` or `Hires
-    resize`, `Hires steps` (when set), `Hires upscaler`, `Hires sampler`, `Hires prompt` and
-    `Hires negative prompt` (when they differ). `Denoising strength` is the result's."""
+    resize`, `Hires steps` (when set), `Hires upscaler`, `Hires sampler`, `Hires schedule type`,
+    `Hires CFG Scale`, `Hires prompt` and `Hires negative prompt` (when they differ from the
+    first pass's). `Denoising strength` is the result's."""
     if not p.hires:
         return {}
     out: dict[str, str] = {}
@@ -252,6 +270,11 @@ def hires_infotext(p: GenerationParams) -> dict[str, str]:
         from sd_core.samplers import get_sampler
 
         out["Hires sampler"] = get_sampler(p.hires_sampler).display_name
+    if p.hires_scheduler is not None and _second_pass_schedule(p) != p.scheduler:
+        out["Hires schedule type"] = schedule_label(_second_pass_schedule(p))
+    if p.hires_guidance is not None and p.hires_guidance != p.guidance:
+        value = p.hires_guidance
+        out["Hires CFG Scale"] = str(int(value)) if value.is_integer() else str(value)
     if p.hires_prompt and p.hires_prompt != p.prompt:
         out["Hires prompt"] = p.hires_prompt
     if p.hires_negative_prompt and p.hires_negative_prompt != p.negative_prompt:
@@ -275,8 +298,16 @@ def hires_from_infotext(extra: dict[str, str]) -> dict[str, object]:
             fields["hires_height"] = int(rh) or None
         if "Hires steps" in extra:
             fields["hires_steps"] = int(extra["Hires steps"])
+        if "Hires CFG Scale" in extra:
+            fields["hires_guidance"] = float(extra["Hires CFG Scale"])
     except ValueError:
         pass
+    if "Hires schedule type" in extra:  # a label; "Automatic": the hires sampler's own
+        try:
+            kind = schedule_type(extra["Hires schedule type"])
+            fields["hires_scheduler"] = HIRES_AUTOMATIC if kind is None else kind
+        except ValueError:
+            pass
     names = {
         "Hires upscaler": "hires_upscaler",
         "Hires sampler": "hires_sampler",

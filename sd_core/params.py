@@ -38,7 +38,9 @@ Limits (checked by `GenerationParams.check`):
   ("Latent", "Latent (antialiased)", …) or a pixel upscaler ("Lanczos", "Nearest", "None", or
   a model upscaler the pipeline knows); hires_steps 0 … 150 (0: the first pass's steps);
   hires_strength 0 … 1; hires_sampler, hires_prompt, hires_negative_prompt: None → the first
-  pass's (see `sd_core/hires.py`).
+  pass's; hires_scheduler: None → the first pass's schedule type, "automatic" → the hires
+  sampler's own, else a schedule type the hires sampler takes (`resolve` checks);
+  hires_guidance: 0 … 30, None → the first pass's CFG scale (see `sd_core/hires.py`).
 
 LoRAs and textual-inversion embeddings are not fields: the prompt names them (`<lora:name:w>`,
 an embedding's file name), as in AUTOMATIC1111.
@@ -62,6 +64,9 @@ MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
 MAX_CLIP_SKIP = 12
 MAX_HIRES_SCALE = 4.0
+# hires_scheduler's value for the hires sampler's own σ's (A1111's "Automatic"), as opposed to
+# None, the first pass's schedule type.
+HIRES_AUTOMATIC = "automatic"
 # A field whose metadata names an infotext key is written to AUTOMATIC1111's infotext under
 # that key whenever it differs from its default (`infotext_extras`).
 INFOTEXT_KEY = "infotext"
@@ -129,6 +134,18 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
+def _hires_schedule(value: Any) -> str:
+    """hires_scheduler's canonical value: HIRES_AUTOMATIC for A1111's "Automatic", else a
+    schedule type's canonical name. InvalidParam for anything else."""
+    if not isinstance(value, str):
+        raise InvalidParam("hires_scheduler", value, "hires_scheduler must be a string")
+    try:
+        kind = schedule_type(value)
+    except ValueError as error:
+        raise InvalidParam("hires_scheduler", value, f"hires_scheduler: {error}") from None
+    return HIRES_AUTOMATIC if kind is None else kind
+
+
 def random_seed(batch: int = 1) -> int:
     """A random seed that leaves room for `batch` consecutive seeds."""
     return secrets.randbelow(MAX_SEED - batch + 2)
@@ -184,6 +201,8 @@ class GenerationParams:
     hires_sampler: str | None = None
     hires_prompt: str | None = None
     hires_negative_prompt: str | None = None
+    hires_scheduler: str | None = None  # None: the first pass's; HIRES_AUTOMATIC: the sampler's
+    hires_guidance: float | None = None  # None: the first pass's
 
     def check(self) -> GenerationParams:
         """Validate every field against the limits above; return the params with numbers normalised
@@ -214,6 +233,9 @@ class GenerationParams:
                 scheduler = schedule_type(str(scheduler))
             except ValueError as error:
                 raise InvalidParam("scheduler", self.scheduler, f"scheduler: {error}") from None
+        hires_scheduler = self.hires_scheduler
+        if hires_scheduler is not None:
+            hires_scheduler = _hires_schedule(hires_scheduler)
         if self.vae is not None and (not isinstance(self.vae, str) or not self.vae.strip()):
             raise InvalidParam(
                 "vae", self.vae, "vae must be a VAE file's name, or None for the model's own"
@@ -259,6 +281,12 @@ class GenerationParams:
                 "hires_steps", self.hires_steps, 0, MAX_STEPS, " (0: as the first pass)"
             ),
             hires_strength=_float("hires_strength", self.hires_strength, 0.0, 1.0),
+            hires_scheduler=hires_scheduler,
+            hires_guidance=(
+                None
+                if self.hires_guidance is None
+                else _float("hires_guidance", self.hires_guidance, 0.0, MAX_GUIDANCE)
+            ),
         )
 
     def with_seeds(self) -> GenerationParams:
@@ -287,6 +315,14 @@ class GenerationParams:
             hires_spec = get_sampler(params.hires_sampler or params.sampler or default_sampler)
             steps = params.hires_steps or params.steps  # 0: as many as the first pass
             check_sampler_steps(hires_spec.display_name, hires_spec.max_steps, steps, "hires_steps")
+            hires_schedule = params.hires_scheduler or params.scheduler  # None: the first pass's
+            if hires_schedule not in (None, HIRES_AUTOMATIC) and not hires_spec.takes_schedule_type:
+                raise InvalidParam(
+                    "hires_scheduler", params.hires_scheduler,
+                    f"the hires sampler {hires_spec.display_name} has its own timesteps and takes "
+                    f"no schedule type (the hires pass would use {hires_schedule}); set "
+                    f"hires_scheduler to {HIRES_AUTOMATIC}",
+                )  # fmt: skip
         if params.scheduler is not None and not spec.takes_schedule_type:
             raise InvalidParam(
                 "scheduler",

@@ -130,6 +130,10 @@ HIRES_UPSCALER_HELP = (
     "Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), Latent "
     "(nearest), Latent (nearest-exact), None, Lanczos, Nearest"
 )
+HIRES_SCHEDULER_HELP = (
+    "the hires pass's schedule type: automatic (its sampler's own), karras, exponential, "
+    "sgm_uniform; null → the first pass's"
+)
 INPAINT_FILL_HELP = "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing"
 Margin = Annotated[int, Field(ge=0, le=MAX_SIZE)]
 
@@ -192,6 +196,8 @@ class GenerationCreate(Strict):
     hires_steps: Annotated[int, Number, Field(ge=0, le=MAX_STEPS)] = 0  # 0: as the first pass
     hires_strength: Strength = 0.7
     hires_sampler: Identifier | None = None  # None: the first pass's sampler
+    hires_scheduler: Identifier | None = Field(default=None, description=HIRES_SCHEDULER_HELP)
+    hires_guidance: Guidance | None = None  # None: the first pass's CFG scale
     hires_prompt: Annotated[CleanText, Field(max_length=MAX_PROMPT)] | None = None
     hires_negative_prompt: Annotated[CleanText, Field(max_length=MAX_PROMPT)] | None = None
     styles: list[Identifier] = Field(
@@ -371,6 +377,8 @@ class GenerationOut(Out):
     hires_steps: int = 0
     hires_strength: float = 0.7
     hires_sampler: str | None = None
+    hires_scheduler: str | None = None
+    hires_guidance: float | None = None
     hires_prompt: str | None = None
     hires_negative_prompt: str | None = None
     has_init_image: bool

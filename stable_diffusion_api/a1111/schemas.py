@@ -86,7 +86,8 @@ class A1111Request(BaseModel):
 
 
 class Txt2ImgRequest(A1111Request):
-    # The hires fix (a1111/hires.py); hr_checkpoint_name, hr_scheduler and hr_cfg are ignored.
+    # The hires fix (a1111/hires.py). hr_checkpoint_name: only the first pass's model (a
+    # second checkpoint is a 422); hr_scheduler: "Use same scheduler" or none → the first pass's.
     enable_hr: bool = False
     hr_scale: Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE, allow_inf_nan=False)] = 2.0
     hr_upscaler: Name | None = None  # None: "Latent"
@@ -94,6 +95,9 @@ class Txt2ImgRequest(A1111Request):
     hr_resize_x: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0
     hr_resize_y: Annotated[int, Field(ge=0, le=MAX_SIZE)] = 0
     hr_sampler_name: Name | None = None
+    hr_scheduler: Name | None = None
+    hr_cfg: Guidance | None = None  # None: the first pass's cfg_scale
+    hr_checkpoint_name: Name | None = None
     hr_prompt: Text = ""
     hr_negative_prompt: Text = ""
 

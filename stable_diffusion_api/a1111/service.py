@@ -286,7 +286,7 @@ class A1111Service:
             vae = self.assets.vae_choice(value, f"override_settings.{SD_VAE_OPTION}")
             if vae is not None:  # "Automatic": the project's default, as if not sent
                 base["vae"] = vae
-        base.update(hires_fields(request, self.studio.samplers))
+        base.update(hires_fields(request, self.studio.samplers, model, self.studio.models.resolve))
         if isinstance(request, Img2ImgRequest):
             prepare_img2img(request, base)
         return Plan(

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from sd_core.schedule_types import SCHEDULE_TYPES
 from stable_diffusion_api.deps import (
     API_KEY_COOKIE,
     Id,
@@ -72,6 +73,7 @@ def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any
         "estimates": estimates,
         "models": models,
         "samplers": studio.samplers.list(),
+        "schedule_types": SCHEDULE_TYPES,  # the hires fix's schedule type
         "vaes": studio.assets.vaes(),
         "asset_folders": studio.assets.folders,
     }

@@ -180,7 +180,7 @@ class GenerationService:
             )
             request = request.model_copy(update={"prompt": prompt, "negative_prompt": negative})
         params = params_from_request(request, defaults, sampler, vae)
-        self._samplers.check_steps(params)
+        self._samplers.check(params)
         values = {
             "project_id": project_id,
             "source": source,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sd_core.params import GenerationParams
+from sd_core.params import HIRES_AUTOMATIC, GenerationParams
 from stable_diffusion_api.errors import InvalidField
 from stable_diffusion_api.services.generator import Generator, SamplerSpec
 
@@ -33,22 +33,39 @@ class SamplerCatalog:
         valid = ", ".join(f"{s.name} ({s.display_name})" for s in self.list())
         raise InvalidField(field, name, f"valid samplers: {valid}")
 
-    def check_steps(
-        self, params: GenerationParams, steps_field: str = "steps", hires_field: str = "hires_steps"
-    ) -> None:
-        """InvalidField naming `steps_field` (or `hires_field` for the hires fix's second pass)
-        when `params` ask a sampler for more steps than it takes (LCM: 50). A sampler left to
-        the model's default (None) is checked when the job runs."""
-        checks = [(params.sampler, params.steps, steps_field)]
+    def check(self, params: GenerationParams) -> None:
+        """InvalidField naming the field when `params` ask a sampler for what it does not take:
+        more steps than its limit (LCM: 50; `steps`, or `hires_steps` for the hires fix's
+        second pass) or a schedule type when it keeps its own timesteps (`scheduler`,
+        `hires_scheduler`). A sampler left to the model's default (None) is checked by the
+        engine when the job runs."""
+        passes = [(params.sampler, params.steps, params.scheduler, "")]
         if params.hires:
-            hires_steps = params.hires_steps or params.steps  # 0: as the first pass
-            checks.append((params.hires_sampler or params.sampler, hires_steps, hires_field))
-        for name, steps, field in checks:
-            spec = next((s for s in self.list() if s.name == name), None)
-            if spec is not None and steps > spec.max_steps:
-                raise InvalidField(
-                    field, steps, f"{spec.display_name} takes 1 to {spec.max_steps} steps"
+            hires_schedule = params.hires_scheduler or params.scheduler  # None: the first's
+            passes.append(
+                (
+                    params.hires_sampler or params.sampler,
+                    params.hires_steps or params.steps,  # 0: as the first pass
+                    None if hires_schedule == HIRES_AUTOMATIC else hires_schedule,
+                    "hires_",
                 )
+            )
+        for name, steps, schedule, prefix in passes:
+            spec = next((s for s in self.list() if s.name == name), None)
+            if spec is None:
+                continue
+            if steps > spec.max_steps:
+                raise InvalidField(
+                    f"{prefix}steps",
+                    steps,
+                    f"{spec.display_name} takes 1 to {spec.max_steps} steps",
+                )
+            if schedule is not None and not spec.takes_schedule_type:
+                raise InvalidField(
+                    f"{prefix}scheduler", schedule,
+                    f"{spec.display_name} has its own timesteps and takes no schedule type"
+                    + ("; send automatic" if prefix else "; leave it out (Automatic)"),
+                )  # fmt: skip
 
     def display_name(self, name: str | None) -> str:
         for spec in self.list():

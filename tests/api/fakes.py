@@ -72,7 +72,7 @@ class FakeGenerator:
         return [
             SamplerSpec("euler_a", "Euler a", ("k_euler_a",)),
             SamplerSpec("euler", "Euler"),
-            SamplerSpec("ddim", "DDIM"),
+            SamplerSpec("ddim", "DDIM", (), takes_schedule_type=False),
             SamplerSpec("dpmpp_2m", "DPM++ 2M"),
             SamplerSpec("lcm", "LCM", (), takes_schedule_type=False, max_steps=50),
         ]
