@@ -24,7 +24,9 @@ image equals, for a latent mode, `generate_latents(first)`, `upscale_latents`, t
 `upscale_pixels`, then `generate(second, init_image=…)` (tests/sd_core/test_hires.py shows both).
 
 Progress counts both passes' steps as one run; the trace hook (the filmstrip) sees the first
-pass only (its frames must all have one size).
+pass only (its frames must all have one size). An interrupt during the first pass (or right
+after it) ends the run with the first pass's images, as A1111 does; during the second pass,
+with that pass's images so far.
 """
 
 from __future__ import annotations
@@ -222,7 +224,13 @@ def hires_latents(
             hooks.on_step(first_total[0] + step, first_total[0] + n, x0)
 
     first = pipe._latents(replace(p, hires=False), None, None, replace(hooks, on_step=first_step))
-    second_hooks = GenerationHooks(on_step=second_step, cancel=hooks.cancel)
+    n = first.interrupted[1] if first.interrupted is not None else first_total[0]
+    if first.interrupted is not None or (hooks.interrupt is not None and hooks.interrupt()):
+        done_steps = first.interrupted[0] if first.interrupted is not None else n
+        return replace(first, params=p, interrupted=(done_steps, n + remaining))
+    second_hooks = GenerationHooks(
+        on_step=second_step, cancel=hooks.cancel, interrupt=hooks.interrupt
+    )
     if p.hires_upscaler in LATENT_MODES:
         latents = upscale_latents(first.latents, p.hires_upscaler, cover, target)
         done = pipe._latents(second, None, None, second_hooks, init_latents=latents)
@@ -247,6 +255,9 @@ def hires_latents(
         sampling_s=first.sampling_s + done.sampling_s,
         warnings=tuple(dict.fromkeys((*first.warnings, *done.warnings))),
         assets=tuple(dict.fromkeys((*first.assets, *done.assets))),
+        interrupted=(
+            None if done.interrupted is None else (n + done.interrupted[0], n + done.interrupted[1])
+        ),
     )
 
 

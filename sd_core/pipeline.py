@@ -76,11 +76,25 @@ class GenerationHooks:
     on_step: progress after every step (see ProgressCallback).
     cancel: asked before every model call; True stops the run with GenerationCancelled.
     trace: sees the noisy latent and the predicted x0 after every step (the filmstrip).
+    interrupt: asked after every step but the last; True ends the run there, keeping what it
+        made: the images are that step's predicted x0, decoded (AUTOMATIC1111's interrupt),
+        and the result's `interrupted_at` says after which step.
     """
 
     on_step: ProgressCallback | None = None
     cancel: CancelCheck | None = None
     trace: TraceCallback | None = None
+    interrupt: CancelCheck | None = None
+
+
+class _Interrupted(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised out of a sampler's step callback to end the run at `step`; `denoised` is that
+    step's predicted x0, (B, C, h, w) in the model's scaling."""
+
+    def __init__(self, step: int, denoised: Tensor) -> None:
+        super().__init__(f"interrupted after step {step}")
+        self.step = step
+        self.denoised = denoised
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,9 @@ class _Sampled:
     warnings: tuple[str, ...]
     assets: tuple[UsedAsset, ...]
     inpainting: Inpainting | None = None  # what pasting the results back needs
+    # (steps done, steps in the run) when `hooks.interrupt` ended it early; `latents` are then
+    # the last step's predicted x0.
+    interrupted: tuple[int, int] | None = None
 
 
 class StableDiffusionPipeline:
@@ -313,6 +330,13 @@ class StableDiffusionPipeline:
         images = tensor_to_images(self.decode_latents(sampled.latents, sampled.vae))
         if sampled.inpainting is not None:  # the unmasked pixels are the init image's own
             images = sampled.inpainting.paste_back(images)
+        warnings = sampled.warnings
+        if sampled.interrupted is not None:
+            done, total = sampled.interrupted
+            warnings += (
+                f"interrupted after step {done} of {total}: the image is the model's prediction "
+                "at that step, only partly denoised",
+            )
         result = GenerationResult(
             images=images,
             params=sampled.params,
@@ -326,8 +350,9 @@ class StableDiffusionPipeline:
                 sampling=sampled.sampling_s,
                 decoding=time.perf_counter() - began,
             ),
-            warnings=sampled.warnings,
+            warnings=warnings,
             assets=sampled.assets,
+            interrupted_at=None if sampled.interrupted is None else sampled.interrupted[0],
         )
         result.annotate()
         return result
@@ -409,7 +434,9 @@ class StableDiffusionPipeline:
             encoded = time.perf_counter()
             given = (init_latents, init_pixels)
             start = self._start(p, spec, generators, init_image, mask, vae, given)
-            latents = self._sample(p, spec, start, context, hooks, check_cancel, generators)
+            latents, interrupted = self._sample(
+                p, spec, start, context, hooks, check_cancel, generators
+            )
         sampling_s = time.perf_counter() - encoded
         used = [UsedAsset("lora", u.lora.name, u.lora.short_hash) for u in networks.loras]
         used += [
@@ -420,7 +447,9 @@ class StableDiffusionPipeline:
             used.append(UsedAsset("vae", file.name, file.short_hash))
         warnings = (*networks.warnings, *lora_warnings, *encoded_prompts.warnings)
         timing = (encoded - began, sampling_s)
-        return _Sampled(p, mode, latents, vae, *timing, warnings, tuple(used), inpainting)
+        return _Sampled(
+            p, mode, latents, vae, *timing, warnings, tuple(used), inpainting, interrupted
+        )
 
     # -- stage 1: text conditioning --------------------------------------------------------
 
@@ -547,12 +576,15 @@ class StableDiffusionPipeline:
         hooks: GenerationHooks,
         check_cancel: Callable[[], None],
         generators: Sequence[torch.Generator],
-    ) -> Tensor:
-        """Run the sampler from `start`; (B, C, h, w) final latents in the model's scaling.
+    ) -> tuple[Tensor, tuple[int, int] | None]:
+        """Run the sampler from `start`; (B, C, h, w) final latents in the model's scaling, and
+        (steps done, steps) when `hooks.interrupt` ended the run early (None: it ran to the end),
+        the latents then being the last step's predicted x0.
 
         After each step: inpainting with a regular checkpoint puts the kept area back on the
         init image's noised trajectory (diffusers' latent blending, in place, so sampling goes
-        on from it); then the trace and progress hooks; then the cancel check.
+        on from it); then the trace and progress hooks; then the cancel check; then, but after
+        the last step, the interrupt check.
         """
         sigmas, blend = start.sigmas, start.blend_mask
         init, start_noise = start.init_latents, start.start_noise
@@ -569,7 +601,10 @@ class StableDiffusionPipeline:
             if hooks.on_step is not None:
                 hooks.on_step(step, n, denoised)
             check_cancel()
+            if step < n and hooks.interrupt is not None and hooks.interrupt():
+                raise _Interrupted(step, denoised)
 
+        interrupted = None
         try:
             if len(sigmas) == 1:
                 result = start.x
@@ -581,8 +616,10 @@ class StableDiffusionPipeline:
                     noise=lambda: self._noise(generators, shape),
                     callback=on_step,
                 )
+        except _Interrupted as stop:
+            result, interrupted = stop.denoised, (stop.step, len(sigmas) - 1)
         finally:
             self._release(unet)
         if blend is not None and init is not None:
             result = (1 - blend) * init + blend * result
-        return result
+        return result, interrupted

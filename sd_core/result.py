@@ -95,6 +95,10 @@ class GenerationResult:
     warnings: tuple[str, ...] = ()
     # The LoRAs, embeddings and VAE file the run used, in the order met.
     assets: tuple[UsedAsset, ...] = ()
+    # The step after which an interrupt ended the run (`GenerationHooks.interrupt`; steps
+    # counted as progress counts them, both passes of the hires fix as one run): the images
+    # are that step's predicted x0, only partly denoised. None: the run went to the end.
+    interrupted_at: int | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -164,6 +168,7 @@ class GenerationResult:
             "assets": [asdict(a) for a in self.assets],
             "variation_seed": self.variation_seed(index),
             **{k: v for k, v in p.to_dict().items() if k not in _PER_IMAGE},
+            **({} if self.interrupted_at is None else {"interrupted_at": self.interrupted_at}),
         }
 
     def annotate(self) -> None:

@@ -69,7 +69,7 @@ from stable_diffusion_api.a1111.translate import (
     unique_warnings,
 )
 from stable_diffusion_api.errors import Conflict, DomainError, InvalidField, NotFound
-from stable_diffusion_api.models import FAILED, FINISHED, SUCCEEDED, FailureKind, Project
+from stable_diffusion_api.models import FAILED, FINISHED, WITH_IMAGES, FailureKind, Project
 from stable_diffusion_api.schemas import (
     GenerationCreate,
     GenerationDefaults,
@@ -144,15 +144,17 @@ class A1111Service:
         self.studio = studio
         self.settings = settings
         self.credentials = Credentials.parse(settings.api_auth)
-        self.tasks = TaskTracker(studio.hub, self._cancel)
+        self.tasks = TaskTracker(studio.hub, self._interrupt)
         self.assets = A1111Assets(studio.assets)
         self.options = OptionStore()
         self.extras = Extras.under(studio.settings.resolved_data_dir)
 
-    def _cancel(self, generation_id: int) -> None:
-        # A job that finished (or was deleted) meanwhile has nothing left to stop.
+    def _interrupt(self, generation_id: int) -> None:
+        """A1111's interrupt and skip: a running job stops at its next step keeping what it
+        made (its partly denoised images); a queued one is canceled. A job that finished (or
+        was deleted) meanwhile has nothing left to stop."""
         with contextlib.suppress(Conflict, NotFound):
-            self.studio.generations.cancel(generation_id)
+            self.studio.generations.cancel(generation_id, keep_partial=True)
 
     # -- project and model ----------------------------------------------------------------------
 
@@ -304,7 +306,7 @@ class A1111Service:
     async def _run(
         self, prepared: Prepared, gone: Callable[[], Awaitable[bool]]
     ) -> list[GenerationOut]:
-        """Submit the jobs one after the other, waiting for each; the succeeded ones."""
+        """Submit the jobs one after the other, waiting for each; those that kept images."""
         done: list[GenerationOut] = []
         generations = self.studio.generations
         for number, generation in enumerate(prepared.generations):
@@ -318,7 +320,7 @@ class A1111Service:
                 raise exc.renamed(_a1111_field(exc.field)) from None
             self.tasks.attach(prepared.task, accepted.id)
             view = await self._wait(accepted.id, gone)
-            if view.status == SUCCEEDED:
+            if view.status in WITH_IMAGES:  # interrupted: its images as they were, as A1111
                 done.append(view)
             elif view.status == FAILED:
                 raise GenerationFailed(view.error or "the generation failed", view.failure_kind)

@@ -217,6 +217,7 @@ class SdCoreGenerator:
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
+        should_interrupt: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         import sd_core
 
@@ -227,7 +228,9 @@ class SdCoreGenerator:
             # The preview's latent is copied out only when the worker asks (every few steps).
             on_step(step, total, lambda: latents[0].detach().float().cpu().numpy().copy())
 
-        hooks = sd_core.GenerationHooks(on_step=report, cancel=should_cancel, trace=recorder)
+        hooks = sd_core.GenerationHooks(
+            on_step=report, cancel=should_cancel, trace=recorder, interrupt=should_interrupt
+        )
         try:
             result = pipe.generate(
                 job.params, init_image=job.init_image, mask=job.mask, hooks=hooks

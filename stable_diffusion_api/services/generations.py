@@ -367,15 +367,17 @@ class GenerationService:
 
     # -- changing ---------------------------------------------------------------------------
 
-    def cancel(self, generation_id: int) -> GenerationOut:
-        """Cancel a queued job at once, or ask a running one to stop at its next step."""
-        outcome = self._queue.cancel(generation_id)
+    def cancel(self, generation_id: int, keep_partial: bool = False) -> GenerationOut:
+        """Cancel a queued job at once, or ask a running one to stop at its next step; with
+        `keep_partial` (A1111's interrupt) the running job keeps the images it has made so far,
+        partly denoised, and ends `interrupted`."""
+        outcome = self._queue.cancel(generation_id, keep_partial)
         if outcome is None:
             raise NotFound("generation", generation_id)
         if not outcome.changed:
             raise Conflict(f"generation {generation_id} has already {outcome.status}")
         if outcome.status == RUNNING:
-            self._hub.request_cancel(generation_id)
+            self._hub.request_cancel(generation_id, keep_partial)
         return self.view(generation_id)
 
     def delete(self, generation_id: int) -> None:

@@ -178,10 +178,15 @@ class Generator(Protocol):
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
+        should_interrupt: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         """Run one job: its images (each carrying info["parameters"], info["dali"] and
         info["seed"]) and the resolved params that made them. Raises JobCanceled when `should_cancel()` returned True (checked every
         step) and ValueError for inputs the engine refuses.
+
+        `should_interrupt()`, asked after every step but the last, True ends the run there
+        keeping what it made (A1111's interrupt): the images are that step's prediction, the
+        result's `interrupted_at` is that step, and a warning says so.
 
         With `job.filmstrip_frames` > 0, the run's reverse process is recorded on the way (no
         second generation) and, once the images are made, handed to `on_filmstrip` as one
