@@ -26,6 +26,10 @@ Limits (checked by `GenerationParams.check`):
 - vae: the name of a separate VAE file (its file name, as A1111's `sd_vae`), or None for the
   checkpoint's own; the pipeline checks that it is installed.
 - tiling: True for a seamless texture (AUTOMATIC1111's "Tiling"; `sd_core/tiling.py`).
+- eta: 0 … 1, the share of each step's noise a stochastic step draws fresh (AUTOMATIC1111's
+  "Eta"), or None for the sampler's own (DDIM 0, the ancestral and SDE samplers 1). DDIM and
+  the ancestral samplers (Euler a, DPM2 a, DPM++ 2S a) take any; the SDE samplers only 1; the
+  others have none (`resolve` checks, for both passes of the hires fix).
 - Inpainting (only with a mask; sd_core/inpaint.py says what each does): mask_blur 0 … 64
   pixels (A1111's "Mask blur"; 0 keeps the mask's hard edge); inpainting_mask_invert (repaint
   the black area instead); inpainting_fill 0 fill · 1 original · 2 latent noise · 3 latent
@@ -177,6 +181,7 @@ class GenerationParams:
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
     vae: str | None = field(default=None, metadata={INFOTEXT_KEY: "VAE"})
     tiling: bool = field(default=False, metadata={INFOTEXT_KEY: "Tiling"})
+    eta: float | None = None  # None: the sampler's own (its infotext key: `result.eta_infotext`)
     mask_blur: int = field(default=0, metadata={INFOTEXT_KEY: "Mask blur"})
     inpainting_mask_invert: bool = field(
         default=False,
@@ -287,6 +292,7 @@ class GenerationParams:
                 if self.hires_guidance is None
                 else _float("hires_guidance", self.hires_guidance, 0.0, MAX_GUIDANCE)
             ),
+            eta=None if self.eta is None else _float("eta", self.eta, 0.0, 1.0),
         )
 
     def with_seeds(self) -> GenerationParams:
@@ -311,8 +317,12 @@ class GenerationParams:
         params = self.with_seeds()
         spec = get_sampler(params.sampler or default_sampler)
         check_sampler_steps(spec.display_name, spec.max_steps, params.steps, "steps")
+        check_sampler_eta(spec.display_name, spec.eta, spec.eta_settable, params.eta)
         if params.hires:
             hires_spec = get_sampler(params.hires_sampler or params.sampler or default_sampler)
+            check_sampler_eta(
+                hires_spec.display_name, hires_spec.eta, hires_spec.eta_settable, params.eta
+            )
             steps = params.hires_steps or params.steps  # 0: as many as the first pass
             check_sampler_steps(hires_spec.display_name, hires_spec.max_steps, steps, "hires_steps")
             hires_schedule = params.hires_scheduler or params.scheduler  # None: the first pass's
@@ -357,6 +367,18 @@ def check_sampler_steps(sampler: str, max_steps: int, steps: int, field_name: st
             field_name, steps,
             f"{field_name} must be from 1 to {max_steps} with sampler {sampler}, got {steps}",
         )  # fmt: skip
+
+
+def check_sampler_eta(sampler: str, own: float | None, settable: bool, eta: float | None) -> None:
+    """InvalidParam("eta") when sampler `sampler` (its display name; `own`: the η it runs with,
+    None for none; `settable`: whether it takes another) cannot run with `eta` (None: its own)."""
+    if eta is None or eta == own or (settable and own is not None):
+        return
+    if own is None:
+        allowed = "it has no eta; leave eta out"
+    else:
+        allowed = f"it runs with eta {own:g} only"
+    raise InvalidParam("eta", eta, f"eta {eta:g} cannot apply to sampler {sampler}: {allowed}")
 
 
 def field_names() -> tuple[str, ...]:

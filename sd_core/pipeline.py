@@ -519,6 +519,8 @@ class StableDiffusionPipeline:
             x = init_latents + start_noise * sigmas[0]
         else:
             x = start_noise * spec.initial_noise_scale(sigmas)
+        if p.eta is not None and spec.eta_settable:  # its own otherwise (`resolve` checked)
+            sample = functools.partial(sample, eta=p.eta)
         if mask_image is None:
             return _Start(x, sigmas, sample, init_latents, start_noise)
         assert image is not None

@@ -59,6 +59,18 @@ class UsedAsset:
 _HASH_KEYS = {"lora": "Lora hashes", "embedding": "TI hashes"}
 
 
+def eta_infotext(p: GenerationParams) -> dict[str, str]:
+    """A1111's key for an eta other than the sampler's own: `Eta DDIM` for DDIM, else `Eta`."""
+    from sd_core.samplers import get_sampler
+
+    assert p.sampler is not None
+    spec = get_sampler(p.sampler)
+    if p.eta is None or p.eta == spec.eta:
+        return {}
+    value = str(int(p.eta)) if p.eta.is_integer() else str(p.eta)
+    return {"Eta DDIM" if spec.name == "ddim" else "Eta": value}
+
+
 def asset_infotext(assets: tuple[UsedAsset, ...]) -> dict[str, str]:
     """A1111's keys for the files used: `Lora hashes: "a: 1234abcd5678, b: …"`, `TI hashes`,
     `VAE hash` (the `VAE` name itself comes from the params)."""
@@ -136,6 +148,7 @@ class GenerationResult:
                 ),
                 extra={
                     **infotext_extras(replace(p, variation_seed=self.variation_seed(index))),
+                    **eta_infotext(p),
                     **asset_infotext(self.assets),
                     **hires_infotext(p),
                 },

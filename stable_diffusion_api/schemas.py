@@ -130,6 +130,10 @@ HIRES_UPSCALER_HELP = (
     "Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), Latent "
     "(nearest), Latent (nearest-exact), None, Lanczos, Nearest"
 )
+ETA_HELP = (
+    "A1111's Eta: the share of each step's noise drawn fresh; null → the sampler's own (DDIM "
+    "0, Euler a 1); DDIM, Euler a, DPM2 a and DPM++ 2S a take 0 … 1"
+)
 HIRES_SCHEDULER_HELP = (
     "the hires pass's schedule type: automatic (its sampler's own), karras, exponential, "
     "sgm_uniform; null → the first pass's"
@@ -177,6 +181,7 @@ class GenerationCreate(Strict):
     clip_skip: ClipSkip | None = None  # None → the project's default
     vae: VaeName | None = None  # None → the project's default; "None" → the checkpoint's own
     tiling: bool = Field(default=False, description="a seamless texture (A1111's Tiling)")
+    eta: Strength | None = Field(default=None, description=ETA_HELP)
     # Inpainting as AUTOMATIC1111 (sd_core/inpaint.py); only with a mask. The defaults keep
     # the mask's hard edge and the original under it; A1111's API defaults differ.
     mask_blur: Annotated[int, Field(ge=0, le=MAX_MASK_BLUR, description="feather, pixels")] = 0
@@ -364,6 +369,7 @@ class GenerationOut(Out):
     clip_skip: int = 1
     vae: str | None = None  # None: the checkpoint's own
     tiling: bool = False
+    eta: float | None = None  # None: the sampler's own
     mask_blur: int = 0
     inpainting_mask_invert: bool = False
     inpainting_fill: int = 1

@@ -1,10 +1,11 @@
 """AUTOMATIC1111's request and response bodies, as its API clients send and expect them.
 
 Requests follow A1111's `StableDiffusionTxt2ImgProcessingAPI` / `…Img2ImgProcessingAPI`: every
-field may be left out or sent as null (null means "the default"), and fields Dali does not know
-(script arguments, `eta`, …) are accepted and ignored, as A1111 ignores what
-it does not use. A field left out takes the project's default (steps, CFG scale, size, sampler,
-negative prompt), the way A1111 falls back to its UI settings.
+field may be left out or sent as null (null means "the default"). Each of A1111's own fields is
+declared here, and `fields.py` says for each whether Dali honours it, whether it is meaningless
+here, or which values only it takes (another is a 422 naming it); fields of extensions and
+unknown ones are ignored. A field left out takes the project's default (steps, CFG scale, size,
+sampler, negative prompt), the way A1111 falls back to its UI settings.
 
 The limits are Dali's engine limits, so a bad value is a 422 naming the A1111 field:
 steps 1–150, cfg_scale 0–30, width/height multiples of 8 in 64–2048, seeds -1 … 2³²−1.
@@ -66,6 +67,18 @@ class A1111Request(BaseModel):
     denoising_strength: Strength | None = None
     restore_faces: bool | None = None
     tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    s_min_uncond: float = 0.0
+    s_churn: float = 0.0
+    s_tmax: float | None = None
+    s_tmin: float = 0.0
+    s_noise: float = 1.0
+    refiner_checkpoint: Name | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    comments: dict[str, Any] | None = None
     override_settings: dict[str, Any] = Field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
     script_name: Name | None = None
@@ -100,6 +113,9 @@ class Txt2ImgRequest(A1111Request):
     hr_checkpoint_name: Name | None = None
     hr_prompt: Text = ""
     hr_negative_prompt: Text = ""
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    firstpass_image: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
 
 
 class Img2ImgRequest(A1111Request):
@@ -110,6 +126,12 @@ class Img2ImgRequest(A1111Request):
     resize_mode: Annotated[int, Field(ge=0, le=3)] = 0
     mask: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
     mask_blur: Annotated[int, Field(ge=0, le=64)] | None = None
+    mask_blur_x: Annotated[int, Field(ge=0, le=64)] | None = None
+    mask_blur_y: Annotated[int, Field(ge=0, le=64)] | None = None
+    mask_round: bool = True
+    image_cfg_scale: float | None = None
+    initial_noise_multiplier: float = 1.0
+    latent_mask: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
     inpainting_fill: Annotated[int, Field(ge=0, le=3)] = 0
     inpaint_full_res: bool | int = True
     inpaint_full_res_padding: int = 0

@@ -23,14 +23,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.assets import A1111Assets
 from stable_diffusion_api.a1111.extras import Extras
-from stable_diffusion_api.a1111.hires import HIRES_FIELDS, hires_fields
+from stable_diffusion_api.a1111.fields import eta_field
+from stable_diffusion_api.a1111.hires import hires_fields
 from stable_diffusion_api.a1111.options import FIXED, OptionStore, check_fixed
 from stable_diffusion_api.a1111.sampling import (
     resolve_sampler,
@@ -51,11 +51,11 @@ from stable_diffusion_api.a1111.schemas import (
 from stable_diffusion_api.a1111.settings import A1111Settings, Credentials
 from stable_diffusion_api.a1111.tasks import Task, TaskTracker
 from stable_diffusion_api.a1111.translate import (
-    A1111_FIELD,
     AUTOMATIC_VAE,
     CLIP_SKIP_OPTION,
     SD_VAE_OPTION,
     Plan,
+    a1111_field,
     check_supported,
     clip_skip_option,
     decode_base64,
@@ -65,6 +65,7 @@ from stable_diffusion_api.a1111.translate import (
     infotext_defaults,
     png_info,
     prepare_img2img,
+    request_error,
     split_jobs,
     unique_warnings,
 )
@@ -215,14 +216,14 @@ class A1111Service:
                     {**request.model_dump(exclude_unset=True), **defaults}
                 )
             except ValidationError as exc:  # e.g. "Steps: 500" in the infotext
-                raise _request_error(exc) from None
+                raise request_error(exc) from None
         check_supported(request)
         project = self.project(header)
         plan = self._plan(request, mode, project)
         try:  # every job is checked before the first is queued
             generations = [plan.generation(job) for job in plan.jobs]
         except ValidationError as exc:
-            raise _request_error(exc) from None
+            raise request_error(exc) from None
         task = self.tasks.begin(
             request.force_task_id, f"scripts_{mode}", len(plan.jobs), plan.timestamp
         )
@@ -280,6 +281,9 @@ class A1111Service:
             base["styles"] = styles
         if request.tiling:
             base["tiling"] = True
+        defaults = GenerationDefaults.model_validate(project.defaults or {})
+        sampler = base["sampler"] or self.studio.samplers.canonical(defaults.sampler)
+        base.update(eta_field(request.eta, self.studio.samplers.find(sampler)))
         if CLIP_SKIP_OPTION in request.override_settings:
             value = request.override_settings[CLIP_SKIP_OPTION]
             base["clip_skip"] = clip_skip_option(value, f"override_settings.{CLIP_SKIP_OPTION}")
@@ -317,7 +321,7 @@ class A1111Service:
                     generations.submit, prepared.project_id, generation, SOURCE
                 )
             except InvalidField as exc:  # the service's check, in A1111's words
-                raise exc.renamed(_a1111_field(exc.field)) from None
+                raise exc.renamed(a1111_field(exc.field)) from None
             self.tasks.attach(prepared.task, accepted.id)
             view = await self._wait(accepted.id, gone)
             if view.status in WITH_IMAGES:  # interrupted: its images as they were, as A1111
@@ -489,24 +493,3 @@ class A1111Service:
             "no_half": False,
             "dali_version": __version__,
         }
-
-
-def _a1111_field(name: str) -> str:
-    """A `GenerationCreate` field's name as A1111's request spells it."""
-    return A1111_FIELD.get(name, HIRES_FIELDS.get(name, name))
-
-
-def _request_error(exc: ValidationError) -> RequestValidationError:
-    """The queue schema's errors, located at the A1111 field the value came from."""
-    errors = []
-    for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ())]
-        field = _a1111_field(loc[0]) if loc else "body"
-        errors.append(
-            {
-                "type": error["type"],
-                "loc": ["body", *field.split("."), *loc[1:]],
-                "msg": error["msg"],
-            }
-        )
-    return RequestValidationError(errors)

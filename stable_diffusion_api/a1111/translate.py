@@ -21,12 +21,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from pydantic import ValidationError
 
 from sd_core.infotext import parse_infotext
 from sd_core.params import INPAINT_FILLS
 from stable_diffusion_api import __version__
-from stable_diffusion_api.a1111.hires import hires_infotext
+from stable_diffusion_api.a1111.fields import check_refused
+from stable_diffusion_api.a1111.hires import HIRES_FIELDS, hires_infotext
 from stable_diffusion_api.a1111.schemas import (
     MAX_INIT_IMAGES,
     A1111Request,
@@ -129,22 +132,11 @@ def clip_skip_option(value: Any, field_name: str) -> int:
 
 
 def check_supported(request: A1111Request) -> None:
-    """Refuse (422) what Dali would otherwise silently not do."""
+    """Refuse (422) what Dali would otherwise silently not do (`fields.check_refused`)."""
     if not request.prompt.strip():
         # A1111 takes an empty prompt; Dali's queue needs one to name and find the image by.
         raise InvalidField("prompt", request.prompt, "send a prompt that is not blank")
-    if request.script_name:
-        raise InvalidField("script_name", request.script_name, "no scripts are installed")
-    if request.restore_faces:
-        raise InvalidField("restore_faces", True, "no face restorer is installed; send false")
-    for name in ("seed_resize_from_w", "seed_resize_from_h"):
-        if getattr(request, name) > 0:
-            raise InvalidField(
-                name, getattr(request, name), "seed resize is not supported; send -1"
-            )
-    if request.alwayson_scripts:
-        name = next(iter(request.alwayson_scripts))
-        raise InvalidField("alwayson_scripts", name, "no always-on scripts are installed; send {}")
+    check_refused(request)
 
 
 def draw_seed(seed: int, count: int, field_name: str) -> int:
@@ -206,6 +198,7 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
         "subseed": parsed.extra.get("Variation seed"),
         "subseed_strength": parsed.extra.get("Variation seed strength"),
         "tiling": parsed.extra.get("Tiling"),
+        "eta": parsed.extra.get("Eta DDIM") or parsed.extra.get("Eta"),
     }
     if isinstance(request, Img2ImgRequest):
         values.update(inpaint_infotext(parsed.extra))
@@ -224,6 +217,27 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
     if options:
         chosen["override_settings"] = {**request.override_settings, **options}
     return chosen
+
+
+def a1111_field(name: str) -> str:
+    """A `GenerationCreate` field's name as A1111's request spells it."""
+    return A1111_FIELD.get(name, HIRES_FIELDS.get(name, name))
+
+
+def request_error(exc: ValidationError) -> RequestValidationError:
+    """The queue schema's errors, located at the A1111 field the value came from."""
+    errors = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        field = a1111_field(loc[0]) if loc else "body"
+        errors.append(
+            {
+                "type": error["type"],
+                "loc": ["body", *field.split("."), *loc[1:]],
+                "msg": error["msg"],
+            }
+        )
+    return RequestValidationError(errors)
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -299,11 +313,25 @@ def prepare_img2img(request: Img2ImgRequest, base: dict[str, Any]) -> None:
     # A transparent-background mask paints where it is opaque; otherwise white = repaint.
     mask = mask.getchannel("A") if mask.mode in ("RGBA", "LA") else mask.convert("L")
     base["mask"] = encode_png(fit(mask, width, height, request.resize_mode))
-    base["mask_blur"] = request.mask_blur if request.mask_blur is not None else DEFAULT_MASK_BLUR
+    base["mask_blur"] = mask_blur(request)
     base["inpainting_mask_invert"] = bool(request.inpainting_mask_invert)
     base["inpainting_fill"] = request.inpainting_fill
     base["inpaint_full_res"] = bool(request.inpaint_full_res)
     base["inpaint_full_res_padding"] = request.inpaint_full_res_padding
+
+
+def mask_blur(request: Img2ImgRequest) -> int:
+    """The mask's blur: `mask_blur`, else `mask_blur_x` / `mask_blur_y` (A1111's two ways, which
+    Dali takes when they agree), else A1111's 4."""
+    if request.mask_blur is not None:
+        return request.mask_blur
+    x, y = request.mask_blur_x, request.mask_blur_y
+    if x is not None and y is not None and x != y:
+        raise InvalidField(
+            "mask_blur_y", y, f"the mask is blurred alike both ways: send {x} as mask_blur_x"
+        )
+    chosen = x if x is not None else y
+    return DEFAULT_MASK_BLUR if chosen is None else chosen
 
 
 # -- responses ------------------------------------------------------------------------------------

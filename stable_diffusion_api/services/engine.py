@@ -113,6 +113,8 @@ class SdCoreGenerator:
                     tuple(spec.aliases),
                     spec.takes_schedule_type,
                     spec.max_steps,
+                    spec.eta,
+                    spec.eta_settable,
                 )
             )
         return specs

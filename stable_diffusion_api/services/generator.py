@@ -46,6 +46,8 @@ class SamplerSpec:
     aliases: tuple[str, ...] = ()
     takes_schedule_type: bool = True  # whether a schedule type (Karras, …) may apply to it
     max_steps: int = MAX_STEPS  # the most steps it takes (LCM: 50)
+    eta: float | None = None  # the eta it runs with (A1111's "Eta"); None: it has none
+    eta_settable: bool = False  # whether it takes another eta (0 … 1)
 
 
 @dataclass(frozen=True)

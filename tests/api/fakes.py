@@ -71,9 +71,9 @@ class FakeGenerator:
 
     def samplers(self) -> list[SamplerSpec]:
         return [
-            SamplerSpec("euler_a", "Euler a", ("k_euler_a",)),
+            SamplerSpec("euler_a", "Euler a", ("k_euler_a",), eta=1.0, eta_settable=True),
             SamplerSpec("euler", "Euler"),
-            SamplerSpec("ddim", "DDIM", (), takes_schedule_type=False),
+            SamplerSpec("ddim", "DDIM", (), takes_schedule_type=False, eta=0.0, eta_settable=True),
             SamplerSpec("dpmpp_2m", "DPM++ 2M"),
             SamplerSpec("lcm", "LCM", (), takes_schedule_type=False, max_steps=50),
         ]

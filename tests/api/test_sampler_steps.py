@@ -1,6 +1,6 @@
-"""A sampler that takes fewer steps than the engine's limit (LCM: 50) is refused when the
-request is checked — REST, the generate page — never once the job runs (the A1111 routes:
-tests/a1111/test_routes.py; the engine: tests/sd_core/test_params.py)."""
+"""More steps than a sampler takes (LCM: 50), or an eta it has not, is refused when the request
+is checked — REST, the generate page — never once the job runs (the A1111 routes:
+tests/a1111/test_routes.py and test_fields.py; the engine: tests/sd_core/test_params.py)."""
 
 from __future__ import annotations
 
@@ -52,3 +52,20 @@ def test_the_generate_page_names_the_steps_field(client: TestClient, fake: FakeG
     )
     assert page.status_code == 422 and 'id="steps-error"' in page.text
     assert "LCM takes 1 to 50 steps" in page.text and fake.calls == []
+
+
+def test_rest_takes_an_eta_where_the_sampler_has_one(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client)
+    url = f"/api/v1/projects/{project['id']}/generations"
+    done = client.post(url, json={"prompt": "x", "steps": 2, "sampler": "ddim", "eta": 0.5})
+    assert done.status_code == 202, done.text
+    for fields in (
+        {"sampler": "euler", "eta": 0.5},
+        {"sampler": "ddim", "eta": 1.5},
+        {"sampler": "ddim", "eta": 0.5, "hires": True, "hires_sampler": "euler"},
+    ):
+        bad = client.post(url, json={"prompt": "x", "steps": 2, **fields})
+        assert bad.status_code == 422, (fields, bad.text)
+        assert bad.json()["detail"][0]["loc"] == ["body", "eta"]
