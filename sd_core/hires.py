@@ -50,7 +50,8 @@ from sd_core.params import (
 from sd_core.schedule_types import schedule_label, schedule_type
 
 if TYPE_CHECKING:
-    from sd_core.pipeline import GenerationHooks, StableDiffusionPipeline, _Sampled
+    from sd_core.hooks import GenerationHooks
+    from sd_core.pipeline import StableDiffusionPipeline, _Sampled
 
 # A1111's latent upscale modes: name → (interpolate mode, antialias).
 LATENT_MODES: dict[str, tuple[str, bool]] = {
@@ -203,8 +204,9 @@ def hires_latents(
 ) -> _Sampled:
     """Both passes of `params` (hires on): the pipeline's `_Sampled` with the second pass's
     latents, the resolved params as asked (hires on, first-pass size) and both passes' times."""
+    from sd_core.hooks import GenerationHooks
     from sd_core.image_tensors import image_to_tensor, tensor_to_images
-    from sd_core.pipeline import GenerationHooks, _Sampled
+    from sd_core.pipeline import _Sampled
     from sd_core.result import TXT2IMG
 
     p = pipe.resolve(params)

@@ -31,6 +31,8 @@ from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
 from sd_core.extra_networks import prompt_networks
+from sd_core.hooks import GenerationHooks as GenerationHooks
+from sd_core.hooks import Interrupted, interrupted_warning
 from sd_core.image_tensors import (
     check_images,
     image_to_tensor,
@@ -62,39 +64,6 @@ if TYPE_CHECKING:
     from sd_core.vae import AutoencoderKL
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
-# (steps done 1..N, N, the predicted x0 of that step (B, C, h, w))
-ProgressCallback = Callable[[int, int, Tensor], None]
-CancelCheck = Callable[[], bool]
-# (steps done, N, the running latent x in sigma space, the predicted x0), after every step
-TraceCallback = Callable[[int, int, Tensor, Tensor], None]
-
-
-@dataclass(frozen=True)
-class GenerationHooks:
-    """What a caller sees of a run while it samples.
-
-    on_step: progress after every step (see ProgressCallback).
-    cancel: asked before every model call; True stops the run with GenerationCancelled.
-    trace: sees the noisy latent and the predicted x0 after every step (the filmstrip).
-    interrupt: asked after every step but the last; True ends the run there, keeping what it
-        made: the images are that step's predicted x0, decoded (AUTOMATIC1111's interrupt),
-        and the result's `interrupted_at` says after which step.
-    """
-
-    on_step: ProgressCallback | None = None
-    cancel: CancelCheck | None = None
-    trace: TraceCallback | None = None
-    interrupt: CancelCheck | None = None
-
-
-class _Interrupted(Exception):  # noqa: N818 (a signal, not an error)
-    """Raised out of a sampler's step callback to end the run at `step`; `denoised` is that
-    step's predicted x0, (B, C, h, w) in the model's scaling."""
-
-    def __init__(self, step: int, denoised: Tensor) -> None:
-        super().__init__(f"interrupted after step {step}")
-        self.step = step
-        self.denoised = denoised
 
 
 @dataclass(frozen=True)
@@ -330,13 +299,7 @@ class StableDiffusionPipeline:
         images = tensor_to_images(self.decode_latents(sampled.latents, sampled.vae))
         if sampled.inpainting is not None:  # the unmasked pixels are the init image's own
             images = sampled.inpainting.paste_back(images)
-        warnings = sampled.warnings
-        if sampled.interrupted is not None:
-            done, total = sampled.interrupted
-            warnings += (
-                f"interrupted after step {done} of {total}: the image is the model's prediction "
-                "at that step, only partly denoised",
-            )
+        warnings = sampled.warnings + interrupted_warning(sampled.interrupted)
         result = GenerationResult(
             images=images,
             params=sampled.params,
@@ -604,7 +567,7 @@ class StableDiffusionPipeline:
                 hooks.on_step(step, n, denoised)
             check_cancel()
             if step < n and hooks.interrupt is not None and hooks.interrupt():
-                raise _Interrupted(step, denoised)
+                raise Interrupted(step, denoised)
 
         interrupted = None
         try:
@@ -618,7 +581,7 @@ class StableDiffusionPipeline:
                     noise=lambda: self._noise(generators, shape),
                     callback=on_step,
                 )
-        except _Interrupted as stop:
+        except Interrupted as stop:
             result, interrupted = stop.denoised, (stop.step, len(sigmas) - 1)
         finally:
             self._release(unet)
