@@ -28,7 +28,7 @@ from dali_gradio.inputs import (
     slider,
 )
 from stable_diffusion_api.errors import DomainError
-from stable_diffusion_api.models import SUCCEEDED
+from stable_diffusion_api.models import WITH_IMAGES
 from stable_diffusion_api.schemas import GenerationOut
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import ForwardResult
@@ -127,7 +127,7 @@ class ExplorerTab:
             view = self.studio.generations.view(wanted)
         except DomainError as exc:
             raise input_error(explain(exc)) from None
-        if view.status != SUCCEEDED:
+        if view.status not in WITH_IMAGES:
             raise input_error(f"Generation #{wanted} has no images ({view.status}).")
         # The strip the worker stored with the generation, whichever front end asked for it.
         stored = self._stored_filmstrip(view)

@@ -17,7 +17,8 @@ BUILTIN_MODEL_PATH = DATA_DIR / "models" / f"{BUILTIN_MODEL_NAME}.safetensors"
 if TYPE_CHECKING:
     import torch
 
-    from sd_core.pipeline import GenerationHooks, StableDiffusionPipeline
+    from sd_core.hooks import GenerationHooks
+    from sd_core.pipeline import StableDiffusionPipeline
     from sd_core.result import GenerationResult
 
 
@@ -40,10 +41,14 @@ def load_pipeline(
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("StableDiffusionPipeline", "GenerationHooks"):
-        from sd_core import pipeline
+    if name == "StableDiffusionPipeline":
+        from sd_core.pipeline import StableDiffusionPipeline
 
-        return getattr(pipeline, name)
+        return StableDiffusionPipeline
+    if name == "GenerationHooks":
+        from sd_core.hooks import GenerationHooks
+
+        return GenerationHooks
     if name == "GenerationResult":
         from sd_core.result import GenerationResult
 

@@ -79,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--hires-upscaler", default="Latent", help="Latent…, Lanczos, Nearest")
     gen.add_argument("--hires-steps", type=int, default=0, help="0: as --steps")
     gen.add_argument("--hires-strength", type=float, default=0.7, help="0 … 1 (default 0.7)")
+    gen.add_argument(
+        "--hires-scheduler",
+        default=None,
+        help="the hires pass's schedule type: automatic (its sampler's own), karras, "
+        "exponential, sgm_uniform (default: the first pass's)",
+    )
+    gen.add_argument(
+        "--hires-cfg",
+        type=float,
+        default=None,
+        help="the hires pass's CFG scale (default: --guidance)",
+    )
     gen.add_argument("--init-image", type=Path, default=None, help="img2img: start from this")
     gen.add_argument("--strength", type=float, default=0.75, help="img2img denoising, 0 … 1")
     gen.add_argument("--mask", type=Path, default=None, help="white = repaint")
@@ -161,6 +173,8 @@ def _generate(args: argparse.Namespace) -> int:
         hires_upscaler=args.hires_upscaler,
         hires_steps=args.hires_steps,
         hires_strength=args.hires_strength,
+        hires_scheduler=args.hires_scheduler,
+        hires_guidance=args.hires_cfg,
     ).check()  # input errors come before the model loads
     _check_before_loading(args)
     init = _open_image(args.init_image, "--init-image") if args.init_image else None

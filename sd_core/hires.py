@@ -11,8 +11,9 @@
    upscaler the pipeline was given as `pipe.upscale_image(image, name, scale)`), and the second
    pass encodes them again.
 3. The second pass: img2img from those latents or images with `hires_steps` (0: the first
-   pass's steps), `hires_strength`, `hires_sampler`, `hires_prompt` and
-   `hires_negative_prompt` (None or "": the first pass's).
+   pass's steps), `hires_strength`, `hires_sampler`, `hires_scheduler` (the schedule type;
+   "automatic": the hires sampler's own σ's), `hires_guidance` (the CFG scale), `hires_prompt`
+   and `hires_negative_prompt` (None or "": the first pass's).
 
 Seeds: the second pass draws its noise as a new img2img run with the same seeds would (as
 AUTOMATIC1111 does, it reuses the seed): image i gets a fresh `torch.Generator("cpu")` seeded
@@ -23,7 +24,9 @@ image equals, for a latent mode, `generate_latents(first)`, `upscale_latents`, t
 `upscale_pixels`, then `generate(second, init_image=…)` (tests/sd_core/test_hires.py shows both).
 
 Progress counts both passes' steps as one run; the trace hook (the filmstrip) sees the first
-pass only (its frames must all have one size).
+pass only (its frames must all have one size). An interrupt during the first pass (or right
+after it) ends the run with the first pass's images, as A1111 does; during the second pass,
+with that pass's images so far.
 """
 
 from __future__ import annotations
@@ -37,10 +40,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from sd_core.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams, InvalidParam
+from sd_core.params import (
+    HIRES_AUTOMATIC,
+    MAX_SIZE,
+    SIZE_MULTIPLE,
+    GenerationParams,
+    InvalidParam,
+)
+from sd_core.schedule_types import schedule_label, schedule_type
 
 if TYPE_CHECKING:
-    from sd_core.pipeline import GenerationHooks, StableDiffusionPipeline, _Sampled
+    from sd_core.hooks import GenerationHooks
+    from sd_core.pipeline import StableDiffusionPipeline, _Sampled
 
 # A1111's latent upscale modes: name → (interpolate mode, antialias).
 LATENT_MODES: dict[str, tuple[str, bool]] = {
@@ -163,9 +174,18 @@ def second_pass_params(p: GenerationParams) -> GenerationParams:
         steps=p.hires_steps or p.steps,
         strength=p.hires_strength,
         sampler=p.hires_sampler or p.sampler,
+        scheduler=_second_pass_schedule(p),
+        guidance=p.guidance if p.hires_guidance is None else p.hires_guidance,
         prompt=p.hires_prompt or p.prompt,
         negative_prompt=p.hires_negative_prompt or p.negative_prompt,
     )
+
+
+def _second_pass_schedule(p: GenerationParams) -> str | None:
+    """The schedule type the second pass of `p` runs with (None: its sampler's own)."""
+    if p.hires_scheduler is None:
+        return p.scheduler
+    return None if p.hires_scheduler == HIRES_AUTOMATIC else p.hires_scheduler
 
 
 def _second_pass_steps(pipe: StableDiffusionPipeline, p: GenerationParams) -> int:
@@ -175,7 +195,7 @@ def _second_pass_steps(pipe: StableDiffusionPipeline, p: GenerationParams) -> in
     if p.strength <= 0:
         return 0
     assert p.sampler is not None
-    plan = get_sampler(p.sampler).img2img(pipe.schedule, p.steps, p.strength)
+    plan = get_sampler(p.sampler).img2img(pipe.schedule, p.steps, p.strength, p.scheduler)
     return len(plan.sigmas) - 1
 
 
@@ -184,8 +204,9 @@ def hires_latents(
 ) -> _Sampled:
     """Both passes of `params` (hires on): the pipeline's `_Sampled` with the second pass's
     latents, the resolved params as asked (hires on, first-pass size) and both passes' times."""
+    from sd_core.hooks import GenerationHooks
     from sd_core.image_tensors import image_to_tensor, tensor_to_images
-    from sd_core.pipeline import GenerationHooks, _Sampled
+    from sd_core.pipeline import _Sampled
     from sd_core.result import TXT2IMG
 
     p = pipe.resolve(params)
@@ -205,7 +226,13 @@ def hires_latents(
             hooks.on_step(first_total[0] + step, first_total[0] + n, x0)
 
     first = pipe._latents(replace(p, hires=False), None, None, replace(hooks, on_step=first_step))
-    second_hooks = GenerationHooks(on_step=second_step, cancel=hooks.cancel)
+    n = first.interrupted[1] if first.interrupted is not None else first_total[0]
+    if first.interrupted is not None or (hooks.interrupt is not None and hooks.interrupt()):
+        done_steps = first.interrupted[0] if first.interrupted is not None else n
+        return replace(first, params=p, interrupted=(done_steps, n + remaining))
+    second_hooks = GenerationHooks(
+        on_step=second_step, cancel=hooks.cancel, interrupt=hooks.interrupt
+    )
     if p.hires_upscaler in LATENT_MODES:
         latents = upscale_latents(first.latents, p.hires_upscaler, cover, target)
         done = pipe._latents(second, None, None, second_hooks, init_latents=latents)
@@ -230,13 +257,17 @@ def hires_latents(
         sampling_s=first.sampling_s + done.sampling_s,
         warnings=tuple(dict.fromkeys((*first.warnings, *done.warnings))),
         assets=tuple(dict.fromkeys((*first.assets, *done.assets))),
+        interrupted=(
+            None if done.interrupted is None else (n + done.interrupted[0], n + done.interrupted[1])
+        ),
     )
 
 
 def hires_infotext(p: GenerationParams) -> dict[str, str]:
     """A1111's infotext keys of the hires fix (none when it is off): `Hires upscale` or `Hires
-    resize`, `Hires steps` (when set), `Hires upscaler`, `Hires sampler`, `Hires prompt` and
-    `Hires negative prompt` (when they differ). `Denoising strength` is the result's."""
+    resize`, `Hires steps` (when set), `Hires upscaler`, `Hires sampler`, `Hires schedule type`,
+    `Hires CFG Scale`, `Hires prompt` and `Hires negative prompt` (when they differ from the
+    first pass's). `Denoising strength` is the result's."""
     if not p.hires:
         return {}
     out: dict[str, str] = {}
@@ -252,6 +283,11 @@ def hires_infotext(p: GenerationParams) -> dict[str, str]:
         from sd_core.samplers import get_sampler
 
         out["Hires sampler"] = get_sampler(p.hires_sampler).display_name
+    if p.hires_scheduler is not None and _second_pass_schedule(p) != p.scheduler:
+        out["Hires schedule type"] = schedule_label(_second_pass_schedule(p))
+    if p.hires_guidance is not None and p.hires_guidance != p.guidance:
+        value = p.hires_guidance
+        out["Hires CFG Scale"] = str(int(value)) if value.is_integer() else str(value)
     if p.hires_prompt and p.hires_prompt != p.prompt:
         out["Hires prompt"] = p.hires_prompt
     if p.hires_negative_prompt and p.hires_negative_prompt != p.negative_prompt:
@@ -275,8 +311,16 @@ def hires_from_infotext(extra: dict[str, str]) -> dict[str, object]:
             fields["hires_height"] = int(rh) or None
         if "Hires steps" in extra:
             fields["hires_steps"] = int(extra["Hires steps"])
+        if "Hires CFG Scale" in extra:
+            fields["hires_guidance"] = float(extra["Hires CFG Scale"])
     except ValueError:
         pass
+    if "Hires schedule type" in extra:  # a label; "Automatic": the hires sampler's own
+        try:
+            kind = schedule_type(extra["Hires schedule type"])
+            fields["hires_scheduler"] = HIRES_AUTOMATIC if kind is None else kind
+        except ValueError:
+            pass
     names = {
         "Hires upscaler": "hires_upscaler",
         "Hires sampler": "hires_sampler",

@@ -20,7 +20,8 @@ from PIL import Image
 from sd_core.params import MAX_SIZE, SIZE_MULTIPLE, GenerationParams
 
 if TYPE_CHECKING:
-    from sd_core.pipeline import GenerationHooks, StableDiffusionPipeline
+    from sd_core.hooks import GenerationHooks
+    from sd_core.pipeline import StableDiffusionPipeline
     from sd_core.result import GenerationResult
 
 FILL = 0  # inpainting_fill "fill" (no torch here: the service pads images with this module)

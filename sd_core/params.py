@@ -11,7 +11,8 @@ Limits (checked by `GenerationParams.check`):
 - prompt, negative_prompt: text (the engine reads at most 75 tokens of each today).
 - seed: 0 … 2³² − 1, and seed + batch − 1 must stay within it (image i has seed + i); None or
   −1 asks for a random one, drawn by `resolve`.
-- steps: 1 … 150; guidance (CFG scale): 0 … 30, no CFG at ≤ 1.
+- steps: 1 … 150 (LCM: 1 … 50, its distillation schedule's timesteps; `resolve` checks);
+  guidance (CFG scale): 0 … 30, no CFG at ≤ 1.
 - width, height: 64 … 2048, multiples of 8; None → the model's native size.
 - batch: 1 … 8 images in one job (front ends split larger requests into several jobs).
 - strength: 0 … 1, how much of an init image is repainted (img2img / inpainting only).
@@ -25,6 +26,10 @@ Limits (checked by `GenerationParams.check`):
 - vae: the name of a separate VAE file (its file name, as A1111's `sd_vae`), or None for the
   checkpoint's own; the pipeline checks that it is installed.
 - tiling: True for a seamless texture (AUTOMATIC1111's "Tiling"; `sd_core/tiling.py`).
+- eta: 0 … 1, the share of each step's noise a stochastic step draws fresh (AUTOMATIC1111's
+  "Eta"), or None for the sampler's own (DDIM 0, the ancestral and SDE samplers 1). DDIM and
+  the ancestral samplers (Euler a, DPM2 a, DPM++ 2S a) take any; the SDE samplers only 1; the
+  others have none (`resolve` checks, for both passes of the hires fix).
 - Inpainting (only with a mask; sd_core/inpaint.py says what each does): mask_blur 0 … 64
   pixels (A1111's "Mask blur"; 0 keeps the mask's hard edge); inpainting_mask_invert (repaint
   the black area instead); inpainting_fill 0 fill · 1 original · 2 latent noise · 3 latent
@@ -37,7 +42,9 @@ Limits (checked by `GenerationParams.check`):
   ("Latent", "Latent (antialiased)", …) or a pixel upscaler ("Lanczos", "Nearest", "None", or
   a model upscaler the pipeline knows); hires_steps 0 … 150 (0: the first pass's steps);
   hires_strength 0 … 1; hires_sampler, hires_prompt, hires_negative_prompt: None → the first
-  pass's (see `sd_core/hires.py`).
+  pass's; hires_scheduler: None → the first pass's schedule type, "automatic" → the hires
+  sampler's own, else a schedule type the hires sampler takes (`resolve` checks);
+  hires_guidance: 0 … 30, None → the first pass's CFG scale (see `sd_core/hires.py`).
 
 LoRAs and textual-inversion embeddings are not fields: the prompt names them (`<lora:name:w>`,
 an embedding's file name), as in AUTOMATIC1111.
@@ -61,6 +68,9 @@ MAX_BATCH = 8
 MAX_SEED = 2**32 - 1
 MAX_CLIP_SKIP = 12
 MAX_HIRES_SCALE = 4.0
+# hires_scheduler's value for the hires sampler's own σ's (A1111's "Automatic"), as opposed to
+# None, the first pass's schedule type.
+HIRES_AUTOMATIC = "automatic"
 # A field whose metadata names an infotext key is written to AUTOMATIC1111's infotext under
 # that key whenever it differs from its default (`infotext_extras`).
 INFOTEXT_KEY = "infotext"
@@ -128,6 +138,18 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
+def _hires_schedule(value: Any) -> str:
+    """hires_scheduler's canonical value: HIRES_AUTOMATIC for A1111's "Automatic", else a
+    schedule type's canonical name. InvalidParam for anything else."""
+    if not isinstance(value, str):
+        raise InvalidParam("hires_scheduler", value, "hires_scheduler must be a string")
+    try:
+        kind = schedule_type(value)
+    except ValueError as error:
+        raise InvalidParam("hires_scheduler", value, f"hires_scheduler: {error}") from None
+    return HIRES_AUTOMATIC if kind is None else kind
+
+
 def random_seed(batch: int = 1) -> int:
     """A random seed that leaves room for `batch` consecutive seeds."""
     return secrets.randbelow(MAX_SEED - batch + 2)
@@ -159,6 +181,7 @@ class GenerationParams:
     clip_skip: int = field(default=1, metadata={INFOTEXT_KEY: "Clip skip"})
     vae: str | None = field(default=None, metadata={INFOTEXT_KEY: "VAE"})
     tiling: bool = field(default=False, metadata={INFOTEXT_KEY: "Tiling"})
+    eta: float | None = None  # None: the sampler's own (its infotext key: `result.eta_infotext`)
     mask_blur: int = field(default=0, metadata={INFOTEXT_KEY: "Mask blur"})
     inpainting_mask_invert: bool = field(
         default=False,
@@ -183,6 +206,8 @@ class GenerationParams:
     hires_sampler: str | None = None
     hires_prompt: str | None = None
     hires_negative_prompt: str | None = None
+    hires_scheduler: str | None = None  # None: the first pass's; HIRES_AUTOMATIC: the sampler's
+    hires_guidance: float | None = None  # None: the first pass's
 
     def check(self) -> GenerationParams:
         """Validate every field against the limits above; return the params with numbers normalised
@@ -213,6 +238,9 @@ class GenerationParams:
                 scheduler = schedule_type(str(scheduler))
             except ValueError as error:
                 raise InvalidParam("scheduler", self.scheduler, f"scheduler: {error}") from None
+        hires_scheduler = self.hires_scheduler
+        if hires_scheduler is not None:
+            hires_scheduler = _hires_schedule(hires_scheduler)
         if self.vae is not None and (not isinstance(self.vae, str) or not self.vae.strip()):
             raise InvalidParam(
                 "vae", self.vae, "vae must be a VAE file's name, or None for the model's own"
@@ -258,6 +286,13 @@ class GenerationParams:
                 "hires_steps", self.hires_steps, 0, MAX_STEPS, " (0: as the first pass)"
             ),
             hires_strength=_float("hires_strength", self.hires_strength, 0.0, 1.0),
+            hires_scheduler=hires_scheduler,
+            hires_guidance=(
+                None
+                if self.hires_guidance is None
+                else _float("hires_guidance", self.hires_guidance, 0.0, MAX_GUIDANCE)
+            ),
+            eta=None if self.eta is None else _float("eta", self.eta, 0.0, 1.0),
         )
 
     def with_seeds(self) -> GenerationParams:
@@ -281,6 +316,23 @@ class GenerationParams:
 
         params = self.with_seeds()
         spec = get_sampler(params.sampler or default_sampler)
+        check_sampler_steps(spec.display_name, spec.max_steps, params.steps, "steps")
+        check_sampler_eta(spec.display_name, spec.eta, spec.eta_settable, params.eta)
+        if params.hires:
+            hires_spec = get_sampler(params.hires_sampler or params.sampler or default_sampler)
+            check_sampler_eta(
+                hires_spec.display_name, hires_spec.eta, hires_spec.eta_settable, params.eta
+            )
+            steps = params.hires_steps or params.steps  # 0: as many as the first pass
+            check_sampler_steps(hires_spec.display_name, hires_spec.max_steps, steps, "hires_steps")
+            hires_schedule = params.hires_scheduler or params.scheduler  # None: the first pass's
+            if hires_schedule not in (None, HIRES_AUTOMATIC) and not hires_spec.takes_schedule_type:
+                raise InvalidParam(
+                    "hires_scheduler", params.hires_scheduler,
+                    f"the hires sampler {hires_spec.display_name} has its own timesteps and takes "
+                    f"no schedule type (the hires pass would use {hires_schedule}); set "
+                    f"hires_scheduler to {HIRES_AUTOMATIC}",
+                )  # fmt: skip
         if params.scheduler is not None and not spec.takes_schedule_type:
             raise InvalidParam(
                 "scheduler",
@@ -305,6 +357,28 @@ class GenerationParams:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, one key per field."""
         return asdict(self)
+
+
+def check_sampler_steps(sampler: str, max_steps: int, steps: int, field_name: str) -> None:
+    """InvalidParam naming `field_name` when `steps` is more than sampler `sampler` (its
+    display name) takes; `max_steps` is its limit (`SamplerSpec.max_steps`: 50 for LCM)."""
+    if steps > max_steps:
+        raise InvalidParam(
+            field_name, steps,
+            f"{field_name} must be from 1 to {max_steps} with sampler {sampler}, got {steps}",
+        )  # fmt: skip
+
+
+def check_sampler_eta(sampler: str, own: float | None, settable: bool, eta: float | None) -> None:
+    """InvalidParam("eta") when sampler `sampler` (its display name; `own`: the η it runs with,
+    None for none; `settable`: whether it takes another) cannot run with `eta` (None: its own)."""
+    if eta is None or eta == own or (settable and own is not None):
+        return
+    if own is None:
+        allowed = "it has no eta; leave eta out"
+    else:
+        allowed = f"it runs with eta {own:g} only"
+    raise InvalidParam("eta", eta, f"eta {eta:g} cannot apply to sampler {sampler}: {allowed}")
 
 
 def field_names() -> tuple[str, ...]:

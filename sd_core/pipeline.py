@@ -31,6 +31,8 @@ from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
 from sd_core.extra_networks import prompt_networks
+from sd_core.hooks import GenerationHooks as GenerationHooks
+from sd_core.hooks import Interrupted, interrupted_warning
 from sd_core.image_tensors import (
     check_images,
     image_to_tensor,
@@ -62,25 +64,6 @@ if TYPE_CHECKING:
     from sd_core.vae import AutoencoderKL
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
-# (steps done 1..N, N, the predicted x0 of that step (B, C, h, w))
-ProgressCallback = Callable[[int, int, Tensor], None]
-CancelCheck = Callable[[], bool]
-# (steps done, N, the running latent x in sigma space, the predicted x0), after every step
-TraceCallback = Callable[[int, int, Tensor, Tensor], None]
-
-
-@dataclass(frozen=True)
-class GenerationHooks:
-    """What a caller sees of a run while it samples.
-
-    on_step: progress after every step (see ProgressCallback).
-    cancel: asked before every model call; True stops the run with GenerationCancelled.
-    trace: sees the noisy latent and the predicted x0 after every step (the filmstrip).
-    """
-
-    on_step: ProgressCallback | None = None
-    cancel: CancelCheck | None = None
-    trace: TraceCallback | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +101,9 @@ class _Sampled:
     warnings: tuple[str, ...]
     assets: tuple[UsedAsset, ...]
     inpainting: Inpainting | None = None  # what pasting the results back needs
+    # (steps done, steps in the run) when `hooks.interrupt` ended it early; `latents` are then
+    # the last step's predicted x0.
+    interrupted: tuple[int, int] | None = None
 
 
 class StableDiffusionPipeline:
@@ -313,6 +299,7 @@ class StableDiffusionPipeline:
         images = tensor_to_images(self.decode_latents(sampled.latents, sampled.vae))
         if sampled.inpainting is not None:  # the unmasked pixels are the init image's own
             images = sampled.inpainting.paste_back(images)
+        warnings = sampled.warnings + interrupted_warning(sampled.interrupted)
         result = GenerationResult(
             images=images,
             params=sampled.params,
@@ -326,8 +313,9 @@ class StableDiffusionPipeline:
                 sampling=sampled.sampling_s,
                 decoding=time.perf_counter() - began,
             ),
-            warnings=sampled.warnings,
+            warnings=warnings,
             assets=sampled.assets,
+            interrupted_at=None if sampled.interrupted is None else sampled.interrupted[0],
         )
         result.annotate()
         return result
@@ -409,7 +397,9 @@ class StableDiffusionPipeline:
             encoded = time.perf_counter()
             given = (init_latents, init_pixels)
             start = self._start(p, spec, generators, init_image, mask, vae, given)
-            latents = self._sample(p, spec, start, context, hooks, check_cancel, generators)
+            latents, interrupted = self._sample(
+                p, spec, start, context, hooks, check_cancel, generators
+            )
         sampling_s = time.perf_counter() - encoded
         used = [UsedAsset("lora", u.lora.name, u.lora.short_hash) for u in networks.loras]
         used += [
@@ -420,7 +410,9 @@ class StableDiffusionPipeline:
             used.append(UsedAsset("vae", file.name, file.short_hash))
         warnings = (*networks.warnings, *lora_warnings, *encoded_prompts.warnings)
         timing = (encoded - began, sampling_s)
-        return _Sampled(p, mode, latents, vae, *timing, warnings, tuple(used), inpainting)
+        return _Sampled(
+            p, mode, latents, vae, *timing, warnings, tuple(used), inpainting, interrupted
+        )
 
     # -- stage 1: text conditioning --------------------------------------------------------
 
@@ -490,6 +482,8 @@ class StableDiffusionPipeline:
             x = init_latents + start_noise * sigmas[0]
         else:
             x = start_noise * spec.initial_noise_scale(sigmas)
+        if p.eta is not None and spec.eta_settable:  # its own otherwise (`resolve` checked)
+            sample = functools.partial(sample, eta=p.eta)
         if mask_image is None:
             return _Start(x, sigmas, sample, init_latents, start_noise)
         assert image is not None
@@ -547,12 +541,15 @@ class StableDiffusionPipeline:
         hooks: GenerationHooks,
         check_cancel: Callable[[], None],
         generators: Sequence[torch.Generator],
-    ) -> Tensor:
-        """Run the sampler from `start`; (B, C, h, w) final latents in the model's scaling.
+    ) -> tuple[Tensor, tuple[int, int] | None]:
+        """Run the sampler from `start`; (B, C, h, w) final latents in the model's scaling, and
+        (steps done, steps) when `hooks.interrupt` ended the run early (None: it ran to the end),
+        the latents then being the last step's predicted x0.
 
         After each step: inpainting with a regular checkpoint puts the kept area back on the
         init image's noised trajectory (diffusers' latent blending, in place, so sampling goes
-        on from it); then the trace and progress hooks; then the cancel check.
+        on from it); then the trace and progress hooks; then the cancel check; then, but after
+        the last step, the interrupt check.
         """
         sigmas, blend = start.sigmas, start.blend_mask
         init, start_noise = start.init_latents, start.start_noise
@@ -569,7 +566,10 @@ class StableDiffusionPipeline:
             if hooks.on_step is not None:
                 hooks.on_step(step, n, denoised)
             check_cancel()
+            if step < n and hooks.interrupt is not None and hooks.interrupt():
+                raise Interrupted(step, denoised)
 
+        interrupted = None
         try:
             if len(sigmas) == 1:
                 result = start.x
@@ -581,8 +581,10 @@ class StableDiffusionPipeline:
                     noise=lambda: self._noise(generators, shape),
                     callback=on_step,
                 )
+        except Interrupted as stop:
+            result, interrupted = stop.denoised, (stop.step, len(sigmas) - 1)
         finally:
             self._release(unet)
         if blend is not None and init is not None:
             result = (1 - blend) * init + blend * result
-        return result
+        return result, interrupted

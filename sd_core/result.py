@@ -59,6 +59,18 @@ class UsedAsset:
 _HASH_KEYS = {"lora": "Lora hashes", "embedding": "TI hashes"}
 
 
+def eta_infotext(p: GenerationParams) -> dict[str, str]:
+    """A1111's key for an eta other than the sampler's own: `Eta DDIM` for DDIM, else `Eta`."""
+    from sd_core.samplers import get_sampler
+
+    assert p.sampler is not None
+    spec = get_sampler(p.sampler)
+    if p.eta is None or p.eta == spec.eta:
+        return {}
+    value = str(int(p.eta)) if p.eta.is_integer() else str(p.eta)
+    return {"Eta DDIM" if spec.name == "ddim" else "Eta": value}
+
+
 def asset_infotext(assets: tuple[UsedAsset, ...]) -> dict[str, str]:
     """A1111's keys for the files used: `Lora hashes: "a: 1234abcd5678, b: …"`, `TI hashes`,
     `VAE hash` (the `VAE` name itself comes from the params)."""
@@ -95,6 +107,10 @@ class GenerationResult:
     warnings: tuple[str, ...] = ()
     # The LoRAs, embeddings and VAE file the run used, in the order met.
     assets: tuple[UsedAsset, ...] = ()
+    # The step after which an interrupt ended the run (`GenerationHooks.interrupt`; steps
+    # counted as progress counts them, both passes of the hires fix as one run): the images
+    # are that step's predicted x0, only partly denoised. None: the run went to the end.
+    interrupted_at: int | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -132,6 +148,7 @@ class GenerationResult:
                 ),
                 extra={
                     **infotext_extras(replace(p, variation_seed=self.variation_seed(index))),
+                    **eta_infotext(p),
                     **asset_infotext(self.assets),
                     **hires_infotext(p),
                 },
@@ -164,6 +181,7 @@ class GenerationResult:
             "assets": [asdict(a) for a in self.assets],
             "variation_seed": self.variation_seed(index),
             **{k: v for k, v in p.to_dict().items() if k not in _PER_IMAGE},
+            **({} if self.interrupted_at is None else {"interrupted_at": self.interrupted_at}),
         }
 
     def annotate(self) -> None:

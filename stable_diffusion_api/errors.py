@@ -55,7 +55,12 @@ class InvalidField(DomainError):
         super().__init__(f"{field}: {value!r} is not allowed; {allowed}")
         self.field = field
         self.value = value
+        self.allowed = allowed
         self.location = location
+
+    def renamed(self, field: str) -> InvalidField:
+        """The same refusal of the same value, naming the field as another API spells it."""
+        return InvalidField(field, self.value, self.allowed, self.location)
 
     def detail(self) -> list[dict[str, Any]]:
         return [

@@ -1,8 +1,9 @@
 """ORM tables. The generations table is also the durable job queue.
 
-A generation's life (`JobStatus`): queued → running → succeeded | failed | canceled, every change
-made by `services/job_queue.py` alone; a job that failed or was canceled also says why
-(`FailureKind`, its `failure_kind` column). A row is written before
+A generation's life (`JobStatus`): queued → running → succeeded | interrupted | failed |
+canceled, every change made by `services/job_queue.py` alone; a job that failed or was canceled
+also says why (`FailureKind`, its `failure_kind` column); an interrupted one kept the images it
+had made when asked to stop (A1111's interrupt), partly denoised. A row is written before
 the API answers 202; a worker claims the oldest queued row of its device by flipping it to
 running (a conditional UPDATE, so two workers never take the same row); image rows are inserted
 in the same transaction that marks the generation succeeded, after their files exist, so no row
@@ -39,6 +40,8 @@ class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    # Stopped early on request (A1111's interrupt), keeping its images as they were then.
+    INTERRUPTED = "interrupted"
     FAILED = "failed"
     CANCELED = "canceled"
 
@@ -59,7 +62,8 @@ SUCCEEDED = JobStatus.SUCCEEDED
 FAILED = JobStatus.FAILED
 CANCELED = JobStatus.CANCELED
 STATUSES = tuple(JobStatus)
-FINISHED = (SUCCEEDED, FAILED, CANCELED)
+FINISHED = (SUCCEEDED, JobStatus.INTERRUPTED, FAILED, CANCELED)
+WITH_IMAGES = (SUCCEEDED, JobStatus.INTERRUPTED)  # the finished statuses that keep images
 
 
 def utcnow() -> dt.datetime:
@@ -184,6 +188,8 @@ class Generation(Base):
     init_image: Mapped[str | None] = mapped_column(String(255))  # path relative to data dir
     mask: Mapped[str | None] = mapped_column(String(255))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Asked to stop at its next step keeping what it made (A1111's interrupt), not to cancel.
+    interrupt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     worker_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     failure_kind: Mapped[FailureKind | None] = mapped_column(StrEnumColumn(FailureKind, 16))

@@ -136,6 +136,14 @@ HIRES_UPSCALER_HELP = (
     "Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), Latent "
     "(nearest), Latent (nearest-exact), None, Lanczos, Nearest"
 )
+ETA_HELP = (
+    "A1111's Eta: the share of each step's noise drawn fresh; null → the sampler's own (DDIM "
+    "0, Euler a 1); DDIM, Euler a, DPM2 a and DPM++ 2S a take 0 … 1"
+)
+HIRES_SCHEDULER_HELP = (
+    "the hires pass's schedule type: automatic (its sampler's own), karras, exponential, "
+    "sgm_uniform; null → the first pass's"
+)
 INPAINT_FILL_HELP = "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing"
 Margin = Annotated[int, Field(ge=0, le=MAX_SIZE), Number]
 
@@ -182,6 +190,7 @@ class GenerationCreate(Strict):
     clip_skip: ClipSkip | None = None  # None → the project's default
     vae: VaeName | None = None  # None → the project's default; "None" → the checkpoint's own
     tiling: StrictBool = Field(default=False, description="a seamless texture (A1111's Tiling)")
+    eta: Strength | None = Field(default=None, description=ETA_HELP)
     # Inpainting as AUTOMATIC1111 (sd_core/inpaint.py); only with a mask. The defaults keep
     # the mask's hard edge and the original under it; A1111's API defaults differ.
     mask_blur: Annotated[
@@ -205,6 +214,8 @@ class GenerationCreate(Strict):
     hires_steps: Annotated[int, Field(ge=0, le=MAX_STEPS), Number] = 0  # 0: as the first pass
     hires_strength: Strength = 0.7
     hires_sampler: Identifier | None = None  # None: the first pass's sampler
+    hires_scheduler: Identifier | None = Field(default=None, description=HIRES_SCHEDULER_HELP)
+    hires_guidance: Guidance | None = None  # None: the first pass's CFG scale
     hires_prompt: Annotated[CleanText, Field(max_length=MAX_PROMPT)] | None = None
     hires_negative_prompt: Annotated[CleanText, Field(max_length=MAX_PROMPT)] | None = None
     styles: list[Identifier] = Field(
@@ -257,6 +268,7 @@ class SamplerOut(Out):
     name: str
     display_name: str
     aliases: list[str]
+    max_steps: int  # the most steps it takes (LCM: 50)
 
 
 class ModelOut(Out):
@@ -408,6 +420,7 @@ class GenerationOut(Out):
     clip_skip: int = 1
     vae: str | None = None  # None: the checkpoint's own
     tiling: bool = False
+    eta: float | None = None  # None: the sampler's own
     mask_blur: int = 0
     inpainting_mask_invert: bool = False
     inpainting_fill: int = 1
@@ -421,6 +434,8 @@ class GenerationOut(Out):
     hires_steps: int = 0
     hires_strength: float = 0.7
     hires_sampler: str | None = None
+    hires_scheduler: str | None = None
+    hires_guidance: float | None = None
     hires_prompt: str | None = None
     hires_negative_prompt: str | None = None
     has_init_image: bool

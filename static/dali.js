@@ -414,8 +414,9 @@
         done(g) {
           $("#cancel-button").hidden = true;
           ui.detail.textContent = runSummary(g, ui.progress);
-          if (g.status === "succeeded") {
-            ui.status.textContent = `Done — ${g.images.length} image${g.images.length === 1 ? "" : "s"}`;
+          if (g.status === "succeeded" || g.status === "interrupted") {
+            const done = g.status === "succeeded" ? "Done" : "Interrupted (partly denoised)";
+            ui.status.textContent = `${done} — ${g.images.length} image${g.images.length === 1 ? "" : "s"}`;
             ui.progress.value = ui.progress.max;
             const count = $("#gallery-count");
             if (count) count.textContent = String(Number(count.textContent) + g.images.length);

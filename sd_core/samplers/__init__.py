@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sd_core.params import MAX_STEPS
 from sd_core.samplers.base import Denoiser, NoiseSource, SamplerFn, StepCallback
 from sd_core.samplers.ddim import sample_ddim
 from sd_core.samplers.ddpm import sample_ddpm
@@ -39,7 +40,7 @@ from sd_core.samplers.dpmpp_sde import sample_dpmpp_sde
 from sd_core.samplers.euler import sample_euler
 from sd_core.samplers.euler_ancestral import sample_euler_ancestral
 from sd_core.samplers.heun import sample_heun
-from sd_core.samplers.lcm import lcm_schedule, sample_lcm
+from sd_core.samplers.lcm import ORIGINAL_STEPS, lcm_schedule, sample_lcm
 from sd_core.samplers.lms import sample_lms
 from sd_core.samplers.plms import sample_plms
 from sd_core.samplers.restart import sample_restart
@@ -86,6 +87,9 @@ class SamplerSpec:
     aliases: other accepted spellings; fn: the sampler function; stochastic: whether it calls
     its NoiseSource; spacing / initial_noise: how its diffusers scheduler places its σ's and
     scales the first latent; description: one line for a UI.
+    eta: the η its steps run with (AUTOMATIC1111's "Eta": DDIM 0, the ancestral and SDE
+    samplers 1; None: it has none); eta_settable: whether it takes another η (0 … 1), passed to
+    its function as `eta`.
     """
 
     name: str
@@ -98,9 +102,17 @@ class SamplerSpec:
     description: str = ""
     # LMS needs the σ's that img2img skips; see `img2img`.
     img2img_needs_prior: bool = field(default=False, repr=False)
+    eta: float | None = field(default=None, repr=False)
+    eta_settable: bool = field(default=False, repr=False)
     # How its diffusers scheduler turns Karras / exponential σ's into UNet timesteps.
     karras_timesteps: TimestepRounding = field(default="exact", repr=False)
     exponential_timesteps: TimestepRounding = field(default="exact", repr=False)
+
+    @property
+    def max_steps(self) -> int:
+        """The most steps this sampler takes: LCM's distillation schedule has 50 timesteps,
+        every other sampler takes the engine's limit (`sd_core.params.MAX_STEPS`)."""
+        return ORIGINAL_STEPS if self.spacing == "lcm" else MAX_STEPS
 
     @property
     def takes_schedule_type(self) -> bool:
@@ -234,6 +246,8 @@ def _spec(
     img2img_needs_prior: bool = False,
     karras_timesteps: TimestepRounding = "exact",
     exponential_timesteps: TimestepRounding = "exact",
+    eta: float | None = None,
+    eta_settable: bool = False,
 ) -> SamplerSpec:
     return SamplerSpec(
         name=name,
@@ -247,6 +261,8 @@ def _spec(
         img2img_needs_prior=img2img_needs_prior,
         karras_timesteps=karras_timesteps,
         exponential_timesteps=exponential_timesteps,
+        eta=eta,
+        eta_settable=eta_settable,
     )
 
 
@@ -282,7 +298,9 @@ _PLAIN = [
         sample_ddim,
         spacing="leading_to_alpha0",
         initial_noise="vp",
-        description="Song et al. 2021, deterministic (eta 0)",
+        description="Song et al. 2021; deterministic unless given an eta",
+        eta=0.0,
+        eta_settable=True,
     ),
     _spec(
         "plms",
@@ -307,6 +325,8 @@ _PLAIN = [
         aliases=("euler_ancestral", "k_euler_a", "k_euler_ancestral"),
         stochastic=True,
         description="Euler with ancestral noise; varies with step count",
+        eta=1.0,
+        eta_settable=True,
     ),
     _spec(
         "heun",
@@ -339,6 +359,8 @@ _PLAIN = [
         karras_timesteps="round",
         stochastic=True,
         description="DPM2 with ancestral noise",
+        eta=1.0,
+        eta_settable=True,
     ),
     _spec(
         "dpmpp_2m",
@@ -362,6 +384,7 @@ _PLAIN = [
         spacing="linspace_rounded",
         initial_noise="vp",
         description="stochastic DPM-Solver++ second-order multistep",
+        eta=1.0,
     ),
     _spec(
         "dpmpp_3m",
@@ -386,6 +409,7 @@ _PLAIN = [
         spacing="linspace_rounded",
         initial_noise="vp",
         description="stochastic DPM-Solver++ third-order multistep",
+        eta=1.0,
         img2img_needs_prior=True,
     ),
     _spec(
@@ -395,6 +419,8 @@ _PLAIN = [
         aliases=("dpm++_2s_a", "dpmpp_2s_ancestral", "k_dpmpp_2s_a", "k_dpmpp_2s_ancestral"),
         stochastic=True,
         description="single-step DPM-Solver++(2S) with ancestral noise; two model calls a step",
+        eta=1.0,
+        eta_settable=True,
     ),
     _spec(
         "restart",
@@ -411,6 +437,7 @@ _PLAIN = [
         aliases=("dpm++_sde", "k_dpmpp_sde"),
         stochastic=True,
         description="stochastic DPM-Solver++(2S); two model calls a step",
+        eta=1.0,
     ),
     _spec(
         "unipc",

@@ -80,10 +80,16 @@ def ode_slope(x: Tensor, denoised: Tensor, sigma: float | Tensor) -> Tensor:
     return (x - denoised) / sigma
 
 
-def ancestral_split(sigma_from: FloatT, sigma_to: FloatT) -> tuple[FloatT, FloatT]:
-    """(σ_down, σ_up) of an ancestral step σ_from → σ_to (Ho et al. 2020 in sigma space, η = 1):
-    σ_up² = σ_to²·(σ_from² − σ_to²) / σ_from², σ_down² = σ_to² − σ_up², so the deterministic
-    step to σ_down plus fresh noise σ_up lands on σ_to. Floats or float tensors alike."""
+def ancestral_split(
+    sigma_from: FloatT, sigma_to: FloatT, eta: float = 1.0
+) -> tuple[FloatT, FloatT]:
+    """(σ_down, σ_up) of an ancestral step σ_from → σ_to (Ho et al. 2020 in sigma space):
+    σ_up² = η²·σ_to²·(σ_from² − σ_to²) / σ_from², σ_down² = σ_to² − σ_up², so the deterministic
+    step to σ_down plus fresh noise σ_up lands on σ_to. η (0 … 1) is DDIM's eta (Song et al.
+    2021, eq. 16, divided by sqrt(ᾱ_{t-1}) as every step here is): 1 is ancestral sampling, 0
+    a deterministic step. Floats or float tensors alike."""
     sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    if eta != 1.0:
+        sigma_up = sigma_up * eta
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up

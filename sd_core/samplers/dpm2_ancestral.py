@@ -30,10 +30,12 @@ def sample_dpm2_ancestral(
     *,
     noise: NoiseSource,
     callback: StepCallback | None = None,
+    eta: float = 1.0,
 ) -> Tensor:
     """DPM2 ancestral steps; calls `noise` once per step except the last (N - 1 draws).
 
     x: (B, C, h, w) at sigmas[0]; sigmas: (N+1,) decreasing → (B, C, h, w) final latent.
+    eta: the share of the step's noise drawn fresh (k-diffusion's `eta`; 0: no noise added).
     """
     n = check_inputs(x, sigmas)
     for i in range(n):
@@ -48,7 +50,7 @@ def sample_dpm2_ancestral(
             # 2b. σ_up² = σ_{i+1}²·(σ_i² - σ_{i+1}²) / σ_i², σ_down² = σ_{i+1}² - σ_up² (float32,
             #     as diffusers precomputes them), and the log-space midpoint of σ_i and σ_down.
             s, s_next = sigmas[i].float(), sigmas[i + 1].float()
-            sigma_down_t, sigma_up_t = ancestral_split(s, s_next)
+            sigma_down_t, sigma_up_t = ancestral_split(s, s_next, eta)
             sigma_mid_t = torch.lerp(s.log(), sigma_down_t.log(), 0.5).exp()
             sigma_up, sigma_down, sigma_mid = (
                 float(sigma_up_t),

@@ -42,17 +42,19 @@ def sample_dpmpp_2s_ancestral(
     *,
     noise: NoiseSource,
     callback: StepCallback | None = None,
+    eta: float = 1.0,
 ) -> Tensor:
     """DPM++ 2S a steps; calls `noise` once per step into σ > 0 (not on a last step into 0).
 
     x: (B, C, h, w) at sigmas[0]; sigmas: (N+1,) decreasing → (B, C, h, w) final latent.
+    eta: the share of the step's noise drawn fresh (k-diffusion's `eta`; 0: no noise added).
     """
     n = check_inputs(x, sigmas)
     for i in range(n):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         # 1. x̂0_i = D(x_i; σ_i), and the split of the step into σ_down and σ_up.
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
-        sigma_down, sigma_up = ancestral_split(sigma, sigma_next)
+        sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
         if sigma_down == 0:
             # 2a. Into σ = 0: first order, which lands on x̂0_i.
             x = denoised

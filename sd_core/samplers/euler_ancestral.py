@@ -29,10 +29,12 @@ def sample_euler_ancestral(
     *,
     noise: NoiseSource,
     callback: StepCallback | None = None,
+    eta: float = 1.0,
 ) -> Tensor:
     """Euler ancestral steps; calls `noise` once per step, the last included (where σ_up = 0).
 
     x: (B, C, h, w) at sigmas[0]; sigmas: (N+1,) decreasing → (B, C, h, w) final latent.
+    eta: the share of the step's noise drawn fresh (k-diffusion's `eta`; 0 gives Euler).
     """
     n = check_inputs(x, sigmas)
     for i in range(n):
@@ -40,7 +42,7 @@ def sample_euler_ancestral(
         # 1. D(x_i; σ_i).
         denoised = denoise(x, batch_sigma(x, sigmas[i]))
         # 2. Split the step: σ_up² = σ_{i+1}²·(σ_i² - σ_{i+1}²) / σ_i², σ_down² = σ_{i+1}² - σ_up².
-        sigma_down, sigma_up = ancestral_split(sigma, sigma_next)
+        sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
         # 3. Euler step to σ_down: x ← x + (σ_down - σ_i)·(x - D) / σ_i.
         x = x + ode_slope(x, denoised, sigma) * (sigma_down - sigma)
         # 4. Add σ_up·z, z ~ N(0, I); diffusers draws z even when σ_up = 0.

@@ -37,11 +37,12 @@ MAX_KEYS = 500
 MAX_VALUE_CHARS = 10_000
 
 
-def check_fixed(options: dict[str, Any]) -> None:
-    """InvalidField for a FIXED option sent with another value than Dali's."""
+def check_fixed(options: dict[str, Any], prefix: str = "") -> None:
+    """InvalidField for a FIXED option sent with another value than Dali's; the field is named
+    `prefix` + the key (a request's "override_settings.")."""
     for key, value in FIXED.items():
         if key in options and options[key] != value:
-            raise InvalidField(key, options[key], f"Dali always uses {value!r}")
+            raise InvalidField(prefix + key, options[key], f"Dali always uses {value!r}")
 
 
 class OptionStore:

@@ -1,10 +1,11 @@
 """AUTOMATIC1111's request and response bodies, as its API clients send and expect them.
 
 Requests follow A1111's `StableDiffusionTxt2ImgProcessingAPI` / `…Img2ImgProcessingAPI`: every
-field may be left out or sent as null (null means "the default"), and fields Dali does not know
-(script arguments, `eta`, …) are accepted and ignored, as A1111 ignores what
-it does not use. A field left out takes the project's default (steps, CFG scale, size, sampler,
-negative prompt), the way A1111 falls back to its UI settings.
+field may be left out or sent as null (null means "the default"). Each of A1111's own fields is
+declared here, and `fields.py` says for each whether Dali honours it, whether it is meaningless
+here, or which values only it takes (another is a 422 naming it); fields of extensions and
+unknown ones are ignored. A field left out takes the project's default (steps, CFG scale, size,
+sampler, negative prompt), the way A1111 falls back to its UI settings.
 
 The limits are Dali's engine limits, so a bad value is a 422 naming the A1111 field:
 steps 1–150, cfg_scale 0–30, width/height multiples of 8 in 64–2048, seeds -1 … 2³²−1.
@@ -67,6 +68,18 @@ class A1111Request(BaseModel):
     denoising_strength: Strength | None = None
     restore_faces: StrictBool | None = None
     tiling: StrictBool | None = None
+    do_not_save_samples: StrictBool = False
+    do_not_save_grid: StrictBool = False
+    eta: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), Number] | None = None
+    s_min_uncond: Annotated[float, Number] = 0.0
+    s_churn: Annotated[float, Number] = 0.0
+    s_tmax: Annotated[float, Number] | None = None
+    s_tmin: Annotated[float, Number] = 0.0
+    s_noise: Annotated[float, Number] = 1.0
+    refiner_checkpoint: Name | None = None
+    refiner_switch_at: Annotated[float, Number] | None = None
+    disable_extra_networks: StrictBool = False
+    comments: dict[str, Any] | None = None
     override_settings: dict[str, Any] = Field(default_factory=dict)
     override_settings_restore_afterwards: StrictBool = True
     script_name: Name | None = None
@@ -87,7 +100,8 @@ class A1111Request(BaseModel):
 
 
 class Txt2ImgRequest(A1111Request):
-    # The hires fix (a1111/hires.py); hr_checkpoint_name, hr_scheduler and hr_cfg are ignored.
+    # The hires fix (a1111/hires.py). hr_checkpoint_name: only the first pass's model (a
+    # second checkpoint is a 422); hr_scheduler: "Use same scheduler" or none → the first pass's.
     enable_hr: StrictBool = False
     hr_scale: Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE, allow_inf_nan=False), Number] = 2.0
     hr_upscaler: Name | None = None  # None: "Latent"
@@ -95,8 +109,14 @@ class Txt2ImgRequest(A1111Request):
     hr_resize_x: Annotated[int, Field(ge=0, le=MAX_SIZE), Number] = 0
     hr_resize_y: Annotated[int, Field(ge=0, le=MAX_SIZE), Number] = 0
     hr_sampler_name: Name | None = None
+    hr_scheduler: Name | None = None
+    hr_cfg: Guidance | None = None  # None: the first pass's cfg_scale
+    hr_checkpoint_name: Name | None = None
     hr_prompt: Text = ""
     hr_negative_prompt: Text = ""
+    firstphase_width: Annotated[int, Number] = 0
+    firstphase_height: Annotated[int, Number] = 0
+    firstpass_image: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
 
 
 class Img2ImgRequest(A1111Request):
@@ -107,6 +127,12 @@ class Img2ImgRequest(A1111Request):
     resize_mode: Annotated[int, Field(ge=0, le=3), Number] = 0
     mask: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
     mask_blur: Annotated[int, Field(ge=0, le=64), Number] | None = None
+    mask_blur_x: Annotated[int, Field(ge=0, le=64), Number] | None = None
+    mask_blur_y: Annotated[int, Field(ge=0, le=64), Number] | None = None
+    mask_round: StrictBool = True
+    image_cfg_scale: Annotated[float, Number] | None = None
+    initial_noise_multiplier: Annotated[float, Number] = 1.0
+    latent_mask: Annotated[str, Field(max_length=MAX_UPLOAD_CHARS)] | None = None
     inpainting_fill: Annotated[int, Field(ge=0, le=3), Number] = 0
     inpaint_full_res: StrictBool | int = True
     inpaint_full_res_padding: Annotated[int, Number] = 0

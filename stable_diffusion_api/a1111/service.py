@@ -23,15 +23,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from stable_diffusion_api import __version__
 from stable_diffusion_api.a1111.assets import A1111Assets
 from stable_diffusion_api.a1111.extras import Extras
-from stable_diffusion_api.a1111.hires import HIRES_FIELDS, hires_fields
+from stable_diffusion_api.a1111.fields import eta_field
+from stable_diffusion_api.a1111.hires import hires_fields
 from stable_diffusion_api.a1111.options import FIXED, OptionStore, check_fixed
+from stable_diffusion_api.a1111.sampling import (
+    resolve_sampler,
+    resolve_scheduler,
+    scheduler_label,
+    schedulers,
+)
 from stable_diffusion_api.a1111.schemas import (
     A1111Request,
     EmbeddingsResponse,
@@ -45,11 +51,11 @@ from stable_diffusion_api.a1111.schemas import (
 from stable_diffusion_api.a1111.settings import A1111Settings
 from stable_diffusion_api.a1111.tasks import Task, TaskTracker
 from stable_diffusion_api.a1111.translate import (
-    A1111_FIELD,
     AUTOMATIC_VAE,
     CLIP_SKIP_OPTION,
     SD_VAE_OPTION,
     Plan,
+    a1111_field,
     check_supported,
     clip_skip_option,
     decode_base64,
@@ -59,15 +65,12 @@ from stable_diffusion_api.a1111.translate import (
     infotext_defaults,
     png_info,
     prepare_img2img,
-    resolve_sampler,
-    resolve_scheduler,
-    scheduler_label,
-    schedulers,
+    request_error,
     split_jobs,
     unique_warnings,
 )
 from stable_diffusion_api.errors import Conflict, DomainError, InvalidField, NotFound
-from stable_diffusion_api.models import FAILED, FINISHED, SUCCEEDED, FailureKind, Project
+from stable_diffusion_api.models import FAILED, FINISHED, WITH_IMAGES, FailureKind, Project
 from stable_diffusion_api.schemas import (
     GenerationCreate,
     GenerationDefaults,
@@ -141,15 +144,17 @@ class A1111Service:
     def __init__(self, studio: Studio, settings: A1111Settings) -> None:
         self.studio = studio
         self.settings = settings
-        self.tasks = TaskTracker(studio.hub, self._cancel)
+        self.tasks = TaskTracker(studio.hub, self._interrupt)
         self.assets = A1111Assets(studio.assets)
         self.options = OptionStore()
         self.extras = Extras.under(studio.settings.resolved_data_dir)
 
-    def _cancel(self, generation_id: int) -> None:
-        # A job that finished (or was deleted) meanwhile has nothing left to stop.
+    def _interrupt(self, generation_id: int) -> None:
+        """A1111's interrupt and skip: a running job stops at its next step keeping what it
+        made (its partly denoised images); a queued one is canceled. A job that finished (or
+        was deleted) meanwhile has nothing left to stop."""
         with contextlib.suppress(Conflict, NotFound):
-            self.studio.generations.cancel(generation_id)
+            self.studio.generations.cancel(generation_id, keep_partial=True)
 
     # -- project and model ----------------------------------------------------------------------
 
@@ -210,14 +215,14 @@ class A1111Service:
                     {**request.model_dump(exclude_unset=True), **defaults}
                 )
             except ValidationError as exc:  # e.g. "Steps: 500" in the infotext
-                raise _request_error(exc) from None
+                raise request_error(exc) from None
         check_supported(request)
         project = self.project(header)
         plan = self._plan(request, mode, project)
         try:  # every job is checked before the first is queued
             generations = [plan.generation(job) for job in plan.jobs]
         except ValidationError as exc:
-            raise _request_error(exc) from None
+            raise request_error(exc) from None
         task = self.tasks.begin(
             request.force_task_id, f"scripts_{mode}", len(plan.jobs), plan.timestamp
         )
@@ -275,6 +280,9 @@ class A1111Service:
             base["styles"] = styles
         if request.tiling:
             base["tiling"] = True
+        defaults = GenerationDefaults.model_validate(project.defaults or {})
+        sampler = base["sampler"] or self.studio.samplers.canonical(defaults.sampler)
+        base.update(eta_field(request.eta, self.studio.samplers.find(sampler)))
         if CLIP_SKIP_OPTION in request.override_settings:
             value = request.override_settings[CLIP_SKIP_OPTION]
             base["clip_skip"] = clip_skip_option(value, f"override_settings.{CLIP_SKIP_OPTION}")
@@ -283,7 +291,7 @@ class A1111Service:
             vae = self.assets.vae_choice(value, f"override_settings.{SD_VAE_OPTION}")
             if vae is not None:  # "Automatic": the project's default, as if not sent
                 base["vae"] = vae
-        base.update(hires_fields(request, self.studio.samplers))
+        base.update(hires_fields(request, self.studio.samplers, model, self.studio.models.resolve))
         if isinstance(request, Img2ImgRequest):
             prepare_img2img(request, base)
         return Plan(
@@ -301,18 +309,21 @@ class A1111Service:
     async def _run(
         self, prepared: Prepared, gone: Callable[[], Awaitable[bool]]
     ) -> list[GenerationOut]:
-        """Submit the jobs one after the other, waiting for each; the succeeded ones."""
+        """Submit the jobs one after the other, waiting for each; those that kept images."""
         done: list[GenerationOut] = []
         generations = self.studio.generations
         for number, generation in enumerate(prepared.generations):
             if not self.tasks.next_job(prepared.task, number):
                 break  # interrupted: A1111 answers with what it has
-            accepted = await run_in_threadpool(
-                generations.submit, prepared.project_id, generation, SOURCE
-            )
+            try:
+                accepted = await run_in_threadpool(
+                    generations.submit, prepared.project_id, generation, SOURCE
+                )
+            except InvalidField as exc:  # the service's check, in A1111's words
+                raise exc.renamed(a1111_field(exc.field)) from None
             self.tasks.attach(prepared.task, accepted.id)
             view = await self._wait(accepted.id, gone)
-            if view.status == SUCCEEDED:
+            if view.status in WITH_IMAGES:  # interrupted: its images as they were, as A1111
                 done.append(view)
             elif view.status == FAILED:
                 raise GenerationFailed(view.error or "the generation failed", view.failure_kind)
@@ -481,19 +492,3 @@ class A1111Service:
             "no_half": False,
             "dali_version": __version__,
         }
-
-
-def _request_error(exc: ValidationError) -> RequestValidationError:
-    """The queue schema's errors, located at the A1111 field the value came from."""
-    errors = []
-    for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ())]
-        field = A1111_FIELD.get(loc[0], HIRES_FIELDS.get(loc[0], loc[0])) if loc else "body"
-        errors.append(
-            {
-                "type": error["type"],
-                "loc": ["body", *field.split("."), *loc[1:]],
-                "msg": error["msg"],
-            }
-        )
-    return RequestValidationError(errors)

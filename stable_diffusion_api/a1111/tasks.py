@@ -6,9 +6,10 @@ Here an A1111 request is a *task*: a series of queue jobs run one after the othe
 same queue as every other front end. The tracker keeps the tasks of this process; `/progress`
 shows the oldest one (the one A1111 would be running), and `/interrupt` and `/skip` act on it:
 
-- interrupt: cancel its current job (queued or running) and submit no more; the request then
-  answers with the images finished so far, as A1111 does.
-- skip: cancel its current job only; the next iteration starts.
+- interrupt: stop its current job and submit no more; the request then answers with the images
+  made so far, as A1111 does: a running job stops at its next step and keeps its images as
+  they are then, partly denoised (it ends `interrupted`), a queued one is canceled.
+- skip: stop its current job in the same way; the next iteration starts.
 
 Jobs queued through the REST API, pages or Gradio are never touched from here. Step, total and
 preview come from the service's `ProgressHub`, which the worker updates every step.
@@ -68,7 +69,8 @@ class _Snapshot:
 
 class TaskTracker:
     def __init__(self, hub: ProgressHub, cancel: Callable[[int], None]) -> None:
-        """`cancel(generation_id)` stops a queued or running job (a finished one: no-op)."""
+        """`cancel(generation_id)` stops a queued or running job, a running one keeping what it
+        made (a finished one: no-op)."""
         self._hub = hub
         self._cancel = cancel
         self._lock = threading.Lock()

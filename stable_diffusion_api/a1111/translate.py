@@ -21,13 +21,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from pydantic import ValidationError
 
 from sd_core.infotext import parse_infotext
 from sd_core.params import INPAINT_FILLS
-from sd_core.schedule_types import SCHEDULE_TYPES, schedule_type
 from stable_diffusion_api import __version__
-from stable_diffusion_api.a1111.hires import hires_infotext
+from stable_diffusion_api.a1111.fields import check_refused
+from stable_diffusion_api.a1111.hires import HIRES_FIELDS, hires_infotext
 from stable_diffusion_api.a1111.schemas import (
     MAX_INIT_IMAGES,
     A1111Request,
@@ -47,22 +49,7 @@ from stable_diffusion_api.services.samplers import SamplerCatalog
 from stable_diffusion_api.services.storage import decode_image
 
 VERSION = f"dali-{__version__}"
-AUTOMATIC = "automatic"
 DEFAULT_MASK_BLUR = 4  # A1111's default
-# A1111's scheduler names (`scheduler` field, ≥ 1.9) and the label its older sampler names end in.
-SCHEDULER_LABELS = {
-    "karras": "Karras",
-    "exponential": "Exponential",
-    "polyexponential": "Polyexponential",
-    "sgm_uniform": "SGM Uniform",
-    "uniform": "Uniform",
-    "simple": "Simple",
-    "normal": "Normal",
-    "ddim": "DDIM",
-    "beta": "Beta",
-    "kl_optimal": "KL Optimal",
-    "align_your_steps": "Align Your Steps",
-}
 # Names of GenerationCreate fields in A1111's words, for error messages.
 A1111_FIELD = {
     "prompt": "prompt",
@@ -145,91 +132,11 @@ def clip_skip_option(value: Any, field_name: str) -> int:
 
 
 def check_supported(request: A1111Request) -> None:
-    """Refuse (422) what Dali would otherwise silently not do."""
+    """Refuse (422) what Dali would otherwise silently not do (`fields.check_refused`)."""
     if not request.prompt.strip():
         # A1111 takes an empty prompt; Dali's queue needs one to name and find the image by.
         raise InvalidField("prompt", request.prompt, "send a prompt that is not blank")
-    if request.script_name:
-        raise InvalidField("script_name", request.script_name, "no scripts are installed")
-    if request.restore_faces:
-        raise InvalidField("restore_faces", True, "no face restorer is installed; send false")
-    for name in ("seed_resize_from_w", "seed_resize_from_h"):
-        if getattr(request, name) > 0:
-            raise InvalidField(
-                name, getattr(request, name), "seed resize is not supported; send -1"
-            )
-    if request.alwayson_scripts:
-        name = next(iter(request.alwayson_scripts))
-        raise InvalidField("alwayson_scripts", name, "no always-on scripts are installed; send {}")
-
-
-def resolve_sampler(request: A1111Request, catalog: SamplerCatalog) -> str | None:
-    """The canonical sampler for `sampler_name` (or `sampler_index`) and `scheduler`.
-    (`resolve_scheduler` says which schedule type goes with it.)
-
-    A1111 ≥ 1.9 sends "DPM++ 2M" with scheduler "karras" for what older versions called
-    "DPM++ 2M Karras"; Dali registers the latter, so the two are joined. None: neither was
-    sent, and the project's default sampler applies.
-    """
-    field_name = "sampler_name" if request.sampler_name else "sampler_index"
-    name = request.sampler_name or request.sampler_index
-    if name is None:
-        return None
-    canonical = catalog.canonical(name, field_name)
-    return _sampler_and_schedule(request, catalog, canonical)[0]
-
-
-def resolve_scheduler(request: A1111Request, catalog: SamplerCatalog) -> str | None:
-    """The schedule type (`GenerationCreate.scheduler`) for `scheduler`: None when it is
-    automatic or already in the sampler's registered name ("DPM++ 2M" + "karras" is "DPM++ 2M
-    Karras", pixel for pixel the same); else a canonical type the sampler takes, or InvalidField
-    naming what it does take."""
-    field_name = "sampler_name" if request.sampler_name else "sampler_index"
-    name = request.sampler_name or request.sampler_index
-    canonical = None if name is None else catalog.canonical(name, field_name)
-    return _sampler_and_schedule(request, catalog, canonical)[1]
-
-
-def _sampler_and_schedule(
-    request: A1111Request, catalog: SamplerCatalog, canonical: str | None
-) -> tuple[str | None, str | None]:
-    scheduler = (request.scheduler or "").strip()
-    if not scheduler or scheduler.casefold() == AUTOMATIC:
-        return canonical, None
-    display = catalog.display_name(canonical)
-    label = scheduler_label(scheduler)
-    if canonical is not None:
-        if display.casefold().endswith(" " + label.casefold()):
-            return canonical, None  # "DPM++ 2M Karras" with scheduler "karras"
-        combined = f"{display} {label}"
-        for spec in catalog.list():
-            if spec.display_name.casefold() == combined.casefold():
-                return spec.name, None
-    takes = all(s.takes_schedule_type for s in catalog.list() if s.name == canonical)
-    try:
-        kind = schedule_type(scheduler)
-    except ValueError:
-        kind = None
-    if kind is None or not takes:
-        allowed = [AUTOMATIC, *(SCHEDULE_TYPES if takes else ())]
-        raise InvalidField("scheduler", scheduler, f"with {display} use: {', '.join(allowed)}")
-    return canonical, kind
-
-
-def scheduler_label(name: str) -> str:
-    """A1111's label for a scheduler name ("sgm_uniform" → "SGM Uniform")."""
-    key = name.strip().lower().replace(" ", "_")
-    return SCHEDULER_LABELS.get(key, name.strip().replace("_", " ").title())
-
-
-def schedulers(catalog: SamplerCatalog) -> list[str]:
-    """Scheduler names: automatic, plus each A1111 scheduler a sampler name ends in (Karras)."""
-    found = [AUTOMATIC, *SCHEDULE_TYPES]
-    displays = [spec.display_name for spec in catalog.list()]
-    for name, label in SCHEDULER_LABELS.items():
-        if name not in found and any(display.endswith(" " + label) for display in displays):
-            found.append(name)
-    return found
+    check_refused(request)
 
 
 def draw_seed(seed: int, count: int, field_name: str) -> int:
@@ -299,6 +206,7 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
         "subseed": parsed.extra.get("Variation seed"),
         "subseed_strength": parsed.extra.get("Variation seed strength"),
         "tiling": _flag(parsed.extra.get("Tiling")),
+        "eta": parsed.extra.get("Eta DDIM") or parsed.extra.get("Eta"),
     }
     if isinstance(request, Img2ImgRequest):
         values.update(inpaint_infotext(parsed.extra))
@@ -317,6 +225,27 @@ def infotext_defaults(request: A1111Request) -> dict[str, Any]:
     if options:
         chosen["override_settings"] = {**request.override_settings, **options}
     return chosen
+
+
+def a1111_field(name: str) -> str:
+    """A `GenerationCreate` field's name as A1111's request spells it."""
+    return A1111_FIELD.get(name, HIRES_FIELDS.get(name, name))
+
+
+def request_error(exc: ValidationError) -> RequestValidationError:
+    """The queue schema's errors, located at the A1111 field the value came from."""
+    errors = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        field = a1111_field(loc[0]) if loc else "body"
+        errors.append(
+            {
+                "type": error["type"],
+                "loc": ["body", *field.split("."), *loc[1:]],
+                "msg": error["msg"],
+            }
+        )
+    return RequestValidationError(errors)
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -392,11 +321,25 @@ def prepare_img2img(request: Img2ImgRequest, base: dict[str, Any]) -> None:
     # A transparent-background mask paints where it is opaque; otherwise white = repaint.
     mask = mask.getchannel("A") if mask.mode in ("RGBA", "LA") else mask.convert("L")
     base["mask"] = encode_png(fit(mask, width, height, request.resize_mode))
-    base["mask_blur"] = request.mask_blur if request.mask_blur is not None else DEFAULT_MASK_BLUR
+    base["mask_blur"] = mask_blur(request)
     base["inpainting_mask_invert"] = bool(request.inpainting_mask_invert)
     base["inpainting_fill"] = request.inpainting_fill
     base["inpaint_full_res"] = bool(request.inpaint_full_res)
     base["inpaint_full_res_padding"] = request.inpaint_full_res_padding
+
+
+def mask_blur(request: Img2ImgRequest) -> int:
+    """The mask's blur: `mask_blur`, else `mask_blur_x` / `mask_blur_y` (A1111's two ways, which
+    Dali takes when they agree), else A1111's 4."""
+    if request.mask_blur is not None:
+        return request.mask_blur
+    x, y = request.mask_blur_x, request.mask_blur_y
+    if x is not None and y is not None and x != y:
+        raise InvalidField(
+            "mask_blur_y", y, f"the mask is blurred alike both ways: send {x} as mask_blur_x"
+        )
+    chosen = x if x is not None else y
+    return DEFAULT_MASK_BLUR if chosen is None else chosen
 
 
 # -- responses ------------------------------------------------------------------------------------

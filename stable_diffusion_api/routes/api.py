@@ -190,7 +190,12 @@ async def models(studio: StudioDep) -> list[ModelOut]:
 @router.get("/samplers")
 async def samplers(studio: StudioDep) -> list[SamplerOut]:
     return [
-        SamplerOut(name=s.name, display_name=s.display_name, aliases=list(s.aliases))
+        SamplerOut(
+            name=s.name,
+            display_name=s.display_name,
+            aliases=list(s.aliases),
+            max_steps=s.max_steps,
+        )
         for s in studio.samplers.list()
     ]
 

@@ -53,7 +53,14 @@ INPAINT_FIELDS = ("mask_blur", "inpainting_fill", "inpaint_full_res_padding")
 INPAINT_CHECKS = ("inpainting_mask_invert", "inpaint_full_res")
 UPLOAD_FIELDS = ("init_image", "mask")
 # The hires fix (sd_core/hires.py): the box that turns it on, then its settings.
-HIRES_FIELDS = ("hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
+HIRES_FIELDS = (
+    "hires_scale",
+    "hires_upscaler",
+    "hires_steps",
+    "hires_strength",
+    "hires_scheduler",  # empty: the first pass's
+    "hires_guidance",  # empty: the first pass's
+)
 
 
 async def read_form(request: Request) -> FormData:

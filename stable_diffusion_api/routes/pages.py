@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from sd_core.schedule_types import SCHEDULE_TYPES
 from stable_diffusion_api.deps import Id, StudioDep
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound
 from stable_diffusion_api.models import FINISHED
@@ -67,6 +68,7 @@ def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any
         "estimates": estimates,
         "models": models,
         "samplers": studio.samplers.list(),
+        "schedule_types": SCHEDULE_TYPES,  # the hires fix's schedule type
         "vaes": studio.assets.vaes(),
         "asset_folders": studio.assets.folders,
     }

@@ -6,9 +6,11 @@ running, a conditional UPDATE), resolves the model, runs the `Generator` with a 
 (progress, ETA, a preview every few steps) and a cancel check (its own cancel requests, server
 stopping, or — once a second — the row's `cancel_requested`, so another process can cancel),
 writes every PNG and thumbnail (and the run's filmstrip, when the engine kept one), and then in
-one transaction inserts the image rows and marks the job succeeded. Any failure leaves no file
-behind and is recorded with its `FailureKind` (through the job queue, like every status change).
-A database that refuses that last write delays it, up to a point (services/job_outcomes.py).
+one transaction inserts the image rows and marks the job succeeded — or interrupted, when an
+interrupt (`keep_partial`, or the row's `interrupt_requested`) stopped it keeping its images.
+Any failure leaves no file behind and is recorded with its `FailureKind` (through the job
+queue, like every status change). A database that refuses that last write delays it, up to a
+point (services/job_outcomes.py).
 
 Between jobs it runs the small tasks asked of it, ahead of waiting jobs: benchmarks and the
 diffusion explorer's forward process.
@@ -36,6 +38,7 @@ from stable_diffusion_api.models import (
     CANCELED,
     FAILED,
     SUCCEEDED,
+    WITH_IMAGES,
     FailureKind,
     Generation,
     JobStatus,
@@ -101,6 +104,8 @@ class DeviceWorker(threading.Thread):
         self._benchmarks: deque[Benchmark] = deque()
         self._forwards: deque[tuple[ForwardSpec, Future[ForwardResult]]] = deque()
         self._cancels: set[int] = set()
+        self._interrupts: set[int] = set()  # cancels that keep what the run made
+        self._db_interrupt = False  # the running job's row asked for an interrupt
         self._last_db_check = 0.0
         self._outcomes = Outcomes(context)
 
@@ -113,8 +118,8 @@ class DeviceWorker(threading.Thread):
     def wake(self) -> None:
         self._wakeup.set()
 
-    def request_cancel(self, job_id: int) -> None:
-        self._cancels.add(job_id)
+    def request_cancel(self, job_id: int, keep_partial: bool = False) -> None:
+        (self._interrupts if keep_partial else self._cancels).add(job_id)
 
     def request_benchmark(self, benchmark: Benchmark) -> None:
         self._benchmarks.append(benchmark)
@@ -158,6 +163,7 @@ class DeviceWorker(threading.Thread):
                     # Requests for jobs it is not running (another device's, or ended) go too:
                     # a job is only canceled once it runs, after its claim.
                     self._cancels.clear()
+                    self._interrupts.clear()
             except DatabaseUnavailable:  # the database has logged why; look again after a poll
                 time.sleep(context.settings.poll_s)
             except Exception:  # a broken job or a database hiccup must not kill the worker
@@ -180,9 +186,16 @@ class DeviceWorker(threading.Thread):
         # Another process (the Gradio UI, a second server) may have asked: look once a second.
         self._last_db_check = now
         try:
-            return context.jobs.cancel_requested(job_id)  # also when the project was deleted
+            asked = context.jobs.stop_requested(job_id)  # a cancel also when the project is gone
         except DatabaseUnavailable:  # it cannot say now; the run goes on
             return False
+        self._db_interrupt = asked.interrupt
+        return asked.cancel
+
+    def _should_interrupt(self, job_id: int) -> bool:
+        """Whether to end the run keeping what it made: asked here, or by the row (read with
+        the cancel check, once a second)."""
+        return job_id in self._interrupts or self._db_interrupt
 
     def _run(self, row: Generation, project_name: str) -> None:
         context = self.context
@@ -190,7 +203,7 @@ class DeviceWorker(threading.Thread):
         context.hub.start(job_id, row.steps)
         timing = RunTiming()
         # The claim has just seen the row queued; the database is next asked in a second.
-        self._last_db_check = time.monotonic()
+        self._last_db_check, self._db_interrupt = time.monotonic(), False
         written: list[str] = []
         status: JobStatus = FAILED
         kind, error, result = FailureKind.INTERNAL, "internal error: the run did not end", None
@@ -199,23 +212,27 @@ class DeviceWorker(threading.Thread):
             model = context.models.resolve(row.model)
             spec = self._job_spec(row, model)
             filmstrips: list[Filmstrip] = []
-            reporter = StepReporter(
-                context.hub, context.settings, job_id, timing, self._should_cancel
-            )
+            reporter = StepReporter(context.hub, context.settings, job_id, timing,
+                                    self._should_cancel, self._should_interrupt)  # fmt: skip
             began = time.perf_counter()
             made = context.engine.generate(
-                spec, reporter.on_step, reporter.should_cancel, on_filmstrip=filmstrips.append
-            )
+                spec, reporter.on_step, reporter.should_cancel, on_filmstrip=filmstrips.append,
+                should_interrupt=reporter.should_interrupt,
+            )  # fmt: skip
+            # Stopped early on request: its images as they were then, the job interrupted.
+            ending = SUCCEEDED if made.interrupted_at is None else JobStatus.INTERRUPTED
             sampled = time.monotonic()
             timing.engine = time.perf_counter() - began - timing.reporting
             began = time.perf_counter()
             images_rows = self._save(row, project_name, made, written)
             filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
             timing.saving = time.perf_counter() - began
-            result = self._succeed(row, model, made, images_rows, timing, written, filmstrip)
+            result = self._succeed(
+                row, model, made, images_rows, timing, written, filmstrip, ending
+            )
             if result is not None:
-                status = SUCCEEDED
-                if images_rows:
+                status = ending
+                if images_rows and ending == SUCCEEDED:
                     measured = partial(
                         self._record_speed, row, model, images_rows[0], timing, sampled
                     )
@@ -235,7 +252,7 @@ class DeviceWorker(threading.Thread):
             if kind is not FailureKind.INVALID_INPUT:
                 log.exception("generation %d failed", job_id)
         finally:
-            if status != SUCCEEDED:
+            if status not in WITH_IMAGES:
                 context.storage.delete(*written)
                 columns = {"step_seconds": timing.step_seconds}
                 result = self._outcomes.finish(row, status, kind, error, columns)
@@ -308,12 +325,13 @@ class DeviceWorker(threading.Thread):
         timing: RunTiming,
         written: list[str],
         filmstrip: dict[str, object] | None = None,
+        status: JobStatus = SUCCEEDED,
     ) -> dict[str, Any] | None:
-        """Insert the image rows and mark the job succeeded, in one transaction — unless the
-        job's row is gone (project deleted) or no longer ours (then None, and the files are to
-        be dropped). A job asking for the model's default sampler records the sampler that ran
-        (from `made`, with the prompt's warnings); `filmstrip` holds the filmstrip columns when
-        the run kept one. Returns the finished generation's view (for the event streams).
+        """Insert the image rows and mark the job succeeded (or, with `status`, interrupted),
+        in one transaction — unless the job's row is gone (project deleted) or no longer ours
+        (then None, and the files are to be dropped). A job asking for the model's default
+        sampler records the sampler that ran (from `made`, with the prompt's warnings);
+        `filmstrip` holds the filmstrip columns when the run kept one. Returns the finished generation's view (for the event streams).
         Unsaved when the database refuses it for too long (`written`, its files, are then in
         quarantine)."""
         if row.width is None and images:
@@ -330,7 +348,7 @@ class DeviceWorker(threading.Thread):
             "timings": timing.spent(),
             **(filmstrip or {}),
         }
-        done = self._outcomes.succeed(row.id, columns, images, written)
+        done = self._outcomes.succeed(row.id, columns, images, written, status)
         if done is None:
             return None
         return generation_view(*done).model_dump(mode="json")

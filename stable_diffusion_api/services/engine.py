@@ -108,7 +108,13 @@ class SdCoreGenerator:
             spec = samplers.get_sampler(name)
             specs.append(
                 SamplerSpec(
-                    spec.name, spec.display_name, tuple(spec.aliases), spec.takes_schedule_type
+                    spec.name,
+                    spec.display_name,
+                    tuple(spec.aliases),
+                    spec.takes_schedule_type,
+                    spec.max_steps,
+                    spec.eta,
+                    spec.eta_settable,
                 )
             )
         return specs
@@ -213,6 +219,7 @@ class SdCoreGenerator:
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
+        should_interrupt: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         import sd_core
 
@@ -223,7 +230,9 @@ class SdCoreGenerator:
             # The preview's latent is copied out only when the worker asks (every few steps).
             on_step(step, total, lambda: latents[0].detach().float().cpu().numpy().copy())
 
-        hooks = sd_core.GenerationHooks(on_step=report, cancel=should_cancel, trace=recorder)
+        hooks = sd_core.GenerationHooks(
+            on_step=report, cancel=should_cancel, trace=recorder, interrupt=should_interrupt
+        )
         try:
             result = pipe.generate(
                 job.params, init_image=job.init_image, mask=job.mask, hooks=hooks

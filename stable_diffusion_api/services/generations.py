@@ -186,6 +186,7 @@ class GenerationService:
             )
             request = request.model_copy(update={"prompt": prompt, "negative_prompt": negative})
         params = params_from_request(request, defaults, sampler, vae)
+        self._samplers.check(params)
         values = {
             "project_id": project_id,
             "source": source,
@@ -392,17 +393,19 @@ class GenerationService:
 
     # -- changing ---------------------------------------------------------------------------
 
-    def cancel(self, generation_id: int) -> GenerationOut:
-        """Cancel a queued job at once, or ask a running one to stop at its next step;
-        DatabaseUnavailable while the database refuses writes."""
+    def cancel(self, generation_id: int, keep_partial: bool = False) -> GenerationOut:
+        """Cancel a queued job at once, or ask a running one to stop at its next step; with
+        `keep_partial` (A1111's interrupt) the running job keeps the images it has made so far,
+        partly denoised, and ends `interrupted`. DatabaseUnavailable while the database
+        refuses writes."""
         self._db.require_writes()
-        outcome = self._queue.cancel(generation_id)
+        outcome = self._queue.cancel(generation_id, keep_partial)
         if outcome is None:
             raise NotFound("generation", generation_id)
         if not outcome.changed:
             raise Conflict(f"generation {generation_id} has already {outcome.status}")
         if outcome.status == RUNNING:
-            self._hub.request_cancel(generation_id)
+            self._hub.request_cancel(generation_id, keep_partial)
         return self.view(generation_id)
 
     def delete(self, generation_id: int) -> None:

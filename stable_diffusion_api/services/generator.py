@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from sd_core.params import GenerationParams
+from sd_core.params import MAX_STEPS, GenerationParams
 from sd_core.result import GenerationResult
 
 
@@ -45,6 +45,9 @@ class SamplerSpec:
     display_name: str  # AUTOMATIC1111's label, e.g. "Euler a"
     aliases: tuple[str, ...] = ()
     takes_schedule_type: bool = True  # whether a schedule type (Karras, …) may apply to it
+    max_steps: int = MAX_STEPS  # the most steps it takes (LCM: 50)
+    eta: float | None = None  # the eta it runs with (A1111's "Eta"); None: it has none
+    eta_settable: bool = False  # whether it takes another eta (0 … 1)
 
 
 @dataclass(frozen=True)
@@ -177,10 +180,15 @@ class Generator(Protocol):
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
+        should_interrupt: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         """Run one job: its images (each carrying info["parameters"], info["dali"] and
         info["seed"]) and the resolved params that made them. Raises JobCanceled when `should_cancel()` returned True (checked every
         step) and ValueError for inputs the engine refuses.
+
+        `should_interrupt()`, asked after every step but the last, True ends the run there
+        keeping what it made (A1111's interrupt): the images are that step's prediction, the
+        result's `interrupted_at` is that step, and a warning says so.
 
         With `job.filmstrip_frames` > 0, the run's reverse process is recorded on the way (no
         second generation) and, once the images are made, handed to `on_filmstrip` as one

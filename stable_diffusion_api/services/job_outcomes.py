@@ -28,7 +28,14 @@ import time
 from typing import Any
 
 from stable_diffusion_api.db import DatabaseUnavailable
-from stable_diffusion_api.models import FailureKind, Generation, Image, JobStatus, utcnow
+from stable_diffusion_api.models import (
+    SUCCEEDED,
+    FailureKind,
+    Generation,
+    Image,
+    JobStatus,
+    utcnow,
+)
 from stable_diffusion_api.services.generations import generation_view
 from stable_diffusion_api.services.worker_context import WorkerContext
 
@@ -52,9 +59,15 @@ class Outcomes:
         self._unwritten: dict[int, tuple[FailureKind, str, dict[str, Any]]] = {}
 
     def succeed(
-        self, job_id: int, columns: dict[str, Any], images: list[dict[str, Any]], files: list[str]
+        self,
+        job_id: int,
+        columns: dict[str, Any],
+        images: list[dict[str, Any]],
+        files: list[str],
+        status: JobStatus = SUCCEEDED,
     ) -> tuple[Generation, list[Image]] | None:
-        """`JobQueue.succeed` for this worker's job, retried while the database refuses it.
+        """`JobQueue.succeed` for this worker's job (`status`: succeeded, or interrupted when
+        it ended early keeping its images), retried while the database refuses it.
         Unsaved, once `files` (the job's, relative to the data folder) are in quarantine, when
         it still refuses after `save_retry_s` or the server is stopping."""
         context = self.context
@@ -62,7 +75,7 @@ class Outcomes:
         delay = FIRST_RETRY_S
         while True:
             try:
-                return context.jobs.succeed(job_id, context.instance_id, columns, images)
+                return context.jobs.succeed(job_id, context.instance_id, columns, images, status)
             except DatabaseUnavailable as exc:
                 left = deadline - time.monotonic()
                 if left <= 0 or context.stopping.is_set():

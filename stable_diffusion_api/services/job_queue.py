@@ -5,10 +5,12 @@ A generation's `status` (`JobStatus`) changes here and nowhere else:
 
     enqueue          → queued
     claim            queued → running (a conditional UPDATE: one worker gets it)
-    succeed          running → succeeded, with its image rows, for the worker that owns it
+    succeed          running → succeeded (or interrupted: stopped early on request, keeping
+                     its partial images), with its image rows, for the worker that owns it
     finish           running → failed, or canceled when the kind is `cancelled`
     cancel           queued → canceled at once; running → its cancel flag (the worker stops it
-                     at its next step and calls `finish`)
+                     at its next step and calls `finish`), or with keep_partial its interrupt
+                     flag (the worker stops it at its next step and calls `succeed`)
     cancel_project_jobs   a project being deleted: its queued jobs canceled, its running ones
                      flagged (in the deleting transaction)
     fail_orphaned    recovery: running jobs of processes whose heartbeat stopped → failed,
@@ -119,7 +121,7 @@ _SUCCEED = (
         GENERATIONS.c.status == RUNNING,
         GENERATIONS.c.worker_id == bindparam("owner"),
     )
-    .values(status=SUCCEEDED, failure_kind=None)
+    .values(status=bindparam("final_status"), failure_kind=None)
     .returning(*GENERATIONS.c)
 )
 
@@ -152,6 +154,13 @@ _FLAG_RUNNING = (
     update(GENERATIONS)
     .where(GENERATIONS.c.id == bindparam("job_key"), GENERATIONS.c.status == RUNNING)
     .values(cancel_requested=True)
+    .returning(GENERATIONS.c.id)
+)
+
+_FLAG_INTERRUPT = (
+    update(GENERATIONS)
+    .where(GENERATIONS.c.id == bindparam("job_key"), GENERATIONS.c.status == RUNNING)
+    .values(interrupt_requested=True)
     .returning(GENERATIONS.c.id)
 )
 
@@ -209,7 +218,7 @@ _INTERRUPT_WORKER = (
     .returning(GENERATIONS.c.id)
 )
 
-_CANCEL_REQUESTED = select(GENERATIONS.c.cancel_requested).where(
+_CANCEL_REQUESTED = select(GENERATIONS.c.cancel_requested, GENERATIONS.c.interrupt_requested).where(
     GENERATIONS.c.id == bindparam("job_key")
 )
 
@@ -222,6 +231,14 @@ class ProjectSettings(NamedTuple):
     low_memory: bool
     default_model: str | None
     defaults: dict[str, Any] | None
+
+
+class StopRequest(NamedTuple):
+    """What a running job's row asks of its worker: to cancel (drop its work), to interrupt
+    (stop keeping what it made)."""
+
+    cancel: bool
+    interrupt: bool
 
 
 class Enqueued(NamedTuple):
@@ -298,14 +315,22 @@ class JobQueue:
         return None
 
     def succeed(
-        self, job_id: int, owner: str, columns: dict[str, Any], images: list[dict[str, Any]]
+        self,
+        job_id: int,
+        owner: str,
+        columns: dict[str, Any],
+        images: list[dict[str, Any]],
+        status: JobStatus = SUCCEEDED,
     ) -> tuple[Generation, list[Image]] | None:
         """Mark the job succeeded (setting `columns` too: finished_at, timings, …) and insert its image rows, in one
         transaction — unless the row is gone (project deleted) or no longer running under
-        `owner`: then None and nothing changes. Returns the finished row and the image rows."""
+        `owner`: then None and nothing changes. Returns the finished row and the image rows.
+        `status` INTERRUPTED: it stopped early on request, and `images` are what it had made."""
+        if status not in (SUCCEEDED, JobStatus.INTERRUPTED):
+            raise ValueError(f"a job ends with its images succeeded or interrupted, not {status}")
         with self._db.begin() as connection:
             row = connection.execute(
-                _SUCCEED, {"job_key": job_id, "owner": owner, **columns}
+                _SUCCEED, {"job_key": job_id, "owner": owner, "final_status": status, **columns}
             ).first()
             if row is None:
                 return None
@@ -326,14 +351,16 @@ class JobQueue:
             done = connection.execute(_FINISH, values)
         return status if done.rowcount else None
 
-    def cancel(self, job_id: int) -> CancelOutcome | None:
+    def cancel(self, job_id: int, keep_partial: bool = False) -> CancelOutcome | None:
         """Cancel a queued job at once (canceled, kind `cancelled`) or flag a running one (its
-        worker stops it at the next step and records it canceled); a finished job is left as
-        it was. What happened, or None when there is no such job."""
+        worker stops it at the next step and records it canceled; with `keep_partial`, it
+        keeps what it made and records it interrupted); a finished job is left as it was.
+        What happened, or None when there is no such job."""
+        flag = _FLAG_INTERRUPT if keep_partial else _FLAG_RUNNING
         with self._db.begin() as connection:
             if connection.execute(_CANCEL_QUEUED, {"job_key": job_id, "now": utcnow()}).first():
                 return CancelOutcome(CANCELED, True)
-            if connection.execute(_FLAG_RUNNING, {"job_key": job_id}).first():
+            if connection.execute(flag, {"job_key": job_id}).first():
                 return CancelOutcome(RUNNING, True)
             status = connection.execute(_STATUS, {"job_key": job_id}).scalar()
         return CancelOutcome(JobStatus(status), False) if status is not None else None
@@ -373,6 +400,12 @@ class JobQueue:
 
     def cancel_requested(self, job_id: int) -> bool:
         """Whether the job's row asks for a cancel; True when the row is gone."""
+        return self.stop_requested(job_id).cancel
+
+    def stop_requested(self, job_id: int) -> StopRequest:
+        """What the job's row asks of its worker; a row that is gone asks for a cancel."""
         with self._db.connect() as connection:
             row = connection.execute(_CANCEL_REQUESTED, {"job_key": job_id}).first()
-        return row is None or bool(row[0])
+        if row is None:
+            return StopRequest(cancel=True, interrupt=False)
+        return StopRequest(cancel=bool(row[0]), interrupt=bool(row[1]))

@@ -60,8 +60,9 @@ class ProgressHub:
         self._states: dict[int, Progress] = {}
         self._cancel: set[int] = set()
         self._changed = threading.Condition()
-        # Called with the generation id on every cancel request: worker processes listen here.
-        self.cancel_listeners: list[Callable[[int], None]] = []
+        # Called with the generation id and `keep_partial` on every cancel request: worker
+        # processes listen here.
+        self.cancel_listeners: list[Callable[[int, bool], None]] = []
         # Event streams waiting for news of a job: (their event loop, their asyncio.Event).
         self._watchers: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
@@ -148,12 +149,14 @@ class ProgressHub:
                     return state
                 self._changed.wait(left)
 
-    def request_cancel(self, generation_id: int) -> None:
+    def request_cancel(self, generation_id: int, keep_partial: bool = False) -> None:
+        """Ask the job's worker to stop it at its next step; `keep_partial`: keeping what it
+        made (A1111's interrupt) rather than dropping it."""
         with self._changed:
             self._cancel.add(generation_id)
             self._changed.notify_all()
         for listener in list(self.cancel_listeners):
-            listener(generation_id)
+            listener(generation_id, keep_partial)
 
     def cancel_requested(self, generation_id: int) -> bool:
         return generation_id in self._cancel

@@ -49,8 +49,8 @@ class RunTiming:
 class StepReporter:
     """The engine's callbacks for one run: progress to the hub at most every
     `progress_interval_s` (the first and last step always), with a preview at least
-    `preview_every` steps and `preview_interval_s` apart, and the cancel check. The time the
-    engine waits for them is counted in `timing.reporting`."""
+    `preview_every` steps and `preview_interval_s` apart, and the cancel and interrupt checks.
+    The time the engine waits for them is counted in `timing.reporting`."""
 
     def __init__(
         self,
@@ -59,9 +59,11 @@ class StepReporter:
         job_id: int,
         timing: RunTiming,
         cancel_requested: Callable[[int], bool],
+        interrupt_requested: Callable[[int], bool],
     ) -> None:
         self.hub, self.settings, self.job_id, self.timing = hub, settings, job_id, timing
         self._cancel_requested = cancel_requested
+        self._interrupt_requested = interrupt_requested
         self._reported_at = 0.0
         self._preview_at = 0.0
         self._preview_step = 0
@@ -84,8 +86,14 @@ class StepReporter:
         timing.reporting += time.perf_counter() - began
 
     def should_cancel(self) -> bool:
+        return self._timed(self._cancel_requested)
+
+    def should_interrupt(self) -> bool:
+        return self._timed(self._interrupt_requested)
+
+    def _timed(self, asked: Callable[[int], bool]) -> bool:
         began = time.perf_counter()
         try:
-            return self._cancel_requested(self.job_id)
+            return asked(self.job_id)
         finally:
             self.timing.reporting += time.perf_counter() - began

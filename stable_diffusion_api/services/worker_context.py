@@ -91,8 +91,9 @@ class Worker(Protocol):
         """Look at the queue now (a job was just queued)."""
         ...
 
-    def request_cancel(self, job_id: int) -> None:
-        """Stop `job_id` at its next step if this worker is running it."""
+    def request_cancel(self, job_id: int, keep_partial: bool = False) -> None:
+        """Stop `job_id` at its next step if this worker is running it; `keep_partial`: keep
+        the images as they are then (the job ends interrupted) instead of dropping them."""
         ...
 
     def request_benchmark(self, benchmark: Benchmark) -> None:

@@ -30,6 +30,7 @@ class Wake:
 @dataclass(frozen=True)
 class Cancel:
     job_id: int
+    keep_partial: bool = False  # stop keeping what it made (A1111's interrupt)
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,8 @@ class ProcessWorker:
     def wake(self) -> None:
         self._send(Wake())
 
-    def request_cancel(self, job_id: int) -> None:
-        self._send(Cancel(job_id))
+    def request_cancel(self, job_id: int, keep_partial: bool = False) -> None:
+        self._send(Cancel(job_id, keep_partial))
 
     def request_benchmark(self, benchmark: Benchmark) -> None:
         self._benchmarks[benchmark_key(benchmark)] = benchmark
@@ -390,8 +390,8 @@ def child_main(settings: Settings, device: str, instance_id: str, conn: Connecti
             match message:
                 case Wake():
                     worker.wake()
-                case Cancel(job_id):
-                    worker.request_cancel(job_id)
+                case Cancel(job_id, keep_partial):
+                    worker.request_cancel(job_id, keep_partial)
                 case RunBenchmark(benchmark):
                     worker.request_benchmark(benchmark)
                 case RunForward(request_id, spec):

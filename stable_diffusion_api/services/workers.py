@@ -201,10 +201,10 @@ class WorkerPool:
         if worker is not None:
             worker.wake()
 
-    def _cancel(self, job_id: int) -> None:
+    def _cancel(self, job_id: int, keep_partial: bool = False) -> None:
         """A cancel asked on the hub: every worker hears it; the one running the job stops."""
         for worker in list(self._workers.values()):
-            worker.request_cancel(job_id)
+            worker.request_cancel(job_id, keep_partial)
 
     def _beat(self) -> None:
         last_sweep = 0.0

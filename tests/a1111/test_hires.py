@@ -8,7 +8,7 @@ import json
 from fastapi.testclient import TestClient
 
 from sd_core.infotext import parse_infotext
-from tests.api.fakes import FakeGenerator
+from tests.api.fakes import FakeGenerator, write_fake_checkpoint
 from tests.api.helpers import make_project, submit, wait_for
 
 TXT2IMG = "/sdapi/v1/txt2img"
@@ -84,3 +84,84 @@ def test_rest_api_takes_and_shows_the_hires_fields(client: TestClient, fake: Fak
     bad = client.post(f"/api/v1/projects/{project['id']}/generations",
                       json={"prompt": "x", "hires": True, "hires_sampler": "nope"})  # fmt: skip
     assert bad.status_code == 422 and "hires_sampler" in bad.text
+
+
+def test_hr_scheduler_and_hr_cfg_reach_the_second_pass(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    body = {**SMALL, "sampler_name": "Euler", "enable_hr": True, "hr_scheduler": "Karras",
+            "hr_cfg": 3.5, "hr_second_pass_steps": 2}  # fmt: skip
+    response = client.post(TXT2IMG, json=body)
+    assert response.status_code == 200, response.text
+    p = fake.calls[-1].params
+    assert (p.scheduler, p.hires_scheduler, p.hires_guidance) == (None, "karras", 3.5)
+    infotext = json.loads(response.json()["info"])["infotexts"][0]
+    assert "Hires schedule type: Karras, Hires CFG Scale: 3.5" in infotext
+    again = client.post(TXT2IMG, json={"infotext": infotext})
+    assert again.status_code == 200, again.text
+    assert fake.calls[-1].params == p
+    # "Use same scheduler" and no hr_cfg: the first pass's.
+    same = {**body, "scheduler": "exponential", "hr_scheduler": "Use same scheduler"}
+    del same["hr_cfg"]
+    assert client.post(TXT2IMG, json=same).status_code == 200
+    p = fake.calls[-1].params
+    assert (p.scheduler, p.hires_scheduler, p.hires_guidance) == ("exponential", None, None)
+    automatic = client.post(TXT2IMG, json={**same, "hr_scheduler": "Automatic"})
+    assert automatic.status_code == 200
+    assert fake.calls[-1].params.hires_scheduler == "automatic"
+
+
+def test_hr_checkpoint_name_may_only_name_the_first_pass_model(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    for same in ("Use same checkpoint", "", None, "dali-tiny"):
+        body = {**SMALL, "enable_hr": True, "hr_checkpoint_name": same}
+        response = client.post(TXT2IMG, json=body)
+        assert response.status_code == 200, (same, response.text)
+    write_fake_checkpoint(fake.builtin.parent / "other.safetensors", payload=b"other")
+    for other, words in (("other", "first pass's model (dali-tiny)"), ("nope", "installed")):
+        response = client.post(TXT2IMG, json={**SMALL, "enable_hr": True,
+                                              "hr_checkpoint_name": other})  # fmt: skip
+        assert response.status_code == 422, response.text
+        (detail,) = response.json()["detail"]
+        assert detail["loc"] == ["body", "hr_checkpoint_name"] and words in detail["msg"]
+    assert len(fake.calls) == 4
+
+
+def test_bad_hr_scheduler_and_hr_cfg_are_422_naming_them(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    for fields, location in (
+        ({"hr_scheduler": "beta"}, ["body", "hr_scheduler"]),
+        ({"hr_sampler_name": "DDIM", "hr_scheduler": "karras"}, ["body", "hr_scheduler"]),
+        ({"hr_cfg": 31}, ["body", "hr_cfg"]),
+    ):
+        response = client.post(TXT2IMG, json={**SMALL, "enable_hr": True, **fields})
+        assert response.status_code == 422, (fields, response.text)
+        assert response.json()["detail"][0]["loc"] == location
+    assert fake.calls == []
+
+
+def test_rest_takes_the_hires_schedule_type_and_cfg(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client)
+    done = wait_for(
+        client,
+        submit(client, project["id"], hires=True, hires_scheduler="Karras", hires_guidance=4,
+               sampler="euler")["id"],
+    )  # fmt: skip
+    assert (done["hires_scheduler"], done["hires_guidance"]) == ("karras", 4.0)
+    assert (fake.calls[-1].params.hires_scheduler, fake.calls[-1].params.hires_guidance) == (
+        "karras", 4.0,
+    )  # fmt: skip
+    url = f"/api/v1/projects/{project['id']}/generations"
+    for fields, field in (
+        ({"hires_scheduler": "beta"}, "hires_scheduler"),
+        ({"hires_sampler": "ddim", "hires_scheduler": "karras"}, "hires_scheduler"),
+        ({"sampler": "euler", "scheduler": "karras", "hires_sampler": "ddim"}, "hires_scheduler"),
+        ({"hires_guidance": 31}, "hires_guidance"),
+    ):
+        bad = client.post(url, json={"prompt": "x", "hires": True, **fields})
+        assert bad.status_code == 422, (fields, bad.text)
+        assert bad.json()["detail"][0]["loc"] == ["body", field]

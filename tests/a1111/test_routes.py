@@ -149,6 +149,9 @@ def test_img2img_passes_the_inpainting_settings_with_a1111s_defaults(
         ({"enable_hr": True, "hr_resize_x": 20}, ["body", "hr_resize_x"]),
         ({"script_name": "x/y/z plot"}, ["body", "script_name"]),
         ({"scheduler": "beta"}, ["body", "scheduler"]),
+        ({"sampler_name": "LCM", "steps": 51}, ["body", "steps"]),
+        ({"enable_hr": True, "hr_sampler_name": "LCM", "hr_second_pass_steps": 60},
+         ["body", "hr_second_pass_steps"]),
         ({"override_settings": {"sd_model_checkpoint": "nope"}},
          ["body", "override_settings", "sd_model_checkpoint"]),
     ],
@@ -328,11 +331,20 @@ def test_progress_then_interrupt_stops_the_task(client: TestClient, fake: FakeGe
     assert not thread.is_alive()
     response = out[0]
     assert response.status_code == 200, response.text
-    assert response.json()["images"] == []  # nothing had finished; A1111 answers all the same
+    # The running job stopped after the step it was in, keeping its image as it was then (the
+    # fake draws that grey), with the request's infotext, as A1111 answers.
+    (image,) = response.json()["images"]
+    partial = Image.open(io.BytesIO(base64.b64decode(image)))
+    assert partial.convert("RGB").getpixel((0, 0)) == (128, 128, 128)
+    info = json.loads(response.json()["info"])
+    assert "Steps: 3," in info["infotexts"][0] and "interrupted after step 2" in info["warnings"][0]
     assert len(fake.calls) == 1  # the other two iterations were never queued
     api = project_named(client, "API")
     generations = client.get(f"/api/v1/projects/{api['id']}/generations").json()["items"]
-    assert [g["status"] for g in generations] == ["canceled"]
+    assert [g["status"] for g in generations] == ["interrupted"]
+    # The REST API and the gallery show it like any other image.
+    (shown,) = generations[0]["images"]
+    assert client.get(shown["url"]).content == base64.b64decode(image)
     assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
     assert client.post("/internal/progress", json={"id_task": "task-1"}).json()["completed"]
 
@@ -346,10 +358,11 @@ def test_skip_drops_the_current_iteration_only(client: TestClient, fake: FakeGen
     thread.join(10)
     result = out[0].json()
     info = json.loads(result["info"])
-    assert len(result["images"]) == 1 and info["all_seeds"] == [30, 31]
-    assert info["infotexts"][0].count("Seed: 31") == 1  # the second iteration ran
+    # The skipped iteration keeps its image as it was (A1111 does too); the second one ran.
+    assert len(result["images"]) == 2 and info["all_seeds"] == [30, 31]
+    assert "Seed: 30," in info["infotexts"][0] and "Seed: 31," in info["infotexts"][1]
     statuses = [g["status"] for g in client.get("/api/v1/projects/1/generations").json()["items"]]
-    assert statuses == ["succeeded", "canceled"]
+    assert statuses == ["succeeded", "interrupted"]
 
 
 def test_interrupt_leaves_other_front_ends_jobs_alone(

@@ -9,6 +9,8 @@ import io
 import pytest
 from PIL import Image, PngImagePlugin
 
+from stable_diffusion_api.a1111.hires import hires_sampling
+from stable_diffusion_api.a1111.sampling import resolve_sampler, resolve_scheduler, schedulers
 from stable_diffusion_api.a1111.schemas import Img2ImgRequest, Txt2ImgRequest
 from stable_diffusion_api.a1111.translate import (
     Job,
@@ -18,9 +20,6 @@ from stable_diffusion_api.a1111.translate import (
     infotext_defaults,
     png_info,
     prepare_img2img,
-    resolve_sampler,
-    resolve_scheduler,
-    schedulers,
     split_jobs,
 )
 from stable_diffusion_api.auth.credentials import AuthConfigError, Credentials
@@ -136,6 +135,32 @@ def test_unknown_sampler_and_impossible_scheduler_name_the_field(catalog: Sample
                         catalog)  # fmt: skip
     assert error.value.field == "scheduler"
     assert "automatic, karras, exponential, sgm_uniform" in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"sampler_name": "Euler"}, {}),  # both "Use same …": nothing of its own
+        ({"sampler_name": "Euler", "hr_sampler_name": "Euler a"}, {"hires_sampler": "euler_a"}),
+        # A first pass on a joined name passes its Karras on to another hires sampler.
+        ({"sampler_name": "DPM++ 2M Karras", "hr_sampler_name": "Euler"},
+         {"hires_sampler": "euler", "hires_scheduler": "karras"}),
+        ({"sampler_name": "DPM++ 2M", "scheduler": "karras", "hr_sampler_name": "Euler"},
+         {"hires_sampler": "euler", "hires_scheduler": "karras"}),
+        ({"sampler_name": "DPM++ 2M Karras", "hr_scheduler": "Automatic"},
+         {"hires_sampler": "dpmpp_2m"}),
+        ({"sampler_name": "DPM++ 2M Karras", "hr_scheduler": "exponential"},
+         {"hires_sampler": "dpmpp_2m", "hires_scheduler": "exponential"}),
+        ({"sampler_name": "DPM++ 2M", "hr_scheduler": "karras"},
+         {"hires_sampler": "dpmpp_2m_karras"}),
+        ({"sampler_name": "Euler", "scheduler": "karras", "hr_scheduler": "Use same scheduler",
+          "hr_sampler_name": "Use same sampler"}, {}),
+    ],
+)  # fmt: skip
+def test_hires_sampler_and_scheduler_follow_a1111(
+    catalog: SamplerCatalog, fields: dict[str, str], expected: dict[str, str]
+) -> None:
+    assert hires_sampling(Txt2ImgRequest(prompt="x", **fields), catalog) == expected
 
 
 def test_schedulers_are_automatic_and_the_suffixes_sampler_names_carry(
@@ -285,10 +310,10 @@ def test_an_img2img_infotext_fills_the_inpainting_settings() -> None:
 
 def test_null_means_default_and_unknown_fields_are_ignored() -> None:
     request = Txt2ImgRequest.model_validate(
-        {"prompt": "x", "seed": None, "n_iter": None, "eta": 1.0, "hr_upscaler": "Latent"}
+        {"prompt": "x", "seed": None, "n_iter": None, "hr_upscaler": "Latent", "nonsense": 1}
     )
     assert (request.seed, request.n_iter) == (-1, 1)
-    assert "eta" not in request.model_dump()
+    assert "nonsense" not in request.model_dump()
 
 
 def test_api_auth_pairs() -> None:

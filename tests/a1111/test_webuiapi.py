@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import threading
 import time
@@ -148,10 +149,13 @@ def test_interrupt_during_a_run(server: Server, api: Any) -> None:
     assert api.interrupt() == {}
     thread.join(120)
     assert not thread.is_alive()
-    assert outcome["result"].images == []
+    # A1111 answers with the partly denoised image, the step it stopped at in its dali chunk.
+    (partial,) = outcome["result"].images
+    assert partial.size == (64, 64) and "Steps: 150," in partial.info["parameters"]
+    assert step_at_interrupt <= json.loads(partial.info["dali"])["interrupted_at"] < 150
     assert outcome["result"].info["all_seeds"] == [9]
     projects = {p["name"]: p for p in server.rest("/api/v1/projects")}
     newest = server.rest(f"/api/v1/projects/{projects['API']['id']}/generations?limit=1")
-    assert newest["items"][0]["status"] == "canceled"
+    assert newest["items"][0]["status"] == "interrupted"
     assert newest["items"][0]["steps"] == 150 and step_at_interrupt < 150
     assert api.get_progress()["state"]["job_count"] == 0  # idle again: util_wait_for_ready

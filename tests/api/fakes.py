@@ -41,7 +41,8 @@ def write_fake_checkpoint(path: Path, variant: str = "sd-v1", payload: bytes = b
 
 
 class FakeGenerator:
-    """Draws a flat colour from the seed; every step calls back and polls `should_cancel`.
+    """Draws a flat colour from the seed; every step calls back and polls `should_cancel`,
+    then (but after the last) `should_interrupt`: an interrupted run's images are grey.
 
     `block_at` makes a run wait at that step until `release` is set, so tests can act while a
     job is provably running; `fail_with` makes the next runs raise it; `textured` draws random
@@ -72,10 +73,11 @@ class FakeGenerator:
 
     def samplers(self) -> list[SamplerSpec]:
         return [
-            SamplerSpec("euler_a", "Euler a", ("k_euler_a",)),
+            SamplerSpec("euler_a", "Euler a", ("k_euler_a",), eta=1.0, eta_settable=True),
             SamplerSpec("euler", "Euler"),
-            SamplerSpec("ddim", "DDIM"),
+            SamplerSpec("ddim", "DDIM", (), takes_schedule_type=False, eta=0.0, eta_settable=True),
             SamplerSpec("dpmpp_2m", "DPM++ 2M"),
+            SamplerSpec("lcm", "LCM", (), takes_schedule_type=False, max_steps=50),
         ]
 
     def builtin_checkpoint(self) -> Path:
@@ -96,10 +98,12 @@ class FakeGenerator:
         on_step: StepCallback,
         should_cancel: Callable[[], bool],
         on_filmstrip: FilmstripCallback | None = None,
+        should_interrupt: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         self.calls.append(job)
         params = job.params.resolve(self.size, "euler_a")  # the fake model's default sampler
         width, height = params.width or self.size, params.height or self.size
+        interrupted_at = None
         for step in range(1, params.steps + 1):
             if should_cancel():
                 raise JobCanceled(f"canceled at step {step}")
@@ -110,12 +114,24 @@ class FakeGenerator:
                 time.sleep(self.step_delay)
             self.steps_run[params.prompt] = step
             on_step(step, params.steps, lambda: np.zeros((4, height // 8, width // 8), np.float32))
+            if step < params.steps and should_interrupt is not None and should_interrupt():
+                interrupted_at = step
+                break
         if self.fail_with is not None:
             raise self.fail_with
-        images = [self.picture(seed, width, height) for seed in params.seeds()]
+        images = [
+            self.picture(seed, width, height)
+            if interrupted_at is None
+            else Image.new("RGB", (width, height), "gray")
+            for seed in params.seeds()
+        ]
+        warnings = self.warnings
+        if interrupted_at is not None:  # as the engine says it
+            warnings += (f"interrupted after step {interrupted_at} of {params.steps}",)
         result = GenerationResult(images, params, "txt2img" if job.init_image is None else
                                   "img2img", job.model.model_name, "", job.model.device,
-                                  job.model.dtype or "float32", warnings=self.warnings)  # fmt: skip
+                                  job.model.dtype or "float32", warnings=warnings,
+                                  interrupted_at=interrupted_at)  # fmt: skip
         result.annotate()
         if job.filmstrip_frames > 0 and on_filmstrip is not None:
             on_filmstrip(self.filmstrip(job, width // 2, height // 2))

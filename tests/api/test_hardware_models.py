@@ -132,7 +132,10 @@ def test_a_missing_builtin_model_is_listed_honestly(settings: Settings, tmp_path
 
 def test_samplers_list_names_and_a1111_labels(client: TestClient) -> None:
     samplers = client.get("/api/v1/samplers").json()
-    assert {"name": "euler_a", "display_name": "Euler a", "aliases": ["k_euler_a"]} in samplers
+    euler_a = {"name": "euler_a", "display_name": "Euler a", "aliases": ["k_euler_a"],
+               "max_steps": 150}  # fmt: skip
+    assert euler_a in samplers
+    assert next(s for s in samplers if s["name"] == "lcm")["max_steps"] == 50
 
 
 def test_a_symlinked_checkpoint_keeps_its_link_name(

@@ -31,3 +31,25 @@ def test_the_generate_form_runs_the_hires_fix(client: TestClient, fake: FakeGene
     bad = _post(client, project["id"], hires="on", hires_scale="9")
     assert bad.status_code == 422 and 'id="hires_scale-error"' in bad.text
     assert 'id="hires-fix" open' in bad.text
+
+
+def test_the_form_takes_the_hires_schedule_type_and_cfg(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    project = make_project(client)
+    page = client.get(f"/projects/{project['id']}")
+    assert 'id="hires_scheduler"' in page.text and 'value="sgm_uniform"' in page.text
+    post = _post(client, project["id"], hires="on", sampler="euler", hires_scheduler="karras",
+                 hires_guidance="4.5")  # fmt: skip
+    assert post.status_code == 303, post.text
+    wait_for(client, int(post.headers["location"].rsplit("/", 1)[1]))
+    p = fake.calls[-1].params
+    assert (p.hires_scheduler, p.hires_guidance) == ("karras", 4.5)
+    post = _post(client, project["id"], hires="on", hires_scheduler="", hires_guidance="")
+    wait_for(client, int(post.headers["location"].rsplit("/", 1)[1]))
+    assert (fake.calls[-1].params.hires_scheduler, fake.calls[-1].params.hires_guidance) == (
+        None, None,
+    )  # fmt: skip
+    bad = _post(client, project["id"], hires="on", hires_guidance="40")
+    assert bad.status_code == 422 and 'id="hires_guidance-error"' in bad.text
+    assert 'id="hires-fix" open' in bad.text

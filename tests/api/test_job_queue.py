@@ -14,7 +14,12 @@ from sqlalchemy import delete, select
 
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.models import FailureKind, Generation, Image, JobStatus, Project
-from stable_diffusion_api.services.job_queue import CancelOutcome, JobQueue, ProjectSettings
+from stable_diffusion_api.services.job_queue import (
+    CancelOutcome,
+    JobQueue,
+    ProjectSettings,
+    StopRequest,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -279,3 +284,32 @@ def test_cancel_requested_reads_the_flag_and_a_vanished_row_counts_as_canceled(
         row.cancel_requested = True
     assert queue.cancel_requested(queued.id) is True
     assert queue.cancel_requested(queued.id + 1000) is True
+
+
+def test_an_interrupt_flags_a_running_job_apart_from_a_cancel(db: Database) -> None:
+    queue = JobQueue(db)
+    running = running_job(queue, "worker-a")
+    queued = queue.enqueue(job(), queue_limit=5)
+    assert queued is not None
+    # A queued job has nothing to keep: it is canceled as by a cancel.
+    assert queue.cancel(queued.id, keep_partial=True) == CancelOutcome(JobStatus.CANCELED, True)
+    assert queue.stop_requested(running) == StopRequest(cancel=False, interrupt=False)
+    assert queue.cancel(running, keep_partial=True) == CancelOutcome(JobStatus.RUNNING, True)
+    assert queue.stop_requested(running) == StopRequest(cancel=False, interrupt=True)
+    assert queue.cancel_requested(running) is False
+    assert queue.stop_requested(running + 1000) == StopRequest(cancel=True, interrupt=False)
+
+
+def test_an_interrupted_job_ends_interrupted_with_its_images(db: Database) -> None:
+    queue = JobQueue(db)
+    job_id = running_job(queue, "worker-a")
+    with pytest.raises(ValueError, match="succeeded or interrupted"):
+        queue.succeed(job_id, "worker-a", {}, [image_row(job_id, 0)], JobStatus.FAILED)
+    done = queue.succeed(
+        job_id, "worker-a", {"step_seconds": 0.1}, [image_row(job_id, 0)], JobStatus.INTERRUPTED
+    )
+    assert done is not None and done[0].status == JobStatus.INTERRUPTED
+    with db.session() as session:
+        stored = session.get(Generation, job_id)
+        assert stored is not None and stored.status == "interrupted"
+        assert stored.failure_kind is None and len(stored.images) == 1

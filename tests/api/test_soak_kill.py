@@ -273,10 +273,7 @@ def test_kill_9_while_jobs_run_loses_nothing_accepted(tmp_path: Path) -> None:
     print(f"soak seed {seed} (DALI_SOAK_SEED={seed} draws the same moments again)")
     rng = random.Random(seed)
     (tmp_path / "models").mkdir()
-    # Normal priority: on a machine shared with other work, the default SCHED_IDLE worker
-    # could wait minutes for the CPU, and the test is about crashes, not about priorities.
-    settings = {"DALI_STALE_AFTER_S": str(STALE_AFTER_S), "DALI_HEARTBEAT_S": "0.3",
-                "DALI_WORKER_PRIORITY": "normal"}  # fmt: skip
+    settings = {"DALI_STALE_AFTER_S": str(STALE_AFTER_S), "DALI_HEARTBEAT_S": "0.3"}
     ledger = Ledger()
     client: Client | None = None
     moments: list[str] = []

@@ -163,3 +163,68 @@ def test_every_latent_mode_keeps_a_constant_latent() -> None:
         up = upscale_latents(latents, mode, (128, 96), (96, 96))
         assert up.shape == (1, 4, 12, 12)
         assert torch.allclose(up, latents[:, :, :1, :1].expand_as(up)), mode
+
+
+def test_hires_schedule_type_and_cfg_run_the_second_pass(pipe: Any) -> None:
+    params = GenerationParams(
+        **BASE, sampler="euler", hires=True, hires_scale=1.5, hires_steps=4, hires_strength=0.6,
+        hires_scheduler="Karras", hires_guidance=3.0,
+    )  # fmt: skip
+    result = pipe.generate(params)
+    assert (result.params.hires_scheduler, result.params.hires_guidance) == ("karras", 3.0)
+
+    first, latents = pipe.generate_latents(replace(params, hires=False))
+    cover, target = hires_size(first)
+    second = GenerationParams(
+        **{**BASE, "steps": 4}, sampler="euler", scheduler="karras", guidance=3.0, width=96,
+        height=96, strength=0.6,
+    )  # fmt: skip
+    _, final = pipe.generate_latents(
+        second, init_latents=upscale_latents(latents, "Latent", cover, target)
+    )
+    by_hand = tensor_to_images(pipe.decode_latents(final))[0]
+    assert np.array_equal(_pixels(result.images[0]), _pixels(by_hand))
+    # Each of the two changes the image (with 2 steps Karras' σ's equal the sampler's own).
+    for plain in ({"hires_scheduler": None}, {"hires_guidance": None}):
+        other = pipe.generate(replace(params, **plain)).images[0]
+        assert np.abs(_pixels(other) - _pixels(result.images[0])).max() > 0, plain
+
+
+def test_hires_schedule_type_defaults_to_the_first_pass_and_automatic_drops_it() -> None:
+    p = GenerationParams("x", sampler="euler", scheduler="karras", guidance=5.0, hires=True)
+    p = p.resolve(64, "euler_a")
+    assert (second_pass_params(p).scheduler, second_pass_params(p).guidance) == ("karras", 5.0)
+    automatic = replace(p, hires_scheduler="Automatic").check()
+    assert automatic.hires_scheduler == "automatic"
+    assert second_pass_params(automatic).scheduler is None
+    assert hires_infotext(automatic)["Hires schedule type"] == "Automatic"
+    assert "Hires schedule type" not in hires_infotext(replace(p, hires_scheduler="karras"))
+
+
+def test_hires_schedule_type_and_cfg_are_written_and_read_back(pipe: Any) -> None:
+    params = GenerationParams(
+        **BASE, sampler="euler", hires=True, hires_steps=1, hires_scheduler="exponential",
+        hires_guidance=4.5,
+    )  # fmt: skip
+    text = pipe.generate(params).images[0].info["parameters"]
+    assert "Hires schedule type: Exponential, Hires CFG Scale: 4.5" in text
+    fields = hires_from_infotext(parse_infotext(text).extra)
+    assert (fields["hires_scheduler"], fields["hires_guidance"]) == ("exponential", 4.5)
+    assert "Hires CFG Scale" not in hires_infotext(replace(params, hires_guidance=7.0).check())
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"hires_scheduler": "beta"}, "hires_scheduler"),
+        ({"hires_guidance": 31}, "hires_guidance"),
+        ({"hires_sampler": "ddim", "hires_scheduler": "karras"}, "hires_scheduler"),
+        ({"hires_sampler": "ddim", "scheduler": "karras"}, "hires_scheduler"),
+    ],
+)
+def test_a_hires_schedule_type_or_cfg_it_cannot_run_names_its_field(
+    fields: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidParam) as error:
+        GenerationParams("x", sampler="euler", hires=True, **fields).resolve(64, "euler_a")
+    assert error.value.field == field

@@ -40,3 +40,20 @@ def test_a_bad_hires_scale_is_refused_before_the_model_loads(tmp_path: Path) -> 
         "generate", "--prompt", "x", "--hires-scale", "5", "--out", str(tmp_path / "o.png")
     )
     assert result.returncode == 2 and "hires_scale must be from 1 to 4, got 5" in result.stderr
+
+
+def test_hires_schedule_type_and_cfg_flags(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hires.png"
+    result = run(
+        "generate", "--checkpoint", str(checkpoint), "--prompt", "a red circle", "--seed", "1",
+        "--steps", "2", "--sampler", "euler", "--hires-scale", "1.5", "--hires-steps", "1",
+        "--hires-scheduler", "karras", "--hires-cfg", "3", "--quiet", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        parsed = parse_infotext(image.text["parameters"])
+    assert parsed.extra["Hires schedule type"] == "Karras"
+    assert parsed.extra["Hires CFG Scale"] == "3"
+    bad = run("generate", "--prompt", "x", "--hires-scale", "2", "--hires-scheduler", "beta",
+              "--out", str(tmp_path / "o.png"))  # fmt: skip
+    assert bad.returncode == 2 and "hires_scheduler: unknown schedule type 'beta'" in bad.stderr

@@ -15,7 +15,7 @@ from sd_core.checkpoint import save_checkpoint
 from sd_core.config import TINY_TEST
 from sd_core.devices import list_devices, resolve_device, resolve_dtype
 from sd_core.infotext import parse_infotext
-from sd_core.params import MAX_SEED, GenerationParams
+from sd_core.params import MAX_SEED, GenerationParams, InvalidParam
 from sd_core.pipeline import GenerationHooks
 from sd_core.preview import latent_to_rgb, latents_to_rgb
 from tests.reference import random_checkpoint
@@ -272,3 +272,26 @@ def test_clip_skip_changes_the_image_and_is_written_to_the_infotext(pipe):
     assert json.loads(skipped.images[0].info["dali"])["clip_skip"] == 2
     with pytest.raises(ValueError, match="clip_skip must be from 1 to 12"):
         pipe.generate(GenerationParams("x", steps=1, clip_skip=13))
+
+
+def test_eta_reaches_the_sampler_and_the_infotext(pipe):
+    plain = pipe.generate(GenerationParams("x", seed=2, steps=4, sampler="ddim"))
+    noisy = pipe.generate(GenerationParams("x", seed=2, steps=4, sampler="ddim", eta=1.0))
+    assert "Eta" not in plain.images[0].info["parameters"]
+    assert "Eta DDIM: 1" in noisy.images[0].info["parameters"]
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(noisy.images[0]))
+    own = pipe.generate(GenerationParams("x", seed=2, steps=4, sampler="euler_a", eta=1.0))
+    assert "Eta" not in own.images[0].info["parameters"]  # its own: nothing to say
+    half = pipe.generate(GenerationParams("x", seed=2, steps=4, sampler="euler_a", eta=0.5))
+    assert "Eta: 0.5" in half.images[0].info["parameters"]
+    for sampler, eta, words in (
+        ("euler", 0.5, "has no eta"),
+        ("dpmpp_2m_sde", 0.5, "eta 1 only"),
+        ("ddim", 1.5, "from 0 to 1"),
+    ):
+        with pytest.raises(InvalidParam, match=words) as error:
+            pipe.generate(GenerationParams("x", steps=2, sampler=sampler, eta=eta))
+        assert error.value.field == "eta"
+    with pytest.raises(InvalidParam, match="has no eta"):  # the hires pass's sampler too
+        pipe.generate(GenerationParams("x", steps=2, sampler="ddim", eta=0.5, hires=True,
+                                       hires_sampler="euler"))  # fmt: skip

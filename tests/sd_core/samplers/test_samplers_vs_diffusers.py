@@ -149,8 +149,10 @@ def run_diffusers(
     init_latent: Tensor | None = None,
     strength: float = 1.0,
     options: dict[str, Any] | None = None,
+    step_options: dict[str, Any] | None = None,
 ) -> Tensor:
-    """StableDiffusion(Img2Img)Pipeline's denoising loop around the reference scheduler."""
+    """StableDiffusion(Img2Img)Pipeline's denoising loop around the reference scheduler
+    (`step_options`: what the pipeline passes its `step` besides the generators, as `eta`)."""
     if name == "lms":
         pytest.importorskip("scipy")  # diffusers' LMS integrates its coefficients with scipy
     scheduler = make_scheduler(name, options)
@@ -172,6 +174,7 @@ def run_diffusers(
     for t in timesteps:
         model_in = scheduler.scale_model_input(latents, t)
         kwargs = {"generator": gens} if accepts_generator else {}
+        kwargs.update(step_options or {})
         latents = scheduler.step(eps(model_in, t), t, latents, **kwargs).prev_sample
     return latents
 
@@ -185,8 +188,10 @@ def run_sd_core(
     strength: float = 1.0,
     calls: list[int] | None = None,
     scheduler: str | None = None,
+    **fn_options: Any,
 ) -> Tensor:
-    """The pipeline's use of a SamplerSpec, with the analytic model in place of the UNet."""
+    """The pipeline's use of a SamplerSpec, with the analytic model in place of the UNet
+    (`fn_options`: passed to the sampler function, as `eta`)."""
     gens = generators()
     to_t = spec.timestep_fn(schedule, steps, scheduler)
 
@@ -208,7 +213,7 @@ def run_sd_core(
         plan = spec.img2img(schedule, steps, strength, scheduler)
         sigmas, fn = plan.sigmas, plan.fn
         x = init_latent + draw(gens) * sigmas[0]
-    return fn(denoise, x, sigmas, noise=noise)
+    return fn(denoise, x, sigmas, noise=noise, **fn_options)
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:
