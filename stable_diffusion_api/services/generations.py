@@ -348,19 +348,21 @@ class GenerationService:
             if session.get(Project, project_id) is None:
                 raise NotFound("project", project_id)
             mine = Generation.project_id == project_id
+            latest = session.scalar(select(func.max(Generation.id)).where(mine)) or 0
             active = select(Generation.id).where(mine, Generation.status.in_((QUEUED, RUNNING)))
             newer = select(Generation.id).where(mine, Generation.id > after)
+            # (never compared with an id beyond the column's range: 32 bits on PostgreSQL)
+            wanted = Generation.id.in_(active.union(newer) if after < latest else active)
             rows = session.scalars(
                 select(Generation)
                 .options(selectinload(Generation.images))
-                .where(Generation.id.in_(active.union(newer)))
+                .where(wanted)
                 .order_by(Generation.id)
             )
             listed = list(rows)
-            latest = session.scalar(select(func.max(Generation.id)).where(mine))
             positions = self._positions(session, listed)
             views = [self._view(session, row, positions.get(row.id)) for row in listed]
-            return ProjectJobs(latest or 0, views)
+            return ProjectJobs(latest, views)
 
     def wait(self, generation_id: int, timeout: float) -> GenerationOut:
         """Block until the generation has finished (or `timeout` passed); its final view.

@@ -13,12 +13,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from stable_diffusion_api.config import Settings
 from stable_diffusion_api.routes import project_events
+from stable_diffusion_api.sd_api import create_app
 from stable_diffusion_api.services.event_watch import Watchers
 from stable_diffusion_api.services.generations import ProjectJobs
 from stable_diffusion_api.services.progress import ProgressHub
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
+from tests.postgres import PostgresServer
 
 Event = tuple[str, Any]  # (name, data); ("id", n) for an `id:` line, ("keep-alive", None)
 
@@ -252,3 +255,16 @@ def test_the_read_takes_the_active_jobs_and_those_newer_than_asked(
     assert [(g.id, g.status) for g in found.jobs] == [(done[2], "succeeded"), (running, "running")]
     assert [g.id for g in studio.generations.project_jobs(project, 2**62).jobs] == [running]
     fake.release.set()
+
+
+@pytest.mark.postgres
+def test_the_read_runs_on_postgresql(
+    postgres: PostgresServer, settings: Settings, fake: FakeGenerator
+) -> None:
+    """The same read on PostgreSQL, whose ids are 32-bit: an `after` beyond them (the page's
+    "only the active jobs") is never compared with one."""
+    on_postgres = settings.model_copy(update={"database_url": postgres.new_database()})
+    with TestClient(create_app(on_postgres, fake)) as client:
+        test_the_read_takes_the_active_jobs_and_those_newer_than_asked(client, fake)
+        project = client.get("/api/v1/projects").json()[0]["id"]
+        assert client.get(f"/projects/{project}").status_code == 200  # it reads the same way
