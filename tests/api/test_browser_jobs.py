@@ -1,7 +1,8 @@
 """The generate page follows every job of its project live, in Chromium, on one event stream:
 a job queued before the page opened, three submitted from it in quick succession, and one
 queued through the REST API while it is open; each card moves and ends, every image arrives
-once, and the gallery counter ends equal to the database's count."""
+once, and the gallery counter ends equal to the database's count. The generation's own page
+still follows its one job on that job's stream."""
 
 from __future__ import annotations
 
@@ -122,5 +123,25 @@ def test_every_job_is_followed_live_on_one_stream(  # type: ignore[no-untyped-de
     assert len(streams) == 1 and f"/api/v1/projects/{project}/events?after=" in streams[0], streams
     assert unlabelled_controls(page) == []
     shoot(page, "13-jobs-done")
+    assert errors == []
+    page.close()
+
+
+def test_a_generation_page_still_follows_its_own_job(server, browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The generation's own page keeps its stream of one job: progress, then the finished page."""
+    base, model = server
+    project = new_project(base, model, "Live generation page")
+    job = queue(base, project, steps=60, size=128)
+    page = browser.new_page(viewport=DESKTOP)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    streams: list[str] = []
+    page.on("request", lambda request: streams.append(request.url) if "/events" in request.url else None)  # fmt: skip
+    page.goto(f"{base}/generations/{job}")
+    wait_until(page, "document.querySelector('#progress').value > 0", 300)
+    assert page.inner_text("#job-detail").startswith("Step ")
+    page.wait_for_selector("#generation[data-finished='true']", timeout=300_000)  # reloaded
+    assert page.inner_text("#job-status").lower() == "succeeded"
+    assert streams[0] == f"{base}/api/v1/generations/{job}/events"
     assert errors == []
     page.close()
