@@ -44,7 +44,7 @@ from stable_diffusion_api.middleware import (
     SameOrigin,
     SecurityHeaders,
 )
-from stable_diffusion_api.routes import a1111, api, events, login, pages
+from stable_diffusion_api.routes import a1111, api, events, login, pages, project_events
 from stable_diffusion_api.routes.api_docs import install_api_docs
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.generator import Generator
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.include_router(login.router)
     app.include_router(api.router)
     app.include_router(events.router)
+    app.include_router(project_events.router)  # one stream for all of a project's jobs
     app.include_router(a1111.router)  # AUTOMATIC1111-compatible /sdapi/v1, same queue
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -66,30 +66,37 @@
     if (first) first.focus();
   }
 
+  // A job's status (a GenerationOut) in words, into `ui.status`.
+  function showStatus(ui, g) {
+    if (g.status === "queued") {
+      ui.status.textContent = g.position > 0 ? `Queued — ${g.position} job${g.position === 1 ? "" : "s"} ahead` : "Starting…";
+    } else {
+      ui.status.textContent = "Running";
+    }
+  }
+
+  // A progress event's step, time left, speed and preview, into `ui`'s elements.
+  function showProgress(ui, p) {
+    ui.status.textContent = "Running";
+    ui.progress.max = p.total;
+    ui.progress.value = p.step;
+    ui.progress.setAttribute("aria-valuetext", `step ${p.step} of ${p.total}`);
+    const eta = p.eta_s !== null ? ` · about ${formatSeconds(p.eta_s)} left` : "";
+    const speed = p.step_seconds ? ` · ${formatSeconds(p.step_seconds)}/step` : "";
+    ui.detail.textContent = `Step ${p.step} of ${p.total}${eta}${speed}`;
+    if (p.preview) { ui.preview.src = p.preview; ui.preview.hidden = false; }
+  }
+
+  // For the generate page's own script (static/jobs.js, loaded after this file).
+  window.dali = { api, formatSeconds, showStatus, showProgress };
+
   // Follows one generation over Server-Sent Events and draws it into the given elements.
   function follow(id, ui) {
     const source = new EventSource(`/api/v1/generations/${id}/events`);
     let closed = false;
     const close = () => { closed = true; source.close(); };
-    source.addEventListener("status", (event) => {
-      const g = JSON.parse(event.data);
-      if (g.status === "queued") {
-        ui.status.textContent = g.position > 0 ? `Queued — ${g.position} job${g.position === 1 ? "" : "s"} ahead` : "Starting…";
-      } else {
-        ui.status.textContent = "Running";
-      }
-    });
-    source.addEventListener("progress", (event) => {
-      const p = JSON.parse(event.data);
-      ui.status.textContent = "Running";
-      ui.progress.max = p.total;
-      ui.progress.value = p.step;
-      ui.progress.setAttribute("aria-valuetext", `step ${p.step} of ${p.total}`);
-      const eta = p.eta_s !== null ? ` · about ${formatSeconds(p.eta_s)} left` : "";
-      const speed = p.step_seconds ? ` · ${formatSeconds(p.step_seconds)}/step` : "";
-      ui.detail.textContent = `Step ${p.step} of ${p.total}${eta}${speed}`;
-      if (p.preview) { ui.preview.src = p.preview; ui.preview.hidden = false; }
-    });
+    source.addEventListener("status", (event) => showStatus(ui, JSON.parse(event.data)));
+    source.addEventListener("progress", (event) => showProgress(ui, JSON.parse(event.data)));
     source.addEventListener("problem", (event) => {
       ui.status.textContent = `Not saved yet: ${JSON.parse(event.data).error}`;
     });
@@ -102,34 +109,6 @@
       if (!closed && source.readyState === EventSource.CLOSED) ui.status.textContent = "Connection lost — reload to see the result";
     };
     return close;
-  }
-
-  // One line on how a finished job went, from the steps it really ran: the sampler's own count
-  // (img2img at strength 0.6 runs 12 of 20 steps; the hires fix adds its pass), as the
-  // progress bar counted them, not the requested number.
-  function runSummary(g, progress) {
-    if (!(g.started_at && g.finished_at)) return "";
-    // The time includes loading the model the first time it is used.
-    const took = formatSeconds((Date.parse(g.finished_at) - Date.parse(g.started_at)) / 1000);
-    const total = progress.max > 1 ? progress.max : null;
-    const done = progress.value;
-    if (g.status === "succeeded") {
-      const rate = g.step_seconds ? ` at ${formatSeconds(g.step_seconds)}/step` : "";
-      return `Finished in ${took}` + (total ? ` (${total} steps${rate})` : "");
-    }
-    const stopped = g.status === "canceled" ? "Canceled" : "Stopped";
-    return total ? `${stopped} after ${done} of ${total} steps (${took})` : `${stopped} after ${took}`;
-  }
-
-  function thumbLink(image) {
-    const link = document.createElement("a");
-    link.className = "thumb";
-    link.href = `/images/${image.id}`;
-    const img = document.createElement("img");
-    img.src = image.thumbnail_url;
-    img.alt = `Image ${image.id}, seed ${image.seed}`;
-    link.appendChild(img);
-    return link;
   }
 
   // Writes `text` over the selection of `box` (a textarea), with a space either side where it
@@ -303,14 +282,6 @@
     const estimate = $("#estimate");
     const measure = $("#measure-button");
     const button = $("#generate-button");
-    const job = $("#job");
-    const results = $("#results");
-    const ui = {
-      status: $("#job-status"), progress: $("#progress"), detail: $("#job-detail"),
-      preview: $("#preview"),
-    };
-    let current = null;
-    let stop = null;
     const mask = maskEditor(form);
 
     const syncSeed = () => { seed.disabled = randomSeed.checked; };
@@ -337,6 +308,8 @@
       if (form.elements[name]) form.elements[name].addEventListener("change", refreshEstimate);
     });
     refreshEstimate();
+    // A finished job may have measured the device's speed (static/jobs.js says when).
+    document.addEventListener("dali:job-finished", refreshEstimate);
 
     measure.addEventListener("click", async () => {
       measure.disabled = true;
@@ -364,12 +337,6 @@
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); form.requestSubmit(); }
     });
 
-    $("#cancel-button").addEventListener("click", async () => {
-      if (current === null) return;
-      ui.status.textContent = "Canceling…";
-      await api("POST", `/api/v1/generations/${current}/cancel`);
-    });
-
     // The form itself is posted, to the same route as without JavaScript, asking for JSON:
     // every field (hires fix, inpainting, styles) is read by the server's one form reader.
     form.addEventListener("submit", async (event) => {
@@ -393,45 +360,8 @@
         return;
       }
       if (!response.ok) { showErrors(form, data ? data.detail : "request failed"); return; }
-      if (stop) stop();
-      current = data.id;
-      const link = $("#job-link");
-      link.href = `/generations/${data.id}`;
-      link.textContent = `Generation #${data.id}`;
-      link.hidden = false;
-      const empty = $("#output-empty");
-      if (empty) empty.remove();
-      job.hidden = false;
-      // On a phone the output sits below the form: bring it into view.
-      if (window.matchMedia("(max-width: 900px)").matches) job.scrollIntoView({ behavior: "smooth", block: "start" });
-      ui.preview.hidden = true;
-      ui.progress.max = 1;  // no steps known until the first progress event
-      ui.progress.value = 0;
-      ui.detail.textContent = "";
-      ui.status.textContent = data.position > 0 ? `Queued — ${data.position} ahead` : "Starting…";
-      $("#cancel-button").hidden = false;
-      stop = follow(data.id, Object.assign({}, ui, {
-        done(g) {
-          $("#cancel-button").hidden = true;
-          ui.detail.textContent = runSummary(g, ui.progress);
-          if (g.status === "succeeded" || g.status === "interrupted") {
-            const done = g.status === "succeeded" ? "Done" : "Interrupted (partly denoised)";
-            ui.status.textContent = `${done} — ${g.images.length} image${g.images.length === 1 ? "" : "s"}`;
-            ui.progress.value = ui.progress.max;
-            const count = $("#gallery-count");
-            if (count) count.textContent = String(Number(count.textContent) + g.images.length);
-            g.images.slice().reverse().forEach((image) => results.prepend(thumbLink(image)));
-            ui.preview.hidden = true;
-          } else if (g.status === "canceled") {
-            ui.status.textContent = "Canceled";
-          } else if (g.status === "deleted") {
-            ui.status.textContent = "Deleted";
-          } else {
-            ui.status.textContent = "Failed: " + (g.error || "unknown reason");
-          }
-          refreshEstimate();
-        },
-      }));
+      // Queued: static/jobs.js shows it and follows it with the project's other jobs.
+      form.dispatchEvent(new CustomEvent("dali:queued", { bubbles: true, detail: data }));
     });
   }
 

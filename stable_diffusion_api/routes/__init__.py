@@ -1,1 +1,2 @@
-"""Thin routers: `api` (JSON under /api/v1), `events` (SSE), `pages` (Jinja)."""
+"""Thin routers: `api` (JSON under /api/v1), `events` and `project_events` (SSE), `pages`
+(Jinja)."""

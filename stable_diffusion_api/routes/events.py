@@ -4,8 +4,8 @@
 
     event: status    data: the generation (GenerationOut) — first, and on every status or
                            queue-position change
-    event: progress  data: {"step", "total", "eta_s", "step_seconds", "preview"?} — every step;
-                           "preview" (a data: URL of a small PNG) every few steps
+    event: progress  data: {"id", "step", "total", "eta_s", "step_seconds", "preview"?} —
+                           every step; "preview" (a data: URL of a small PNG) every few steps
     event: problem   data: {"id", "error"} — the job's outcome cannot be saved now (the
                            database refuses writes, or reads): the stream goes on, and ends
                            with `done` once the worker has given the job up
@@ -39,6 +39,7 @@ from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.routes.responses import GUARDED, errors
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.event_watch import STATUS_EVERY_S, TooManyStreams, Watchers
+from stable_diffusion_api.services.progress import ProgressHub
 
 # Credentials are checked in front of every route (auth.AuthGuard), streams included.
 router = APIRouter(prefix="/api/v1", responses=GUARDED)
@@ -59,6 +60,34 @@ def sse(event: str, data: object) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
+class ProgressNews:
+    """What one stream has sent of one job's progress, so that it sends only what is new."""
+
+    def __init__(self, generation_id: int) -> None:
+        self.generation_id = generation_id
+        self.version = -1
+        self.preview_step = -1
+
+    def event(self, hub: ProgressHub) -> str | None:
+        """The hub's news of the job since the last call, as a progress event (None if
+        nothing new); with a preview when the hub has one the stream has not sent."""
+        state = hub.get(self.generation_id)
+        if state is None or state.version == self.version or state.total == 0:
+            return None
+        self.version = state.version
+        payload: dict[str, object] = {
+            "id": self.generation_id,
+            "step": state.step,
+            "total": state.total,
+            "eta_s": state.eta_s,
+            "step_seconds": state.step_seconds,
+        }
+        if state.preview_step != self.preview_step and state.preview_png is not None:
+            self.preview_step = state.preview_step
+            payload["preview"] = state.preview_data_url
+        return sse("progress", payload)
+
+
 async def generation_events(
     request: Request, studio: Studio, generation_id: int, watch: Watchers, client: str
 ) -> AsyncIterator[str]:
@@ -72,29 +101,13 @@ async def _events(
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     last_status: tuple[str, int | None] | None = None
-    last_version = -1
-    last_preview = -1
     last_db = 0.0
     last_sent = time.monotonic()
     problems_sent: set[str] = set()
+    news = ProgressNews(generation_id)
 
     def progress() -> str | None:
-        """The hub's news since the last call, as a progress event (None if nothing new)."""
-        nonlocal last_version, last_preview
-        state = studio.hub.get(generation_id)
-        if state is None or state.version == last_version or state.total == 0:
-            return None
-        last_version = state.version
-        payload: dict[str, object] = {
-            "step": state.step,
-            "total": state.total,
-            "eta_s": state.eta_s,
-            "step_seconds": state.step_seconds,
-        }
-        if state.preview_step != last_preview and state.preview_png is not None:
-            last_preview = state.preview_step
-            payload["preview"] = state.preview_data_url
-        return sse("progress", payload)
+        return news.event(studio.hub)
 
     with studio.hub.watch(generation_id) as changed:
         while not studio.workers.stopping.is_set():

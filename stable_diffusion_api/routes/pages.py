@@ -2,7 +2,8 @@
 
 Every form posts to a page route and works without JavaScript (post → redirect → get); the
 script in static/dali.js upgrades the generate page to post its form for a JSON answer (the
-same route and form reader) and show live progress over SSE. Bad form input re-renders the same page with each message beside its field.
+same route and form reader), and static/jobs.js follows all of its jobs live over one SSE
+stream. Bad form input re-renders the same page with each message beside its field.
 
 Thin like the JSON API: `forms` turns form fields into the API's schemas, `templating` holds
 the Jinja environment, and every read and write goes through a service of the studio. The
@@ -36,6 +37,7 @@ __all__ = ["make_templates", "render_error", "router"]
 router = APIRouter(include_in_schema=False)
 pages = APIRouter(include_in_schema=False)
 GALLERY_PAGE = 24
+ONLY_ACTIVE = 2**62  # newer than every job id: `project_jobs` gives the queued and running only
 
 
 def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any]:
@@ -134,8 +136,7 @@ def _generate_context(
     studio: Studio, project: ProjectOut, values: dict[str, Any], errors: dict[str, str]
 ) -> dict[str, Any]:
     recent, _ = studio.gallery.page(project.id, 0, 8)
-    active, _ = studio.generations.page(project.id, 0, 10)
-    active = [g for g in active if g.status not in FINISHED]
+    jobs = studio.generations.project_jobs(project.id, after=ONLY_ACTIVE)
     stored_init = str(values.get("init_image_id") or "")
     context = {
         "project": project,
@@ -144,7 +145,10 @@ def _generate_context(
         # The gallery image the form starts from (its id in a hidden field), if any.
         "stored_init": int(stored_init) if stored_init.isdigit() else None,
         "recent": recent,
-        "active": active,
+        # Its queued and running jobs, newest first, and its newest job id: the page's script
+        # follows them and every later one on the project's event stream.
+        "active": jobs.jobs[::-1],
+        "latest_id": jobs.latest_id,
         "builtin": studio.models.list()[0],
         # The prompt's picker: a click writes `<lora:name:1>` or the embedding's name.
         "loras": studio.assets.loras(),

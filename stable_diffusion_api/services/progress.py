@@ -52,6 +52,9 @@ class Progress:
         return "data:image/png;base64," + base64.b64encode(self.preview_png).decode("ascii")
 
 
+_Key = int | tuple[str, int]  # what a stream waits on: a job's id, or ("project", its id)
+
+
 class ProgressHub:
     # Finished jobs stay visible this long, so a stream that polls just after the end sees it.
     KEEP_FINISHED_S = 120.0
@@ -63,8 +66,11 @@ class ProgressHub:
         # Called with the generation id and `keep_partial` on every cancel request: worker
         # processes listen here.
         self.cancel_listeners: list[Callable[[int, bool], None]] = []
-        # Event streams waiting for news of a job: (their event loop, their asyncio.Event).
-        self._watchers: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        # Event streams waiting for news of a job (keyed by its id) or of a project's new jobs
+        # (keyed by ("project", its id)): (their event loop, their asyncio.Event).
+        self._watchers: dict[_Key, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        # How many jobs each project has had queued in this process (`submitted`).
+        self._submitted: dict[int, int] = {}
 
     def _put(self, state: Progress) -> None:
         with self._changed:
@@ -74,27 +80,54 @@ class ProgressHub:
                 state, version=version, updated=time.monotonic()
             )
             self._changed.notify_all()
-            watchers = list(self._watchers.get(state.generation_id, ()))
+        self._wake(state.generation_id)
+
+    def _wake(self, key: _Key) -> None:
+        with self._changed:
+            watchers = list(self._watchers.get(key, ()))
         for loop, event in watchers:
             # Worker threads may not touch an event loop's objects: ask the loop to do it.
             with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
                 loop.call_soon_threadsafe(event.set)
 
     @contextlib.contextmanager
-    def watch(self, generation_id: int) -> Iterator[asyncio.Event]:
-        """An asyncio.Event (for the running loop) set whenever the job's state changes."""
-        entry = (asyncio.get_running_loop(), asyncio.Event())
+    def _watch(self, key: _Key, event: asyncio.Event | None) -> Iterator[asyncio.Event]:
+        entry = (asyncio.get_running_loop(), event if event is not None else asyncio.Event())
         with self._changed:
-            self._watchers.setdefault(generation_id, []).append(entry)
+            self._watchers.setdefault(key, []).append(entry)
         try:
             yield entry[1]
         finally:
             with self._changed:
-                watchers = self._watchers.get(generation_id, [])
+                watchers = self._watchers.get(key, [])
                 if entry in watchers:
                     watchers.remove(entry)
                 if not watchers:
-                    self._watchers.pop(generation_id, None)
+                    self._watchers.pop(key, None)
+
+    def watch(
+        self, generation_id: int, event: asyncio.Event | None = None
+    ) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An asyncio.Event (for the running loop) set whenever the job's state changes: `event`
+        when given, so one stream can wait on several jobs at once, else a new one."""
+        return self._watch(generation_id, event)
+
+    def watch_project(
+        self, project_id: int, event: asyncio.Event
+    ) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """`event` (for the running loop) set whenever a job of the project is queued here."""
+        return self._watch(("project", project_id), event)
+
+    def submitted(self, project_id: int) -> None:
+        """A job of the project was queued (by any front end of this process): its project
+        streams read its jobs now rather than at their next turn."""
+        with self._changed:
+            self._submitted[project_id] = self._submitted.get(project_id, 0) + 1
+        self._wake(("project", project_id))
+
+    def submissions(self, project_id: int) -> int:
+        """How many jobs of the project were queued in this process: a new number, new jobs."""
+        return self._submitted.get(project_id, 0)
 
     def start(self, generation_id: int, total: int) -> None:
         self._forget_old()

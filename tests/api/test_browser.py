@@ -185,11 +185,12 @@ def test_create_generate_watch_gallery_reuse(server: tuple[str, str], browser) -
     page.fill("#seed", "1234")
     # Record the progress bar as it moves (the script sets its value on every SSE step).
     page.evaluate(
-        """() => { window.seen = []; const bar = document.querySelector('#progress');
-                   setInterval(() => window.seen.push([bar.value, bar.max]), 15); }"""
+        """() => { window.seen = []; setInterval(() => {
+                     const bar = document.querySelector('#jobs .job-progress');
+                     if (bar) window.seen.push([bar.value, bar.max]); }, 15); }"""
     )
     page.locator("#prompt").press("Control+Enter")
-    page.wait_for_selector("#job:not([hidden])")
+    page.wait_for_selector("#jobs .job-card")
     # Polled from here: wait_for_function evaluates its text with eval, which the studio's
     # Content-Security-Policy (script-src 'self') forbids in the page, as it should.
     deadline = time.monotonic() + 300
@@ -198,8 +199,8 @@ def test_create_generate_watch_gallery_reuse(server: tuple[str, str], browser) -
         page.wait_for_timeout(50)
     shoot(page, "3-generating")
     page.wait_for_selector("#results a.thumb img", timeout=300_000)
-    assert page.locator("#job-status").inner_text().startswith("Done")
-    assert page.locator("#preview").is_hidden()
+    assert page.locator("#jobs .job-status").inner_text().startswith("Done")
+    assert page.locator("#jobs .job-preview").is_hidden()
     seen = page.evaluate("window.seen")
     values = [v for v, m in seen if 0 < v < m]
     assert len(set(values)) >= 3 and values == sorted(values), seen
@@ -259,10 +260,10 @@ def test_the_lora_picker_writes_into_the_prompt(server: tuple[str, str], browser
 
     page.fill("#steps", "4")
     page.click("#generate-button")
-    page.wait_for_selector("#job-link:not([hidden])")
+    page.wait_for_selector("#jobs .job-link")
     page.wait_for_selector("#results a.thumb img", timeout=300_000)
-    assert page.locator("#job-status").inner_text().startswith("Done")
-    page.click("#job-link")
+    assert page.locator("#jobs .job-status").inner_text().startswith("Done")
+    page.click("#jobs .job-link")
     page.wait_for_url("**/generations/*")
     card = page.locator("#generation").inner_text()
     assert f"“{prompt}”" in card and "VAE: model's own" in card
@@ -336,7 +337,7 @@ def test_the_script_posts_every_field_of_the_form(server: tuple[str, str], brows
     page.fill("#hires_steps", "1")
     page.click("#generate-button")
     page.wait_for_selector("#results a.thumb img", timeout=300_000)
-    job = page.get_attribute("#job-link", "href")
+    job = page.get_attribute("#jobs .job-link", "href")
     assert job is not None and page.url.endswith(f"/projects/{project['id']}")  # no reload
     done = httpx.get(f"{base}/api/v1{job}", timeout=30).json()
     assert (done["hires"], done["hires_scale"], done["hires_steps"]) == (True, 1.5, 1)
@@ -401,7 +402,7 @@ def test_the_mask_is_painted_over_the_init_image(  # type: ignore[no-untyped-def
 
     page.click("#generate-button")
     page.wait_for_selector("#results a.thumb img", timeout=300_000)
-    job = page.get_attribute("#job-link", "href")
+    job = page.get_attribute("#jobs .job-link", "href")
     assert job is not None
     done = httpx.get(f"{base}/api/v1{job}", timeout=30).json()
     assert done["has_mask"] and done["status"] == "succeeded"

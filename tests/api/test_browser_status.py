@@ -54,7 +54,7 @@ def test_img2img_reports_the_steps_it_ran(server, browser, tmp_path: Path) -> No
     page.fill("#strength", "0.5")
     page.click("#generate-button")
     page.wait_for_selector("#results a.thumb img", timeout=300_000)
-    detail = page.inner_text("#job-detail")
+    detail = page.inner_text("#jobs .job-detail")
     assert re.fullmatch(r"Finished in .+ \(10 steps( at .+/step)?\)", detail), detail  # 20 × 0.5
     assert errors == []
     page.close()
@@ -69,10 +69,11 @@ def test_a_cancelled_job_is_not_called_finished(server, browser) -> None:  # typ
     page.select_option("#width", "64")
     page.select_option("#height", "64")
     page.click("#generate-button")
-    wait_until(page, "document.querySelector('#progress').value >= 2", 300)
-    page.click("#cancel-button")
-    wait_until(page, "document.querySelector('#job-status').textContent === 'Canceled'", 60)
-    detail = page.inner_text("#job-detail")
+    page.wait_for_selector("#jobs .job-card")
+    wait_until(page, "document.querySelector('#jobs .job-progress').value >= 2", 300)
+    page.click("#jobs .job-cancel button")
+    wait_until(page, "document.querySelector('#jobs .job-status').textContent === 'Canceled'", 60)
+    detail = page.inner_text("#jobs .job-detail")
     assert re.fullmatch(r"Canceled after \d+ of 150 steps \(.+\)", detail), detail
     assert "Finished" not in detail
     assert errors == []

@@ -53,7 +53,7 @@ def generate_and_wait(page: Any, base: str) -> dict[str, Any]:
     """Submit the generate form (the script posts it) and return the finished job."""
     page.click("#generate-button")
     page.wait_for_selector("#results a.thumb img", timeout=300_000)
-    job = page.get_attribute("#job-link", "href")
+    job = page.get_attribute("#jobs .job-card .job-link", "href")  # the newest card
     assert job is not None
     done: dict[str, Any] = httpx.get(f"{base}/api/v1{job}", timeout=30).json()
     assert done["status"] == "succeeded", done

@@ -41,6 +41,7 @@ CHEAP = {
     "_immutable_file",  # headers and a FileResponse, which reads the file when it is sent
     "StreamingResponse",  # wraps the event stream; the stream itself awaits its reads
     "generation_events",  # an async generator: calling it runs nothing yet
+    "project_events_stream",  # the same, for a project's stream
 }
 
 
