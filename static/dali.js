@@ -125,6 +125,7 @@
     const link = document.createElement("a");
     link.className = "thumb";
     link.href = `/images/${image.id}`;
+    link.dataset.full = image.url; // static/lightbox.js opens it large
     const img = document.createElement("img");
     img.src = image.thumbnail_url;
     img.alt = `Image ${image.id}, seed ${image.seed}`;

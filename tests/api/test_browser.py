@@ -226,7 +226,8 @@ def test_create_generate_watch_gallery_reuse(server: tuple[str, str], browser) -
     assert page.evaluate("document.querySelector('.gallery img').naturalWidth") > 0
     shoot(page, "5-gallery")
 
-    thumbs.first.click()
+    thumbs.first.click()  # opens it large (static/lightbox.js); its "Image page" link leads on
+    page.click("#lightbox-page")
     page.wait_for_url("**/images/*")
     assert "1234" in page.locator(".params").inner_text()
     assert page.evaluate("document.querySelector('img.full').naturalWidth") > 0

@@ -122,6 +122,7 @@ def test_the_gallery_pages_search_and_show_every_project(client: TestClient) -> 
     assert re.findall(r'href="/images/(\d+)"', html) == [str(images["100% red_circle"])]
     assert "1 image whose prompt contains “100%”" in html
     assert 'value="100%"' in html  # the search box keeps the query
+    assert 'data-full="/api/v1/images/{}/file"'.format(images["100% red_circle"]) in html
     assert '<a class="button secondary" href="/gallery?q=100%25" id="all-projects">' in html
     none = client.get(f"/projects/{projects['Shapes']}/gallery", params={"q": "purple"}).text
     assert "No image's prompt contains “purple”" in none
