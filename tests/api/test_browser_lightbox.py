@@ -1,5 +1,6 @@
 """Large results and everyday conveniences, in Chromium against a real uvicorn: the lightbox
-(open, zoom, arrows, Esc and the focus back), the image page's large picture, dark mode.
+(open, zoom, arrows, Esc and the focus back), the image page's large picture, keyboard
+navigation in the gallery, dark mode.
 
 Screenshots of each state go to $DALI_SCREENSHOTS (default /tmp/dali-screenshots), at desktop
 and phone width, for a human to look at.
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from tests.api.test_browser import (  # noqa: F401  (fixtures)
+    DESKTOP,
+    PHONE,
     browser,
     data_dir,
     run_job,
@@ -71,7 +74,13 @@ def test_the_lightbox_zooms_steps_and_gives_the_focus_back(server, browser, gall
     project, images = gallery
     page, errors = open_page(browser, f"{base}/projects/{project}/gallery")
     assert unlabelled_controls(page) == []
-    page.click(f".gallery a[href='/images/{images[2]}']")
+    assert page.locator("#gallery-keys-hint").is_visible()
+    # The keyboard: the arrows move along the grid, Enter opens the image large.
+    page.locator(".gallery a.thumb").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.getAttribute('href')") == f"/images/{images[2]}"
+    page.keyboard.press("Enter")
     wait_until(page, "document.querySelector('#lightbox-image').naturalWidth === 64", 30)
     state = lightbox_state(page)
     assert state["open"] and state["src"] == f"/api/v1/images/{images[2]}/file"
@@ -120,6 +129,42 @@ def test_the_lightbox_zooms_steps_and_gives_the_focus_back(server, browser, gall
     page.wait_for_url(f"**/images/{images[5]}")
     assert errors == []
     page.close()
+
+
+def test_the_gallery_grid_moves_by_rows_and_links_work_without_script(  # type: ignore[no-untyped-def]
+    server,  # noqa: F811
+    browser,  # noqa: F811
+    gallery,
+) -> None:
+    base, _ = server
+    project, images = gallery
+    page, errors = open_page(browser, f"{base}/projects/{project}/gallery")
+    page.set_viewport_size(PHONE)  # two images a row
+    page.locator(".gallery a.thumb").first.focus()
+    focused = "document.activeElement.getAttribute('href')"
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate(focused) == f"/images/{images[2]}"
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowUp")
+    assert page.evaluate(focused) == f"/images/{images[1]}"
+    page.keyboard.press("ArrowUp")  # the first row: stays
+    assert page.evaluate(focused) == f"/images/{images[1]}"
+    page.keyboard.press("End")
+    assert page.evaluate(focused) == f"/images/{images[5]}"
+    page.keyboard.press("Home")
+    assert page.evaluate(focused) == f"/images/{images[0]}"
+    assert errors == []
+    page.close()
+
+    # Without JavaScript a thumbnail is a plain link to the image page, which shows the image.
+    context = browser.new_context(viewport=DESKTOP, java_script_enabled=False)
+    plain = context.new_page()
+    plain.goto(f"{base}/projects/{project}/gallery")
+    assert plain.locator("#gallery-keys-hint").is_hidden()  # only true with the script
+    plain.locator(".gallery a.thumb").first.click()
+    plain.wait_for_url(f"**/images/{images[0]}")
+    assert plain.evaluate("document.querySelector('img.full').naturalWidth") == 64
+    context.close()
 
 
 def test_the_image_page_shows_the_image_large(server, browser, gallery) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
