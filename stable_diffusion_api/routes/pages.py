@@ -175,6 +175,9 @@ def generate_page(
                 "batch": 1,
             }
     context = _generate_context(studio, project, values, {})
+    # The page's script puts back the form this browser last had for the project, unless
+    # "use these settings" chose them (the form shown after bad input keeps what was sent).
+    context["remember"] = "restore" if from_image is None else "keep"
     return render(request, "generate.html", context)
 
 

@@ -1,6 +1,7 @@
 """Large results and everyday conveniences, in Chromium against a real uvicorn: the lightbox
 (open, zoom, arrows, Esc and the focus back), the image page's large picture, keyboard
-navigation in the gallery, dark mode.
+navigation in the gallery, dark mode, the generate form kept across a reload with its prompt
+history, the seed buttons and the Generate button in reach while the form scrolls.
 
 Screenshots of each state go to $DALI_SCREENSHOTS (default /tmp/dali-screenshots), at desktop
 and phone width, for a human to look at.
@@ -15,6 +16,7 @@ import pytest
 from tests.api.test_browser import (  # noqa: F401  (fixtures)
     DESKTOP,
     PHONE,
+    SHOTS,
     browser,
     data_dir,
     run_job,
@@ -225,5 +227,125 @@ def test_dark_mode_follows_the_system(server, browser, gallery) -> None:  # type
         page.goto(base + url)
         assert page.evaluate(colours)[0] == dark[0]
         shoot(page, name)
+    assert errors == []
+    page.close()
+
+
+def test_the_form_is_kept_across_a_reload_with_its_prompt_history(  # type: ignore[no-untyped-def]
+    server,  # noqa: F811
+    browser,  # noqa: F811
+) -> None:
+    base, model = server
+    project = new_project(base, model, "Form memory")
+    page, errors = open_page(browser, f"{base}/projects/{project}")
+    assert page.locator("#prompt-history").is_hidden()  # no prompt used yet in this browser
+    assert page.locator("#generate-hint").is_visible()
+    assert page.locator("#generate-hint").inner_text() == "Ctrl+Enter in the prompt generates"
+    page.fill("#prompt", "a blue circle on a red background")
+    page.fill("#steps", "3")
+    page.select_option("#width", "64")
+    page.select_option("#height", "64")
+    page.uncheck("#random_seed")
+    page.fill("#seed", "4242")
+    wait_until(page, f"(localStorage.getItem('dali.form.{project}') || '').includes('4242')", 10)
+    page.reload()
+    assert page.input_value("#prompt") == "a blue circle on a red background"
+    assert (page.input_value("#steps"), page.input_value("#width")) == ("3", "64")
+    assert page.input_value("#seed") == "4242" and not page.is_checked("#random_seed")
+    assert page.is_enabled("#seed")  # the page's script saw the box unticked
+    assert page.locator("#memory-note").is_visible()
+    assert unlabelled_controls(page) == []
+    shoot(page, "memory-1-restored")
+
+    # Generate twice: both prompts go to the history, newest first.
+    page.locator("#prompt").press("Control+Enter")
+    page.wait_for_selector("#results a.thumb img", timeout=300_000)
+    page.fill("#prompt", "a small yellow triangle on a black background")
+    page.click("#generate-button")
+    wait_until(page, "document.querySelectorAll('#results a.thumb').length === 2", 300)
+    newest = page.get_attribute("#results a.thumb", "href")
+    page.reload()
+    assert page.input_value("#prompt") == "a small yellow triangle on a black background"
+    assert page.locator("#prompt-history option").all_inner_texts() == [
+        "Recent prompts (2)…",
+        "a small yellow triangle on a black background",
+        "a blue circle on a red background",
+    ]
+    page.select_option("#prompt-history", "a blue circle on a red background")
+    assert page.input_value("#prompt") == "a blue circle on a red background"
+    assert page.evaluate("document.activeElement.id") == "prompt"
+    shoot(page, "memory-2-history")
+
+    # "Use these settings" wins over what the browser remembers; the project's page restores.
+    page.goto(f"{base}/projects/{project}?from_image={str(newest).rsplit('/', 1)[-1]}")
+    assert page.input_value("#prompt") == "a small yellow triangle on a black background"
+    assert page.locator("#memory-note").count() == 0
+    page.goto(f"{base}/projects/{project}")
+    assert page.input_value("#prompt") == "a blue circle on a red background"
+
+    # The project's defaults, on request: nothing remembered any more.
+    page.click("#memory-reset")
+    assert page.input_value("#prompt") == "" and page.input_value("#steps") == "20"
+    assert page.is_checked("#random_seed") and page.is_disabled("#seed")
+    page.reload()
+    assert page.input_value("#prompt") == "" and page.locator("#memory-note").count() == 0
+    assert errors == []
+    page.close()
+
+
+def test_seed_buttons_and_a_generate_button_in_reach(server, browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    base, model = server
+    project = new_project(base, model, "Seeds")
+    generate(base, project, prompt="a red square on a white background", seed=9)
+    page, errors = open_page(browser, f"{base}/projects/{project}")
+    assert page.is_checked("#random_seed")
+    reuse = page.locator("#reuse-seed")
+    assert reuse.inner_text() == "Reuse seed 9"  # the newest of the recent images
+    reuse.click()
+    assert page.input_value("#seed") == "9" and not page.is_checked("#random_seed")
+    page.click("#new-seed")
+    drawn = int(page.input_value("#seed"))
+    assert 0 <= drawn < 2**32 and drawn != 9 and page.is_enabled("#seed")
+    # The model's name is not cut off: its select has the row to itself.
+    widths = page.evaluate(
+        "['#model', '#prompt'].map(s => document.querySelector(s).getBoundingClientRect().width)"
+    )
+    assert widths[0] == widths[1], widths
+    assert unlabelled_controls(page) == []
+
+    # The Generate button stays on screen wherever the form is scrolled, desktop and phone.
+    def in_view() -> bool:
+        box = page.locator("#generate-button").bounding_box()
+        viewport = page.viewport_size
+        assert box is not None and viewport is not None
+        return bool(box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"])
+
+    for size in (DESKTOP, PHONE):
+        page.set_viewport_size(size)
+        page.evaluate("window.scrollTo(0, 0)")
+        assert in_view(), size
+        page.locator("#hires-fix").scroll_into_view_if_needed()
+        page.evaluate("window.scrollBy(0, -200)")
+        assert in_view(), size
+        page.screenshot(path=str(SHOTS / f"sticky-generate-{size['width']}.png"))
+    page.set_viewport_size(DESKTOP)
+    page.fill("#prompt", "a red square on a white background")
+    page.select_option("#width", "64")
+    page.select_option("#height", "64")
+    page.fill("#steps", "2")
+    page.click("#generate-button")  # and it works from there
+    wait_until(page, "document.querySelectorAll('#results a.thumb').length === 1", 300)
+    result = page.locator("#results a.thumb")
+    assert result.get_attribute("data-seed") == str(drawn)  # the drawn seed was used
+    assert reuse.inner_text() == f"Reuse seed {drawn}"  # the newest image now
+    result.click()  # a new result opens in the lightbox too
+    wait_until(page, "document.querySelector('#lightbox').open", 10)
+    new_id = str(result.get_attribute("href")).rsplit("/", 1)[-1]
+    assert lightbox_state(page)["caption"] == f"Image {new_id}, seed {drawn}"
+    shoot(page, "generate-result-lightbox")
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement.getAttribute('href')") == result.get_attribute(
+        "href"
+    )
     assert errors == []
     page.close()
