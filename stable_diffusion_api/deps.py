@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 
 from stable_diffusion_api.auth import Authenticator
 from stable_diffusion_api.schemas import GenerationOut, ImageOut, ProjectOut
@@ -20,6 +20,12 @@ from stable_diffusion_api.services import Studio
 
 # Ids are 64-bit in the database; a larger number must be a 422, never an overflow.
 Id = Annotated[int, Path(ge=1, le=2**62)]
+# `?q=`: text to look for in the prompts of a gallery's images (the pages and the API alike;
+# the gallery service checks its length, so a page can show the error beside its search box).
+SearchText = Annotated[
+    str | None,
+    Query(description="Only the images whose prompt contains this text (ignoring case)."),
+]
 
 
 # Cheap dependencies are `async def`: a plain `def` would cost a thread-pool round trip each

@@ -41,6 +41,8 @@
     const link = document.createElement("a");
     link.className = "thumb";
     link.href = `/images/${image.id}`;
+    link.dataset.full = image.url; // static/lightbox.js opens it large
+    link.dataset.seed = String(image.seed); // static/generate-tools.js reuses it
     const img = document.createElement("img");
     img.src = image.thumbnail_url;
     img.alt = `Image ${image.id}, seed ${image.seed}`;

@@ -23,6 +23,7 @@ from stable_diffusion_api.deps import (
     Id,
     ImageDep,
     ProjectDep,
+    SearchText,
     StudioDep,
 )
 from stable_diffusion_api.models import STATUSES
@@ -349,12 +350,23 @@ def delete_generation(generation: GenerationDep, studio: StudioDep) -> Response:
 # -- images ----------------------------------------------------------------------------------
 
 
+@router.get("/images")
+async def list_all_images(
+    studio: StudioDep, offset: Offset = 0, limit: Limit = 24, q: SearchText = None
+) -> Page[ImageOut]:
+    """The images of every project, newest first; `q`: only those whose prompt contains it
+    (ignoring case; `%` and `_` are plain characters)."""
+    items, total = await run_in_threadpool(studio.gallery.everywhere, offset, limit, q)
+    return Page[ImageOut].model_validate(page_of(items, total, offset, limit))
+
+
 @router.get("/projects/{project_id}/images", responses=errors(404))
 async def list_images(
-    project_id: Id, studio: StudioDep, offset: Offset = 0, limit: Limit = 24
+    project_id: Id, studio: StudioDep, offset: Offset = 0, limit: Limit = 24, q: SearchText = None
 ) -> Page[ImageOut]:
-    """The project's gallery, newest first."""
-    items, total = await run_in_threadpool(studio.gallery.page, project_id, offset, limit)
+    """The project's gallery, newest first; `q`: only the images whose prompt contains it
+    (ignoring case; `%` and `_` are plain characters)."""
+    items, total = await run_in_threadpool(studio.gallery.page, project_id, offset, limit, q)
     return Page[ImageOut].model_validate(page_of(items, total, offset, limit))
 
 

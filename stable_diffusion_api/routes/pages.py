@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from sd_core.schedule_types import SCHEDULE_TYPES
-from stable_diffusion_api.deps import Id, StudioDep
+from stable_diffusion_api.deps import Id, SearchText, StudioDep
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound
 from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.routes import forms
@@ -28,6 +28,7 @@ from stable_diffusion_api.routes.forms import FormDep, FormInvalid, field_errors
 from stable_diffusion_api.routes.templating import make_templates, render, render_error, seconds
 from stable_diffusion_api.schemas import DEFAULT_VARIATION_STRENGTH, VARIATIONS, ProjectOut
 from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.gallery import SEARCH_MAX_CHARS
 from stable_diffusion_api.services.workers import Benchmark
 
 # `create_app()` builds the template environment and error view through this module.
@@ -197,6 +198,10 @@ def generate_page(
             errors["init_image_id"] = f"Image #{init_from} is not in the gallery any more."
     values["inpaint"] = inpaint  # the init image section open, with the mask's hint
     context = _generate_context(studio, project, values, errors)
+    # The page's script puts back the form this browser last had for the project, unless an
+    # image chose the settings ("use these settings", "send to"; the form shown again after
+    # bad input keeps what was sent).
+    context["remember"] = "restore" if from_image is None and init_from is None else "keep"
     return render(request, "generate.html", context, 404 if errors else 200)
 
 
@@ -254,17 +259,48 @@ def gallery(
     project_id: Id,
     studio: StudioDep,
     page: Annotated[int, Query(ge=1, le=10**6)] = 1,
+    q: SearchText = None,
 ) -> HTMLResponse:
+    """The project's images, newest first; `q` keeps those whose prompt contains it."""
     project = studio.projects.view(project_id)
-    images, total = studio.gallery.page(project_id, (page - 1) * GALLERY_PAGE, GALLERY_PAGE)
-    pages_count = max(1, -(-total // GALLERY_PAGE))
-    context = {
+    return _gallery_page(request, studio, project, page, q)
+
+
+@pages.get("/gallery")
+def all_images(
+    request: Request,
+    studio: StudioDep,
+    page: Annotated[int, Query(ge=1, le=10**6)] = 1,
+    q: SearchText = None,
+) -> HTMLResponse:
+    """The images of every project, newest first, each naming its project; `q` as above."""
+    return _gallery_page(request, studio, None, page, q)
+
+
+def _gallery_page(
+    request: Request, studio: Studio, project: ProjectOut | None, page: int, q: str | None
+) -> HTMLResponse:
+    """One project's gallery (`project`) or every project's (None); a search too long shows
+    its error beside the search box (422)."""
+    offset = (page - 1) * GALLERY_PAGE
+    context: dict[str, Any] = {
+        "nav": "gallery" if project is None else "projects",
         "project": project,
-        "images": images,
-        "total": total,
         "page": page,
-        "pages": pages_count,
+        "q": (q or "").strip(),
+        "search_max": SEARCH_MAX_CHARS,
+        "errors": {},
     }
+    try:
+        if project is None:
+            images, total = studio.gallery.everywhere(offset, GALLERY_PAGE, q)
+            context["project_names"] = {p.id: p.name for p in studio.projects.list()}
+        else:
+            images, total = studio.gallery.page(project.id, offset, GALLERY_PAGE, q)
+    except InvalidField as exc:
+        context |= {"images": [], "total": 0, "pages": 1, "errors": field_errors(exc)}
+        return render(request, "gallery.html", context, 422)
+    context |= {"images": images, "total": total, "pages": max(1, -(-total // GALLERY_PAGE))}
     return render(request, "gallery.html", context)
 
 

@@ -44,13 +44,14 @@ from stable_diffusion_api.deps import ProjectDep, StudioDep
 from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import FINISHED
 from stable_diffusion_api.routes.events import KEEPALIVE_S, ProgressNews, StreamSlot, sse
+from stable_diffusion_api.routes.responses import GUARDED, errors
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.event_watch import STATUS_EVERY_S, Watchers
 from stable_diffusion_api.services.generations import ProjectJobs
 from stable_diffusion_api.services.progress import ProgressHub
 
 # Credentials are checked in front of every route (auth.AuthGuard), streams included.
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=GUARDED)
 
 MAX_ID = 2**62  # ids are 64-bit in the database (deps.Id)
 
@@ -238,7 +239,11 @@ async def _events(
         feed.changed.clear()
 
 
-@router.get("/projects/{project_id}/events", response_class=StreamingResponse)
+@router.get(
+    "/projects/{project_id}/events",
+    response_class=StreamingResponse,
+    responses=errors(404, 429),
+)
 async def project_events(
     project: ProjectDep,
     studio: StudioDep,

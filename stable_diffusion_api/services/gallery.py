@@ -1,4 +1,5 @@
-"""The images of a project: listing (newest first), reading, serving and deleting."""
+"""The images of a project, or of every project: listing (newest first, optionally only those
+whose prompt contains some text), reading, serving and deleting."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from sd_core.infotext import parse_infotext
 from stable_diffusion_api.db import Database
@@ -15,6 +16,9 @@ from stable_diffusion_api.models import Generation, Image, Project
 from stable_diffusion_api.schemas import ImageOut
 from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.storage import MAX_UPLOAD_SIDE, ImageStorage
+
+# The longest text a gallery search takes (`q`), without the spaces around it.
+SEARCH_MAX_CHARS = 200
 
 
 def image_view(image: Image) -> ImageOut:
@@ -40,16 +44,47 @@ class GalleryService:
         self._db = db
         self._storage = storage
 
-    def page(self, project_id: int, offset: int, limit: int) -> tuple[list[ImageOut], int]:
+    def page(
+        self, project_id: int, offset: int, limit: int, query: str | None = None
+    ) -> tuple[list[ImageOut], int]:
+        """One page of the project's images, newest first, and how many there are; with a
+        `query`, only those whose prompt contains it (see `everywhere`). NotFound if the
+        project is gone."""
         with self._db.session() as session:
             if session.get(Project, project_id) is None:
                 raise NotFound("project", project_id)
+        return self._page(Image.project_id == project_id, offset, limit, query)
+
+    def everywhere(
+        self, offset: int, limit: int, query: str | None = None
+    ) -> tuple[list[ImageOut], int]:
+        """One page of the images of every project, newest first, and how many there are.
+
+        `query` keeps the images whose generation's prompt contains it, ignoring case (ASCII
+        case on SQLite, every letter's on PostgreSQL): `%`, `_` and `/` in it are plain
+        characters, not LIKE's wildcards. Empty or blank: no filter; longer than
+        SEARCH_MAX_CHARS: InvalidField naming `q`."""
+        return self._page(None, offset, limit, query)
+
+    def _page(
+        self, where: ColumnElement[bool] | None, offset: int, limit: int, query: str | None
+    ) -> tuple[list[ImageOut], int]:
+        conditions = [] if where is None else [where]
+        query = (query or "").strip()
+        if len(query) > SEARCH_MAX_CHARS:
+            raise InvalidField("q", query, f"at most {SEARCH_MAX_CHARS} characters", "query")
+        if query:
+            conditions.append(Generation.prompt.icontains(query, autoescape=True))
+        with self._db.session() as session:
             total = session.scalar(
-                select(func.count(Image.id)).where(Image.project_id == project_id)
+                select(func.count(Image.id))
+                .join(Generation, Generation.id == Image.generation_id)
+                .where(*conditions)
             )
             images = session.scalars(
                 select(Image)
-                .where(Image.project_id == project_id)
+                .join(Generation, Generation.id == Image.generation_id)
+                .where(*conditions)
                 .order_by(Image.id.desc())
                 .offset(offset)
                 .limit(limit)

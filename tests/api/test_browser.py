@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -50,6 +51,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def run_job(base: str, project: int, job: dict[str, object]) -> dict[str, Any]:
+    """Queue `job` in `project` over REST and wait until it has succeeded: its generation."""
+    queued = httpx.post(f"{base}/api/v1/projects/{project}/generations", json=job, timeout=30)
+    assert queued.status_code == 202, queued.text
+    deadline = time.monotonic() + 300
+    while (done := httpx.get(f"{base}/api/v1/generations/{queued.json()['id']}").json())[
+        "status"
+    ] != "succeeded":
+        assert done["status"] in ("queued", "running") and time.monotonic() < deadline, done
+        time.sleep(0.2)
+    return dict(done)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +227,8 @@ def test_create_generate_watch_gallery_reuse(server: tuple[str, str], browser) -
     assert page.evaluate("document.querySelector('.gallery img').naturalWidth") > 0
     shoot(page, "5-gallery")
 
-    thumbs.first.click()
+    thumbs.first.click()  # opens it large (static/lightbox.js); its "Image page" link leads on
+    page.click("#lightbox-page")
     page.wait_for_url("**/images/*")
     assert "1234" in page.locator(".params").inner_text()
     assert page.evaluate("document.querySelector('img.full').naturalWidth") > 0
@@ -280,14 +295,7 @@ def test_an_image_is_upscaled_from_its_page(server: tuple[str, str], browser) ->
     )
     project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()
     job = {"prompt": "a green square on a white background", "steps": 2, "width": 64, "height": 64}
-    queued = httpx.post(f"{base}/api/v1/projects/{project['id']}/generations", json=job, timeout=30)
-    deadline = time.monotonic() + 300
-    while (done := httpx.get(f"{base}/api/v1/generations/{queued.json()['id']}").json())[
-        "status"
-    ] != "succeeded":
-        assert done["status"] in ("queued", "running") and time.monotonic() < deadline, done
-        time.sleep(0.2)
-    source = done["images"][0]["id"]
+    source = run_job(base, project["id"], job)["images"][0]["id"]
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     errors: list[str] = []

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.api.test_browser import DESKTOP, browser, data_dir, server  # noqa: F401  (fixtures)
+from tests.api.test_browser import DESKTOP, browser, data_dir, run_job, server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 
@@ -102,13 +102,7 @@ def test_a_benchmark_is_followed_live_and_the_image_page_names_its_generation(  
     project = new_project(base, model, "Status image page")
     job = {"prompt": "a green square on a white background", "steps": 2, "batch": 2,
            "width": 64, "height": 64}  # fmt: skip
-    queued = httpx.post(f"{base}/api/v1/projects/{project}/generations", json=job, timeout=30)
-    deadline = time.monotonic() + 300
-    while (done := httpx.get(f"{base}/api/v1/generations/{queued.json()['id']}").json())[
-        "status"
-    ] != "succeeded":
-        assert done["status"] in ("queued", "running") and time.monotonic() < deadline, done
-        time.sleep(0.2)
+    done = run_job(base, project, job)
     second = done["images"][1]
     page.goto(f"{base}/images/{second['id']}")
     origin = page.inner_text("#image-origin")
