@@ -62,7 +62,7 @@ class _Followed:
 
     news: ProgressNews
     stack: contextlib.ExitStack  # its watch on the hub
-    status: tuple[str, int | None] | None = None
+    said: tuple[str, int | None] | None = None  # the status and queue position last sent
     problems: set[str] = field(default_factory=set)
 
 
@@ -102,8 +102,8 @@ class ProjectFeed:
                 continue  # else it ended before this stream, or was announced already
             if followed is None:
                 followed = self._follow(view.id)
-            if (view.status, view.position) != followed.status:
-                followed.status = (view.status, view.position)
+            if (view.status, view.position) != followed.said:
+                followed.said = (view.status, view.position)
                 events.append(sse("status", view.model_dump(mode="json", exclude={"progress"})))
         listed = {view.id for view in found.jobs}
         for gone in [job for job in self.following if job not in listed]:  # deleted meanwhile
