@@ -39,33 +39,34 @@ def test_worker_priority(priority: str, device: str, policy: str, nicer_by: int)
     assert niceness == os.getpriority(os.PRIO_PROCESS, 0) + nicer_by
 
 
-def test_low_is_the_default_and_others_are_refused() -> None:
-    # Not "idle": on a machine busy with other work SCHED_IDLE starved the user's own job.
-    assert Settings().worker_priority == "low"
+def test_normal_is_the_default_and_others_are_refused() -> None:
+    # Not "idle" or "low": on a machine busy with other work they starved the user's own job.
+    assert Settings().worker_priority == "normal"
     with pytest.raises(ValueError, match="worker_priority"):
         Settings(worker_priority="realtime")  # type: ignore[arg-type]
 
 
-def test_openmp_threads_sleep_while_waiting_unless_the_user_said_otherwise() -> None:
+def test_openmp_threads_spin_briefly_unless_the_user_said_otherwise() -> None:
     from stable_diffusion_api.services.worker_process import wait_without_spinning
 
     fresh: dict[str, str] = {}
     wait_without_spinning(fresh)
-    assert fresh == {"OMP_WAIT_POLICY": "PASSIVE"}
-    chosen = {"OMP_WAIT_POLICY": "ACTIVE"}
-    wait_without_spinning(chosen)
-    assert chosen == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert fresh == {"GOMP_SPINCOUNT": "10000"}
+    for chosen in ({"GOMP_SPINCOUNT": "5"}, {"OMP_WAIT_POLICY": "ACTIVE"}):
+        kept = dict(chosen)
+        wait_without_spinning(kept)
+        assert kept == chosen
 
 
-def test_a_worker_process_loads_torch_with_sleeping_openmp_threads(tmp_path: Path) -> None:
-    """The real child: by the time it imports torch, OMP_WAIT_POLICY is set (OpenMP reads it
+def test_a_worker_process_loads_torch_with_a_short_openmp_spin(tmp_path: Path) -> None:
+    """The real child: by the time it imports torch, GOMP_SPINCOUNT is set (OpenMP reads it
     then, once)."""
     probe = (
         "import multiprocessing, os, sys\n"
         "from stable_diffusion_api.services import worker_process\n"
         "seen = {}\n"
         "def fake_context(settings, instance_id, hub):\n"
-        "    seen['policy'] = os.environ.get('OMP_WAIT_POLICY')\n"
+        "    seen['policy'] = os.environ.get('GOMP_SPINCOUNT')\n"
         "    raise SystemExit(0)\n"
         "worker_process.child_context = fake_context\n"
         "parent, child = multiprocessing.Pipe()\n"
@@ -75,7 +76,7 @@ def test_a_worker_process_loads_torch_with_sleeping_openmp_threads(tmp_path: Pat
         "    pass\n"
         "print(seen['policy'], 'torch' in sys.modules)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], check=True,
                           capture_output=True, text=True, env=env | {"PYTHONPATH": str(ROOT)})  # fmt: skip
-    assert done.stdout.split() == ["PASSIVE", "False"]
+    assert done.stdout.split() == ["10000", "False"]
