@@ -18,6 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Ask a server process to stop; kill it if it has not within 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,9 +59,4 @@ def serving(script: str, port: int, env: dict[str, str], log: Path, ready: str) 
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import stop
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "stable_diffusion_api"
 UI_MODULES = {"gradio", "gradio_client", "dali_gradio", "sd_gradio", "dali_app"}
@@ -147,12 +149,7 @@ def serving(
             time.sleep(0.5)
         yield log
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.mark.server

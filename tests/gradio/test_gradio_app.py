@@ -28,6 +28,7 @@ from sd_core.samplers import get_sampler, sampler_names
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.models import SUCCEEDED, Generation
 from stable_diffusion_api.services import Studio
+from tests.servers import stop
 
 # Every test here talks to one `python sd_gradio.py` process.
 pytestmark = pytest.mark.server
@@ -97,12 +98,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"client": client, "studio": studio, "model": model, "tmp": tmp, "log": log}
         studio.db.dispose()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def txt2img(app: dict[str, Any], prompt: str = "a red circle", **kw: Any) -> tuple[Any, ...]:
