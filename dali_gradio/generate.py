@@ -247,6 +247,8 @@ class GenerationTabs:
             f"Generation #{view.id}: {len(view.images)} image(s) with {view.model} on "
             f"{view.device}{speed}. Seeds {', '.join(str(i.seed) for i in view.images)}."
         )
+        # What the user should know about it: a prompt the built-in model was never taught…
+        status += "".join(f"\n\n**Note:** {warning}" for warning in view.warnings)
         info = view.images[0].parameters if view.images else ""
         return (items, None, info, status, details)
 

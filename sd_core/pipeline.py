@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled
+from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled, shapes_grammar
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
 from sd_core.extra_networks import prompt_networks
@@ -408,11 +408,24 @@ class StableDiffusionPipeline:
         if vae is not self.vae and self._separate_vae.file is not None:
             file = self._separate_vae.file
             used.append(UsedAsset("vae", file.name, file.short_hash))
-        warnings = (*networks.warnings, *lora_warnings, *encoded_prompts.warnings)
+        warnings = (
+            *self._grammar_warnings(networks.prompt),
+            *networks.warnings,
+            *lora_warnings,
+            *encoded_prompts.warnings,
+        )
         timing = (encoded - began, sampling_s)
         return _Sampled(
             p, mode, latents, vae, *timing, warnings, tuple(used), inpainting, interrupted
         )
+
+    def _grammar_warnings(self, prompt: str) -> tuple[str, ...]:
+        """The built-in model's warning for a prompt outside what it was taught (none for any
+        other model: an SD checkpoint reads free text)."""
+        if self.config.name != shapes_grammar.MODEL_NAME:
+            return ()
+        warning = shapes_grammar.prompt_warning(prompt)
+        return (warning,) if warning else ()
 
     # -- stage 1: text conditioning --------------------------------------------------------
 

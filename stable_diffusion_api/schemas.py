@@ -462,6 +462,8 @@ class GenerationAccepted(BaseModel):
     position: int
     url: str
     events_url: str
+    # What the user should know before it runs: a prompt the built-in model was never taught.
+    warnings: list[str] = []
 
 
 class BenchmarkOut(Out):

@@ -126,20 +126,20 @@
     box.dispatchEvent(new Event("input", { bubbles: true }));
   }
 
-  // The LoRA & embedding picker: a click writes its tag into the prompt box used last (the
-  // prompt, until the negative prompt has had the focus).
-  const picker = $("#networks");
-  if (picker) {
+  // The LoRA & embedding picker and the built-in model's words: a click writes its tag or word
+  // into the prompt box used last (the prompt, until the negative prompt has had the focus).
+  const pickers = ["#networks", "#grammar"].map((selector) => $(selector)).filter(Boolean);
+  if (pickers.length) {
     let target = $("#prompt");
     const focused = new Set();
     ["#prompt", "#negative_prompt"].forEach((selector) => {
       const box = $(selector);
       if (box) box.addEventListener("focus", () => { target = box; focused.add(box); });
     });
-    picker.addEventListener("click", (event) => {
+    pickers.forEach((picker) => picker.addEventListener("click", (event) => {
       const button = event.target.closest("button[data-insert]");
       if (button && target) insertAtCursor(target, button.dataset.insert, !focused.has(target));
-    });
+    }));
   }
 
   // -- the mask editor: paint the inpainting mask over the chosen init image ----------------

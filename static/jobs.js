@@ -65,6 +65,7 @@
       ui: {
         status: find(".job-status"), progress: find(".job-progress"), detail: find(".job-detail"),
         preview: find(".job-preview"), prompt: find(".job-prompt"), cancel: find(".job-cancel"),
+        notes: find(".job-notes"),
       },
     };
     card.ui.cancel.addEventListener("submit", async (event) => {
@@ -98,6 +99,20 @@
     return adopt(element, id);
   }
 
+  // The job's warnings (a prompt the built-in model was never taught, a LoRA it could not
+  // use…) as notes on its card: said at submission, and again as the job goes on and ends.
+  function showNotes(card, warnings) {
+    if (!warnings || warnings.length === 0) return; // a queued job's row has none yet
+    card.ui.notes.replaceChildren(...warnings.map((warning) => {
+      const item = document.createElement("li");
+      item.className = "notice";
+      item.setAttribute("role", "note");
+      item.textContent = `Note: ${warning}`;
+      return item;
+    }));
+    card.ui.notes.hidden = false;
+  }
+
   function finish(card, g) {
     if (card.finished) return; // said again after a reconnection: its images are in already
     card.finished = true;
@@ -105,6 +120,7 @@
     ui.cancel.hidden = true;
     ui.preview.hidden = true;
     ui.detail.textContent = runSummary(g, ui.progress);
+    showNotes(card, g.warnings);
     if (g.status === "succeeded" || g.status === "interrupted") {
       const done = g.status === "succeeded" ? "Done" : "Interrupted (partly denoised)";
       ui.status.textContent = `${done} — ${g.images.length} image${g.images.length === 1 ? "" : "s"}`;
@@ -131,6 +147,7 @@
     const accepted = event.detail;
     const card = cards.get(accepted.id) || addCard(accepted.id);
     if (!card.finished && card.ui.status.textContent === "") showStatus(card.ui, accepted);
+    if (!card.finished) showNotes(card, accepted.warnings);
     if (window.matchMedia("(max-width: 900px)").matches) card.element.scrollIntoView({ behavior: "smooth", block: "start" });
   });
 
@@ -146,6 +163,7 @@
     if (card.finished) return;
     card.element.dataset.status = g.status;
     card.ui.prompt.textContent = g.prompt;
+    showNotes(card, g.warnings);
     showStatus(card.ui, g);
   });
   source.addEventListener("progress", (event) => {

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from sd_core import shapes_grammar
 from sd_core.schedule_types import SCHEDULE_TYPES
 from stable_diffusion_api.deps import Id, SearchText, StudioDep
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound
@@ -133,6 +134,22 @@ def delete_project(request: Request, project_id: Id, studio: StudioDep, form: Fo
 # -- generating --------------------------------------------------------------------------------
 
 
+GRAMMAR_HINT = {
+    "pattern": shapes_grammar.PATTERN,
+    "suggestions": shapes_grammar.SUGGESTIONS,
+    "words": (
+        "a",
+        *shapes_grammar.SIZES,
+        *shapes_grammar.COLORS,
+        *shapes_grammar.SHAPES,
+        *(f"in the {position}" for position in shapes_grammar.POSITIONS),
+        "on a",
+        "gray",
+        "background",
+    ),
+}
+
+
 def _generate_context(
     studio: Studio, project: ProjectOut, values: dict[str, Any], errors: dict[str, str]
 ) -> dict[str, Any]:
@@ -151,6 +168,8 @@ def _generate_context(
         "active": jobs.jobs[::-1],
         "latest_id": jobs.latest_id,
         "builtin": studio.models.list()[0],
+        # What the built-in model understands, shown under the prompt while it is chosen.
+        "grammar": GRAMMAR_HINT,
         # The prompt's picker: a click writes `<lora:name:1>` or the embedding's name.
         "loras": studio.assets.loras(),
         "embeddings": studio.assets.embeddings(),

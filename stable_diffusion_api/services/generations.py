@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from sd_core import shapes_grammar
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import Conflict, InvalidField, NotFound, QueueFull
@@ -195,6 +196,9 @@ class GenerationService:
             request = request.model_copy(update={"prompt": prompt, "negative_prompt": negative})
         params = params_from_request(request, defaults, sampler, vae)
         self._samplers.check(params)
+        # Said in the answer, before it runs; the engine's result (the row's warnings) says it
+        # again, for the job's page, the API and the PNG's A1111 clients.
+        warning = shapes_grammar.prompt_warning(params.prompt) if model.builtin else None
         values = {
             "project_id": project_id,
             "source": source,
@@ -232,6 +236,7 @@ class GenerationService:
             position=queued.ahead,
             url=f"/api/v1/generations/{queued.id}",
             events_url=f"/api/v1/generations/{queued.id}/events",
+            warnings=[warning] if warning else [],
         )
 
     def _inputs(self, request: GenerationCreate) -> Inputs:

@@ -245,7 +245,9 @@ def test_empty_asset_folders_say_where_files_go(client: TestClient, settings: Se
                      r'<option value="None" selected>Model\'s own</option>\s*</select>', page)  # fmt: skip
     for folder in (folders.vaes, folders.loras, folders.embeddings):
         assert f'<code class="path">{folder}</code>' in page
-    assert "No LoRAs yet" in page and "No embeddings yet" in page and 'class="chip"' not in page
+    networks = page[page.index('<details class="networks"') : page.index("</details>")]
+    assert "No LoRAs yet" in networks and "No embeddings yet" in networks
+    assert 'class="chip"' not in networks
     edit = client.get(f"/projects/{project['id']}/edit").text
     assert 'id="vae"' in edit and f'<code class="path">{folders.vaes}</code>' in edit
 
@@ -259,7 +261,8 @@ def test_pickers_list_the_installed_files(client: TestClient, settings: Settings
     installed = [("kl-f8.pt", ""), ("mse.vae.safetensors", "selected")]  # the project's
     assert vae_options(page) == [("None", ""), *installed]
     assert "No LoRAs yet" not in page and "notes.txt" not in page
-    chips = re.findall(r'data-insert="([^"]*)"', page)
+    networks = page[page.index('<details class="networks"') : page.index("</details>")]
+    chips = re.findall(r'data-insert="([^"]*)"', networks)
     assert chips == ["&lt;lora:add_detail:1&gt;", "&lt;lora:ink:1&gt;", "easynegative"]
     assert 'LoRAs &amp; embeddings <span class="muted">(2 + 1)</span>' in page
 

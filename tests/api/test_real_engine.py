@@ -258,18 +258,28 @@ def test_prompt_warnings_reach_the_rest_api_and_weights_work(
     project = project_for(client, model, "Prompt syntax")
     tagged = wait_for(
         client,
-        submit(client, project["id"], prompt="a red circle <lora:detail:0.8>", seed=3, steps=2)[
-            "id"
-        ],
+        submit(
+            client,
+            project["id"],
+            prompt="a red circle on a blue background <lora:detail:0.8>",
+            seed=3,
+            steps=2,
+        )["id"],
     )
     assert tagged["status"] == "succeeded", tagged
     assert len(tagged["warnings"]) == 1 and "<lora:detail:0.8>" in tagged["warnings"][0]
     plain = wait_for(
-        client, submit(client, project["id"], prompt="a red circle", seed=3, steps=2)["id"]
+        client,
+        submit(client, project["id"], prompt="a red circle on a blue background", seed=3, steps=2)[
+            "id"
+        ],
     )
     assert plain["warnings"] == []
     same = wait_for(
-        client, submit(client, project["id"], prompt="a (red circle:1.0)", seed=3, steps=2)["id"]
+        client,
+        submit(
+            client, project["id"], prompt="a (red circle:1.0) on a blue background", seed=3, steps=2
+        )["id"],
     )
     files = [
         client.get(f"/api/v1/images/{g['images'][0]['id']}/file").content
@@ -277,3 +287,21 @@ def test_prompt_warnings_reach_the_rest_api_and_weights_work(
     ]
     pixels = [np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in files]
     assert np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[1], pixels[2])
+
+
+def test_a_prompt_the_built_in_model_was_never_taught_is_said_at_once_and_after(
+    engine_client: tuple[TestClient, str | None],
+) -> None:
+    client, model = engine_client
+    assert model is None, "the built-in model ships in data/models"
+    project = project_for(client, model, "Grammar")
+    accepted = submit(client, project["id"], prompt="a photo of a cat", seed=3, steps=2)
+    [said] = accepted["warnings"]
+    assert "'photo', 'of', 'cat'" in said and "a [small|large] <color> <shape>" in said
+    done = wait_for(client, accepted["id"], timeout=60)  # loads the model
+    assert done["status"] == "succeeded" and done["warnings"] == [said]
+    parameters = done["images"][0]["parameters"]
+    assert parameters.startswith("a photo of a cat\n")  # the image is still made, as asked
+    taught = submit(client, project["id"], prompt="A red circle on a blue background.", steps=2)
+    assert taught["warnings"] == []
+    assert wait_for(client, taught["id"], timeout=60)["warnings"] == []

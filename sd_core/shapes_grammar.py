@@ -1,0 +1,113 @@
+"""What the built-in model (dali-tiny) understands, and a check that says when a prompt is outside it.
+
+The built-in model was trained on one sentence pattern only (docs/dali-tiny.md)::
+
+    a [small |large ]<color> <shape>[ in the <position>] on a <background> background
+
+Its text encoder still reads any words, so "a photo of a cat" gives an image: a shape guessed
+from the few words it knows. Nothing would tell the user why. `prompt_warning` is that message,
+for the engine's result warnings (CLI, REST, pages, A1111, Gradio) and for the service's answer
+at submission; `SUGGESTIONS` are example prompts for the prompt box.
+
+Pure Python (no torch), so every layer may import it. The word lists are the training data's
+(`training/shapes.py`; a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sd_core.prompt_parser import Break, extract_extra_networks, parse_prompt
+
+# The model's name in its checkpoint's `dali_config` (ModelConfig.name): the pipeline's key.
+MODEL_NAME = "dali-tiny"
+
+COLORS: tuple[str, ...] = (
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "orange",
+    "purple",
+    "white",
+    "black",
+)
+BACKGROUNDS: tuple[str, ...] = (*COLORS, "gray")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SIZES: tuple[str, ...] = ("small", "large")  # no word: medium
+POSITIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right", "center")
+
+PATTERN = "a [small|large] <color> <shape> [in the <position>] on a <background> background"
+
+SUGGESTIONS: tuple[str, ...] = (
+    "a red circle on a blue background",
+    "a small yellow triangle in the bottom right on a gray background",
+    "a large green square in the top left on a white background",
+    "a purple circle in the center on a yellow background",
+    "a black triangle in the top right on a orange background",
+)
+
+
+def _alternatives(words: tuple[str, ...]) -> str:
+    return "|".join(re.escape(word) for word in words)
+
+
+_SENTENCE = re.compile(
+    rf"a (?:(?P<size>{_alternatives(SIZES)}) )?(?P<color>{_alternatives(COLORS)})"
+    rf" (?P<shape>{_alternatives(SHAPES)})(?: in the (?P<position>{_alternatives(POSITIONS)}))?"
+    rf" on a (?P<background>{_alternatives(BACKGROUNDS)}) background"
+)
+_KNOWN_WORDS = frozenset(
+    {"a", "in", "the", "on", "background"}
+    | {
+        word
+        for phrase in (*COLORS, *BACKGROUNDS, *SHAPES, *SIZES, *POSITIONS)
+        for word in phrase.split()
+    }
+)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A prompt as the built-in model reads it: `text` with the attention syntax, extra-network
+    tags and BREAKs taken out, lower case, single spaces, no end punctuation; `understood`
+    when it is a sentence of the pattern; `unknown` the words the model was never taught."""
+
+    text: str
+    understood: bool
+    unknown: tuple[str, ...]
+
+
+def read_prompt(prompt: str) -> Reading:
+    """How the built-in model reads `prompt` (see `Reading`)."""
+    untagged, _ = extract_extra_networks(prompt)
+    plain = " ".join(part.text for part in parse_prompt(untagged) if not isinstance(part, Break))
+    text = " ".join(plain.lower().split()).strip(" .,;!")
+    match = _SENTENCE.fullmatch(text)
+    understood = match is not None and match["color"] != match["background"]
+    words = re.findall(r"[a-z]+", text)
+    unknown = tuple(dict.fromkeys(word for word in words if word not in _KNOWN_WORDS))
+    return Reading(text, understood, unknown)
+
+
+def prompt_warning(prompt: str) -> str | None:
+    """None when the built-in model understands `prompt`; else a warning for the user that
+    says why the image will not show what was asked, and what the model does understand."""
+    reading = read_prompt(prompt)
+    if reading.understood:
+        return None
+    if not reading.text:
+        why = "An empty prompt gives a random shape:"
+    elif reading.unknown:
+        words = ", ".join(f"'{word}'" for word in reading.unknown[:8])
+        more = " …" if len(reading.unknown) > 8 else ""
+        why = f"It was never taught {words}{more}, so it will draw a shape it guesses:"
+    else:
+        why = "It knows these words but not in this order or combination, so it will guess:"
+    return (
+        "The built-in model only draws one shape on a plain background. "
+        f"{why} write '{PATTERN}' — colors: {', '.join(COLORS)}; shapes: {', '.join(SHAPES)};"
+        f" positions: {', '.join(POSITIONS)}; backgrounds: the colors or gray, not the shape's"
+        f" color. For example '{SUGGESTIONS[0]}'."
+    )

@@ -1,0 +1,83 @@
+"""The built-in model's grammar on the generate page, in Chromium: shown while that model is
+chosen (examples and words that write the prompt), hidden for another checkpoint, and the note
+on a job whose prompt it was never taught — said on its card at once and kept when it ends."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.test_browser import (  # noqa: F401  (fixtures)
+    DESKTOP,
+    browser,
+    data_dir,
+    server,
+    shoot,
+    unlabelled_controls,
+)
+
+pytestmark = pytest.mark.browser
+
+
+def wait_until(page, condition: str, timeout_s: float) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    """Poll `condition` from here (the pages' CSP forbids the eval wait_for_function needs)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(condition):
+        assert time.monotonic() < deadline, f"not true after {timeout_s} s: {condition}"
+        time.sleep(0.05)
+
+
+def test_the_grammar_follows_the_model_and_a_foreign_prompt_gets_a_note(  # noqa: F811
+    server,  # noqa: ANN001, F811
+    browser,  # noqa: ANN001, F811
+    data_dir: Path,  # noqa: F811
+) -> None:
+    from sd_core.checkpoint import save_checkpoint
+    from sd_core.config import TINY_TEST
+    from tests.reference import random_checkpoint
+
+    base, model = server
+    assert model == "", "the built-in model ships in data/models"
+    other = data_dir / "models" / "other-model.safetensors"
+    save_checkpoint(other, random_checkpoint(TINY_TEST, seed=2), TINY_TEST)
+    body = {"name": "Grammar", "device": "cpu"}
+    project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()["id"]
+    page = browser.new_page(viewport=DESKTOP)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/projects/{project}")
+
+    grammar = page.locator("#grammar")
+    assert grammar.is_visible() and "a [small|large] <color> <shape>" in grammar.inner_text()
+    page.click(
+        "#grammar button[data-prompt='a small yellow triangle in the bottom right on a gray background']"
+    )
+    assert page.input_value("#prompt") == (
+        "a small yellow triangle in the bottom right on a gray background"
+    )
+    page.fill("#prompt", "")
+    for word in ("a", "large", "red", "circle", "in the top left", "on a", "blue", "background"):
+        page.click(f"#grammar button[data-insert='{word}']")
+    assert page.input_value("#prompt") == "a large red circle in the top left on a blue background"
+
+    page.select_option("#model", "other-model")
+    assert not grammar.is_visible()
+    page.select_option("#model", "")
+    assert grammar.is_visible()
+    assert unlabelled_controls(page) == []
+    shoot(page, "grammar")
+
+    page.fill("#prompt", "a photo of a cat")
+    page.fill("#steps", "2")
+    page.click("#generate-button")
+    note = page.locator("#jobs .job-card .job-notes")
+    wait_until(page, "document.querySelector('#jobs .job-notes')?.hidden === false", 30)
+    assert "never taught 'photo', 'of', 'cat'" in note.inner_text()  # from the 202 answer
+    page.wait_for_selector("#results a.thumb img", timeout=120_000)
+    assert note.is_visible() and note.inner_text().count("Note:") == 1  # kept when it ended
+    shoot(page, "grammar-note")
+    assert errors == []
+    page.close()
