@@ -27,6 +27,10 @@ MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "monospace"]
 CSS = """
 #dali-title h2 { margin: 0.2em 0; }
 footer { display: none !important; }
+/* A dropdown's text stops before its arrow (on a phone it ran under it) and ends in "…". */
+.secondary-wrap input[role="combobox"] {
+  min-width: 0; text-overflow: ellipsis; padding-right: 1.6em !important;
+}
 """
 
 
