@@ -6,7 +6,8 @@ problem saving, finish. Each report becomes the message a worker process would s
 pipe (services/worker_messages.py), encoded small (services/live_codec.py: a preview's latent
 averaged down and quantized to stay far under NOTIFY's 8000 bytes) and handed to a
 `NotifySender`, which never blocks the job and drops news while the database is away. The
-encoding runs on the sampling thread: 0.1 ms for a step, about 1 ms for a 1024² preview.
+encoding runs on the sender's thread, not the job's (about 20 µs for a step, 1.2 ms for a
+1024² preview).
 
 Cancels from the web hosts come to its `request_cancel` (services/pg_notify.py `NodeLive`),
 which tells its `cancel_listeners` — the node's `WorkerPool` — as on any hub.
@@ -14,6 +15,7 @@ which tells its `cancel_listeners` — the node's `WorkerPool` — as on any hub
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from stable_diffusion_api.services.live_codec import PROGRESS_CHANNEL, Report, encode_report
@@ -38,7 +40,7 @@ class NotifyHub(ProgressHub):
         self.channel = channel
 
     def publish(self, message: Report) -> None:
-        self.sender.send(self.channel, encode_report(message))
+        self.sender.send(self.channel, partial(encode_report, message))
 
     def start(self, generation_id: int, total: int) -> None:
         self.publish(JobStarted(generation_id, total))

@@ -2,7 +2,8 @@
 never blocking nor failing whoever sends.
 
 `send(channel, payload)` only puts the pair in a bounded queue and returns (microseconds); the
-sender's thread runs `SELECT pg_notify(channel, payload)` on its own autocommit connection, in
+payload may be a function that makes it, called on the sender's thread (a preview's encoding
+then costs the job nothing). The sender's thread runs `SELECT pg_notify(channel, payload)` on its own autocommit connection, in
 the order given — PostgreSQL delivers one session's notifications in that order. A queue that
 is full (the database slower than the reports) drops the new one. A lost connection drops the
 message in hand and every one sent while it reconnects, trying again after 0.5 s, then twice as
@@ -17,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
 QUEUE_SIZE = 1000
+
+Payload = str | Callable[[], str]
 
 
 def connect(conninfo: str) -> Any:
@@ -45,7 +49,7 @@ def connect(conninfo: str) -> Any:
 class NotifySender:
     def __init__(self, conninfo: str, name: str = "dali-notify") -> None:
         self._conninfo = conninfo
-        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[tuple[str, Payload] | None] = queue.Queue(QUEUE_SIZE)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopping = threading.Event()
         self._connection: Any = None
@@ -64,8 +68,9 @@ class NotifySender:
             self._queue.put(None, timeout=timeout)
         self._thread.join(timeout)
 
-    def send(self, channel: str, payload: str) -> None:
-        """Queue one notification; never blocks, never raises."""
+    def send(self, channel: str, payload: Payload) -> None:
+        """Queue one notification (its text, or a function making it); never blocks, never
+        raises."""
         if self._stopping.is_set():
             self.dropped += 1
             return
@@ -94,8 +99,15 @@ class NotifySender:
                     self.dropped += 1
                     continue
                 backoff = MIN_BACKOFF_S
+            channel, payload = item
             try:
-                self._connection.execute("SELECT pg_notify(%s, %s)", item)
+                text = payload if isinstance(payload, str) else payload()
+            except Exception:  # a report that cannot be encoded is a bug, not an outage
+                log.exception("notify: a %s message could not be encoded", channel)
+                self.dropped += 1
+                continue
+            try:
+                self._connection.execute("SELECT pg_notify(%s, %s)", (channel, text))
                 self.sent += 1
             except Exception as exc:
                 log.warning("notify: lost the database (%s); reconnecting", str(exc).strip())
