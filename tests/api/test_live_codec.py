@@ -4,7 +4,10 @@ database neither blocks nor raises, and backs off."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +30,8 @@ from stable_diffusion_api.services.worker_messages import (
     JobStarted,
     JobStepped,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # image side → its latent's side (1/8)
 SIZES = {64: 8, 512: 64, 1024: 128, 2048: 256}
@@ -146,3 +151,12 @@ def test_a_listener_without_a_database_backs_off_and_stops(
     listener.stop()
     assert time.monotonic() - began < 0.5  # heard at once, even while backing off
     assert len(tries) == 3 and not listener.connected.is_set(), tries
+
+
+def test_drawing_a_preview_loads_no_torch() -> None:
+    """The web host draws the previews of remote nodes (and of its worker processes) from
+    their latents: that must not cost it torch's import, seconds that would hold up every
+    report behind the first preview."""
+    code = "import sys, sd_core.preview; sys.exit('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60)
+    assert done.returncode == 0
