@@ -7,6 +7,7 @@ run by a "remote node" streams its progress through the real SSE route and is ca
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from stable_diffusion_api.services.pg_notify import (
 from stable_diffusion_api.services.progress import ProgressHub
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, server_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -222,6 +223,54 @@ def test_both_ends_come_back_after_their_connections_are_killed(postgres: Postgr
         assert node.sender.dropped <= 1
         web.cancel(5)  # the web host's sender came back too
         assert told.wait(2)
+
+
+def restart(server: PostgresServer) -> None:
+    """Stop the test session's PostgreSQL (ending every session) and start it again, with the
+    options it was started with (pg_ctl keeps them) and its log file (else the server would
+    hold this call's output pipes open)."""
+    binaries = server_binaries()
+    assert binaries is not None
+    prefix = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    root = server.socket_dir
+    command = [
+        str(binaries / "pg_ctl"),
+        "restart",
+        "-w",
+        "-m",
+        "fast",
+        "-l",
+        str(root / "server.log"),
+    ]
+    done = subprocess.run(
+        [*prefix, *command, "-D", str(root / "data")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_both_ends_carry_on_after_a_server_restart(postgres: PostgresServer) -> None:
+    url = postgres.new_database()
+    hub = RecordingHub()
+    web = web_live(url, hub)
+    node = node_live(url)
+    assert web is not None and node is not None
+    told = threading.Event()
+    node.hub.cancel_listeners.append(lambda job_id, keep: told.set())
+    with running(web), running(node):
+        node.hub.start(6, 50)
+        restart(postgres)
+        began = time.monotonic()
+        step = 0
+        while time.monotonic() - began < 10 and not any(c[0] == "step" for c in hub.calls):
+            step += 1
+            node.hub.step(6, step, 50, 0.1)  # lost while the server is away, then heard
+            time.sleep(0.05)
+        assert any(c[0] == "step" for c in hub.calls), node.sender.dropped
+        assert web.listener.connections >= 2 and node.listener.connections >= 2
+        assert node.listener.connected.wait(5)
+        web.cancel(6)
+        assert told.wait(5)
 
 
 def test_a_remote_nodes_job_streams_and_cancels_through_the_real_routes(
