@@ -20,6 +20,20 @@ for cancels and work, handed to the functions the worker command gives
 (`worker.request_cancel`, `worker.wake`) — and `wait_for_work(timeout)` for a loop of its own.
 Every connection reconnects with back-off after a loss; nothing here ever fails a job or a
 request.
+
+A node's worker command plugs it in like this (its `WorkerPool` already listens to its hub's
+cancels, so only the wake-up needs wiring):
+
+    live = node_live(settings.resolved_database_url)       # None on SQLite
+    hub = live.hub if live is not None else ProgressHub()  # the hub given to the WorkerPool
+    pool = WorkerPool(settings, db, engine, hardware, models, storage, hub, speeds, mode, jobs)
+    if live is not None:
+        live.on_work = lambda _device: [w.wake() for w in pool.workers.values()]
+        live.start()
+    ...
+    pool.stop()
+    if live is not None:
+        live.stop()
 """
 
 from __future__ import annotations

@@ -297,10 +297,14 @@ def test_a_remote_nodes_job_streams_and_cancels_through_the_real_routes(
         canceled = threading.Event()
         node.hub.cancel_listeners.append(lambda job_id, keep: canceled.set())
 
+        reported: dict[int, float] = {}  # step → when the node reported it
+        streamed: dict[int, float] = {}  # step → when its progress event came to the page
+
         def run_on_node() -> None:
             node.hub.start(remote["id"], 6)
             for step in (1, 2, 3):
                 time.sleep(0.1)
+                reported[step] = time.monotonic()
                 node.hub.step(remote["id"], step, 6, 0.1)
             node.hub.preview_latent(remote["id"], np.zeros((4, 64, 64), np.float32), 3)
             assert canceled.wait(10)  # the worker stops at its next step
@@ -328,6 +332,8 @@ def test_a_remote_nodes_job_streams_and_cancels_through_the_real_routes(
                 elif line.startswith("data: ") and name:
                     events.append((name, json.loads(line[6:])))
                     data = events[-1][1]
+                    if name == "progress" and data["step"] > 0:  # 0: the start
+                        streamed.setdefault(data["step"], time.monotonic())
                     if name == "progress" and data["step"] == 3 and "preview" in data:
                         asked = time.monotonic()
                         cancel = pool.submit(
@@ -340,6 +346,8 @@ def test_a_remote_nodes_job_streams_and_cancels_through_the_real_routes(
         assert progress and all(data["total"] == 6 for data in progress)
         assert [data["step"] for data in progress] == sorted(data["step"] for data in progress)
         assert progress[-1]["step"] == 3
+        # Progress reaches the page within the 0.5 s (each step seen, from its report).
+        assert streamed and all(streamed[step] - reported[step] < 0.5 for step in streamed)
         previews = [data["preview"] for data in progress if "preview" in data]
         assert len(previews) == 1 and previews[0].startswith("data:image/png;base64,")
         assert events[-1][0] == "done" and events[-1][1]["status"] == "canceled"
