@@ -9,7 +9,7 @@ refuses a payload of 8000 bytes or more, so:
 - a preview's latent, (4, h, w) float32, is averaged down by a whole factor until at most
   `PREVIEW_VALUES` values are left (1024 per channel: a 512² image's 64×64 latent becomes
   32×32), each channel quantized to uint8 between its own minimum and maximum (both sent), and
-  base64-encoded: at most 5.5 kB of text. Measured payloads are in docs/benchmarks.md;
+  base64-encoded: a payload of at most 5.6 kB. Measured payloads are in docs/benchmarks.md;
 - a finished job's view that would not fit (a batch of 8 with long prompts) goes without it:
   the event streams then read the finished job from the database, as for any job that ended
   in another process;
