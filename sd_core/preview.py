@@ -7,9 +7,13 @@ latent's size (1/8 of the final image): enough for a progress thumbnail.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image
-from torch import Tensor
+
+if TYPE_CHECKING:  # the web server draws previews from numpy latents without loading torch
+    from torch import Tensor
 
 # rows: latent channels 0..3; columns: R, G, B
 SD_V1_LATENT_RGB_FACTORS = (

@@ -23,6 +23,7 @@ from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.identity import bind_data_folder
 from stable_diffusion_api.services.job_queue import JobQueue
+from stable_diffusion_api.services.pg_notify import web_live
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.projects import ProjectService
 from stable_diffusion_api.services.registry import ModelRegistry
@@ -58,6 +59,9 @@ class Studio:
         self.storage = ImageStorage(settings.resolved_data_dir)
         self.jobs = JobQueue(self.db)  # every change of a job's status
         self.hub = ProgressHub()
+        # On PostgreSQL, worker nodes on other hosts: their progress replayed on `hub`; cancels
+        # and new jobs announced to them (services/pg_notify.py). None on SQLite.
+        self.live = web_live(settings.resolved_database_url, self.hub)
         self.hardware = HardwareService(generator)
         self.samplers = SamplerCatalog(generator)
         self.models = ModelRegistry(settings, self.db, generator)
@@ -91,7 +95,7 @@ class Studio:
             self.storage,
             self.hub,
             self.speeds,
-            wake=self.workers.wake,
+            wake=self.workers.wake if self.live is None else self.live.waking(self.workers.wake),
             assets=self.assets,
             gallery=self.gallery,
         )
@@ -113,6 +117,8 @@ class Studio:
         # studio's? (StudioMismatch stops the start with nothing changed.)
         self.studio_id = bind_data_folder(self.db, self.settings.resolved_data_dir)
         self.hardware.refresh()
+        if self.live is not None:
+            self.live.start()
         report = self.workers.start()
         self.started = True
         return report
@@ -121,6 +127,8 @@ class Studio:
         if self.started:
             self.workers.stop()
             self.started = False
+        if self.live is not None:
+            self.live.stop()
         self.db.dispose()
 
 
