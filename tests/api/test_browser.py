@@ -10,6 +10,7 @@ width, go to $DALI_SCREENSHOTS (default /tmp/dali-screenshots) for a human to lo
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -125,15 +126,48 @@ def server(data_dir: Path) -> Iterator[tuple[str, str]]:
         log.close()
 
 
+LOOPBACK = re.compile(r"^(https?|wss?)://127\.0\.0\.1(:\d+)?/|^(data|blob|about):")
+
+
+class LocalOnlyBrowser:
+    """Chromium, with every request of every page and context it opens recorded: the studio
+    says it runs entirely on this machine, so a test fails on any request that leaves
+    127.0.0.1 (a CDN font, an analytics ping, a script from elsewhere)."""
+
+    def __init__(self, chromium: Any) -> None:
+        self._chromium = chromium
+        self.outside: list[str] = []
+
+    def _watch(self, target: Any) -> Any:
+        def record(request: Any) -> None:
+            if not LOOPBACK.match(request.url):
+                self.outside.append(request.url)
+
+        target.on("request", record)
+        return target
+
+    def new_context(self, **options: Any) -> Any:
+        return self._watch(self._chromium.new_context(**options))
+
+    def new_page(self, **options: Any) -> Any:
+        return self._watch(self._chromium.new_page(**options))
+
+    def close(self) -> None:
+        self._chromium.close()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     with playwright_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        chromium = LocalOnlyBrowser(
+            playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        )
         yield chromium
         chromium.close()
+        assert chromium.outside == [], "requests left 127.0.0.1"
 
 
 def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
