@@ -333,8 +333,11 @@
       measure.disabled = false;
     });
 
-    $("#prompt").addEventListener("keydown", (event) => {
-      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); form.requestSubmit(); }
+    // Ctrl+Enter (⌘+Enter) generates from any field of the form, as in AUTOMATIC1111: the
+    // prompt, the negative prompt, a number.
+    form.addEventListener("keydown", (event) => {
+      const field = event.target.closest("textarea, input, select");
+      if (field && event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); form.requestSubmit(); }
     });
 
     // The form itself is posted, to the same route as without JavaScript, asking for JSON:

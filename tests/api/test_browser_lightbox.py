@@ -240,7 +240,7 @@ def test_the_form_is_kept_across_a_reload_with_its_prompt_history(  # type: igno
     page, errors = open_page(browser, f"{base}/projects/{project}")
     assert page.locator("#prompt-history").is_hidden()  # no prompt used yet in this browser
     assert page.locator("#generate-hint").is_visible()
-    assert page.locator("#generate-hint").inner_text() == "Ctrl+Enter in the prompt generates"
+    assert page.locator("#generate-hint").inner_text() == "Ctrl+Enter in any field generates"
     page.fill("#prompt", "a blue circle on a red background")
     page.fill("#steps", "3")
     page.select_option("#width", "64")
@@ -261,7 +261,7 @@ def test_the_form_is_kept_across_a_reload_with_its_prompt_history(  # type: igno
     page.locator("#prompt").press("Control+Enter")
     page.wait_for_selector("#results a.thumb img", timeout=300_000)
     page.fill("#prompt", "a small yellow triangle on a black background")
-    page.click("#generate-button")
+    page.locator("#negative_prompt").press("Control+Enter")  # from any field, as A1111
     wait_until(page, "document.querySelectorAll('#results a.thumb').length === 2", 300)
     newest = page.get_attribute("#results a.thumb", "href")
     page.reload()
