@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.worker_messages import (
     Cancel,
     JobFinished,
@@ -35,6 +34,7 @@ from stable_diffusion_api.services.worker_messages import (
     JobProblem,
     JobStarted,
     JobStepped,
+    Report,
 )
 
 if TYPE_CHECKING:
@@ -48,8 +48,6 @@ WORK_CHANNEL = "dali_work"  # web host → nodes: a job was queued for a device
 MAX_PAYLOAD = 7900  # bytes; NOTIFY refuses 8000 and more
 PREVIEW_VALUES = 4096  # values of a preview's latent at most, all channels together
 MAX_TEXT = 2000  # characters of a problem's message
-
-Report = JobStarted | JobStepped | JobPreview | JobProblem | JobFinished
 
 
 @dataclass(frozen=True)
@@ -141,21 +139,6 @@ def decode_report(payload: str) -> Report:
         case "f":
             return JobFinished(job_id, str(data["st"]), data["r"])
     raise ValueError(f"unknown report kind {data['k']!r}")
-
-
-def replay(hub: ProgressHub, message: Report) -> None:
-    """Hand a report to `hub`, as the call it was on the node's hub."""
-    match message:
-        case JobStepped(job_id, step, total, step_seconds):
-            hub.step(job_id, step, total, step_seconds)
-        case JobPreview(job_id, latent, step):
-            hub.preview_latent(job_id, latent, step)
-        case JobStarted(job_id, total):
-            hub.start(job_id, total)
-        case JobFinished(job_id, status, result):
-            hub.finish(job_id, status, result)
-        case JobProblem(job_id, text):
-            hub.problem(job_id, text)
 
 
 def encode_cancel(message: Cancel) -> str:

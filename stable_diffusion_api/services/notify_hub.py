@@ -18,7 +18,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from stable_diffusion_api.services.live_codec import PROGRESS_CHANNEL, Report, encode_report
+from stable_diffusion_api.services.live_codec import PROGRESS_CHANNEL, encode_report
 from stable_diffusion_api.services.pg_sender import NotifySender
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.worker_messages import (
@@ -27,6 +27,7 @@ from stable_diffusion_api.services.worker_messages import (
     JobProblem,
     JobStarted,
     JobStepped,
+    Report,
 )
 
 if TYPE_CHECKING:

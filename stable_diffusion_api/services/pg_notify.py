@@ -54,13 +54,12 @@ from stable_diffusion_api.services.live_codec import (
     decode_work,
     encode_cancel,
     encode_work,
-    replay,
 )
 from stable_diffusion_api.services.notify_hub import NotifyHub
 from stable_diffusion_api.services.pg_listener import NotifyListener
 from stable_diffusion_api.services.pg_sender import NotifySender
 from stable_diffusion_api.services.progress import ProgressHub
-from stable_diffusion_api.services.worker_messages import Cancel
+from stable_diffusion_api.services.worker_messages import Cancel, replay
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from stable_diffusion_api.services.worker_context import Benchmark
 if TYPE_CHECKING:
     import numpy as np
 
+    from stable_diffusion_api.services.progress import ProgressHub
+
 # -- server → worker process ---------------------------------------------------------------
 
 
@@ -108,3 +110,25 @@ class ForwardDone:
 FromWorker = (
     JobStarted | JobStepped | JobPreview | JobFinished | JobProblem | BenchmarkChanged | ForwardDone
 )
+
+# A running job's reports: what a worker's hub was told, sent over a pipe or NOTIFY.
+Report = JobStarted | JobStepped | JobPreview | JobProblem | JobFinished
+
+
+def replay(hub: ProgressHub, message: FromWorker) -> bool:
+    """Hand a job's report to `hub`, as the call it was on the worker's hub (the most frequent
+    first); False when `message` is not a job report."""
+    match message:
+        case JobStepped(job_id, step, total, step_seconds):
+            hub.step(job_id, step, total, step_seconds)
+        case JobPreview(job_id, latent, step):
+            hub.preview_latent(job_id, latent, step)
+        case JobStarted(job_id, total):
+            hub.start(job_id, total)
+        case JobFinished(job_id, status, result):
+            hub.finish(job_id, status, result)
+        case JobProblem(job_id, problem):
+            hub.problem(job_id, problem)
+        case _:
+            return False
+    return True

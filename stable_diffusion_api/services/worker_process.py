@@ -60,6 +60,7 @@ from stable_diffusion_api.services.worker_messages import (
     Stop,
     ToWorker,
     Wake,
+    replay,
 )
 
 if TYPE_CHECKING:
@@ -162,17 +163,9 @@ class ProcessWorker:
                 message: FromWorker = conn.recv()
             except (EOFError, OSError):
                 break
-            match message:  # the most frequent first
-                case JobStepped(job_id, step, total, step_seconds):
-                    hub.step(job_id, step, total, step_seconds)
-                case JobPreview(job_id, latent, step):
-                    hub.preview_latent(job_id, latent, step)
-                case JobStarted(job_id, total):
-                    hub.start(job_id, total)
-                case JobFinished(job_id, status, result):
-                    hub.finish(job_id, status, result)
-                case JobProblem(job_id, problem):
-                    hub.problem(job_id, problem)
+            if replay(hub, message):
+                continue
+            match message:
                 case BenchmarkChanged(key, status, error):
                     benchmark = self._benchmarks.get(key)
                     if benchmark is not None:

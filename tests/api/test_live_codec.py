@@ -18,7 +18,6 @@ from stable_diffusion_api.services.live_codec import (
     MAX_PAYLOAD,
     decode_report,
     encode_report,
-    replay,
 )
 from stable_diffusion_api.services.notify_hub import NotifyHub
 from stable_diffusion_api.services.pg_notify import libpq_conninfo, node_live, web_live
@@ -29,6 +28,7 @@ from stable_diffusion_api.services.worker_messages import (
     JobProblem,
     JobStarted,
     JobStepped,
+    replay,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
