@@ -4,30 +4,20 @@ on a job whose prompt it was never taught — said on its card at once and kept 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.api.test_browser import (  # noqa: F401  (fixtures)
-    DESKTOP,
     browser,
     data_dir,
     server,
     shoot,
     unlabelled_controls,
 )
+from tests.api.test_browser_status import new_project, open_page, wait_until
 
 pytestmark = pytest.mark.browser
-
-
-def wait_until(page, condition: str, timeout_s: float) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
-    """Poll `condition` from here (the pages' CSP forbids the eval wait_for_function needs)."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(condition):
-        assert time.monotonic() < deadline, f"not true after {timeout_s} s: {condition}"
-        time.sleep(0.05)
 
 
 def test_the_grammar_follows_the_model_and_a_foreign_prompt_gets_a_note(  # noqa: F811
@@ -43,12 +33,8 @@ def test_the_grammar_follows_the_model_and_a_foreign_prompt_gets_a_note(  # noqa
     assert model == "", "the built-in model ships in data/models"
     other = data_dir / "models" / "other-model.safetensors"
     save_checkpoint(other, random_checkpoint(TINY_TEST, seed=2), TINY_TEST)
-    body = {"name": "Grammar", "device": "cpu"}
-    project = httpx.post(f"{base}/api/v1/projects", json=body, timeout=30).json()["id"]
-    page = browser.new_page(viewport=DESKTOP)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{base}/projects/{project}")
+    project = new_project(base, model, "Grammar")
+    page, errors = open_page(browser, f"{base}/projects/{project}")
 
     grammar = page.locator("#grammar")
     assert grammar.is_visible() and "a [small|large] <color> <shape>" in grammar.inner_text()
