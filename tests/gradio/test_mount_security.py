@@ -142,9 +142,10 @@ def test_users_alone_guard_the_ui_too(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a real server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """`python dali_app.py` with DALI_GRADIO=1 and DALI_API_KEY, on a fresh data directory."""
+    """`python dali_app.py` with DALI_GRADIO=1 and DALI_API_KEY, on a fresh data directory
+    (one for the session: tests/gradio/test_phone_layout.py looks at the same UI)."""
     tmp = tmp_path_factory.mktemp("gradio-mount")
     port = free_port()
     cache = tmp / "gradio-cache"
