@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from dali_gradio.choices import AUTO_DTYPE, Choices
 from dali_gradio.inputs import (
@@ -145,8 +145,8 @@ class ExplorerTab:
         if strip is None or not strip.frames:
             return None
         try:
-            path = self.studio.generations.filmstrip_file(view.id)
-            with Image.open(path) as opened:
+            found = self.studio.generations.filmstrip_file(view.id)
+            with self.studio.storage.open_image(found.key) as opened:
                 image = opened.convert("RGB")
         except (DomainError, OSError, UnidentifiedImageError):
             return None

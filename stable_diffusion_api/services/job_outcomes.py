@@ -91,7 +91,7 @@ class Outcomes:
         for relative in files:
             try:
                 if storage.exists(relative):
-                    storage.quarantine(storage.resolve(relative))
+                    storage.quarantine(relative)
                     moved += 1
             except OSError:  # left in place: recovery quarantines it at the next start
                 log.exception("generation %d: could not move %s to quarantine", job_id, relative)

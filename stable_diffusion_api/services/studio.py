@@ -55,7 +55,7 @@ class Studio:
         self.settings = settings
         self.generator = generator
         self.db = Database(settings.resolved_database_url)
-        self.storage = ImageStorage(settings.resolved_data_dir)
+        self.storage = ImageStorage.open(settings.storage_url, settings.resolved_data_dir)
         self.jobs = JobQueue(self.db)  # every change of a job's status
         self.hub = ProgressHub()
         self.hardware = HardwareService(generator)

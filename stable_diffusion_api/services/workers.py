@@ -261,7 +261,7 @@ class WorkerPool:
                     continue
                 known.update((path, thumb))
                 if not self.storage.exists(thumb):  # a thumbnail can always be made again
-                    with PILImage.open(self.storage.resolve(path)) as image:
+                    with self.storage.open_image(path) as image:
                         self.storage.write_thumbnail(image, thumb)
             strips = session.execute(
                 select(Generation.id, Generation.filmstrip_path).where(
@@ -282,12 +282,15 @@ class WorkerPool:
             )
         self.storage.remove_partial_writes(older_than_s=self.settings.stale_after_s)
         quarantined = 0
-        for generation_id, paths in self.storage.generation_files().items():
+        # Files younger than the grace period are left alone: another node may have written
+        # them and not yet the rows that point at them.
+        settled = self.storage.generation_files(settled_for_s=self.settings.orphan_grace_s)
+        for generation_id, keys in settled.items():
             if generation_id in running:
                 continue  # another process is writing these right now
-            for file in paths:
-                if file.relative_to(self.storage.root).as_posix() not in known:
-                    self.storage.quarantine(file)
+            for key in keys:
+                if key not in known:
+                    self.storage.quarantine(key)
                     quarantined += 1
         return RecoveryReport(interrupted, removed_rows, quarantined)
 

@@ -23,6 +23,8 @@ def settings(tmp_path: Path) -> Settings:
         poll_s=0.05,
         heartbeat_s=0.2,
         stale_after_s=2.0,
+        # One machine, no other node: a stray file is quarantined at once, however young.
+        orphan_grace_s=0.0,
         queue_limit=20,
         # Open unless a test says otherwise, whatever the developer's environment holds.
         api_key=None,
