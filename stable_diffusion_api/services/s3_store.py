@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import obstore
@@ -30,6 +30,8 @@ from stable_diffusion_api.services.object_store import (
 )
 
 DEFAULT_REGION = "us-east-1"
+# obstore raises Python's FileNotFoundError for a missing object (its NotFoundError, too).
+MISSING = (FileNotFoundError, NotFoundError)
 
 
 class S3Store:
@@ -74,25 +76,25 @@ class S3Store:
     def get(self, key: str) -> bytes:
         try:
             return bytes(obstore.get(self._store, check_key(key)).bytes())
-        except NotFoundError:
+        except MISSING:
             raise FileNotFoundError(key) from None
 
     def chunks(self, key: str) -> Iterator[bytes]:
         try:
             result = obstore.get(self._store, check_key(key))
-        except NotFoundError:
+        except MISSING:
             raise FileNotFoundError(key) from None
-        return (bytes(piece) for piece in result.stream(min_chunk_size=CHUNK_SIZE))
+        return _pieces(result.stream(min_chunk_size=CHUNK_SIZE))
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
             meta = obstore.head(self._store, check_key(key))
-        except NotFoundError:
+        except MISSING:
             return None
         return ObjectInfo(key, meta["size"], meta["last_modified"])
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(NotFoundError):  # S3 answers a missing key's delete with 204
+        with contextlib.suppress(*MISSING):  # S3 answers a missing key's delete with 204
             obstore.delete(self._store, check_key(key))
 
     def delete_prefix(self, prefix: str) -> None:
@@ -108,6 +110,14 @@ class S3Store:
     def move(self, key: str, target: str) -> None:
         try:
             obstore.copy(self._store, check_key(key), check_key(target))
-        except NotFoundError:
+        except MISSING:
             raise FileNotFoundError(key) from None
         self.delete(key)
+
+
+def _pieces(stream: Iterable[Any]) -> Iterator[bytes]:
+    """The stream's buffers cut to at most CHUNK_SIZE bytes (obstore's are at least that)."""
+    for buffer in stream:
+        data = memoryview(bytes(buffer))
+        for start in range(0, len(data), CHUNK_SIZE):
+            yield bytes(data[start : start + CHUNK_SIZE])

@@ -12,6 +12,7 @@ from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
 from tests.postgres import PostgresServer, postgres_server, server_binaries
+from tests.s3 import S3Server, s3_server
 
 
 @pytest.fixture
@@ -52,4 +53,11 @@ def postgres() -> Iterator[PostgresServer]:
     if binaries is None:
         pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
     with postgres_server(binaries) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A throwaway S3 server (moto's) for this test session (tests/s3.py)."""
+    with s3_server() as server:
         yield server
