@@ -189,6 +189,10 @@ class ImageStorage:
             copy.put(relative, self.store.get(relative))
         return copy.path(relative)
 
+    def keys(self, folder: str) -> set[str]:
+        """The key of every object under `folder` (e.g. "images"), from one listing."""
+        return {info.key for info in self.store.list(folder)}
+
     def exists(self, relative: str) -> bool:
         """Whether the object is there (a key outside the store counts as absent)."""
         try:
