@@ -145,7 +145,10 @@ def test_a_real_server_on_s3_generates_with_the_built_in_model(
     bucket = s3.new_bucket()
     data = tmp_path / "web-host"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DALI_", "AWS_"))}
-    env |= {"DALI_DATA_DIR": str(data), "OMP_NUM_THREADS": "1"} | s3.environment(bucket)
+    # Thread workers: a start without a second process is faster; worker processes on S3 are
+    # covered by the tests above (their settings keep the default, "process").
+    env |= {"DALI_DATA_DIR": str(data), "OMP_NUM_THREADS": "1", "DALI_WORKER_MODE": "thread"}
+    env |= s3.environment(bucket)
     log = tmp_path / "server.log"
     with (
         serving("dali_app.py", free_port(), env, log, "/api/v1/health") as url,
