@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import io
 import logging
 import re
@@ -171,23 +172,29 @@ class ImageStorage:
     @property
     def local_images(self) -> Path:
         """The folder `local_file`'s files of images/ are in (what the Gradio UI may serve)."""
-        root = self.store.root if isinstance(self.store, LocalStore) else LOCAL_COPIES
+        root = self.store.root if isinstance(self.store, LocalStore) else self._copies.root
         return root / "images"
 
     def local_file(self, relative: str) -> Path:
         """The stored file as a local file, for code that wants a path: in a local store the
         file itself (read it, never write it); otherwise an explicit temporary copy under
-        LOCAL_COPIES, made once (what a key holds never changes once a row points at it).
-        FileNotFoundError when missing."""
+        LOCAL_COPIES (a folder per store), made once (what a key holds never changes once a row
+        points at it). FileNotFoundError when missing."""
         if isinstance(self.store, LocalStore):
             path = self.store.path(relative)
             if not path.is_file():
                 raise FileNotFoundError(relative)
             return path
-        copy = LocalStore(LOCAL_COPIES)
-        if copy.head(relative) is None:
-            copy.put(relative, self.store.get(relative))
-        return copy.path(relative)
+        if self._copies.head(relative) is None:
+            self._copies.put(relative, self.store.get(relative))
+        return self._copies.path(relative)
+
+    @property
+    def _copies(self) -> LocalStore:
+        """Where `local_file` copies this store's files: one folder per store URL, so two
+        studios on one machine never mix up their `images/1/1-0.png`."""
+        digest = hashlib.sha256(self.store.url.encode()).hexdigest()[:16]
+        return LocalStore(LOCAL_COPIES / digest)
 
     def keys(self, folder: str) -> set[str]:
         """The key of every object under `folder` (e.g. "images"), from one listing."""

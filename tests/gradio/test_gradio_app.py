@@ -420,7 +420,7 @@ def test_filmstrip_of_a_run_made_by_another_process_is_the_stored_strip(
     assert "quick latent preview" in note
 
     # Without a stored strip either: a clear message, no traceback.
-    path.unlink()
+    studio.storage.delete(row.filmstrip_path)
     assert_user_error(
         lambda: app["client"].predict(generation_id, api_name="/filmstrip"),
         f"Generation #{generation_id}", "DALI_FILMSTRIP_FRAMES=0",
