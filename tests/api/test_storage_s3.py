@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from stable_diffusion_api.services.object_store import StorageConfigError
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
 from tests.s3 import S3Server
-from tests.servers import free_port, serving
+from tests.servers import ROOT, free_port, serving
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -174,3 +176,18 @@ def poll(http: httpx.Client, generation_id: int, timeout: float = 120.0) -> dict
         if body["status"] not in ("queued", "running") or time.monotonic() > deadline:
             return body
         time.sleep(0.2)
+
+
+@pytest.mark.server
+def test_a_bad_storage_url_stops_the_server_before_it_serves(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
+    env |= {"DALI_DATA_DIR": str(tmp_path / "data"), "DALI_PORT": str(free_port())}
+    env |= {"DALI_STORAGE_URL": "gs://bucket/x", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "stable_diffusion_api"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "StorageConfigError" in output and "DALI_STORAGE_URL='gs://bucket/x'" in output, output
+    assert "unknown scheme 'gs'" in output and "Uvicorn running" not in output
