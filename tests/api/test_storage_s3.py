@@ -22,6 +22,7 @@ from PIL import Image
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
+from stable_diffusion_api.services.identity import StudioMismatch
 from stable_diffusion_api.services.object_store import StorageConfigError
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
@@ -69,6 +70,7 @@ def test_generated_files_live_in_the_bucket_and_are_served_from_it(
     done = wait_for(client, submit(client, project["id"], width=128, height=64, batch=2)["id"])
     pid, gid = project["id"], done["id"]
     assert s3.keys(bucket) == [
+        "studio/.dali-studio-id",  # the store is bound to this studio's database
         f"studio/images/{pid}/{gid}-0.png",
         f"studio/images/{pid}/{gid}-1.png",
         f"studio/images/{pid}/filmstrips/{gid}.png",
@@ -132,6 +134,26 @@ def test_recovery_quarantines_strays_in_the_bucket_after_the_grace_period(
     keys = s3.keys(bucket)
     assert stray not in keys and stray.replace("studio/", "studio/quarantine/") in keys
     assert f"studio/images/{project['id']}/{kept['id']}-0.png" in keys  # its row's file stays
+
+
+def test_another_studio_on_the_same_bucket_refuses_to_start(
+    s3_settings: Settings, fake: FakeGenerator, s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """Its recovery would take every image of the bucket for an orphan: the store is bound to
+    its database by the studio id (`.dali-studio-id` at the prefix's root)."""
+    with TestClient(create_app(s3_settings, fake)) as client:
+        project = make_project(client)
+        wait_for(client, submit(client, project["id"], width=64, height=64)["id"])
+    before = s3.keys(bucket)
+    assert "studio/.dali-studio-id" in before
+    other_data = tmp_path / "other"
+    other = s3_settings.model_copy(update={"data_dir": other_data, "models_dir": other_data})
+    with (
+        pytest.raises(StudioMismatch, match="file store 's3://.*never seen it.*DALI_STORAGE_URL"),
+        TestClient(create_app(other, fake)),
+    ):
+        pass
+    assert s3.keys(bucket) == before  # nothing moved
 
 
 def test_a_bad_storage_url_stops_the_app(settings: Settings) -> None:
