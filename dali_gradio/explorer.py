@@ -145,10 +145,10 @@ class ExplorerTab:
         if strip is None or not strip.frames:
             return None
         try:
-            found = self.studio.generations.filmstrip_file(view.id)
-            with self.studio.storage.open_image(found.key) as opened:
+            key = self.studio.generations.filmstrip_file(view.id)
+            with self.studio.storage.open_image(key) as opened:
                 image = opened.convert("RGB")
-        except (DomainError, OSError, UnidentifiedImageError):
+        except (DomainError, OSError, ValueError, UnidentifiedImageError):
             return None
         cell_width, cell_height = image.width // len(strip.frames), image.height // 2
         items: list[tuple[Any, str]] = []

@@ -61,7 +61,6 @@ from stable_diffusion_api.schemas import (
 )
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.assets import InstalledFile
-from stable_diffusion_api.services.object_store import ObjectInfo
 from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.storage import content_type
 from stable_diffusion_api.services.workers import Benchmark
@@ -113,24 +112,28 @@ def benchmark_out(benchmark: Benchmark) -> BenchmarkOut:
     )
 
 
-def _immutable_file(studio: Studio, request: Request, found: ObjectInfo, name: str) -> Response:
-    """Serve a stored file, streamed from the store (never read whole into memory) with its
-    type, length and time. The content under an id never changes, so `name` (made of the id) is a
-    strong validator and the file may be cached for good: a matching If-None-Match gets 304.
-    Blocking (the store's first read): call it from a thread, not the event loop."""
+def _immutable_file(
+    studio: Studio, request: Request, key: str, name: str, missing: NotFound
+) -> Response:
+    """Serve the stored file `key`, streamed from the store (one request to it, never read
+    whole into memory) with its type, length and time; `missing` when it is not there (or a
+    tampered row points outside the store). The content under an id never changes, so `name`
+    (made of the id) is a strong validator and the file may be cached for good: a matching
+    If-None-Match gets 304 without asking the store. Blocking (the store's first read): call
+    it from a thread, not the event loop."""
     visibility = "private" if studio.settings.auth_configured else "public"
     stem = name.rsplit(".", 1)[0]
     headers = {"Cache-Control": f"{visibility}, {IMMUTABLE}", "ETag": f'"{stem}"'}
     if headers["ETag"] in _entity_tags(request.headers.get("if-none-match", "")):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    try:
-        body = studio.storage.chunks(found.key)
-    except FileNotFoundError:  # deleted since it was looked up
-        raise NotFound("file", name) from None
+    opened = studio.storage.open_stream(key)
+    if opened is None:
+        raise missing
+    found, body = opened
     headers["Content-Length"] = str(found.size)
     headers["Last-Modified"] = format_datetime(found.modified, usegmt=True)
     headers["Content-Disposition"] = f'inline; filename="{name}"'
-    return StreamingResponse(body, media_type=content_type(found.key), headers=headers)
+    return StreamingResponse(body, media_type=content_type(key), headers=headers)
 
 
 def _entity_tags(header: str) -> set[str]:
@@ -344,9 +347,10 @@ def generation_filmstrip(
     generation: GenerationDep, studio: StudioDep, request: Request
 ) -> Response:
     """The reverse-process filmstrip PNG (404 when the generation kept none)."""
-    found = studio.generations.filmstrip_file(generation.id)
+    key = studio.generations.filmstrip_file(generation.id)
     name = f"dali-generation-{generation.id}-filmstrip.png"
-    return _immutable_file(studio, request, found, name)
+    missing = NotFound("filmstrip of generation", generation.id)
+    return _immutable_file(studio, request, key, name, missing)
 
 
 @router.delete(
@@ -389,14 +393,16 @@ async def read_image(image: ImageDep) -> ImageOut:
 
 @router.get("/images/{image_id}/file", response_class=StreamingResponse, responses=FILE)
 def image_file(image_id: Id, studio: StudioDep, request: Request) -> Response:
-    found = studio.gallery.file(image_id)
-    return _immutable_file(studio, request, found, f"dali-{image_id}.png")
+    key = studio.gallery.file(image_id)
+    missing = NotFound("image file", image_id)
+    return _immutable_file(studio, request, key, f"dali-{image_id}.png", missing)
 
 
 @router.get("/images/{image_id}/thumbnail", response_class=StreamingResponse, responses=FILE)
 def image_thumbnail(image_id: Id, studio: StudioDep, request: Request) -> Response:
-    found = studio.gallery.file(image_id, True)
-    return _immutable_file(studio, request, found, f"dali-{image_id}-thumb.jpg")
+    key = studio.gallery.file(image_id, True)
+    missing = NotFound("image file", image_id)
+    return _immutable_file(studio, request, key, f"dali-{image_id}-thumb.jpg", missing)
 
 
 @router.delete(

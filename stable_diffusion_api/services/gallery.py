@@ -15,7 +15,6 @@ from stable_diffusion_api.errors import InvalidField, NotFound
 from stable_diffusion_api.models import Generation, Image, Project
 from stable_diffusion_api.schemas import ImageOut
 from stable_diffusion_api.services.job_params import params_from_row
-from stable_diffusion_api.services.object_store import ObjectInfo
 from stable_diffusion_api.services.storage import MAX_UPLOAD_SIDE, ImageStorage
 
 # The longest text a gallery search takes (`q`), without the spaces around it.
@@ -153,28 +152,25 @@ class GalleryService:
             )
             return newer, older
 
-    def file(self, image_id: int, thumbnail: bool = False) -> ObjectInfo:
-        """The stored file to serve (its key, size, time); NotFound if the row or (should never
-        happen) the file is gone."""
+    def file(self, image_id: int, thumbnail: bool = False) -> str:
+        """The key of the image's stored file (or thumbnail); NotFound if there is no row."""
         image = self.get(image_id)
-        found = self._storage.file_to_serve(image.thumb_path if thumbnail else image.path)
-        if found is None:
-            raise NotFound("image file", image_id)
-        return found
+        return image.thumb_path if thumbnail else image.path
 
     def read(self, image_id: int) -> bytes:
-        """The image's PNG bytes; NotFound if the row or the file is gone."""
+        """The image's PNG bytes; NotFound if the row or (should never happen) the file is
+        gone, or a tampered row points outside the store."""
         try:
-            return self._storage.read(self.file(image_id).key)
-        except FileNotFoundError:  # deleted since
+            return self._storage.read(self.file(image_id))
+        except (FileNotFoundError, ValueError):
             raise NotFound("image file", image_id) from None
 
     def local_file(self, image_id: int) -> Path:
         """The image's PNG as a local file, for code that wants a path (the Gradio UI): the
         file itself in a local store, a temporary copy otherwise (`ImageStorage.local_file`)."""
         try:
-            return self._storage.local_file(self.file(image_id).key)
-        except FileNotFoundError:  # deleted since
+            return self._storage.local_file(self.file(image_id))
+        except (FileNotFoundError, ValueError):  # gone, or a tampered row
             raise NotFound("image file", image_id) from None
 
     def init_image(self, image_id: int, field: str = "init_image_id") -> PILImage.Image:
@@ -184,8 +180,8 @@ class GalleryService:
         InvalidField naming `field` when there is no such image (or its file is gone), or when
         it is larger than an uploaded init image may be (an upscale can be)."""
         try:
-            opened = self._storage.open_image(self.file(image_id).key)
-        except (NotFound, FileNotFoundError):
+            opened = self._storage.open_image(self.file(image_id))
+        except (NotFound, FileNotFoundError, ValueError):
             raise InvalidField(field, image_id, "no image with this id in the gallery") from None
         with opened:
             if max(opened.size) > MAX_UPLOAD_SIDE:

@@ -42,7 +42,6 @@ from stable_diffusion_api.services.gallery import GalleryService, image_view
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_params import params_from_request, params_view, row_values
 from stable_diffusion_api.services.job_queue import JobQueue
-from stable_diffusion_api.services.object_store import ObjectInfo
 from stable_diffusion_api.services.outpainting import outpaint_request
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
@@ -329,18 +328,16 @@ class GenerationService:
                 raise NotFound("generation", generation_id)
             return self._view(session, row)
 
-    def filmstrip_file(self, generation_id: int) -> ObjectInfo:
-        """The generation's filmstrip PNG to serve; NotFound when it kept none (or the file is
-        gone, or a tampered row points outside the data directory)."""
+    def filmstrip_file(self, generation_id: int) -> str:
+        """The key of the generation's filmstrip PNG; NotFound when it kept none."""
         with self._db.session() as session:
             row = session.get(Generation, generation_id)
             if row is None:
                 raise NotFound("generation", generation_id)
             relative = row.filmstrip_path
-        found = None if relative is None else self._storage.file_to_serve(relative)
-        if found is None:
+        if relative is None:
             raise NotFound("filmstrip of generation", generation_id)
-        return found
+        return relative
 
     def page(
         self, project_id: int, offset: int, limit: int, status: str | None = None

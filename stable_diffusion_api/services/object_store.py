@@ -69,9 +69,9 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
-    def chunks(self, key: str) -> Iterator[bytes]:
-        """The object in pieces of at most CHUNK_SIZE bytes (FileNotFoundError at once if it
-        is missing, before any piece)."""
+    def open(self, key: str) -> tuple[ObjectInfo, Iterator[bytes]]:
+        """The object's description and its bytes in pieces of at most CHUNK_SIZE, from one
+        request (FileNotFoundError at once if it is missing, before any piece)."""
         ...
 
     def head(self, key: str) -> ObjectInfo | None: ...
@@ -158,12 +158,13 @@ class LocalStore:
             raise FileNotFoundError(key)
         return path.read_bytes()
 
-    def chunks(self, key: str) -> Iterator[bytes]:
+    def open(self, key: str) -> tuple[ObjectInfo, Iterator[bytes]]:
         path = self.path(key)
         if not path.is_file():
             raise FileNotFoundError(key)
         handle = path.open("rb")
-        return _read_chunks(handle)
+        stat = os.fstat(handle.fileno())
+        return ObjectInfo(key, stat.st_size, _utc(stat.st_mtime)), _read_chunks(handle)
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self.path(key)

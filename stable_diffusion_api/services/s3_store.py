@@ -79,12 +79,14 @@ class S3Store:
         except MISSING:
             raise FileNotFoundError(key) from None
 
-    def chunks(self, key: str) -> Iterator[bytes]:
+    def open(self, key: str) -> tuple[ObjectInfo, Iterator[bytes]]:
         try:
             result = obstore.get(self._store, check_key(key))
         except MISSING:
             raise FileNotFoundError(key) from None
-        return _pieces(result.stream(min_chunk_size=CHUNK_SIZE))
+        meta = result.meta
+        info = ObjectInfo(key, meta["size"], meta["last_modified"])
+        return info, _pieces(result.stream(min_chunk_size=CHUNK_SIZE))
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

@@ -42,7 +42,6 @@ from stable_diffusion_api.services.object_store import (
     LocalStore,
     ObjectInfo,
     ObjectStore,
-    check_key,
     check_storage_url,
 )
 
@@ -155,19 +154,17 @@ class ImageStorage:
     def load_input(self, relative: str) -> Image.Image:
         return self.open_image(relative)
 
-    def file_to_serve(self, relative: str) -> ObjectInfo | None:
-        """The stored object's description, or None when it is missing — or when a row edited
-        to point outside the store names it (logged, and never served)."""
+    def open_stream(self, relative: str) -> tuple[ObjectInfo, Iterator[bytes]] | None:
+        """The stored object's description and its bytes in pieces, to stream (one request to
+        the store); None when it is missing — or when a row edited to point outside the store
+        names it (logged, and never served)."""
         try:
-            check_key(relative)
-            return self.store.head(relative)
+            return self.store.open(relative)
+        except FileNotFoundError:
+            return None
         except ValueError:
             log.warning("a row points outside the data directory: %r", relative)
             return None
-
-    def chunks(self, relative: str) -> Iterator[bytes]:
-        """The stored bytes in pieces, to stream; FileNotFoundError when missing."""
-        return self.store.chunks(relative)
 
     @property
     def local_images(self) -> Path:

@@ -70,11 +70,13 @@ def test_a_failed_write_leaves_the_old_object(store: ObjectStore) -> None:
 def test_chunks_stream_the_whole_object(store: ObjectStore) -> None:
     data = os.urandom(2 * CHUNK_SIZE + 123)
     store.put("images/1/filmstrips/1.png", data)
-    pieces = list(store.chunks("images/1/filmstrips/1.png"))
-    assert b"".join(pieces) == data
-    assert all(len(piece) <= CHUNK_SIZE for piece in pieces) or len(pieces) == 1
+    info, stream = store.open("images/1/filmstrips/1.png")
+    assert (info.key, info.size) == ("images/1/filmstrips/1.png", len(data))
+    pieces = list(stream)
+    assert b"".join(pieces) == data and len(pieces) >= 3
+    assert all(len(piece) <= CHUNK_SIZE for piece in pieces)
     with pytest.raises(FileNotFoundError):
-        store.chunks("images/1/filmstrips/2.png")
+        store.open("images/1/filmstrips/2.png")
 
 
 def test_create_claims_a_key_once(store: ObjectStore) -> None:
@@ -112,7 +114,7 @@ def test_keys_that_leave_the_store_are_refused(store: ObjectStore, bad: str) -> 
     with pytest.raises(ValueError):
         store.put(bad, b"x")
     storage = ImageStorage(store)
-    assert storage.file_to_serve(bad) is None and not storage.exists(bad)
+    assert storage.open_stream(bad) is None and not storage.exists(bad)
 
 
 def test_image_storage_round_trips_and_quarantines(store: ObjectStore) -> None:
