@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from dali_gradio.choices import AUTO_DTYPE, Choices
 from dali_gradio.inputs import (
@@ -145,10 +145,10 @@ class ExplorerTab:
         if strip is None or not strip.frames:
             return None
         try:
-            path = self.studio.generations.filmstrip_file(view.id)
-            with Image.open(path) as opened:
+            key = self.studio.generations.filmstrip_file(view.id)
+            with self.studio.storage.open_image(key) as opened:
                 image = opened.convert("RGB")
-        except (DomainError, OSError, UnidentifiedImageError):
+        except (DomainError, OSError, ValueError, UnidentifiedImageError):
             return None
         cell_width, cell_height = image.width // len(strip.frames), image.height // 2
         items: list[tuple[Any, str]] = []

@@ -38,7 +38,9 @@ class GalleryTab:
         if not found:
             return [], [], f"No project named {name!r} yet: generate an image in it first."
         images, total = self.studio.gallery.page(found[0].id, 0, GALLERY_LIMIT)
-        items = [(str(self.studio.gallery.file(i.id)), f"#{i.id} · seed {i.seed}") for i in images]
+        items = [
+            (str(self.studio.gallery.local_file(i.id)), f"#{i.id} · seed {i.seed}") for i in images
+        ]
         shown = f", the newest {len(images)} shown" if total > len(images) else ""
         return items, [i.id for i in images], f"{found[0].name}: {total} image(s){shown}."
 
@@ -48,7 +50,7 @@ class GalleryTab:
             return None, "", None
         try:
             image = self.studio.gallery.view(ids[index])
-            path = self.studio.gallery.file(image.id)
+            path = self.studio.gallery.local_file(image.id)
         except DomainError as exc:
             raise input_error(explain(exc)) from None
         return str(path), image.parameters, image.generation_id

@@ -240,7 +240,7 @@ class GenerationTabs:
             raise input_error(f"Generation #{view.id} failed: {view.error or 'no reason given'}")
         items = []
         for image in view.images:
-            path = self.studio.gallery.file(image.id)
+            path = self.studio.gallery.local_file(image.id)
             items.append((str(path), f"#{image.id} · seed {image.seed}"))
         speed = f", {view.step_seconds:.2f} s/step" if view.step_seconds else ""
         status = (

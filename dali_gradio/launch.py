@@ -44,7 +44,7 @@ def theme() -> gr.themes.Base:
 def _launch_options(studio: Studio) -> dict[str, Any]:
     """What both ways of serving need: the stored images may be served, and how it looks."""
     return {
-        "allowed_paths": [str(studio.settings.images_dir)],
+        "allowed_paths": [str(studio.storage.local_images)],
         "theme": theme(),
         "css": CSS,
         "footer_links": ["api"],

@@ -83,6 +83,49 @@ def _dali_text(dali: dict[str, Any] | str | None) -> str | None:
         raise ValueError(f"dali must hold only JSON values: {error}") from error
 
 
+def png_chunks(
+    image: Image.Image,
+    *,
+    parameters: str | GenerationParameters | None = None,
+    dali: dict[str, Any] | None = None,
+    text: Mapping[str, str] | None = None,
+) -> PngImagePlugin.PngInfo:
+    """The text chunks `save_png` writes: `parameters` (default `image.info["parameters"]`),
+    `dali` (default `image.info["dali"]`), then `text`'s; a chunk with no value is left out.
+    ValueError when `text` names one of the first two, or `dali` is not a JSON object."""
+    parameters_text = _parameters_text(
+        parameters if parameters is not None else image.info.get(PARAMETERS_CHUNK)
+    )
+    dali_text = _dali_text(dali if dali is not None else image.info.get(DALI_CHUNK))
+    further = dict(text or {})
+    for name in (PARAMETERS_CHUNK, DALI_CHUNK):
+        if name in further:
+            raise ValueError(f"text must not hold the {name!r} chunk: pass it as {name}=")
+
+    chunks = PngImagePlugin.PngInfo()
+    if parameters_text is not None:
+        chunks.add_text(PARAMETERS_CHUNK, parameters_text)  # tEXt, or iTXt when not latin-1
+    if dali_text is not None:
+        chunks.add_text(DALI_CHUNK, dali_text)
+    for name, value in further.items():
+        chunks.add_text(name, value)
+    return chunks
+
+
+def write_png(
+    image: Image.Image,
+    file: IO[bytes],
+    *,
+    parameters: str | GenerationParameters | None = None,
+    dali: dict[str, Any] | None = None,
+    text: Mapping[str, str] | None = None,
+) -> None:
+    """Encode `image` as a PNG with its chunks (`png_chunks`) into the binary `file`; for
+    writers that own the file (an object store), where `save_png` owns a path."""
+    chunks = png_chunks(image, parameters=parameters, dali=dali, text=text)
+    image.save(file, format="PNG", pnginfo=chunks)
+
+
 def save_png(
     image: Image.Image,
     path: str | os.PathLike[str],
@@ -104,22 +147,7 @@ def save_png(
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise ValueError(f"path must end in .png, got {str(path)!r}")
-    parameters_text = _parameters_text(
-        parameters if parameters is not None else image.info.get(PARAMETERS_CHUNK)
-    )
-    dali_text = _dali_text(dali if dali is not None else image.info.get(DALI_CHUNK))
-    further = dict(text or {})
-    for name in (PARAMETERS_CHUNK, DALI_CHUNK):
-        if name in further:
-            raise ValueError(f"text must not hold the {name!r} chunk: pass it as {name}=")
-
-    chunks = PngImagePlugin.PngInfo()
-    if parameters_text is not None:
-        chunks.add_text(PARAMETERS_CHUNK, parameters_text)  # tEXt, or iTXt when not latin-1
-    if dali_text is not None:
-        chunks.add_text(DALI_CHUNK, dali_text)
-    for name, value in further.items():
-        chunks.add_text(name, value)
+    chunks = png_chunks(image, parameters=parameters, dali=dali, text=text)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file must be in the target's folder: os.replace is atomic only within one

@@ -5,6 +5,10 @@ runs with no configuration at all:
 
     DALI_DATA_DIR            data directory (images, uploads, database)     <repo>/data
     DALI_DATABASE_URL        SQLAlchemy URL; PostgreSQL works unchanged      sqlite:///<data>/dali.db
+    DALI_STORAGE_URL         where images, thumbnails, filmstrips and inputs  (the data folder)
+                             live: file:///shared/folder or s3://bucket/prefix
+                             (S3 reads AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+                             AWS_SECRET_ACCESS_KEY, AWS_REGION)
     DALI_MODELS_DIR          where *.safetensors / *.ckpt checkpoints live   <data>/models
     DALI_LORAS_DIR           LoRAs, named in prompts as <lora:name:weight>    <data>/loras
     DALI_EMBEDDINGS_DIR      textual-inversion embeddings                     <data>/embeddings
@@ -23,6 +27,8 @@ runs with no configuration at all:
     DALI_FILMSTRIP_FRAMES    reverse-process frames kept per generation; 0 off  8
     DALI_SAVE_RETRY_S        how long a finished job's images wait for a database 60
                              that refuses writes before they go to quarantine
+    DALI_ORPHAN_GRACE_S      recovery leaves alone files younger than this    120
+                             (another node may not have written their rows yet)
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = REPO_ROOT / "data"
     database_url: str | None = None  # None → SQLite file `dali.db` in the data directory
+    # "" → the data folder; file:///folder or s3://bucket/prefix (services/object_store.py).
+    # Checked when the studio is built: a bad one stops the start (StorageConfigError).
+    storage_url: str = ""
     models_dir: Path | None = None  # None → `models/` in the data directory
     # None → A1111's folders in the data directory (sd_core.assets).
     loras_dir: Path | None = None
@@ -100,6 +109,11 @@ class Settings(BaseSettings):
     # file read-only) retries it this long before its files go to quarantine and it fails
     # (services/job_outcomes.py).
     save_retry_s: float = Field(default=60.0, ge=0)
+    # Recovery quarantines image files no row points at, but only those older than this: with
+    # a shared store, another node may have written a file and not yet its row (it writes the
+    # row right after; a job whose database is down retries for `save_retry_s`). Kept at least
+    # `stale_after_s`: by then a node that wrote the file is alive or known dead.
+    orphan_grace_s: float = Field(default=120.0, ge=0)
     run_migrations: bool = True
     # Mount the Gradio UI (dali_gradio, optional extra) at /gradio; only dali_app.py mounts it.
     gradio: bool = False

@@ -234,7 +234,7 @@ class A1111Service:
         if request.send_images:
             for generation in done:
                 for image in generation.images:
-                    data = self.studio.gallery.file(image.id).read_bytes()
+                    data = self.studio.gallery.read(image.id)
                     images.append(base64.b64encode(data).decode("ascii"))
         # A1111's response has no place for warnings: they go into `info` (and the log).
         dropped = prepared.dropped

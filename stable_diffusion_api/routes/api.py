@@ -10,11 +10,11 @@ writes stay plain `def`.
 
 from __future__ import annotations
 
-from pathlib import Path
+from email.utils import format_datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from stable_diffusion_api.auth import identity_of
@@ -26,6 +26,7 @@ from stable_diffusion_api.deps import (
     SearchText,
     StudioDep,
 )
+from stable_diffusion_api.errors import NotFound
 from stable_diffusion_api.models import STATUSES
 from stable_diffusion_api.routes.responses import (
     BODY,
@@ -61,6 +62,7 @@ from stable_diffusion_api.schemas import (
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.assets import InstalledFile
 from stable_diffusion_api.services.registry import ModelEntry
+from stable_diffusion_api.services.storage import content_type
 from stable_diffusion_api.services.workers import Benchmark
 
 # Credentials are checked in front of every route (auth.AuthGuard), not here.
@@ -111,22 +113,33 @@ def benchmark_out(benchmark: Benchmark) -> BenchmarkOut:
 
 
 def _immutable_file(
-    studio: Studio, request: Request, path: Path, name: str, media_type: str
+    studio: Studio, request: Request, key: str, name: str, missing: NotFound
 ) -> Response:
-    """Serve a generated file. The content under an id never changes, so `name` (made of the
-    id) is a strong validator and the file may be cached for good."""
+    """Serve the stored file `key`, streamed from the store (one request to it, never read
+    whole into memory) with its type, length and time; `missing` when it is not there (or a
+    tampered row points outside the store). The content under an id never changes, so `name`
+    (made of the id) is a strong validator and the file may be cached for good: a matching
+    If-None-Match gets 304 without asking the store. Blocking (the store's first read): call
+    it from a thread, not the event loop."""
     visibility = "private" if studio.settings.auth_configured else "public"
     stem = name.rsplit(".", 1)[0]
     headers = {"Cache-Control": f"{visibility}, {IMMUTABLE}", "ETag": f'"{stem}"'}
-    if request.headers.get("if-none-match") == headers["ETag"]:
+    if headers["ETag"] in _entity_tags(request.headers.get("if-none-match", "")):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    return FileResponse(
-        path,
-        media_type=media_type,
-        filename=name,
-        content_disposition_type="inline",
-        headers=headers,
-    )
+    opened = studio.storage.open_stream(key)
+    if opened is None:
+        raise missing
+    found, body = opened
+    headers["Content-Length"] = str(found.size)
+    headers["Last-Modified"] = format_datetime(found.modified, usegmt=True)
+    headers["Content-Disposition"] = f'inline; filename="{name}"'
+    return StreamingResponse(body, media_type=content_type(key), headers=headers)
+
+
+def _entity_tags(header: str) -> set[str]:
+    """The entity tags an If-None-Match header lists (a weak W/ tag compares as its strong
+    twin, as RFC 9110 has it for If-None-Match)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
 @router.get("/health", responses=UNHEALTHY)
@@ -327,14 +340,17 @@ def cancel_generation(generation: GenerationDep, studio: StudioDep) -> Generatio
     return studio.generations.cancel(generation.id)
 
 
-@router.get("/generations/{generation_id}/filmstrip", response_class=FileResponse, responses=FILE)
+@router.get(
+    "/generations/{generation_id}/filmstrip", response_class=StreamingResponse, responses=FILE
+)
 def generation_filmstrip(
     generation: GenerationDep, studio: StudioDep, request: Request
 ) -> Response:
     """The reverse-process filmstrip PNG (404 when the generation kept none)."""
-    path = studio.generations.filmstrip_file(generation.id)
+    key = studio.generations.filmstrip_file(generation.id)
     name = f"dali-generation-{generation.id}-filmstrip.png"
-    return _immutable_file(studio, request, path, name, "image/png")
+    missing = NotFound("filmstrip of generation", generation.id)
+    return _immutable_file(studio, request, key, name, missing)
 
 
 @router.delete(
@@ -375,16 +391,18 @@ async def read_image(image: ImageDep) -> ImageOut:
     return image
 
 
-@router.get("/images/{image_id}/file", response_class=FileResponse, responses=FILE)
-async def image_file(image_id: Id, studio: StudioDep, request: Request) -> Response:
-    path = await run_in_threadpool(studio.gallery.file, image_id)
-    return _immutable_file(studio, request, path, f"dali-{image_id}.png", "image/png")
+@router.get("/images/{image_id}/file", response_class=StreamingResponse, responses=FILE)
+def image_file(image_id: Id, studio: StudioDep, request: Request) -> Response:
+    key = studio.gallery.file(image_id)
+    missing = NotFound("image file", image_id)
+    return _immutable_file(studio, request, key, f"dali-{image_id}.png", missing)
 
 
-@router.get("/images/{image_id}/thumbnail", response_class=FileResponse, responses=FILE)
-async def image_thumbnail(image_id: Id, studio: StudioDep, request: Request) -> Response:
-    path = await run_in_threadpool(studio.gallery.file, image_id, True)
-    return _immutable_file(studio, request, path, f"dali-{image_id}-thumb.jpg", "image/jpeg")
+@router.get("/images/{image_id}/thumbnail", response_class=StreamingResponse, responses=FILE)
+def image_thumbnail(image_id: Id, studio: StudioDep, request: Request) -> Response:
+    key = studio.gallery.file(image_id, True)
+    missing = NotFound("image file", image_id)
+    return _immutable_file(studio, request, key, f"dali-{image_id}-thumb.jpg", missing)
 
 
 @router.delete(

@@ -282,7 +282,7 @@ class DeviceWorker(threading.Thread):
             image.info["dali"] = json.dumps(dali)
             path, thumb = self.context.storage.image_paths(row.project_id, row.id, index)
             written.append(path)
-            self.context.engine.save_png(image, self.context.storage.resolve(path))
+            self.context.storage.save_png(image, path)
             written.append(thumb)
             self.context.storage.write_thumbnail(image, thumb)
             rows.append(

@@ -18,8 +18,6 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from sd_core.assets import AssetFolders
 from sd_core.result import GenerationResult
 from stable_diffusion_api.services.generator import (
@@ -244,11 +242,6 @@ class SdCoreGenerator:
             if filmstrip is not None:
                 on_filmstrip(filmstrip)
         return result
-
-    def save_png(self, image: Image.Image, path: Path) -> None:
-        from sd_core.pngmeta import save_png
-
-        save_png(image, path)
 
     def forward_process(self, spec: ForwardSpec) -> ForwardResult:
         import torch

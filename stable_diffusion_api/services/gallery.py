@@ -152,13 +152,26 @@ class GalleryService:
             )
             return newer, older
 
-    def file(self, image_id: int, thumbnail: bool = False) -> Path:
-        """The file to serve; NotFound if the row or (should never happen) the file is gone."""
+    def file(self, image_id: int, thumbnail: bool = False) -> str:
+        """The key of the image's stored file (or thumbnail); NotFound if there is no row."""
         image = self.get(image_id)
-        path = self._storage.file_to_serve(image.thumb_path if thumbnail else image.path)
-        if path is None:
-            raise NotFound("image file", image_id)
-        return path
+        return image.thumb_path if thumbnail else image.path
+
+    def read(self, image_id: int) -> bytes:
+        """The image's PNG bytes; NotFound if the row or (should never happen) the file is
+        gone, or a tampered row points outside the store."""
+        try:
+            return self._storage.read(self.file(image_id))
+        except (FileNotFoundError, ValueError):
+            raise NotFound("image file", image_id) from None
+
+    def local_file(self, image_id: int) -> Path:
+        """The image's PNG as a local file, for code that wants a path (the Gradio UI): the
+        file itself in a local store, a temporary copy otherwise (`ImageStorage.local_file`)."""
+        try:
+            return self._storage.local_file(self.file(image_id))
+        except (FileNotFoundError, ValueError):  # gone, or a tampered row
+            raise NotFound("image file", image_id) from None
 
     def init_image(self, image_id: int, field: str = "init_image_id") -> PILImage.Image:
         """Image `image_id`'s pixels as RGB, for a generation to start from ("send to img2img"):
@@ -167,10 +180,10 @@ class GalleryService:
         InvalidField naming `field` when there is no such image (or its file is gone), or when
         it is larger than an uploaded init image may be (an upscale can be)."""
         try:
-            path = self.file(image_id)
-        except NotFound:
+            opened = self._storage.open_image(self.file(image_id))
+        except (NotFound, FileNotFoundError, ValueError):
             raise InvalidField(field, image_id, "no image with this id in the gallery") from None
-        with PILImage.open(path) as opened:
+        with opened:
             if max(opened.size) > MAX_UPLOAD_SIDE:
                 raise InvalidField(
                     field,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image as PILImage
@@ -334,18 +333,16 @@ class GenerationService:
                 raise NotFound("generation", generation_id)
             return self._view(session, row)
 
-    def filmstrip_file(self, generation_id: int) -> Path:
-        """The generation's filmstrip PNG to serve; NotFound when it kept none (or the file is
-        gone, or a tampered row points outside the data directory)."""
+    def filmstrip_file(self, generation_id: int) -> str:
+        """The key of the generation's filmstrip PNG; NotFound when it kept none."""
         with self._db.session() as session:
             row = session.get(Generation, generation_id)
             if row is None:
                 raise NotFound("generation", generation_id)
             relative = row.filmstrip_path
-        path = None if relative is None else self._storage.file_to_serve(relative)
-        if path is None:
+        if relative is None:
             raise NotFound("filmstrip of generation", generation_id)
-        return path
+        return relative
 
     def page(
         self, project_id: int, offset: int, limit: int, status: str | None = None

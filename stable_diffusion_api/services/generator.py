@@ -195,10 +195,6 @@ class Generator(Protocol):
         `Filmstrip` — at most once; an engine that cannot record one never calls it."""
         ...
 
-    def save_png(self, image: Image.Image, path: Path) -> None:
-        """Write `image` as PNG with its metadata chunks, atomically (temp file + rename)."""
-        ...
-
     def forward_process(self, spec: ForwardSpec) -> ForwardResult:
         """Encode `spec.image` with the model's VAE (scaled down to fit the model's native size,
         at least 256 pixels a side), noise the latent to each timestep with one noise draw

@@ -8,7 +8,7 @@ forever, nor may its images be lost, or kept on disk with no row that points at 
 - A success is retried with a back-off (0.1 s, doubling, at most 5 s apart) for
   `settings.save_retry_s` (`DALI_SAVE_RETRY_S`, 60 s). If the database takes it in that time,
   the job succeeds as if nothing had happened. If not (or if the server stops meanwhile), its
-  files are moved to `<data>/quarantine/` (never deleted) and the job fails, kind `internal`,
+  files are moved to `quarantine/` in the file store (never deleted) and the job fails, kind `internal`,
   saying why and where its files went.
 - An ending the database refuses (that failure, or any failure or cancel) is kept in memory
   and written before the worker claims its next job (`write_unwritten`): at the first moment
@@ -91,7 +91,7 @@ class Outcomes:
         for relative in files:
             try:
                 if storage.exists(relative):
-                    storage.quarantine(storage.resolve(relative))
+                    storage.quarantine(relative)
                     moved += 1
             except OSError:  # left in place: recovery quarantines it at the next start
                 log.exception("generation %d: could not move %s to quarantine", job_id, relative)
@@ -99,7 +99,7 @@ class Outcomes:
                   "to quarantine", job_id, reason, moved)  # fmt: skip
         return (
             f"internal error: its result could not be saved: {reason}; its {moved} image "
-            "files were moved to the data folder's quarantine/"
+            "files were moved to quarantine/ in the file store"
         )
 
     def finish(

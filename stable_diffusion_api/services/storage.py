@@ -1,6 +1,8 @@
-"""Image files under the data directory: generated PNGs, thumbnails and uploaded inputs.
+"""The studio's files — generated PNGs, thumbnails, filmstrips and uploaded inputs — through one
+door, `ImageStorage`, whatever holds them (services/object_store.py: the data folder, a shared
+`file://` folder, or S3, chosen by DALI_STORAGE_URL).
 
-Layout (all paths stored in the database are relative to the data directory):
+Layout (keys, stored in the database, relative to the store's root):
 
     images/<project id>/<generation id>-<index>.png          the image, with its metadata
     images/<project id>/<generation id>-<n>.png              an upscale of one of its images
@@ -8,32 +10,43 @@ Layout (all paths stored in the database are relative to the data directory):
     images/<project id>/thumbs/<generation id>-<index>.jpg   a small JPEG for the gallery
     images/<project id>/filmstrips/<generation id>.png       the run's reverse-process strip
     inputs/<generation id>/init.png | mask.png               img2img / inpainting inputs
+    quarantine/<key>                                         files no row points at (recovery)
 
-Every path is built here from integers the server chose; `resolve` still refuses any path that
-would land outside the data directory, so no request can read or delete anything else.
+Methods take and give keys, bytes and PIL images, never paths. Every key is built here from
+integers the server chose; the store still refuses any key that would leave its root, so no
+request can read or delete anything else. A file is written (whole, atomically) before a row
+points at it; a row goes before its file is deleted.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import hashlib
 import io
 import logging
-import os
 import re
-import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stable_diffusion_api.errors import InvalidField
+from stable_diffusion_api.services.object_store import (
+    LocalStore,
+    ObjectInfo,
+    ObjectStore,
+    check_storage_url,
+)
 
 QUARANTINE = "quarantine"
-FILE_MODE = 0o644
-# What tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes for an atomic save.
+# What the atomic saves of a LocalStore make (tempfile.mkstemp(prefix=".<name>.", suffix=".tmp"))
 PARTIAL_WRITE = re.compile(r"^\.[^/]+\.[A-Za-z0-9_]+\.tmp$")
 log = logging.getLogger(__name__)
 
@@ -44,157 +57,236 @@ PLAIN_MODES = ("L", "LA", "RGB", "RGBA")  # what decode_image hands out
 IMAGE_NAME = re.compile(r"^(\d+)-(\d+)\.(png|jpg)$")
 FILMSTRIPS = "filmstrips"
 FILMSTRIP_NAME = re.compile(r"^(\d+)\.png$")
+# Where `local_file` puts its copies of a remote store's files: the system's temporary folder.
+LOCAL_COPIES = Path(tempfile.gettempdir()) / "dali-store-copies"
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
 
 
 class ImageStorage:
-    def __init__(self, data_dir: Path) -> None:
-        self.root = data_dir.resolve()
+    """The studio's files in `store` (see the module's layout)."""
 
-    def resolve(self, relative: str) -> Path:
-        """The absolute path for a stored relative path; ValueError if it leaves the data dir."""
-        path = (self.root / relative).resolve()
-        if not path.is_relative_to(self.root):
-            raise ValueError(f"path {relative!r} is outside the data directory")
-        return path
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    @classmethod
+    def local(cls, data_dir: Path) -> ImageStorage:
+        """Files under the data folder, as a single machine keeps them."""
+        return cls(LocalStore(data_dir))
+
+    @classmethod
+    def open(cls, storage_url: str, data_dir: Path) -> ImageStorage:
+        """The store DALI_STORAGE_URL names (the data folder when empty); StorageConfigError
+        naming the variable when it cannot be used."""
+        return cls(open_store(storage_url, data_dir))
+
+    # -- keys -----------------------------------------------------------------------------
 
     def image_paths(self, project_id: int, generation_id: int, index: int) -> tuple[str, str]:
-        """(png, thumbnail) relative paths for image `index` of a generation."""
+        """(png, thumbnail) keys for image `index` of a generation."""
         name = f"{int(generation_id)}-{int(index)}"
         base = f"images/{int(project_id)}"
         return f"{base}/{name}.png", f"{base}/thumbs/{name}.jpg"
 
     def claim_image_paths(self, project_id: int, generation_id: int, first: int) -> tuple[str, str]:
-        """(png, thumbnail) relative paths for a new image of a generation, numbered `first` or
-        the next free number after it. The PNG's name is claimed by creating it empty and
-        exclusively (O_EXCL), so two writers — threads or processes — never get the same name;
-        the caller writes it over (`sd_core.pngmeta.save_png`) or deletes it. An empty file a
-        crash leaves is one no row points at: recovery quarantines it."""
+        """(png, thumbnail) keys for a new image of a generation, numbered `first` or the next
+        free number after it. The PNG's key is claimed by creating it empty, exclusively (an
+        O_EXCL file, a conditional S3 put), so two writers — threads, processes or hosts —
+        never get the same one; the caller writes it over (`save_png`) or deletes it. An empty
+        object a crash leaves is one no row points at: recovery quarantines it."""
         number = first
         while True:
             png, thumb = self.image_paths(project_id, generation_id, number)
-            path = self.resolve(png)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
-            except FileExistsError:
-                number += 1
-                continue
-            return png, thumb
+            if self.store.create(png):
+                return png, thumb
+            number += 1
 
     def filmstrip_path(self, project_id: int, generation_id: int) -> str:
-        """The relative path of a generation's filmstrip PNG."""
+        """The key of a generation's filmstrip PNG."""
         return f"images/{int(project_id)}/{FILMSTRIPS}/{int(generation_id)}.png"
 
+    # -- writing --------------------------------------------------------------------------
+
+    def save_png(
+        self,
+        image: Image.Image,
+        relative: str,
+        *,
+        parameters: Any = None,
+        dali: dict[str, Any] | None = None,
+        text: dict[str, str] | None = None,
+    ) -> None:
+        """Write `image` as a PNG with its metadata chunks (sd_core.pngmeta.write_png: the
+        `parameters` infotext and `dali` JSON, by default from `image.info`), atomically; on
+        the local store it is encoded straight into the temporary file, with no extra copy."""
+        from sd_core.pngmeta import write_png
+
+        def fill(handle: IO[bytes]) -> None:
+            write_png(image, handle, parameters=parameters, dali=dali, text=text)
+
+        self.store.write(relative, fill)
+
     def write_filmstrip(self, image: Image.Image, relative: str) -> None:
-        self._atomic_save(image, self.resolve(relative), "PNG")
+        self.store.write(relative, lambda handle: image.save(handle, format="PNG"))
 
     def write_thumbnail(self, image: Image.Image, relative: str) -> None:
         thumb = image.convert("RGB")
         thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        self._atomic_save(thumb, self.resolve(relative), "JPEG", quality=85)
+        self.store.write(relative, lambda handle: thumb.save(handle, format="JPEG", quality=85))
 
     def save_input(self, generation_id: int, kind: str, image: Image.Image) -> str:
         relative = f"inputs/{int(generation_id)}/{kind}.png"
-        self._atomic_save(image, self.resolve(relative), "PNG")
+        self.store.write(relative, lambda handle: image.save(handle, format="PNG"))
         return relative
 
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, relative: str) -> bytes:
+        """The stored bytes; FileNotFoundError when missing, ValueError for a bad key."""
+        return self.store.get(relative)
+
+    def open_image(self, relative: str) -> Image.Image:
+        """The stored image, fully read (its `format` and PNG text chunks kept);
+        FileNotFoundError when missing."""
+        image = Image.open(io.BytesIO(self.store.get(relative)))
+        image.load()
+        return image
+
     def load_input(self, relative: str) -> Image.Image:
-        with Image.open(self.resolve(relative)) as image:
-            image.load()
-            return image.copy()
+        return self.open_image(relative)
+
+    def open_stream(self, relative: str) -> tuple[ObjectInfo, Iterator[bytes]] | None:
+        """The stored object's description and its bytes in pieces, to stream (one request to
+        the store); None when it is missing — or when a row edited to point outside the store
+        names it (logged, and never served)."""
+        try:
+            return self.store.open(relative)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("a row points outside the data directory: %r", relative)
+            return None
+
+    @property
+    def local_images(self) -> Path:
+        """The folder `local_file`'s files of images/ are in (what the Gradio UI may serve)."""
+        root = self.store.root if isinstance(self.store, LocalStore) else self._copies.root
+        return root / "images"
+
+    def local_file(self, relative: str) -> Path:
+        """The stored file as a local file, for code that wants a path: in a local store the
+        file itself (read it, never write it); otherwise an explicit temporary copy under
+        LOCAL_COPIES (a folder per store), made once (what a key holds never changes once a row
+        points at it). FileNotFoundError when missing."""
+        if isinstance(self.store, LocalStore):
+            path = self.store.path(relative)
+            if not path.is_file():
+                raise FileNotFoundError(relative)
+            return path
+        if self._copies.head(relative) is None:
+            self._copies.put(relative, self.store.get(relative))
+        return self._copies.path(relative)
+
+    @property
+    def _copies(self) -> LocalStore:
+        """Where `local_file` copies this store's files: one folder per store URL, so two
+        studios on one machine never mix up their `images/1/1-0.png`."""
+        digest = hashlib.sha256(self.store.url.encode()).hexdigest()[:16]
+        return LocalStore(LOCAL_COPIES / digest)
+
+    def keys(self, folder: str) -> set[str]:
+        """The key of every object under `folder` (e.g. "images"), from one listing."""
+        return {info.key for info in self.store.list(folder)}
+
+    def exists(self, relative: str) -> bool:
+        """Whether the object is there (a key outside the store counts as absent)."""
+        try:
+            return self.store.head(relative) is not None
+        except ValueError:
+            return False
+
+    # -- deleting -------------------------------------------------------------------------
 
     def delete(self, *relatives: str | None) -> None:
-        """Delete files; a path outside the data directory is skipped, never followed."""
+        """Delete objects; a key outside the store is skipped, never followed."""
         for relative in relatives:
             if not relative:
                 continue
             try:
-                path = self.resolve(relative)
+                self.store.delete(relative)
             except ValueError:
                 log.warning("not deleting %r: outside the data directory", relative)
-                continue
-            path.unlink(missing_ok=True)
 
     def delete_inputs(self, generation_id: int) -> None:
-        shutil.rmtree(self.resolve(f"inputs/{int(generation_id)}"), ignore_errors=True)
+        self.store.delete_prefix(f"inputs/{int(generation_id)}")
 
     def delete_project(self, project_id: int) -> None:
-        shutil.rmtree(self.resolve(f"images/{int(project_id)}"), ignore_errors=True)
+        self.store.delete_prefix(f"images/{int(project_id)}")
 
-    def file_to_serve(self, relative: str) -> Path | None:
-        """The stored file's absolute path, or None when it is missing — or when a row edited to
-        point outside the data directory names it (logged, and never served)."""
-        try:
-            path = self.resolve(relative)
-        except ValueError:
-            log.warning("a row points outside the data directory: %r", relative)
-            return None
-        return path if path.is_file() else None
-
-    def exists(self, relative: str) -> bool:
-        """Whether the file is there (a path outside the data directory counts as absent)."""
-        try:
-            return self.resolve(relative).is_file()
-        except ValueError:
-            return False
+    # -- recovery -------------------------------------------------------------------------
 
     def remove_partial_writes(self, older_than_s: float) -> int:
         """Delete the temporary files a crash left mid-write (`.<name>.<random>.tmp`, made
-        only by the atomic saves here and in sd_core.pngmeta) that nobody touched for
-        `older_than_s` (a live process may be writing a younger one); how many there were."""
+        only by a LocalStore's atomic writes and sd_core.pngmeta.save_png) that nobody touched
+        for `older_than_s` (a live process may be writing a younger one); how many there were.
+        An S3 store has none: a put is whole or absent."""
         removed = 0
-        cutoff = time.time() - older_than_s
+        cutoff = _now() - dt.timedelta(seconds=older_than_s)
         for folder in ("images", "inputs"):
-            root = self.root / folder
-            if root.is_dir():
-                for path in root.rglob(".*.tmp"):
-                    fresh = path.stat().st_mtime > cutoff
-                    if path.is_file() and PARTIAL_WRITE.match(path.name) and not fresh:
-                        path.unlink(missing_ok=True)
-                        removed += 1
+            for info in self.store.list(folder):
+                if PARTIAL_WRITE.match(info.name) and info.modified <= cutoff:
+                    self.store.delete(info.key)
+                    removed += 1
         return removed
 
-    def quarantine(self, path: Path) -> Path:
-        """Move a file no row points at to `quarantine/<its relative path>` in the data
-        directory (never deleted: a user decides); returns where it went."""
-        relative = path.relative_to(self.root)
-        target = self.root / QUARANTINE / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():  # the same name quarantined before: keep both
-            target = target.with_name(f"{target.stem}-{time.time_ns()}{target.suffix}")
-        os.replace(path, target)
+    def quarantine(self, relative: str) -> str:
+        """Move an object no row points at to `quarantine/<its key>` (never deleted: a user
+        decides); returns its new key."""
+        target = f"{QUARANTINE}/{relative}"
+        if self.exists(target):  # the same key quarantined before: keep both
+            stem, dot, suffix = target.rpartition(".")
+            target = (
+                f"{stem}-{time.time_ns()}{dot}{suffix}" if dot else f"{target}-{time.time_ns()}"
+            )
+        self.store.move(relative, target)
         log.warning("moved %s, which no generation points at, to %s", relative, target)
         return target
 
-    def generation_files(self) -> dict[int, list[Path]]:
-        """Every image, thumbnail or filmstrip file on disk, grouped by the generation id in
-        its name."""
-        found: dict[int, list[Path]] = {}
-        images = self.root / "images"
-        if not images.is_dir():
-            return found
-        for path in images.rglob("*"):
-            pattern = FILMSTRIP_NAME if path.parent.name == FILMSTRIPS else IMAGE_NAME
-            match = pattern.match(path.name)
-            if match and path.is_file():
-                found.setdefault(int(match.group(1)), []).append(path)
+    def generation_files(self, settled_for_s: float = 0.0) -> dict[int, list[str]]:
+        """The key of every image, thumbnail or filmstrip in the store, grouped by the
+        generation id in its name — leaving out those written less than `settled_for_s`
+        seconds ago (another node may have written the file and not yet its row)."""
+        found: dict[int, list[str]] = {}
+        cutoff = _now() - dt.timedelta(seconds=settled_for_s)
+        for info in self.store.list("images"):
+            folder = info.key.rsplit("/", 2)[-2] if info.key.count("/") >= 2 else ""
+            pattern = FILMSTRIP_NAME if folder == FILMSTRIPS else IMAGE_NAME
+            match = pattern.match(info.name)
+            if match and info.modified <= cutoff:
+                found.setdefault(int(match.group(1)), []).append(info.key)
         return found
 
-    def _atomic_save(self, image: Image.Image, path: Path, fmt: str, **options: int) -> None:
-        # A reader (or a crash) never sees a half-written file: write beside it, synced, then
-        # rename; readable like the generated PNGs (sd_core.pngmeta.save_png does the same).
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                image.save(handle, format=fmt, **options)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, FILE_MODE)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+
+def open_store(url: str, data_dir: Path) -> ObjectStore:
+    """The store `url` (DALI_STORAGE_URL, checked by `check_storage_url`) names; the data
+    folder's when it is empty."""
+    check_storage_url(url)
+    if not url:
+        return LocalStore(data_dir)
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return LocalStore(Path(unquote(parts.path)))
+    from stable_diffusion_api.services.s3_store import S3Store
+
+    return S3Store(parts.netloc, unquote(parts.path).strip("/"))
+
+
+def content_type(relative: str) -> str:
+    """The media type of a stored file, from its key's suffix."""
+    return CONTENT_TYPES.get(relative.rsplit(".", 1)[-1].lower(), "application/octet-stream")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def decode_image(data: str, field: str) -> Image.Image:

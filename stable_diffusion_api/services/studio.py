@@ -21,7 +21,7 @@ from stable_diffusion_api.services.gallery import GalleryService
 from stable_diffusion_api.services.generations import GenerationService
 from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.hardware import HardwareService
-from stable_diffusion_api.services.identity import bind_data_folder
+from stable_diffusion_api.services.identity import Place, bind_store
 from stable_diffusion_api.services.job_queue import JobQueue
 from stable_diffusion_api.services.pg_notify import web_live
 from stable_diffusion_api.services.progress import ProgressHub
@@ -56,7 +56,7 @@ class Studio:
         self.settings = settings
         self.generator = generator
         self.db = Database(settings.resolved_database_url)
-        self.storage = ImageStorage(settings.resolved_data_dir)
+        self.storage = ImageStorage.open(settings.storage_url, settings.resolved_data_dir)
         self.jobs = JobQueue(self.db)  # every change of a job's status
         self.hub = ProgressHub()
         # On PostgreSQL, worker nodes on other hosts: their progress replayed on `hub`; cancels
@@ -101,27 +101,32 @@ class Studio:
         )
         self.variations = VariationService(self.gallery, self.generations, self.storage)
         self.started = False
-        self.studio_id: str | None = None  # set by start(), once the data folder is bound
+        self.studio_id: str | None = None  # set by start(), once the file store is bound
 
     def start(self) -> RecoveryReport:
         """Create the data directories, migrate the schema, detect hardware, start workers."""
-        for directory in (
-            self.settings.resolved_data_dir,
-            self.settings.images_dir,
-            self.settings.inputs_dir,
-        ):
+        directories = [self.settings.resolved_data_dir]
+        if not self.settings.storage_url:  # the files live in the data folder
+            directories += [self.settings.images_dir, self.settings.inputs_dir]
+        for directory in directories:
             directory.mkdir(parents=True, exist_ok=True)
         if self.settings.run_migrations:
             self.db.migrate()
         # Before recovery looks for files no row points at: are these rows and files one
         # studio's? (StudioMismatch stops the start with nothing changed.)
-        self.studio_id = bind_data_folder(self.db, self.settings.resolved_data_dir)
+        self.studio_id = bind_store(self.db, self.storage.store, self._store_place())
         self.hardware.refresh()
         if self.live is not None:
             self.live.start()
         report = self.workers.start()
         self.started = True
         return report
+
+    def _store_place(self) -> Place:
+        """How messages name the file store, and the setting that chooses it."""
+        if self.settings.storage_url:
+            return Place(f"the file store {self.storage.store.url!r}", "DALI_STORAGE_URL")
+        return Place(f"the data folder {str(self.settings.resolved_data_dir)!r}", "DALI_DATA_DIR")
 
     def stop(self) -> None:
         if self.started:

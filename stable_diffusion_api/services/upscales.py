@@ -11,8 +11,8 @@ pointing at its source (`source_image_id`). Its PNG keeps the source's `paramete
 and `dali` JSON (that gains a `postprocessing` entry) and adds AUTOMATIC1111's `postprocessing`
 and `extras` chunks, "Postprocess upscale by: 2, Postprocess upscaler: Lanczos", as A1111's
 extras tab saves an upscale; the row keeps that text in `postprocessing`. The file is claimed
-under a free name (`ImageStorage.claim_image_paths`), written as a generated image is (temporary
-file, fsync, rename: `sd_core.pngmeta.save_png`), and the row is inserted only once the PNG and
+under a free name (`ImageStorage.claim_image_paths`), written as a generated image is (whole or
+not at all: `ImageStorage.save_png`), and the row is inserted only once the PNG and
 its thumbnail exist; when anything fails the files go again.
 
 Where it runs: in the caller's thread — the REST and page routes are plain `def`, so FastAPI's
@@ -37,7 +37,7 @@ from PIL import Image as PILImage
 from sqlalchemy.exc import IntegrityError
 
 from sd_core.infotext import format_pairs
-from sd_core.pngmeta import DALI_CHUNK, png_text_chunks, save_png
+from sd_core.pngmeta import DALI_CHUNK, png_text_chunks
 from sd_core.upscalers import MAX_SCALE, NONE, UpscalerError, target_size, upscaler_names
 from sd_core.upscalers import upscale_image as run_upscaler
 from stable_diffusion_api.db import Database
@@ -102,9 +102,9 @@ class UpscaleService:
         )
         written = [png]
         try:
-            save_png(
+            self._storage.save_png(
                 result,
-                self._storage.resolve(png),
+                png,
                 parameters=source.parameters,
                 dali=dali,
                 text={"postprocessing": info, "extras": info},
@@ -142,13 +142,12 @@ class UpscaleService:
 
     def _read(self, source: Image) -> tuple[PILImage.Image, dict[str, str]]:
         """The source's pixels and its PNG's text chunks."""
-        path = self._storage.file_to_serve(source.path)
-        if path is None:  # the row is there, its file is not (recovery will drop the row)
-            raise NotFound("image file", source.id)
-        with PILImage.open(path) as opened:
-            opened.load()
-            chunks = png_text_chunks(opened) if opened.format == "PNG" else {}
-            return opened.copy(), chunks
+        try:
+            opened = self._storage.open_image(source.path)
+        except (FileNotFoundError, ValueError):  # the row is there, its file is not (recovery
+            raise NotFound("image file", source.id) from None  # will drop the row)
+        chunks = png_text_chunks(opened) if opened.format == "PNG" else {}
+        return opened, chunks
 
     @staticmethod
     def _dali(

@@ -354,7 +354,7 @@ def child_context(
         jobs=JobQueue(db),
         engine=engine,
         models=ModelRegistry(settings, db, engine),
-        storage=ImageStorage(settings.resolved_data_dir),
+        storage=ImageStorage.open(settings.storage_url, settings.resolved_data_dir),
         hub=hub,
         speeds=SpeedService(db),
         instance_id=instance_id,  # jobs are claimed under the server's heartbeat

@@ -12,6 +12,7 @@ from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
 from tests.postgres import PostgresServer, postgres_server, server_binaries
+from tests.s3 import S3Server, s3_server
 
 
 @pytest.fixture
@@ -23,6 +24,8 @@ def settings(tmp_path: Path) -> Settings:
         poll_s=0.05,
         heartbeat_s=0.2,
         stale_after_s=2.0,
+        # One machine, no other node: a stray file is quarantined at once, however young.
+        orphan_grace_s=0.0,
         queue_limit=20,
         # Open unless a test says otherwise, whatever the developer's environment holds.
         api_key=None,
@@ -50,4 +53,11 @@ def postgres() -> Iterator[PostgresServer]:
     if binaries is None:
         pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
     with postgres_server(binaries) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A throwaway S3 server (moto's) for this test session (tests/s3.py)."""
+    with s3_server() as server:
         yield server

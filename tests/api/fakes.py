@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from sd_core.result import GenerationResult
 from stable_diffusion_api.services.generator import (
@@ -152,17 +150,6 @@ class FakeGenerator:
         frames = tuple(FilmstripFrame(s, total, 10.0 * (1 - s / total)) for s in steps)
         image = Image.new("RGB", (cell_width * len(frames), 2 * cell_height), "gray")
         return Filmstrip(image, frames)
-
-    def save_png(self, image: Image.Image, path: Path) -> None:
-        meta = PngImagePlugin.PngInfo()
-        for key in ("parameters", "dali"):
-            if key in image.info:
-                meta.add_text(key, str(image.info[key]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=meta)
-        os.replace(temp, path)
 
     def forward_process(self, spec: ForwardSpec) -> ForwardResult:
         """The image back as "decoded", and per timestep a grey picture as bright as the signal

@@ -9,21 +9,27 @@ from fastapi.testclient import TestClient
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.models import Generation, Image
+from stable_diffusion_api.services.object_store import LocalStore
 from stable_diffusion_api.services.storage import ImageStorage
 from tests.api.helpers import make_project, submit, wait_for
 
 
 def test_storage_refuses_paths_outside_the_data_dir(tmp_path: Path) -> None:
-    storage = ImageStorage(tmp_path / "data")
-    assert storage.resolve("images/1/2-0.png") == (tmp_path / "data/images/1/2-0.png").resolve()
+    store = LocalStore(tmp_path / "data")
+    assert store.path("images/1/2-0.png") == (tmp_path / "data/images/1/2-0.png").resolve()
     for bad in ("../secret", "images/../../secret", "/etc/passwd", "images/1/../../../x"):
         with pytest.raises(ValueError, match="outside the data directory"):
-            storage.resolve(bad)
+            store.path(bad)
     link = tmp_path / "data" / "images" / "link"
     link.parent.mkdir(parents=True)
     link.symlink_to(tmp_path)  # a symlink out of the data dir is followed, then refused
+    (tmp_path / "secret").write_bytes(b"top secret")
     with pytest.raises(ValueError):
-        storage.resolve("images/link/secret")
+        store.path("images/link/secret")
+    storage = ImageStorage(store)
+    assert not storage.exists("images/link/secret")
+    storage.delete("images/link/secret", "../secret")  # skipped, never followed
+    assert (tmp_path / "secret").read_bytes() == b"top secret"
 
 
 def test_traversal_in_urls_never_serves_outside_files(

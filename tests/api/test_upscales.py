@@ -268,7 +268,7 @@ def test_claimed_names_skip_files_that_exist(studio: Studio) -> None:
     second = storage.claim_image_paths(3, 9, 1)
     assert first == ("images/3/9-1.png", "images/3/thumbs/9-1.jpg")
     assert second == ("images/3/9-2.png", "images/3/thumbs/9-2.jpg")
-    assert storage.resolve(first[0]).stat().st_size == 0  # claimed, empty until written
+    assert storage.read(first[0]) == b""  # claimed, empty until written
 
 
 # -- REST ---------------------------------------------------------------------------------------

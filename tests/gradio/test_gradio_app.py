@@ -404,9 +404,7 @@ def test_filmstrip_of_a_run_made_by_another_process_is_the_stored_strip(
         session.flush()
         row.filmstrip_path = studio.storage.filmstrip_path(project.id, row.id)
         generation_id = row.id
-    path = studio.storage.resolve(row.filmstrip_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    strip.save(path)
+    studio.storage.write_filmstrip(strip, row.filmstrip_path)
 
     items, note = app["client"].predict(generation_id, api_name="/filmstrip")
     assert [item["caption"] for item in items] == [
@@ -422,7 +420,7 @@ def test_filmstrip_of_a_run_made_by_another_process_is_the_stored_strip(
     assert "quick latent preview" in note
 
     # Without a stored strip either: a clear message, no traceback.
-    path.unlink()
+    studio.storage.delete(row.filmstrip_path)
     assert_user_error(
         lambda: app["client"].predict(generation_id, api_name="/filmstrip"),
         f"Generation #{generation_id}", "DALI_FILMSTRIP_FRAMES=0",
