@@ -46,18 +46,19 @@ import multiprocessing
 import os
 import platform
 import pwd
+import queue as queue_module
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -75,6 +76,7 @@ from stable_diffusion_api.services.job_queue import (  # noqa: E402
 )
 from tests.postgres import PostgresServer, server_binaries  # noqa: E402
 
+T = TypeVar("T")
 DEVICE = "cuda:0"  # every node serves the same device, as GPU nodes of one pool do
 WARM_UP_DEVICE = "warm-up"  # no job is queued there: claims on it compile, and find nothing
 CLAIMS = ("update", "skip-locked")
@@ -289,8 +291,36 @@ def check_every_job_ran_once(url: str, ids: list[int], reports: list[NodeReport]
         raise AssertionError(f"rows not succeeded by the node that ran them: {wrong[:5]}")
 
 
+def _get(reports: Any) -> NodeReport | None:
+    try:
+        report: NodeReport = reports.get(timeout=0.2)
+    except queue_module.Empty:
+        return None
+    return report
+
+
+def _wait_for(look: Callable[[], T | None], processes: list[Any], what: str, limit_s: float) -> T:
+    """What `look` finds, asked again until it finds something; RuntimeError when a node
+    process died without a word (an import failed, it was killed) or after `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        found = look()
+        if found is not None and found is not False:
+            return found
+        dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(f"a node process died (exit codes {dead}) before its {what}")
+    raise RuntimeError(f"no node {what} within {limit_s:.0f} s")
+
+
 def run_nodes(
-    url: str, nodes: int, jobs: int, job_s: float = 0.1, claim: str = "update", poll_s: float = 1.0
+    url: str,
+    nodes: int,
+    jobs: int,
+    job_s: float = 0.1,
+    claim: str = "update",
+    poll_s: float = 1.0,
+    start_method: str = "spawn",
 ) -> RunResult:
     """Enqueue `jobs` jobs in the fresh database at `url`, run them on `nodes` node processes,
     check each ran once, and measure."""
@@ -299,7 +329,9 @@ def run_nodes(
     if claim not in CLAIMS:
         raise ValueError(f"claim must be one of {', '.join(CLAIMS)}, not {claim!r}")
     ids = prepare(url, jobs)
-    context = multiprocessing.get_context("spawn")  # nodes share nothing but the database
+    # Each node a process of its own; "spawn" shares nothing but the database, "fork" starts
+    # faster (the test's choice: the parent's engine is disposed before, so nothing leaks).
+    context = multiprocessing.get_context(start_method)
     ready, go, reports = context.Semaphore(0), context.Event(), context.Queue()
     processes = [
         context.Process(
@@ -309,16 +341,23 @@ def run_nodes(
         )
         for i in range(nodes)
     ]
-    for process in processes:
-        process.start()
-    for _ in processes:
-        if not ready.acquire(timeout=120):
-            raise RuntimeError("a node did not start within 120 s")
-    started = time.monotonic()
-    go.set()
-    results: list[NodeReport] = [reports.get(timeout=600) for _ in processes]
-    for process in processes:
-        process.join(timeout=30)
+    try:
+        for process in processes:
+            process.start()
+        for _ in processes:
+            _wait_for(lambda: ready.acquire(timeout=0.2), processes, "start", 120)
+        started = time.monotonic()
+        go.set()
+        results: list[NodeReport] = []
+        for _ in processes:
+            results.append(_wait_for(lambda: _get(reports), processes, "report", 600))
+        for process in processes:
+            process.join(timeout=30)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
     errors = [f"{r.name}: {r.error}" for r in results if r.error]
     if errors:
         raise RuntimeError("; ".join(errors))
