@@ -29,7 +29,9 @@ Claim statements compared (`--claims`):
 Measured per claim statement and N: jobs/s (jobs ÷ time from the start signal to the last
 job's `succeed`), the efficiency against N × one node's jobs/s, the claim latency (the whole
 `claim` call: its transaction, retries included; misses included, the final empty look of
-each node not) p50/p99/max, and the misses. Every run checks that each job ran exactly once
+each node not) p50/p99/max, the races lost (claim statements that found their row taken by
+another node: `JobQueue.claim` retries those within its call), the misses, and the machine's
+load average. Every run checks that each job ran exactly once
 and ended `succeeded`. Not a test (figures go to docs/benchmarks.md, "Scale-out
 coordination"); tests/benchmarks/test_scale_out.py runs its core with 2 nodes so it keeps
 working.
@@ -64,11 +66,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import bindparam, func, select, text, update  # noqa: E402
+from sqlalchemy import bindparam, event, func, select, text, update  # noqa: E402
 
 from stable_diffusion_api.db import Database  # noqa: E402
 from stable_diffusion_api.models import QUEUED, RUNNING, Generation, Project, utcnow  # noqa: E402
 from stable_diffusion_api.services.job_queue import (  # noqa: E402
+    _CLAIM,
     GENERATIONS,
     PROJECTS,
     JobQueue,
@@ -106,6 +109,7 @@ _SKIP_LOCKED_CLAIM = (
         .label("project_name"),
     )
 )
+CLAIM_STATEMENTS = (_CLAIM, _SKIP_LOCKED_CLAIM)
 _ANY_QUEUED = select(func.count()).where(GENERATIONS.c.status == QUEUED)
 
 
@@ -151,15 +155,34 @@ class StandInGenerator:
         ]
 
 
+class EmptyClaims:
+    """Counts the claim UPDATEs run on `engine` that changed no row: another node had the row
+    (or, at the end, nothing waited). `JobQueue.claim` retries such a loss inside its call, so
+    only the statements show it."""
+
+    def __init__(self, engine: Any) -> None:
+        self.count = 0
+        event.listen(engine, "after_cursor_execute", self._seen)
+
+    def _seen(
+        self, _conn: Any, cursor: Any, _sql: str, _params: Any, context: Any, _many: bool
+    ) -> None:
+        compiled = getattr(context, "compiled", None)
+        if compiled is not None and compiled.statement in CLAIM_STATEMENTS and cursor.rowcount == 0:
+            self.count += 1
+
+
 @dataclass
 class NodeReport:
     """What one node did: the jobs it ran (id, when its `succeed` returned, monotonic clock),
-    the latency of each claim call, and how many claims found nothing while jobs waited."""
+    the latency of each claim call, how many claims found nothing while jobs waited (misses),
+    and how many claim statements changed no row while jobs waited (races lost)."""
 
     name: str
     jobs: list[tuple[int, float]] = field(default_factory=list)
     claim_s: list[float] = field(default_factory=list)
     misses: int = 0
+    lost: int = 0  # claim UPDATEs that found their row taken by another node
     error: str | None = None
 
 
@@ -178,6 +201,7 @@ def node_main(
     db = Database(url)
     try:
         queue = make_queue(db, claim)
+        empty = EmptyClaims(db.engine)
         generator = StandInGenerator(job_s)
         # Warm up as a long-running worker is: a pooled connection open, and the statements
         # compiled (SQLAlchemy caches them per process; the first use costs ~10 ms more).
@@ -189,17 +213,19 @@ def node_main(
         ready.release()
         go.wait()
         while True:
-            start = time.monotonic()
+            start, empty_before = time.monotonic(), empty.count
             claimed = queue.claim(DEVICE, name)
             took = time.monotonic() - start
             if claimed is None:
                 with db.connect() as connection:
                     if not connection.execute(_ANY_QUEUED).scalar_one():
                         break  # the queue is empty: this node is done
+                report.lost += empty.count - empty_before
                 report.claim_s.append(took)
                 report.misses += 1
                 time.sleep(poll_s)  # as DeviceWorker.run waits after an empty claim
                 continue
+            report.lost += empty.count - empty_before
             report.claim_s.append(took)
             row, _project = claimed
             images = generator.generate(row)
@@ -230,6 +256,8 @@ class RunResult:
     claim_max_ms: float
     claims: int
     misses: int
+    lost: int  # claim statements that lost their row to another node
+    load_1min: float  # the machine's load average at the run's end
     per_node: list[int]  # jobs each node ran
 
     @property
@@ -377,6 +405,8 @@ def run_nodes(
         claim_max_ms=1000 * max(claim_s),
         claims=len(claim_s),
         misses=sum(report.misses for report in results),
+        lost=sum(report.lost for report in results),
+        load_1min=os.getloadavg()[0],
         per_node=sorted((len(report.jobs) for report in results), reverse=True),
     )
 
@@ -449,8 +479,8 @@ def table(results: list[RunResult]) -> str:
             single[claim] = statistics.median(ones)
     lines = [
         "| claim | nodes | jobs | jobs/s | ideal | efficiency vs N × 1 node | claim p50 | "
-        "claim p99 | claim max | misses | jobs per node |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "claim p99 | claim max | races lost | misses | jobs per node | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         efficiency = r.jobs_per_s / (r.nodes * single[r.claim]) if r.claim in single else None
@@ -458,7 +488,8 @@ def table(results: list[RunResult]) -> str:
         lines.append(
             f"| {r.claim} | {r.nodes} | {r.jobs} | {r.jobs_per_s:.2f} | {r.ideal_jobs_per_s:.1f} "
             f"| {shown} | {r.claim_p50_ms:.1f} ms | {r.claim_p99_ms:.1f} ms "
-            f"| {r.claim_max_ms:.1f} ms | {r.misses} | {'/'.join(map(str, r.per_node))} |"
+            f"| {r.claim_max_ms:.1f} ms | {r.lost} | {r.misses} "
+            f"| {'/'.join(map(str, r.per_node))} | {r.load_1min:.1f} |"
         )
     return "\n".join(lines)
 
