@@ -50,6 +50,7 @@ import platform
 import pwd
 import queue as queue_module
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -505,6 +506,8 @@ def main() -> None:
     parser.add_argument("--no-fsync", action="store_true", help="leave fsync off (as tests)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    # A stop (kill, timeout) unwinds like Ctrl+C, so the server is stopped and its folder gone.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
 
     facts = machine()
     results: list[RunResult] = []
