@@ -495,6 +495,41 @@ def table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[RunResult]) -> str:
+    """A Markdown table with one line per claim statement and N over the repeated runs: the
+    median jobs/s (and its range), the efficiency against N × the median of one node's, the
+    medians of the claim p50 and p99 (and the worst p99), the races lost per claim, every miss,
+    and the load averages seen."""
+    groups: dict[tuple[str, int], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.claim, r.nodes), []).append(r)
+    lines = [
+        "| claim | nodes | runs | jobs/s (range) | ideal | efficiency vs N × 1 node | "
+        "claim p50 | claim p99 (worst) | races lost per claim | misses | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (claim, nodes), runs in groups.items():
+        rate = statistics.median(r.jobs_per_s for r in runs)
+        single = groups.get((claim, 1))
+        efficiency = (
+            f"{rate / (nodes * statistics.median(r.jobs_per_s for r in single)):.2f}"
+            if single
+            else "–"
+        )
+        low, high = min(r.jobs_per_s for r in runs), max(r.jobs_per_s for r in runs)
+        p99 = statistics.median(r.claim_p99_ms for r in runs)
+        lost = sum(r.lost for r in runs) / sum(r.claims for r in runs)
+        loads = [r.load_1min for r in runs]
+        lines.append(
+            f"| {claim} | {nodes} | {len(runs)} | {rate:.1f} ({low:.1f}–{high:.1f}) "
+            f"| {nodes / runs[0].job_s:.0f} | {efficiency} "
+            f"| {statistics.median(r.claim_p50_ms for r in runs):.1f} ms "
+            f"| {p99:.0f} ms ({max(r.claim_p99_ms for r in runs):.0f} ms) | {lost:.2f} "
+            f"| {sum(r.misses for r in runs)} | {min(loads):.0f}–{max(loads):.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -505,7 +540,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-fsync", action="store_true", help="leave fsync off (as tests)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--summarize", type=Path, help="only print the tables of a --json file")
     args = parser.parse_args()
+    if args.summarize:
+        saved = json.loads(args.summarize.read_text())
+        runs = [RunResult(**run) for run in saved["runs"]]
+        print(table(runs), summary(runs), json.dumps(saved["machine"]), sep="\n\n")
+        return
     # A stop (kill, timeout) unwinds like Ctrl+C, so the server is stopped and its folder gone.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
 
@@ -522,8 +563,7 @@ def main() -> None:
                     results.append(result)
                     print(json.dumps(asdict(result)), flush=True)
     facts["load_1min_after"] = os.getloadavg()[0]
-    print(table(results))
-    print(json.dumps(facts))
+    print(table(results), summary(results), json.dumps(facts), sep="\n\n")
     if args.json:
         args.json.write_text(json.dumps({"machine": facts, "runs": [asdict(r) for r in results]},
                                         indent=2))  # fmt: skip
