@@ -7,9 +7,9 @@ Two measurements, each first one at a time (batch max 1), then batched (`--batch
              `sd_core.batched.generate_batch` against `pipe.generate` one after another,
              the same model in this process; median of `--repeat` alternating runs. It also
              checks that every image is the same in both (bit for bit on the CPU in float32).
-  service  – the studio in this process (its worker a thread, SQLite): `--clients` clients
-             each submit a job over the REST API, follow it until it has succeeded and submit
-             the next, `--jobs` each; images per second from the first POST to the last
+  service  – the studio in this process (its worker a child process as by default, SQLite):
+             `--clients` clients (threads) each submit a job over the REST API, read it every
+             `--poll` seconds until it has succeeded and submit the next, `--jobs` each; images per second from the first POST to the last
              success, and each job's POST → succeeded time.
 
     python benchmarks/bench_batching.py                            # CPU, the built-in model
@@ -113,7 +113,7 @@ def service(args: argparse.Namespace, batch_max: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dali-bench-batch-") as tmp:
         models = Path(args.checkpoint).parent if args.checkpoint else None
         settings = Settings(data_dir=Path(tmp) / "data", models_dir=models, batch_max=batch_max,
-                            worker_mode="thread", poll_s=0.05, queue_limit=1000,
+                            worker_mode=args.worker_mode, poll_s=0.05, queue_limit=1000,
                             torch_threads=args.torch_threads, filmstrip_frames=0,
                             api_key=None, api_auth=None)  # fmt: skip
         with TestClient(create_app(settings)) as client:
@@ -139,7 +139,7 @@ def service(args: argparse.Namespace, batch_max: int) -> dict[str, Any]:
                         return time.perf_counter() - began
                     if done["status"] in ("failed", "canceled"):
                         raise RuntimeError(done)
-                    time.sleep(0.01)
+                    time.sleep(args.poll)
 
             run_job(0)  # warm-up: the model loaded, caches filled
             latencies: list[float] = []
@@ -180,6 +180,8 @@ def main() -> None:
     parser.add_argument("--batch-max", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="engine runs of each")
     parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument("--worker-mode", default="process", choices=("process", "thread"))
+    parser.add_argument("--poll", type=float, default=0.05, help="seconds between a client's reads")
     parser.add_argument("--parts", default="engine,service")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
