@@ -1,8 +1,8 @@
 """Jobs sharing one denoising loop (`sd_core.batched`): each job's images and step latents are
 bit for bit those of the job run alone, float32 on the CPU, for a deterministic and a
 stochastic sampler, with different prompts, negative prompts, seeds, guidance (CFG off
-included), batch sizes and clip skips; one job's cancel or interrupt leaves the others as
-they were."""
+included), batch sizes, clip skips and a variation seed; one job's cancel or interrupt leaves
+the others as they were."""
 
 from __future__ import annotations
 
@@ -29,7 +29,13 @@ def pipe() -> sd_core.StableDiffusionPipeline:
 
 def jobs_for(sampler: str) -> list[GenerationParams]:
     jobs = [
-        GenerationParams("a red circle on a blue background", seed=5, guidance=7.3),
+        GenerationParams(
+            "a red circle on a blue background",
+            seed=5,
+            guidance=7.3,
+            variation_seed=8,
+            variation_strength=0.4,
+        ),  # fmt: skip
         GenerationParams(
             "a small green square in the top left on a white background",
             negative_prompt="blue",
@@ -68,6 +74,7 @@ def test_each_job_of_a_shared_loop_equals_its_job_run_alone(
     outcomes = generate_batch(
         pipe, [BatchJob(p, GenerationHooks(on_step=s)) for p, s in zip(params, shared, strict=True)]
     )
+    assert not any("forward" in vars(layer) for layer in pipe.unet.modules())  # layers put back
     for p, outcome, steps in zip(params, outcomes, shared, strict=True):
         assert isinstance(outcome, GenerationResult), outcome
         alone_steps = Steps()
