@@ -24,7 +24,7 @@ from stable_diffusion_api.services.generator import BatchEntry, JobSpec, StepCal
 from tests.api.helpers import make_project, submit, wait_for
 
 HOLD = "a white circle on a black background"  # the job that keeps the worker busy
-JOBS = [
+JOBS: list[dict[str, Any]] = [
     {"prompt": "a red circle on a blue background", "seed": 5, "guidance": 7.5},
     {"prompt": "a small green square on a white background", "seed": 99, "guidance": 4.0,
      "batch": 2, "negative_prompt": "blue"},
@@ -36,7 +36,7 @@ COMMON = {"steps": 3, "sampler": "Euler a", "width": 64, "height": 64}
 
 class RecordingEngine(SdCoreGenerator):
     """The real engine, holding the HOLD job until `release` is set, keeping the prompts of
-    each batch it runs, and pausing the job whose prompt is `pause_prompt` after its first
+    each batch it runs and the steps each of its jobs reported, and pausing the job whose prompt is `pause_prompt` after its first
     step until `resume` is set (`paused` tells it got there)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -45,6 +45,7 @@ class RecordingEngine(SdCoreGenerator):
         self.paused, self.resume = threading.Event(), threading.Event()
         self.pause_prompt: str | None = None
         self.batches: list[list[str]] = []
+        self.steps: dict[str, list[int]] = {}  # the progress each batched job reported
 
     def generate(self, job: JobSpec, on_step: StepCallback, *args: Any, **kwargs: Any) -> Any:
         if job.params.prompt == HOLD:
@@ -57,17 +58,17 @@ class RecordingEngine(SdCoreGenerator):
         return super().generate_batch([self._pausing(entry) for entry in entries])
 
     def _pausing(self, entry: BatchEntry) -> BatchEntry:
-        if entry.job.params.prompt != self.pause_prompt:
-            return entry
-        on_step = entry.on_step
+        on_step, prompt = entry.on_step, entry.job.params.prompt
+        self.steps[prompt] = []
 
-        def pause_after_first(step: int, total: int, preview: Any) -> None:
+        def counting_and_pausing(step: int, total: int, preview: Any) -> None:
             on_step(step, total, preview)
-            if step == 1:
+            self.steps[prompt].append(step)
+            if step == 1 and prompt == self.pause_prompt:
                 self.paused.set()
                 assert self.resume.wait(60)
 
-        return BatchEntry(entry.job, pause_after_first, entry.should_cancel,
+        return BatchEntry(entry.job, counting_and_pausing, entry.should_cancel,
                           entry.on_filmstrip, entry.should_interrupt)  # fmt: skip
 
 
@@ -107,6 +108,7 @@ def test_matching_queued_jobs_run_together_and_equal_the_jobs_run_alone(
     ids = queue_behind_a_held_job(client, engine, project, JOBS)
     together = [wait_for(client, job_id, timeout=60) for job_id in ids]
     assert engine.batches == [[job["prompt"] for job in JOBS]]  # one loop for the four
+    assert all(engine.steps[job["prompt"]] == [1, 2, 3] for job in JOBS)  # progress per job
     assert [len(job["images"]) for job in together] == [1, 2, 1, 1]
     assert all(job["filmstrip"] is not None for job in together)  # each its own
     alone = []
@@ -134,4 +136,6 @@ def test_a_job_canceled_in_the_middle_of_a_batch_leaves_the_others_succeeded(
     assert [job["status"] for job in ended] == ["succeeded", "canceled", "succeeded"]
     assert ended[1]["images"] == [] and ended[1]["failure_kind"] == "cancelled"
     assert engine.batches == [[job["prompt"] for job in JOBS[:3]]]
+    assert engine.steps[JOBS[1]["prompt"]] == [1]  # it stopped there, the others went on
+    assert engine.steps[JOBS[0]["prompt"]] == engine.steps[JOBS[2]["prompt"]] == [1, 2, 3]
     assert all(len(job["images"]) == 1 for job in (ended[0], ended[2]))
