@@ -7,6 +7,7 @@ the others as they were."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +15,12 @@ import torch
 
 import sd_core
 from sd_core import GenerationCancelled
+from sd_core.assets import Assets
 from sd_core.batched import BatchJob, batch_key, generate_batch
 from sd_core.hooks import GenerationHooks
 from sd_core.params import GenerationParams
 from sd_core.result import GenerationResult
+from tests.sd_core.test_prompt_assets import write_lora
 
 STEPS = 3
 
@@ -137,3 +140,36 @@ def test_jobs_that_do_not_match_run_alone_and_errors_stay_with_their_job(
     for p, outcome in zip((a, other_steps), outcomes, strict=False):
         assert isinstance(outcome, GenerationResult)
         assert torch.equal(pixels(outcome)[0], pixels(pipe.generate(p))[0])
+
+
+def test_jobs_asking_for_the_same_loras_share_a_loop_and_others_run_alone(
+    tmp_path: Path,
+) -> None:
+    pipe = sd_core.load_pipeline()
+    (tmp_path / "loras").mkdir()
+    write_lora(tmp_path / "loras" / "ink.safetensors", pipe, seed=1)
+    pipe.use_assets(Assets.under(tmp_path))
+    before = [t.clone() for m in (pipe.text_encoder, pipe.unet) for t in m.state_dict().values()]
+    prompts = [
+        "<lora:ink:0.8> a red circle on a blue background",
+        "a green square on a white background <lora:ink:0.8>",
+        "<lora:ink:0.5> a red circle on a blue background",  # another multiplier
+        "a red circle on a blue background",  # no LoRA
+    ]
+    params = [
+        GenerationParams(text, seed=i, steps=2, sampler="euler") for i, text in enumerate(prompts)
+    ]
+    rows: list[int] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    try:
+        outcomes = generate_batch(pipe, [BatchJob(p) for p in params])
+    finally:
+        hook.remove()
+    assert rows == [4, 4, 2, 2, 2, 2]  # the first two together (CFG: 2 rows each), then alone
+    after = [t for m in (pipe.text_encoder, pipe.unet) for t in m.state_dict().values()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    for p, outcome in zip(params, outcomes, strict=True):
+        assert isinstance(outcome, GenerationResult), outcome
+        alone = pipe.generate(p)
+        assert torch.equal(pixels(outcome)[0], pixels(alone)[0]), p.prompt
+        assert [a.name for a in outcome.assets] == [a.name for a in alone.assets]
