@@ -28,16 +28,20 @@ What stays per job inside the shared loop:
 
 Bit for bit on the CPU. Run alone, a job's UNet call has 2·B rows (B without CFG); stacked
 with others it has more. Measured on the built-in model in float32 on the CPU (1 and 2
-threads, 8 and 16 rows against 2 and 4, latents 8×8 and 32×32), each layer given the same
-rows gives the same output in every convolution, GroupNorm, LayerNorm, SiLU and
-`scaled_dot_product_attention`, but not in `nn.Linear` when M (rows × tokens) is small:
-the timestep MLP (M = rows), the ResBlocks' timestep projections and the middle block's
-transformer (one token a row) differ by up to 1.2e-6, because the GEMM picks another kernel
-for another M. So on the CPU `rows_by_job` runs every `nn.Linear` of the UNet job by job,
-on exactly the rows a lone run gives it, and everything else once for the whole stack: each
-image is `torch.equal` to its job run alone (tests/sd_core/test_batched.py). On another device
-the UNet runs the stack in one go (the fast path the batching is for) and an image is as
-close to its lone run as a batch's images are (docs/architecture.md, "Seeds and noise").
+threads, 8 and 16 rows against 1 to 4, latents 8×8 and 32×32), each layer given the same rows
+gives the same output in the 3×3 convolutions, GroupNorm, LayerNorm, SiLU and
+`scaled_dot_product_attention`, but not in three places: `nn.Linear` when M (rows × tokens)
+is small (the timestep MLP, the ResBlocks' timestep projections, the middle block's
+transformer with one token a row: up to 1.2e-6 apart, the GEMM picks another kernel for
+another M); at one thread and 16 rows the 1×1 convolutions (GEMMs too: up to 4.8e-7); and
+GEGLU's GELU with one token a row (a strided half of the projection, which takes another
+loop than a lone row's contiguous one). So on the CPU `rows_by_job` runs every `nn.Linear`,
+`nn.Conv2d` and GEGLU of the UNet job by job, on exactly the rows a lone run gives it, and
+everything else (norms, attention, activations, the skip concatenations) once for the whole
+stack: each image is `torch.equal` to its job run alone (tests/sd_core/test_batched.py). On
+another device the UNet runs the stack in one go (the fast path the batching is for) and an
+image is as close to its lone run as a batch's images are (docs/architecture.md, "Seeds and
+noise").
 """
 
 from __future__ import annotations
@@ -92,20 +96,19 @@ def batch_key(params: GenerationParams) -> tuple[object, ...] | None:
 
 @contextmanager
 def rows_by_job(unet: nn.Module, rows: Sequence[int]) -> Iterator[None]:
-    """Inside the block, every `nn.Linear` of `unet` runs its input's dim 0 in slices of
-    `rows` (one per job), each slice as a lone run's call; on the CPU only (see the module
-    docstring), elsewhere nothing changes."""
-    layers: list[nn.Module] = []
-    inside: tuple[
-        str, ...
-    ] = ()  # the names of the layers already sliced: their own layers are left as they are
-    for name, module in unet.named_modules():
-        if isinstance(module, SLICED_LAYERS) and not name.startswith(inside):
-            layers.append(module)
-            inside = (*inside, f"{name}.")
+    """Inside the block, every layer of `unet` of a `SLICED_LAYERS` type runs its input's
+    dim 0 in slices of `rows` (one per job), each slice as a lone run's call (the layers inside
+    such a layer, like GEGLU's projection, then see one job's slice already). On the CPU only
+    (see the module docstring); elsewhere, or for one job, nothing changes."""
     if next(unet.parameters()).device.type != "cpu" or len(rows) < 2:
         yield
         return
+    layers: list[nn.Module] = []
+    sliced_names: tuple[str, ...] = ()  # prefixes of the layers inside a sliced one
+    for name, module in unet.named_modules():
+        if isinstance(module, SLICED_LAYERS) and not name.startswith(sliced_names):
+            layers.append(module)
+            sliced_names = (*sliced_names, f"{name}.")
 
     def sliced(layer: nn.Module) -> Callable[[Tensor], Tensor]:
         own = type(layer).forward
@@ -170,14 +173,12 @@ def generate_batch(pipe: StableDiffusionPipeline, jobs: Sequence[BatchJob]) -> l
         try:
             p = pipe.resolve(job.params)
             key = batch_key(p)
-            if key is None:
-                raise _Alone
-            networks = prompt_networks(p.prompt, p.negative_prompt, loras)
-        except _Alone:
-            outcomes[index] = _alone(pipe, job)
-            continue
+            networks = None if key is None else prompt_networks(p.prompt, p.negative_prompt, loras)
         except Exception as error:  # noqa: BLE001 (the job's outcome; the others go on)
             outcomes[index] = error
+            continue
+        if key is None or networks is None:
+            outcomes[index] = _alone(pipe, job)
             continue
         lora_set = tuple((u.lora.name, u.text_encoder, u.unet) for u in networks.loras)
         groups.setdefault((*key, lora_set), []).append(_Job(p, job.hooks, networks, index))
@@ -188,11 +189,8 @@ def generate_batch(pipe: StableDiffusionPipeline, jobs: Sequence[BatchJob]) -> l
             continue
         for done in _run_group(pipe, group):
             outcomes[done.index] = done.outcome
+    assert all(outcome is not None for outcome in outcomes), "every job has ended"
     return [outcome for outcome in outcomes if outcome is not None]
-
-
-class _Alone(Exception):  # noqa: N818 (a signal: this job runs on its own)
-    pass
 
 
 def _alone(pipe: StableDiffusionPipeline, job: BatchJob) -> Outcome:
@@ -216,6 +214,7 @@ def _run_group(pipe: StableDiffusionPipeline, group: list[_Job]) -> list[_Job]:
 
 
 def _encode_and_sample(pipe: StableDiffusionPipeline, group: list[_Job]) -> None:
+    """`_run_group`'s work, with the group's tiling and LoRAs applied around it."""
     p0 = group[0].params
     vae = pipe.vae_for(p0)
     with ExitStack() as stack:
