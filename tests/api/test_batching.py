@@ -139,3 +139,19 @@ def test_a_job_canceled_in_the_middle_of_a_batch_leaves_the_others_succeeded(
     assert engine.steps[JOBS[1]["prompt"]] == [1]  # it stopped there, the others went on
     assert engine.steps[JOBS[0]["prompt"]] == engine.steps[JOBS[2]["prompt"]] == [1, 2, 3]
     assert all(len(job["images"]) == 1 for job in (ended[0], ended[2]))
+
+
+def test_a_worker_process_claims_and_runs_a_batch(tmp_path: Path) -> None:
+    """The default worker mode: the child process's worker batches as the thread does."""
+    settings = Settings(data_dir=tmp_path / "data", poll_s=0.05, batch_max=4, torch_threads=1,
+                        worker_mode="process", api_key=None, api_auth=None)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        project = make_project(client, "In a process")["id"]
+        # Its other step count keeps it alone; the three wait behind it (loading the model, 20 steps).
+        first = submit(client, project, **{**COMMON, "steps": 20})["id"]
+        ids = [submit(client, project, **COMMON, **job)["id"] for job in JOBS[:3]]
+        ended = [wait_for(client, job_id, timeout=120) for job_id in (first, *ids)]
+    assert [len(job["images"]) for job in ended] == [1, 1, 2, 1]
+    # Claimed in one statement: one start time for the three, after the first's.
+    assert len({job["started_at"] for job in ended[1:]}) == 1
+    assert ended[1]["started_at"] > ended[0]["started_at"]
