@@ -294,7 +294,11 @@ class StableDiffusionPipeline:
         and GenerationCancelled when `hooks.cancel()` turns True. The result's images carry
         their metadata (`GenerationResult.annotate`).
         """
-        sampled = self._latents(params, init_image, mask, hooks)
+        return self._finish(self._latents(params, init_image, mask, hooks))
+
+    def _finish(self, sampled: _Sampled) -> GenerationResult:
+        """Decode what `_latents` made (pasting inpainting's kept pixels back) into the
+        annotated result; `sd_core.batched` finishes each job of a shared loop here too."""
         began = time.perf_counter()
         images = tensor_to_images(self.decode_latents(sampled.latents, sampled.vae))
         if sampled.inpainting is not None:  # the unmasked pixels are the init image's own

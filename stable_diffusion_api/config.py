@@ -25,6 +25,8 @@ runs with no configuration at all:
     DALI_TORCH_THREADS       CPU threads torch may use (None: torch decides)  (none)
     DALI_WORKER_MODE         "process": workers in child processes; "thread"  process
     DALI_FILMSTRIP_FRAMES    reverse-process frames kept per generation; 0 off  8
+    DALI_BATCH_MAX           matching queued jobs a worker runs in one       1
+                             denoising loop (1: one at a time)
     DALI_SAVE_RETRY_S        how long a finished job's images wait for a database 60
                              that refuses writes before they go to quarantine
     DALI_ORPHAN_GRACE_S      recovery leaves alone files younger than this    120
@@ -114,6 +116,15 @@ class Settings(BaseSettings):
     # row right after; a job whose database is down retries for `save_retry_s`). Kept at least
     # `stale_after_s`: by then a node that wrote the file is alive or known dead.
     orphan_grace_s: float = Field(default=120.0, ge=0)
+    # A worker claims up to this many queued jobs that match (model, size, sampler, steps,
+    # settings; services/job_queue.py) and runs them in one denoising loop. Each image is the
+    # same as alone (bit for bit on the CPU, sd_core/batched.py), so only time changes: on a
+    # GPU, where one UNet call on 8 rows costs little more than on 2, throughput grows several
+    # times (docs/benchmarks.md, "Batching"); on the CPU, where each job's GEMMs still run on
+    # their own, about 1.7× at 8 jobs of the built-in model. The default, 1, keeps one job at a
+    # time: a batch ends when its slowest job does, so the first job of a batch waits for the
+    # others (its latency grows with the batch), which only pays off with many clients.
+    batch_max: int = Field(default=1, ge=1, le=16)
     run_migrations: bool = True
     # Mount the Gradio UI (dali_gradio, optional extra) at /gradio; only dali_app.py mounts it.
     gradio: bool = False

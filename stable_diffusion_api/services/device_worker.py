@@ -1,4 +1,5 @@
-"""`DeviceWorker`: the thread that runs one device's jobs, one at a time, oldest first.
+"""`DeviceWorker`: the thread that runs one device's jobs, oldest first, one at a time or, with
+DALI_BATCH_MAX above 1, several matching ones in one denoising loop.
 
 It is given a `WorkerContext` (services/worker_context.py) — nothing else — so the same class
 runs in the server process and in a worker process. For each job it claims the row (queued →
@@ -11,6 +12,12 @@ interrupt (`keep_partial`, or the row's `interrupt_requested`) stopped it keepin
 Any failure leaves no file behind and is recorded with its `FailureKind` (through the job
 queue, like every status change). A database that refuses that last write delays it, up to a
 point (services/job_outcomes.py).
+
+Batching: `JobQueue.claim_batch` claims the oldest queued job and up to DALI_BATCH_MAX − 1
+younger ones that match it, and `Generator.generate_batch` runs them together (on the CPU
+each image bit for bit as alone: sd_core/batched.py). Each job keeps its own step callbacks
+(progress, previews, its cancel and interrupt), and is saved and ended on its own: one job's
+failure or cancel never loses another's images.
 
 Between jobs it runs the small tasks asked of it, ahead of waiting jobs: benchmarks and the
 diffusion explorer's forward process.
@@ -27,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -46,6 +54,7 @@ from stable_diffusion_api.models import (
 )
 from stable_diffusion_api.services.generations import generation_view
 from stable_diffusion_api.services.generator import (
+    BatchEntry,
     Filmstrip,
     ForwardResult,
     ForwardSpec,
@@ -93,8 +102,30 @@ def failure_of(exc: Exception) -> tuple[FailureKind, str]:
     return FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.INTERNAL, message
 
 
+@dataclass
+class _Running:
+    """A claimed job on its way through the worker: its row, its project's name, its timing
+    and step callbacks, its model once resolved, the filmstrip the engine hands over."""
+
+    row: Generation
+    project_name: str
+    timing: RunTiming
+    reporter: StepReporter
+    model: ModelEntry | None = None
+    filmstrips: list[Filmstrip] = field(default_factory=list)
+    began: float = 0.0  # when its engine run started (perf_counter)
+
+
+def _raise(exc: Exception) -> GenerationResult:
+    raise exc
+
+
+def _given(result: GenerationResult) -> GenerationResult:
+    return result
+
+
 class DeviceWorker(threading.Thread):
-    """Runs one device's jobs, one at a time, oldest first (a `Worker`)."""
+    """Runs one device's jobs, oldest first, alone or batched (a `Worker`)."""
 
     def __init__(self, context: WorkerContext, device: str) -> None:
         super().__init__(name=f"dali-worker-{device}", daemon=True)
@@ -105,8 +136,9 @@ class DeviceWorker(threading.Thread):
         self._forwards: deque[tuple[ForwardSpec, Future[ForwardResult]]] = deque()
         self._cancels: set[int] = set()
         self._interrupts: set[int] = set()  # cancels that keep what the run made
-        self._db_interrupt = False  # the running job's row asked for an interrupt
-        self._last_db_check = 0.0
+        # Per running job: its row asked for an interrupt; when its row was last read.
+        self._db_interrupts: set[int] = set()
+        self._db_checked: dict[int, float] = {}
         self._outcomes = Outcomes(context)
 
     @property
@@ -153,17 +185,22 @@ class DeviceWorker(threading.Thread):
                 if not self._outcomes.write_unwritten():
                     self._wakeup.wait(context.settings.poll_s)
                     continue
-                claimed = context.jobs.claim(self.device, context.instance_id)
-                if claimed is None:
+                claimed = self._claim()
+                if not claimed:
                     self._wakeup.wait(context.settings.poll_s)
                     continue
                 try:
-                    self._run(*claimed)
+                    if len(claimed) == 1:
+                        self._run(*claimed[0])
+                    else:
+                        self._run_batch(claimed)
                 finally:
                     # Requests for jobs it is not running (another device's, or ended) go too:
                     # a job is only canceled once it runs, after its claim.
                     self._cancels.clear()
                     self._interrupts.clear()
+                    self._db_interrupts.clear()
+                    self._db_checked.clear()
             except DatabaseUnavailable:  # the database has logged why; look again after a poll
                 time.sleep(context.settings.poll_s)
             except Exception:  # a broken job or a database hiccup must not kill the worker
@@ -176,55 +213,131 @@ class DeviceWorker(threading.Thread):
                     ForwardFailed("the worker stopped before running it", FailureKind.INTERRUPTED)
                 )
 
+    def _claim(self) -> list[tuple[Generation, str]]:
+        """The next job, or with DALI_BATCH_MAX above 1 up to that many that run together
+        (`JobQueue.claim_batch`); empty when nothing waits."""
+        context = self.context
+        most = context.settings.batch_max
+        if most > 1:
+            return context.jobs.claim_batch(self.device, context.instance_id, most)
+        claimed = context.jobs.claim(self.device, context.instance_id)
+        return [] if claimed is None else [claimed]
+
     def _should_cancel(self, job_id: int) -> bool:
         context = self.context
         if context.stopping.is_set() or job_id in self._cancels:
             return True
         now = time.monotonic()
-        if now - self._last_db_check < 1.0:
+        if now - self._db_checked.get(job_id, 0.0) < 1.0:
             return False
         # Another process (the Gradio UI, a second server) may have asked: look once a second.
-        self._last_db_check = now
+        self._db_checked[job_id] = now
         try:
             asked = context.jobs.stop_requested(job_id)  # a cancel also when the project is gone
         except DatabaseUnavailable:  # it cannot say now; the run goes on
             return False
-        self._db_interrupt = asked.interrupt
+        if asked.interrupt:
+            self._db_interrupts.add(job_id)
         return asked.cancel
 
     def _should_interrupt(self, job_id: int) -> bool:
         """Whether to end the run keeping what it made: asked here, or by the row (read with
         the cancel check, once a second)."""
-        return job_id in self._interrupts or self._db_interrupt
+        return job_id in self._interrupts or job_id in self._db_interrupts
 
-    def _run(self, row: Generation, project_name: str) -> None:
+    def _begin(self, row: Generation, project_name: str) -> _Running:
+        """A claimed job announced to the hub, with its timing and step callbacks."""
         context = self.context
-        job_id = row.id
-        context.hub.start(job_id, row.steps)
+        context.hub.start(row.id, row.steps)
         timing = RunTiming()
         # The claim has just seen the row queued; the database is next asked in a second.
-        self._last_db_check, self._db_interrupt = time.monotonic(), False
+        self._db_checked[row.id] = time.monotonic()
+        self._db_interrupts.discard(row.id)
+        reporter = StepReporter(context.hub, context.settings, row.id, timing,
+                                self._should_cancel, self._should_interrupt)  # fmt: skip
+        return _Running(row, project_name, timing, reporter)
+
+    def _prepare(self, job: _Running) -> JobSpec:
+        """The engine's job for `job` (its model resolved: kept on it)."""
+        job.model = self.context.models.resolve(job.row.model)
+        return self._job_spec(job.row, job.model)
+
+    def _run(self, row: Generation, project_name: str) -> None:
+        job = self._begin(row, project_name)
+
+        def make() -> GenerationResult:
+            spec = self._prepare(job)
+            job.began = time.perf_counter()
+            return self.context.engine.generate(
+                spec, job.reporter.on_step, job.reporter.should_cancel,
+                on_filmstrip=job.filmstrips.append, should_interrupt=job.reporter.should_interrupt,
+            )  # fmt: skip
+
+        self._settle(job, make)
+
+    def _run_batch(self, claimed: list[tuple[Generation, str]]) -> None:
+        """Run jobs `claim_batch` gave together (one `Generator.generate_batch` call), then
+        save and end each one on its own: one job's failure or cancel is its own."""
+        jobs = [self._begin(row, project_name) for row, project_name in claimed]
+        ready: list[tuple[_Running, JobSpec]] = []
+        for job in jobs:
+            try:
+                ready.append((job, self._prepare(job)))
+            except Exception as exc:
+                self._settle(job, partial(_raise, exc))
+        if not ready:
+            return
+        began = time.perf_counter()
+        for job, _ in ready:
+            job.began = began
+        entries = [
+            BatchEntry(
+                spec,
+                job.reporter.on_step,
+                job.reporter.should_cancel,
+                job.filmstrips.append,
+                job.reporter.should_interrupt,
+            )  # fmt: skip
+            for job, spec in ready
+        ]
+        try:
+            outcomes: list[GenerationResult | Exception] = list(
+                self.context.engine.generate_batch(entries)
+            )
+        except Exception as exc:  # shared by every job of the run
+            outcomes = [exc] * len(ready)
+        for (job, _), outcome in zip(ready, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._settle(job, partial(_raise, outcome), alone=False)
+            else:
+                self._settle(job, partial(_given, outcome), alone=False)
+
+    def _settle(
+        self,
+        job: _Running,
+        make: Callable[[], GenerationResult],
+        alone: bool = True,
+    ) -> None:
+        """Get the run's result from `make` (which may raise), save its images and end the
+        job: succeeded, interrupted, canceled or failed, each through the job queue, and told
+        to the hub. A job run `alone` records the
+        speed it measured (a shared run's steps served several jobs)."""
+        context, row = self.context, job.row
+        job_id, timing, filmstrips = row.id, job.timing, job.filmstrips
         written: list[str] = []
         status: JobStatus = FAILED
         kind, error, result = FailureKind.INTERNAL, "internal error: the run did not end", None
         measured: Callable[[], None] | None = None
         try:
-            model = context.models.resolve(row.model)
-            spec = self._job_spec(row, model)
-            filmstrips: list[Filmstrip] = []
-            reporter = StepReporter(context.hub, context.settings, job_id, timing,
-                                    self._should_cancel, self._should_interrupt)  # fmt: skip
-            began = time.perf_counter()
-            made = context.engine.generate(
-                spec, reporter.on_step, reporter.should_cancel, on_filmstrip=filmstrips.append,
-                should_interrupt=reporter.should_interrupt,
-            )  # fmt: skip
+            made = make()
+            model = job.model
+            assert model is not None, "make() resolved the model"
             # Stopped early on request: its images as they were then, the job interrupted.
             ending = SUCCEEDED if made.interrupted_at is None else JobStatus.INTERRUPTED
             sampled = time.monotonic()
-            timing.engine = time.perf_counter() - began - timing.reporting
+            timing.engine = time.perf_counter() - job.began - timing.reporting
             began = time.perf_counter()
-            images_rows = self._save(row, project_name, made, written)
+            images_rows = self._save(row, job.project_name, made, written)
             filmstrip = self._save_filmstrip(row, filmstrips[-1], written) if filmstrips else None
             timing.saving = time.perf_counter() - began
             result = self._succeed(
@@ -232,7 +345,7 @@ class DeviceWorker(threading.Thread):
             )
             if result is not None:
                 status = ending
-                if images_rows and ending == SUCCEEDED:
+                if images_rows and ending == SUCCEEDED and alone:
                     measured = partial(
                         self._record_speed, row, model, images_rows[0], timing, sampled
                     )

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sd_core.assets import AssetFolders
 from sd_core.result import GenerationResult
 from stable_diffusion_api.services.generator import (
+    BatchEntry,
     CheckpointSpec,
     DeviceSpec,
     Filmstrip,
@@ -50,6 +51,16 @@ FILMSTRIP_CELL = 256
 FILMSTRIP_CPU_DECODE_BUDGET = 4e9
 # The forward process is shown at least this large (a tiny model's native size is 64).
 FORWARD_MIN_SIDE = 256
+
+
+def _reporter(on_step: StepCallback) -> Callable[[int, int, Any], None]:
+    """The engine's progress hook for the worker's `on_step`: the preview's latent (image 0's)
+    is copied out only when the worker asks for it (every few steps)."""
+
+    def report(step: int, total: int, latents: Any) -> None:
+        on_step(step, total, lambda: latents[0].detach().float().cpu().numpy().copy())
+
+    return report
 
 
 def _native_size(metadata: dict[str, str], variant: str) -> int | None:
@@ -224,13 +235,10 @@ class SdCoreGenerator:
         pipe = self._pipeline(job.model)
         recorder = self._recorder(pipe, job)
 
-        def report(step: int, total: int, latents: Any) -> None:
-            # The preview's latent is copied out only when the worker asks (every few steps).
-            on_step(step, total, lambda: latents[0].detach().float().cpu().numpy().copy())
-
         hooks = sd_core.GenerationHooks(
-            on_step=report, cancel=should_cancel, trace=recorder, interrupt=should_interrupt
-        )
+            on_step=_reporter(on_step), cancel=should_cancel, trace=recorder,
+            interrupt=should_interrupt,
+        )  # fmt: skip
         try:
             result = pipe.generate(
                 job.params, init_image=job.init_image, mask=job.mask, hooks=hooks
@@ -242,6 +250,46 @@ class SdCoreGenerator:
             if filmstrip is not None:
                 on_filmstrip(filmstrip)
         return result
+
+    def generate_batch(self, entries: Sequence[BatchEntry]) -> list[GenerationResult | Exception]:
+        import sd_core
+        from sd_core.batched import BatchJob, generate_batch
+
+        models = {entry.job.model for entry in entries}
+        if len(models) != 1 or any(e.job.init_image is not None for e in entries):
+            raise ValueError("a batch is txt2img jobs of one model on one device")
+        pipe = self._pipeline(entries[0].job.model)
+        recorders = [self._recorder(pipe, entry.job) for entry in entries]
+        jobs = [
+            BatchJob(
+                entry.job.params,
+                sd_core.GenerationHooks(
+                    on_step=_reporter(entry.on_step),
+                    cancel=entry.should_cancel,
+                    trace=recorder,
+                    interrupt=entry.should_interrupt,
+                ),
+            )  # fmt: skip
+            for entry, recorder in zip(entries, recorders, strict=True)
+        ]
+        results: list[GenerationResult | Exception] = []
+        outcomes = generate_batch(pipe, jobs)
+        for entry, recorder, outcome in zip(entries, recorders, outcomes, strict=True):
+            if isinstance(outcome, sd_core.GenerationCancelled):
+                canceled = JobCanceled(str(outcome))
+                canceled.__cause__ = outcome
+                results.append(canceled)
+            elif isinstance(outcome, GenerationResult):
+                if recorder is not None and recorder.frames and entry.on_filmstrip is not None:
+                    filmstrip = self._filmstrip(pipe, recorder.frames)
+                    if filmstrip is not None:
+                        entry.on_filmstrip(filmstrip)
+                results.append(outcome)
+            elif isinstance(outcome, Exception):
+                results.append(outcome)
+            else:  # KeyboardInterrupt, SystemExit: not a job's outcome
+                raise outcome
+        return results
 
     def forward_process(self, spec: ForwardSpec) -> ForwardResult:
         import torch

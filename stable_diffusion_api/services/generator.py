@@ -8,7 +8,7 @@ inject a fake (queue mechanics without a model) and the real one (`SdCoreGenerat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -159,6 +159,18 @@ StepCallback = Callable[[int, int, PreviewFn], None]
 FilmstripCallback = Callable[[Filmstrip], None]
 
 
+@dataclass(frozen=True)
+class BatchEntry:
+    """One job of a `Generator.generate_batch` call with its own callbacks, as `generate`
+    takes them."""
+
+    job: JobSpec
+    on_step: StepCallback
+    should_cancel: Callable[[], bool]
+    on_filmstrip: FilmstripCallback | None = None
+    should_interrupt: Callable[[], bool] | None = None
+
+
 class Generator(Protocol):
     def list_devices(self) -> list[DeviceSpec]:
         """The hardware present, the CPU first."""
@@ -193,6 +205,13 @@ class Generator(Protocol):
         With `job.filmstrip_frames` > 0, the run's reverse process is recorded on the way (no
         second generation) and, once the images are made, handed to `on_filmstrip` as one
         `Filmstrip` — at most once; an engine that cannot record one never calls it."""
+        ...
+
+    def generate_batch(self, entries: Sequence[BatchEntry]) -> list[GenerationResult | Exception]:
+        """Run txt2img jobs of one model together: per entry, in order, what `generate` would
+        return for it, or the exception it would raise (JobCanceled for its cancel). Each job
+        keeps its callbacks; one job's cancel or failure leaves the others running. Jobs that
+        cannot share a run (sd_core.batched.batch_key) run one after another."""
         ...
 
     def forward_process(self, spec: ForwardSpec) -> ForwardResult:

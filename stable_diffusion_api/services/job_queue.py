@@ -5,6 +5,8 @@ A generation's `status` (`JobStatus`) changes here and nowhere else:
 
     enqueue          → queued
     claim            queued → running (a conditional UPDATE: one worker gets it)
+    claim_batch      the same for the oldest job and up to N − 1 younger ones that match it,
+                     run in one denoising loop (DALI_BATCH_MAX)
     succeed          running → succeeded (or interrupted: stopped early on request, keeping
                      its partial images), with its image rows, for the worker that owns it
     finish           running → failed, or canceled when the kind is `cancelled`
@@ -39,7 +41,20 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, Row, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from stable_diffusion_api.db import Database
@@ -110,6 +125,46 @@ _CLAIM = (
         GENERATIONS.c.id == _OLDEST_QUEUED.scalar_subquery(),
         GENERATIONS.c.status == QUEUED,
     )
+    .values(status=RUNNING, worker_id=bindparam("owner"), started_at=bindparam("now"))
+    .returning(*GENERATIONS.c, _PROJECT_NAME)
+)
+
+# What jobs claimed together must share with the oldest (services/device_worker.py runs them
+# in one denoising loop, sd_core/batched.py): the model on the same hardware, size, sampler,
+# steps, and every other setting kept in `extra_params` (scheduler, eta, VAE, tiling, hires,
+# clip skip, …; compared as text, which works on SQLite and PostgreSQL alike); no input image.
+# Prompt, negative prompt, seed, guidance, batch and variation seed are each job's own.
+BATCH_COLUMNS = ("model", "dtype", "low_memory", "width", "height", "sampler", "steps")
+_FIRST, _OTHER = GENERATIONS.alias("first_job"), GENERATIONS.alias("other_job")
+_OLDEST_ID = _OLDEST_QUEUED.scalar_subquery().correlate(None)
+_BATCH_IDS = (
+    select(_OTHER.c.id)
+    .select_from(_OTHER.join(_FIRST, _FIRST.c.id == _OLDEST_ID))
+    .where(
+        _OTHER.c.status == QUEUED,
+        _OTHER.c.device == bindparam("on_device"),
+        or_(
+            _OTHER.c.id == _FIRST.c.id,
+            and_(
+                _FIRST.c.init_image.is_(None),
+                _FIRST.c.mask.is_(None),
+                _OTHER.c.init_image.is_(None),
+                _OTHER.c.mask.is_(None),
+                cast(_OTHER.c.extra_params, Text).is_not_distinct_from(
+                    cast(_FIRST.c.extra_params, Text)
+                ),
+                *(_OTHER.c[name].is_not_distinct_from(_FIRST.c[name]) for name in BATCH_COLUMNS),
+            ),
+        ),
+    )
+    .order_by(_OTHER.c.id)
+    .limit(bindparam("most"))
+    .correlate(None)
+)
+
+_CLAIM_BATCH = (
+    update(GENERATIONS)
+    .where(GENERATIONS.c.id.in_(_BATCH_IDS), GENERATIONS.c.status == QUEUED)
     .values(status=RUNNING, worker_id=bindparam("owner"), started_at=bindparam("now"))
     .returning(*GENERATIONS.c, _PROJECT_NAME)
 )
@@ -313,6 +368,25 @@ class JobQueue:
                 if connection.execute(_OLDEST_QUEUED, {"on_device": device}).first() is None:
                     return None
         return None
+
+    def claim_batch(self, device: str, owner: str, most: int) -> list[tuple[Generation, str]]:
+        """Up to `most` queued jobs of `device` that can run together, now running under
+        `owner`, oldest first, each with its project's name: the oldest queued job and the
+        younger ones that match it (`BATCH_COLUMNS`, the same `extra_params`, no input
+        image). Empty when nothing waits. One conditional UPDATE … RETURNING, as `claim`."""
+        values = {"on_device": device, "owner": owner, "now": utcnow(), "most": most}
+        with self._db.begin() as connection:
+            for _ in range(3):  # PostgreSQL: another worker may win the rows between the two
+                rows = connection.execute(_CLAIM_BATCH, values).all()
+                if rows:
+                    claimed = sorted(rows, key=lambda row: row.id)
+                    return [
+                        (_transient(Generation, GENERATIONS, row), row.project_name or "")
+                        for row in claimed
+                    ]
+                if connection.execute(_OLDEST_QUEUED, {"on_device": device}).first() is None:
+                    return []
+        return []
 
     def succeed(
         self,

@@ -6,7 +6,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from PIL import Image
 
 from sd_core.result import GenerationResult
 from stable_diffusion_api.services.generator import (
+    BatchEntry,
     CheckpointSpec,
     DeviceSpec,
     Filmstrip,
@@ -56,6 +57,7 @@ class FakeGenerator:
         self.fail_with: Exception | None = None
         self.warnings: tuple[str, ...] = ()  # what the next runs' results warn about
         self.calls: list[JobSpec] = []
+        self.batches: list[list[str]] = []  # the prompts of each generate_batch call
         self.steps_run: dict[str, int] = {}
         self.size = 64
         self.textured = False
@@ -134,6 +136,19 @@ class FakeGenerator:
         if job.filmstrip_frames > 0 and on_filmstrip is not None:
             on_filmstrip(self.filmstrip(job, width // 2, height // 2))
         return result
+
+    def generate_batch(self, entries: Sequence[BatchEntry]) -> list[GenerationResult | Exception]:
+        """The entries one after another (the fake has no loop to share); `batches` keeps
+        each call's prompts."""
+        self.batches.append([entry.job.params.prompt for entry in entries])
+        outcomes: list[GenerationResult | Exception] = []
+        for entry in entries:
+            try:
+                outcomes.append(self.generate(entry.job, entry.on_step, entry.should_cancel,
+                                              entry.on_filmstrip, entry.should_interrupt))  # fmt: skip
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def picture(self, seed: int, width: int, height: int) -> Image.Image:
         if self.textured:
