@@ -149,10 +149,14 @@ def health(studio: StudioDep, request: Request, response: Response) -> dict[str,
 
 @router.get("/hardware")
 async def hardware(studio: StudioDep) -> list[DeviceOut]:
+    """Every live node's devices, ids `node/device`, with the speeds measured on each."""
     speeds = await run_in_threadpool(studio.speeds.list)
+    devices = await run_in_threadpool(lambda: studio.hardware.devices)
     return [
         DeviceOut(
             id=d.id,
+            node=d.id.split("/", 1)[0],
+            device=d.id.split("/", 1)[1],
             kind=d.kind,
             name=d.name,
             total_memory=d.total_memory,
@@ -163,14 +167,15 @@ async def hardware(studio: StudioDep) -> list[DeviceOut]:
             default_dtype=d.default_dtype,
             speeds=[SpeedOut.model_validate(s) for s in speeds if s.device == d.id],
         )
-        for d in studio.hardware.devices
+        for d in devices
     ]
 
 
 @router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED, responses=BODY)
 def benchmark(request: BenchmarkRequest, studio: StudioDep) -> BenchmarkOut:
     """Measure steps/s of a model at a size on a device (a short run, queued on its worker)."""
-    device, dtype = studio.hardware.check(request.device, request.dtype)
+    device = studio.hardware.local(request.device)  # run by this host's worker
+    _, dtype = studio.hardware.check(device.id, request.dtype)
     model = studio.models.resolve(request.model)
     queued = studio.workers.request_benchmark(
         Benchmark(device.id, dtype, model, request.width, request.height, request.steps)

@@ -80,6 +80,7 @@ def generation_view(
     images: list[Image],
     position: int | None = None,
     progress: ProgressOut | None = None,
+    waiting_reason: str | None = None,
 ) -> GenerationOut:
     """The API's view of a generation row and its image rows."""
     return GenerationOut(
@@ -87,8 +88,10 @@ def generation_view(
         project_id=row.project_id,
         status=row.status,
         position=position,
+        waiting_reason=waiting_reason,
         source=row.source,
         device=row.device,
+        node=row.node,
         dtype=row.dtype,
         low_memory=row.low_memory,
         model=row.model,
@@ -168,7 +171,7 @@ class GenerationService:
             request.device or project.device,
             request.dtype if request.device or request.dtype else project.dtype,
         )
-        model = self._models.resolve(request.model or project.default_model)
+        model_name, model_hash = self._model(request.model or project.default_model)
         sampler = self._samplers.canonical(request.sampler or defaults.sampler)
         if request.hires_sampler is not None:
             hires_sampler = self._samplers.canonical(request.hires_sampler, "hires_sampler")
@@ -201,8 +204,8 @@ class GenerationService:
             "device": device.id,
             "dtype": dtype,
             "low_memory": project.low_memory,
-            "model": model.name,
-            "model_hash": model.short_hash,
+            "model": model_name,
+            "model_hash": model_hash,
             **row_values(params),
         }
 
@@ -233,6 +236,20 @@ class GenerationService:
             url=f"/api/v1/generations/{queued.id}",
             events_url=f"/api/v1/generations/{queued.id}/events",
         )
+
+    def _model(self, name: str | None) -> tuple[str, str | None]:
+        """The name and short hash of the model called `name` (None → the built-in): one in
+        this host's models folder, else one a live node holds (a web host need not have the
+        files); InvalidField when neither has it."""
+        try:
+            entry = self._models.resolve(name)
+        except InvalidField:
+            wanted = (name or "").strip()
+            for held in self._hardware.node_models():
+                if wanted in (held.name, held.short_hash, held.sha256):
+                    return held.name, held.short_hash
+            raise
+        return entry.name, entry.short_hash
 
     def _inputs(self, request: GenerationCreate) -> Inputs:
         """What the engine paints from: the init image as RGB (alpha dropped, as the A1111
@@ -316,7 +333,10 @@ class GenerationService:
             )
         if position is None:
             position = self._position(session, row)
-        return generation_view(row, row.images, position, progress)
+        waiting = None
+        if row.status == QUEUED:
+            waiting = self._hardware.waiting_reason(row.device, row.model, row.model_hash)
+        return generation_view(row, row.images, position, progress, waiting)
 
     def view(self, generation_id: int) -> GenerationOut:
         with self._db.session() as session:
@@ -423,7 +443,18 @@ class GenerationService:
         height = height or entry.native_size
         if width is None or height is None:
             return Estimate(None, "the model's native size is not known yet")
-        return self._speeds.estimate(device, entry.short_hash, dtype, width, height, steps, batch)
+        # Speeds are kept per node's device: the first live device the job may run on that
+        # has one measured (a plain id from before nodes counts too).
+        first: Estimate | None = None
+        for candidate in (*self._hardware.matching(device), device):
+            found = self._speeds.estimate(
+                candidate, entry.short_hash, dtype, width, height, steps, batch
+            )
+            if found.seconds is not None:
+                return found
+            first = first or found
+        assert first is not None
+        return first
 
     # -- changing ---------------------------------------------------------------------------
 

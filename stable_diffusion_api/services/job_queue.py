@@ -4,7 +4,10 @@ through, prebuilt as SQLAlchemy Core.
 A generation's `status` (`JobStatus`) changes here and nowhere else:
 
     enqueue          → queued
-    claim            queued → running (a conditional UPDATE: one worker gets it)
+    claim            queued → running (a conditional UPDATE: one worker gets it), for a
+                     worker whose device forms and models fit the job (services/nodes.py)
+    hand_back        running → queued: a node stopping (SIGTERM) returns the job it was
+                     running, to be claimed again
     succeed          running → succeeded (or interrupted: stopped early on request, keeping
                      its partial images), with its image rows, for the worker that owns it
     finish           running → failed, or canceled when the kind is `cancelled`
@@ -14,7 +17,7 @@ A generation's `status` (`JobStatus`) changes here and nowhere else:
     cancel_project_jobs   a project being deleted: its queued jobs canceled, its running ones
                      flagged (in the deleting transaction)
     fail_orphaned    recovery: running jobs of processes whose heartbeat stopped → failed,
-                     interrupted
+                     interrupted, naming the node that ran them
     fail_dead_worker a worker process that died: the job it was running → failed, interrupted
 
 Every job that ends unsuccessfully gets a `FailureKind` with its message, so nobody reads the
@@ -67,6 +70,7 @@ CANCELED_QUEUED = "canceled before it started"
 CANCELED_RUNNING = "canceled while running"
 PROJECT_DELETED = "canceled: its project was deleted"
 INTERRUPTED = "interrupted: the server stopped while this job was running"
+NODE_STOPPED = "interrupted: node {node} stopped while this job was running"
 DIED = "interrupted: the worker process stopped unexpectedly (exit code {code})"
 
 # Bound parameters are named apart from the columns: a column's own name in an UPDATE's
@@ -90,12 +94,25 @@ _INSERT = insert(GENERATIONS).values(status=QUEUED).returning(GENERATIONS.c.id)
 
 _SET_INPUTS = update(GENERATIONS).where(GENERATIONS.c.id == bindparam("job_key"))
 
-_OLDEST_QUEUED = (
-    select(GENERATIONS.c.id)
-    .where(GENERATIONS.c.status == QUEUED, GENERATIONS.c.device == bindparam("on_device"))
-    .order_by(GENERATIONS.c.id)
-    .limit(1)
+# A worker's claim: the oldest queued job asking for one of its device forms ("gpu-b/cuda:0",
+# "cuda:0", "cuda", "auto"), and — `_HELD` — whose model its node holds, by name or hash.
+_FITS = GENERATIONS.c.device.in_(bindparam("device_forms", expanding=True))
+_HELD = GENERATIONS.c.model.in_(bindparam("model_names", expanding=True)) | (
+    GENERATIONS.c.model_hash.in_(bindparam("model_hashes", expanding=True))
 )
+
+
+def _oldest_queued(*conditions: Any) -> Any:
+    return (
+        select(GENERATIONS.c.id)
+        .where(GENERATIONS.c.status == QUEUED, *conditions)
+        .order_by(GENERATIONS.c.id)
+        .limit(1)
+    )
+
+
+_OLDEST_QUEUED = _oldest_queued(_FITS)
+_OLDEST_QUEUED_HELD = _oldest_queued(_FITS, _HELD)
 
 _PROJECT_NAME = (
     select(PROJECTS.c.name)
@@ -104,14 +121,32 @@ _PROJECT_NAME = (
     .label("project_name")
 )
 
-_CLAIM = (
+
+def _claim(oldest: Any) -> Any:
+    return (
+        update(GENERATIONS)
+        .where(GENERATIONS.c.id == oldest.scalar_subquery(), GENERATIONS.c.status == QUEUED)
+        .values(
+            status=RUNNING,
+            worker_id=bindparam("owner"),
+            node=bindparam("node_name"),
+            started_at=bindparam("now"),
+        )
+        .returning(*GENERATIONS.c, _PROJECT_NAME)
+    )
+
+
+_CLAIM = _claim(_OLDEST_QUEUED)
+_CLAIM_HELD = _claim(_OLDEST_QUEUED_HELD)
+
+_HAND_BACK = (
     update(GENERATIONS)
     .where(
-        GENERATIONS.c.id == _OLDEST_QUEUED.scalar_subquery(),
-        GENERATIONS.c.status == QUEUED,
+        GENERATIONS.c.id == bindparam("job_key"),
+        GENERATIONS.c.status == RUNNING,
+        GENERATIONS.c.worker_id == bindparam("owner"),
     )
-    .values(status=RUNNING, worker_id=bindparam("owner"), started_at=bindparam("now"))
-    .returning(*GENERATIONS.c, _PROJECT_NAME)
+    .values(status=QUEUED, worker_id=None, node=None, started_at=None)
 )
 
 _SUCCEED = (
@@ -185,7 +220,7 @@ _FLAG_PROJECT_RUNNING = (
     .returning(GENERATIONS.c.id)
 )
 
-_RUNNING_OWNERS = select(GENERATIONS.c.id, GENERATIONS.c.worker_id).where(
+_RUNNING_OWNERS = select(GENERATIONS.c.id, GENERATIONS.c.worker_id, GENERATIONS.c.node).where(
     GENERATIONS.c.status == RUNNING
 )
 
@@ -299,20 +334,41 @@ class JobQueue:
                     connection.execute(_SET_INPUTS, {"job_key": job_id, **columns})
         return Enqueued(job_id, ahead)
 
-    def claim(self, device: str, owner: str) -> tuple[Generation, str] | None:
-        """The oldest queued job of `device`, now running under `owner`, and its project's name;
-        None when nothing waits. One conditional UPDATE … RETURNING: two workers (even in two
-        processes) never claim the same row."""
+    def claim(
+        self,
+        device: str | Collection[str],
+        owner: str,
+        models: tuple[Collection[str], Collection[str]] | None = None,
+        node: str | None = None,
+    ) -> tuple[Generation, str] | None:
+        """The oldest queued job asking for `device` (or one of several forms of it), now
+        running under `owner` on `node`, and its project's name; None when nothing waits.
+        `models`: (names, short hashes) of the models the node holds — a job of another model
+        is left to a node that has it; None: any model. One conditional UPDATE … RETURNING:
+        two workers (even in two processes or on two hosts) never claim the same row."""
+        forms = [device] if isinstance(device, str) else list(device)
+        values: dict[str, Any] = {"device_forms": forms, "owner": owner, "node_name": node}
+        claim, oldest = _CLAIM, _OLDEST_QUEUED
+        if models is not None:
+            names, hashes = models
+            values |= {"model_names": list(names), "model_hashes": list(hashes)}
+            claim, oldest = _CLAIM_HELD, _OLDEST_QUEUED_HELD
         with self._db.begin() as connection:
             for _ in range(3):  # PostgreSQL: another worker may win the row between the two
-                row = connection.execute(
-                    _CLAIM, {"on_device": device, "owner": owner, "now": utcnow()}
-                ).first()
+                row = connection.execute(claim, values | {"now": utcnow()}).first()
                 if row is not None:
                     return _transient(Generation, GENERATIONS, row), row.project_name or ""
-                if connection.execute(_OLDEST_QUEUED, {"on_device": device}).first() is None:
+                if connection.execute(oldest, values).first() is None:
                     return None
         return None
+
+    def hand_back(self, job_id: int, owner: str) -> bool:
+        """A running job of `owner` back to queued (its node is stopping): another worker,
+        or this node after a restart, runs it from the start. False when it was not running
+        under `owner` (then nothing changes)."""
+        with self._db.begin() as connection:
+            done = connection.execute(_HAND_BACK, {"job_key": job_id, "owner": owner})
+        return bool(done.rowcount)
 
     def succeed(
         self,
@@ -377,18 +433,20 @@ class JobQueue:
 
     def fail_orphaned(self, alive: Collection[str]) -> list[int]:
         """Recovery: every running job whose worker id is not in `alive` (its process stopped
-        beating) → failed, interrupted. The ids failed. A job claimed meanwhile by a process
-        not in `alive` is not among them: only the rows seen running before are changed."""
+        beating) → failed, interrupted, naming the node that ran it. The ids failed. A job
+        claimed meanwhile by a process not in `alive` is not among them: only the rows seen
+        running before are changed."""
         with self._db.begin() as connection:
-            orphans = [
-                job_id
-                for job_id, worker_id in connection.execute(_RUNNING_OWNERS)
-                if worker_id not in alive
-            ]
-            if not orphans:
-                return []
-            values = {"job_keys": orphans, "message": INTERRUPTED, "now": utcnow()}
-            return sorted(connection.execute(_INTERRUPT, values).scalars())
+            by_node: dict[str | None, list[int]] = {}
+            for job_id, worker_id, node in connection.execute(_RUNNING_OWNERS):
+                if worker_id not in alive:
+                    by_node.setdefault(node, []).append(job_id)
+            failed: list[int] = []
+            for node, orphans in by_node.items():
+                message = INTERRUPTED if node is None else NODE_STOPPED.format(node=node)
+                values = {"job_keys": orphans, "message": message, "now": utcnow()}
+                failed.extend(connection.execute(_INTERRUPT, values).scalars())
+        return sorted(failed)
 
     def fail_dead_worker(self, device: str, owner: str, exit_code: int | None) -> list[int]:
         """A worker process of `owner` for `device` died: the job it was running → failed,

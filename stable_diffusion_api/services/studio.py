@@ -14,6 +14,8 @@ queue — or reuse the app's when mounted inside it:
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.services.assets import AssetService
@@ -23,6 +25,7 @@ from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.identity import bind_data_folder
 from stable_diffusion_api.services.job_queue import JobQueue
+from stable_diffusion_api.services.nodes import NodeRegistry
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.projects import ProjectService
 from stable_diffusion_api.services.registry import ModelRegistry
@@ -41,9 +44,14 @@ class Studio:
         settings: Settings,
         generator: Generator | None = None,
         worker_mode: str | None = None,
+        devices: Collection[str] | None = None,
+        node_command: bool = False,
     ) -> None:
         """`generator` replaces the engine (tests); an injected generator lives in this process,
-        so its workers are threads. `worker_mode` overrides `settings.worker_mode`."""
+        so its workers are threads. `worker_mode` overrides `settings.worker_mode`.
+        `devices`: only these local devices (ids or kinds) get workers. `node_command`: this is
+        `python -m stable_diffusion_api worker` (services/node_worker.py): a stopping worker
+        hands its job back to the queue, and start-up leaves image files alone."""
         if worker_mode is None:
             worker_mode = "thread" if generator is not None else settings.worker_mode
         if generator is None:
@@ -58,7 +66,9 @@ class Studio:
         self.storage = ImageStorage(settings.resolved_data_dir)
         self.jobs = JobQueue(self.db)  # every change of a job's status
         self.hub = ProgressHub()
-        self.hardware = HardwareService(generator)
+        self.node_command = node_command
+        self.nodes = NodeRegistry(self.db, settings.resolved_node_name, settings.stale_after_s)
+        self.hardware = HardwareService(generator, self.nodes, settings.run_workers, devices)
         self.samplers = SamplerCatalog(generator)
         self.models = ModelRegistry(settings, self.db, generator)
         self.speeds = SpeedService(self.db)
@@ -81,6 +91,8 @@ class Studio:
             self.speeds,
             worker_mode,
             self.jobs,
+            self.nodes,
+            hand_back=node_command,
         )
         self.generations = GenerationService(
             settings,
@@ -113,7 +125,12 @@ class Studio:
         # studio's? (StudioMismatch stops the start with nothing changed.)
         self.studio_id = bind_data_folder(self.db, self.settings.resolved_data_dir)
         self.hardware.refresh()
-        report = self.workers.start()
+        # Image rows and files are checked against this host's data folder only where it is
+        # the studio's one folder: a single machine. (A web host or node may not hold the
+        # files other nodes wrote.) NodeNameTaken stops a node whose name is taken.
+        report = self.workers.start(
+            recover_files=self.settings.run_workers and not self.node_command
+        )
         self.started = True
         return report
 

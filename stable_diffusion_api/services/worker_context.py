@@ -38,6 +38,9 @@ class WorkerContext:
     speeds: SpeedService
     instance_id: str  # jobs are claimed under the server process's id (its heartbeat)
     stopping: threading.Event
+    # On stopping, a running job goes back to the queue (a node's worker command) rather than
+    # ending interrupted (the single machine, as if it had crashed).
+    hand_back: bool = False
 
 
 @dataclass
