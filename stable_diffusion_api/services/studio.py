@@ -46,12 +46,14 @@ class Studio:
         worker_mode: str | None = None,
         devices: Collection[str] | None = None,
         node_command: bool = False,
+        hub: ProgressHub | None = None,
     ) -> None:
         """`generator` replaces the engine (tests); an injected generator lives in this process,
         so its workers are threads. `worker_mode` overrides `settings.worker_mode`.
         `devices`: only these local devices (ids or kinds) get workers. `node_command`: this is
         `python -m stable_diffusion_api worker` (services/node_worker.py): a stopping worker
-        hands its job back to the queue, and start-up leaves image files alone."""
+        hands its job back to the queue, and start-up leaves image files alone. `hub`: where
+        progress reports go (default: a plain in-process `ProgressHub`)."""
         if worker_mode is None:
             worker_mode = "thread" if generator is not None else settings.worker_mode
         if generator is None:
@@ -65,7 +67,7 @@ class Studio:
         self.db = Database(settings.resolved_database_url)
         self.storage = ImageStorage(settings.resolved_data_dir)
         self.jobs = JobQueue(self.db)  # every change of a job's status
-        self.hub = ProgressHub()
+        self.hub = hub if hub is not None else ProgressHub()
         self.node_command = node_command
         self.nodes = NodeRegistry(self.db, settings.resolved_node_name, settings.stale_after_s)
         self.hardware = HardwareService(generator, self.nodes, settings.run_workers, devices)
@@ -124,6 +126,8 @@ class Studio:
         # Before recovery looks for files no row points at: are these rows and files one
         # studio's? (StudioMismatch stops the start with nothing changed.)
         self.studio_id = bind_data_folder(self.db, self.settings.resolved_data_dir)
+        if self.settings.run_workers:  # a taken name stops it before the engine loads
+            self.nodes.check_name_free(explicit=self.settings.node_name is not None)
         self.hardware.refresh()
         # Image rows and files are checked against this host's data folder only where it is
         # the studio's one folder: a single machine. (A web host or node may not hold the
