@@ -210,9 +210,10 @@ def waiting_reason(
             return f"node {node} has no device {local}"
         if device == ANY_DEVICE:
             return "no live node"
-        what = "device " + device if ":" in device else f"{device} device"
-        article = "" if ":" in device else "an " if device[:1] in "aeiou" else "a "
-        return f"no live node has {article}{what}"
+        if ":" in device:
+            return f"no live node has device {device}"
+        article = "an" if device[:1] in "aeiou" or device == "mps" else "a"  # "an mps device"
+        return f"no live node has {article} {device} device"
     if not any(node.holds(model, model_hash) for node in with_device):
         where = "" if len(with_device) == len(nodes) else f" with a {device} device"
         return f"no live node{where} has model {model}"
