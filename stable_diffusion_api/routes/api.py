@@ -148,27 +148,29 @@ def health(studio: StudioDep, request: Request, response: Response) -> dict[str,
 
 
 @router.get("/hardware")
-async def hardware(studio: StudioDep) -> list[DeviceOut]:
+def hardware(studio: StudioDep) -> list[DeviceOut]:
     """Every live node's devices, ids `node/device`, with the speeds measured on each."""
-    speeds = await run_in_threadpool(studio.speeds.list)
-    devices = await run_in_threadpool(lambda: studio.hardware.devices)
-    return [
-        DeviceOut(
-            id=d.id,
-            node=d.id.split("/", 1)[0],
-            device=d.id.split("/", 1)[1],
-            kind=d.kind,
-            name=d.name,
-            total_memory=d.total_memory,
-            free_memory=d.free_memory,
-            cores=d.cores,
-            compute_capability=d.compute_capability,
-            dtypes=list(d.dtypes),
-            default_dtype=d.default_dtype,
-            speeds=[SpeedOut.model_validate(s) for s in speeds if s.device == d.id],
+    speeds = studio.speeds.list()
+    listed = []
+    for d in studio.hardware.devices:
+        node, device = d.id.split("/", 1)
+        listed.append(
+            DeviceOut(
+                id=d.id,
+                node=node,
+                device=device,
+                kind=d.kind,
+                name=d.name,
+                total_memory=d.total_memory,
+                free_memory=d.free_memory,
+                cores=d.cores,
+                compute_capability=d.compute_capability,
+                dtypes=list(d.dtypes),
+                default_dtype=d.default_dtype,
+                speeds=[SpeedOut.model_validate(s) for s in speeds if s.device == d.id],
+            )
         )
-        for d in devices
-    ]
+    return listed
 
 
 @router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED, responses=BODY)

@@ -241,7 +241,7 @@ _INTERRUPT_WORKER = (
     update(GENERATIONS)
     .where(
         GENERATIONS.c.status == RUNNING,
-        GENERATIONS.c.device == bindparam("on_device"),
+        GENERATIONS.c.device.in_(bindparam("device_forms", expanding=True)),
         GENERATIONS.c.worker_id == bindparam("owner"),
     )
     .values(
@@ -448,13 +448,24 @@ class JobQueue:
                 failed.extend(connection.execute(_INTERRUPT, values).scalars())
         return sorted(failed)
 
-    def fail_dead_worker(self, device: str, owner: str, exit_code: int | None) -> list[int]:
-        """A worker process of `owner` for `device` died: the job it was running → failed,
-        interrupted (saying the exit code). The ids failed."""
-        values = {"on_device": device, "owner": owner, "now": utcnow(),
+    def fail_dead_worker(
+        self,
+        device: str | Collection[str],
+        owner: str,
+        exit_code: int | None,
+        job_id: int | None = None,
+    ) -> list[int]:
+        """A worker process of `owner` for `device` (or its forms: "cuda:0", "cuda", "auto",
+        …) died: the job it was running (`job_id`, when known: two of the owner's workers may
+        run "auto" jobs) → failed, interrupted (saying the exit code). The ids failed."""
+        forms = [device] if isinstance(device, str) else list(device)
+        values = {"device_forms": forms, "owner": owner, "now": utcnow(),
                   "message": DIED.format(code=exit_code)}  # fmt: skip
+        statement = _INTERRUPT_WORKER
+        if job_id is not None:
+            statement = statement.where(GENERATIONS.c.id == job_id)
         with self._db.begin() as connection:
-            return list(connection.execute(_INTERRUPT_WORKER, values).scalars())
+            return list(connection.execute(statement, values).scalars())
 
     def cancel_requested(self, job_id: int) -> bool:
         """Whether the job's row asks for a cancel; True when the row is gone."""

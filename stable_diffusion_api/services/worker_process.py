@@ -37,6 +37,7 @@ from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.models import FAILED, FailureKind
 from stable_diffusion_api.services.device_worker import DeviceWorker, ServerGone
 from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec
+from stable_diffusion_api.services.nodes import accepted_forms
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.worker_context import (
     Benchmark,
@@ -85,6 +86,8 @@ class ProcessWorker:
         self._benchmarks: dict[tuple[object, ...], Benchmark] = {}
         self._forwards: dict[int, Future[ForwardResult]] = {}
         self._request_ids = itertools.count(1)
+        self._running: int | None = None  # the job the child said it started, until its end
+        self.forms = accepted_forms(context.settings.resolved_node_name, device)
 
     def start(self) -> None:
         spawn = multiprocessing.get_context("spawn")
@@ -168,8 +171,10 @@ class ProcessWorker:
                 case JobPreview(job_id, latent, step):
                     hub.preview_latent(job_id, latent, step)
                 case JobStarted(job_id, total):
+                    self._running = job_id
                     hub.start(job_id, total)
                 case JobFinished(job_id, status, result):
+                    self._running = None
                     hub.finish(job_id, status, result)
                 case JobProblem(job_id, problem):
                     hub.problem(job_id, problem)
@@ -221,13 +226,16 @@ class ProcessWorker:
         context = self.context
         while True:
             try:
-                failed = context.jobs.fail_dead_worker(self.device, context.instance_id, code)
+                failed = context.jobs.fail_dead_worker(
+                    self.forms, context.instance_id, code, self._running
+                )
             except DatabaseUnavailable:  # the database has logged why
                 if context.stopping.wait(context.settings.poll_s):
                     return
                 continue
             for job_id in failed:
                 context.hub.finish(job_id, FAILED)
+            self._running = None
             return
 
 

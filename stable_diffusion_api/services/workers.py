@@ -232,7 +232,7 @@ class WorkerPool:
         """A job for `device` was queued: wake the local workers that may run it (any of
         them for "cuda", "auto", …; a node on another host finds it at its next poll)."""
         for worker in list(self._workers.values()):
-            if isinstance(worker, DeviceWorker) and device not in worker.forms:
+            if isinstance(worker, (DeviceWorker, ProcessWorker)) and device not in worker.forms:
                 continue
             worker.wake()
 

@@ -224,3 +224,19 @@ def test_the_api_lists_other_nodes_and_says_why_a_job_waits(
     done = wait_for(client, done_id)
     assert (done["status"], done["node"]) == ("succeeded", own)
     db.dispose()
+
+
+def test_a_dead_worker_process_fails_the_job_it_ran_whatever_form_it_asked(
+    db: Database,
+) -> None:
+    queue = JobQueue(db)
+    on_gpu, on_cpu = queue_job(queue, "auto"), queue_job(queue, "auto")
+    gpu, cpu = accepted_forms("box", "cuda:0"), accepted_forms("box", "cpu")
+    assert queue.claim(gpu, "server-1", HELD, "box") is not None
+    assert queue.claim(cpu, "server-1", HELD, "box") is not None
+    # The CPU worker's child died running `on_cpu`: only that job fails, though both are
+    # "auto" jobs of the same owner.
+    assert queue.fail_dead_worker(cpu, "server-1", -9, on_cpu) == [on_cpu]
+    with db.session() as session:
+        row = session.get(Generation, on_gpu)
+        assert row is not None and row.status == "running"
