@@ -240,3 +240,34 @@ def test_a_dead_worker_process_fails_the_job_it_ran_whatever_form_it_asked(
     with db.session() as session:
         row = session.get(Generation, on_gpu)
         assert row is not None and row.status == "running"
+
+
+def test_a_stopping_worker_command_hands_its_running_job_back(settings: Settings) -> None:
+    from stable_diffusion_api.schemas import GenerationCreate
+    from stable_diffusion_api.services.studio import Studio
+    from stable_diffusion_api.worker_command import parse
+    from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+
+    assert parse(["--device", "cuda:0,CPU", "--device", "mps"]).device == ["cuda:0", "cpu", "mps"]
+    fake = FakeGenerator(
+        write_fake_checkpoint(settings.resolved_models_dir / "dali-tiny.safetensors")
+    )
+    node = settings.model_copy(update={"node_name": "box"})
+    studio = Studio(node, fake, devices=["cpu"], node_command=True)
+    studio.start()
+    try:
+        assert [d.id for d in studio.hardware.devices] == ["box/cpu"]  # --device cpu only
+        project = studio.projects.get_or_create("p")
+        fake.block_at = 2
+        job = studio.generations.submit(project.id, GenerationCreate(prompt="a", steps=4))
+        assert fake.reached.wait(10)
+        studio.workers.stopping.set()  # what SIGTERM does, through studio.stop()
+        fake.release.set()
+    finally:
+        studio.stop()
+    db = Database(node.resolved_database_url)
+    with db.session() as session:
+        row = session.get(Generation, job.id)
+        assert row is not None and (row.status, row.node, row.worker_id) == ("queued", None, None)
+        assert session.scalars(select(WorkerProcess)).all() == []  # the node has left
+    db.dispose()
