@@ -310,6 +310,26 @@ class WorkerProcess(Base):
     models: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
+class BenchmarkRequest(Base):
+    """A speed measurement asked for another node's device (services/nodes.py): that node's
+    heartbeat takes it (`state` queued → running), runs it on its worker and writes how it
+    ended (done, failed). Measurements themselves go to `speed_measurements`."""
+
+    __tablename__ = "benchmark_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(32))  # its id on that node ("cuda:0")
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(255))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # running, done, failed
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class StudioIdentity(Base):
     """The studio's id, also written in the data folder (`services/identity.py`): a database
     and a data folder belong together only when their ids agree."""

@@ -61,7 +61,7 @@ from stable_diffusion_api.schemas import (
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.assets import InstalledFile
 from stable_diffusion_api.services.registry import ModelEntry
-from stable_diffusion_api.services.workers import Benchmark
+from stable_diffusion_api.services.workers import BenchmarkView
 
 # Credentials are checked in front of every route (auth.AuthGuard), not here.
 router = APIRouter(prefix="/api/v1", responses=GUARDED)
@@ -97,11 +97,11 @@ def model_out(entry: ModelEntry) -> ModelOut:
     )
 
 
-def benchmark_out(benchmark: Benchmark) -> BenchmarkOut:
+def benchmark_out(benchmark: BenchmarkView) -> BenchmarkOut:
     return BenchmarkOut(
         device=benchmark.device,
         dtype=benchmark.dtype,
-        model=benchmark.model.name,
+        model=benchmark.model,
         width=benchmark.width,
         height=benchmark.height,
         steps=benchmark.steps,
@@ -175,19 +175,17 @@ def hardware(studio: StudioDep) -> list[DeviceOut]:
 
 @router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED, responses=BODY)
 def benchmark(request: BenchmarkRequest, studio: StudioDep) -> BenchmarkOut:
-    """Measure steps/s of a model at a size on a device (a short run, queued on its worker)."""
-    device = studio.hardware.local(request.device)  # run by this host's worker
-    _, dtype = studio.hardware.check(device.id, request.dtype)
-    model = studio.models.resolve(request.model)
-    queued = studio.workers.request_benchmark(
-        Benchmark(device.id, dtype, model, request.width, request.height, request.steps)
-    )
+    """Measure steps/s of a model at a size on a device (a short run, queued on its worker;
+    another node's device: asked of that node, which takes it up at its next heartbeat)."""
+    queued = studio.workers.benchmark(request.device, request.dtype, request.model,
+                                      request.width, request.height, request.steps)  # fmt: skip
     return benchmark_out(queued)
 
 
 @router.get("/hardware/benchmarks")
-async def benchmarks(studio: StudioDep) -> list[BenchmarkOut]:
-    return [benchmark_out(b) for b in studio.workers.benchmarks.values()]
+def benchmarks(studio: StudioDep) -> list[BenchmarkOut]:
+    """This host's benchmarks this session, then those asked of other nodes."""
+    return [benchmark_out(b) for b in studio.workers.benchmark_views()]
 
 
 @router.get("/models")

@@ -30,7 +30,6 @@ from stable_diffusion_api.schemas import DEFAULT_VARIATION_STRENGTH, VARIATIONS,
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.gallery import SEARCH_MAX_CHARS
 from stable_diffusion_api.services.generator import DeviceSpec
-from stable_diffusion_api.services.workers import Benchmark
 
 # `create_app()` builds the template environment and error view through this module.
 __all__ = ["make_templates", "render_error", "router"]
@@ -396,16 +395,15 @@ def hardware_page(request: Request, studio: StudioDep) -> HTMLResponse:
         "own_node": studio.hardware.node_name,
         "speeds": speeds,
         "model_names": names,
-        "benchmarks": list(studio.workers.benchmarks.values()),
+        "benchmarks": studio.workers.benchmark_views(),
     }
     return render(request, "hardware.html", context)
 
 
 @pages.post("/hardware/benchmark")
 def benchmark(studio: StudioDep, form: FormDep) -> Response:
-    device = studio.hardware.local(str(form.get("device", "cpu")))  # run by this host's worker
-    model = studio.models.resolve(forms.text(form, "model"))
-    studio.workers.request_benchmark(Benchmark(device.id, None, model, None, None, 8))
+    studio.workers.benchmark(str(form.get("device", "cpu")), None, forms.text(form, "model"),
+                             None, None, 8)  # fmt: skip
     return RedirectResponse("/hardware", status_code=303)
 
 

@@ -31,10 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from stable_diffusion_api.db import Database
-from stable_diffusion_api.models import WorkerProcess, utcnow
+from stable_diffusion_api.models import BenchmarkRequest, WorkerProcess, utcnow
 from stable_diffusion_api.services.generator import DeviceSpec
 
 ANY_DEVICE = "auto"
@@ -182,6 +182,70 @@ class NodeRegistry:
                     f"{hostname}, pid {pid}, last heartbeat {beat:%H:%M:%S} UTC): give this "
                     "node another name with DALI_NODE_NAME, or stop the other one"
                 )
+
+    # -- benchmarks asked of other nodes ---------------------------------------------------
+
+    def ask_benchmark(
+        self,
+        node: str,
+        device: str,
+        dtype: str | None,
+        model: str,
+        width: int | None,
+        height: int | None,
+        steps: int,
+    ) -> BenchmarkRequest:
+        """Ask `node` to measure `model` on its `device`; its heartbeat takes it up."""
+        with self._db.session() as session:
+            request = BenchmarkRequest(node=node, device=device, dtype=dtype, model=model,
+                                       width=width, height=height, steps=steps, state="queued")  # fmt: skip
+            session.add(request)
+            session.flush()
+            session.expunge(request)
+        return request
+
+    def benchmark_requests(self) -> list[BenchmarkRequest]:
+        """Every benchmark asked of a node, newest first (the last 50)."""
+        with self._db.session() as session:
+            rows = list(
+                session.scalars(
+                    select(BenchmarkRequest).order_by(BenchmarkRequest.id.desc()).limit(50)
+                )
+            )
+            session.expunge_all()
+        return rows
+
+    def take_benchmarks(self) -> list[BenchmarkRequest]:
+        """The benchmarks asked of this node, now running here (each taken once: a
+        conditional UPDATE per request)."""
+        with self._db.session() as session:
+            waiting = list(
+                session.scalars(
+                    select(BenchmarkRequest.id).where(
+                        BenchmarkRequest.node == self.name, BenchmarkRequest.state == "queued"
+                    )
+                )
+            )
+            taken = []
+            for request_id in waiting:
+                row = session.execute(
+                    update(BenchmarkRequest)
+                    .where(BenchmarkRequest.id == request_id, BenchmarkRequest.state == "queued")
+                    .values(state="running")
+                    .returning(BenchmarkRequest)
+                ).scalar_one_or_none()
+                if row is not None:
+                    taken.append(row)
+            session.expunge_all()
+        return taken
+
+    def benchmark_ended(self, request_id: int, state: str, error: str | None) -> None:
+        with self._db.session() as session:
+            session.execute(
+                update(BenchmarkRequest)
+                .where(BenchmarkRequest.id == request_id)
+                .values(state=state, error=error)
+            )
 
 
 def held_models(entries: Iterable[Any]) -> tuple[NodeModel, ...]:

@@ -60,6 +60,27 @@ class Benchmark:
         self.status, self.error = status, error
 
 
+@dataclass(frozen=True)
+class BenchmarkView:
+    """A benchmark as listed: run here (`Benchmark`) or asked of another node (its request
+    row); `device` is `node/device` for the latter."""
+
+    device: str
+    dtype: str | None
+    model: str
+    width: int | None
+    height: int | None
+    steps: int
+    status: str  # queued, running, done, failed
+    error: str | None
+
+    @classmethod
+    def of(cls, benchmark: Benchmark, node: str) -> BenchmarkView:
+        """`benchmark`, run by `node`'s worker."""
+        return cls(f"{node}/{benchmark.device}", benchmark.dtype, benchmark.model.name, benchmark.width,
+                   benchmark.height, benchmark.steps, benchmark.status, benchmark.error)  # fmt: skip
+
+
 def benchmark_key(benchmark: Benchmark) -> tuple[object, ...]:
     """One measurement per device, dtype, model and size: asking twice waits for the first."""
     return (benchmark.device, benchmark.dtype, benchmark.model.name, benchmark.width,

@@ -42,8 +42,10 @@ from sqlalchemy import CursorResult, delete, select, update
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
+from stable_diffusion_api.errors import InvalidField
 from stable_diffusion_api.models import (
     RUNNING,
+    BenchmarkRequest,
     FailureKind,
     Generation,
     Image,
@@ -73,6 +75,7 @@ from stable_diffusion_api.services.speeds import SpeedService
 from stable_diffusion_api.services.storage import ImageStorage
 from stable_diffusion_api.services.worker_context import (
     Benchmark,
+    BenchmarkView,
     ForwardFailed,
     Worker,
     WorkerContext,
@@ -113,6 +116,8 @@ class WorkerPool:
         self.nodes = nodes
         self.mode = mode  # "thread" or "process" (services/worker_process.py)
         self.benchmarks: dict[tuple[object, ...], Benchmark] = {}
+        # Benchmarks other nodes asked of this one, by request id, until they end.
+        self._asked: dict[int, Benchmark] = {}
         self._context = WorkerContext(
             settings=settings,
             jobs=jobs if jobs is not None else JobQueue(db),
@@ -264,6 +269,8 @@ class WorkerPool:
                     ):  # swept while the database was away: back again
                         session.add(self._process_row(own))
                 self.db.writes_work()  # a refusal (disk full, …) is over: /health says so
+                if own is not None:
+                    self._remote_benchmarks()
                 failed = self._fail_orphaned_jobs()
                 if failed:
                     log.warning("jobs of stopped processes marked failed: %s", failed)
@@ -361,6 +368,70 @@ class WorkerPool:
         self._workers[benchmark.device].request_benchmark(benchmark)
         return benchmark
 
+    def benchmark(
+        self,
+        device: str,
+        dtype: str | None,
+        model: str | None,
+        width: int | None,
+        height: int | None,
+        steps: int,
+    ) -> BenchmarkView:
+        """Measure `model` on `device`: on this host's worker when the device is its own,
+        else asked of the first live node whose device it names (that node's heartbeat takes
+        it up). InvalidField for an unknown device, dtype or model."""
+        spec, chosen = self.hardware.check(device, dtype)
+        try:
+            local = self.hardware.local(device)
+        except InvalidField:
+            local = None
+        if local is not None:
+            entry = self.models.resolve(model)
+            asked = self.request_benchmark(Benchmark(local.id, chosen, entry, width, height, steps))
+            return BenchmarkView.of(asked, self.hardware.node_name)
+        node, on_node = self.hardware.matching(spec.id)[0].split("/", 1)
+        assert self.nodes is not None  # another node is live, so there is a registry
+        name = model
+        if name is None or self.models.find(name) is not None:
+            name = self.models.resolve(model).name
+        return _request_view(
+            self.nodes.ask_benchmark(node, on_node, chosen, name, width, height, steps)
+        )
+
+    def benchmark_views(self) -> list[BenchmarkView]:
+        """The benchmarks run here this session, then those asked of other nodes."""
+        here = [BenchmarkView.of(b, self.hardware.node_name) for b in self.benchmarks.values()]
+        if self.nodes is None:
+            return here
+        asked = [r for r in self.nodes.benchmark_requests() if r.node != self.nodes.name]
+        return here + [_request_view(r) for r in asked]
+
+    def _remote_benchmarks(self) -> None:
+        """Run the benchmarks asked of this node, and write how the finished ones ended."""
+        assert self.nodes is not None
+        for request in self.nodes.take_benchmarks():
+            try:
+                entry = self.models.resolve(request.model)
+                if request.device not in self._workers:
+                    raise InvalidField("device", request.device, "no worker for it here")
+            except InvalidField as exc:
+                self.nodes.benchmark_ended(request.id, "failed", str(exc))
+                continue
+            self._asked[request.id] = self.request_benchmark(
+                Benchmark(
+                    request.device,
+                    request.dtype,
+                    entry,
+                    request.width,
+                    request.height,
+                    request.steps,
+                )  # fmt: skip
+            )
+        for request_id, benchmark in list(self._asked.items()):
+            if benchmark.status in ("done", "failed"):
+                self.nodes.benchmark_ended(request_id, benchmark.status, benchmark.error)
+                del self._asked[request_id]
+
     # -- engine tasks -----------------------------------------------------------------------
 
     def forward_process(
@@ -407,4 +478,17 @@ class WorkerPool:
             ) from None
 
 
-__all__ = ["Benchmark", "DeviceWorker", "ForwardFailed", "RecoveryReport", "WorkerPool"]
+def _request_view(request: BenchmarkRequest) -> BenchmarkView:
+    return BenchmarkView(f"{request.node}/{request.device}", request.dtype, request.model,
+                         request.width, request.height, request.steps, request.state,
+                         request.error)  # fmt: skip
+
+
+__all__ = [
+    "Benchmark",
+    "BenchmarkView",
+    "DeviceWorker",
+    "ForwardFailed",
+    "RecoveryReport",
+    "WorkerPool",
+]

@@ -15,7 +15,7 @@ from stable_diffusion_api.db import Database
 from stable_diffusion_api.models import Base
 
 TABLES = {"projects", "generations", "images", "model_files", "speed_measurements",
-          "worker_processes", "studio_identity"}  # fmt: skip
+          "worker_processes", "studio_identity", "benchmark_requests"}  # fmt: skip
 PROJECT_ROW = (
     "INSERT INTO projects (id, name, description, device, low_memory, defaults,"
     " created_at, updated_at) VALUES (1, 'p', '', 'cpu', 0, '{}', '2025-01-01', '2025-01-01')"

@@ -271,3 +271,42 @@ def test_a_stopping_worker_command_hands_its_running_job_back(settings: Settings
         assert row is not None and (row.status, row.node, row.worker_id) == ("queued", None, None)
         assert session.scalars(select(WorkerProcess)).all() == []  # the node has left
     db.dispose()
+
+
+def test_a_web_host_without_workers_asks_a_node_for_a_benchmark(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import time
+
+    from stable_diffusion_api.services.studio import Studio
+    from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    studios = []
+    for name, runs in (("web", False), ("gpu-b", True)):
+        data = tmp_path / name
+        own = settings.model_copy(update={"node_name": name, "run_workers": runs,
+                                          "data_dir": data, "models_dir": data / "models",
+                                          "database_url": database})  # fmt: skip
+        fake = FakeGenerator(write_fake_checkpoint(data / "models" / "dali-tiny.safetensors"))
+        studio = Studio(own, fake)
+        studio.start()
+        studios.append(studio)
+    web, node = studios
+    try:
+        assert web.workers.workers == {}  # no worker of its own
+        assert [d.id for d in web.hardware.devices] == ["gpu-b/cpu", "gpu-b/cuda:0"]
+        asked = web.workers.benchmark("gpu-b/cpu", None, None, 64, 64, 4)
+        assert (asked.device, asked.status) == ("gpu-b/cpu", "queued")
+        deadline = time.monotonic() + 15
+        while (seen := web.workers.benchmark_views()[0]).status not in ("done", "failed"):
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.1)
+        assert seen.status == "done", seen.error
+        [speed] = web.speeds.list()
+        assert (speed.device, speed.width, speed.source) == ("gpu-b/cpu", 64, "benchmark")
+        estimate = web.generations.estimate("cpu", None, None, 64, 64, 20, 1)
+        assert estimate.seconds is not None  # a plain "cpu" finds gpu-b's measurement
+    finally:
+        for studio in studios:
+            studio.stop()
