@@ -59,8 +59,11 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         settings = Settings()
-    except ValidationError as exc:  # names the variable (DALI_NODE_NAME, …)
-        print(f"dali worker: bad settings: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # each problem named by its variable (DALI_NODE_NAME, …)
+        for error in exc.errors():
+            variable = "DALI_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"dali worker: {variable}={error.get('input')!r}: {error['msg']}",
+                  file=sys.stderr)  # fmt: skip
         return EXIT_SETTINGS
     if not settings.run_workers:
         print("dali worker: DALI_RUN_WORKERS=false leaves this node nothing to run",

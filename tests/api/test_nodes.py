@@ -310,3 +310,13 @@ def test_a_web_host_without_workers_asks_a_node_for_a_benchmark(
     finally:
         for studio in studios:
             studio.stop()
+
+
+def test_the_worker_command_refuses_a_bad_node_name_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stable_diffusion_api.worker_command import EXIT_SETTINGS, main
+
+    monkeypatch.setenv("DALI_NODE_NAME", "gpu/b")  # a "/" would break node/device ids
+    assert main([]) == EXIT_SETTINGS
+    assert "DALI_NODE_NAME='gpu/b'" in capsys.readouterr().err
