@@ -43,6 +43,7 @@ from stable_diffusion_api.services.gallery import GalleryService, image_view
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_params import params_from_request, params_view, row_values
 from stable_diffusion_api.services.job_queue import JobQueue
+from stable_diffusion_api.services.nodes import Node
 from stable_diffusion_api.services.outpainting import outpaint_request
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
@@ -318,9 +319,14 @@ class GenerationService:
         }
 
     def _view(
-        self, session: Session, row: Generation, position: int | None = None
+        self,
+        session: Session,
+        row: Generation,
+        position: int | None = None,
+        nodes: list[Node] | None = None,
     ) -> GenerationOut:
-        """`position`: the row's, when the caller looked it up already."""
+        """`position`: the row's, when the caller looked it up already; `nodes`: the live
+        nodes, when the caller read them already (one read for a whole list)."""
         progress = None
         state = self._hub.get(row.id)
         if row.status == RUNNING and state is not None:
@@ -335,7 +341,7 @@ class GenerationService:
             position = self._position(session, row)
         waiting = None
         if row.status == QUEUED:
-            waiting = self._hardware.waiting_reason(row.device, row.model, row.model_hash)
+            waiting = self._hardware.waiting_reason(row.device, row.model, row.model_hash, nodes)
         return generation_view(row, row.images, position, progress, waiting)
 
     def view(self, generation_id: int) -> GenerationOut:
@@ -383,7 +389,8 @@ class GenerationService:
             )
             listed = list(rows)
             positions = self._positions(session, listed)
-            views = [self._view(session, row, positions.get(row.id)) for row in listed]
+            nodes = self._hardware.nodes() if positions else None  # some row is queued
+            views = [self._view(session, row, positions.get(row.id), nodes) for row in listed]
             return views, total or 0
 
     def project_jobs(self, project_id: int, after: int) -> ProjectJobs:
@@ -408,7 +415,8 @@ class GenerationService:
             )
             listed = list(rows)
             positions = self._positions(session, listed)
-            views = [self._view(session, row, positions.get(row.id)) for row in listed]
+            nodes = self._hardware.nodes() if positions else None  # some row is queued
+            views = [self._view(session, row, positions.get(row.id), nodes) for row in listed]
             return ProjectJobs(latest, views)
 
     def wait(self, generation_id: int, timeout: float) -> GenerationOut:

@@ -131,9 +131,12 @@ class HardwareService:
             if wanted in accepted_forms(node.name, spec.id)
         ]
 
-    def waiting_reason(self, device: str, model: str, model_hash: str | None) -> str | None:
-        """Why no live node can run a job on `device` with `model` now; None when one can."""
-        return waiting_reason(self.nodes(), device, model, model_hash)
+    def waiting_reason(
+        self, device: str, model: str, model_hash: str | None, nodes: list[Node] | None = None
+    ) -> str | None:
+        """Why no live node can run a job on `device` with `model` now; None when one can.
+        `nodes`: the live nodes, if already read."""
+        return waiting_reason(self.nodes() if nodes is None else nodes, device, model, model_hash)
 
     def check(
         self, device: str, dtype: str | None, prefix: str = ""
