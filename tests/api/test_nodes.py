@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -320,3 +321,43 @@ def test_the_worker_command_refuses_a_bad_node_name_naming_the_variable(
     monkeypatch.setenv("DALI_NODE_NAME", "gpu/b")  # a "/" would break node/device ids
     assert main([]) == EXIT_SETTINGS
     assert "DALI_NODE_NAME='gpu/b'" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_a_node_that_loses_the_database_carries_on_when_it_is_back(
+    postgres: Any, settings: Settings
+) -> None:
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    from stable_diffusion_api.schemas import GenerationCreate
+    from stable_diffusion_api.services.studio import Studio
+    from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+
+    url = postgres.new_database()
+    name = url.split("@/", 1)[1].split("?")[0]  # postgresql+psycopg://user@/NAME?host=…
+    node = settings.model_copy(update={"node_name": "gpu-b", "database_url": url})
+    fake = FakeGenerator(write_fake_checkpoint(node.resolved_models_dir / "dali-tiny.safetensors"))
+    studio = Studio(node, fake)
+    studio.start()
+    admin = create_engine(postgres.url("postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        project = studio.projects.get_or_create("p")
+        with admin.connect() as connection:  # the database goes away for two seconds
+            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            lost = time.monotonic()
+            while time.monotonic() - lost < 2:
+                connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                        f"WHERE datname = '{name}'"))  # fmt: skip
+                time.sleep(0.05)
+            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        job = studio.generations.submit(project.id, GenerationCreate(prompt="a", steps=2))
+        done = studio.generations.wait(job.id, timeout=20)
+        assert (done.status, done.node) == ("succeeded", "gpu-b")  # its worker carried on
+        time.sleep(3 * node.heartbeat_s)
+        assert [n.name for n in studio.hardware.nodes()] == ["gpu-b"]
+        assert NodeRegistry(studio.db, "web", node.stale_after_s).others()[0].name == "gpu-b"
+    finally:
+        studio.stop()
+        admin.dispose()
