@@ -46,7 +46,7 @@ class Choices:
         return entries[0].name
 
     def device_choices(self) -> list[tuple[str, str]]:
-        return [(f"{d.id} — {d.name}", d.id) for d in self.studio.hardware.devices]
+        return [(f"{d.id} — {d.name}", d.id) for d in self.studio.hardware.choices()]
 
     def sampler_choices(self) -> list[tuple[str, str]]:
         return [("Model default", "")] + [

@@ -6,9 +6,15 @@ level: `python dali_app.py` (what ./run.sh runs) or `uvicorn dali_app:app`. This
 inside the package, and so stays on the service's side of the line: it does not start
 "dali_app:app" either, since an import by string is still the service reaching for the UI.
 With DALI_GRADIO=1 it logs a warning at start-up naming those commands.
+
+`python -m stable_diffusion_api worker [--device cuda:0]` runs a node instead: this host's
+workers and no HTTP server (stable_diffusion_api/worker_command.py). With
+`DALI_RUN_WORKERS=false` the server runs no workers of its own (a web host for such nodes).
 """
 
 from __future__ import annotations
+
+import sys
 
 import uvicorn
 
@@ -18,6 +24,10 @@ APP = "stable_diffusion_api.sd_api:app"
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["worker"]:
+        from stable_diffusion_api.worker_command import main as worker
+
+        sys.exit(worker(sys.argv[2:]))
     settings = Settings()
     uvicorn.run(APP, host=settings.host, port=settings.port)
 

@@ -31,10 +31,14 @@ runs with no configuration at all:
                              that refuses writes before they go to quarantine
     DALI_ORPHAN_GRACE_S      recovery leaves alone files younger than this    120
                              (another node may not have written their rows yet)
+    DALI_RUN_WORKERS         run this host's workers (false: a web host only)  true
+    DALI_NODE_NAME           this host's name among the nodes (node/device ids) the host name
 """
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +49,9 @@ from sd_core.assets import AssetFolders
 from stable_diffusion_api.middleware import LOOPBACK_HOSTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A node's name: it starts device ids ("gpu-b/cuda:0"), so no "/" and nothing odd in it, and
+# short enough that "name/cuda:15" fits the 32 characters of a device column.
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,23}$")
 TEMPLATES_DIR = REPO_ROOT / "templates"
 STATIC_DIR = REPO_ROOT / "static"
 
@@ -126,12 +133,27 @@ class Settings(BaseSettings):
     # others (its latency grows with the batch), which only pays off with many clients.
     batch_max: int = Field(default=1, ge=1, le=16)
     run_migrations: bool = True
+    # False: a web host that runs no workers; the nodes (`python -m stable_diffusion_api
+    # worker` on other hosts, same database) run its jobs.
+    run_workers: bool = True
+    # This host's name among the nodes (services/nodes.py); None → the host name. A name set
+    # here must be unique among live processes; the default is shared by one host's processes
+    # (the web server and the Gradio UI on one machine are one node).
+    node_name: str | None = Field(default=None, pattern=NODE_NAME.pattern)
     # Mount the Gradio UI (dali_gradio, optional extra) at /gradio; only dali_app.py mounts it.
     gradio: bool = False
 
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_node_name(self) -> str:
+        """`node_name`, else this host's name cut to a valid node name."""
+        if self.node_name:
+            return self.node_name
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]).strip("-._")
+        return (host or "localhost")[:24].rstrip("-._")
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -132,6 +132,8 @@ class Project(Base):
     # column NOT NULL without copying the table (migration 0009); every project has one.
     name_key: Mapped[str | None] = mapped_column(String(), nullable=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    # "cpu", "cuda:0" (that device on any node), "cuda" (any CUDA device), "auto" (any), or
+    # "gpu-b/cuda:0" (that node's); services/nodes.py.
     device: Mapped[str] = mapped_column(String(32))
     dtype: Mapped[str | None] = mapped_column(String(16))  # None → the device's default
     low_memory: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -166,7 +168,7 @@ class Generation(Base):
     source: Mapped[str] = mapped_column(String(32), default="api")  # api, page, a1111, gradio
     # The hardware and model are copied from the project at submission: editing the project
     # later does not change what a queued job runs on.
-    device: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(32))  # as the project's (services/nodes.py)
     dtype: Mapped[str | None] = mapped_column(String(16))
     low_memory: Mapped[bool] = mapped_column(Boolean, default=False)
     model: Mapped[str] = mapped_column(String(255))
@@ -191,6 +193,8 @@ class Generation(Base):
     # Asked to stop at its next step keeping what it made (A1111's interrupt), not to cancel.
     interrupt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     worker_id: Mapped[str | None] = mapped_column(String(64))
+    # The node that claimed it (services/nodes.py); None while queued (and for old rows).
+    node: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     failure_kind: Mapped[FailureKind | None] = mapped_column(StrEnumColumn(FailureKind, 16))
     step_seconds: Mapped[float | None] = mapped_column(Float)  # measured mean time per step
@@ -274,7 +278,7 @@ class SpeedMeasurement(Base):
     __table_args__ = (UniqueConstraint("device", "model_hash", "dtype", "width", "height"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(32))  # "node/device" (plain in older rows)
     model_hash: Mapped[str] = mapped_column(String(16))
     dtype: Mapped[str] = mapped_column(String(16))  # "auto" when the device default was used
     width: Mapped[int] = mapped_column(Integer)
@@ -287,7 +291,12 @@ class SpeedMeasurement(Base):
 
 class WorkerProcess(Base):
     """A running server process. Its heartbeat tells other processes that its running jobs are
-    alive; a running job whose process stopped beating was interrupted."""
+    alive; a running job whose process stopped beating was interrupted.
+
+    A process that runs workers is a node (services/nodes.py): `node` names it, `devices`
+    lists its devices (`DeviceSpec` fields) and `models` the models it holds ({"name",
+    "sha256", "short_hash"}), kept current by the heartbeat. A web host without workers has
+    None in all three."""
 
     __tablename__ = "worker_processes"
 
@@ -296,6 +305,29 @@ class WorkerProcess(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    node: Mapped[str | None] = mapped_column(String(64))
+    devices: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    models: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+
+
+class BenchmarkRequest(Base):
+    """A speed measurement asked for another node's device (services/nodes.py): that node's
+    heartbeat takes it (`state` queued → running), runs it on its worker and writes how it
+    ended (done, failed). Measurements themselves go to `speed_measurements`."""
+
+    __tablename__ = "benchmark_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(32))  # its id on that node ("cuda:0")
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(255))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # running, done, failed
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class StudioIdentity(Base):

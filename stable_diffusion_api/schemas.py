@@ -252,7 +252,9 @@ class SpeedOut(Out):
 
 
 class DeviceOut(Out):
-    id: str
+    id: str  # "node/device": "gpu-b/cuda:0"
+    node: str  # the node that has it ("gpu-b")
+    device: str  # its id on that node ("cuda:0")
     kind: str
     name: str
     total_memory: int | None
@@ -398,8 +400,12 @@ class GenerationOut(Out):
     project_id: int
     status: str
     position: int | None  # jobs ahead of this one on its device; None once it has started
+    # A queued job that no live node can run now, and why ("no live node has model X");
+    # None when one can (or once it has started).
+    waiting_reason: str | None = None
     source: str
     device: str
+    node: str | None = None  # the node that claimed it (services/nodes.py)
     dtype: str | None
     low_memory: bool
     model: str

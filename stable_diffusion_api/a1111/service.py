@@ -173,9 +173,10 @@ class A1111Service:
     def _fastest_device(self) -> str:
         """Where a new A1111 project runs: a CUDA GPU, else Apple's GPU, else the CPU — A1111
         clients expect the GPU. The project's hardware can be changed in the studio."""
-        devices = self.studio.hardware.devices
+        devices = self.studio.hardware.local_devices or self.studio.hardware.choices()
         for kind in ("cuda", "mps"):
-            found = next((d.id for d in devices if d.kind == kind), None)
+            # A plain id ("cuda:0"): that device on whichever node has it.
+            found = next((d.id.split("/")[-1] for d in devices if d.kind == kind), None)
             if found is not None:
                 return found
         return "cpu"

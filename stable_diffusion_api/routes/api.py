@@ -63,7 +63,7 @@ from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.assets import InstalledFile
 from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.storage import content_type
-from stable_diffusion_api.services.workers import Benchmark
+from stable_diffusion_api.services.workers import BenchmarkView
 
 # Credentials are checked in front of every route (auth.AuthGuard), not here.
 router = APIRouter(prefix="/api/v1", responses=GUARDED)
@@ -99,11 +99,11 @@ def model_out(entry: ModelEntry) -> ModelOut:
     )
 
 
-def benchmark_out(benchmark: Benchmark) -> BenchmarkOut:
+def benchmark_out(benchmark: BenchmarkView) -> BenchmarkOut:
     return BenchmarkOut(
         device=benchmark.device,
         dtype=benchmark.dtype,
-        model=benchmark.model.name,
+        model=benchmark.model,
         width=benchmark.width,
         height=benchmark.height,
         steps=benchmark.steps,
@@ -161,39 +161,44 @@ def health(studio: StudioDep, request: Request, response: Response) -> dict[str,
 
 
 @router.get("/hardware")
-async def hardware(studio: StudioDep) -> list[DeviceOut]:
-    speeds = await run_in_threadpool(studio.speeds.list)
-    return [
-        DeviceOut(
-            id=d.id,
-            kind=d.kind,
-            name=d.name,
-            total_memory=d.total_memory,
-            free_memory=d.free_memory,
-            cores=d.cores,
-            compute_capability=d.compute_capability,
-            dtypes=list(d.dtypes),
-            default_dtype=d.default_dtype,
-            speeds=[SpeedOut.model_validate(s) for s in speeds if s.device == d.id],
+def hardware(studio: StudioDep) -> list[DeviceOut]:
+    """Every live node's devices, ids `node/device`, with the speeds measured on each."""
+    speeds = studio.speeds.list()
+    listed = []
+    for d in studio.hardware.devices:
+        node, device = d.id.split("/", 1)
+        listed.append(
+            DeviceOut(
+                id=d.id,
+                node=node,
+                device=device,
+                kind=d.kind,
+                name=d.name,
+                total_memory=d.total_memory,
+                free_memory=d.free_memory,
+                cores=d.cores,
+                compute_capability=d.compute_capability,
+                dtypes=list(d.dtypes),
+                default_dtype=d.default_dtype,
+                speeds=[SpeedOut.model_validate(s) for s in speeds if s.device == d.id],
+            )
         )
-        for d in studio.hardware.devices
-    ]
+    return listed
 
 
 @router.post("/hardware/benchmark", status_code=status.HTTP_202_ACCEPTED, responses=BODY)
 def benchmark(request: BenchmarkRequest, studio: StudioDep) -> BenchmarkOut:
-    """Measure steps/s of a model at a size on a device (a short run, queued on its worker)."""
-    device, dtype = studio.hardware.check(request.device, request.dtype)
-    model = studio.models.resolve(request.model)
-    queued = studio.workers.request_benchmark(
-        Benchmark(device.id, dtype, model, request.width, request.height, request.steps)
-    )
+    """Measure steps/s of a model at a size on a device (a short run, queued on its worker;
+    another node's device: asked of that node, which takes it up at its next heartbeat)."""
+    queued = studio.workers.benchmark(request.device, request.dtype, request.model,
+                                      request.width, request.height, request.steps)  # fmt: skip
     return benchmark_out(queued)
 
 
 @router.get("/hardware/benchmarks")
-async def benchmarks(studio: StudioDep) -> list[BenchmarkOut]:
-    return [benchmark_out(b) for b in studio.workers.benchmarks.values()]
+def benchmarks(studio: StudioDep) -> list[BenchmarkOut]:
+    """This host's benchmarks this session, then those asked of other nodes."""
+    return [benchmark_out(b) for b in studio.workers.benchmark_views()]
 
 
 @router.get("/models")

@@ -30,7 +30,7 @@ from stable_diffusion_api.routes.templating import make_templates, render, rende
 from stable_diffusion_api.schemas import DEFAULT_VARIATION_STRENGTH, VARIATIONS, ProjectOut
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.gallery import SEARCH_MAX_CHARS
-from stable_diffusion_api.services.workers import Benchmark
+from stable_diffusion_api.services.generator import DeviceSpec
 
 # `create_app()` builds the template environment and error view through this module.
 __all__ = ["make_templates", "render_error", "router"]
@@ -42,9 +42,10 @@ GALLERY_PAGE = 24
 ONLY_ACTIVE = 2**62  # newer than every job id: `project_jobs` gives the queued and running only
 
 
-def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any]:
-    """What every form offers: devices (with estimated time per image), models, samplers,
-    the installed VAE files (and the folder they go in)."""
+def _estimates(
+    studio: Studio, devices: list[DeviceSpec], project: ProjectOut | None = None
+) -> dict[str, str]:
+    """Each device's estimated time per image of the project's model (else the built-in)."""
     models = studio.models.list()
     estimates: dict[str, str] = {}
     usable = [m.name for m in models if m.available]
@@ -53,7 +54,7 @@ def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any
     if model is None and usable:
         model = usable[0]
     steps = project.defaults.steps if project else 20
-    for device in studio.hardware.devices:
+    for device in devices:
         if model is None:
             estimates[device.id] = "no model installed yet"
             continue
@@ -67,8 +68,17 @@ def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any
             if estimate.seconds is not None
             else f"speed not measured yet ({model})"
         )
+    return estimates
+
+
+def _choices(studio: Studio, project: ProjectOut | None = None) -> dict[str, Any]:
+    """What every form offers: devices (with estimated time per image), models, samplers,
+    the installed VAE files (and the folder they go in)."""
+    models = studio.models.list()
+    devices = studio.hardware.choices()
+    estimates = _estimates(studio, devices, project)
     return {
-        "devices": studio.hardware.devices,
+        "devices": devices,
         "estimates": estimates,
         "models": models,
         "samplers": studio.samplers.list(),
@@ -398,19 +408,21 @@ def hardware_page(request: Request, studio: StudioDep) -> HTMLResponse:
     studio.hardware.refresh()  # free memory changes: show it as it is now
     speeds = studio.speeds.list()
     names = {m.short_hash: m.name for m in studio.models.list() if m.short_hash}
-    context = {
+    context = _choices(studio) | {
+        "devices": studio.hardware.devices,  # every live node's, as node/device
+        "estimates": _estimates(studio, studio.hardware.devices),
+        "own_node": studio.hardware.node_name,
         "speeds": speeds,
         "model_names": names,
-        "benchmarks": list(studio.workers.benchmarks.values()),
-    } | _choices(studio)
+        "benchmarks": studio.workers.benchmark_views(),
+    }
     return render(request, "hardware.html", context)
 
 
 @pages.post("/hardware/benchmark")
 def benchmark(studio: StudioDep, form: FormDep) -> Response:
-    device, dtype = studio.hardware.check(str(form.get("device", "cpu")), None)
-    model = studio.models.resolve(forms.text(form, "model"))
-    studio.workers.request_benchmark(Benchmark(device.id, dtype, model, None, None, 8))
+    studio.workers.benchmark(str(form.get("device", "cpu")), None, forms.text(form, "model"),
+                             None, None, 8)  # fmt: skip
     return RedirectResponse("/hardware", status_code=303)
 
 

@@ -21,6 +21,11 @@ failure or cancel never loses another's images.
 
 Between jobs it runs the small tasks asked of it, ahead of waiting jobs: benchmarks and the
 diffusion explorer's forward process.
+
+Its node (services/nodes.py) is `settings.resolved_node_name`: it claims the jobs that ask for
+one of its device's forms ("gpu-b/cuda:0", "cuda:0", "cuda", "auto") and a model its node
+holds, records the node in the row and the PNG's `dali` chunk, and keeps measured speeds under
+the `node/device` id. With nothing to claim it waits in `wait_for_work`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from stable_diffusion_api.errors import DomainError
 from stable_diffusion_api.models import (
     CANCELED,
     FAILED,
+    QUEUED,
     SUCCEEDED,
     WITH_IMAGES,
     FailureKind,
@@ -64,6 +70,7 @@ from stable_diffusion_api.services.generator import (
 from stable_diffusion_api.services.job_outcomes import Outcomes, Unsaved
 from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
+from stable_diffusion_api.services.nodes import accepted_forms, held_models, qualified
 from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.run_reporting import RunTiming, StepReporter
 from stable_diffusion_api.services.worker_context import (
@@ -76,6 +83,8 @@ from stable_diffusion_api.services.worker_context import (
 log = logging.getLogger(__name__)
 
 BENCHMARK_PROMPT = "a red circle in the center on a blue background"
+# The longest wait between two looks at a database that refuses them (doubling from the poll).
+MAX_BACKOFF_S = 15.0
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -140,6 +149,11 @@ class DeviceWorker(threading.Thread):
         self._db_interrupts: set[int] = set()
         self._db_checked: dict[int, float] = {}
         self._outcomes = Outcomes(context)
+        self.node = context.settings.resolved_node_name
+        self.forms = accepted_forms(self.node, device)  # the jobs' devices it runs
+        self._held: tuple[list[str], list[str]] = ([], [])  # its node's models: names, hashes
+        self._held_at: float | None = None
+        self._backoff = 0.0  # seconds to wait after the database refused the last look
 
     @property
     def pid(self) -> int | None:
@@ -183,11 +197,12 @@ class DeviceWorker(threading.Thread):
                 # A job's end the database refused goes in first: no claim before (a claim is
                 # a write, too).
                 if not self._outcomes.write_unwritten():
-                    self._wakeup.wait(context.settings.poll_s)
+                    self.wait_for_work()
                     continue
                 claimed = self._claim()
+                self._backoff = 0.0
                 if not claimed:
-                    self._wakeup.wait(context.settings.poll_s)
+                    self.wait_for_work()
                     continue
                 try:
                     if len(claimed) == 1:
@@ -201,8 +216,10 @@ class DeviceWorker(threading.Thread):
                     self._interrupts.clear()
                     self._db_interrupts.clear()
                     self._db_checked.clear()
-            except DatabaseUnavailable:  # the database has logged why; look again after a poll
-                time.sleep(context.settings.poll_s)
+            except DatabaseUnavailable:  # the database has logged why: look again, backing off
+                poll = context.settings.poll_s
+                self._backoff = min(max(poll, 2 * self._backoff), max(poll, MAX_BACKOFF_S))
+                context.stopping.wait(self._backoff)
             except Exception:  # a broken job or a database hiccup must not kill the worker
                 log.exception("worker %s: unexpected error", self.device)
                 time.sleep(context.settings.poll_s)
@@ -214,14 +231,34 @@ class DeviceWorker(threading.Thread):
                 )
 
     def _claim(self) -> list[tuple[Generation, str]]:
-        """The next job, or with DALI_BATCH_MAX above 1 up to that many that run together
-        (`JobQueue.claim_batch`); empty when nothing waits."""
+        """The next job this worker may run (its device forms, its node's models), or with
+        DALI_BATCH_MAX above 1 up to that many that run together (`JobQueue.claim_batch`);
+        empty when nothing waits."""
         context = self.context
-        most = context.settings.batch_max
+        route = (self.forms, context.instance_id)
+        held, most = self._models_held(), context.settings.batch_max
         if most > 1:
-            return context.jobs.claim_batch(self.device, context.instance_id, most)
-        claimed = context.jobs.claim(self.device, context.instance_id)
+            return context.jobs.claim_batch(*route, most, held, self.node)
+        claimed = context.jobs.claim(*route, held, self.node)
         return [] if claimed is None else [claimed]
+
+    def wait_for_work(self) -> None:
+        """The one place this worker waits for work: until `wake()` (a job queued in this
+        process, a benchmark, a stop) or the poll interval, after which it looks at the queue
+        again. A node on another host than the web server learns of new jobs by this poll;
+        a PostgreSQL notification (LISTEN/NOTIFY) can call `wake()` to cut the wait short."""
+        self._wakeup.wait(self.context.settings.poll_s)
+
+    def _models_held(self) -> tuple[list[str], list[str]]:
+        """The names and short hashes of the models its node holds, looked up again every
+        heartbeat interval (a file dropped in is claimed for soon after)."""
+        now = time.monotonic()
+        if self._held_at is None or now - self._held_at > self.context.settings.heartbeat_s:
+            held = held_models(self.context.models.list())
+            names = [m.name for m in held]
+            self._held = (names, [m.short_hash for m in held if m.short_hash])
+            self._held_at = now
+        return self._held
 
     def _should_cancel(self, job_id: int) -> bool:
         context = self.context
@@ -259,7 +296,7 @@ class DeviceWorker(threading.Thread):
 
     def _prepare(self, job: _Running) -> JobSpec:
         """The engine's job for `job` (its model resolved: kept on it)."""
-        job.model = self.context.models.resolve(job.row.model)
+        job.model = self._model(job.row)
         return self._job_spec(job.row, job.model)
 
     def _run(self, row: Generation, project_name: str) -> None:
@@ -328,6 +365,7 @@ class DeviceWorker(threading.Thread):
         status: JobStatus = FAILED
         kind, error, result = FailureKind.INTERNAL, "internal error: the run did not end", None
         measured: Callable[[], None] | None = None
+        handed_back = False
         try:
             made = make()
             model = job.model
@@ -356,7 +394,9 @@ class DeviceWorker(threading.Thread):
             written.clear()
         except JobCanceled as exc:
             stopped = context.stopping.is_set() and job_id not in self._cancels
-            if isinstance(exc, ServerGone) or stopped:
+            if stopped and context.hand_back and not isinstance(exc, ServerGone):
+                handed_back = True  # a node stopping: the job goes back to the queue
+            elif isinstance(exc, ServerGone) or stopped:
                 kind, error = FailureKind.INTERRUPTED, INTERRUPTED
             else:
                 status, kind, error = CANCELED, FailureKind.CANCELLED, CANCELED_RUNNING
@@ -365,19 +405,45 @@ class DeviceWorker(threading.Thread):
             if kind is not FailureKind.INVALID_INPUT:
                 log.exception("generation %d failed", job_id)
         finally:
-            if status not in WITH_IMAGES:
-                context.storage.delete(*written)
-                columns = {"step_seconds": timing.step_seconds}
-                result = self._outcomes.finish(row, status, kind, error, columns)
-            context.hub.finish(job_id, status, result)
+            if handed_back and self._hand_back(job_id, written):
+                context.hub.finish(job_id, QUEUED)
+            else:
+                if status not in WITH_IMAGES:
+                    context.storage.delete(*written)
+                    columns = {"step_seconds": timing.step_seconds}
+                    result = self._outcomes.finish(row, status, kind, error, columns)
+                context.hub.finish(job_id, status, result)
         if measured is not None:  # after the news is out: nobody waits for an estimate's input
             measured()
+
+    def _model(self, row: Generation) -> ModelEntry:
+        """The claimed job's model: by its name, or — a node may name the same file
+        otherwise — by its short hash."""
+        try:
+            return self.context.models.resolve(row.model)
+        except DomainError:
+            if row.model_hash is None:
+                raise
+            return self.context.models.resolve(row.model_hash)
+
+    def _hand_back(self, job_id: int, written: list[str]) -> bool:
+        """Drop what the stopped run wrote and return its job to the queue; False when the
+        database refuses (then the job ends interrupted, as any stopped run)."""
+        self.context.storage.delete(*written)
+        try:
+            back = self.context.jobs.hand_back(job_id, self.context.instance_id)
+        except DatabaseUnavailable:
+            return False
+        if back:
+            log.info("generation %d handed back to the queue (node %s stopping)", job_id,
+                     self.node)  # fmt: skip
+        return back
 
     def _job_spec(self, row: Generation, model: ModelEntry) -> JobSpec:
         """The engine's job for the claimed `row`, run with `model`."""
         storage = self.context.storage
         return JobSpec(
-            model=model.on(row.device, row.dtype, row.low_memory),
+            model=model.on(self.device, row.dtype, row.low_memory),
             params=params_from_row(row),
             init_image=storage.load_input(row.init_image) if row.init_image else None,
             mask=storage.load_input(row.mask) if row.mask else None,
@@ -391,7 +457,8 @@ class DeviceWorker(threading.Thread):
         rows = []
         for index, image in enumerate(made.images):
             dali = made.metadata(index)
-            dali.update(project=project_name, project_id=row.project_id, generation_id=row.id)
+            dali.update(project=project_name, project_id=row.project_id, generation_id=row.id,
+                        node=self.node)  # fmt: skip
             image.info["dali"] = json.dumps(dali)
             path, thumb = self.context.storage.image_paths(row.project_id, row.id, index)
             written.append(path)
@@ -482,7 +549,7 @@ class DeviceWorker(threading.Thread):
         overhead = (sampled - (timing.last_step or sampled)) + (time.monotonic() - sampled)
         try:
             self.context.speeds.record(
-                row.device,
+                qualified(self.node, self.device),
                 model.short_hash,
                 row.dtype,
                 image["width"],
@@ -537,7 +604,7 @@ class DeviceWorker(threading.Thread):
             step_seconds = timing.step_seconds
             if step_seconds and benchmark.model.short_hash:
                 context.speeds.record(
-                    benchmark.device,
+                    qualified(self.node, benchmark.device),
                     benchmark.model.short_hash,
                     benchmark.dtype,
                     images[0].width,

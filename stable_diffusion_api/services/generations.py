@@ -43,6 +43,7 @@ from stable_diffusion_api.services.gallery import GalleryService, image_view
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_params import params_from_request, params_view, row_values
 from stable_diffusion_api.services.job_queue import JobQueue
+from stable_diffusion_api.services.nodes import Node
 from stable_diffusion_api.services.outpainting import outpaint_request
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
@@ -80,6 +81,7 @@ def generation_view(
     images: list[Image],
     position: int | None = None,
     progress: ProgressOut | None = None,
+    waiting_reason: str | None = None,
 ) -> GenerationOut:
     """The API's view of a generation row and its image rows."""
     return GenerationOut(
@@ -87,8 +89,10 @@ def generation_view(
         project_id=row.project_id,
         status=row.status,
         position=position,
+        waiting_reason=waiting_reason,
         source=row.source,
         device=row.device,
+        node=row.node,
         dtype=row.dtype,
         low_memory=row.low_memory,
         model=row.model,
@@ -168,7 +172,7 @@ class GenerationService:
             request.device or project.device,
             request.dtype if request.device or request.dtype else project.dtype,
         )
-        model = self._models.resolve(request.model or project.default_model)
+        model_name, model_hash = self._model(request.model or project.default_model)
         sampler = self._samplers.canonical(request.sampler or defaults.sampler)
         if request.hires_sampler is not None:
             hires_sampler = self._samplers.canonical(request.hires_sampler, "hires_sampler")
@@ -197,15 +201,16 @@ class GenerationService:
         self._samplers.check(params)
         # Said in the answer, before it runs; the engine's result (the row's warnings) says it
         # again, for the job's page, the API and the PNG's A1111 clients.
-        warning = shapes_grammar.prompt_warning(params.prompt) if model.builtin else None
+        builtin = model_name == shapes_grammar.MODEL_NAME  # the built-in model's registry name
+        warning = shapes_grammar.prompt_warning(params.prompt) if builtin else None
         values = {
             "project_id": project_id,
             "source": source,
             "device": device.id,
             "dtype": dtype,
             "low_memory": project.low_memory,
-            "model": model.name,
-            "model_hash": model.short_hash,
+            "model": model_name,
+            "model_hash": model_hash,
             **row_values(params),
         }
 
@@ -237,6 +242,20 @@ class GenerationService:
             events_url=f"/api/v1/generations/{queued.id}/events",
             warnings=[warning] if warning else [],
         )
+
+    def _model(self, name: str | None) -> tuple[str, str | None]:
+        """The name and short hash of the model called `name` (None → the built-in): one in
+        this host's models folder, else one a live node holds (a web host need not have the
+        files); InvalidField when neither has it."""
+        try:
+            entry = self._models.resolve(name)
+        except InvalidField:
+            wanted = (name or "").strip()
+            for held in self._hardware.node_models():
+                if wanted in (held.name, held.short_hash, held.sha256):
+                    return held.name, held.short_hash
+            raise
+        return entry.name, entry.short_hash
 
     def _inputs(self, request: GenerationCreate) -> Inputs:
         """What the engine paints from: the init image as RGB (alpha dropped, as the A1111
@@ -305,9 +324,14 @@ class GenerationService:
         }
 
     def _view(
-        self, session: Session, row: Generation, position: int | None = None
+        self,
+        session: Session,
+        row: Generation,
+        position: int | None = None,
+        nodes: list[Node] | None = None,
     ) -> GenerationOut:
-        """`position`: the row's, when the caller looked it up already."""
+        """`position`: the row's, when the caller looked it up already; `nodes`: the live
+        nodes, when the caller read them already (one read for a whole list)."""
         progress = None
         state = self._hub.get(row.id)
         if row.status == RUNNING and state is not None:
@@ -320,7 +344,10 @@ class GenerationService:
             )
         if position is None:
             position = self._position(session, row)
-        return generation_view(row, row.images, position, progress)
+        waiting = None
+        if row.status == QUEUED:
+            waiting = self._hardware.waiting_reason(row.device, row.model, row.model_hash, nodes)
+        return generation_view(row, row.images, position, progress, waiting)
 
     def view(self, generation_id: int) -> GenerationOut:
         with self._db.session() as session:
@@ -365,7 +392,8 @@ class GenerationService:
             )
             listed = list(rows)
             positions = self._positions(session, listed)
-            views = [self._view(session, row, positions.get(row.id)) for row in listed]
+            nodes = self._hardware.nodes() if positions else None  # some row is queued
+            views = [self._view(session, row, positions.get(row.id), nodes) for row in listed]
             return views, total or 0
 
     def project_jobs(self, project_id: int, after: int) -> ProjectJobs:
@@ -390,7 +418,8 @@ class GenerationService:
             )
             listed = list(rows)
             positions = self._positions(session, listed)
-            views = [self._view(session, row, positions.get(row.id)) for row in listed]
+            nodes = self._hardware.nodes() if positions else None  # some row is queued
+            views = [self._view(session, row, positions.get(row.id), nodes) for row in listed]
             return ProjectJobs(latest, views)
 
     def wait(self, generation_id: int, timeout: float) -> GenerationOut:
@@ -425,7 +454,18 @@ class GenerationService:
         height = height or entry.native_size
         if width is None or height is None:
             return Estimate(None, "the model's native size is not known yet")
-        return self._speeds.estimate(device, entry.short_hash, dtype, width, height, steps, batch)
+        # Speeds are kept per node's device: the first live device the job may run on that
+        # has one measured (a plain id from before nodes counts too).
+        first: Estimate | None = None
+        for candidate in (*self._hardware.matching(device), device):
+            found = self._speeds.estimate(
+                candidate, entry.short_hash, dtype, width, height, steps, batch
+            )
+            if found.seconds is not None:
+                return found
+            first = first or found
+        assert first is not None
+        return first
 
     # -- changing ---------------------------------------------------------------------------
 

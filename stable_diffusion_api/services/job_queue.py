@@ -4,9 +4,12 @@ through, prebuilt as SQLAlchemy Core.
 A generation's `status` (`JobStatus`) changes here and nowhere else:
 
     enqueue          → queued
-    claim            queued → running (a conditional UPDATE: one worker gets it)
-    claim_batch      the same for the oldest job and up to N − 1 younger ones that match it,
-                     run in one denoising loop (DALI_BATCH_MAX)
+    claim            queued → running (a conditional UPDATE: one worker gets it), for a
+                     worker whose device forms and models fit the job (services/nodes.py)
+    hand_back        running → queued: a node stopping (SIGTERM) returns the job it was
+                     running, to be claimed again
+    claim_batch      the same for the oldest job it may run and up to N − 1 younger ones that
+                     match it, run in one denoising loop (DALI_BATCH_MAX)
     succeed          running → succeeded (or interrupted: stopped early on request, keeping
                      its partial images), with its image rows, for the worker that owns it
     finish           running → failed, or canceled when the kind is `cancelled`
@@ -16,7 +19,7 @@ A generation's `status` (`JobStatus`) changes here and nowhere else:
     cancel_project_jobs   a project being deleted: its queued jobs canceled, its running ones
                      flagged (in the deleting transaction)
     fail_orphaned    recovery: running jobs of processes whose heartbeat stopped → failed,
-                     interrupted
+                     interrupted, naming the node that ran them
     fail_dead_worker a worker process that died: the job it was running → failed, interrupted
 
 Every job that ends unsuccessfully gets a `FailureKind` with its message, so nobody reads the
@@ -82,6 +85,7 @@ CANCELED_QUEUED = "canceled before it started"
 CANCELED_RUNNING = "canceled while running"
 PROJECT_DELETED = "canceled: its project was deleted"
 INTERRUPTED = "interrupted: the server stopped while this job was running"
+NODE_STOPPED = "interrupted: node {node} stopped while this job was running"
 DIED = "interrupted: the worker process stopped unexpectedly (exit code {code})"
 
 # Bound parameters are named apart from the columns: a column's own name in an UPDATE's
@@ -105,12 +109,25 @@ _INSERT = insert(GENERATIONS).values(status=QUEUED).returning(GENERATIONS.c.id)
 
 _SET_INPUTS = update(GENERATIONS).where(GENERATIONS.c.id == bindparam("job_key"))
 
-_OLDEST_QUEUED = (
-    select(GENERATIONS.c.id)
-    .where(GENERATIONS.c.status == QUEUED, GENERATIONS.c.device == bindparam("on_device"))
-    .order_by(GENERATIONS.c.id)
-    .limit(1)
+# A worker's claim: the oldest queued job asking for one of its device forms ("gpu-b/cuda:0",
+# "cuda:0", "cuda", "auto"), and — `_HELD` — whose model its node holds, by name or hash.
+_FITS = GENERATIONS.c.device.in_(bindparam("device_forms", expanding=True))
+_HELD = GENERATIONS.c.model.in_(bindparam("model_names", expanding=True)) | (
+    GENERATIONS.c.model_hash.in_(bindparam("model_hashes", expanding=True))
 )
+
+
+def _oldest_queued(*conditions: Any) -> Any:
+    return (
+        select(GENERATIONS.c.id)
+        .where(GENERATIONS.c.status == QUEUED, *conditions)
+        .order_by(GENERATIONS.c.id)
+        .limit(1)
+    )
+
+
+_OLDEST_QUEUED = _oldest_queued(_FITS)
+_OLDEST_QUEUED_HELD = _oldest_queued(_FITS, _HELD)
 
 _PROJECT_NAME = (
     select(PROJECTS.c.name)
@@ -119,14 +136,32 @@ _PROJECT_NAME = (
     .label("project_name")
 )
 
-_CLAIM = (
+
+def _claim(oldest: Any) -> Any:
+    return (
+        update(GENERATIONS)
+        .where(GENERATIONS.c.id == oldest.scalar_subquery(), GENERATIONS.c.status == QUEUED)
+        .values(
+            status=RUNNING,
+            worker_id=bindparam("owner"),
+            node=bindparam("node_name"),
+            started_at=bindparam("now"),
+        )
+        .returning(*GENERATIONS.c, _PROJECT_NAME)
+    )
+
+
+_CLAIM = _claim(_OLDEST_QUEUED)
+_CLAIM_HELD = _claim(_OLDEST_QUEUED_HELD)
+
+_HAND_BACK = (
     update(GENERATIONS)
     .where(
-        GENERATIONS.c.id == _OLDEST_QUEUED.scalar_subquery(),
-        GENERATIONS.c.status == QUEUED,
+        GENERATIONS.c.id == bindparam("job_key"),
+        GENERATIONS.c.status == RUNNING,
+        GENERATIONS.c.worker_id == bindparam("owner"),
     )
-    .values(status=RUNNING, worker_id=bindparam("owner"), started_at=bindparam("now"))
-    .returning(*GENERATIONS.c, _PROJECT_NAME)
+    .values(status=QUEUED, worker_id=None, node=None, started_at=None)
 )
 
 # What jobs claimed together must share with the oldest (services/device_worker.py runs them
@@ -136,38 +171,68 @@ _CLAIM = (
 # Prompt, negative prompt, seed, guidance, batch and variation seed are each job's own.
 BATCH_COLUMNS = ("model", "dtype", "low_memory", "width", "height", "sampler", "steps")
 _FIRST, _OTHER = GENERATIONS.alias("first_job"), GENERATIONS.alias("other_job")
-_OLDEST_ID = _OLDEST_QUEUED.scalar_subquery().correlate(None)
-_BATCH_IDS = (
-    select(_OTHER.c.id)
-    .select_from(_OTHER.join(_FIRST, _FIRST.c.id == _OLDEST_ID))
-    .where(
-        _OTHER.c.status == QUEUED,
-        _OTHER.c.device == bindparam("on_device"),
-        or_(
-            _OTHER.c.id == _FIRST.c.id,
-            and_(
-                _FIRST.c.init_image.is_(None),
-                _FIRST.c.mask.is_(None),
-                _OTHER.c.init_image.is_(None),
-                _OTHER.c.mask.is_(None),
-                cast(_OTHER.c.extra_params, Text).is_not_distinct_from(
-                    cast(_FIRST.c.extra_params, Text)
-                ),
-                *(_OTHER.c[name].is_not_distinct_from(_FIRST.c[name]) for name in BATCH_COLUMNS),
-            ),
-        ),
-    )
-    .order_by(_OTHER.c.id)
-    .limit(bindparam("most"))
-    .correlate(None)
-)
 
-_CLAIM_BATCH = (
-    update(GENERATIONS)
-    .where(GENERATIONS.c.id.in_(_BATCH_IDS), GENERATIONS.c.status == QUEUED)
-    .values(status=RUNNING, worker_id=bindparam("owner"), started_at=bindparam("now"))
-    .returning(*GENERATIONS.c, _PROJECT_NAME)
-)
+
+def _claim_batch(oldest: Any) -> Any:
+    """The batch claim whose first job is `oldest`'s (a routed claim's oldest job)."""
+    batch_ids = (
+        select(_OTHER.c.id)
+        .select_from(_OTHER.join(_FIRST, _FIRST.c.id == oldest.scalar_subquery().correlate(None)))
+        .where(
+            _OTHER.c.status == QUEUED,
+            _OTHER.c.device == _FIRST.c.device,
+            or_(
+                _OTHER.c.id == _FIRST.c.id,
+                and_(
+                    _FIRST.c.init_image.is_(None),
+                    _FIRST.c.mask.is_(None),
+                    _OTHER.c.init_image.is_(None),
+                    _OTHER.c.mask.is_(None),
+                    cast(_OTHER.c.extra_params, Text).is_not_distinct_from(
+                        cast(_FIRST.c.extra_params, Text)
+                    ),
+                    *(
+                        _OTHER.c[name].is_not_distinct_from(_FIRST.c[name])
+                        for name in BATCH_COLUMNS
+                    ),
+                ),
+            ),
+        )
+        .order_by(_OTHER.c.id)
+        .limit(bindparam("most"))
+        .correlate(None)
+    )
+    return (
+        update(GENERATIONS)
+        .where(GENERATIONS.c.id.in_(batch_ids), GENERATIONS.c.status == QUEUED)
+        .values(
+            status=RUNNING,
+            worker_id=bindparam("owner"),
+            node=bindparam("node_name"),
+            started_at=bindparam("now"),
+        )
+        .returning(*GENERATIONS.c, _PROJECT_NAME)
+    )
+
+
+_CLAIM_BATCH = _claim_batch(_OLDEST_QUEUED)
+_CLAIM_BATCH_HELD = _claim_batch(_OLDEST_QUEUED_HELD)
+
+
+def _claim_values(
+    device: str | Collection[str],
+    owner: str,
+    models: tuple[Collection[str], Collection[str]] | None,
+    node: str | None,
+) -> tuple[dict[str, Any], bool]:
+    """A claim's parameters, and whether it is limited to the models a node holds."""
+    forms = [device] if isinstance(device, str) else list(device)
+    values: dict[str, Any] = {"device_forms": forms, "owner": owner, "node_name": node}
+    if models is None:
+        return values, False
+    names, hashes = models
+    return values | {"model_names": list(names), "model_hashes": list(hashes)}, True
+
 
 _SUCCEED = (
     update(GENERATIONS)
@@ -240,7 +305,7 @@ _FLAG_PROJECT_RUNNING = (
     .returning(GENERATIONS.c.id)
 )
 
-_RUNNING_OWNERS = select(GENERATIONS.c.id, GENERATIONS.c.worker_id).where(
+_RUNNING_OWNERS = select(GENERATIONS.c.id, GENERATIONS.c.worker_id, GENERATIONS.c.node).where(
     GENERATIONS.c.status == RUNNING
 )
 
@@ -261,7 +326,7 @@ _INTERRUPT_WORKER = (
     update(GENERATIONS)
     .where(
         GENERATIONS.c.status == RUNNING,
-        GENERATIONS.c.device == bindparam("on_device"),
+        GENERATIONS.c.device.in_(bindparam("device_forms", expanding=True)),
         GENERATIONS.c.worker_id == bindparam("owner"),
     )
     .values(
@@ -354,39 +419,65 @@ class JobQueue:
                     connection.execute(_SET_INPUTS, {"job_key": job_id, **columns})
         return Enqueued(job_id, ahead)
 
-    def claim(self, device: str, owner: str) -> tuple[Generation, str] | None:
-        """The oldest queued job of `device`, now running under `owner`, and its project's name;
-        None when nothing waits. One conditional UPDATE … RETURNING: two workers (even in two
-        processes) never claim the same row."""
+    def claim(
+        self,
+        device: str | Collection[str],
+        owner: str,
+        models: tuple[Collection[str], Collection[str]] | None = None,
+        node: str | None = None,
+    ) -> tuple[Generation, str] | None:
+        """The oldest queued job asking for `device` (or one of several forms of it), now
+        running under `owner` on `node`, and its project's name; None when nothing waits.
+        `models`: (names, short hashes) of the models the node holds — a job of another model
+        is left to a node that has it; None: any model. One conditional UPDATE … RETURNING:
+        two workers (even in two processes or on two hosts) never claim the same row."""
+        values, held = _claim_values(device, owner, models, node)
+        claim, oldest = (_CLAIM_HELD, _OLDEST_QUEUED_HELD) if held else (_CLAIM, _OLDEST_QUEUED)
         with self._db.begin() as connection:
             for _ in range(3):  # PostgreSQL: another worker may win the row between the two
-                row = connection.execute(
-                    _CLAIM, {"on_device": device, "owner": owner, "now": utcnow()}
-                ).first()
+                row = connection.execute(claim, values | {"now": utcnow()}).first()
                 if row is not None:
                     return _transient(Generation, GENERATIONS, row), row.project_name or ""
-                if connection.execute(_OLDEST_QUEUED, {"on_device": device}).first() is None:
+                if connection.execute(oldest, values).first() is None:
                     return None
         return None
 
-    def claim_batch(self, device: str, owner: str, most: int) -> list[tuple[Generation, str]]:
-        """Up to `most` queued jobs of `device` that can run together, now running under
-        `owner`, oldest first, each with its project's name: the oldest queued job and the
-        younger ones that match it (`BATCH_COLUMNS`, the same `extra_params`, no input
-        image). Empty when nothing waits. One conditional UPDATE … RETURNING, as `claim`."""
-        values = {"on_device": device, "owner": owner, "now": utcnow(), "most": most}
+    def claim_batch(
+        self,
+        device: str | Collection[str],
+        owner: str,
+        most: int,
+        models: tuple[Collection[str], Collection[str]] | None = None,
+        node: str | None = None,
+    ) -> list[tuple[Generation, str]]:
+        """Up to `most` queued jobs that can run together, now running under `owner` on
+        `node`, oldest first, each with its project's name: the oldest job `claim` would take
+        and the younger ones asking for the same device that match it (`BATCH_COLUMNS`, the
+        same `extra_params`, no input image). Empty when nothing waits. One conditional
+        UPDATE … RETURNING, as `claim`."""
+        values, held = _claim_values(device, owner, models, node)
+        claim, oldest = (
+            (_CLAIM_BATCH_HELD, _OLDEST_QUEUED_HELD) if held else (_CLAIM_BATCH, _OLDEST_QUEUED)
+        )
         with self._db.begin() as connection:
             for _ in range(3):  # PostgreSQL: another worker may win the rows between the two
-                rows = connection.execute(_CLAIM_BATCH, values).all()
+                rows = connection.execute(claim, values | {"now": utcnow(), "most": most}).all()
                 if rows:
-                    claimed = sorted(rows, key=lambda row: row.id)
                     return [
                         (_transient(Generation, GENERATIONS, row), row.project_name or "")
-                        for row in claimed
+                        for row in sorted(rows, key=lambda row: row.id)
                     ]
-                if connection.execute(_OLDEST_QUEUED, {"on_device": device}).first() is None:
+                if connection.execute(oldest, values).first() is None:
                     return []
         return []
+
+    def hand_back(self, job_id: int, owner: str) -> bool:
+        """A running job of `owner` back to queued (its node is stopping): another worker,
+        or this node after a restart, runs it from the start. False when it was not running
+        under `owner` (then nothing changes)."""
+        with self._db.begin() as connection:
+            done = connection.execute(_HAND_BACK, {"job_key": job_id, "owner": owner})
+        return bool(done.rowcount)
 
     def succeed(
         self,
@@ -451,26 +542,39 @@ class JobQueue:
 
     def fail_orphaned(self, alive: Collection[str]) -> list[int]:
         """Recovery: every running job whose worker id is not in `alive` (its process stopped
-        beating) → failed, interrupted. The ids failed. A job claimed meanwhile by a process
-        not in `alive` is not among them: only the rows seen running before are changed."""
+        beating) → failed, interrupted, naming the node that ran it. The ids failed. A job
+        claimed meanwhile by a process not in `alive` is not among them: only the rows seen
+        running before are changed."""
         with self._db.begin() as connection:
-            orphans = [
-                job_id
-                for job_id, worker_id in connection.execute(_RUNNING_OWNERS)
-                if worker_id not in alive
-            ]
-            if not orphans:
-                return []
-            values = {"job_keys": orphans, "message": INTERRUPTED, "now": utcnow()}
-            return sorted(connection.execute(_INTERRUPT, values).scalars())
+            by_node: dict[str | None, list[int]] = {}
+            for job_id, worker_id, node in connection.execute(_RUNNING_OWNERS):
+                if worker_id not in alive:
+                    by_node.setdefault(node, []).append(job_id)
+            failed: list[int] = []
+            for node, orphans in by_node.items():
+                message = INTERRUPTED if node is None else NODE_STOPPED.format(node=node)
+                values = {"job_keys": orphans, "message": message, "now": utcnow()}
+                failed.extend(connection.execute(_INTERRUPT, values).scalars())
+        return sorted(failed)
 
-    def fail_dead_worker(self, device: str, owner: str, exit_code: int | None) -> list[int]:
-        """A worker process of `owner` for `device` died: the job it was running → failed,
-        interrupted (saying the exit code). The ids failed."""
-        values = {"on_device": device, "owner": owner, "now": utcnow(),
+    def fail_dead_worker(
+        self,
+        device: str | Collection[str],
+        owner: str,
+        exit_code: int | None,
+        job_id: int | None = None,
+    ) -> list[int]:
+        """A worker process of `owner` for `device` (or its forms: "cuda:0", "cuda", "auto",
+        …) died: the job it was running (`job_id`, when known: two of the owner's workers may
+        run "auto" jobs) → failed, interrupted (saying the exit code). The ids failed."""
+        forms = [device] if isinstance(device, str) else list(device)
+        values = {"device_forms": forms, "owner": owner, "now": utcnow(),
                   "message": DIED.format(code=exit_code)}  # fmt: skip
+        statement = _INTERRUPT_WORKER
+        if job_id is not None:
+            statement = statement.where(GENERATIONS.c.id == job_id)
         with self._db.begin() as connection:
-            return list(connection.execute(_INTERRUPT_WORKER, values).scalars())
+            return list(connection.execute(statement, values).scalars())
 
     def cancel_requested(self, job_id: int) -> bool:
         """Whether the job's row asks for a cancel; True when the row is gone."""

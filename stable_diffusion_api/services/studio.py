@@ -14,6 +14,8 @@ queue — or reuse the app's when mounted inside it:
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.services.assets import AssetService
@@ -23,6 +25,7 @@ from stable_diffusion_api.services.generator import Generator
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.identity import Place, bind_store
 from stable_diffusion_api.services.job_queue import JobQueue
+from stable_diffusion_api.services.nodes import NodeRegistry
 from stable_diffusion_api.services.pg_notify import web_live
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.projects import ProjectService
@@ -42,9 +45,16 @@ class Studio:
         settings: Settings,
         generator: Generator | None = None,
         worker_mode: str | None = None,
+        devices: Collection[str] | None = None,
+        node_command: bool = False,
+        hub: ProgressHub | None = None,
     ) -> None:
         """`generator` replaces the engine (tests); an injected generator lives in this process,
-        so its workers are threads. `worker_mode` overrides `settings.worker_mode`."""
+        so its workers are threads. `worker_mode` overrides `settings.worker_mode`.
+        `devices`: only these local devices (ids or kinds) get workers. `node_command`: this is
+        `python -m stable_diffusion_api worker` (services/node_worker.py): a stopping worker
+        hands its job back to the queue, and start-up leaves image files alone. `hub`: where
+        progress reports go (default: a plain in-process `ProgressHub`)."""
         if worker_mode is None:
             worker_mode = "thread" if generator is not None else settings.worker_mode
         if generator is None:
@@ -63,6 +73,10 @@ class Studio:
         # and new jobs announced to them (services/pg_notify.py). None on SQLite.
         self.live = web_live(settings.resolved_database_url, self.hub)
         self.hardware = HardwareService(generator)
+        self.hub = hub if hub is not None else ProgressHub()
+        self.node_command = node_command
+        self.nodes = NodeRegistry(self.db, settings.resolved_node_name, settings.stale_after_s)
+        self.hardware = HardwareService(generator, self.nodes, settings.run_workers, devices)
         self.samplers = SamplerCatalog(generator)
         self.models = ModelRegistry(settings, self.db, generator)
         self.speeds = SpeedService(self.db)
@@ -85,6 +99,8 @@ class Studio:
             self.speeds,
             worker_mode,
             self.jobs,
+            self.nodes,
+            hand_back=node_command,
         )
         self.generations = GenerationService(
             settings,
@@ -115,10 +131,17 @@ class Studio:
         # Before recovery looks for files no row points at: are these rows and files one
         # studio's? (StudioMismatch stops the start with nothing changed.)
         self.studio_id = bind_store(self.db, self.storage.store, self._store_place())
+        if self.settings.run_workers:  # a taken name stops it before the engine loads
+            self.nodes.check_name_free(explicit=self.settings.node_name is not None)
         self.hardware.refresh()
         if self.live is not None:
             self.live.start()
-        report = self.workers.start()
+        # Image rows and files are checked against the store by a single machine only (a web
+        # host or a node leaves it to that machine's rules: docs/scale-out.md). NodeNameTaken
+        # stops a node whose name is taken.
+        report = self.workers.start(
+            recover_files=self.settings.run_workers and not self.node_command
+        )
         self.started = True
         return report
 

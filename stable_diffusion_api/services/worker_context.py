@@ -38,6 +38,9 @@ class WorkerContext:
     speeds: SpeedService
     instance_id: str  # jobs are claimed under the server process's id (its heartbeat)
     stopping: threading.Event
+    # On stopping, a running job goes back to the queue (a node's worker command) rather than
+    # ending interrupted (the single machine, as if it had crashed).
+    hand_back: bool = False
 
 
 @dataclass
@@ -55,6 +58,27 @@ class Benchmark:
 
     def mark(self, status: str, error: str | None = None) -> None:
         self.status, self.error = status, error
+
+
+@dataclass(frozen=True)
+class BenchmarkView:
+    """A benchmark as listed: run here (`Benchmark`) or asked of another node (its request
+    row); `device` is `node/device` for the latter."""
+
+    device: str
+    dtype: str | None
+    model: str
+    width: int | None
+    height: int | None
+    steps: int
+    status: str  # queued, running, done, failed
+    error: str | None
+
+    @classmethod
+    def of(cls, benchmark: Benchmark, node: str) -> BenchmarkView:
+        """`benchmark`, run by `node`'s worker."""
+        return cls(f"{node}/{benchmark.device}", benchmark.dtype, benchmark.model.name, benchmark.width,
+                   benchmark.height, benchmark.steps, benchmark.status, benchmark.error)  # fmt: skip
 
 
 def benchmark_key(benchmark: Benchmark) -> tuple[object, ...]:

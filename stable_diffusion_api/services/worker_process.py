@@ -37,6 +37,7 @@ from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.models import FAILED, FailureKind
 from stable_diffusion_api.services.device_worker import DeviceWorker, ServerGone
 from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec
+from stable_diffusion_api.services.nodes import accepted_forms
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.worker_context import (
     Benchmark,
@@ -86,6 +87,8 @@ class ProcessWorker:
         self._benchmarks: dict[tuple[object, ...], Benchmark] = {}
         self._forwards: dict[int, Future[ForwardResult]] = {}
         self._request_ids = itertools.count(1)
+        self._running: int | None = None  # the job the child said it started, until its end
+        self.forms = accepted_forms(context.settings.resolved_node_name, device)
 
     def start(self) -> None:
         spawn = multiprocessing.get_context("spawn")
@@ -163,6 +166,11 @@ class ProcessWorker:
                 message: FromWorker = conn.recv()
             except (EOFError, OSError):
                 break
+            match message:  # which job the child runs, for its death
+                case JobStarted(job_id, _):
+                    self._running = job_id
+                case JobFinished():
+                    self._running = None
             if replay(hub, message):
                 continue
             match message:
@@ -214,13 +222,16 @@ class ProcessWorker:
         context = self.context
         while True:
             try:
-                failed = context.jobs.fail_dead_worker(self.device, context.instance_id, code)
+                failed = context.jobs.fail_dead_worker(
+                    self.forms, context.instance_id, code, self._running
+                )
             except DatabaseUnavailable:  # the database has logged why
                 if context.stopping.wait(context.settings.poll_s):
                     return
                 continue
             for job_id in failed:
                 context.hub.finish(job_id, FAILED)
+            self._running = None
             return
 
 

@@ -17,6 +17,12 @@ files no row points at are deleted, so no row points at a missing file.
 
 The diffusion explorer's forward process runs on the device's worker too
 (`WorkerPool.forward_process`), so the web process never loads a second pipeline.
+
+Nodes (services/nodes.py): a pool with workers registers its process as a node — its name,
+its devices, the models it holds — and its heartbeat keeps the models current. Every process's
+heartbeat also sweeps: the running jobs of a process whose heartbeat stopped (or that was
+killed on this host) are failed naming its node, whichever live process sees it first. A pool
+without workers (`DALI_RUN_WORKERS=false`, a web host) only beats and sweeps.
 """
 
 from __future__ import annotations
@@ -29,14 +35,17 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 from PIL import Image as PILImage
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
+from stable_diffusion_api.errors import InvalidField
 from stable_diffusion_api.models import (
     RUNNING,
+    BenchmarkRequest,
     FailureKind,
     Generation,
     Image,
@@ -44,15 +53,29 @@ from stable_diffusion_api.models import (
     utcnow,
 )
 from stable_diffusion_api.services.device_worker import DeviceWorker
-from stable_diffusion_api.services.generator import ForwardResult, ForwardSpec, Generator
+from stable_diffusion_api.services.generator import (
+    DeviceSpec,
+    ForwardResult,
+    ForwardSpec,
+    Generator,
+)
 from stable_diffusion_api.services.hardware import HardwareService
 from stable_diffusion_api.services.job_queue import JobQueue
+from stable_diffusion_api.services.nodes import (
+    Node,
+    NodeRegistry,
+    held_models,
+    model_json,
+    pid_exists,
+    spec_json,
+)
 from stable_diffusion_api.services.progress import ProgressHub
 from stable_diffusion_api.services.registry import ModelRegistry
 from stable_diffusion_api.services.speeds import SpeedService
 from stable_diffusion_api.services.storage import ImageStorage
 from stable_diffusion_api.services.worker_context import (
     Benchmark,
+    BenchmarkView,
     ForwardFailed,
     Worker,
     WorkerContext,
@@ -61,17 +84,6 @@ from stable_diffusion_api.services.worker_context import (
 from stable_diffusion_api.services.worker_process import ProcessWorker
 
 log = logging.getLogger(__name__)
-
-
-def pid_exists(pid: int) -> bool:
-    """Whether a process with this pid runs on this host (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0
-    return pid > 0
 
 
 @dataclass(frozen=True)
@@ -94,11 +106,18 @@ class WorkerPool:
         speeds: SpeedService,
         mode: str = "thread",
         jobs: JobQueue | None = None,
+        nodes: NodeRegistry | None = None,
+        hand_back: bool = False,
     ) -> None:
+        """`nodes`: where it registers its node (None: it registers none); `hand_back`: on
+        stopping, running jobs go back to the queue (the worker command)."""
         self.db = db
         self.hardware = hardware
+        self.nodes = nodes
         self.mode = mode  # "thread" or "process" (services/worker_process.py)
         self.benchmarks: dict[tuple[object, ...], Benchmark] = {}
+        # Benchmarks other nodes asked of this one, by request id, until they end.
+        self._asked: dict[int, Benchmark] = {}
         self._context = WorkerContext(
             settings=settings,
             jobs=jobs if jobs is not None else JobQueue(db),
@@ -109,6 +128,7 @@ class WorkerPool:
             speeds=speeds,
             instance_id=f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
             stopping=threading.Event(),
+            hand_back=hand_back,
         )
         self._workers: dict[str, Worker] = {}
         self._heartbeat: threading.Thread | None = None
@@ -158,15 +178,23 @@ class WorkerPool:
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def start(self) -> RecoveryReport:
+    def start(self, recover_files: bool = True) -> RecoveryReport:
+        """Register this process (as a node when it runs workers: NodeNameTaken when its name
+        is another live node's), recover, start one worker per local device. `recover_files`
+        False: leave image rows and files alone (a node whose data folder is not the
+        studio's only one)."""
+        devices = self.hardware.local_devices
+        node = self._node(devices)
+        if node is not None and self.nodes is not None:
+            self.nodes.check_name_free(explicit=self.settings.node_name is not None)
         with self.db.session() as session:
-            session.add(
-                WorkerProcess(id=self.instance_id, hostname=socket.gethostname(), pid=os.getpid())
-            )
-        report = self.recover()
+            session.add(self._process_row(node))
+        if self.nodes is not None:
+            self.nodes.set_own(node)
+        report = self.recover() if recover_files else self._recover_jobs()
         if report.interrupted:
             log.warning("marked interrupted jobs failed: %s", report.interrupted)
-        for device in self.hardware.devices:
+        for device in devices:
             worker: Worker
             if self.mode == "process":
                 worker = ProcessWorker(self._context, device.id)
@@ -177,6 +205,15 @@ class WorkerPool:
         self._heartbeat = threading.Thread(target=self._beat, name="dali-heartbeat", daemon=True)
         self._heartbeat.start()
         return report
+
+    def _node(self, devices: list[DeviceSpec]) -> Node | None:
+        """This process as a node: None when it runs no workers."""
+        if self.nodes is None or not self.settings.run_workers:
+            return None
+        return Node(self.nodes.name, tuple(devices), held_models(self.models.list()))
+
+    def _recover_jobs(self) -> RecoveryReport:
+        return RecoveryReport(self._fail_orphaned_jobs(), 0, 0)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every worker: a running job is canceled at its next step and marked
@@ -197,8 +234,11 @@ class WorkerPool:
         return dict(self._workers)
 
     def wake(self, device: str) -> None:
-        worker = self._workers.get(device)
-        if worker is not None:
+        """A job for `device` was queued: wake the local workers that may run it (any of
+        them for "cuda", "auto", …; a node on another host finds it at its next poll)."""
+        for worker in list(self._workers.values()):
+            if isinstance(worker, (DeviceWorker, ProcessWorker)) and device not in worker.forms:
+                continue
             worker.wake()
 
     def _cancel(self, job_id: int, keep_partial: bool = False) -> None:
@@ -207,21 +247,46 @@ class WorkerPool:
             worker.request_cancel(job_id, keep_partial)
 
     def _beat(self) -> None:
-        last_sweep = 0.0
+        """Beat (keeping a node's models current) and sweep: a dead process's running jobs
+        failed, every beat, so within the stale window of its last."""
         while not self.stopping.wait(self.settings.heartbeat_s):
             try:
+                values: dict[str, object] = {"heartbeat_at": utcnow()}
+                own = self.nodes.own if self.nodes is not None else None
+                if own is not None:
+                    node = Node(own.name, own.devices, held_models(self.models.list()))
+                    assert self.nodes is not None
+                    self.nodes.set_own(node)
+                    values["models"] = [model_json(m) for m in node.models or ()]
                 with self.db.session() as session:
-                    session.execute(
+                    beat = session.execute(
                         update(WorkerProcess)
                         .where(WorkerProcess.id == self.instance_id)
-                        .values(heartbeat_at=utcnow())
+                        .values(**values)
                     )
+                    if (
+                        cast("CursorResult[Any]", beat).rowcount == 0
+                    ):  # swept while the database was away: back again
+                        session.add(self._process_row(own))
                 self.db.writes_work()  # a refusal (disk full, …) is over: /health says so
-                if time.monotonic() - last_sweep > self.settings.stale_after_s:
-                    last_sweep = time.monotonic()
-                    self._fail_orphaned_jobs()
+                if own is not None:
+                    self._remote_benchmarks()
+                failed = self._fail_orphaned_jobs()
+                if failed:
+                    log.warning("jobs of stopped processes marked failed: %s", failed)
             except Exception:  # the heartbeat must outlive a locked or briefly absent database
                 log.exception("heartbeat failed")
+
+    def _process_row(self, node: Node | None) -> WorkerProcess:
+        """This process's row in `worker_processes`, with its node's registration."""
+        return WorkerProcess(
+            id=self.instance_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            node=node.name if node is not None else None,
+            devices=[spec_json(d) for d in node.devices] if node is not None else None,
+            models=[model_json(m) for m in node.models or ()] if node is not None else None,
+        )
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -309,6 +374,70 @@ class WorkerPool:
         self._workers[benchmark.device].request_benchmark(benchmark)
         return benchmark
 
+    def benchmark(
+        self,
+        device: str,
+        dtype: str | None,
+        model: str | None,
+        width: int | None,
+        height: int | None,
+        steps: int,
+    ) -> BenchmarkView:
+        """Measure `model` on `device`: on this host's worker when the device is its own,
+        else asked of the first live node whose device it names (that node's heartbeat takes
+        it up). InvalidField for an unknown device, dtype or model."""
+        spec, chosen = self.hardware.check(device, dtype)
+        try:
+            local = self.hardware.local(device)
+        except InvalidField:
+            local = None
+        if local is not None:
+            entry = self.models.resolve(model)
+            asked = self.request_benchmark(Benchmark(local.id, chosen, entry, width, height, steps))
+            return BenchmarkView.of(asked, self.hardware.node_name)
+        node, on_node = self.hardware.matching(spec.id)[0].split("/", 1)
+        assert self.nodes is not None  # another node is live, so there is a registry
+        name = model
+        if name is None or self.models.find(name) is not None:
+            name = self.models.resolve(model).name
+        return _request_view(
+            self.nodes.ask_benchmark(node, on_node, chosen, name, width, height, steps)
+        )
+
+    def benchmark_views(self) -> list[BenchmarkView]:
+        """The benchmarks run here this session, then those asked of other nodes."""
+        here = [BenchmarkView.of(b, self.hardware.node_name) for b in self.benchmarks.values()]
+        if self.nodes is None:
+            return here
+        asked = [r for r in self.nodes.benchmark_requests() if r.node != self.nodes.name]
+        return here + [_request_view(r) for r in asked]
+
+    def _remote_benchmarks(self) -> None:
+        """Run the benchmarks asked of this node, and write how the finished ones ended."""
+        assert self.nodes is not None
+        for request in self.nodes.take_benchmarks():
+            try:
+                entry = self.models.resolve(request.model)
+                if request.device not in self._workers:
+                    raise InvalidField("device", request.device, "no worker for it here")
+            except InvalidField as exc:
+                self.nodes.benchmark_ended(request.id, "failed", str(exc))
+                continue
+            self._asked[request.id] = self.request_benchmark(
+                Benchmark(
+                    request.device,
+                    request.dtype,
+                    entry,
+                    request.width,
+                    request.height,
+                    request.steps,
+                )  # fmt: skip
+            )
+        for request_id, benchmark in list(self._asked.items()):
+            if benchmark.status in ("done", "failed"):
+                self.nodes.benchmark_ended(request_id, benchmark.status, benchmark.error)
+                del self._asked[request_id]
+
     # -- engine tasks -----------------------------------------------------------------------
 
     def forward_process(
@@ -328,7 +457,9 @@ class WorkerPool:
         timestep out of range), ForwardFailed when the run failed otherwise, TimeoutError after
         `timeout` seconds (the task is then dropped if it has not begun)."""
         entry = self.models.resolve(model or None)
-        spec_device, chosen = self.hardware.check(device, dtype)
+        local = self.hardware.local(device)
+        spec_device, chosen = self.hardware.check(local.id, dtype)
+        spec_device = local
         worker = self._workers.get(spec_device.id)
         if worker is None or self.stopping.is_set():
             raise ForwardFailed("the workers are not running", FailureKind.INTERRUPTED)
@@ -353,4 +484,17 @@ class WorkerPool:
             ) from None
 
 
-__all__ = ["Benchmark", "DeviceWorker", "ForwardFailed", "RecoveryReport", "WorkerPool"]
+def _request_view(request: BenchmarkRequest) -> BenchmarkView:
+    return BenchmarkView(f"{request.node}/{request.device}", request.dtype, request.model,
+                         request.width, request.height, request.steps, request.state,
+                         request.error)  # fmt: skip
+
+
+__all__ = [
+    "Benchmark",
+    "BenchmarkView",
+    "DeviceWorker",
+    "ForwardFailed",
+    "RecoveryReport",
+    "WorkerPool",
+]

@@ -12,9 +12,13 @@ from tests.api.fakes import FakeGenerator, write_fake_checkpoint
 from tests.api.helpers import make_project, submit, wait_for
 
 
-def test_hardware_lists_every_device_with_its_dtypes(client: TestClient) -> None:
+def test_hardware_lists_every_device_with_its_dtypes(
+    client: TestClient, settings: Settings
+) -> None:
     devices = client.get("/api/v1/hardware").json()
-    assert [d["id"] for d in devices] == ["cpu", "cuda:0"]
+    node = settings.resolved_node_name  # the single machine is a node too: node/device ids
+    assert [d["id"] for d in devices] == [f"{node}/cpu", f"{node}/cuda:0"]
+    assert [(d["node"], d["device"]) for d in devices] == [(node, "cpu"), (node, "cuda:0")]
     cpu, gpu = devices
     assert cpu["name"] == "Fake CPU" and cpu["cores"] == 2 and cpu["total_memory"] > 0
     assert cpu["dtypes"] == ["float32", "bfloat16"] and cpu["speeds"] == []
@@ -74,14 +78,16 @@ def test_models_list_builtin_and_files_with_cached_hashes(
     client: TestClient, settings: Settings, fake: FakeGenerator
 ) -> None:
     models_dir = settings.resolved_models_dir
+    # Counted from before the files appear: the node's heartbeat lists its models too (the
+    # built-in was inspected when the node registered at start).
+    calls = []
+    original = fake.inspect_checkpoint
+    fake.inspect_checkpoint = lambda path: calls.append(path) or original(path)  # type: ignore[method-assign]
     write_fake_checkpoint(models_dir / "v1-5-pruned-emaonly.safetensors", payload=b"x")
     write_fake_checkpoint(models_dir / "sub" / "inpaint.ckpt", "sd-v1-inpainting")
     (models_dir / "notes.txt").write_text("ignored")
     (models_dir / "broken.safetensors").write_bytes(b"garbage")
 
-    calls = []
-    original = fake.inspect_checkpoint
-    fake.inspect_checkpoint = lambda path: calls.append(path) or original(path)  # type: ignore[method-assign]
     models = {m["name"]: m for m in client.get("/api/v1/models").json()}
     assert list(models)[0] == "dali-tiny"
     assert set(models) == {"dali-tiny", "v1-5-pruned-emaonly", "inpaint", "broken"}
@@ -96,9 +102,11 @@ def test_models_list_builtin_and_files_with_cached_hashes(
         not models["broken"]["available"] and "not a Stable Diffusion" in models["broken"]["error"]
     )
 
-    assert len(calls) == 4
+    assert sorted(path.name for path in calls) == [
+        "broken.safetensors", "inpaint.ckpt", "v1-5-pruned-emaonly.safetensors"
+    ]  # fmt: skip
     client.get("/api/v1/models")  # hashed once: unchanged files are not read again
-    assert len(calls) == 4
+    assert len(calls) == 3
     project = make_project(client)
     by_hash = submit(client, project["id"], model=full["short_hash"])
     assert wait_for(client, by_hash["id"])["model"] == "v1-5-pruned-emaonly"
@@ -111,10 +119,10 @@ def test_models_list_builtin_and_files_with_cached_hashes(
 
     with TestClient(create_app(settings, fake)) as again:
         again.get("/api/v1/models")
-        assert len(calls) == 4
+        assert len(calls) == 3
         write_fake_checkpoint(models_dir / "v1-5-pruned-emaonly.safetensors", payload=b"changed!")
         changed = {m["name"]: m for m in again.get("/api/v1/models").json()}
-        assert len(calls) == 5 and changed["v1-5-pruned-emaonly"]["sha256"] != full["sha256"]
+        assert len(calls) == 4 and changed["v1-5-pruned-emaonly"]["sha256"] != full["sha256"]
 
 
 def test_a_missing_builtin_model_is_listed_honestly(settings: Settings, tmp_path: Path) -> None:

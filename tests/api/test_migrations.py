@@ -15,7 +15,7 @@ from stable_diffusion_api.db import Database
 from stable_diffusion_api.models import Base
 
 TABLES = {"projects", "generations", "images", "model_files", "speed_measurements",
-          "worker_processes", "studio_identity"}  # fmt: skip
+          "worker_processes", "studio_identity", "benchmark_requests"}  # fmt: skip
 PROJECT_ROW = (
     "INSERT INTO projects (id, name, description, device, low_memory, defaults,"
     " created_at, updated_at) VALUES (1, 'p', '', 'cpu', 0, '{}', '2025-01-01', '2025-01-01')"
@@ -49,7 +49,7 @@ def test_upgrade_matches_the_orm_and_downgrade_removes_it(tmp_path: Path) -> Non
         # No difference between what the migrations built and what the models declare.
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        assert version == "0011"
+        assert version == "0012"
     db.downgrade("base")
     with db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == {"alembic_version"}

@@ -138,7 +138,8 @@ def test_hardware_page_and_benchmark_form(client: TestClient) -> None:
     )
     queued = client.post("/hardware/benchmark", data={"device": "cpu"}, follow_redirects=False)
     assert queued.status_code == 303
-    assert client.get("/api/v1/hardware/benchmarks").json()[0]["device"] == "cpu"
+    node = client.app.state.studio.hardware.node_name  # type: ignore[attr-defined]
+    assert client.get("/api/v1/hardware/benchmarks").json()[0]["device"] == f"{node}/cpu"
 
 
 def test_static_files_are_served(client: TestClient) -> None:

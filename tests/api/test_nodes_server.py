@@ -1,0 +1,176 @@
+"""Scale-out end to end (issue 20): a web host without workers and two worker nodes, real
+processes on one throwaway PostgreSQL database, the built-in model.
+
+The web host (`DALI_RUN_WORKERS=false python -m stable_diffusion_api`) queues; two
+`python -m stable_diffusion_api worker` processes, each with its own data folder and
+DALI_NODE_NAME, run the jobs. Until the shared object store lands (helper "storage"), a node's
+images land in its own data folder, so this checks the records (which node ran each job, the
+PNG's path), not the downloads from the web host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image as PILImage
+
+from tests.postgres import PostgresServer
+from tests.servers import ROOT, free_port, stop
+
+pytestmark = [pytest.mark.server, pytest.mark.postgres]
+
+BUILTIN = ROOT / "data" / "models" / "dali-tiny.safetensors"
+FAST = {"DALI_POLL_S": "0.2", "DALI_HEARTBEAT_S": "0.5", "DALI_STALE_AFTER_S": "3",
+        "DALI_FILMSTRIP_FRAMES": "0", "DALI_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1"}  # fmt: skip
+JOB = {"prompt": "a red circle in the center on a blue background", "steps": 3,
+       "width": 64, "height": 64, "seed": 1}  # fmt: skip
+
+
+def environment(database: str, data: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
+    return env | FAST | {"DALI_DATABASE_URL": database, "DALI_DATA_DIR": str(data)} | extra
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "stable_diffusion_api", *args], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def node_data(tmp_path: Path, name: str) -> Path:
+    """A node's own data folder, holding the built-in model (a link to the repository's)."""
+    models = tmp_path / name / "models"
+    models.mkdir(parents=True)
+    (models / BUILTIN.name).symlink_to(BUILTIN)
+    return tmp_path / name
+
+
+def until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    database = postgres.new_database()
+    port = free_port()
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    web_env = environment(database, tmp_path / "web", DALI_RUN_WORKERS="false",
+                          DALI_PORT=str(port), DALI_NODE_NAME="web")  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def start_web() -> None:
+            """Start (or start again) the web host; back once it answers."""
+            processes["web"] = start([], web_env, tmp_path / "web.log")
+
+            def web_up() -> bool:
+                assert processes["web"].poll() is None, (tmp_path / "web.log").read_text()
+                try:
+                    return httpx.get(f"{url}/api/v1/health", timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            until(web_up, 60, "the web host")
+
+        start_web()  # it ran the migrations: the nodes need not race for them
+        for name in ("node-a", "node-b"):
+            env = environment(database, node_data(tmp_path, name), DALI_NODE_NAME=name)
+            processes[name] = start(["worker"], env, tmp_path / f"{name}.log")
+        yield {"url": url, "database": database, "processes": processes, "restart_web":
+               lambda: (stop(processes["web"]), start_web())}  # fmt: skip
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                stop(process)
+
+
+def test_two_nodes_share_the_work_and_a_killed_node_is_reported(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    url, processes = cluster["url"], cluster["processes"]
+    client = httpx.Client(base_url=url, timeout=10)
+
+    def nodes_listed() -> set[str]:
+        return {d["node"] for d in client.get("/api/v1/hardware").json()}
+
+    # Both nodes register; the web host has no device of its own.
+    until(lambda: nodes_listed() == {"node-a", "node-b"}, 40, "both nodes to register")
+    devices = client.get("/api/v1/hardware").json()
+    assert {d["id"] for d in devices} == {"node-a/cpu", "node-b/cpu"}
+
+    # A second node under a taken name is refused at start (checked below, while jobs run).
+    env = environment(cluster["database"], node_data(tmp_path, "twin"), DALI_NODE_NAME="node-a")
+    twin = subprocess.Popen([sys.executable, "-m", "stable_diffusion_api", "worker"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+    project = client.post("/api/v1/projects", json={"name": "nodes", "device": "cpu"}).json()
+    jobs = f"/api/v1/projects/{project['id']}/generations"
+    ids = [client.post(jobs, json=JOB | {"seed": seed}).json()["id"] for seed in range(4)]
+
+    def finished(job_id: int) -> dict[str, Any] | None:
+        view = client.get(f"/api/v1/generations/{job_id}").json()
+        return view if view["status"] not in ("queued", "running") else None
+
+    done = [until(lambda i=i: finished(i), 60, f"job {i}") for i in ids]
+    assert {view["status"] for view in done} == {"succeeded"}, done
+    assert {view["node"] for view in done} == {"node-a", "node-b"}  # spread over both
+    # Each PNG went to the data folder of the node that made it (no shared store yet), and
+    # its `dali` chunk names that node.
+    for view in done:
+        png = tmp_path / view["node"] / "images" / str(project["id"]) / f"{view['id']}-0.png"
+        with PILImage.open(png) as image:
+            assert json.loads(image.info["dali"])["node"] == view["node"]
+    said, _ = twin.communicate(timeout=30)
+    assert twin.returncode == 3 and b"DALI_NODE_NAME='node-a' is already used" in said, said
+
+    # A long job pinned to node-b, and one queued behind it there; work for any CPU too.
+    long_job = client.post(jobs, json=JOB | {"steps": 150, "device": "node-b/cpu"}).json()
+    behind = client.post(jobs, json=JOB | {"device": "node-b/cpu"}).json()
+    until(lambda: client.get(f"/api/v1/generations/{long_job['id']}").json()["status"]
+          == "running", 30, "node-b to start the long job")  # fmt: skip
+    os.kill(processes["node-b"].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    anywhere = [client.post(jobs, json=JOB | {"seed": 50 + n}).json()["id"] for n in range(2)]
+
+    failed = until(lambda: finished(long_job["id"]), 10, "the killed node's job to fail")
+    assert time.monotonic() - killed_at < 3 + 2  # within the stale window (and a beat)
+    assert failed["status"] == "failed" and failed["failure_kind"] == "interrupted"
+    assert "node-b" in failed["error"] and failed["node"] == "node-b"
+    # Its node is gone from the listing; work any node may run goes to node-a.
+    until(lambda: nodes_listed() == {"node-a"}, 10, "node-b to leave the listing")
+    for job_id in anywhere:
+        view = until(lambda j=job_id: finished(j), 30, f"job {job_id}")
+        assert (view["status"], view["node"]) == ("succeeded", "node-a")
+    # The job only node-b may run waits, saying why.
+    waiting = client.get(f"/api/v1/generations/{behind['id']}").json()
+    assert waiting["status"] == "queued" and "node-b is not live" in waiting["waiting_reason"]
+
+    # The web host restarts: no job lost, none failed by it, the waiting one still waits.
+    listed = client.get(jobs).json()
+    cluster["restart_web"]()
+    assert client.get(jobs).json() == listed
+    waiting = client.get(f"/api/v1/generations/{behind['id']}").json()
+    assert waiting["status"] == "queued" and "node-b is not live" in waiting["waiting_reason"]
+    assert nodes_listed() == {"node-a"}
+
+    # SIGTERM stops node-a cleanly.
+    processes["node-a"].send_signal(signal.SIGTERM)
+    assert processes["node-a"].wait(30) == 0
+    until(lambda: nodes_listed() == set(), 10, "node-a to leave the listing")
