@@ -6,8 +6,10 @@
 It registers the node (name, devices, models, heartbeat: services/nodes.py) in the shared
 database and runs one worker thread per device (no web server here, so no GIL to keep free
 for one), claiming the jobs that fit its devices and models. The web host
-(`DALI_RUN_WORKERS=false python -m stable_diffusion_api`) queues them; the workers find them
-by polling (`DeviceWorker.wait_for_work`). SIGTERM or SIGINT stops it cleanly: a running job
+(`DALI_RUN_WORKERS=false python -m stable_diffusion_api`) queues them; on PostgreSQL it says so
+over NOTIFY and the workers look at once (else at their poll, `DeviceWorker.wait_for_work`), and
+the node's progress, previews and finish reach the web host's pages the same way, as its
+cancels reach the node (services/pg_notify.py). SIGTERM or SIGINT stops it cleanly: a running job
 stops at its next step and goes back to the queue (another node, or this one restarted, runs
 it), then the node's row is removed. Exit codes: 0 stopped on request; 2 bad settings or
 `--device`; 3 its name is taken by another live node (set DALI_NODE_NAME).
@@ -23,10 +25,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from stable_diffusion_api.config import Settings
+
+if TYPE_CHECKING:
+    from stable_diffusion_api.services.studio import Studio
 
 log = logging.getLogger("stable_diffusion_api.worker")
 
@@ -69,8 +75,7 @@ def main(argv: Sequence[str]) -> int:
         print("dali worker: DALI_RUN_WORKERS=false leaves this node nothing to run",
               file=sys.stderr)  # fmt: skip
         return EXIT_SETTINGS
-    from stable_diffusion_api.services.identity import StudioMismatch
-    from stable_diffusion_api.services.nodes import NodeNameTaken
+    from stable_diffusion_api.services.pg_notify import node_live
     from stable_diffusion_api.services.progress import ProgressHub
     from stable_diffusion_api.services.studio import Studio
     from stable_diffusion_api.services.worker_process import wait_without_spinning
@@ -85,11 +90,34 @@ def main(argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # Progress goes to a plain in-process hub; the PostgreSQL publisher (LISTEN/NOTIFY,
-    # helper "live") that carries it to the web host replaces it on this line.
-    hub = ProgressHub()
+    # On PostgreSQL the node's reports go to the web hosts over NOTIFY (its hub publishes
+    # them), and cancels and "work queued" come back the same way (services/pg_notify.py); on
+    # SQLite (one machine, tests) a plain in-process hub.
+    live = node_live(settings.resolved_database_url)
+    hub = live.hub if live is not None else ProgressHub()
     studio = Studio(settings, worker_mode="thread", devices=args.device, node_command=True,
                     hub=hub)  # fmt: skip
+    if live is not None:  # the pool's workers already hear the hub's cancels
+
+        def wake_all(_device: str) -> None:
+            for worker in studio.workers.workers.values():
+                worker.wake()
+
+        live.on_work = wake_all
+        live.start()
+    try:
+        code = _serve(studio, args, stop)
+    finally:
+        if live is not None:
+            live.stop()
+    return code
+
+
+def _serve(studio: Studio, args: argparse.Namespace, stop: threading.Event) -> int:
+    """Start the node's workers and keep them until `stop`; the exit code."""
+    from stable_diffusion_api.services.identity import StudioMismatch
+    from stable_diffusion_api.services.nodes import NodeNameTaken
+
     try:
         studio.start()
     except NodeNameTaken as exc:

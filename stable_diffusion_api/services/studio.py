@@ -68,13 +68,12 @@ class Studio:
         self.db = Database(settings.resolved_database_url)
         self.storage = ImageStorage.open(settings.storage_url, settings.resolved_data_dir)
         self.jobs = JobQueue(self.db)  # every change of a job's status
-        self.hub = ProgressHub()
-        # On PostgreSQL, worker nodes on other hosts: their progress replayed on `hub`; cancels
-        # and new jobs announced to them (services/pg_notify.py). None on SQLite.
-        self.live = web_live(settings.resolved_database_url, self.hub)
-        self.hardware = HardwareService(generator)
         self.hub = hub if hub is not None else ProgressHub()
         self.node_command = node_command
+        # On PostgreSQL, worker nodes on other hosts: their progress replayed on `hub`; cancels
+        # and new jobs announced to them (services/pg_notify.py). None on SQLite, and in the
+        # worker command, whose node end is its own (worker_command.py).
+        self.live = None if node_command else web_live(settings.resolved_database_url, self.hub)
         self.nodes = NodeRegistry(self.db, settings.resolved_node_name, settings.stale_after_s)
         self.hardware = HardwareService(generator, self.nodes, settings.run_workers, devices)
         self.samplers = SamplerCatalog(generator)

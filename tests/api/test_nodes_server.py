@@ -1,15 +1,19 @@
 """Scale-out end to end (issue 20): a web host without workers and two worker nodes, real
-processes on one throwaway PostgreSQL database, the built-in model.
+processes on one throwaway PostgreSQL database and one S3 bucket (moto's server), the built-in
+model.
 
 The web host (`DALI_RUN_WORKERS=false python -m stable_diffusion_api`) queues; two
-`python -m stable_diffusion_api worker` processes, each with its own data folder and
-DALI_NODE_NAME, run the jobs. Until the shared object store lands (helper "storage"), a node's
-images land in its own data folder, so this checks the records (which node ran each job, the
-PNG's path), not the downloads from the web host.
+`python -m stable_diffusion_api worker` processes, each with its own data folder (no shared
+disk) and DALI_NODE_NAME, run the jobs and write the images to the bucket. Checked: the jobs
+spread over both nodes; every image downloads from the web host, its objects are in the bucket
+and no image file is in any data folder; a remote job's progress reaches the web host's event
+stream live and its cancel stops it within a step or so; kill -9 of a node mid-job, a taken
+name, a web host restart, SIGTERM.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -25,6 +29,7 @@ import pytest
 from PIL import Image as PILImage
 
 from tests.postgres import PostgresServer
+from tests.s3 import S3Server
 from tests.servers import ROOT, free_port, stop
 
 pytestmark = [pytest.mark.server, pytest.mark.postgres]
@@ -67,12 +72,14 @@ def until(check: Any, timeout: float, what: str) -> Any:
 
 
 @pytest.fixture
-def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def cluster(postgres: PostgresServer, s3: S3Server, tmp_path: Path) -> Iterator[dict[str, Any]]:
     database = postgres.new_database()
+    bucket = s3.new_bucket()
+    store = s3.environment(bucket, "studio")
     port = free_port()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     web_env = environment(database, tmp_path / "web", DALI_RUN_WORKERS="false",
-                          DALI_PORT=str(port), DALI_NODE_NAME="web")  # fmt: skip
+                          DALI_PORT=str(port), DALI_NODE_NAME="web", **store)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
 
@@ -91,9 +98,10 @@ def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[dict[str, Any]
 
         start_web()  # it ran the migrations: the nodes need not race for them
         for name in ("node-a", "node-b"):
-            env = environment(database, node_data(tmp_path, name), DALI_NODE_NAME=name)
+            env = environment(database, node_data(tmp_path, name), DALI_NODE_NAME=name, **store)
             processes[name] = start(["worker"], env, tmp_path / f"{name}.log")
-        yield {"url": url, "database": database, "processes": processes, "restart_web":
+        yield {"url": url, "database": database, "processes": processes, "store": store,
+               "keys": lambda: s3.keys(bucket), "restart_web":
                lambda: (stop(processes["web"]), start_web())}  # fmt: skip
     finally:
         for process in processes.values():
@@ -116,7 +124,8 @@ def test_two_nodes_share_the_work_and_a_killed_node_is_reported(
     assert {d["id"] for d in devices} == {"node-a/cpu", "node-b/cpu"}
 
     # A second node under a taken name is refused at start (checked below, while jobs run).
-    env = environment(cluster["database"], node_data(tmp_path, "twin"), DALI_NODE_NAME="node-a")
+    env = environment(cluster["database"], node_data(tmp_path, "twin"), DALI_NODE_NAME="node-a",
+                      **cluster["store"])  # fmt: skip
     twin = subprocess.Popen([sys.executable, "-m", "stable_diffusion_api", "worker"], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
 
@@ -131,12 +140,36 @@ def test_two_nodes_share_the_work_and_a_killed_node_is_reported(
     done = [until(lambda i=i: finished(i), 60, f"job {i}") for i in ids]
     assert {view["status"] for view in done} == {"succeeded"}, done
     assert {view["node"] for view in done} == {"node-a", "node-b"}  # spread over both
-    # Each PNG went to the data folder of the node that made it (no shared store yet), and
-    # its `dali` chunk names that node.
+    # Every image downloads from the web host, out of the bucket, its `dali` chunk naming the
+    # node that made it; the bucket holds them, no data folder does.
+    keys = cluster["keys"]()
     for view in done:
-        png = tmp_path / view["node"] / "images" / str(project["id"]) / f"{view['id']}-0.png"
-        with PILImage.open(png) as image:
-            assert json.loads(image.info["dali"])["node"] == view["node"]
+        [image] = view["images"]
+        file = client.get(f"/api/v1/images/{image['id']}/file")
+        assert file.status_code == 200 and file.headers["content-type"] == "image/png"
+        with PILImage.open(io.BytesIO(file.content)) as png:
+            assert json.loads(png.info["dali"])["node"] == view["node"]
+        assert f"studio/images/{project['id']}/{view['id']}-0.png" in keys
+    assert [p for p in tmp_path.rglob("*.png")] == []
+
+    # A remote job, live: its progress reaches the web host's event stream as it runs, and
+    # its cancel reaches its node within a few steps (NOTIFY both ways).
+    slow = client.post(jobs, json=JOB | {"steps": 150, "width": 128, "height": 128}).json()
+    steps: list[int] = []
+    seen: list[str] = []
+    with client.stream("GET", f"/api/v1/generations/{slow['id']}/events", timeout=60) as events:
+        for line in events.iter_lines():
+            seen.append(line)
+            if line.startswith("data:") and '"step"' in line:
+                steps.append(json.loads(line[5:])["step"])
+            if len(steps) >= 3:
+                break
+    assert steps == sorted(steps) and steps and steps[-1] > 0, [x[:300] for x in seen[-4:]]
+    asked = time.monotonic()
+    assert client.post(f"/api/v1/generations/{slow['id']}/cancel").status_code == 200
+    canceled = until(lambda: finished(slow["id"]), 20, "the remote job to stop")
+    assert canceled["status"] == "canceled" and time.monotonic() - asked < 10
+
     said, _ = twin.communicate(timeout=30)
     assert twin.returncode == 3 and b"DALI_NODE_NAME='node-a' is already used" in said, said
 
