@@ -46,6 +46,17 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class StoreUnavailable(DomainError):
+    """The file store (an S3 bucket) cannot be reached or refused the request now, after the
+    client's own retries: a 503, never a 500 (the file may well be there)."""
+
+    status_code = 503
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"the file store {store} cannot be reached now ({reason}); try again")
+        self.reason = reason
+
+
 class InvalidField(DomainError):
     """A value the schema could not judge alone (unknown model, absent device, …)."""
 

@@ -73,7 +73,7 @@ Offset = Annotated[int, Query(ge=0, le=10**9)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 # Generated images never change under an id (ids are never reused): cache them for good.
 IMMUTABLE = "max-age=31536000, immutable"
-FILE: Responses = errors(404) | {
+FILE: Responses = errors(404, 503) | {
     304: {"description": "Not modified: the copy of If-None-Match is current"}
 }
 UNHEALTHY: Responses = {

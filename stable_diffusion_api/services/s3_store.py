@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
 from obstore.store import S3Store as ObstoreS3
 
+from stable_diffusion_api.errors import StoreUnavailable
 from stable_diffusion_api.services.object_store import (
     CHUNK_SIZE,
     ObjectInfo,
@@ -38,7 +39,10 @@ class S3Store:
     """Objects in `bucket` under `prefix` (no leading or trailing '/'; '' for the whole
     bucket)."""
 
-    def __init__(self, bucket: str, prefix: str = "") -> None:
+    def __init__(self, bucket: str, prefix: str = "", retry: dict[str, Any] | None = None) -> None:
+        """`retry`: obstore's RetryConfig (default: its own, retrying a failed request with
+        back-off for up to three minutes: a node that loses the store for a while carries
+        on)."""
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
         config: dict[str, Any] = {"region": os.environ.get("AWS_REGION") or DEFAULT_REGION}
         endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -56,6 +60,7 @@ class S3Store:
             prefix=prefix or None,
             config=config,  # type: ignore[arg-type]  # a plain dict of S3Config keys
             client_options=options,
+            retry_config=retry,  # type: ignore[arg-type]  # a plain dict of RetryConfig keys
         )
 
     def write(self, key: str, fill: Callable[[IO[bytes]], None]) -> None:
@@ -78,12 +83,16 @@ class S3Store:
             return bytes(obstore.get(self._store, check_key(key)).bytes())
         except MISSING:
             raise FileNotFoundError(key) from None
+        except (BaseError, OSError) as exc:
+            raise StoreUnavailable(self.url, type(exc).__name__) from exc
 
     def open(self, key: str) -> tuple[ObjectInfo, Iterator[bytes]]:
         try:
             result = obstore.get(self._store, check_key(key))
         except MISSING:
             raise FileNotFoundError(key) from None
+        except (BaseError, OSError) as exc:
+            raise StoreUnavailable(self.url, type(exc).__name__) from exc
         meta = result.meta
         info = ObjectInfo(key, meta["size"], meta["last_modified"])
         return info, _pieces(result.stream(min_chunk_size=CHUNK_SIZE))

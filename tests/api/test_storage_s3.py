@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
 from stable_diffusion_api.services.identity import StudioMismatch
 from stable_diffusion_api.services.object_store import StorageConfigError
+from stable_diffusion_api.services.s3_store import S3Store
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
 from tests.s3 import S3Server
@@ -113,6 +115,24 @@ def test_generated_files_live_in_the_bucket_and_are_served_from_it(
     ]
 
     assert files_in(s3_settings.resolved_data_dir) == []  # nothing on the web host's disk
+
+
+def test_a_store_out_of_reach_is_a_503_naming_it_not_a_500(
+    s3_client: TestClient, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = s3_client
+    project = make_project(client)
+    done = wait_for(client, submit(client, project["id"])["id"])
+    storage = client.app.state.studio.storage  # type: ignore[attr-defined]
+    # The same bucket behind an address nothing answers on, retried briefly (the default
+    # retries with back-off for minutes, so that a node rides out an outage).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    brief = {"max_retries": 1, "retry_timeout": timedelta(seconds=1)}
+    monkeypatch.setattr(storage, "store", S3Store(bucket, "studio", retry=brief))
+    answer = client.get(done["images"][0]["url"])
+    assert answer.status_code == 503, answer.text
+    assert f"s3://{bucket}/studio cannot be reached now" in answer.json()["detail"]
+    assert client.get(done["images"][0]["thumbnail_url"]).status_code == 503
 
 
 def test_recovery_quarantines_strays_in_the_bucket_after_the_grace_period(
