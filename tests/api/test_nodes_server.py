@@ -7,12 +7,13 @@ The web host (`DALI_RUN_WORKERS=false python -m stable_diffusion_api`) queues; t
 disk) and DALI_NODE_NAME, run the jobs and write the images to the bucket. Checked: the jobs
 spread over both nodes; every image downloads from the web host, its objects are in the bucket
 and no image file is in any data folder; a remote job's progress reaches the web host's event
-stream live and its cancel stops it within a step or so; kill -9 of a node mid-job, a taken
-name, a web host restart, SIGTERM.
+stream live and its cancel stops it; an A1111 client's txt2img; kill -9 of a node mid-job, a
+taken name, a web host restart, SIGTERM.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -156,7 +157,7 @@ def test_two_nodes_share_the_work_and_a_killed_node_is_reported(
     # its cancel reaches its node within a few steps (NOTIFY both ways).
     slow = client.post(jobs, json=JOB | {"steps": 150, "width": 128, "height": 128}).json()
     steps: list[int] = []
-    seen: list[str] = []
+    seen: list[str] = []  # for the message, should it fail
     with client.stream("GET", f"/api/v1/generations/{slow['id']}/events", timeout=60) as events:
         for line in events.iter_lines():
             seen.append(line)
@@ -169,6 +170,14 @@ def test_two_nodes_share_the_work_and_a_killed_node_is_reported(
     assert client.post(f"/api/v1/generations/{slow['id']}/cancel").status_code == 200
     canceled = until(lambda: finished(slow["id"]), 20, "the remote job to stop")
     assert canceled["status"] == "canceled" and time.monotonic() - asked < 10
+
+    # An AUTOMATIC1111 client, unchanged: txt2img on the web host waits for a node's job and
+    # answers with its PNG (read from the bucket).
+    a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": JOB["prompt"], "steps": 3,
+                                                   "width": 64, "height": 64}, timeout=60)  # fmt: skip
+    assert a1111.status_code == 200, a1111.text
+    with PILImage.open(io.BytesIO(base64.b64decode(a1111.json()["images"][0]))) as png:
+        assert json.loads(png.info["dali"])["node"] in ("node-a", "node-b")
 
     said, _ = twin.communicate(timeout=30)
     assert twin.returncode == 3 and b"DALI_NODE_NAME='node-a' is already used" in said, said
