@@ -460,6 +460,8 @@ class DeviceWorker(threading.Thread):
             dali.update(project=project_name, project_id=row.project_id, generation_id=row.id,
                         node=self.node)  # fmt: skip
             image.info["dali"] = json.dumps(dali)
+            if self.context.hand_back:  # a node of a scaled-out studio: its infotext names it
+                image.info["parameters"] = f"{image.info['parameters']}, Node: {self.node}"
             path, thumb = self.context.storage.image_paths(row.project_id, row.id, index)
             written.append(path)
             self.context.storage.save_png(image, path)

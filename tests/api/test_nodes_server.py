@@ -151,6 +151,7 @@ def test_two_nodes_share_the_work_and_a_killed_node_is_reported(
         with PILImage.open(io.BytesIO(file.content)) as png:
             assert json.loads(png.info["dali"])["node"] == view["node"]
         assert f"studio/images/{project['id']}/{view['id']}-0.png" in keys
+        assert image["parameters"].endswith(f", Node: {view['node']}")  # the infotext too
     assert [p for p in tmp_path.rglob("*.png")] == []
 
     # A remote job, live: its progress reaches the web host's event stream as it runs, and
