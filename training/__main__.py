@@ -1,8 +1,10 @@
-"""`python -m training train|eval|finetune-decoder|sample|bench …`: train, judge and try the built-in model.
+"""`python -m training train|eval|judge|finetune-decoder|sample|bench …`: train, judge and try the built-in model.
 
     python -m training train --out runs/tiny --device cuda --export data/models/dali-tiny.safetensors
     python -m training train --out runs/tiny --resume          # continue an interrupted run
     python -m training eval --checkpoint data/models/dali-tiny.safetensors
+    python -m training judge --checkpoint data/models/dali-tiny.safetensors --count 300 \
+        --steps 20 --json docs/dali-tiny-judge.json --gallery docs/dali-tiny-gallery.png
     python -m training finetune-decoder --checkpoint runs/tiny/dali-tiny.safetensors --out x.safetensors
     python -m training sample --checkpoint … --prompt "a red circle on a blue background" --out x.png
     python -m training bench --checkpoint … --threads 2
@@ -120,6 +122,21 @@ def _parser() -> argparse.ArgumentParser:
         help="as training ends: choose sampler and guidance on training "
         "captions, evaluate, and write the figures into the file",
     )
+
+    judge = sub.add_parser(
+        "judge",
+        help="the independent judge (IoU, colour ΔE, moment classifier) on held-out captions",
+    )
+    judge.add_argument("--checkpoint", required=True, type=Path)
+    judge.add_argument("--device", default="cpu")
+    judge.add_argument("--count", type=_positive(int), default=300)
+    judge.add_argument("--steps", type=_positive(int), default=20)
+    judge.add_argument("--sampler", help="default: the model's default sampler")
+    judge.add_argument("--guidance", type=float, help="default: the one the file records")
+    judge.add_argument("--threads", type=_positive(int))
+    judge.add_argument("--json", type=Path, help="write the figures and every verdict here")
+    judge.add_argument("--gallery", type=Path, help="PNG of the first 64 images beside ideals")
+    judge.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
 
     finetune = sub.add_parser(
         "finetune-decoder", help="fine-tune only the VAE decoder of a model file, then evaluate"
@@ -284,6 +301,33 @@ def _eval(args: argparse.Namespace) -> int:
     return 1 if args.strict and not all(result.meets_targets().values()) else 0
 
 
+def _judge(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.judge.gallery import Gallery
+    from training.judge.report import judge_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe, record = _load(args.checkpoint, args.device)
+    sampler = args.sampler or pipe.config.default_sampler
+    gallery = Gallery() if args.gallery else None
+    report = judge_model(pipe, args.count, args.steps, sampler, _guidance(args, record),
+                         keep=gallery.add if gallery else None)  # fmt: skip
+    print(f"{report.count} held-out captions, {report.steps} steps of {report.sampler}, "
+          f"guidance {report.guidance:g}")  # fmt: skip
+    print(report.table())
+    summary = {k: v for k, v in report.as_dict().items() if k != "images"}
+    print(json.dumps(summary))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+    if gallery is not None:
+        gallery.save(args.gallery)
+        print(f"wrote {args.gallery}")
+    return 1 if args.strict and not all(report.meets_targets().values()) else 0
+
+
 def _finetune(args: argparse.Namespace) -> int:
     import torch
 
@@ -379,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, parser)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "judge":
+            return _judge(args)
         if args.command == "sample":
             return _sample(args)
         if args.command == "finetune-decoder":

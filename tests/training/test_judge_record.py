@@ -1,0 +1,68 @@
+"""The judge's recorded baseline of the shipped model (docs/dali-tiny-judge.json) is what the
+model and the judge give today, and what docs/dali-tiny.md says."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sd_core
+from training.judge.report import TARGETS, JudgeReport, judge_model
+from training.shapes import eval_seed, held_out_scenes, parse_caption
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+RECORD = json.loads((DOCS / "dali-tiny-judge.json").read_text())
+
+
+def test_record_is_300_held_out_images_and_its_figures_follow_from_its_verdicts() -> None:
+    assert RECORD["count"] == 300 and RECORD["steps"] == 20 and RECORD["targets"] == TARGETS
+    images = RECORD["images"]
+    scenes = held_out_scenes()[:300]
+    assert [i["caption"] for i in images] == [s.caption for s in scenes]
+    assert [i["seed"] for i in images] == [eval_seed(k) for k in range(300)]
+    figures = RECORD["figures"]
+    ious = sorted(i["iou"] for i in images)
+    assert figures["median_iou"] == pytest.approx((ious[149] + ious[150]) / 2, abs=1e-4)
+    assert figures["iou_at_least_0.7"] == sum(i >= 0.7 for i in ious) / 300
+    for name in ("shape", "color", "position", "size"):
+        right = sum(i[name] == getattr(parse_caption(i["caption"]), name) for i in images)
+        assert figures[name] == pytest.approx(right / 300), name
+    assert figures["flat"] == pytest.approx(sum(i["background_std"] <= 3 for i in images) / 300)
+
+
+def test_docs_table_is_the_record() -> None:
+    text = (DOCS / "dali-tiny.md").read_text()
+    block = text.split("<!-- judge-baseline:start -->")[1].split("<!-- judge-baseline:end -->")[0]
+    report = JudgeReport(300, 20, RECORD["sampler"], RECORD["guidance"], RECORD["figures"])
+    assert block.strip() == report.table()
+    # The baseline misses the issue's targets on shape, colour, all attributes and flatness.
+    assert {n for n, ok in RECORD["meets_targets"].items() if not ok} == {
+        "shape", "color", "all_attributes", "flat"
+    }  # fmt: skip
+    assert re.search(r"shape \| 36\.3 %", block)
+
+
+def test_a_fresh_run_gives_the_recorded_verdicts() -> None:
+    # The first 6 recorded images, drawn again by the shipped model and judged again: a change
+    # of the model file, the pipeline or the judge shows here. (CPU runs agree to within one
+    # level of 255, which can move a pixel across the mask threshold: IoU within 0.03.)
+    pipe = sd_core.load_pipeline()
+    assert pipe.config.default_sampler == RECORD["sampler"]
+    fresh = judge_model(pipe, 6, 20, RECORD["sampler"], RECORD["guidance"], progress=False)
+    for new, old in zip(fresh.images, RECORD["images"][:6], strict=True):
+        assert new["caption"] == old["caption"]
+        assert abs(new["iou"] - old["iou"]) <= 0.03, (new, old)
+        read = ("color", "shape", "position", "size", "background")
+        assert {k: new[k] for k in read} == {k: old[k] for k in read}, (new, old)
+        assert abs(new["background_std"] - old["background_std"]) < 0.5
+
+
+def test_gallery_holds_64_pairs() -> None:
+    gallery = np.asarray(Image.open(DOCS / "dali-tiny-gallery.png").convert("RGB"))
+    # 8 × 8 cells of (64 + 4) × 130 pixels with 6-pixel gaps.
+    assert gallery.shape == (8 * (68 + 6) + 6, 8 * (130 + 6) + 6, 3)

@@ -1,0 +1,144 @@
+"""A model judged on held-out captions: every figure of issue 17 against its target.
+
+`python -m training judge --checkpoint F --count 300 --steps 20` draws image i of the first
+`count` held-out captions (`training.shapes.held_out_scenes`) with seed `eval_seed(i)` — the
+same images `python -m training eval` judges with the project's detector — through
+`sd_core.load_pipeline(F).generate(...)`, with the file's default sampler and recorded guidance,
+and judges each with `training.judge.verdict`. The detector's reading of the same images is
+reported beside it, so the two judges can be compared image for image.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from training.judge.ideal import IdealFit
+from training.judge.verdict import ALL, IOU_GOOD, Verdict, judge_image
+from training.shapes import Scene, eval_seed, held_out_scenes
+
+# Issue 17's targets. "flat": the issue asks for a flat background (std ≤ 3/255) without a
+# share; we hold it to 98 %, as colour and position.
+TARGETS: dict[str, float] = {
+    "median_iou": 0.85,
+    "iou_at_least_0.7": 0.90,
+    "shape": 0.97,
+    "color": 0.98,
+    "position": 0.98,
+    "size": 0.95,
+    "all_attributes": 0.92,
+    "flat": 0.98,
+}
+# Figures reported without a target of their own.
+INFO = ("background", "mean_delta_e", "detector_shape", "detector_all_four", "seconds_per_image")
+
+
+@dataclass
+class JudgeReport:
+    """Figures of one judged run (`figures`: name → value) and each image's verdict."""
+
+    count: int
+    steps: int
+    sampler: str
+    guidance: float
+    figures: dict[str, float]
+    images: list[dict[str, Any]] = field(default_factory=list)
+
+    def meets_targets(self) -> dict[str, bool]:
+        return {name: self.figures[name] >= target for name, target in TARGETS.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "steps": self.steps,
+            "sampler": self.sampler,
+            "guidance": self.guidance,
+            "figures": self.figures,
+            "targets": TARGETS,
+            "meets_targets": self.meets_targets(),
+            "images": self.images,
+        }
+
+    def table(self) -> str:
+        """The figures against their targets, as a Markdown table."""
+        rows = ["| figure | measured | target | met |", "| --- | --- | --- | --- |"]
+        for name, target in TARGETS.items():
+            value = self.figures[name]
+            shown = f"{value:.3f}" if name == "median_iou" else f"{100 * value:.1f} %"
+            goal = f"≥ {target:.2f}" if name == "median_iou" else f"≥ {100 * target:.0f} %"
+            rows.append(f"| {name} | {shown} | {goal} | {'yes' if value >= target else 'no'} |")
+        for name in INFO:
+            value = self.figures[name]
+            shown = (
+                f"{value:.2f}"
+                if name in ("mean_delta_e", "seconds_per_image")
+                else (f"{100 * value:.1f} %")
+            )
+            rows.append(f"| {name} | {shown} | — | — |")
+        return "\n".join(rows)
+
+
+def figures(verdicts: Sequence[Verdict], scenes: Sequence[Scene]) -> dict[str, float]:
+    """The run's figures from each image's verdict (without timing and the detector's)."""
+    matches = [v.matches(s) for v, s in zip(verdicts, scenes, strict=True)]
+    n = len(matches)
+    ious = [v.iou for v in verdicts]
+    out = {
+        "median_iou": float(statistics.median(ious)),
+        "iou_at_least_0.7": sum(i >= IOU_GOOD for i in ious) / n,
+    }
+    for name in ("shape", "color", "position", "size", "flat", "background"):
+        out[name] = sum(m[name] for m in matches) / n
+    out["all_attributes"] = sum(all(m[a] for a in ALL) for m in matches) / n
+    finite = [v.delta_e for v in verdicts if np.isfinite(v.delta_e)]
+    out["mean_delta_e"] = float(np.mean(finite)) if finite else float("nan")
+    return out
+
+
+def judge_model(
+    pipe: Any,
+    count: int,
+    steps: int,
+    sampler: str,
+    guidance: float,
+    progress: bool = True,
+    keep: Callable[[Scene, np.ndarray, IdealFit, Verdict], None] | None = None,
+) -> JudgeReport:
+    """Draw and judge the first `count` held-out captions. `keep(scene, image, fit, verdict)`
+    is called for each image in order (the gallery uses it)."""
+    from sd_core.params import GenerationParams
+    from training.detector import detect
+
+    scenes = held_out_scenes()
+    if not 1 <= count <= len(scenes):
+        raise ValueError(f"--count {count} is out of range; allowed: 1..{len(scenes)}")
+    verdicts: list[Verdict] = []
+    times: list[float] = []
+    detector_shape = detector_four = 0
+    images: list[dict[str, Any]] = []
+    for i in tqdm(range(count), desc="judge", disable=not progress):
+        scene, seed = scenes[i], eval_seed(i)
+        params = GenerationParams(scene.caption, seed=seed, steps=steps, sampler=sampler,
+                                  guidance=guidance)  # fmt: skip
+        started = time.perf_counter()
+        image = np.asarray(pipe.generate(params).images[0].convert("RGB"))
+        times.append(time.perf_counter() - started)
+        verdict, fit = judge_image(image, scene)
+        verdicts.append(verdict)
+        seen = detect(image).matches(scene)
+        detector_shape += seen["shape"]
+        detector_four += all(seen[a] for a in ALL)
+        images.append({"caption": scene.caption, "seed": seed, **verdict.as_dict()})
+        if keep is not None:
+            keep(scene, image, fit, verdict)
+    out = figures(verdicts, scenes[:count])
+    out["detector_shape"] = detector_shape / count
+    out["detector_all_four"] = detector_four / count
+    out["seconds_per_image"] = float(statistics.median(times))
+    return JudgeReport(count, steps, sampler, guidance, out, images)
