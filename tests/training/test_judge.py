@@ -193,5 +193,7 @@ def test_segmentation_is_half_coverage_of_a_render() -> None:
     image = render(scene, 2)
     seg = segment(image, COLORS["white"])
     fit = fit_ideal("triangle", "bottom right", "small", seg.mask, seg.alpha)
+    same = fit_ideal("triangle", ANCHORS["bottom right"], "small", seg.mask, seg.alpha)
+    assert (same.cx, same.cy, same.extent, same.iou) == (fit.cx, fit.cy, fit.extent, fit.iou)
     assert fit.iou >= 0.98
     assert np.allclose(seg.background, BACKGROUND_COLORS["gray"])

@@ -12,11 +12,12 @@ cannot be matched by any allowed rendering and scores low. Its mask is coverage 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-from training.judge.masks import iou
+from training.judge.masks import dilate, holes, iou
 from training.judge.segment import HALF
 from training.shapes import (
     ANCHORS,
@@ -25,7 +26,7 @@ from training.shapes import (
     EXTENTS,
     NATIVE_SIZE,
     POSITION_JITTER,
-    coverage,
+    styled_coverage,
 )
 
 _FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}  # area / bounding-box area
@@ -48,10 +49,13 @@ class IdealFit:
         return self.coverage >= HALF
 
 
-def allowed(position: str, size_class: str, size: int) -> tuple[tuple[float, float], ...]:
-    """((cx_lo, cx_hi), (cy_lo, cy_hi), (extent_lo, extent_hi)) in pixels of a `size` image."""
+def allowed(
+    anchor: tuple[float, float], size_class: str, size: int
+) -> tuple[tuple[float, float], ...]:
+    """((cx_lo, cx_hi), (cy_lo, cy_hi), (extent_lo, extent_hi)) in pixels of a `size` image,
+    for a shape whose anchor is `anchor` (x, y) on the 64-pixel canvas."""
     scale = size / NATIVE_SIZE
-    ax, ay = ANCHORS[position]
+    ax, ay = anchor
     low, high = EXTENTS[size_class]
     return (
         ((ax - POSITION_JITTER) * scale, (ax + POSITION_JITTER) * scale),
@@ -61,15 +65,27 @@ def allowed(position: str, size_class: str, size: int) -> tuple[tuple[float, flo
 
 
 def fit_ideal(
-    shape: str, position: str, size_class: str, drawn: np.ndarray, alpha: np.ndarray
+    shape: str,
+    anchor: tuple[float, float] | str,
+    size_class: str,
+    drawn: np.ndarray,
+    alpha: np.ndarray,
+    style: str = "filled",
 ) -> IdealFit:
-    """The allowed rendering of (`shape`, `position`, `size_class`) nearest to the (H, W) bool
-    mask `drawn` (IoU-best; an empty mask gets the middle of every range). `alpha` (H, W) in
-    [0, 1], the drawn soft coverage, breaks ties: the IoU of pixel masks moves in steps, and
-    on a ledge the search follows the soft overlap."""
+    """The allowed rendering of (`shape`, `anchor`, `size_class`, `style`) nearest to the (H, W)
+    bool mask `drawn` (IoU-best; an empty mask gets the middle of every range). `anchor` is a
+    position name or (x, y) on the 64-pixel canvas (a two-object caption's anchors). `alpha`
+    (H, W) in [0, 1], the drawn soft coverage, breaks ties: the IoU of pixel masks moves in
+    steps, and on a ledge the search follows the soft overlap."""
     size = drawn.shape[0]
-    ranges = allowed(position, size_class, size)
-    if drawn.any():
+    ranges = allowed(ANCHORS[anchor] if isinstance(anchor, str) else anchor, size_class, size)
+    if style == "outline" and drawn.any():
+        # A ring's IoU is a narrow ridge; start from the filled shape fitted to the ring with
+        # its hole filled in, whose IoU is smooth.
+        hole = holes(drawn)
+        filled = fit_ideal(shape, anchor, size_class, drawn | hole, np.maximum(alpha, hole))
+        start = [filled.cx, filled.cy, filled.extent]
+    elif drawn.any():
         # The ideal shape with the mask's area and centroid (a triangle's centroid lies a
         # sixth of its height below its bounding box centre).
         ys, xs = np.nonzero(drawn)
@@ -80,10 +96,16 @@ def fit_ideal(
         start = [(lo + hi) / 2 for lo, hi in ranges]
     params = [float(np.clip(v, lo, hi)) for v, (lo, hi) in zip(start, ranges, strict=True)]
 
+    # The search's objective: the IoU of the masks, plus the soft overlap of the coverages
+    # (near the drawn mask only) to break its ties — a little for a filled shape; for an
+    # outline as much, since a ring's mask IoU is a ridge a few hundredths of a pixel wide.
+    near = np.where(dilate(drawn, 2), alpha, 0.0)
+    soft_weight = 1.0 if style == "outline" else 1e-3
+
     def score(p: list[float]) -> float:
-        cover = coverage(shape, p[0], p[1], p[2], size)
-        soft = float(np.minimum(cover, alpha).sum() / max(np.maximum(cover, alpha).sum(), 1e-9))
-        return iou(cover >= HALF, drawn) + 1e-3 * soft
+        cover = styled_coverage(shape, style, p[0], p[1], p[2], size)
+        soft = float(np.minimum(cover, near).sum() / max(np.maximum(cover, near).sum(), 1e-9))
+        return iou(cover >= HALF, drawn) + soft_weight * soft
 
     best = score(params)
     for step in (1.0, 0.5, 0.25, 0.125, 0.0625):
@@ -98,7 +120,19 @@ def fit_ideal(
                     value = score(trial)
                     if value > best + 1e-9:
                         best, params, improved = value, trial, True
-    cover = coverage(shape, params[0], params[1], params[2], size)
+    if style == "outline":
+        # The ridge can still stop the descent a fraction of a pixel off: try every
+        # combination of 0, ±¼ and ±½ px around where it stopped.
+        centre = list(params)
+        for offsets in itertools.product((-0.5, -0.25, 0.0, 0.25, 0.5), repeat=3):
+            trial = [
+                float(np.clip(c + o, lo, hi))
+                for c, o, (lo, hi) in zip(centre, offsets, ranges, strict=True)
+            ]
+            value = score(trial)
+            if value > best + 1e-9:
+                best, params = value, trial
+    cover = styled_coverage(shape, style, params[0], params[1], params[2], size)
     return IdealFit(shape, params[0], params[1], params[2], cover, iou(cover >= HALF, drawn))
 
 

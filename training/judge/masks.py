@@ -79,3 +79,30 @@ def bounding_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     if len(xs) == 0:
         raise ValueError("bounding_box of an empty mask")
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def holes(mask: np.ndarray) -> np.ndarray:
+    """Pixels outside `mask` that the image border cannot reach through other pixels outside
+    it, stepping 4-connected (so a diagonal gap in an outline does not open its hole)."""
+    free = ~mask.astype(bool)
+    reached = np.zeros_like(free)
+    height, width = free.shape
+    queue: deque[tuple[int, int]] = deque()
+    for y in range(height):
+        for x in (0, width - 1):
+            if free[y, x] and not reached[y, x]:
+                reached[y, x] = True
+                queue.append((y, x))
+    for x in range(width):
+        for y in (0, height - 1):
+            if free[y, x] and not reached[y, x]:
+                reached[y, x] = True
+                queue.append((y, x))
+    while queue:
+        y, x = queue.popleft()
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            ny, nx = y + dy, x + dx
+            if 0 <= ny < height and 0 <= nx < width and free[ny, nx] and not reached[ny, nx]:
+                reached[ny, nx] = True
+                queue.append((ny, nx))
+    return free & ~reached
