@@ -2,6 +2,7 @@
 
     python -m training train --out runs/tiny --device cuda --export data/models/dali-tiny.safetensors
     python -m training train --out runs/tiny --resume          # continue an interrupted run
+    python -m training train-all --out runs/all [--device cuda] [--resume]   # every phase
     python -m training eval --checkpoint data/models/dali-tiny.safetensors
     python -m training judge --checkpoint data/models/dali-tiny.safetensors --count 300 \
         --steps 20 --json docs/dali-tiny-judge.json --gallery docs/dali-tiny-gallery.png
@@ -122,6 +123,27 @@ def _parser() -> argparse.ArgumentParser:
         help="as training ends: choose sampler and guidance on training "
         "captions, evaluate, and write the figures into the file",
     )
+
+    everything = sub.add_parser(
+        "train-all",
+        help="the whole model from nothing: VAE, text encoder + UNet, decoder fine-tune, "
+        "evaluation and judge, as one resumable run",
+    )
+    everything.add_argument("--out", required=True, type=Path, help="run folder")
+    everything.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    everything.add_argument("--resume", action="store_true", help="continue the run in --out")
+    everything.add_argument("--export", type=Path, help="also copy the final model here")
+    everything.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
+    everything.add_argument("--preset", choices=_PRESETS, default="dali-tiny")
+    everything.add_argument("--decoder-steps", type=_positive(int), default=2000)
+    everything.add_argument("--decoder-batch", type=_positive(int), default=8)
+    everything.add_argument("--judge-count", type=_positive(int), default=300)
+    everything.add_argument("--judge-steps", type=_positive(int), default=20)
+    for name, kind in _TRAIN_FIELDS.items():
+        parse = _non_negative_int if name == "seed" else _positive(kind)
+        everything.add_argument(
+            "--" + name.replace("_", "-"), type=parse, default=None, help=f"TrainConfig.{name}"
+        )
 
     judge = sub.add_parser(
         "judge",
@@ -269,6 +291,55 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{str(args.out)!r} is saved: rerun the same command with --resume"
         )
     path = _finish(trainer, args)
+    print(f"wrote {path}")
+    return 0
+
+
+def _train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from sd_core.devices import resolve_device
+    from training.config import MICRO_TRAIN, TrainConfig
+    from training.train_all import AllConfig, train_all
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as `train` does
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        parser.error(f"--device: {e}")
+    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    base = MICRO_TRAIN if args.preset == "micro" else TrainConfig()
+    config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    settings = AllConfig(args.decoder_steps, args.decoder_batch, args.judge_count, args.judge_steps)
+    command = "python -m training " + shlex.join(args.argv)
+    stopped: list[Any] = []
+
+    def run_trainer(trainer: Any) -> None:
+        def request_stop(signum: int, frame: Any) -> None:
+            trainer.stop_requested = True
+
+        handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with open(args.out / "log.jsonl", "a") as log:
+                trainer.train(log=lambda r: print(json.dumps(r), file=log, flush=True))
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        if trainer.stop_requested:
+            stopped.append(trainer)
+
+    path = train_all(args.out, device, config, settings, args.resume, command, overrides,
+                     run_trainer)  # fmt: skip
+    if stopped:
+        raise Interrupted(
+            f"interrupted in phase {stopped[0].phase!r} at step {stopped[0].step}; the "
+            f"checkpoint in {str(args.out)!r} is saved: rerun with --resume"
+        )
+    if args.export:
+        _atomic_copy(path, args.export)
+        print(f"wrote {args.export}")
     print(f"wrote {path}")
     return 0
 
@@ -421,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, parser)
+        if args.command == "train-all":
+            return _train_all(args, parser)
         if args.command == "eval":
             return _eval(args)
         if args.command == "judge":
