@@ -42,6 +42,8 @@ _TRAIN_FIELDS = {
     "tune_count": int,
     "lr": float,
     "vae_lr": float,
+    "large_every": int,
+    "large_pool_size": int,
 }
 
 

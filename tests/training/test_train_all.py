@@ -58,3 +58,44 @@ def test_bad_phase_flags_exit_2(tmp_path: Path, flag: str, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["train-all", "--out", str(tmp_path), flag, "0"])
     assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_128_px_training_adds_a_pool_of_large_latents_and_the_file_draws_128(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    import torch
+
+    from training import train as tr
+    from training.config import MICRO_TRAIN
+
+    config = dataclasses.replace(MICRO_TRAIN, large_every=2, large_pool_size=6)
+    trainer = tr.open_run(tmp_path / "run", torch.device("cpu"), config)
+    sizes: list[int] = []
+    original = tr.weighted_training_batch
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        images, weights = original(*args, **kwargs)
+        sizes.append(images.shape[1])
+        return images, weights
+
+    tr.weighted_training_batch = spy  # type: ignore[assignment]
+    try:
+        trainer.train()
+    finally:
+        tr.weighted_training_batch = original  # type: ignore[assignment]
+    assert sizes == [64, 128, 64, 128]  # every 2nd VAE step on 128-px renders
+    assert trainer.pool["large_mean"].shape == (6, 4, 16, 16)
+    assert trainer.pool["mean"].shape[-1] == 8
+    path = trainer.export(tmp_path / "m.safetensors")
+    params = sd_core.GenerationParams("a red circle on a blue background", seed=1, steps=2,
+                                      width=128, height=128)  # fmt: skip
+    assert sd_core.load_pipeline(path).generate(params).images[0].size == (128, 128)
+    # Off (the default), no step is a large one: the run draws what it drew before.
+    off = tr.open_run(tmp_path / "off", torch.device("cpu"), MICRO_TRAIN)
+    large = []
+    for step in range(10):
+        off.step = step
+        large.append(off._large_step())
+    assert not any(large)
