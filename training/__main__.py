@@ -161,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--json", type=Path, help="write the figures and every verdict here")
     judge.add_argument("--gallery", type=Path, help="PNG of the first 64 images beside ideals")
     judge.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    judge.add_argument(
+        "--negative-pairs",
+        type=_non_negative_int,
+        default=16,
+        help="captions drawn with and without their colour word as negative prompt (0: none)",
+    )
 
     finetune = sub.add_parser(
         "finetune-decoder", help="fine-tune only the VAE decoder of a model file, then evaluate"
@@ -378,15 +384,20 @@ def _judge(args: argparse.Namespace) -> int:
     import torch
 
     from training.judge.gallery import Gallery
-    from training.judge.report import judge_model
+    from training.judge.report import judge_model, negative_check
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.negative_pairs > 60:
+        raise ValueError(f"--negative-pairs {args.negative_pairs} is out of range; allowed: 0..60")
     pipe, record = _load(args.checkpoint, args.device)
     sampler = args.sampler or pipe.config.default_sampler
     gallery = Gallery() if args.gallery else None
     report = judge_model(pipe, args.count, args.steps, sampler, _guidance(args, record),
                          keep=gallery.add if gallery else None)  # fmt: skip
+    if args.negative_pairs:
+        report.figures.update(negative_check(pipe, args.negative_pairs, args.steps, sampler,
+                                             _guidance(args, record)))  # fmt: skip
     print(f"{report.count} held-out captions, {report.steps} steps of {report.sampler}, "
           f"guidance {report.guidance:g}")  # fmt: skip
     print(report.table())

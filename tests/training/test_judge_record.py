@@ -66,3 +66,26 @@ def test_gallery_holds_64_pairs() -> None:
     gallery = np.asarray(Image.open(DOCS / "dali-tiny-gallery.png").convert("RGB"))
     # 8 × 8 cells of (64 + 4) × 130 pixels with 6-pixel gaps.
     assert gallery.shape == (8 * (68 + 6) + 6, 8 * (130 + 6) + 6, 3)
+
+
+def test_judge_command_writes_figures_verdicts_and_gallery(tmp_path: Path, capsys) -> None:
+    from training.__main__ import main
+
+    report, gallery = tmp_path / "judge.json", tmp_path / "gallery.png"
+    args = ["judge", "--checkpoint", str(sd_core.BUILTIN_MODEL_PATH), "--count", "2",
+            "--steps", "4", "--threads", "1", "--negative-pairs", "1",
+            "--json", str(report), "--gallery", str(gallery)]  # fmt: skip
+    assert main(args) == 0
+    written = json.loads(report.read_text())
+    assert written["count"] == 2 and len(written["images"]) == 2
+    assert {"negative_plain_delta_e", "negative_with_delta_e", "negative_moved"} <= set(
+        written["figures"]
+    )
+    assert "| negative_moved |" in capsys.readouterr().out
+    cells = np.asarray(Image.open(gallery))
+    assert cells.shape[0] == 68 + 12 and cells.shape[1] == 8 * 136 + 6  # one row of 8 slots
+    assert main([*args[:-4], "--negative-pairs", "61"]) == 2
+    assert "--negative-pairs 61" in capsys.readouterr().err
+    # In the record, the negative prompt moved the colour away on average.
+    figures = RECORD["figures"]
+    assert figures["negative_with_delta_e"] > figures["negative_plain_delta_e"] + 10

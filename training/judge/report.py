@@ -37,6 +37,10 @@ TARGETS: dict[str, float] = {
 }
 # Figures reported without a target of their own.
 INFO = ("background", "mean_delta_e", "detector_shape", "detector_all_four", "seconds_per_image")
+# The negative-prompt check (issue 17: "negative 'red' moves the colour away"), when it runs.
+NEGATIVE_INFO = ("negative_plain_delta_e", "negative_with_delta_e", "negative_moved")
+NEGATIVE_MOVE = 10.0  # ΔE: a clearly visible shift (red and orange are ≈ 40 apart)
+_NEGATIVE_SEED_OFFSET = 20_000
 
 
 @dataclass
@@ -73,13 +77,10 @@ class JudgeReport:
             shown = f"{value:.3f}" if name == "median_iou" else f"{100 * value:.1f} %"
             goal = f"≥ {target:.2f}" if name == "median_iou" else f"≥ {100 * target:.0f} %"
             rows.append(f"| {name} | {shown} | {goal} | {'yes' if value >= target else 'no'} |")
-        for name in INFO:
+        for name in INFO + tuple(n for n in NEGATIVE_INFO if n in self.figures):
             value = self.figures[name]
-            shown = (
-                f"{value:.2f}"
-                if name in ("mean_delta_e", "seconds_per_image")
-                else (f"{100 * value:.1f} %")
-            )
+            plain = name.endswith("delta_e") or name == "seconds_per_image"
+            shown = f"{value:.2f}" if plain else f"{100 * value:.1f} %"
             rows.append(f"| {name} | {shown} | — | — |")
         return "\n".join(rows)
 
@@ -142,3 +143,37 @@ def judge_model(
     out["detector_all_four"] = detector_four / count
     out["seconds_per_image"] = float(statistics.median(times))
     return JudgeReport(count, steps, sampler, guidance, out, images)
+
+
+def negative_check(
+    pipe: Any, pairs: int, steps: int, sampler: str, guidance: float
+) -> dict[str, float]:
+    """Does a negative prompt push the image away from what it names?
+
+    For `pairs` held-out captions (from the 301st on, seeds apart from the judged images'),
+    each is drawn twice with the same seed: plainly, and with the caption's own colour word as
+    the negative prompt. Figures: the mean ΔE of the shape's inner pixels to the named colour
+    in each case, and the share of pairs where the negative moved it by ≥ `NEGATIVE_MOVE`.
+    """
+    from sd_core.params import GenerationParams
+
+    scenes = held_out_scenes()[300 : 300 + pairs]
+    plain, negated, moved = [], [], 0
+    for i, scene in enumerate(scenes):
+        seed = eval_seed(_NEGATIVE_SEED_OFFSET + i)
+        deltas = []
+        for negative in ("", scene.color):
+            params = GenerationParams(scene.caption, negative_prompt=negative, seed=seed,
+                                      steps=steps, sampler=sampler, guidance=guidance)  # fmt: skip
+            image = np.asarray(pipe.generate(params).images[0].convert("RGB"))
+            verdict, _ = judge_image(image, scene)
+            # Nothing drawn in the colour at all: as far from it as the background is.
+            deltas.append(verdict.delta_e if np.isfinite(verdict.delta_e) else 100.0)
+        plain.append(deltas[0])
+        negated.append(deltas[1])
+        moved += deltas[1] - deltas[0] >= NEGATIVE_MOVE
+    return {
+        "negative_plain_delta_e": float(np.mean(plain)),
+        "negative_with_delta_e": float(np.mean(negated)),
+        "negative_moved": moved / len(scenes),
+    }
