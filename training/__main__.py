@@ -162,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--gallery", type=Path, help="PNG of the first 64 images beside ideals")
     judge.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     judge.add_argument(
+        "--grammar",
+        choices=("v1", "v2"),
+        default="v1",
+        help="v1: the held-out v1 captions (default); v2: held-out styled and two-object ones",
+    )
+    judge.add_argument(
         "--negative-pairs",
         type=_non_negative_int,
         default=16,
@@ -384,17 +390,22 @@ def _judge(args: argparse.Namespace) -> int:
     import torch
 
     from training.judge.gallery import Gallery
-    from training.judge.report import judge_model, negative_check
+    from training.judge.report import judge_model, judge_model_v2, negative_check
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.grammar == "v2" and args.gallery:
+        raise ValueError("--gallery draws v1 captions only; leave it out with --grammar v2")
     if args.negative_pairs > 60:
         raise ValueError(f"--negative-pairs {args.negative_pairs} is out of range; allowed: 0..60")
     pipe, record = _load(args.checkpoint, args.device)
     sampler = args.sampler or pipe.config.default_sampler
     gallery = Gallery() if args.gallery else None
-    report = judge_model(pipe, args.count, args.steps, sampler, _guidance(args, record),
-                         keep=gallery.add if gallery else None)  # fmt: skip
+    if args.grammar == "v2":
+        report = judge_model_v2(pipe, args.count, args.steps, sampler, _guidance(args, record))
+    else:
+        report = judge_model(pipe, args.count, args.steps, sampler, _guidance(args, record),
+                             keep=gallery.add if gallery else None)  # fmt: skip
     if args.negative_pairs:
         report.figures.update(negative_check(pipe, args.negative_pairs, args.steps, sampler,
                                              _guidance(args, record)))  # fmt: skip

@@ -89,3 +89,28 @@ def test_judge_command_writes_figures_verdicts_and_gallery(tmp_path: Path, capsy
     # In the record, the negative prompt moved the colour away on average.
     figures = RECORD["figures"]
     assert figures["negative_with_delta_e"] > figures["negative_plain_delta_e"] + 10
+
+
+class _PerfectPipe:
+    """Stands in for a pipeline that draws exactly what the renderer draws."""
+
+    class _Result:
+        def __init__(self, image: Image.Image) -> None:
+            self.images = [image]
+
+    def generate(self, params):  # type: ignore[no-untyped-def]
+        from training.shapes import parse_any, render
+
+        return self._Result(Image.fromarray(render(parse_any(params.prompt), params.seed)))
+
+
+def test_v2_report_scores_perfect_drawings_perfectly_and_the_model_poorly() -> None:
+    from training.judge.report import judge_model_v2
+
+    perfect = judge_model_v2(_PerfectPipe(), 24, 20, "euler", 5.0, progress=False)
+    assert all(perfect.meets_targets().values()), perfect.figures
+    assert perfect.figures["all_attributes"] == 1.0 and perfect.figures["style"] == 1.0
+    assert any("relation" in image for image in perfect.images)
+    # The shipped model never learned the v2 words: it cannot place two objects.
+    model = judge_model_v2(sd_core.load_pipeline(), 6, 8, "euler_a", 5.0, progress=False)
+    assert model.figures["all_attributes"] < 1.0

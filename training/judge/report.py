@@ -36,7 +36,14 @@ TARGETS: dict[str, float] = {
     "flat": 0.98,
 }
 # Figures reported without a target of their own.
-INFO = ("background", "mean_delta_e", "detector_shape", "detector_all_four", "seconds_per_image")
+INFO = (
+    "style",  # v2 only
+    "background",
+    "mean_delta_e",
+    "detector_shape",
+    "detector_all_four",
+    "seconds_per_image",
+)
 # The negative-prompt check (issue 17: "negative 'red' moves the colour away"), when it runs.
 NEGATIVE_INFO = ("negative_plain_delta_e", "negative_with_delta_e", "negative_moved")
 NEGATIVE_MOVE = 10.0  # ΔE: a clearly visible shift (red and orange are ≈ 40 apart)
@@ -77,7 +84,7 @@ class JudgeReport:
             shown = f"{value:.3f}" if name == "median_iou" else f"{100 * value:.1f} %"
             goal = f"≥ {target:.2f}" if name == "median_iou" else f"≥ {100 * target:.0f} %"
             rows.append(f"| {name} | {shown} | {goal} | {'yes' if value >= target else 'no'} |")
-        for name in INFO + tuple(n for n in NEGATIVE_INFO if n in self.figures):
+        for name in tuple(n for n in INFO + NEGATIVE_INFO if n in self.figures):
             value = self.figures[name]
             plain = name.endswith("delta_e") or name == "seconds_per_image"
             shown = f"{value:.2f}" if plain else f"{100 * value:.1f} %"
@@ -177,3 +184,65 @@ def negative_check(
         "negative_with_delta_e": float(np.mean(negated)),
         "negative_moved": moved / len(scenes),
     }
+
+
+def judge_model_v2(
+    pipe: Any, count: int, steps: int, sampler: str, guidance: float, progress: bool = True
+) -> JudgeReport:
+    """Draw and judge `count` held-out v2 captions (`random_v2_scene`, seeded 17: half styled
+    one-object, half two-object), image i with `eval_seed(30_000 + i)`.
+
+    Per object: IoU, colour, shape, size, style; "position" is the anchor for one object and
+    the relation for two; "all_attributes": every object's colour, shape, size and style and
+    the position or relation right.
+    """
+    from sd_core.params import GenerationParams
+    from training.judge.verdict import judge_pair
+    from training.shapes import PairScene, random_v2_scene
+
+    rng = np.random.default_rng(17)
+    scenes = [random_v2_scene(rng, held_out=True) for _ in range(count)]
+    ious: list[float] = []
+    right = dict.fromkeys(("color", "shape", "size", "style"), 0)
+    objects = placed = every = flat = 0
+    times: list[float] = []
+    images: list[dict[str, Any]] = []
+    for i, scene in enumerate(tqdm(scenes, desc="judge v2", disable=not progress)):
+        seed = eval_seed(30_000 + i)
+        params = GenerationParams(scene.caption, seed=seed, steps=steps, sampler=sampler,
+                                  guidance=guidance)  # fmt: skip
+        started = time.perf_counter()
+        image = np.asarray(pipe.generate(params).images[0].convert("RGB"))
+        times.append(time.perf_counter() - started)
+        if isinstance(scene, PairScene):
+            pair, _ = judge_pair(image, scene)
+            read = [(pair.first, scene.first), (pair.second, scene.second)]
+            where = pair.relation == scene.relation
+            images.append({"caption": scene.caption, "seed": seed, "relation": pair.relation,
+                           "first": pair.first.as_dict(), "second": pair.second.as_dict()})  # fmt: skip
+        else:
+            verdict, _ = judge_image(image, scene)
+            read = [(verdict, scene)]
+            where = verdict.position == scene.position
+            images.append({"caption": scene.caption, "seed": seed, **verdict.as_dict()})
+        ok = where
+        for verdict, wanted in read:
+            objects += 1
+            ious.append(verdict.iou)
+            for name in right:
+                hit = getattr(verdict, name) == getattr(wanted, name)
+                right[name] += hit
+                ok = ok and hit
+        placed += where
+        every += ok
+        flat += read[0][0].background_std <= 3.0
+    figures = {
+        "median_iou": float(statistics.median(ious)),
+        "iou_at_least_0.7": sum(v >= IOU_GOOD for v in ious) / objects,
+        **{name: hits / objects for name, hits in right.items()},
+        "position": placed / count,
+        "all_attributes": every / count,
+        "flat": flat / count,
+        "seconds_per_image": float(statistics.median(times)),
+    }
+    return JudgeReport(count, steps, sampler, guidance, figures, images)
