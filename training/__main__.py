@@ -1,8 +1,11 @@
-"""`python -m training train|eval|finetune-decoder|sample|bench …`: train, judge and try the built-in model.
+"""`python -m training train|eval|judge|finetune-decoder|sample|bench …`: train, judge and try the built-in model.
 
     python -m training train --out runs/tiny --device cuda --export data/models/dali-tiny.safetensors
     python -m training train --out runs/tiny --resume          # continue an interrupted run
+    python -m training train-all --out runs/all [--device cuda] [--resume]   # every phase
     python -m training eval --checkpoint data/models/dali-tiny.safetensors
+    python -m training judge --checkpoint data/models/dali-tiny.safetensors --count 300 \
+        --steps 20 --json docs/dali-tiny-judge.json --gallery docs/dali-tiny-gallery.png
     python -m training finetune-decoder --checkpoint runs/tiny/dali-tiny.safetensors --out x.safetensors
     python -m training sample --checkpoint … --prompt "a red circle on a blue background" --out x.png
     python -m training bench --checkpoint … --threads 2
@@ -39,6 +42,8 @@ _TRAIN_FIELDS = {
     "tune_count": int,
     "lr": float,
     "vae_lr": float,
+    "large_every": int,
+    "large_pool_size": int,
 }
 
 
@@ -119,6 +124,54 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as training ends: choose sampler and guidance on training "
         "captions, evaluate, and write the figures into the file",
+    )
+
+    everything = sub.add_parser(
+        "train-all",
+        help="the whole model from nothing: VAE, text encoder + UNet, decoder fine-tune, "
+        "evaluation and judge, as one resumable run",
+    )
+    everything.add_argument("--out", required=True, type=Path, help="run folder")
+    everything.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    everything.add_argument("--resume", action="store_true", help="continue the run in --out")
+    everything.add_argument("--export", type=Path, help="also copy the final model here")
+    everything.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
+    everything.add_argument("--preset", choices=_PRESETS, default="dali-tiny")
+    everything.add_argument("--decoder-steps", type=_positive(int), default=2000)
+    everything.add_argument("--decoder-batch", type=_positive(int), default=8)
+    everything.add_argument("--judge-count", type=_positive(int), default=300)
+    everything.add_argument("--judge-steps", type=_positive(int), default=20)
+    for name, kind in _TRAIN_FIELDS.items():
+        parse = _non_negative_int if name == "seed" else _positive(kind)
+        everything.add_argument(
+            "--" + name.replace("_", "-"), type=parse, default=None, help=f"TrainConfig.{name}"
+        )
+
+    judge = sub.add_parser(
+        "judge",
+        help="the independent judge (IoU, colour ΔE, moment classifier) on held-out captions",
+    )
+    judge.add_argument("--checkpoint", required=True, type=Path)
+    judge.add_argument("--device", default="cpu")
+    judge.add_argument("--count", type=_positive(int), default=300)
+    judge.add_argument("--steps", type=_positive(int), default=20)
+    judge.add_argument("--sampler", help="default: the model's default sampler")
+    judge.add_argument("--guidance", type=float, help="default: the one the file records")
+    judge.add_argument("--threads", type=_positive(int))
+    judge.add_argument("--json", type=Path, help="write the figures and every verdict here")
+    judge.add_argument("--gallery", type=Path, help="PNG of the first 64 images beside ideals")
+    judge.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    judge.add_argument(
+        "--grammar",
+        choices=("v1", "v2"),
+        default="v1",
+        help="v1: the held-out v1 captions (default); v2: held-out styled and two-object ones",
+    )
+    judge.add_argument(
+        "--negative-pairs",
+        type=_non_negative_int,
+        default=16,
+        help="captions drawn with and without their colour word as negative prompt (0: none)",
     )
 
     finetune = sub.add_parser(
@@ -256,6 +309,55 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from sd_core.devices import resolve_device
+    from training.config import MICRO_TRAIN, TrainConfig
+    from training.train_all import AllConfig, train_all
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as `train` does
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        parser.error(f"--device: {e}")
+    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    base = MICRO_TRAIN if args.preset == "micro" else TrainConfig()
+    config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    settings = AllConfig(args.decoder_steps, args.decoder_batch, args.judge_count, args.judge_steps)
+    command = "python -m training " + shlex.join(args.argv)
+    stopped: list[Any] = []
+
+    def run_trainer(trainer: Any) -> None:
+        def request_stop(signum: int, frame: Any) -> None:
+            trainer.stop_requested = True
+
+        handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with open(args.out / "log.jsonl", "a") as log:
+                trainer.train(log=lambda r: print(json.dumps(r), file=log, flush=True))
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        if trainer.stop_requested:
+            stopped.append(trainer)
+
+    path = train_all(args.out, device, config, settings, args.resume, command, overrides,
+                     run_trainer)  # fmt: skip
+    if stopped:
+        raise Interrupted(
+            f"interrupted in phase {stopped[0].phase!r} at step {stopped[0].step}; the "
+            f"checkpoint in {str(args.out)!r} is saved: rerun with --resume"
+        )
+    if args.export:
+        _atomic_copy(path, args.export)
+        print(f"wrote {args.export}")
+    print(f"wrote {path}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -282,6 +384,43 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(result.as_dict(), indent=2))
     return 1 if args.strict and not all(result.meets_targets().values()) else 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.judge.gallery import Gallery
+    from training.judge.report import judge_model, judge_model_v2, negative_check
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.grammar == "v2" and args.gallery:
+        raise ValueError("--gallery draws v1 captions only; leave it out with --grammar v2")
+    if args.negative_pairs > 60:
+        raise ValueError(f"--negative-pairs {args.negative_pairs} is out of range; allowed: 0..60")
+    pipe, record = _load(args.checkpoint, args.device)
+    sampler = args.sampler or pipe.config.default_sampler
+    gallery = Gallery() if args.gallery else None
+    if args.grammar == "v2":
+        report = judge_model_v2(pipe, args.count, args.steps, sampler, _guidance(args, record))
+    else:
+        report = judge_model(pipe, args.count, args.steps, sampler, _guidance(args, record),
+                             keep=gallery.add if gallery else None)  # fmt: skip
+    if args.negative_pairs:
+        report.figures.update(negative_check(pipe, args.negative_pairs, args.steps, sampler,
+                                             _guidance(args, record)))  # fmt: skip
+    print(f"{report.count} held-out captions, {report.steps} steps of {report.sampler}, "
+          f"guidance {report.guidance:g}")  # fmt: skip
+    print(report.table())
+    summary = {k: v for k, v in report.as_dict().items() if k != "images"}
+    print(json.dumps(summary))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+    if gallery is not None:
+        gallery.save(args.gallery)
+        print(f"wrote {args.gallery}")
+    return 1 if args.strict and not all(report.meets_targets().values()) else 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -377,8 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, parser)
+        if args.command == "train-all":
+            return _train_all(args, parser)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "judge":
+            return _judge(args)
         if args.command == "sample":
             return _sample(args)
         if args.command == "finetune-decoder":

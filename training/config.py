@@ -87,6 +87,12 @@ class TrainConfig:
     caption_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
     grad_clip: float = 1.0
     checkpoint_every: int = 500  # steps, in each phase
+    # 128-pixel training (issue 17), off at 0: every `large_every`-th VAE and diffusion step
+    # uses 128-px renders (the same scenes drawn at twice the size; latents 16×16) from a pool
+    # of `large_pool_size` images, so the model draws both sizes. A fixed rule, no random draw:
+    # with it off, a run draws exactly the random numbers it drew before.
+    large_every: int = 0
+    large_pool_size: int = 0
     # Evaluation (held-out captions through sd_core's pipeline).
     eval_count: int = 300
     eval_steps: int = 20

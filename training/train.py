@@ -82,14 +82,16 @@ def shape_weights(
 
 
 def weighted_training_batch(
-    rng: np.random.Generator, size: int, weight: float, ring: int = 0
+    rng: np.random.Generator, size: int, weight: float, ring: int = 0, image_size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
     """`size` training images of random captions and seeds, drawn from `rng`, and their
-    `shape_weights`: ((B, 64, 64, 3) uint8, (B, 64, 64) float32)."""
+    `shape_weights`: ((B, S, S, 3) uint8, (B, S, S) float32), S = `image_size`."""
     scenes = train_scenes()
     picks = rng.integers(0, len(scenes), size=size)
     seeds = rng.integers(0, EVAL_SEED_BASE, size=size)
-    images = np.stack([render(scenes[i], int(s)) for i, s in zip(picks, seeds, strict=True)])
+    images = np.stack(
+        [render(scenes[i], int(s), image_size) for i, s in zip(picks, seeds, strict=True)]
+    )
     return images, shape_weights(images, [scenes[i].background for i in picks], weight, ring)
 
 
@@ -246,7 +248,10 @@ class Trainer:
 
     def _vae_step(self) -> float:
         cfg, vae = self.config, self.models["vae"]
-        images, weights = weighted_training_batch(self.np_rng, cfg.vae_batch, cfg.vae_shape_weight)
+        image_size = 128 if self._large_step() else 64
+        images, weights = weighted_training_batch(
+            self.np_rng, cfg.vae_batch, cfg.vae_shape_weight, image_size=image_size
+        )
         crop = cfg.vae_crop
         if crop < images.shape[1]:
             # Random crops on the latent grid: 4× cheaper than whole images at crop 32, and the
@@ -278,6 +283,11 @@ class Trainer:
         self.vae_opt.step()
         return rec_loss.item()
 
+    def _large_step(self) -> bool:
+        """Whether this step trains on 128-px images (`TrainConfig.large_every`)."""
+        every = self.config.large_every
+        return every > 0 and self.step % every == every - 1
+
     # -- phase 2: text encoder + UNet ------------------------------------------------------
 
     @torch.no_grad()
@@ -303,6 +313,23 @@ class Trainer:
         ids = self.tokenizer.encode_batch([s.caption for s in scenes]).to(self.device)
         self.pool = {"mean": torch.cat(means), "logvar": torch.cat(logvars), "ids": ids}
         self.pool["empty"] = self.tokenizer.encode_batch([""]).to(self.device)
+        if cfg.large_every and cfg.large_pool_size:
+            # The 128-px pool: its own seeded RNG, captions in turn, 64 images encoded at a time.
+            large_rng = np.random.default_rng([cfg.seed, 4])
+            large = [captions[i % len(captions)] for i in range(cfg.large_pool_size)]
+            large_seeds = large_rng.integers(0, EVAL_SEED_BASE, size=len(large))
+            means, logvars = [], []
+            for start in range(0, len(large), 64):
+                chunk = range(start, min(start + 64, len(large)))
+                images = np.stack([render(large[i], int(large_seeds[i]), 128) for i in chunk])
+                mean, logvar = vae.encode(images_to_tensor(images, self.device))  # type: ignore[operator]
+                means.append(mean)
+                logvars.append(logvar)
+            self.pool["large_mean"] = torch.cat(means)
+            self.pool["large_logvar"] = torch.cat(logvars)
+            self.pool["large_ids"] = self.tokenizer.encode_batch([s.caption for s in large]).to(
+                self.device
+            )
 
     @torch.no_grad()
     def measure_scale_factor(self) -> float:
@@ -314,15 +341,16 @@ class Trainer:
     def _diffusion_step(self) -> float:
         cfg, pool, gen, dev = self.config, self.pool, self.generator, self.device
         text_encoder, unet = self.models["text_encoder"], self.models["unet"]
-        idx = torch.randint(len(pool["ids"]), (cfg.unet_batch,), generator=gen).to(dev)
-        mean, logvar = pool["mean"][idx], pool["logvar"][idx]
+        prefix = "large_" if self._large_step() and "large_ids" in pool else ""
+        idx = torch.randint(len(pool[prefix + "ids"]), (cfg.unet_batch,), generator=gen).to(dev)
+        mean, logvar = pool[prefix + "mean"][idx], pool[prefix + "logvar"][idx]
         posterior_noise = torch.randn(mean.shape, generator=gen).to(dev)
         x0 = (mean + torch.exp(0.5 * logvar) * posterior_noise) * self.scale_factor
         t = torch.randint(len(self.alphas_cumprod), (cfg.unet_batch,), generator=gen).to(dev)
         eps = torch.randn(x0.shape, generator=gen).to(dev)
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * eps  # q(x_t | x_0)
-        ids = pool["ids"][idx]
+        ids = pool[prefix + "ids"][idx]
         dropped = (torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout).to(dev)
         ids = torch.where(dropped[:, None], pool["empty"], ids)
         factor = _lr_factor(self.step, cfg.unet_steps, cfg.warmup_steps)
