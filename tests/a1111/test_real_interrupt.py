@@ -25,7 +25,7 @@ from stable_diffusion_api.sd_api import create_app
 from tests.a1111.server_app import with_a1111
 from tests.api.test_real_engine import data_with_model
 
-BODY = {"prompt": "a red circle", "steps": 150, "width": 64, "height": 64, "seed": 12,
+BODY = {"prompt": "a red circle on a blue background", "steps": 150, "width": 64, "height": 64, "seed": 12,
         "sampler_name": "Euler a"}  # fmt: skip
 
 
