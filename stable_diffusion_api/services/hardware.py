@@ -12,6 +12,7 @@ import threading
 from collections.abc import Collection
 from dataclasses import replace
 
+from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.errors import InvalidField
 from stable_diffusion_api.services.generator import DeviceSpec, Generator
 from stable_diffusion_api.services.nodes import (
@@ -70,7 +71,10 @@ class HardwareService:
         own = self._nodes.own if self._nodes is not None else None
         if own is None and self._run_workers:  # not registered yet: its devices all the same
             own = Node(self.node_name, tuple(self.local_devices), None)
-        others = self._nodes.others() if self._nodes is not None else []
+        try:
+            others = self._nodes.others() if self._nodes is not None else []
+        except DatabaseUnavailable:  # not made yet (the Gradio UI is built before the studio
+            others = []  # starts and migrates) or away: this host's devices are still known
         return ([own] if own is not None else []) + others
 
     @property

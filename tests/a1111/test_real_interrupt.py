@@ -68,7 +68,7 @@ def test_interrupt_answers_with_the_partly_denoised_image(real: tuple[TestClient
 
     # The image is the model's prediction at that step, as the engine makes it here.
     pipe = sd_core.load_pipeline(checkpoint)
-    params = GenerationParams("a red circle", seed=12, steps=150, sampler="euler_a",
+    params = GenerationParams(BODY["prompt"], seed=12, steps=150, sampler="euler_a",
                               width=64, height=64)  # fmt: skip
     done: list[int] = []
     hooks = GenerationHooks(

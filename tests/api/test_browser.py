@@ -139,11 +139,17 @@ class LocalOnlyBrowser:
         self.outside: list[str] = []
 
     def _watch(self, target: Any) -> Any:
-        def record(request: Any) -> None:
-            if not LOOPBACK.match(request.url):
-                self.outside.append(request.url)
+        def guard(route: Any) -> None:
+            # Every request that reaches the network layer passes here (one the page's CSP
+            # blocks, such as ReDoc's logo, never gets this far); one for another host is
+            # recorded and stopped.
+            if LOOPBACK.match(route.request.url):
+                route.continue_()
+            else:
+                self.outside.append(route.request.url)
+                route.abort()
 
-        target.on("request", record)
+        target.route("**/*", guard)
         return target
 
     def new_context(self, **options: Any) -> Any:

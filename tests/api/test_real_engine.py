@@ -55,7 +55,9 @@ def project_for(client: TestClient, model: str | None, name: str) -> dict[str, A
 def test_real_hardware_samplers_and_models(engine_client: tuple[TestClient, str | None]) -> None:
     client, model = engine_client
     devices = client.get("/api/v1/hardware").json()
-    assert devices[0]["id"] == "cpu" and devices[0]["cores"] and "float32" in devices[0]["dtypes"]
+    cpu = devices[0]  # this machine's CPU, named as a node's device: "<node>/cpu"
+    assert cpu["device"] == "cpu" and cpu["id"] == f"{cpu['node']}/cpu" and cpu["cores"]
+    assert "float32" in cpu["dtypes"]
     names = {s["name"]: s["display_name"] for s in client.get("/api/v1/samplers").json()}
     assert names["euler_a"] == "Euler a" and names["ddim"] == "DDIM" and len(names) >= 10
     models = {m["name"]: m for m in client.get("/api/v1/models").json()}
