@@ -48,15 +48,17 @@ from sd_core.result import (
     GenerationTimings,
     UsedAsset,
 )
-from sd_core.tiled_vae import VaeTiling, vae_decode, vae_encode
+from sd_core.tiled_vae import VaeTiling, vae_encode
 from sd_core.tiling import tiling_aware
 from sd_core.vae_files import LoadedVae
+from sd_core.vae_upcast import decode_finite
 
 if TYPE_CHECKING:
     from sd_core.assets import Assets
     from sd_core.clip import CLIPTextModel
     from sd_core.conditioning import EncodedPrompts
     from sd_core.embeddings import Embedding
+    from sd_core.fast_path import FastPath
     from sd_core.file_library import FileLibrary
     from sd_core.hires import UpscaleImage
     from sd_core.samplers import SamplerFn, SamplerSpec
@@ -142,6 +144,7 @@ class StableDiffusionPipeline:
         # A model upscaler the hires fix may name (sd_core/hires.py); None: the built-in ones.
         self.upscale_image: UpscaleImage | None = None
         self.vae_tiling = VaeTiling()  # above which size decode_latents decodes in tiles
+        self.fast_path: FastPath | None = None  # set by sd_core.fast_path.apply_fast_path
         # Models live on the CPU between uses in low-memory mode; else on the device.
         self._home = torch.device("cpu") if self.low_memory else device
         for model in (text_encoder, vae, unet):
@@ -267,10 +270,11 @@ class StableDiffusionPipeline:
 
     def decode_latents(self, latents: Tensor, vae: AutoencoderKL | None = None) -> Tensor:
         """(B, C, h, w) scaled latents → (B, 3, 8h, 8w) float32 images in [-1, 1] (unclamped),
-        decoded by `vae` (the model's own), in tiles above `vae_tiling`'s size."""
+        decoded by `vae` (the model's own), in tiles above `vae_tiling`'s size; an image whose
+        half-precision decode overflowed is decoded in float32 (`sd_core.vae_upcast`)."""
         vae, scale = self._use(vae or self.vae), self.latent_scale
         out = torch.cat(
-            [vae_decode(vae, z[None].to(self.dtype) / scale, self.vae_tiling) for z in latents]
+            [decode_finite(vae, z[None].to(self.dtype) / scale, self.vae_tiling) for z in latents]
         )
         self._release(vae)
         return out.float()
