@@ -454,7 +454,8 @@ class StableDiffusionPipeline:
         assert p.width is not None and p.height is not None
         h, w = p.height // 8, p.width // 8
         shape = (1, self.config.vae.embed_dim, h, w)
-        sigmas = spec.sigmas(self.schedule, p.steps, p.scheduler).to(self.device, torch.float32)
+        # σ's stay on the CPU: samplers read them as Python floats, never waiting for the device.
+        sigmas = spec.sigmas(self.schedule, p.steps, p.scheduler).to(torch.float32)
         sample = spec.fn
         inpaint_9ch = self.config.unet.in_channels == 9
         image = None if init_image is None else image_to_tensor(init_image, p.width, p.height)
@@ -480,7 +481,7 @@ class StableDiffusionPipeline:
         if init_latents is not None and (mask_image is None or p.strength < 1.0):
             if p.strength > 0:
                 plan = spec.img2img(self.schedule, p.steps, p.strength, p.scheduler)
-                sigmas, sample = plan.sigmas.to(self.device, torch.float32), plan.fn
+                sigmas, sample = plan.sigmas.to(torch.float32), plan.fn
             else:  # nothing to denoise: the image's own latents
                 sigmas = sigmas[-1:]
             x = init_latents + start_noise * sigmas[0]
@@ -521,8 +522,9 @@ class StableDiffusionPipeline:
         def denoise(x_in: Tensor, sigma: Tensor) -> Tensor:
             check_cancel()
             sigma = sigma.reshape(-1).expand(x_in.shape[0]) if sigma.numel() == 1 else sigma
-            t = to_t(sigma).to(self.device, torch.float32)
-            scale = (sigma.float() ** 2 + 1).rsqrt().view(-1, 1, 1, 1)
+            t = to_t(sigma).to(self.device, torch.float32)  # σ on the CPU: no wait here
+            sigma = sigma.to(self.device, torch.float32)
+            scale = (sigma**2 + 1).rsqrt().view(-1, 1, 1, 1)
             model_in = x_in * scale
             if extra_channels is not None:
                 model_in = torch.cat([model_in, extra_channels.to(model_in.dtype)], dim=1)
@@ -532,7 +534,7 @@ class StableDiffusionPipeline:
             if use_cfg:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + p.guidance * (eps_cond - eps_uncond)
-            return x_in - sigma.float().view(-1, 1, 1, 1) * eps
+            return x_in - sigma.view(-1, 1, 1, 1) * eps
 
         return denoise
 
