@@ -28,6 +28,7 @@ from stable_diffusion_api.routes.forms import FormDep, FormInvalid, field_errors
 from stable_diffusion_api.routes.templating import make_templates, render, render_error, seconds
 from stable_diffusion_api.schemas import DEFAULT_VARIATION_STRENGTH, VARIATIONS, ProjectOut
 from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.fast_paths import saved_autotunes
 from stable_diffusion_api.services.gallery import SEARCH_MAX_CHARS
 from stable_diffusion_api.services.workers import Benchmark
 
@@ -383,6 +384,7 @@ def hardware_page(request: Request, studio: StudioDep) -> HTMLResponse:
         "speeds": speeds,
         "model_names": names,
         "benchmarks": list(studio.workers.benchmarks.values()),
+        "autotunes": saved_autotunes(studio.settings.autotune_file),
     } | _choices(studio)
     return render(request, "hardware.html", context)
 
@@ -392,6 +394,16 @@ def benchmark(studio: StudioDep, form: FormDep) -> Response:
     device, dtype = studio.hardware.check(str(form.get("device", "cpu")), None)
     model = studio.models.resolve(forms.text(form, "model"))
     studio.workers.request_benchmark(Benchmark(device.id, dtype, model, None, None, 8))
+    return RedirectResponse("/hardware", status_code=303)
+
+
+@pages.post("/hardware/autotune")
+def autotune(studio: StudioDep, form: FormDep) -> Response:
+    """Queue an autotune of the device with the model (4 steps per image: short on a CPU)."""
+    device, _ = studio.hardware.check(str(form.get("device", "cpu")), None)
+    model = studio.models.resolve(forms.text(form, "model"))
+    benchmark = Benchmark(device.id, None, model, None, None, 4, kind="autotune")
+    studio.workers.request_benchmark(benchmark)
     return RedirectResponse("/hardware", status_code=303)
 
 

@@ -52,15 +52,24 @@ class Benchmark:
     steps: int
     status: str = "queued"  # queued, running, done, failed
     error: str | None = None
+    # "speed": steps/s for the estimates; "autotune": the device's fast paths tried and one
+    # kept per dtype (`Generator.autotune`), whose figures land in `result`.
+    kind: str = "speed"
+    result: dict[str, object] | None = None
 
-    def mark(self, status: str, error: str | None = None) -> None:
+    def mark(
+        self, status: str, error: str | None = None, result: dict[str, object] | None = None
+    ) -> None:
         self.status, self.error = status, error
+        if result is not None:
+            self.result = result
 
 
 def benchmark_key(benchmark: Benchmark) -> tuple[object, ...]:
-    """One measurement per device, dtype, model and size: asking twice waits for the first."""
-    return (benchmark.device, benchmark.dtype, benchmark.model.name, benchmark.width,
-            benchmark.height)  # fmt: skip
+    """One measurement per kind, device, dtype, model and size: asking twice waits for the
+    first."""
+    return (benchmark.kind, benchmark.device, benchmark.dtype, benchmark.model.name,
+            benchmark.width, benchmark.height)  # fmt: skip
 
 
 class ForwardFailed(RuntimeError):
