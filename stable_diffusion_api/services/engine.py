@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -178,10 +179,21 @@ class SdCoreGenerator:
         fast = chosen_fast_path(self._fast_path_file, str(pipe.device), name, dtype)
         if fast is None:
             return
+        if fast.mode in ("compile", "cuda_graphs"):
+            self._use_compile_cache()
         try:
             apply_fast_path(pipe, fast)
         except ValueError as exc:  # the machine changed since (no compiler now, …): eager
             log.warning("fast path %s not applied on %s: %s", fast.label, pipe.device, exc)
+
+    def _use_compile_cache(self) -> None:
+        """Keep torch.compile's kernels beside the autotune file (unless the environment says
+        where): they survive restarts and /tmp clean-ups, so the first image after a restart
+        loads them instead of compiling again, and the autotune's trials fill the cache for the
+        mode it chooses."""
+        if self._fast_path_file is not None:
+            cache = str(self._fast_path_file.parent / "compile-cache")
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
 
     def autotune(self, model: ModelSpec, steps: int) -> dict[str, object]:
         """Tune `model.device` (see `Generator.autotune`): a float32 pipeline of the model is
@@ -196,6 +208,7 @@ class SdCoreGenerator:
 
         if self._torch_threads is not None:
             torch.set_num_threads(self._torch_threads)
+        self._use_compile_cache()
         self.cache.clear()  # room for the trials; reloaded afterwards with the choice applied
         pipe = sd_core.load_pipeline(model.checkpoint, device=model.device, dtype="float32")
         dtypes = device_info(pipe.device).dtypes

@@ -83,6 +83,7 @@ def test_the_engine_keeps_the_choice_and_applies_it_when_it_loads(
     fused = FastPath("eager", "float32", fused_qkv=True)
     # Only the cheap candidates (compile takes a minute on this machine: its own slow test).
     monkeypatch.setattr(autotune_module, "candidates", lambda device, dtypes: [fused])
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "kernels"))  # not the data dir
     file = tmp_path / "data" / "autotune.json"
     engine = SdCoreGenerator(2**30, fast_path_file=file)
     model = ModelSpec(path, "tiny", "cpu", None)
