@@ -433,7 +433,7 @@ class StableDiffusionPipeline:
     def _noise(self, generators: Sequence[torch.Generator], shape: tuple[int, ...]) -> Tensor:
         """One standard-normal draw per image, each from its own generator: (B, *shape[1:])."""
         draws = [torch.randn(shape, generator=g) for g in generators]
-        return torch.cat(draws).to(self.device)
+        return torch.cat(draws).to(self.device, non_blocking=True)  # no wait for the device
 
     def _start(
         self,
@@ -522,8 +522,10 @@ class StableDiffusionPipeline:
         def denoise(x_in: Tensor, sigma: Tensor) -> Tensor:
             check_cancel()
             sigma = sigma.reshape(-1).expand(x_in.shape[0]) if sigma.numel() == 1 else sigma
-            t = to_t(sigma).to(self.device, torch.float32)  # σ on the CPU: no wait here
-            sigma = sigma.to(self.device, torch.float32)
+            # σ is on the CPU: its timestep needs no wait, and an asynchronous copy up does
+            # not make the host wait for the device either (a blocking one would, every step).
+            t = to_t(sigma).to(torch.float32).to(self.device, non_blocking=True)
+            sigma = sigma.to(torch.float32).to(self.device, non_blocking=True)
             scale = (sigma**2 + 1).rsqrt().view(-1, 1, 1, 1)
             model_in = x_in * scale
             if extra_channels is not None:
