@@ -15,8 +15,8 @@ Modes:
                  (`nn.Module.compile`), so module paths and state-dict keys do not change and
                  LoRAs still find and edit their weights. Needs a C compiler on the CPU and
                  Triton on CUDA.
-  cuda_graphs    `compile` with mode "reduce-overhead": inductor's CUDA graphs, one capture per
-                 shape (CUDA only).
+  cuda_graphs    the UNet compiled with mode "reduce-overhead": inductor's CUDA graphs, one
+                 capture per shape (CUDA only); the VAE decoder as in `compile`.
 
 `fused_qkv` is a weight-preserving transform: each self-attention's to_q, to_k and to_v weights
 are copied once into one (3·dim, dim) matrix and the three parameters become views into it (a
@@ -163,5 +163,7 @@ def apply_fast_path(pipeline: StableDiffusionPipeline, fast: FastPath) -> None:
     if fast.mode in ("compile", "cuda_graphs"):
         mode = "reduce-overhead" if fast.mode == "cuda_graphs" else None
         pipeline.unet.compile(mode=mode, fullgraph=False)
-        pipeline.vae.decoder.compile(mode=mode)
+        # The decoder is compiled without CUDA graphs: a batch's images are decoded one by one
+        # and kept, and a graph's replay would overwrite the image decoded before it.
+        pipeline.vae.decoder.compile()
     pipeline.fast_path = fast
