@@ -49,7 +49,7 @@ def test_no_sampler_reads_a_device_tensor_in_the_loop(meta_pipe, sampler) -> Non
     from sd_core.pipeline import _Start
 
     spec = get_sampler(sampler)
-    p = GenerationParams("x", seed=1, steps=3, sampler=sampler, guidance=7.5, width=64,
+    p = GenerationParams("x", seed=1, steps=2, sampler=sampler, guidance=7.5, width=64,
                          height=64).resolve(64, "euler")  # fmt: skip
     sigmas = spec.sigmas(meta_pipe.schedule, p.steps).to(torch.float32)
     assert sigmas.device.type == "cpu"
