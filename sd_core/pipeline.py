@@ -48,15 +48,17 @@ from sd_core.result import (
     GenerationTimings,
     UsedAsset,
 )
-from sd_core.tiled_vae import VaeTiling, vae_decode, vae_encode
+from sd_core.tiled_vae import VaeTiling, vae_encode
 from sd_core.tiling import tiling_aware
 from sd_core.vae_files import LoadedVae
+from sd_core.vae_upcast import decode_finite
 
 if TYPE_CHECKING:
     from sd_core.assets import Assets
     from sd_core.clip import CLIPTextModel
     from sd_core.conditioning import EncodedPrompts
     from sd_core.embeddings import Embedding
+    from sd_core.fast_path import FastPath
     from sd_core.file_library import FileLibrary
     from sd_core.hires import UpscaleImage
     from sd_core.samplers import SamplerFn, SamplerSpec
@@ -142,6 +144,7 @@ class StableDiffusionPipeline:
         # A model upscaler the hires fix may name (sd_core/hires.py); None: the built-in ones.
         self.upscale_image: UpscaleImage | None = None
         self.vae_tiling = VaeTiling()  # above which size decode_latents decodes in tiles
+        self.fast_path: FastPath | None = None  # set by sd_core.fast_path.apply_fast_path
         # Models live on the CPU between uses in low-memory mode; else on the device.
         self._home = torch.device("cpu") if self.low_memory else device
         for model in (text_encoder, vae, unet):
@@ -267,10 +270,11 @@ class StableDiffusionPipeline:
 
     def decode_latents(self, latents: Tensor, vae: AutoencoderKL | None = None) -> Tensor:
         """(B, C, h, w) scaled latents → (B, 3, 8h, 8w) float32 images in [-1, 1] (unclamped),
-        decoded by `vae` (the model's own), in tiles above `vae_tiling`'s size."""
+        decoded by `vae` (the model's own), in tiles above `vae_tiling`'s size; an image whose
+        half-precision decode overflowed is decoded in float32 (`sd_core.vae_upcast`)."""
         vae, scale = self._use(vae or self.vae), self.latent_scale
         out = torch.cat(
-            [vae_decode(vae, z[None].to(self.dtype) / scale, self.vae_tiling) for z in latents]
+            [decode_finite(vae, z[None].to(self.dtype) / scale, self.vae_tiling) for z in latents]
         )
         self._release(vae)
         return out.float()
@@ -446,7 +450,7 @@ class StableDiffusionPipeline:
     def _noise(self, generators: Sequence[torch.Generator], shape: tuple[int, ...]) -> Tensor:
         """One standard-normal draw per image, each from its own generator: (B, *shape[1:])."""
         draws = [torch.randn(shape, generator=g) for g in generators]
-        return torch.cat(draws).to(self.device)
+        return torch.cat(draws).to(self.device, non_blocking=True)  # no wait for the device
 
     def _start(
         self,
@@ -467,7 +471,8 @@ class StableDiffusionPipeline:
         assert p.width is not None and p.height is not None
         h, w = p.height // 8, p.width // 8
         shape = (1, self.config.vae.embed_dim, h, w)
-        sigmas = spec.sigmas(self.schedule, p.steps, p.scheduler).to(self.device, torch.float32)
+        # σ's stay on the CPU: samplers read them as Python floats, never waiting for the device.
+        sigmas = spec.sigmas(self.schedule, p.steps, p.scheduler).to(torch.float32)
         sample = spec.fn
         inpaint_9ch = self.config.unet.in_channels == 9
         image = None if init_image is None else image_to_tensor(init_image, p.width, p.height)
@@ -493,7 +498,7 @@ class StableDiffusionPipeline:
         if init_latents is not None and (mask_image is None or p.strength < 1.0):
             if p.strength > 0:
                 plan = spec.img2img(self.schedule, p.steps, p.strength, p.scheduler)
-                sigmas, sample = plan.sigmas.to(self.device, torch.float32), plan.fn
+                sigmas, sample = plan.sigmas.to(torch.float32), plan.fn
             else:  # nothing to denoise: the image's own latents
                 sigmas = sigmas[-1:]
             x = init_latents + start_noise * sigmas[0]
@@ -534,8 +539,11 @@ class StableDiffusionPipeline:
         def denoise(x_in: Tensor, sigma: Tensor) -> Tensor:
             check_cancel()
             sigma = sigma.reshape(-1).expand(x_in.shape[0]) if sigma.numel() == 1 else sigma
-            t = to_t(sigma).to(self.device, torch.float32)
-            scale = (sigma.float() ** 2 + 1).rsqrt().view(-1, 1, 1, 1)
+            # σ is on the CPU: its timestep needs no wait, and an asynchronous copy up does
+            # not make the host wait for the device either (a blocking one would, every step).
+            t = to_t(sigma).to(torch.float32).to(self.device, non_blocking=True)
+            sigma = sigma.to(torch.float32).to(self.device, non_blocking=True)
+            scale = (sigma**2 + 1).rsqrt().view(-1, 1, 1, 1)
             model_in = x_in * scale
             if extra_channels is not None:
                 model_in = torch.cat([model_in, extra_channels.to(model_in.dtype)], dim=1)
@@ -545,7 +553,7 @@ class StableDiffusionPipeline:
             if use_cfg:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + p.guidance * (eps_cond - eps_uncond)
-            return x_in - sigma.float().view(-1, 1, 1, 1) * eps
+            return x_in - sigma.view(-1, 1, 1, 1) * eps
 
         return denoise
 

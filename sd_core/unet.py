@@ -91,14 +91,26 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim, dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout())
+        # Set by `sd_core.fast_path.fuse_qkv`: one (3·dim, dim) matrix whose rows are to_q's,
+        # to_k's and to_v's weights, which are views into it (self-attention), or one
+        # (2·dim, context_dim) for to_k and to_v (cross-attention). Not in the state dict.
+        self.fused_qkv: Tensor | None = None
+        self.fused_kv: Tensor | None = None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         source = x if context is None else context
         batch, length, dim = x.shape
+        if self.fused_qkv is not None and context is None:
+            q_, k_, v_ = F.linear(x, self.fused_qkv).chunk(3, dim=-1)
+        elif self.fused_kv is not None:
+            q_ = self.to_q(x)
+            k_, v_ = F.linear(source, self.fused_kv).chunk(2, dim=-1)
+        else:
+            q_, k_, v_ = self.to_q(x), self.to_k(source), self.to_v(source)
         # (B, L, dim) → (B, heads, L, head_dim): a view plus a transpose, no copy.
-        q = self.to_q(x).view(batch, length, self.heads, -1).transpose(1, 2)
-        k = self.to_k(source).view(batch, source.shape[1], self.heads, -1).transpose(1, 2)
-        v = self.to_v(source).view(batch, source.shape[1], self.heads, -1).transpose(1, 2)
+        q = q_.view(batch, length, self.heads, -1).transpose(1, 2)
+        k = k_.view(batch, source.shape[1], self.heads, -1).transpose(1, 2)
+        v = v_.view(batch, source.shape[1], self.heads, -1).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(batch, length, dim))
 

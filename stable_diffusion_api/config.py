@@ -184,6 +184,11 @@ class Settings(BaseSettings):
         return self.resolved_data_dir / "images"
 
     @property
+    def autotune_file(self) -> Path:
+        """Each device's autotune results and chosen fast paths (`sd_core.autotune`)."""
+        return self.resolved_data_dir / "autotune.json"
+
+    @property
     def inputs_dir(self) -> Path:
         """Uploaded init images and masks, kept until their job is deleted."""
         return self.resolved_data_dir / "inputs"

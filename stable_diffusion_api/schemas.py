@@ -235,6 +235,13 @@ class BenchmarkRequest(Strict):
     steps: Annotated[int, Field(ge=2, le=50), Number] = 8
 
 
+class AutotuneRequest(Strict):
+    device: Identifier = "cpu"
+    model: Identifier | None = None
+    # Each candidate makes (1 + its repeats) images of this many steps: keep it short.
+    steps: Annotated[int, Field(ge=2, le=50), Number] = 4
+
+
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -481,6 +488,32 @@ class BenchmarkOut(Out):
     steps: int
     status: str  # queued, running, done, failed
     error: str | None
+    kind: str = "speed"  # "speed" or "autotune"
+    result: dict[str, Any] | None = None  # an autotune's figures (as GET /hardware/autotune)
+
+
+class FastPathOut(BaseModel):
+    """One candidate of an autotune: a fast path and what it measured."""
+
+    label: str  # "compile + fused QKV, float16"
+    mode: str  # eager, channels_last, compile, cuda_graphs
+    dtype: str
+    fused_qkv: bool
+    status: str  # ok, outside tolerance, failed
+    seconds: float | None  # median seconds per image
+    first_s: float | None  # the first image (compilation included)
+    error: float | None  # mean |pixel difference| from float32 eager, levels of 255
+    note: str
+
+
+class AutotuneOut(BaseModel):
+    """A device's last autotune: every candidate and, per dtype, the label of the one kept."""
+
+    device: str
+    device_name: str
+    results: list[FastPathOut]
+    chosen: dict[str, str]
+    skipped: dict[str, str]  # mode → why it cannot run on this device
 
 
 class EstimateOut(BaseModel):

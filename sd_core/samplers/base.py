@@ -63,8 +63,12 @@ def check_inputs(x: Tensor, sigmas: Tensor) -> int:
 
 
 def batch_sigma(x: Tensor, sigma: Tensor) -> Tensor:
-    """The scalar σ repeated for each image of the batch: (B,) on x's device, float32."""
-    return sigma.to(x.device, torch.float32).reshape(1).expand(x.shape[0])
+    """The scalar σ repeated for each image of the batch: (B,) float32, on σ's own device.
+
+    The pipeline keeps the σ schedule on the CPU, so a denoiser can read a σ (for its
+    timestep) without waiting for the accelerator: no host sync inside the sampling loop. A
+    denoiser moves σ to x's device itself where it computes with it."""
+    return sigma.to(torch.float32).reshape(1).expand(x.shape[0])
 
 
 def final_latent(x: Tensor, sigma_last: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from sd_core.samplers.base import (
@@ -65,7 +66,7 @@ def sample_dpmpp_2s_ancestral(
             # 3. First-order DPM-Solver++ step to σ_s.
             u = (sigma_s / sigma) * x - math.expm1(-h / 2) * denoised
             # 4. The data estimate at the midpoint carries the whole step to σ_down.
-            denoised_s = denoise(u, batch_sigma(x, x.new_tensor(sigma_s)))
+            denoised_s = denoise(u, batch_sigma(x, torch.tensor(sigma_s, dtype=torch.float32)))
             x = (sigma_down / sigma) * x - math.expm1(-h) * denoised_s
         if sigma_next > 0:
             # 5. Fresh noise σ_up·z_i up to σ_{i+1}.

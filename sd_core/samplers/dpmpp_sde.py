@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from sd_core.samplers.base import (
@@ -60,7 +61,7 @@ def sample_dpmpp_sde(
             # 3. Stage 1: first-order step to σ_s's σ_down, then σ_up of noise → u_i.
             down, up = ancestral_split(sigma, sigma_s)
             u = denoised + (down / sigma) * (x - denoised) + noise() * up
-            denoised_s = denoise(u, batch_sigma(x, x.new_tensor(sigma_s)))
+            denoised_s = denoise(u, batch_sigma(x, torch.tensor(sigma_s, dtype=torch.float32)))
             # 4. Stage 2: D_i = (1 - 1/(2r))·x̂0_i + 1/(2r)·x̂0(u_i), then the same ancestral
             #    first-order step from x_i to σ_{i+1}.
             fac = 1 / (2 * r)

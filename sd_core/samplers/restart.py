@@ -40,13 +40,15 @@ def heun_step(
     denoise: Denoiser, x: Tensor, sigma: float, sigma_next: float
 ) -> tuple[Tensor, Tensor]:
     """One Heun step σ → σ' (Euler into σ' = 0); returns (x at σ', x̂0 at σ)."""
-    denoised = denoise(x, batch_sigma(x, x.new_tensor(sigma)))
+    denoised = denoise(x, batch_sigma(x, torch.tensor(sigma, dtype=torch.float32)))
     d = ode_slope(x, denoised, sigma)
     x_euler = x + d * (sigma_next - sigma)
     if sigma_next == 0:
         return x_euler, denoised
     d_next = ode_slope(
-        x_euler, denoise(x_euler, batch_sigma(x, x.new_tensor(sigma_next))), sigma_next
+        x_euler,
+        denoise(x_euler, batch_sigma(x, torch.tensor(sigma_next, dtype=torch.float32))),
+        sigma_next,
     )
     return x + (d + d_next) / 2 * (sigma_next - sigma), denoised
 

@@ -11,7 +11,7 @@ writes stay plain `def`.
 from __future__ import annotations
 
 from email.utils import format_datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -37,11 +37,14 @@ from stable_diffusion_api.routes.responses import (
     errors,
 )
 from stable_diffusion_api.schemas import (
+    AutotuneOut,
+    AutotuneRequest,
     BenchmarkOut,
     BenchmarkRequest,
     DeviceOut,
     ErrorOut,
     EstimateOut,
+    FastPathOut,
     GenerationAccepted,
     GenerationCreate,
     GenerationOut,
@@ -61,6 +64,7 @@ from stable_diffusion_api.schemas import (
 )
 from stable_diffusion_api.services import Studio
 from stable_diffusion_api.services.assets import InstalledFile
+from stable_diffusion_api.services.fast_paths import saved_autotunes
 from stable_diffusion_api.services.registry import ModelEntry
 from stable_diffusion_api.services.storage import content_type
 from stable_diffusion_api.services.workers import BenchmarkView
@@ -109,6 +113,40 @@ def benchmark_out(benchmark: BenchmarkView) -> BenchmarkOut:
         steps=benchmark.steps,
         status=benchmark.status,
         error=benchmark.error,
+        kind=benchmark.kind,
+        result=benchmark.result,
+    )
+
+
+def autotune_out(device: str, entry: dict[str, Any]) -> AutotuneOut:
+    """One device's entry of the autotune file (`sd_core.autotune.AutotuneResult.as_json`)."""
+    results = []
+    for r in entry.get("results", []):
+        fast = r.get("fast_path", {})
+        results.append(
+            FastPathOut(
+                label=r.get("label", ""),
+                mode=fast.get("mode", ""),
+                dtype=fast.get("dtype") or "",
+                fused_qkv=bool(fast.get("fused_qkv", False)),
+                status=r.get("status", ""),
+                seconds=r.get("seconds"),
+                first_s=r.get("first_s"),
+                error=r.get("error"),
+                note=r.get("note", ""),
+            )
+        )
+    labels = {(r.mode, r.dtype, r.fused_qkv): r.label for r in results}
+    chosen = {
+        dtype: labels.get((f.get("mode"), dtype, bool(f.get("fused_qkv"))), str(f.get("mode")))
+        for dtype, f in entry.get("chosen", {}).items()
+    }
+    return AutotuneOut(
+        device=device,
+        device_name=str(entry.get("device_name", "")),
+        results=results,
+        chosen=chosen,
+        skipped={str(k): str(v) for k, v in entry.get("skipped", {}).items()},
     )
 
 
@@ -193,6 +231,21 @@ def benchmark(request: BenchmarkRequest, studio: StudioDep) -> BenchmarkOut:
     queued = studio.workers.benchmark(request.device, request.dtype, request.model,
                                       request.width, request.height, request.steps)  # fmt: skip
     return benchmark_out(queued)
+
+
+@router.post("/hardware/autotune", status_code=status.HTTP_202_ACCEPTED, responses=BODY)
+def autotune(request: AutotuneRequest, studio: StudioDep) -> BenchmarkOut:
+    """Try the fast paths valid on a device (eager, channels_last, torch.compile, CUDA graphs,
+    each dtype, fused QKV) with a model, keep the fastest within tolerance of float32 eager per
+    dtype for later jobs (queued on the device's worker; the figures: GET /hardware/autotune)."""
+    return benchmark_out(studio.workers.autotune(request.device, request.model, request.steps))
+
+
+@router.get("/hardware/autotune")
+def autotune_results(studio: StudioDep) -> list[AutotuneOut]:
+    """Each device's last autotune: every fast path tried, its figures, the one kept."""
+    saved = saved_autotunes(studio.settings.autotune_file)
+    return [autotune_out(device, entry) for device, entry in saved.items()]
 
 
 @router.get("/hardware/benchmarks")

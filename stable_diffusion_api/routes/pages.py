@@ -29,6 +29,7 @@ from stable_diffusion_api.routes.forms import FormDep, FormInvalid, field_errors
 from stable_diffusion_api.routes.templating import make_templates, render, render_error, seconds
 from stable_diffusion_api.schemas import DEFAULT_VARIATION_STRENGTH, VARIATIONS, ProjectOut
 from stable_diffusion_api.services import Studio
+from stable_diffusion_api.services.fast_paths import saved_autotunes
 from stable_diffusion_api.services.gallery import SEARCH_MAX_CHARS
 from stable_diffusion_api.services.generator import DeviceSpec
 
@@ -415,6 +416,7 @@ def hardware_page(request: Request, studio: StudioDep) -> HTMLResponse:
         "speeds": speeds,
         "model_names": names,
         "benchmarks": studio.workers.benchmark_views(),
+        "autotunes": saved_autotunes(studio.settings.autotune_file),
     }
     return render(request, "hardware.html", context)
 
@@ -423,6 +425,13 @@ def hardware_page(request: Request, studio: StudioDep) -> HTMLResponse:
 def benchmark(studio: StudioDep, form: FormDep) -> Response:
     studio.workers.benchmark(str(form.get("device", "cpu")), None, forms.text(form, "model"),
                              None, None, 8)  # fmt: skip
+    return RedirectResponse("/hardware", status_code=303)
+
+
+@pages.post("/hardware/autotune")
+def autotune(studio: StudioDep, form: FormDep) -> Response:
+    """Queue an autotune of the device with the model (4 steps per image: short on a CPU)."""
+    studio.workers.autotune(str(form.get("device", "cpu")), forms.text(form, "model"), 4)
     return RedirectResponse("/hardware", status_code=303)
 
 

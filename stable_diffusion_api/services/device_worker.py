@@ -582,6 +582,9 @@ class DeviceWorker(threading.Thread):
             future.set_result(result)
 
     def _benchmark(self, benchmark: Benchmark) -> None:
+        if benchmark.kind == "autotune":
+            self._autotune(benchmark)
+            return
         context = self.context
         benchmark.mark("running")
         timing = RunTiming()
@@ -623,3 +626,16 @@ class DeviceWorker(threading.Thread):
         except Exception as exc:  # reported on the hardware page; the worker carries on
             log.exception("benchmark failed")
             benchmark.mark("failed", f"{type(exc).__name__}: {exc}")
+
+    def _autotune(self, benchmark: Benchmark) -> None:
+        """Try the device's fast paths with the benchmark's model (`Generator.autotune`); the
+        figures go into `benchmark.result`, the choice into the engine's file."""
+        benchmark.mark("running")
+        model = benchmark.model.on(benchmark.device, benchmark.dtype)
+        try:
+            result = self.context.engine.autotune(model, benchmark.steps)
+        except Exception as exc:  # reported on the hardware page; the worker carries on
+            log.exception("autotune failed")
+            benchmark.mark("failed", f"{type(exc).__name__}: {exc}")
+        else:
+            benchmark.mark("done", None, result)

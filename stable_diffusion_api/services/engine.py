@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ FILMSTRIP_CELL = 256
 # SD v1.5 at 512²: 2.0e11) the CPU draws the frames with the cheap linear latent → RGB preview
 # instead. GPUs always decode with the VAE.
 FILMSTRIP_CPU_DECODE_BUDGET = 4e9
+# An autotune times each candidate over this many images after its first (which compiles).
+AUTOTUNE_REPEATS = 3
+AUTOTUNE_PROMPT = "a red apple on a wooden table"
 # The forward process is shown at least this large (a tiny model's native size is 64).
 FORWARD_MIN_SIDE = 256
 
@@ -83,10 +87,13 @@ class SdCoreGenerator:
         cache_budget_bytes: int,
         torch_threads: int | None = None,
         asset_folders: AssetFolders | None = None,
+        fast_path_file: Path | None = None,
     ) -> None:
         """`asset_folders`: where prompts' LoRAs and embeddings and requests' VAEs are found
-        (None: none are installed)."""
+        (None: none are installed); `fast_path_file`: where `autotune` keeps each device's
+        chosen fast path, applied to every pipeline loaded on it (None: never tuned, eager)."""
         self._asset_folders = asset_folders
+        self._fast_path_file = fast_path_file
         self._assets: Any = None
         self.cache: PipelineCache[Any] = PipelineCache(self._load, cache_budget_bytes)
         self._torch_threads = torch_threads
@@ -158,6 +165,7 @@ class SdCoreGenerator:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # give back what evicted pipelines held
         pipe = sd_core.load_pipeline(path, device=device, dtype=dtype, low_memory=low_memory)
+        self._apply_fast_path(pipe)
         if self._asset_folders is not None:
             if self._assets is None:
                 from sd_core.assets import Assets
@@ -165,6 +173,60 @@ class SdCoreGenerator:
                 self._assets = Assets.in_folders(self._asset_folders)
             pipe.use_assets(self._assets)
         return pipe
+
+    def _apply_fast_path(self, pipe: Any) -> None:
+        """Apply the fast path autotune chose for the pipeline's device and dtype, if any (a
+        low-memory pipeline moves its models between uses, which would undo it: none)."""
+        if self._fast_path_file is None or pipe.low_memory:
+            return
+        from sd_core.autotune import chosen_fast_path
+        from sd_core.devices import device_info
+        from sd_core.fast_path import apply_fast_path
+
+        dtype = str(pipe.dtype).removeprefix("torch.")
+        name = device_info(pipe.device).name
+        fast = chosen_fast_path(self._fast_path_file, str(pipe.device), name, dtype)
+        if fast is None:
+            return
+        if fast.mode in ("compile", "cuda_graphs"):
+            self._use_compile_cache()
+        try:
+            apply_fast_path(pipe, fast)
+        except ValueError as exc:  # the machine changed since (no compiler now, …): eager
+            log.warning("fast path %s not applied on %s: %s", fast.label, pipe.device, exc)
+
+    def _use_compile_cache(self) -> None:
+        """Keep torch.compile's kernels beside the autotune file (unless the environment says
+        where): they survive restarts and /tmp clean-ups, so the first image after a restart
+        loads them instead of compiling again, and the autotune's trials fill the cache for the
+        mode it chooses."""
+        if self._fast_path_file is not None:
+            cache = str(self._fast_path_file.parent / "compile-cache")
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+
+    def autotune(self, model: ModelSpec, steps: int) -> dict[str, object]:
+        """Tune `model.device` (see `Generator.autotune`): a float32 pipeline of the model is
+        loaded for it, every dtype the device takes is tried, and the loaded pipelines are
+        dropped so the next job loads with the choice applied."""
+        import torch
+
+        import sd_core
+        from sd_core.autotune import autotune, save_autotune
+        from sd_core.devices import device_info
+        from sd_core.params import GenerationParams
+
+        if self._torch_threads is not None:
+            torch.set_num_threads(self._torch_threads)
+        self._use_compile_cache()
+        self.cache.clear()  # room for the trials; reloaded afterwards with the choice applied
+        pipe = sd_core.load_pipeline(model.checkpoint, device=model.device, dtype="float32")
+        dtypes = device_info(pipe.device).dtypes
+        params = GenerationParams(AUTOTUNE_PROMPT, seed=0, steps=steps, sampler="euler")
+        result = autotune(pipe, dtypes, params, repeats=AUTOTUNE_REPEATS)
+        if self._fast_path_file is not None:
+            save_autotune(self._fast_path_file, result)
+        self.cache.clear()
+        return result.as_json()
 
     def _size_estimate(self, model: ModelSpec) -> int:
         if model.parameter_count is None:

@@ -214,6 +214,12 @@ class Generator(Protocol):
         cannot share a run (sd_core.batched.batch_key) run one after another."""
         ...
 
+    def autotune(self, model: ModelSpec, steps: int) -> dict[str, object]:
+        """Try the fast paths valid on `model.device` with `model` (a `steps`-step image at its
+        native size), keep the fastest within tolerance per dtype for the pipelines loaded
+        afterwards, and return every figure (`sd_core.autotune.AutotuneResult.as_json`)."""
+        ...
+
     def forward_process(self, spec: ForwardSpec) -> ForwardResult:
         """Encode `spec.image` with the model's VAE (scaled down to fit the model's native size,
         at least 256 pixels a side), noise the latent to each timestep with one noise draw

@@ -61,7 +61,10 @@ class Studio:
             from stable_diffusion_api.services.engine import SdCoreGenerator
 
             generator = SdCoreGenerator(
-                settings.pipeline_cache_bytes, settings.torch_threads, settings.asset_folders
+                settings.pipeline_cache_bytes,
+                settings.torch_threads,
+                settings.asset_folders,
+                fast_path_file=settings.autotune_file,
             )
         self.settings = settings
         self.generator = generator

@@ -55,9 +55,17 @@ class Benchmark:
     steps: int
     status: str = "queued"  # queued, running, done, failed
     error: str | None = None
+    # "speed": steps/s for the estimates; "autotune": the device's fast paths tried and one
+    # kept per dtype (`Generator.autotune`), whose figures land in `result`.
+    kind: str = "speed"
+    result: dict[str, object] | None = None
 
-    def mark(self, status: str, error: str | None = None) -> None:
+    def mark(
+        self, status: str, error: str | None = None, result: dict[str, object] | None = None
+    ) -> None:
         self.status, self.error = status, error
+        if result is not None:
+            self.result = result
 
 
 @dataclass(frozen=True)
@@ -73,18 +81,22 @@ class BenchmarkView:
     steps: int
     status: str  # queued, running, done, failed
     error: str | None
+    kind: str = "speed"  # or "autotune" (run here only)
+    result: dict[str, object] | None = None  # an autotune's figures
 
     @classmethod
     def of(cls, benchmark: Benchmark, node: str) -> BenchmarkView:
         """`benchmark`, run by `node`'s worker."""
         return cls(f"{node}/{benchmark.device}", benchmark.dtype, benchmark.model.name, benchmark.width,
-                   benchmark.height, benchmark.steps, benchmark.status, benchmark.error)  # fmt: skip
+                   benchmark.height, benchmark.steps, benchmark.status, benchmark.error,
+                   benchmark.kind, benchmark.result)  # fmt: skip
 
 
 def benchmark_key(benchmark: Benchmark) -> tuple[object, ...]:
-    """One measurement per device, dtype, model and size: asking twice waits for the first."""
-    return (benchmark.device, benchmark.dtype, benchmark.model.name, benchmark.width,
-            benchmark.height)  # fmt: skip
+    """One measurement per kind, device, dtype, model and size: asking twice waits for the
+    first."""
+    return (benchmark.kind, benchmark.device, benchmark.dtype, benchmark.model.name,
+            benchmark.width, benchmark.height)  # fmt: skip
 
 
 class ForwardFailed(RuntimeError):

@@ -97,6 +97,7 @@ class BenchmarkChanged:
     key: tuple[object, ...]  # benchmark_key
     status: str
     error: str | None
+    result: dict[str, object] | None = None  # an autotune's figures, when done
 
 
 @dataclass(frozen=True)

@@ -174,10 +174,10 @@ class ProcessWorker:
             if replay(hub, message):
                 continue
             match message:
-                case BenchmarkChanged(key, status, error):
+                case BenchmarkChanged(key, status, error, result):
                     benchmark = self._benchmarks.get(key)
                     if benchmark is not None:
-                        benchmark.mark(status, error)
+                        benchmark.mark(status, error, result)
                 case ForwardDone(request_id, result, kind, error):
                     self._forward_done(request_id, result, kind, error)
         process.join(10)
@@ -282,7 +282,7 @@ class _ChildWorker(DeviceWorker):
         key = benchmark_key(benchmark)
         self._relay.send(BenchmarkChanged(key, "running", None))
         super()._benchmark(benchmark)
-        self._relay.send(BenchmarkChanged(key, benchmark.status, benchmark.error))
+        self._relay.send(BenchmarkChanged(key, benchmark.status, benchmark.error, benchmark.result))
 
     def run_forward(self, request_id: int, spec: ForwardSpec) -> None:
         """Queue the task; its result goes back to the server when done."""
@@ -358,7 +358,10 @@ def child_context(
 
     db = Database(settings.resolved_database_url)
     engine = SdCoreGenerator(
-        settings.pipeline_cache_bytes, settings.torch_threads, settings.asset_folders
+        settings.pipeline_cache_bytes,
+        settings.torch_threads,
+        settings.asset_folders,
+        fast_path_file=settings.autotune_file,
     )
     context = WorkerContext(
         settings=settings,

@@ -374,6 +374,18 @@ class WorkerPool:
         self._workers[benchmark.device].request_benchmark(benchmark)
         return benchmark
 
+    def autotune(self, device: str, model: str | None, steps: int) -> BenchmarkView:
+        """Try the fast paths valid on one of this host's devices with `model` (each image
+        `steps` steps; sd_core/autotune.py) on its worker, keeping the fastest for later jobs.
+        InvalidField for another node's device: an autotune runs on the host the device is in
+        (its own studio page or worker), since its choice is kept in that host's data folder."""
+        local = self.hardware.local(device)
+        entry = self.models.resolve(model)
+        asked = self.request_benchmark(
+            Benchmark(local.id, None, entry, None, None, steps, kind="autotune")
+        )
+        return BenchmarkView.of(asked, self.hardware.node_name)
+
     def benchmark(
         self,
         device: str,

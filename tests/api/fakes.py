@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import threading
 import time
@@ -25,6 +26,7 @@ from stable_diffusion_api.services.generator import (
     ForwardStep,
     JobCanceled,
     JobSpec,
+    ModelSpec,
     SamplerSpec,
     StepCallback,
 )
@@ -62,6 +64,8 @@ class FakeGenerator:
         self.size = 64
         self.textured = False
         self.forwards: list[tuple[ForwardSpec, str]] = []  # each task and the thread that ran it
+        self.autotunes: list[tuple[ModelSpec, int]] = []  # each autotune's model and steps
+        self.autotune_file: Path | None = None  # where autotune keeps its result, as the engine
 
     def list_devices(self) -> list[DeviceSpec]:
         return [
@@ -165,6 +169,34 @@ class FakeGenerator:
         frames = tuple(FilmstripFrame(s, total, 10.0 * (1 - s / total)) for s in steps)
         image = Image.new("RGB", (cell_width * len(frames), 2 * cell_height), "gray")
         return Filmstrip(image, frames)
+
+    def autotune(self, model: ModelSpec, steps: int) -> dict[str, object]:
+        """Figures in the engine's shape: eager 0.5 s, compiled 0.3 s (chosen), a broken mode
+        outside tolerance 0.1 s; kept in `autotune_file` as the engine keeps them."""
+        self.autotunes.append((model, steps))
+        if self.fail_with is not None:
+            raise self.fail_with
+
+        def tried(mode: str, fused: bool, status: str, seconds: float, error: float) -> dict:  # type: ignore[type-arg]
+            fast = {"mode": mode, "dtype": "float32", "fused_qkv": fused}
+            label = mode + (" + fused QKV" if fused else "") + ", float32"
+            return {"fast_path": fast, "label": label, "status": status, "seconds": seconds,
+                    "first_s": seconds * 20, "error": error, "note": ""}  # fmt: skip
+
+        result: dict[str, object] = {
+            "device": model.device,
+            "device_name": "Fake CPU",
+            "results": [
+                tried("eager", False, "ok", 0.5, 0.0),
+                tried("compile", True, "ok", 0.3, 0.1),
+                tried("channels_last", True, "outside tolerance", 0.1, 9.5),
+            ],
+            "chosen": {"float32": {"mode": "compile", "dtype": "float32", "fused_qkv": True}},
+            "skipped": {"cuda_graphs": "CUDA graphs need a CUDA device"},
+        }
+        if self.autotune_file is not None:
+            self.autotune_file.write_text(json.dumps({model.device: result}))
+        return result
 
     def forward_process(self, spec: ForwardSpec) -> ForwardResult:
         """The image back as "decoded", and per timestep a grey picture as bright as the signal
