@@ -47,14 +47,10 @@ import json
 import multiprocessing
 import os
 import platform
-import pwd
 import queue as queue_module
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -78,7 +74,7 @@ from stable_diffusion_api.services.job_queue import (  # noqa: E402
     JobQueue,
     _transient,
 )
-from tests.postgres import PostgresServer, server_binaries  # noqa: E402
+from tests.postgres import PostgresServer, postgres_server, server_binaries  # noqa: E402
 
 T = TypeVar("T")
 DEVICE = "cuda:0"  # every node serves the same device, as GPU nodes of one pool do
@@ -429,35 +425,13 @@ def machine() -> dict[str, Any]:
 
 @contextmanager
 def postgres(fsync: bool) -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL server started as tests/postgres.py starts one (initdb into a
-    temporary folder, a Unix socket, run as `nobody` under root), but with `fsync` as asked:
-    the tests turn it off; production keeps it on, and a commit then waits for the disk."""
+    """A throwaway PostgreSQL server (tests/postgres.py's), with `fsync` as asked: the tests
+    turn it off; production keeps it on, and a commit then waits for the disk."""
     binaries = server_binaries()
     if binaries is None:
         sys.exit("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
-    root = Path(tempfile.mkdtemp(prefix="dali-scale-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        nobody = pwd.getpwnam("nobody")
-        os.chown(root, nobody.pw_uid, nobody.pw_gid)
-        prefix = ["runuser", "-u", "nobody", "--"]
-    data, log = root / "data", root / "server.log"
-
-    def run(*command: str) -> None:
-        done = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"{command[0]} failed:\n{done.stdout}{done.stderr}")
-
-    try:
-        run(str(binaries / "initdb"), "-D", str(data), "-U", "dali", "--auth=trust", "-E", "UTF8")
-        options = f"-k {root} -c listen_addresses='' -c fsync={'on' if fsync else 'off'}"
-        run(str(binaries / "pg_ctl"), "start", "-w", "-D", str(data), "-o", options, "-l", str(log))
-        try:
-            yield PostgresServer(root, "dali")
-        finally:
-            run(str(binaries / "pg_ctl"), "stop", "-D", str(data), "-m", "fast")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server(binaries, fsync=fsync) as server:
+        yield server
 
 
 def server_facts(url: str) -> dict[str, Any]:

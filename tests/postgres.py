@@ -49,7 +49,9 @@ class PostgresServer:
 
 
 @contextmanager
-def postgres_server(binaries: Path) -> Iterator[PostgresServer]:
+def postgres_server(binaries: Path, fsync: bool = False) -> Iterator[PostgresServer]:
+    """The server, stopped and removed on the way out. `fsync` off (tests: nothing to keep);
+    benchmarks/scale_out.py turns it on, as production runs it."""
     root = Path(tempfile.mkdtemp(prefix="dali-pg-"))
     prefix: list[str] = []
     if os.geteuid() == 0:
@@ -66,7 +68,7 @@ def postgres_server(binaries: Path) -> Iterator[PostgresServer]:
 
     try:
         run(str(binaries / "initdb"), "-D", str(data), "-U", "dali", "--auth=trust", "-E", "UTF8")
-        options = f"-k {root} -c listen_addresses='' -c fsync=off"
+        options = f"-k {root} -c listen_addresses='' -c fsync={'on' if fsync else 'off'}"
         run(str(binaries / "pg_ctl"), "start", "-w", "-D", str(data), "-o", options, "-l", str(log))
         try:
             yield PostgresServer(root, "dali")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+
+from stable_diffusion_api.db import Database
 
 
 def make_project(client: TestClient, name: str = "Shapes", **fields: Any) -> dict[str, Any]:
@@ -34,3 +38,15 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"generation {generation_id} stuck in {body['status']}: {body}")
         time.sleep(0.02)
+
+
+def migrated_database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """For a `db` fixture parametrized "sqlite" / "postgresql": a migrated database, a SQLite
+    file in `tmp_path` or a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'dali.db'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    database = Database(url)
+    database.migrate()
+    return database

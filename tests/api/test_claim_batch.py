@@ -13,16 +13,12 @@ import pytest
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.models import Project
 from stable_diffusion_api.services.job_queue import JobQueue
+from tests.api.helpers import migrated_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'dali.db'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
-    database = Database(url)
-    database.migrate()
+    database = migrated_database(request, tmp_path)
     with database.session() as session:
         session.add_all([Project(id=1, name="first", device="cpu"),
                          Project(id=2, name="second", device="cuda:0")])  # fmt: skip

@@ -20,17 +20,13 @@ from stable_diffusion_api.services.job_queue import (
     ProjectSettings,
     StopRequest,
 )
+from tests.api.helpers import migrated_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A migrated database with two projects: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'dali.db'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
-    database = Database(url)
-    database.migrate()
+    database = migrated_database(request, tmp_path)
     with database.session() as session:
         session.add_all(
             [

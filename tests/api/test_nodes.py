@@ -30,7 +30,7 @@ from stable_diffusion_api.services.nodes import (
     spec_json,
     waiting_reason,
 )
-from tests.api.helpers import make_project, wait_for
+from tests.api.helpers import make_project, migrated_database, wait_for
 
 GPU = DeviceSpec("cuda:0", "cuda", "Fake GPU", 8 << 30, 6 << 30, 80, "8.6",
                  ("float16", "float32"), "float16")  # fmt: skip
@@ -41,12 +41,7 @@ HELD = (["dali-tiny"], ["aaaaaaaaaa"])
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'dali.db'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
-    database = Database(url)
-    database.migrate()
+    database = migrated_database(request, tmp_path)
     with database.session() as session:
         session.add(Project(id=1, name="p", device="cpu"))
     yield database
