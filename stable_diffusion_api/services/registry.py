@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
+
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.errors import InvalidField
@@ -152,8 +154,12 @@ class ModelRegistry:
             fresh.sha256, fresh.short_hash = spec.sha256, spec.short_hash
             fresh.variant, fresh.dtype, fresh.parameters = spec.variant, spec.dtype, spec.parameters
             fresh.native_size = spec.native_size
-        with self._db.session() as session:
-            session.merge(fresh)
+        try:
+            with self._db.session() as session:
+                session.merge(fresh)
+        except IntegrityError:  # another process (a node starting beside it) inspected the same
+            # file at the same moment and wrote the row first: that row holds the same facts
+            log.info("checkpoint %s: its row was written by another process", path.name)
         return fresh
 
     def learn_native_size(self, entry: ModelEntry, size: int) -> None:
