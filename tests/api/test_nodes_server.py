@@ -7,8 +7,8 @@ The web host (`DALI_RUN_WORKERS=false python -m stable_diffusion_api`) queues; t
 disk) and DALI_NODE_NAME, run the jobs and write the images to the bucket. Checked: the jobs
 spread over both nodes; every image downloads from the web host, its objects are in the bucket
 and no image file is in any data folder; a remote job's progress reaches the web host's event
-stream live and its cancel stops it; an A1111 client's txt2img; kill -9 of a node mid-job, a
-taken name, a web host restart, SIGTERM.
+stream live and its cancel stops it; an A1111 client's txt2img and the Gradio UI's (its own web
+host); kill -9 of a node mid-job, a taken name, a web host restart, SIGTERM.
 """
 
 from __future__ import annotations
@@ -98,10 +98,20 @@ def cluster(postgres: PostgresServer, s3: S3Server, tmp_path: Path) -> Iterator[
             until(web_up, 60, "the web host")
 
         start_web()  # it ran the migrations: the nodes need not race for them
+        # The Gradio UI as a web host of its own (no workers), on the same database and store.
+        gradio_port = free_port()
+        gradio_env = web_env | {"GRADIO_SERVER_PORT": str(gradio_port), "DALI_NODE_NAME": "ui",
+                                "GRADIO_TEMP_DIR": str(tmp_path / "gradio-cache"),
+                                "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+        with (tmp_path / "gradio.log").open("wb") as out:
+            processes["gradio"] = subprocess.Popen(
+                [sys.executable, str(ROOT / "sd_gradio.py"), "--project", "gradio"], cwd=ROOT,
+                env=gradio_env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
         for name in ("node-a", "node-b"):
             env = environment(database, node_data(tmp_path, name), DALI_NODE_NAME=name, **store)
             processes[name] = start(["worker"], env, tmp_path / f"{name}.log")
         yield {"url": url, "database": database, "processes": processes, "store": store,
+               "gradio": f"http://127.0.0.1:{gradio_port}/",
                "keys": lambda: s3.keys(bucket), "restart_web":
                lambda: (stop(processes["web"]), start_web())}  # fmt: skip
     finally:
@@ -179,6 +189,24 @@ def test_two_nodes_share_the_work_and_a_killed_node_is_reported(
     assert a1111.status_code == 200, a1111.text
     with PILImage.open(io.BytesIO(base64.b64decode(a1111.json()["images"][0]))) as png:
         assert json.loads(png.info["dali"])["node"] in ("node-a", "node-b")
+
+    # The Gradio UI, unchanged, on a studio whose work runs on the nodes.
+    from gradio_client import Client
+
+    def gradio_up() -> bool:
+        assert processes["gradio"].poll() is None, (tmp_path / "gradio.log").read_text()
+        try:
+            return httpx.get(cluster["gradio"], timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    until(gradio_up, 90, "the Gradio UI")
+    ui = Client(cluster["gradio"], verbose=False, download_files=str(tmp_path / "downloads"))
+    # With several nodes its hardware choices are `node/device` ids (hardware.choices()).
+    args = ("gradio", "", "node-a/cpu", "auto", JOB["prompt"], "", "euler", 3, 7.0, 1, 64, 64, 1,
+            1, "")  # fmt: skip
+    *_, details = ui.predict(*args, api_name="/txt2img")
+    assert (details["status"], details["node"]) == ("succeeded", "node-a"), details
 
     said, _ = twin.communicate(timeout=30)
     assert twin.returncode == 3 and b"DALI_NODE_NAME='node-a' is already used" in said, said
