@@ -36,3 +36,17 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
     for item in items:
         if "postgres" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A throwaway PostgreSQL server for the whole session (tests/postgres.py). Only tests
+    marked `postgres` use it, and a plain `pytest` leaves them out: asked for (./test.sh, CI),
+    a missing server is a failure, not a skip."""
+    from tests.postgres import postgres_server, server_binaries
+
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.fail("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+    with postgres_server(binaries) as server:
+        yield server

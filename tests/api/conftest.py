@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
-from tests.postgres import PostgresServer, postgres_server, server_binaries
 from tests.s3 import S3Server, s3_server
 
 
@@ -44,16 +43,6 @@ def client(settings: Settings, fake: FakeGenerator) -> Iterator[TestClient]:
     with TestClient(create_app(settings, fake)) as test_client:
         yield test_client
     fake.release.set()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL server for this test session (tests/postgres.py)."""
-    binaries = server_binaries()
-    if binaries is None:
-        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
-    with postgres_server(binaries) as server:
-        yield server
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ claim statements, so the benchmark cannot rot between the times its figures are 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,7 @@ from benchmarks.scale_out import (
     run_nodes,
 )
 from stable_diffusion_api.db import Database
-from tests.postgres import PostgresServer, postgres_server, server_binaries
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL server for this module (tests/postgres.py)."""
-    binaries = server_binaries()
-    if binaries is None:
-        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
-    with postgres_server(binaries) as server:
-        yield server
+from tests.postgres import PostgresServer
 
 
 @pytest.mark.postgres
