@@ -30,7 +30,6 @@ the `node/device` id. With nothing to claim it waits in `wait_for_work`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -43,7 +42,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sd_core.params import GenerationParams
 from sd_core.result import GenerationResult
 from stable_diffusion_api.db import DatabaseUnavailable
 from stable_diffusion_api.errors import DomainError
@@ -72,43 +70,24 @@ from stable_diffusion_api.services.job_params import params_from_row
 from stable_diffusion_api.services.job_queue import CANCELED_RUNNING, INTERRUPTED
 from stable_diffusion_api.services.nodes import accepted_forms, held_models, qualified
 from stable_diffusion_api.services.registry import ModelEntry
+from stable_diffusion_api.services.run_failures import failure_of
 from stable_diffusion_api.services.run_reporting import RunTiming, StepReporter
 from stable_diffusion_api.services.worker_context import (
     Benchmark,
     ForwardFailed,
     WorkerContext,
-    forward_error,
 )
+from stable_diffusion_api.services.worker_tasks import run_benchmark, run_forward
 
 log = logging.getLogger(__name__)
 
-BENCHMARK_PROMPT = "a red circle in the center on a blue background"
 # The longest wait between two looks at a database that refuses them (doubling from the poll).
 MAX_BACKOFF_S = 15.0
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether the engine ran out of device memory: torch's `OutOfMemoryError` (CUDA), or a
-    RuntimeError saying so (MPS, the CPU allocator). By name, so torch need not be imported."""
-    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 class ServerGone(JobCanceled):
     """The server process a worker process reports to is gone (killed, crashed): its job was
     interrupted, not broken — recorded as such, not as an internal BrokenPipeError."""
-
-
-def failure_of(exc: Exception) -> tuple[FailureKind, str]:
-    """The kind and the message a run that raised `exc` ends with (JobCanceled aside)."""
-    if isinstance(exc, DatabaseUnavailable):  # not the inputs' fault
-        return FailureKind.INTERNAL, f"internal error: {exc.reason}"
-    if isinstance(exc, (ValueError, DomainError)):  # the engine or a check refused the inputs
-        return FailureKind.INVALID_INPUT, str(exc)
-    # The message is worded as it always was; the kind tells the two apart.
-    message = f"internal error: {type(exc).__name__}: {exc}"
-    return FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.INTERNAL, message
 
 
 @dataclass
@@ -564,78 +543,7 @@ class DeviceWorker(threading.Thread):
             log.exception("generation %d: recording its speed failed", row.id)
 
     def _forward(self, spec: ForwardSpec, future: Future[ForwardResult]) -> None:
-        """Run the engine's forward process for a caller waiting on `future` (unless it has
-        given up waiting). Refused inputs come back as ValueError, anything else as
-        ForwardFailed with its kind — as they would from a worker process."""
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            result = self.context.engine.forward_process(spec)
-        except Exception as exc:
-            kind, message = failure_of(exc)
-            if kind is not FailureKind.INVALID_INPUT:
-                log.exception("forward process on %s failed", self.device)
-            error = forward_error(kind, message)
-            error.__cause__ = exc
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        run_forward(self.context, self.device, spec, future)
 
     def _benchmark(self, benchmark: Benchmark) -> None:
-        if benchmark.kind == "autotune":
-            self._autotune(benchmark)
-            return
-        context = self.context
-        benchmark.mark("running")
-        timing = RunTiming()
-        spec = JobSpec(
-            model=benchmark.model.on(benchmark.device, benchmark.dtype),
-            params=GenerationParams(
-                BENCHMARK_PROMPT,
-                seed=0,
-                steps=benchmark.steps,
-                width=benchmark.width,
-                height=benchmark.height,
-            ),
-        )
-        try:
-            images = context.engine.generate(
-                spec, lambda step, total, preview: timing.step(step), context.stopping.is_set
-            ).images
-            decoded = time.monotonic()
-            buffer = io.BytesIO()
-            images[0].save(buffer, format="PNG")  # saving is part of the per-image cost
-            overhead = (decoded - (timing.last_step or decoded)) + (time.monotonic() - decoded)
-            step_seconds = timing.step_seconds
-            if step_seconds and benchmark.model.short_hash:
-                context.speeds.record(
-                    qualified(self.node, benchmark.device),
-                    benchmark.model.short_hash,
-                    benchmark.dtype,
-                    images[0].width,
-                    images[0].height,
-                    1.0 / step_seconds,
-                    overhead,
-                    "benchmark",
-                )
-            if benchmark.width is None:
-                context.models.learn_native_size(benchmark.model, images[0].width)
-            benchmark.mark("done")
-        except JobCanceled:
-            benchmark.mark("failed", "the server stopped")
-        except Exception as exc:  # reported on the hardware page; the worker carries on
-            log.exception("benchmark failed")
-            benchmark.mark("failed", f"{type(exc).__name__}: {exc}")
-
-    def _autotune(self, benchmark: Benchmark) -> None:
-        """Try the device's fast paths with the benchmark's model (`Generator.autotune`); the
-        figures go into `benchmark.result`, the choice into the engine's file."""
-        benchmark.mark("running")
-        model = benchmark.model.on(benchmark.device, benchmark.dtype)
-        try:
-            result = self.context.engine.autotune(model, benchmark.steps)
-        except Exception as exc:  # reported on the hardware page; the worker carries on
-            log.exception("autotune failed")
-            benchmark.mark("failed", f"{type(exc).__name__}: {exc}")
-        else:
-            benchmark.mark("done", None, result)
+        run_benchmark(self.context, self.node, benchmark)

@@ -13,7 +13,7 @@ from stable_diffusion_api.config import Settings
 from stable_diffusion_api.db import Database
 from stable_diffusion_api.models import FailureKind
 from stable_diffusion_api.sd_api import create_app
-from stable_diffusion_api.services.device_worker import failure_of, is_out_of_memory
+from stable_diffusion_api.services.run_failures import failure_of, is_out_of_memory
 from tests.api.fakes import FakeGenerator
 from tests.api.helpers import make_project, submit, wait_for
 from tests.api.test_recovery import add_job
