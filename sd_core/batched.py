@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from sd_core import GenerationCancelled
+from sd_core import GenerationCancelled, shapes_grammar
 from sd_core.extra_networks import PromptNetworks, prompt_networks
 from sd_core.hooks import GenerationHooks, Interrupted
 from sd_core.params import GenerationParams
@@ -372,7 +372,8 @@ def _result(
     if vae is not pipe.vae and pipe._separate_vae.file is not None:
         file = pipe._separate_vae.file
         used.append(UsedAsset("vae", file.name, file.short_hash))
-    warnings = (*net.warnings, *lora_warnings, *job.encoded.warnings)
+    grammar = shapes_grammar.model_warnings(pipe.config.name, net.prompt)
+    warnings = (*grammar, *net.warnings, *lora_warnings, *job.encoded.warnings)
     sampled = _Sampled(
         job.params, TXT2IMG, job.latents, vae, job.text_encoding_s, sampling_s,
         warnings, tuple(used), None, job.interrupted,

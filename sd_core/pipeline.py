@@ -417,7 +417,7 @@ class StableDiffusionPipeline:
             file = self._separate_vae.file
             used.append(UsedAsset("vae", file.name, file.short_hash))
         warnings = (
-            *self._grammar_warnings(networks.prompt),
+            *shapes_grammar.model_warnings(self.config.name, networks.prompt),
             *networks.warnings,
             *lora_warnings,
             *encoded_prompts.warnings,
@@ -426,14 +426,6 @@ class StableDiffusionPipeline:
         return _Sampled(
             p, mode, latents, vae, *timing, warnings, tuple(used), inpainting, interrupted
         )
-
-    def _grammar_warnings(self, prompt: str) -> tuple[str, ...]:
-        """The built-in model's warning for a prompt outside what it was taught (none for any
-        other model: an SD checkpoint reads free text)."""
-        if self.config.name != shapes_grammar.MODEL_NAME:
-            return ()
-        warning = shapes_grammar.prompt_warning(prompt)
-        return (warning,) if warning else ()
 
     # -- stage 1: text conditioning --------------------------------------------------------
 

@@ -111,3 +111,13 @@ def prompt_warning(prompt: str) -> str | None:
         f" positions: {', '.join(POSITIONS)}; backgrounds: the colors or gray, not the shape's"
         f" color. For example '{SUGGESTIONS[0]}'."
     )
+
+
+def model_warnings(model_name: str, prompt: str) -> tuple[str, ...]:
+    """The warnings a run of the model called `model_name` (its `ModelConfig.name`) gives
+    `prompt`: the built-in model's note on a prompt outside its grammar, none for any other
+    model (an SD checkpoint reads free text)."""
+    if model_name != MODEL_NAME:
+        return ()
+    warning = prompt_warning(prompt)
+    return (warning,) if warning else ()

@@ -201,8 +201,8 @@ class GenerationService:
         self._samplers.check(params)
         # Said in the answer, before it runs; the engine's result (the row's warnings) says it
         # again, for the job's page, the API and the PNG's A1111 clients.
-        builtin = model_name == shapes_grammar.MODEL_NAME  # the built-in model's registry name
-        warning = shapes_grammar.prompt_warning(params.prompt) if builtin else None
+        # The built-in model's registry name is its config's name (sd_core.BUILTIN_MODEL_NAME).
+        warnings = list(shapes_grammar.model_warnings(model_name, params.prompt))
         values = {
             "project_id": project_id,
             "source": source,
@@ -240,7 +240,7 @@ class GenerationService:
             position=queued.ahead,
             url=f"/api/v1/generations/{queued.id}",
             events_url=f"/api/v1/generations/{queued.id}/events",
-            warnings=[warning] if warning else [],
+            warnings=warnings,
         )
 
     def _model(self, name: str | None) -> tuple[str, str | None]:

@@ -54,3 +54,19 @@ def test_the_cli_prints_it_as_a_warning(prompt: str, tmp_path: Path, capsys: Any
     said = capsys.readouterr().err
     assert ("warning: The built-in model only draws one shape" in said) == ("cat" in prompt)
     assert out.is_file()
+
+
+def test_jobs_batched_together_get_the_note_too() -> None:
+    from sd_core.batched import BatchJob, generate_batch
+    from sd_core.hooks import GenerationHooks
+
+    pipe = sd_core.load_pipeline()
+    jobs = [
+        BatchJob(
+            GenerationParams(prompt=prompt, steps=1, seed=1, width=64, height=64), GenerationHooks()
+        )  # fmt: skip
+        for prompt in ("a photo of a cat", "a red circle on a blue background")
+    ]
+    cat, circle = generate_batch(pipe, jobs)
+    assert not isinstance(cat, Exception) and not isinstance(circle, Exception)
+    assert cat.warnings == (prompt_warning("a photo of a cat"),) and circle.warnings == ()
