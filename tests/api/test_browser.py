@@ -264,6 +264,11 @@ def test_create_generate_watch_gallery_reuse(server: tuple[str, str], browser) -
     page.wait_for_url("**/gallery")
     thumbs = page.locator(".gallery a.thumb")
     assert thumbs.count() == 1
+    page.wait_for_selector(".gallery img", state="visible")
+    loaded = "document.querySelector('.gallery img').complete"
+    deadline = time.monotonic() + 30  # on a slow run the thumbnail may still be loading
+    while not page.evaluate(loaded) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert page.evaluate("document.querySelector('.gallery img').naturalWidth") > 0
     shoot(page, "5-gallery")
 
