@@ -207,10 +207,17 @@ def _claim_batch(oldest: Any) -> Any:
         .order_by(_OTHER.c.id)
         .limit(bindparam("most"))
         .correlate(None)
+        # The younger jobs are locked as the first one is, passing over rows another worker
+        # holds: waiting for them instead let two batch claims each lock a row the other
+        # wanted next — a deadlock PostgreSQL broke by failing one claim.
+        .with_for_update(of=_OTHER, skip_locked=True)
+        # A CTE, run once: as an IN (…) sub-select PostgreSQL may run it again per row, and
+        # then it returned more rows than its LIMIT.
+        .cte("batch")
     )
     return (
         update(GENERATIONS)
-        .where(GENERATIONS.c.id.in_(batch_ids), GENERATIONS.c.status == QUEUED)
+        .where(GENERATIONS.c.id.in_(select(batch_ids.c.id)), GENERATIONS.c.status == QUEUED)
         .values(
             status=RUNNING,
             worker_id=bindparam("owner"),

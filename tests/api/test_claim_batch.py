@@ -67,16 +67,21 @@ def test_two_workers_claiming_batches_at_once_never_get_the_same_job(db: Databas
     for i in range(24):
         queue.enqueue(job(f"job {i}", seed=i), queue_limit=50)
     got: dict[str, list[int]] = {"a": [], "b": []}
+    failures: list[BaseException] = []
 
     def work(name: str) -> None:
-        while claimed := queue.claim_batch("cpu", name, 4):
-            assert len(claimed) <= 4
-            got[name] += [row.id for row, _ in claimed]
+        try:
+            while claimed := queue.claim_batch("cpu", name, 4):
+                assert len(claimed) <= 4
+                got[name] += [row.id for row, _ in claimed]
+        except BaseException as exc:  # a claim that fails (a deadlock) must fail the test,
+            failures.append(exc)  # not leave the other thread to claim the rest
 
     threads = [threading.Thread(target=work, args=(name,)) for name in got]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+    assert failures == []
     everything = got["a"] + got["b"]
     assert len(everything) == 24 and len(set(everything)) == 24
