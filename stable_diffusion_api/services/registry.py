@@ -9,8 +9,12 @@ read is listed with its error instead of breaking the listing. Clients name a mo
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +73,7 @@ class ModelEntry:
 class ModelRegistry:
     def __init__(self, settings: Settings, db: Database, generator: Generator) -> None:
         self._models_dir = settings.resolved_models_dir
+        self._locks_dir = settings.resolved_data_dir / "locks"
         self._db = db
         self._generator = generator
         self._lock = threading.Lock()
@@ -138,10 +143,21 @@ class ModelRegistry:
         return entry
 
     def _load_row(self, path: Path, size: int, mtime_ns: int) -> ModelFile:
+        row = self._stored_row(path, size, mtime_ns)
+        if row is not None:
+            return row
+        # The web process and a worker both list models (the worker in its heartbeat): one
+        # hashes a new file while the other waits, then reads the row it wrote.
+        with _held(self._locks_dir / f"inspect-{_path_key(path)}.lock"):
+            row = self._stored_row(path, size, mtime_ns)
+            return row if row is not None else self._inspect(path, size, mtime_ns)
+
+    def _stored_row(self, path: Path, size: int, mtime_ns: int) -> ModelFile | None:
         with self._db.session() as session:
             row = session.get(ModelFile, str(path))
-            if row is not None and (row.size, row.mtime_ns) == (size, mtime_ns):
-                return row
+            return row if row is not None and (row.size, row.mtime_ns) == (size, mtime_ns) else None
+
+    def _inspect(self, path: Path, size: int, mtime_ns: int) -> ModelFile:
         log.info("inspecting checkpoint %s (hashing %d MB)", path, size // 2**20)
         fresh = ModelFile(path=str(path), size=size, mtime_ns=mtime_ns, checked_at=utcnow())
         try:
@@ -200,3 +216,19 @@ class ModelRegistry:
             return self.resolve(name)
         except InvalidField:
             return None
+
+
+def _path_key(path: Path) -> str:
+    return hashlib.sha256(str(path).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _held(lock_file: Path) -> Iterator[None]:
+    """An exclusive lock on `lock_file` across processes on this host (flock), held inside."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

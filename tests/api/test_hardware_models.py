@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from stable_diffusion_api.config import Settings
+from stable_diffusion_api.db import Database
+from stable_diffusion_api.services.generator import CheckpointSpec
+from stable_diffusion_api.services.registry import ModelRegistry
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
 from tests.api.helpers import make_project, submit, wait_for
 
@@ -174,3 +178,29 @@ def test_a_failing_speed_record_does_not_fail_the_generation(
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert client.get("/api/v1/hardware").json()[0]["speeds"] == []
+
+
+def test_a_new_checkpoint_is_hashed_once_when_two_processes_list_it_at_once(
+    settings: Settings, fake: FakeGenerator
+) -> None:
+    # The web process and a worker each keep a registry over the same database and data
+    # directory; both list the models as a new file appears (a request and a heartbeat).
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    registries = [ModelRegistry(settings, db, fake) for _ in range(2)]
+    write_fake_checkpoint(settings.resolved_models_dir / "new.safetensors", payload=b"x")
+    calls = []
+    original = fake.inspect_checkpoint
+
+    def slow_inspect(path: Path) -> CheckpointSpec:
+        calls.append(path.name)
+        time.sleep(0.3)  # hashing a large file takes a while: long enough to overlap
+        return original(path)
+
+    fake.inspect_checkpoint = slow_inspect  # type: ignore[method-assign]
+    with ThreadPoolExecutor(2) as pool:
+        listings = list(pool.map(lambda registry: registry.list(), registries))
+    assert [[entry.name for entry in listing] for listing in listings] == [["dali-tiny", "new"]] * 2
+    assert listings[0][1].sha256 == listings[1][1].sha256 is not None
+    assert calls.count("new.safetensors") == 1
+    db.dispose()
