@@ -35,15 +35,18 @@ def wait_while_jobs_hold(client: TestClient, fake: FakeGenerator) -> None:
     callers = [threading.Thread(target=call) for _ in range(60)]
     for caller in callers:
         caller.start()
-    assert fake.reached.wait(10)
-    time.sleep(0.5)  # let every call arrive and start waiting
-    began = time.monotonic()
-    assert client.get("/sdapi/v1/sd-models").status_code == 200  # a plain `def` route
-    assert client.get("/api/v1/projects").status_code == 200
-    assert time.monotonic() - began < 2.0
-    fake.release.set()
-    for caller in callers:
-        caller.join(120)
+    try:
+        assert fake.reached.wait(10)
+        time.sleep(0.5)  # let every call arrive and start waiting
+        began = time.monotonic()
+        assert client.get("/sdapi/v1/sd-models").status_code == 200  # a plain `def` route
+        assert client.get("/api/v1/projects").status_code == 200
+        took = time.monotonic() - began
+    finally:  # a failed check above must not leave 60 calls (and the test client) waiting
+        fake.release.set()
+        for caller in callers:
+            caller.join(120)
+    assert took < 2.0
     assert answers == [200] * 60
 
 
