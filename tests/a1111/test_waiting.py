@@ -93,3 +93,33 @@ def test_a_client_that_disconnects_has_its_job_canceled(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert status == "canceled"
+
+
+def test_a_waiting_call_reads_its_job_when_it_finishes_not_ten_times_a_second(
+    client: TestClient, fake: FakeGenerator
+) -> None:
+    studio = client.app.state.studio  # type: ignore[attr-defined]
+    reads: list[int] = []
+    view = studio.generations.view
+    studio.generations.view = lambda generation_id: (
+        reads.append(generation_id) or view(generation_id)
+    )
+    fake.block_at = 1
+    answers: list[int] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(client.post("/sdapi/v1/txt2img", json=BODY).status_code)
+    )
+    caller.start()
+    try:
+        assert fake.reached.wait(10)
+        time.sleep(2.0)  # the job holds at its first step: the call only waits
+        while_held = len(reads)
+    finally:
+        released = time.monotonic()
+        fake.release.set()
+        caller.join(30)
+    took = time.monotonic() - released
+    assert answers == [200]
+    # One read a second at most while nothing changes (polling read it ten times a second)
+    assert while_held <= 4, reads
+    assert took < 2.0  # the finish is noticed when the hub reports it, not at the next reread
