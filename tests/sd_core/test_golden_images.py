@@ -4,7 +4,13 @@ and the same infotext, as the PNGs stored beside it, made with the built-in mode
 `GenerationParams` refactor (see make_golden.py there). A retrained built-in model needs new
 fixtures; a change in the engine's arithmetic shows here first. Inpainting has since pasted
 the init image back over the unmasked area (sd_core/inpaint.py): there the pixels must be the
-init image's, in the masked area still the fixture's."""
+init image's, in the masked area still the fixture's.
+
+Bit-identical on the CPU that made them (an Intel Xeon with AVX-512); a CPU with other vector
+units (an AMD EPYC with AVX2) rounds some float32 sums differently in the last bit, which moved
+1 to 21 of an image's 12,288 values by one level in every case and never by more. So the test
+allows one level on at most 1 % of the values: a change in the engine's arithmetic moves far
+more than that."""
 
 from __future__ import annotations
 
@@ -40,9 +46,7 @@ def _generate(pipe: Any, case: dict[str, Any]) -> list[Image.Image]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_images_are_bit_identical_to_the_pre_refactor_engine(
-    pipe: Any, case: dict[str, Any]
-) -> None:
+def test_images_equal_the_pre_refactor_engine(pipe: Any, case: dict[str, Any]) -> None:
     images = _generate(pipe, case)
     assert len(images) == len(case["infotext"])
     for i, image in enumerate(images):
@@ -52,7 +56,7 @@ def test_images_are_bit_identical_to_the_pre_refactor_engine(
             expected = np.where(keep, np.asarray(init_image()), expected)
         got = np.asarray(image.convert("RGB"))
         diff = np.abs(got.astype(int) - expected.astype(int))
-        assert diff.max() == 0, (
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (
             f"{case['name']}[{i}]: {int((diff > 0).sum())} values differ, max {diff.max()}"
         )
         assert image.info["parameters"] == case["infotext"][i]
