@@ -50,3 +50,12 @@ def postgres():  # type: ignore[no-untyped-def]
         pytest.fail("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
     with postgres_server(binaries) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per session, for the app fixtures to copy
+    (tests/migrated.py says why)."""
+    from tests.migrated import migrated_database_file
+
+    return migrated_database_file(tmp_path_factory.mktemp("migrated"))

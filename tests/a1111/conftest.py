@@ -12,6 +12,7 @@ from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
 from tests.a1111.server_app import with_a1111
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+from tests.migrated import copy_migrated
 
 
 def make_settings(data: Path) -> Settings:
@@ -29,7 +30,8 @@ def make_settings(data: Path) -> Settings:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
+    copy_migrated(migrated_sqlite, tmp_path / "data")
     return make_settings(tmp_path / "data")
 
 

@@ -11,12 +11,14 @@ from fastapi.testclient import TestClient
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.sd_api import create_app
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+from tests.migrated import copy_migrated
 from tests.s3 import S3Server, s3_server
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
     data = tmp_path / "data"
+    copy_migrated(migrated_sqlite, data)
     return Settings(
         data_dir=data,
         models_dir=data / "models",

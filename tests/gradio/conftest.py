@@ -12,10 +12,12 @@ from dali_gradio import DaliUI
 from stable_diffusion_api.config import Settings
 from stable_diffusion_api.services import Studio
 from tests.api.fakes import FakeGenerator, write_fake_checkpoint
+from tests.migrated import copy_migrated
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
+    copy_migrated(migrated_sqlite, tmp_path / "data")
     return Settings(data_dir=tmp_path / "data", poll_s=0.05, heartbeat_s=0.2)
 
 
