@@ -168,6 +168,11 @@ def _parser() -> argparse.ArgumentParser:
         help="v1: the held-out v1 captions (default); v2: held-out styled and two-object ones",
     )
     judge.add_argument(
+        "--autoencoder",
+        action="store_true",
+        help="judge held-out renders through the autoencoder alone (encode, decode; no UNet)",
+    )
+    judge.add_argument(
         "--negative-pairs",
         type=_non_negative_int,
         default=16,
@@ -390,7 +395,12 @@ def _judge(args: argparse.Namespace) -> int:
     import torch
 
     from training.judge.gallery import Gallery
-    from training.judge.report import judge_model, judge_model_v2, negative_check
+    from training.judge.report import (
+        judge_autoencoder,
+        judge_model,
+        judge_model_v2,
+        negative_check,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -401,16 +411,24 @@ def _judge(args: argparse.Namespace) -> int:
     pipe, record = _load(args.checkpoint, args.device)
     sampler = args.sampler or pipe.config.default_sampler
     gallery = Gallery() if args.gallery else None
-    if args.grammar == "v2":
+    if args.autoencoder and (args.grammar == "v2" or args.gallery):
+        raise ValueError("--autoencoder judges v1 renders without a gallery; leave out "
+                         "--grammar v2 and --gallery")  # fmt: skip
+    if args.autoencoder:
+        report = judge_autoencoder(pipe, args.count)
+    elif args.grammar == "v2":
         report = judge_model_v2(pipe, args.count, args.steps, sampler, _guidance(args, record))
     else:
         report = judge_model(pipe, args.count, args.steps, sampler, _guidance(args, record),
                              keep=gallery.add if gallery else None)  # fmt: skip
-    if args.negative_pairs:
+    if args.negative_pairs and not args.autoencoder:
         report.figures.update(negative_check(pipe, args.negative_pairs, args.steps, sampler,
                                              _guidance(args, record)))  # fmt: skip
-    print(f"{report.count} held-out captions, {report.steps} steps of {report.sampler}, "
-          f"guidance {report.guidance:g}")  # fmt: skip
+    if args.autoencoder:
+        print(f"{report.count} held-out renders through the autoencoder alone")
+    else:
+        print(f"{report.count} held-out captions, {report.steps} steps of {report.sampler}, "
+              f"guidance {report.guidance:g}")  # fmt: skip
     print(report.table())
     summary = {k: v for k, v in report.as_dict().items() if k != "images"}
     print(json.dumps(summary))
