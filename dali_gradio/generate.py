@@ -15,6 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from dali_gradio.choices import AUTO_DTYPE, Choices
+from dali_gradio.hires import FIRST as HIRES_FIRST
 from dali_gradio.hires import hires_fields, hires_inputs
 from dali_gradio.inpaint import inpaint_fields, inpaint_image_inputs, inpaint_settings
 from dali_gradio.inputs import (
@@ -271,12 +272,15 @@ class GenerationTabs:
         vae: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio finds it by this default)
-        *options: Any,  # hires fix controls, then styles (last: callers may leave them out)
+        *options: Any,  # hires fix controls, styles, the later hires controls (dali_gradio/
+        # hires.py; callers may leave out any tail of them)
     ) -> Iterator[GenerationUpdate]:
-        hires, styles = options[:5], options[5:6]
+        hires, styles = options[:HIRES_FIRST], options[HIRES_FIRST : HIRES_FIRST + 1]
+        later = options[HIRES_FIRST + 1 :]  # empty unless all of the first ones were sent
         body = self._request(
             model, device, dtype, prompt, negative_prompt, sampler, steps, guidance, seed, width,
-            height, batch, clip_skip, vae, styles=picked_styles(*styles), **hires_fields(*hires),
+            height, batch, clip_skip, vae, styles=picked_styles(*styles),
+            **hires_fields(*hires, *later),
         )  # fmt: skip
         yield from self._run(request, progress, project, body)
 
@@ -472,12 +476,13 @@ class GenerationTabs:
         project, model, hardware and precision pickers above the tabs."""
         w = widgets
         inpaint_images = [w.editor, w.mask_upload, w.inpaint_strength]
-        for name, panel, fn, extra, after in (
-            ("txt2img", w.t2i, self.txt2img, [], w.hires),
-            ("img2img", w.i2i, self.img2img, [w.init_image, w.strength], []),
-            ("inpaint", w.inp, self.inpaint, inpaint_images, w.inpaint),
+        hires, later_hires = w.hires[:HIRES_FIRST], w.hires[HIRES_FIRST:]
+        for name, panel, fn, extra, after, last in (
+            ("txt2img", w.t2i, self.txt2img, [], hires, later_hires),
+            ("img2img", w.i2i, self.img2img, [w.init_image, w.strength], [], []),
+            ("inpaint", w.inp, self.inpaint, inpaint_images, w.inpaint, []),
         ):
-            inputs = [*common, *extra, *panel.settings(), *after, panel.styles]
+            inputs = [*common, *extra, *panel.settings(), *after, panel.styles, *last]
             panel.generate.click(
                 fn, inputs, panel.outputs(), api_name=name, concurrency_id="generate"
             )

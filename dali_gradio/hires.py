@@ -1,5 +1,9 @@
 """The txt2img tab's hires fix controls (sd_core/hires.py): a box that turns it on, the
-upscale factor, the upscaler, the second pass's steps and denoising strength."""
+upscale factor, the upscaler, the second pass's steps and denoising strength, and (A1111's
+"Hires schedule type" and "Hires CFG Scale") its schedule type and CFG scale.
+
+The API takes the first five before the styles and the last two after them: they came later,
+and a positional caller written before them still sends the styles where it did."""
 
 from __future__ import annotations
 
@@ -21,6 +25,16 @@ UPSCALERS = (
     "Lanczos",
     "Nearest",
 )
+SAME = "Use same scheduler"  # A1111's words for "as the first pass"
+# A1111's schedule type names → the engine's (GenerationCreate.hires_scheduler).
+SCHEDULES = {
+    SAME: None,
+    "Automatic": "automatic",
+    "Karras": "karras",
+    "Exponential": "exponential",
+    "SGM Uniform": "sgm_uniform",
+}
+FIRST = 5  # controls before the styles in the API; the rest come after them
 
 
 def hires_inputs() -> list[Any]:
@@ -31,7 +45,9 @@ def hires_inputs() -> list[Any]:
         upscaler = dropdown(list(UPSCALERS), value="Latent", label="Upscaler")
         steps = slider(0, 150, value=0, step=1, label="Hires steps", info="0 = as above")
         strength = slider(0, 1, value=0.7, step=0.01, label="Denoising strength")
-    return [enabled, scale, upscaler, steps, strength]
+        schedule = dropdown(list(SCHEDULES), value=SAME, label="Hires schedule type")
+        cfg = slider(0, 30, value=0, step=0.5, label="Hires CFG Scale", info="0 = as above")
+    return [enabled, scale, upscaler, steps, strength, schedule, cfg]
 
 
 def hires_fields(
@@ -40,8 +56,11 @@ def hires_fields(
     upscaler: str | None = None,
     steps: float | None = None,
     strength: float | None = None,
+    schedule: str | None = None,
+    cfg: float | None = None,
 ) -> dict[str, Any]:
-    """GenerationCreate's hires fields from the controls ({} while the box is not ticked)."""
+    """GenerationCreate's hires fields from the controls ({} while the box is not ticked). An
+    unknown schedule type is passed on as written, for the service to refuse by name."""
     if not enabled:
         return {}
     fields: dict[str, Any] = {"hires": True, "hires_upscaler": upscaler or "Latent"}
@@ -51,4 +70,8 @@ def hires_fields(
         fields["hires_steps"] = optional_int(steps)
     if strength is not None:
         fields["hires_strength"] = strength
+    if schedule and SCHEDULES.get(schedule, schedule) is not None:
+        fields["hires_scheduler"] = SCHEDULES.get(schedule, schedule)
+    if cfg:
+        fields["hires_guidance"] = cfg
     return fields

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import gradio as gr
+import pytest
 from gradio.helpers import special_args
 
 from dali_gradio import DaliUI
@@ -49,8 +51,32 @@ def test_hires_fields_only_when_ticked() -> None:
 def test_the_api_lists_the_controls_last_with_their_defaults(ui: DaliUI) -> None:
     api = ui.build().get_api_info()
     assert api is not None
-    hires = api["named_endpoints"]["/txt2img"]["parameters"][-6:-1]  # then the styles
+    parameters = api["named_endpoints"]["/txt2img"]["parameters"]
+    hires, styles, later = parameters[-8:-3], parameters[-3], parameters[-2:]
     assert [p["label"] for p in hires] == [
         "Hires fix", "Upscale by", "Upscaler", "Hires steps", "Denoising strength",
     ]  # fmt: skip
     assert [p["parameter_default"] for p in hires] == [False, 2.0, "Latent", 0, 0.7]
+    # The schedule type and CFG came later: after the styles, where positional callers written
+    # before them send nothing.
+    assert styles["label"] == "Styles"
+    assert [p["label"] for p in later] == ["Hires schedule type", "Hires CFG Scale"]
+    assert [p["parameter_default"] for p in later] == ["Use same scheduler", 0]
+
+
+def test_the_schedule_type_and_cfg_reach_the_engine(ui: DaliUI, fake: FakeGenerator) -> None:
+    details = run(ui, True, 1.5, "Latent", 3, 0.4, [], "Karras", 4.5)
+    assert (details["hires_scheduler"], details["hires_guidance"]) == ("karras", 4.5)
+    params = fake.calls[-1].params
+    assert (params.hires_scheduler, params.hires_guidance) == ("karras", 4.5)
+    # "Use same scheduler" and CFG 0: the first pass's, as when the controls are left out
+    same = run(ui, True, 1.5, "Latent", 3, 0.4, [], "Use same scheduler", 0)
+    assert (same["hires_scheduler"], same["hires_guidance"]) == (None, None)
+    params = fake.calls[-1].params
+    assert (params.hires_scheduler, params.hires_guidance) == (None, None)
+
+
+def test_an_unknown_schedule_type_is_refused_by_name(ui: DaliUI) -> None:
+    hires = [True, 2.0, "Latent", 0, 0.7, [], "Wobbly", 0]
+    with pytest.raises(gr.Error, match="hires_scheduler.*Wobbly.*Karras"):
+        list(ui.generation.txt2img(*SETTINGS, None, lambda *a, **k: None, *hires))  # type: ignore[arg-type]

@@ -87,14 +87,16 @@ def test_an_unknown_style_is_refused_naming_it_and_the_installed_ones(
     assert ui.studio.generations.page(1, 0, 10)[1] == 0  # nothing was queued
 
 
-def test_the_picker_lists_the_styles_and_is_each_tabs_last_input(
+def test_the_picker_lists_the_styles_and_follows_each_tabs_first_controls(
     ui: DaliUI, styled: Settings
 ) -> None:
     demo = ui.build()
     api = demo.get_api_info()
     assert api is not None
-    for tab in ("txt2img", "img2img", "inpaint"):
-        styles = api["named_endpoints"][f"/{tab}"]["parameters"][-1]
+    # Last, but for txt2img's hires schedule type and CFG, which came after the styles
+    # (test_hires_controls.py)
+    for tab, position in (("txt2img", -3), ("img2img", -1), ("inpaint", -1)):
+        styles = api["named_endpoints"][f"/{tab}"]["parameters"][position]
         assert (styles["label"], styles["parameter_default"]) == ("Styles", []), tab
     pickers = [b for b in demo.blocks.values() if (b.elem_id or "").endswith("-styles")]
     assert sorted(p.elem_id for p in pickers) == ["img2img-styles", "inpaint-styles", "txt2img-styles"]  # fmt: skip
