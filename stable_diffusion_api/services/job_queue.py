@@ -48,13 +48,9 @@ from sqlalchemy import (
     Connection,
     Row,
     Table,
-    Text,
-    and_,
     bindparam,
-    cast,
     func,
     insert,
-    or_,
     select,
     update,
 )
@@ -73,6 +69,12 @@ from stable_diffusion_api.models import (
     Image,
     JobStatus,
     utcnow,
+)
+from stable_diffusion_api.services.claim_routing import (
+    OLDEST_QUEUED,
+    OLDEST_QUEUED_HELD,
+    batch_of,
+    claim_values,
 )
 
 GENERATIONS: Table = Base.metadata.tables["generations"]
@@ -109,32 +111,6 @@ _INSERT = insert(GENERATIONS).values(status=QUEUED).returning(GENERATIONS.c.id)
 
 _SET_INPUTS = update(GENERATIONS).where(GENERATIONS.c.id == bindparam("job_key"))
 
-# A worker's claim: the oldest queued job asking for one of its device forms ("gpu-b/cuda:0",
-# "cuda:0", "cuda", "auto"), and — `_HELD` — whose model its node holds, by name or hash.
-_FITS = GENERATIONS.c.device.in_(bindparam("device_forms", expanding=True))
-_HELD = GENERATIONS.c.model.in_(bindparam("model_names", expanding=True)) | (
-    GENERATIONS.c.model_hash.in_(bindparam("model_hashes", expanding=True))
-)
-
-
-def _oldest_queued(*conditions: Any) -> Any:
-    """The oldest queued job meeting `conditions`. FOR UPDATE SKIP LOCKED (PostgreSQL; SQLite,
-    one writer at a time, leaves it out): a row another worker is claiming is passed over, not
-    waited for and then lost, so nodes claiming at once take different rows
-    (benchmarks/scale_out.py: no lost races, and 0.91 of N × one node's jobs/s at 8 nodes on
-    a busy machine, against 0.83 without; docs/benchmarks.md)."""
-    return (
-        select(GENERATIONS.c.id)
-        .where(GENERATIONS.c.status == QUEUED, *conditions)
-        .order_by(GENERATIONS.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    )
-
-
-_OLDEST_QUEUED = _oldest_queued(_FITS)
-_OLDEST_QUEUED_HELD = _oldest_queued(_FITS, _HELD)
-
 _PROJECT_NAME = (
     select(PROJECTS.c.name)
     .where(PROJECTS.c.id == GENERATIONS.c.project_id)
@@ -143,10 +119,12 @@ _PROJECT_NAME = (
 )
 
 
-def _claim(oldest: Any) -> Any:
+def _take(*conditions: Any) -> Any:
+    """queued → running under `owner` on `node`: the rows meeting `conditions` that are still
+    queued, returned with their project's name (services/claim_routing.py picks them)."""
     return (
         update(GENERATIONS)
-        .where(GENERATIONS.c.id == oldest.scalar_subquery(), GENERATIONS.c.status == QUEUED)
+        .where(*conditions, GENERATIONS.c.status == QUEUED)
         .values(
             status=RUNNING,
             worker_id=bindparam("owner"),
@@ -157,8 +135,10 @@ def _claim(oldest: Any) -> Any:
     )
 
 
-_CLAIM = _claim(_OLDEST_QUEUED)
-_CLAIM_HELD = _claim(_OLDEST_QUEUED_HELD)
+_CLAIM = _take(GENERATIONS.c.id == OLDEST_QUEUED.scalar_subquery())
+_CLAIM_HELD = _take(GENERATIONS.c.id == OLDEST_QUEUED_HELD.scalar_subquery())
+_CLAIM_BATCH = _take(GENERATIONS.c.id.in_(select(batch_of(OLDEST_QUEUED).c.id)))
+_CLAIM_BATCH_HELD = _take(GENERATIONS.c.id.in_(select(batch_of(OLDEST_QUEUED_HELD).c.id)))
 
 _HAND_BACK = (
     update(GENERATIONS)
@@ -169,83 +149,6 @@ _HAND_BACK = (
     )
     .values(status=QUEUED, worker_id=None, node=None, started_at=None)
 )
-
-# What jobs claimed together must share with the oldest (services/device_worker.py runs them
-# in one denoising loop, sd_core/batched.py): the model on the same hardware, size, sampler,
-# steps, and every other setting kept in `extra_params` (scheduler, eta, VAE, tiling, hires,
-# clip skip, …; compared as text, which works on SQLite and PostgreSQL alike); no input image.
-# Prompt, negative prompt, seed, guidance, batch and variation seed are each job's own.
-BATCH_COLUMNS = ("model", "dtype", "low_memory", "width", "height", "sampler", "steps")
-_FIRST, _OTHER = GENERATIONS.alias("first_job"), GENERATIONS.alias("other_job")
-
-
-def _claim_batch(oldest: Any) -> Any:
-    """The batch claim whose first job is `oldest`'s (a routed claim's oldest job)."""
-    batch_ids = (
-        select(_OTHER.c.id)
-        .select_from(_OTHER.join(_FIRST, _FIRST.c.id == oldest.scalar_subquery().correlate(None)))
-        .where(
-            _OTHER.c.status == QUEUED,
-            _OTHER.c.device == _FIRST.c.device,
-            or_(
-                _OTHER.c.id == _FIRST.c.id,
-                and_(
-                    _FIRST.c.init_image.is_(None),
-                    _FIRST.c.mask.is_(None),
-                    _OTHER.c.init_image.is_(None),
-                    _OTHER.c.mask.is_(None),
-                    cast(_OTHER.c.extra_params, Text).is_not_distinct_from(
-                        cast(_FIRST.c.extra_params, Text)
-                    ),
-                    *(
-                        _OTHER.c[name].is_not_distinct_from(_FIRST.c[name])
-                        for name in BATCH_COLUMNS
-                    ),
-                ),
-            ),
-        )
-        .order_by(_OTHER.c.id)
-        .limit(bindparam("most"))
-        .correlate(None)
-        # The younger jobs are locked as the first one is, passing over rows another worker
-        # holds: waiting for them instead let two batch claims each lock a row the other
-        # wanted next — a deadlock PostgreSQL broke by failing one claim.
-        .with_for_update(of=_OTHER, skip_locked=True)
-        # A CTE, run once: as an IN (…) sub-select PostgreSQL may run it again per row, and
-        # then it returned more rows than its LIMIT.
-        .cte("batch")
-    )
-    return (
-        update(GENERATIONS)
-        .where(GENERATIONS.c.id.in_(select(batch_ids.c.id)), GENERATIONS.c.status == QUEUED)
-        .values(
-            status=RUNNING,
-            worker_id=bindparam("owner"),
-            node=bindparam("node_name"),
-            started_at=bindparam("now"),
-        )
-        .returning(*GENERATIONS.c, _PROJECT_NAME)
-    )
-
-
-_CLAIM_BATCH = _claim_batch(_OLDEST_QUEUED)
-_CLAIM_BATCH_HELD = _claim_batch(_OLDEST_QUEUED_HELD)
-
-
-def _claim_values(
-    device: str | Collection[str],
-    owner: str,
-    models: tuple[Collection[str], Collection[str]] | None,
-    node: str | None,
-) -> tuple[dict[str, Any], bool]:
-    """A claim's parameters, and whether it is limited to the models a node holds."""
-    forms = [device] if isinstance(device, str) else list(device)
-    values: dict[str, Any] = {"device_forms": forms, "owner": owner, "node_name": node}
-    if models is None:
-        return values, False
-    names, hashes = models
-    return values | {"model_names": list(names), "model_hashes": list(hashes)}, True
-
 
 _SUCCEED = (
     update(GENERATIONS)
@@ -444,8 +347,8 @@ class JobQueue:
         `models`: (names, short hashes) of the models the node holds — a job of another model
         is left to a node that has it; None: any model. One conditional UPDATE … RETURNING:
         two workers (even in two processes or on two hosts) never claim the same row."""
-        values, held = _claim_values(device, owner, models, node)
-        claim, oldest = (_CLAIM_HELD, _OLDEST_QUEUED_HELD) if held else (_CLAIM, _OLDEST_QUEUED)
+        values, held = claim_values(device, owner, models, node)
+        claim, oldest = (_CLAIM_HELD, OLDEST_QUEUED_HELD) if held else (_CLAIM, OLDEST_QUEUED)
         with self._db.begin() as connection:
             for _ in range(3):  # PostgreSQL: another worker may win the row between the two
                 row = connection.execute(claim, values | {"now": utcnow()}).first()
@@ -465,12 +368,12 @@ class JobQueue:
     ) -> list[tuple[Generation, str]]:
         """Up to `most` queued jobs that can run together, now running under `owner` on
         `node`, oldest first, each with its project's name: the oldest job `claim` would take
-        and the younger ones asking for the same device that match it (`BATCH_COLUMNS`, the
+        and the younger ones asking for the same device that match it (`claim_routing.batch_of`, the
         same `extra_params`, no input image). Empty when nothing waits. One conditional
         UPDATE … RETURNING, as `claim`."""
-        values, held = _claim_values(device, owner, models, node)
+        values, held = claim_values(device, owner, models, node)
         claim, oldest = (
-            (_CLAIM_BATCH_HELD, _OLDEST_QUEUED_HELD) if held else (_CLAIM_BATCH, _OLDEST_QUEUED)
+            (_CLAIM_BATCH_HELD, OLDEST_QUEUED_HELD) if held else (_CLAIM_BATCH, OLDEST_QUEUED)
         )
         with self._db.begin() as connection:
             for _ in range(3):  # PostgreSQL: another worker may win the rows between the two
