@@ -70,8 +70,9 @@ def hires_fields(
         fields["hires_steps"] = optional_int(steps)
     if strength is not None:
         fields["hires_strength"] = strength
-    if schedule and SCHEDULES.get(schedule, schedule) is not None:
-        fields["hires_scheduler"] = SCHEDULES.get(schedule, schedule)
+    scheduler = SCHEDULES.get(schedule, schedule) if schedule else None
+    if scheduler is not None:
+        fields["hires_scheduler"] = scheduler
     if cfg:
         fields["hires_guidance"] = cfg
     return fields

@@ -109,6 +109,14 @@ def figures(verdicts: Sequence[Verdict], scenes: Sequence[Scene]) -> dict[str, f
     return out
 
 
+def _first_held_out(count: int) -> tuple[Scene, ...]:
+    """The first `count` held-out captions; ValueError naming --count when there are fewer."""
+    scenes = held_out_scenes()
+    if not 1 <= count <= len(scenes):
+        raise ValueError(f"--count {count} is out of range; allowed: 1..{len(scenes)}")
+    return scenes[:count]
+
+
 def judge_model(
     pipe: Any,
     count: int,
@@ -123,9 +131,7 @@ def judge_model(
     from sd_core.params import GenerationParams
     from training.detector import detect
 
-    scenes = held_out_scenes()
-    if not 1 <= count <= len(scenes):
-        raise ValueError(f"--count {count} is out of range; allowed: 1..{len(scenes)}")
+    scenes = _first_held_out(count)
     verdicts: list[Verdict] = []
     times: list[float] = []
     detector_shape = detector_four = 0
@@ -145,7 +151,7 @@ def judge_model(
         images.append({"caption": scene.caption, "seed": seed, **verdict.as_dict()})
         if keep is not None:
             keep(scene, image, fit, verdict)
-    out = figures(verdicts, scenes[:count])
+    out = figures(verdicts, scenes)
     out["detector_shape"] = detector_shape / count
     out["detector_all_four"] = detector_four / count
     out["seconds_per_image"] = float(statistics.median(times))
@@ -161,9 +167,7 @@ def judge_autoencoder(pipe: Any, count: int, progress: bool = True) -> JudgeRepo
     diffusion — so a run can tell the outlines the decoder loses from those the UNet does."""
     import torch
 
-    scenes = held_out_scenes()
-    if not 1 <= count <= len(scenes):
-        raise ValueError(f"--count {count} is out of range; allowed: 1..{len(scenes)}")
+    scenes = _first_held_out(count)
     verdicts: list[Verdict] = []
     images: list[dict[str, Any]] = []
     vae = pipe.vae
@@ -179,7 +183,7 @@ def judge_autoencoder(pipe: Any, count: int, progress: bool = True) -> JudgeRepo
         verdict, _fit = judge_image(image, scene)
         verdicts.append(verdict)
         images.append({"caption": scene.caption, "seed": seed, **verdict.as_dict()})
-    return JudgeReport(count, 0, AUTOENCODER, 0.0, figures(verdicts, scenes[:count]), images)
+    return JudgeReport(count, 0, AUTOENCODER, 0.0, figures(verdicts, scenes), images)
 
 
 def negative_check(
