@@ -60,6 +60,7 @@ from sd_core.extra_networks import PromptNetworks, prompt_networks
 from sd_core.hooks import GenerationHooks, Interrupted
 from sd_core.params import GenerationParams
 from sd_core.result import TXT2IMG, GenerationResult, UsedAsset
+from sd_core.start import noise, starting_latent
 from sd_core.tiling import circular_padding
 from sd_core.unet import GEGLU
 
@@ -261,15 +262,15 @@ def _sample(pipe: StableDiffusionPipeline, jobs: list[_Job], vae: AutoencoderKL)
     for job in jobs:
         job.first, first = first, first + job.params.batch
         job.generators = [torch.Generator("cpu").manual_seed(s) for s in job.params.seeds()]
-        starts.append(pipe._start(job.params, spec, job.generators, None, None, vae))
+        starts.append(starting_latent(pipe, job.params, spec, job.generators, None, None, vae))
     x = torch.cat([start.x for start in starts])
     sigmas, sample = starts[0].sigmas, starts[0].sample
     shape = (1, *x.shape[1:])
     unet = pipe._use(pipe.unet)
     denoise = _denoiser(pipe, spec, jobs)
 
-    def noise() -> Tensor:
-        return torch.cat([pipe._noise(job.generators, shape) for job in jobs])
+    def step_noise() -> Tensor:  # each job's rows from its own generators
+        return torch.cat([noise(job.generators, shape, pipe.device) for job in jobs])
 
     def on_step(step: int, n: int, x_now: Tensor, denoised: Tensor) -> None:
         for job in [j for j in jobs if j.active]:
@@ -294,7 +295,7 @@ def _sample(pipe: StableDiffusionPipeline, jobs: list[_Job], vae: AutoencoderKL)
         if len(sigmas) == 1:
             result = x
         else:
-            result = sample(denoise, x, sigmas, noise=noise, callback=on_step)
+            result = sample(denoise, x, sigmas, noise=step_noise, callback=on_step)
         for job in jobs:
             if job.active:
                 job.latents = result[job.rows]

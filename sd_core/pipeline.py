@@ -2,7 +2,7 @@
 
 `StableDiffusionPipeline.generate(params, *, init_image, mask, hooks)` runs four named stages,
 each a short method below: the text conditioning (`encode_text`), the starting latent for
-txt2img / img2img / inpainting (`_start`), the denoiser with classifier-free guidance
+txt2img / img2img / inpainting (`sd_core/start.py`), the denoiser with classifier-free guidance
 (`_denoiser`) driven by the sampler with the step hooks (`_sample`), and the VAE decode
 (`decode_latents`). It returns a `GenerationResult` whose images carry their metadata.
 
@@ -35,12 +35,9 @@ from sd_core.hooks import GenerationHooks as GenerationHooks
 from sd_core.hooks import Interrupted, interrupted_warning
 from sd_core.image_tensors import (
     check_images,
-    image_to_tensor,
-    mask_to_tensor,
-    slerp,
     tensor_to_images,
 )
-from sd_core.inpaint import FILL, Inpainting, fill_image, fill_latents, prepare
+from sd_core.inpaint import Inpainting, prepare
 from sd_core.params import GenerationParams, InvalidParam
 from sd_core.result import (
     IMG2IMG,
@@ -48,6 +45,7 @@ from sd_core.result import (
     GenerationTimings,
     UsedAsset,
 )
+from sd_core.start import Start, noise, starting_latent
 from sd_core.tiled_vae import VaeTiling, vae_encode
 from sd_core.tiling import tiling_aware
 from sd_core.vae_files import LoadedVae
@@ -61,31 +59,11 @@ if TYPE_CHECKING:
     from sd_core.fast_path import FastPath
     from sd_core.file_library import FileLibrary
     from sd_core.hires import UpscaleImage
-    from sd_core.samplers import SamplerFn, SamplerSpec
+    from sd_core.samplers import SamplerSpec
     from sd_core.unet import UNetModel
     from sd_core.vae import AutoencoderKL
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
-
-
-@dataclass(frozen=True)
-class _Start:
-    """Where sampling begins, as `_start` prepared it.
-
-    x: (B, C, h, w) the starting latent in sigma space; sigmas: (M+1,) the σ's to walk;
-    sample: the sampler function. For img2img/inpainting, init_latents (B, C, h, w) and
-    start_noise keep the image's own latents and its noise (inpainting re-noises the kept area
-    with them); blend_mask (1, 1, h, w) marks the area a regular checkpoint repaints;
-    extra_channels (B, 5, h, w) are an inpainting checkpoint's mask and masked-image latents.
-    """
-
-    x: Tensor
-    sigmas: Tensor
-    sample: SamplerFn
-    init_latents: Tensor | None = None
-    start_noise: Tensor | None = None
-    blend_mask: Tensor | None = None
-    extra_channels: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -404,7 +382,7 @@ class StableDiffusionPipeline:
             context, encoded_prompts = self._conditioning(untagged)
             encoded = time.perf_counter()
             given = (init_latents, init_pixels)
-            start = self._start(p, spec, generators, init_image, mask, vae, given)
+            start = starting_latent(self, p, spec, generators, init_image, mask, vae, given)
             latents, interrupted = self._sample(
                 p, spec, start, context, hooks, check_cancel, generators
             )
@@ -436,78 +414,6 @@ class StableDiffusionPipeline:
         prompts = [p.prompt] if p.guidance <= 1.0 else [p.negative_prompt, p.prompt]
         encoded = self.encode_text(prompts, p.clip_skip)
         return torch.cat([e.expand(p.batch, -1, -1) for e in encoded.context]), encoded
-
-    # -- stage 2: the starting latent ------------------------------------------------------
-
-    def _noise(self, generators: Sequence[torch.Generator], shape: tuple[int, ...]) -> Tensor:
-        """One standard-normal draw per image, each from its own generator: (B, *shape[1:])."""
-        draws = [torch.randn(shape, generator=g) for g in generators]
-        return torch.cat(draws).to(self.device, non_blocking=True)  # no wait for the device
-
-    def _start(
-        self,
-        p: GenerationParams,
-        spec: SamplerSpec,
-        generators: Sequence[torch.Generator],
-        init_image: Image.Image | None,
-        mask_image: Image.Image | None,
-        vae: AutoencoderKL,
-        given: tuple[Tensor | None, Tensor | None] = (None, None),
-    ) -> _Start:
-        """The starting latent of txt2img (scaled noise), img2img (the image's latents noised
-        to the first σ of its shortened schedule) or inpainting (either, plus the mask).
-
-        Random draws per image, in diffusers' order: [image posterior], noise, [masked image
-        posterior]; the variation seed's noise comes from its own generators.
-        """
-        assert p.width is not None and p.height is not None
-        h, w = p.height // 8, p.width // 8
-        shape = (1, self.config.vae.embed_dim, h, w)
-        # σ's stay on the CPU: samplers read them as Python floats, never waiting for the device.
-        sigmas = spec.sigmas(self.schedule, p.steps, p.scheduler).to(torch.float32)
-        sample = spec.fn
-        inpaint_9ch = self.config.unet.in_channels == 9
-        image = None if init_image is None else image_to_tensor(init_image, p.width, p.height)
-        if image is not None and mask_image is not None and p.inpainting_fill == FILL:
-            image = fill_image(image, mask_to_tensor(mask_image, p.width, p.height))
-        init_latents, image = given[0], (given[1] if image is None else image)
-        if image is not None and not (inpaint_9ch and p.strength >= 1.0):
-            init_latents = self.encode_image(image, generators, vae)
-        if init_latents is not None:
-            init_latents = init_latents.to(self.device, torch.float32)
-        start_noise = self._noise(generators, shape)
-        if p.variation_seed is not None and p.variation_strength > 0:
-            # Image i blends towards the noise of variation seed + i (AUTOMATIC1111's subseed).
-            others = [
-                torch.Generator("cpu").manual_seed(p.variation_seed + i) for i in range(p.batch)
-            ]
-            start_noise = slerp(p.variation_strength, start_noise, self._noise(others, shape))
-        if init_latents is not None and mask_image is not None:  # latent noise or nothing
-            small = mask_to_tensor(mask_image, p.width, p.height)
-            small = torch.nn.functional.interpolate(small, size=(h, w)).to(self.device)
-            init_latents = fill_latents(init_latents, small, start_noise, p.inpainting_fill)
-        # img2img always starts from the noised image; inpainting at full strength from noise.
-        if init_latents is not None and (mask_image is None or p.strength < 1.0):
-            if p.strength > 0:
-                plan = spec.img2img(self.schedule, p.steps, p.strength, p.scheduler)
-                sigmas, sample = plan.sigmas.to(torch.float32), plan.fn
-            else:  # nothing to denoise: the image's own latents
-                sigmas = sigmas[-1:]
-            x = init_latents + start_noise * sigmas[0]
-        else:
-            x = start_noise * spec.initial_noise_scale(sigmas)
-        if p.eta is not None and spec.eta_settable:  # its own otherwise (`resolve` checked)
-            sample = functools.partial(sample, eta=p.eta)
-        if mask_image is None:
-            return _Start(x, sigmas, sample, init_latents, start_noise)
-        assert image is not None
-        mask = mask_to_tensor(mask_image, p.width, p.height)
-        latent_mask = torch.nn.functional.interpolate(mask, size=(h, w)).to(self.device)
-        if not inpaint_9ch:
-            return _Start(x, sigmas, sample, init_latents, start_noise, blend_mask=latent_mask)
-        masked_latents = self.encode_image(image * (mask < 0.5), generators, vae)
-        extra = torch.cat([latent_mask.expand(p.batch, -1, -1, -1), masked_latents], dim=1)
-        return _Start(x, sigmas, sample, init_latents, start_noise, extra_channels=extra)
 
     # -- stage 3: the denoiser and the sampling loop ---------------------------------------
 
@@ -553,7 +459,7 @@ class StableDiffusionPipeline:
         self,
         p: GenerationParams,
         spec: SamplerSpec,
-        start: _Start,
+        start: Start,
         context: Tensor,
         hooks: GenerationHooks,
         check_cancel: Callable[[], None],
@@ -595,7 +501,7 @@ class StableDiffusionPipeline:
                     denoise,
                     start.x,
                     sigmas,
-                    noise=lambda: self._noise(generators, shape),
+                    noise=lambda: noise(generators, shape, self.device),
                     callback=on_step,
                 )
         except Interrupted as stop:

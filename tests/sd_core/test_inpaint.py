@@ -19,6 +19,7 @@ from sd_core.inpaint import crop_box, fill_image, fill_latents, prepare, process
 from sd_core.outpaint import Margins, outpaint, outpaint_inputs
 from sd_core.params import GenerationParams, InvalidParam
 from sd_core.samplers import get_sampler
+from sd_core.start import starting_latent
 from tests.reference import random_checkpoint
 
 SIZE = 64
@@ -80,7 +81,7 @@ def _start(pipe: Any, p: GenerationParams, init: Image.Image, mask: Image.Image)
     p = pipe.resolve(p)
     spec = get_sampler(p.sampler)
     generators = [torch.Generator("cpu").manual_seed(s) for s in p.seeds()]
-    return pipe._start(p, spec, generators, init, mask, pipe.vae_for(p))
+    return starting_latent(pipe, p, spec, generators, init, mask, pipe.vae_for(p))
 
 
 @pytest.mark.parametrize("fill", [0, 1, 2, 3])

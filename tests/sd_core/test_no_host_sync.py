@@ -46,7 +46,7 @@ def test_the_meta_device_refuses_host_reads() -> None:
 
 @pytest.mark.parametrize("sampler", sampler_names())
 def test_no_sampler_reads_a_device_tensor_in_the_loop(meta_pipe, sampler) -> None:  # type: ignore[no-untyped-def]
-    from sd_core.pipeline import _Start
+    from sd_core.start import Start
 
     spec = get_sampler(sampler)
     p = GenerationParams("x", seed=1, steps=2, sampler=sampler, guidance=7.5, width=64,
@@ -58,7 +58,7 @@ def test_no_sampler_reads_a_device_tensor_in_the_loop(meta_pipe, sampler) -> Non
     generators = [torch.Generator("cpu").manual_seed(1)]
     steps: list[int] = []
     hooks = GenerationHooks(on_step=lambda step, n, denoised: steps.append(step))
-    start = _Start(x, sigmas, spec.fn)
+    start = Start(x, sigmas, spec.fn)
     with torch.inference_mode():
         result, interrupted = meta_pipe._sample(
             p, spec, start, context, hooks, lambda: None, generators
