@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     everything.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
     everything.add_argument("--preset", choices=_PRESETS, default="dali-tiny")
     everything.add_argument("--decoder-steps", type=_positive(int), default=2000)
-    everything.add_argument("--decoder-batch", type=_positive(int), default=8)
+    everything.add_argument("--decoder-batch", type=_positive(int), default=16)
+    everything.add_argument("--decoder-samples", type=_non_negative_int, default=3200)
     everything.add_argument("--judge-count", type=_positive(int), default=300)
     everything.add_argument("--judge-steps", type=_positive(int), default=20)
     for name, kind in _TRAIN_FIELDS.items():
@@ -195,6 +196,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=2,
         help="pixels around the shape weighted like the shape (default 2)",
+    )
+    finetune.add_argument(
+        "--samples",
+        type=_non_negative_int,
+        default=0,
+        help="first draw this many training captions with the model; half of every batch "
+        "decodes those latents to the renderings their captions allow (default 0: none)",
     )
     finetune.add_argument("--no-eval", action="store_true")
     finetune.add_argument(
@@ -331,7 +339,8 @@ def _train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
     base = MICRO_TRAIN if args.preset == "micro" else TrainConfig()
     config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
-    settings = AllConfig(args.decoder_steps, args.decoder_batch, args.judge_count, args.judge_steps)
+    settings = AllConfig(args.decoder_steps, args.decoder_batch, args.decoder_samples,
+                         args.judge_count, args.judge_steps)  # fmt: skip
     command = "python -m training " + shlex.join(args.argv)
     stopped: list[Any] = []
 
@@ -466,6 +475,7 @@ def _finetune(args: argparse.Namespace) -> int:
         args.shape_weight,
         args.ring,
         command=command,
+        samples=args.samples,
     )
     print(json.dumps(record))
     if not args.no_eval:

@@ -5,6 +5,10 @@ SD v1's released "ft-MSE" decoder was made the same way. The decoder learns to d
 rendered image back from posterior samples of the frozen encoder, with the shape's pixels
 weighted up (`shape_weight`): a small shape is a few percent of the pixels, and an unweighted
 loss is content to draw it as a blob of the right colour.
+
+With `samples` > 0 the decoder also learns from what it is handed in use: the model first draws
+that many training captions, and half of each batch is those latents with the renderings their
+captions allow as targets (`training.sampled_targets`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from sd_core.checkpoint import checkpoint_state_dict, load_models, save_checkpoint
-from training.train import images_to_tensor, weighted_training_batch
+from training.sampled_targets import SampledTargets, sample_targets
+from training.train import images_to_tensor, shape_weights, weighted_training_batch
 
 
 def finetune_decoder(
@@ -34,31 +39,47 @@ def finetune_decoder(
     ring: int = 2,
     seed: int = 0,
     command: str = "",
+    samples: int = 0,
+    sample_steps: int = 20,
 ) -> dict[str, Any]:
     """Train the decoder (and post_quant_conv) of `source`; write the result to `target`.
 
+    `samples` > 0: first draw that many training captions with `source` (its default sampler
+    and recorded guidance, `sample_steps` steps) and give half of every batch to them.
     Everything else in the file (text encoder, UNet, encoder, config, metadata) is kept, except
     the evaluation record, which no longer describes the new file. Returns the run's record.
     """
+    rng = np.random.default_rng([seed, 3])
+    started = time.perf_counter()
+    sampled = _draw_samples(source, device, samples, sample_steps, rng) if samples else None
+    sampling_seconds = time.perf_counter() - started
     config, models, metadata = load_models(source, device=device, dtype=torch.float32)
     vae: Any = models["vae"]
     trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for p in trainable:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0, fused=True)
-    rng = np.random.default_rng([seed, 3])
     generator = torch.Generator("cpu").manual_seed(seed)
     smoothed = None
-    started = time.perf_counter()
+    use_sampled = sampled is not None and len(sampled.latents) > 0
+    own = batch - batch // 2 if use_sampled else batch  # posterior samples in each batch
     bar = tqdm(range(steps), desc="decoder", unit="step", dynamic_ncols=True)
     for step in bar:
-        images, weight_np = weighted_training_batch(rng, batch, shape_weight, ring)
+        images, weight_np = weighted_training_batch(rng, own, shape_weight, ring)
         weight = torch.from_numpy(weight_np).to(device)[:, None]
         x = images_to_tensor(images, device)
         with torch.no_grad():
             mean, logvar = vae.encode(x)
             noise = torch.randn(mean.shape, generator=generator).to(device)
             z = mean + torch.exp(0.5 * logvar) * noise
+        if sampled is not None and use_sampled:
+            picks = rng.integers(0, len(sampled.latents), size=batch - own)
+            z = torch.cat([z, sampled.latents[torch.from_numpy(picks)].to(device)])
+            x = torch.cat([x, images_to_tensor(sampled.images[picks], device)])
+            drawn_weight = shape_weights(sampled.images[picks],
+                                         [sampled.backgrounds[i] for i in picks],
+                                         shape_weight, ring)  # fmt: skip
+            weight = torch.cat([weight, torch.from_numpy(drawn_weight).to(device)[:, None]])
         error = vae.decode(z) - x
         loss = (weight * (error.abs() + error.pow(2))).mean() / weight.mean()
         factor = 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / steps))  # cosine to 10 %
@@ -83,7 +104,31 @@ def finetune_decoder(
         "command": command,
         "seconds": round(time.perf_counter() - started),
     }
+    if sampled is not None:
+        record["samples"] = {
+            "drawn": sampled.drawn,
+            "kept": len(sampled.latents),
+            "steps": sample_steps,
+            "sampler": sampled.sampler,
+            "guidance": sampled.guidance,
+            "seconds": round(sampling_seconds),
+        }
     meta = {k: v for k, v in metadata.items() if k not in ("dali_eval", "dali_config", "format")}
     meta["dali_decoder_finetune"] = json.dumps(record)
     save_checkpoint(target, checkpoint_state_dict(models), config, meta, dtype=torch.float16)
     return record
+
+
+def _draw_samples(
+    source: Path, device: torch.device, count: int, steps: int, rng: np.random.Generator
+) -> SampledTargets:
+    """`count` drawings of training captions by `source` with its default sampler and the
+    guidance its evaluation recorded (5 when it has none), paired with their targets."""
+    import sd_core
+    from sd_core.tensor_source import TensorSource
+
+    pipe = sd_core.load_pipeline(source, device=str(device), dtype="float32")
+    recorded = TensorSource(source).metadata.get("dali_eval")
+    guidance = float(json.loads(recorded)["guidance"]) if recorded else 5.0
+    sampler = pipe.config.default_sampler or "euler_a"
+    return sample_targets(pipe, count, rng, steps, sampler, guidance)

@@ -6,8 +6,10 @@ Four phases in one run folder, each recorded in `train-all.json` when it ends, s
 1. `train`: the VAE, then the text encoder + UNet (`training.train`; it checkpoints every
    `checkpoint_every` steps and resumes from the last one, bit for bit), exported to
    `stage-1.safetensors`;
-2. `decoder`: the VAE decoder fine-tune (`training.finetune`) into `dali-tiny.safetensors`
-   — a short phase that, if interrupted, starts again from its beginning;
+2. `decoder`: the VAE decoder fine-tune (`training.finetune`) into `dali-tiny.safetensors`,
+   on the encoder's latents and on `decoder_samples` of the stage-1 model's own drawings
+   (`training.sampled_targets`, drawn with `judge_steps` steps) — a short phase that, if
+   interrupted, starts again from its beginning;
 3. `evaluate`: sampler and guidance chosen on training captions, the detector's held-out
    evaluation, written into the file (`training.evaluate.evaluate_and_record`);
 4. `judge`: the independent judge (`training.judge.report`) on held-out captions, its figures
@@ -40,7 +42,8 @@ class AllConfig:
     """The phases' settings beyond the trainer's own (`TrainConfig`)."""
 
     decoder_steps: int = 2000
-    decoder_batch: int = 8
+    decoder_batch: int = 16
+    decoder_samples: int = 3200  # the stage-1 model's own drawings the decoder learns from
     judge_count: int = 300
     judge_steps: int = 20
 
@@ -130,7 +133,9 @@ def train_all(
             trainer.export(stage_one)
         elif phase == "decoder":
             finetune_decoder(stage_one, final, device, settings.decoder_steps,
-                             settings.decoder_batch, seed=config.seed, command=command)  # fmt: skip
+                             settings.decoder_batch, seed=config.seed, command=command,
+                             samples=settings.decoder_samples,
+                             sample_steps=settings.judge_steps)  # fmt: skip
         elif phase == "evaluate":
             ev.evaluate_and_record(final, str(device), config, out / "eval.json")
         else:

@@ -13,7 +13,8 @@ from training.__main__ import main
 from training.train_all import FINAL, PHASES, STAGE_ONE, STATE_NAME
 
 _FLAGS = ["--preset", "micro", "--decoder-steps", "2", "--decoder-batch", "2",
-          "--judge-count", "3", "--judge-steps", "2", "--threads", "1"]  # fmt: skip
+          "--decoder-samples", "4", "--judge-count", "3", "--judge-steps", "2",
+          "--threads", "1"]  # fmt: skip
 
 
 def test_train_all_runs_every_phase_and_records_the_judge(tmp_path: Path, capsys) -> None:
@@ -28,7 +29,8 @@ def test_train_all_runs_every_phase_and_records_the_judge(tmp_path: Path, capsys
     assert set(judge["figures"]) >= {"median_iou", "shape", "color", "position", "size", "flat"}
     assert json.loads((out / "judge.json").read_text())["figures"] == judge["figures"]
     assert json.loads(metadata["dali_eval"])["count"] == 4  # the micro preset's evaluation
-    assert "dali_decoder_finetune" in metadata
+    decoder = json.loads(metadata["dali_decoder_finetune"])
+    assert decoder["samples"]["drawn"] == 4 and decoder["samples"]["steps"] == 2
     pipe = sd_core.load_pipeline(out / FINAL)
     assert pipe.config.default_sampler == json.loads(metadata["dali_eval"])["sampler"]
     printed = capsys.readouterr().out
