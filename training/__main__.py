@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     everything.add_argument("--decoder-steps", type=_positive(int), default=2000)
     everything.add_argument("--decoder-batch", type=_positive(int), default=16)
     everything.add_argument("--decoder-samples", type=_non_negative_int, default=3200)
+    everything.add_argument("--decoder-background-weight", type=_positive(float), default=3.0)
     everything.add_argument("--judge-count", type=_positive(int), default=300)
     everything.add_argument("--judge-steps", type=_positive(int), default=20)
     for name, kind in _TRAIN_FIELDS.items():
@@ -201,8 +202,14 @@ def _parser() -> argparse.ArgumentParser:
         "--samples",
         type=_non_negative_int,
         default=0,
-        help="first draw this many training captions with the model; half of every batch "
+        help="first draw this many training captions with the model; 3/4 of every batch "
         "decodes those latents to the renderings their captions allow (default 0: none)",
+    )
+    finetune.add_argument(
+        "--background-weight",
+        type=_positive(float),
+        default=1.0,
+        help="loss weight of the plain background beyond the ring (default 1)",
     )
     finetune.add_argument("--no-eval", action="store_true")
     finetune.add_argument(
@@ -340,7 +347,8 @@ def _train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     base = MICRO_TRAIN if args.preset == "micro" else TrainConfig()
     config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
     settings = AllConfig(args.decoder_steps, args.decoder_batch, args.decoder_samples,
-                         args.judge_count, args.judge_steps)  # fmt: skip
+                         args.decoder_background_weight, args.judge_count,
+                         args.judge_steps)  # fmt: skip
     command = "python -m training " + shlex.join(args.argv)
     stopped: list[Any] = []
 
@@ -476,6 +484,7 @@ def _finetune(args: argparse.Namespace) -> int:
         args.ring,
         command=command,
         samples=args.samples,
+        background_weight=args.background_weight,
     )
     print(json.dumps(record))
     if not args.no_eval:

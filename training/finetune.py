@@ -7,8 +7,10 @@ weighted up (`shape_weight`): a small shape is a few percent of the pixels, and 
 loss is content to draw it as a blob of the right colour.
 
 With `samples` > 0 the decoder also learns from what it is handed in use: the model first draws
-that many training captions, and half of each batch is those latents with the renderings their
-captions allow as targets (`training.sampled_targets`).
+that many training captions, and `sampled_share` of each batch is those latents with the
+renderings their captions allow as targets (`training.sampled_targets`). `background_weight`
+weights the plain background beyond the ring: the UNet's latents leave a faint halo there that
+a weight of 1 tolerates.
 """
 
 from __future__ import annotations
@@ -41,13 +43,17 @@ def finetune_decoder(
     command: str = "",
     samples: int = 0,
     sample_steps: int = 20,
+    sampled_share: float = 0.75,
+    background_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Train the decoder (and post_quant_conv) of `source`; write the result to `target`.
 
     `samples` > 0: first draw that many training captions with `source` (its default sampler
-    and recorded guidance, `sample_steps` steps) and give half of every batch to them.
+    and recorded guidance, `sample_steps` steps) and give `sampled_share` of every batch to
+    them.
     Everything else in the file (text encoder, UNet, encoder, config, metadata) is kept, except
-    the evaluation record, which no longer describes the new file. Returns the run's record.
+    the evaluation and judge records, which no longer describe the new file; a previous
+    fine-tune's record is kept inside the new one (`previous`). Returns the run's record.
     """
     rng = np.random.default_rng([seed, 3])
     started = time.perf_counter()
@@ -62,23 +68,24 @@ def finetune_decoder(
     generator = torch.Generator("cpu").manual_seed(seed)
     smoothed = None
     use_sampled = sampled is not None and len(sampled.latents) > 0
-    own = batch - batch // 2 if use_sampled else batch  # posterior samples in each batch
+    own = max(1, batch - round(batch * sampled_share)) if use_sampled else batch  # posterior
     bar = tqdm(range(steps), desc="decoder", unit="step", dynamic_ncols=True)
     for step in bar:
-        images, weight_np = weighted_training_batch(rng, own, shape_weight, ring)
+        images, weight_np = weighted_training_batch(rng, own, shape_weight, ring,
+                                                    elsewhere=background_weight)  # fmt: skip
         weight = torch.from_numpy(weight_np).to(device)[:, None]
         x = images_to_tensor(images, device)
         with torch.no_grad():
             mean, logvar = vae.encode(x)
             noise = torch.randn(mean.shape, generator=generator).to(device)
             z = mean + torch.exp(0.5 * logvar) * noise
-        if sampled is not None and use_sampled:
+        if sampled is not None and use_sampled and batch > own:
             picks = rng.integers(0, len(sampled.latents), size=batch - own)
             z = torch.cat([z, sampled.latents[torch.from_numpy(picks)].to(device)])
             x = torch.cat([x, images_to_tensor(sampled.images[picks], device)])
             drawn_weight = shape_weights(sampled.images[picks],
                                          [sampled.backgrounds[i] for i in picks],
-                                         shape_weight, ring)  # fmt: skip
+                                         shape_weight, ring, background_weight)  # fmt: skip
             weight = torch.cat([weight, torch.from_numpy(drawn_weight).to(device)[:, None]])
         error = vae.decode(z) - x
         loss = (weight * (error.abs() + error.pow(2))).mean() / weight.mean()
@@ -98,6 +105,7 @@ def finetune_decoder(
         "lr": lr,
         "shape_weight": shape_weight,
         "ring": ring,
+        "background_weight": background_weight,
         "seed": seed,
         "final_loss": smoothed,
         "source": source.name,
@@ -109,11 +117,15 @@ def finetune_decoder(
             "drawn": sampled.drawn,
             "kept": len(sampled.latents),
             "steps": sample_steps,
+            "share": sampled_share,
             "sampler": sampled.sampler,
             "guidance": sampled.guidance,
             "seconds": round(sampling_seconds),
         }
-    meta = {k: v for k, v in metadata.items() if k not in ("dali_eval", "dali_config", "format")}
+    if "dali_decoder_finetune" in metadata:  # a second fine-tune keeps the first one's record
+        record["previous"] = json.loads(metadata["dali_decoder_finetune"])
+    stale = ("dali_eval", "dali_judge", "dali_config", "format")  # no longer this file's figures
+    meta = {k: v for k, v in metadata.items() if k not in stale}
     meta["dali_decoder_finetune"] = json.dumps(record)
     save_checkpoint(target, checkpoint_state_dict(models), config, meta, dtype=torch.float16)
     return record

@@ -56,11 +56,15 @@ class TrainingError(ValueError):
 
 
 def shape_weights(
-    images: np.ndarray, backgrounds: list[str], weight: float, ring: int = 0
+    images: np.ndarray,
+    backgrounds: list[str],
+    weight: float,
+    ring: int = 0,
+    elsewhere: float = 1.0,
 ) -> np.ndarray:
     """(B, H, W) float32 loss weights: `weight` where a pixel differs from its scene's known
     background colour (the shape and its anti-aliased edge) or lies within `ring` pixels of such
-    a pixel, 1 elsewhere.
+    a pixel, `elsewhere` (the plain background) elsewhere.
 
     A small shape is a few percent of the pixels; with an unweighted loss the autoencoder is
     content to draw it as a blob of the right colour, and a blob's corners are what tells a
@@ -78,11 +82,16 @@ def shape_weights(
             for dx in range(2 * ring + 1):
                 grown |= padded[:, dy : dy + height, dx : dx + width]
         differs = grown
-    return np.where(differs, np.float32(weight), np.float32(1.0))
+    return np.where(differs, np.float32(weight), np.float32(elsewhere))
 
 
 def weighted_training_batch(
-    rng: np.random.Generator, size: int, weight: float, ring: int = 0, image_size: int = 64
+    rng: np.random.Generator,
+    size: int,
+    weight: float,
+    ring: int = 0,
+    image_size: int = 64,
+    elsewhere: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`size` training images of random captions and seeds, drawn from `rng`, and their
     `shape_weights`: ((B, S, S, 3) uint8, (B, S, S) float32), S = `image_size`."""
@@ -92,7 +101,8 @@ def weighted_training_batch(
     images = np.stack(
         [render(scenes[i], int(s), image_size) for i, s in zip(picks, seeds, strict=True)]
     )
-    return images, shape_weights(images, [scenes[i].background for i in picks], weight, ring)
+    backgrounds = [scenes[i].background for i in picks]
+    return images, shape_weights(images, backgrounds, weight, ring, elsewhere)
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> Tensor:

@@ -44,6 +44,7 @@ class AllConfig:
     decoder_steps: int = 2000
     decoder_batch: int = 16
     decoder_samples: int = 3200  # the stage-1 model's own drawings the decoder learns from
+    decoder_background_weight: float = 3.0
     judge_count: int = 300
     judge_steps: int = 20
 
@@ -135,6 +136,7 @@ def train_all(
             finetune_decoder(stage_one, final, device, settings.decoder_steps,
                              settings.decoder_batch, seed=config.seed, command=command,
                              samples=settings.decoder_samples,
+                             background_weight=settings.decoder_background_weight,
                              sample_steps=settings.judge_steps)  # fmt: skip
         elif phase == "evaluate":
             ev.evaluate_and_record(final, str(device), config, out / "eval.json")

@@ -104,6 +104,9 @@ def test_the_decoder_fine_tune_learns_the_sampled_latents_targets(
                               samples=8, sample_steps=2)  # fmt: skip
     assert record["samples"]["drawn"] == 8 and record["samples"]["kept"] == 8
     assert json.loads(TensorSource(tuned).metadata["dali_decoder_finetune"])["samples"]
+    again = tmp_path / "again.safetensors"
+    finetune_decoder(tuned, again, torch.device("cpu"), steps=1, batch=2)
+    assert json.loads(TensorSource(again).metadata["dali_decoder_finetune"])["previous"] == record
 
     def distance_to_magenta(path) -> float:  # noqa: ANN001
         _config, models, _meta = load_models(path, device=torch.device("cpu"))
