@@ -164,6 +164,11 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--gallery", type=Path, help="PNG of the first 64 images beside ideals")
     judge.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     judge.add_argument(
+        "--record",
+        action="store_true",
+        help="write the figures into the file's metadata (dali_judge), as train-all does",
+    )
+    judge.add_argument(
         "--grammar",
         choices=("v1", "v2"),
         default="v1",
@@ -428,9 +433,11 @@ def _judge(args: argparse.Namespace) -> int:
     pipe, record = _load(args.checkpoint, args.device)
     sampler = args.sampler or pipe.config.default_sampler
     gallery = Gallery() if args.gallery else None
-    if args.autoencoder and (args.grammar == "v2" or args.gallery):
-        raise ValueError("--autoencoder judges v1 renders without a gallery; leave out "
-                         "--grammar v2 and --gallery")  # fmt: skip
+    if args.autoencoder and (args.grammar == "v2" or args.gallery or args.record):
+        raise ValueError("--autoencoder judges v1 renders without a gallery or record; leave "
+                         "out --grammar v2, --gallery and --record")  # fmt: skip
+    if args.record and args.grammar == "v2":
+        raise ValueError("--record keeps the v1 judge's figures; leave out --grammar v2")
     if args.autoencoder:
         report = judge_autoencoder(pipe, args.count)
     elif args.grammar == "v2":
@@ -455,6 +462,11 @@ def _judge(args: argparse.Namespace) -> int:
     if gallery is not None:
         gallery.save(args.gallery)
         print(f"wrote {args.gallery}")
+    if args.record:
+        from training.train_all import record_judge
+
+        record_judge(args.checkpoint, {**summary, "device": args.device})
+        print(f"recorded the figures in {args.checkpoint}")
     return 1 if args.strict and not all(report.meets_targets().values()) else 0
 
 

@@ -87,6 +87,22 @@ def test_judge_command_writes_figures_verdicts_and_gallery(tmp_path: Path, capsy
     assert cells.shape[0] == 68 + 12 and cells.shape[1] == 8 * 136 + 6  # one row of 8 slots
     assert main([*args[:-4], "--negative-pairs", "61"]) == 2
     assert "--negative-pairs 61" in capsys.readouterr().err
+    # --record writes the figures into the judged file's metadata, tensors untouched.
+    import shutil
+
+    from sd_core.tensor_source import TensorSource
+
+    copy = tmp_path / "copy.safetensors"
+    shutil.copyfile(sd_core.BUILTIN_MODEL_PATH, copy)
+    recorded = ["judge", "--checkpoint", str(copy), "--count", "2", "--steps", "2",
+                "--threads", "1", "--negative-pairs", "0", "--json", str(report), "--record"]  # fmt: skip
+    assert main(recorded) == 0
+    metadata = TensorSource(copy).metadata
+    assert (
+        json.loads(metadata["dali_judge"])["figures"] == json.loads(report.read_text())["figures"]
+    )
+    before, after = TensorSource(sd_core.BUILTIN_MODEL_PATH), TensorSource(copy)
+    assert all(torch.equal(before.pop(k), after.pop(k)) for k in before.keys())  # noqa: SIM118
     # In the record, the negative prompt moved the colour away on average.
     figures = RECORD["figures"]
     assert figures["negative_with_delta_e"] > figures["negative_plain_delta_e"] + 10
@@ -154,3 +170,5 @@ def test_autoencoder_round_trips_are_judged_and_a_lossless_one_is_perfect(
     assert 0.5 < shipped["figures"]["shape"] < 1.0
     assert main([*args, "--grammar", "v2"]) == 2
     assert "--autoencoder" in capsys.readouterr().err
+    assert main([*args, "--record"]) == 2
+    assert "--record" in capsys.readouterr().err
