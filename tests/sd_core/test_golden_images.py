@@ -1,15 +1,16 @@
 """The engine's pixels are pinned: every case in tests/fixtures/golden/cases.json (each sampler's
 txt2img, img2img, inpainting, a variation seed, a batch, no CFG) must give bit-identical images,
-and the same infotext, as the PNGs stored beside it, made with the built-in model before the
-`GenerationParams` refactor (see make_golden.py there). A retrained built-in model needs new
-fixtures; a change in the engine's arithmetic shows here first. Inpainting has since pasted
+and the same infotext, as the PNGs stored beside it. The first set was made before the
+`GenerationParams` refactor; a new built-in model gets new ones from make_golden.py, made by an
+engine that still passed on the old ones (see make_golden.py). A change in the engine's
+arithmetic shows here first. Inpainting has since pasted
 the init image back over the unmasked area (sd_core/inpaint.py): there the pixels must be the
 init image's, in the masked area still the fixture's.
 
-Bit-identical on the CPU that made them (an Intel Xeon with AVX-512); a CPU with other vector
-units (an AMD EPYC with AVX2) rounds some float32 sums differently in the last bit, which moved
-1 to 21 of an image's 12,288 values by one level in 18 of the 20 cases (none in the other two),
-never by more. So the test
+Bit-identical on the CPU that made them (the current set: an AMD EPYC with AVX2; the first: an
+Intel Xeon with AVX-512); a CPU with other vector units rounds some float32 sums differently in
+the last bit, which moved 1 to 21 of an image's 12,288 values by one level in 18 of the 20
+cases of the first set on the AMD machine (none in the other two), never by more. So the test
 allows one level on at most 1 % of the values: a change in the engine's arithmetic moves far
 more than that."""
 
