@@ -242,6 +242,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--threads", type=_positive(int))
     bench.add_argument("--steps", type=_positive(int), default=20)
+    bench.add_argument("--guidance", type=float, help="default: the one the file records")
     bench.add_argument("--repeat", type=_positive(int), default=5)
     return parser
 

@@ -238,3 +238,12 @@ def test_shape_weights_mark_the_shape_and_optionally_a_ring_around_it() -> None:
     assert plain[0, 4, 4] == 4.0 and (plain == 4.0).sum() == 1 and (plain == 1.0).sum() == 80
     ringed = tr.shape_weights(images, ["gray"], 4.0, ring=2)
     assert (ringed[0, 2:7, 2:7] == 4.0).all() and (ringed == 4.0).sum() == 25
+
+
+@pytest.mark.parametrize("extra", [[], ["--guidance", "1.5"]])
+def test_bench_times_an_image_of_a_model_file(extra: list[str], capsys) -> None:
+    args = ["bench", "--checkpoint", str(sd_core.BUILTIN_MODEL_PATH), "--steps", "2",
+            "--repeat", "1", "--threads", "1", *extra]  # fmt: skip
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["seconds_per_image"] > 0 and printed["steps"] == 2 and printed["threads"] == 1
