@@ -45,7 +45,12 @@ _FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}  # area / boundi
 def nearest_allowed_render(image: np.ndarray, scene: Scene) -> np.ndarray | None:
     """The rendering of `scene` with `image`'s soft area and centroid, clamped to what the
     caption allows → (64, 64, 3) uint8; None when `image` (64, 64, 3) uint8 shows (almost) no
-    shape or one more than `SLACK` px outside its anchor's box."""
+    shape or one more than `SLACK` px outside its anchor's box. ValueError for an outline."""
+    if scene.style != "filled":  # a ring's area and centroid do not fix its outer extent
+        raise ValueError(
+            f"style {scene.style!r}: sampled targets are for filled shapes only (the v1 "
+            "grammar the model is trained on); outline captions need a fit of their own"
+        )
     size = image.shape[0]
     fg = np.array(COLORS[scene.color], dtype=np.float64)
     bg = np.array(BACKGROUND_COLORS[scene.background], dtype=np.float64)

@@ -60,6 +60,12 @@ def test_drawings_far_from_the_anchor_or_empty_are_left_out() -> None:
     assert nearest_allowed_render(empty, scene) is None
 
 
+def test_outline_captions_are_refused_by_name() -> None:
+    scene = Scene("red", "square", "white", style="outline", style_said=True)
+    with pytest.raises(ValueError, match="style 'outline'"):
+        nearest_allowed_render(render(scene, seed=0), scene)
+
+
 def test_a_shape_drawn_too_big_is_clamped_into_its_size_class() -> None:
     big = render(Scene("blue", "circle", "yellow", size="large"), seed=2)
     scene = Scene("blue", "circle", "yellow", size="small")
