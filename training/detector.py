@@ -35,6 +35,7 @@ from training.shapes import (
     ANCHORS,
     BACKGROUND_COLORS,
     COLORS,
+    FILL_RATIO,
     NATIVE_SIZE,
     SIZE_THRESHOLDS,
     Scene,
@@ -45,7 +46,6 @@ ATTRIBUTES: tuple[str, ...] = ("color", "background", "shape", "position", "size
 # What "all four correct" means in issue 3: colour, shape, position and size (and the background,
 # which the issue also counts; we report it separately and include it in `all_correct`).
 
-_IDEAL_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
 _BORDER = 2  # pixels of border ring used to estimate the background
 _BLUR_SIGMAS = (0.0, 0.8, 1.6)  # blurs (pixels of the 64-pixel canvas) the shape fit tries
 _MIN_CONTRAST = 30.0  # RGB distance under which nothing is said to stand out (no shape drawn)
@@ -167,7 +167,7 @@ def detect(image: np.ndarray) -> Detection:
     mx, my = float((alpha * xs).sum() / area), float((alpha * ys).sum() / area)
 
     best: tuple[float, str, float, float] | None = None  # (error, shape, extent, box centre y)
-    for shape_name, ideal_fill in _IDEAL_FILL.items():
+    for shape_name, ideal_fill in FILL_RATIO.items():
         extent = float(np.sqrt(area / ideal_fill))
         # A triangle's centroid lies a sixth of its height below the centre of its box.
         box_y = my - extent / 6 if shape_name == "triangle" else my

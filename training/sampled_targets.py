@@ -32,14 +32,15 @@ from training.shapes import (
     COLORS,
     EVAL_SEED_BASE,
     EXTENTS,
+    FILL_RATIO,
     POSITION_JITTER,
     Scene,
     coverage,
     train_scenes,
 )
+from training.train import grow
 
 SLACK = 3.0  # px a drawing's centre may lie outside its anchor's jitter box and still be used
-_FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}  # area / bounding-box area
 
 
 def nearest_allowed_render(image: np.ndarray, scene: Scene) -> np.ndarray | None:
@@ -56,19 +57,14 @@ def nearest_allowed_render(image: np.ndarray, scene: Scene) -> np.ndarray | None
     bg = np.array(BACKGROUND_COLORS[scene.background], dtype=np.float64)
     direction = fg - bg
     alpha = np.clip((image.astype(np.float64) - bg) @ direction / (direction @ direction), 0, 1)
-    padded = np.pad(alpha >= 0.5, 1)
-    near = np.zeros_like(padded[1:-1, 1:-1])
-    for dy in range(3):
-        for dx in range(3):
-            near |= padded[dy : dy + size, dx : dx + size]
-    alpha = np.where(near, alpha, 0.0)
+    alpha = np.where(grow(alpha >= 0.5, 1), alpha, 0.0)
     area = float(alpha.sum())
     if area < 4.0:
         return None
     centres = np.arange(size, dtype=np.float64) + 0.5
     cx = float((alpha.sum(axis=0) * centres).sum() / area)
     cy = float((alpha.sum(axis=1) * centres).sum() / area)
-    extent = math.sqrt(area / _FILL[scene.shape])
+    extent = math.sqrt(area / FILL_RATIO[scene.shape])
     if scene.shape == "triangle":
         cy -= extent / 6  # a triangle's centroid lies a sixth of its height below the box centre
     ax, ay = ANCHORS[scene.position]
@@ -130,12 +126,9 @@ def sample_targets(
             latents.append(z.float().cpu() / pipe.latent_scale)
             targets.append(target)
             backgrounds.append(scene.background)
-    if not latents:  # nothing the caption allows was drawn: an empty set, decoded by nobody
-        return SampledTargets(torch.empty(0), np.empty((0, 64, 64, 3), np.uint8), (), drawn,
-                              sampler, guidance)  # fmt: skip
-    return SampledTargets(
-        latents=torch.stack(latents),
-        images=np.stack(targets),
+    return SampledTargets(  # empty when nothing the captions allow was drawn
+        latents=torch.stack(latents) if latents else torch.empty(0),
+        images=np.stack(targets) if targets else np.empty((0, 64, 64, 3), np.uint8),
         backgrounds=tuple(backgrounds),
         drawn=drawn,
         sampler=sampler,

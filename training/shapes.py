@@ -72,6 +72,8 @@ EXTENTS: dict[str, tuple[float, float]] = {
     "large": (26.0, 30.0),
 }
 SIZE_THRESHOLDS = (16.0, 24.0)  # small < 16 ≤ medium < 24 ≤ large
+# Each shape's area over its bounding box's (extent²): what turns an area into an extent.
+FILL_RATIO: dict[str, float] = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
 
 _SUPERSAMPLE = 4
 

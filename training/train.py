@@ -55,6 +55,21 @@ class TrainingError(ValueError):
     """A run that cannot start or continue, with the reason and what to do in words."""
 
 
+def grow(mask: np.ndarray, ring: int) -> np.ndarray:
+    """(..., H, W) bool: `mask` and every pixel within `ring` pixels of it (a square
+    neighbourhood, (2·ring + 1)² pixels), image by image."""
+    if ring <= 0:
+        return mask
+    height, width = mask.shape[-2:]
+    pad = [(0, 0)] * (mask.ndim - 2) + [(ring, ring), (ring, ring)]
+    padded = np.pad(mask, pad)
+    grown = np.zeros_like(mask)
+    for dy in range(2 * ring + 1):
+        for dx in range(2 * ring + 1):
+            grown |= padded[..., dy : dy + height, dx : dx + width]
+    return grown
+
+
 def shape_weights(
     images: np.ndarray,
     backgrounds: list[str],
@@ -74,14 +89,7 @@ def shape_weights(
     """
     colours = np.array([BACKGROUND_COLORS[name] for name in backgrounds], dtype=np.int16)
     differs = np.abs(images.astype(np.int16) - colours[:, None, None, :]).sum(-1) > 24
-    if ring > 0:
-        padded = np.pad(differs, ((0, 0), (ring, ring), (ring, ring)))
-        height, width = differs.shape[1:]
-        grown = np.zeros_like(differs)
-        for dy in range(2 * ring + 1):
-            for dx in range(2 * ring + 1):
-                grown |= padded[:, dy : dy + height, dx : dx + width]
-        differs = grown
+    differs = grow(differs, ring)
     return np.where(differs, np.float32(weight), np.float32(elsewhere))
 
 

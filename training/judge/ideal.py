@@ -24,12 +24,11 @@ from training.shapes import (
     BACKGROUND_COLORS,
     COLORS,
     EXTENTS,
+    FILL_RATIO,
     NATIVE_SIZE,
     POSITION_JITTER,
     styled_coverage,
 )
-
-_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}  # area / bounding-box area
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def fit_ideal(
         # The ideal shape with the mask's area and centroid (a triangle's centroid lies a
         # sixth of its height below its bounding box centre).
         ys, xs = np.nonzero(drawn)
-        extent = float(np.sqrt(len(xs) / _FILL[shape]))
+        extent = float(np.sqrt(len(xs) / FILL_RATIO[shape]))
         lift = extent / 6 if shape == "triangle" else 0.0
         start = [float(xs.mean()) + 0.5, float(ys.mean()) + 0.5 - lift, extent]
     else:

@@ -41,6 +41,7 @@ from training.shapes import (
     ANCHORS,
     BACKGROUND_COLORS,
     COLORS,
+    FILL_RATIO,
     NATIVE_SIZE,
     PAIR_OFFSET,
     SIZE_THRESHOLDS,
@@ -52,7 +53,6 @@ IOU_GOOD = 0.7  # issue 17: "IoU ≥ 0.7 on ≥ 90 % of images"
 FLAT_STD = 3.0  # issue 17: background std ≤ 3/255
 ATTRIBUTES: tuple[str, ...] = ("color", "shape", "position", "size", "style", "background", "flat")
 ALL = ("color", "shape", "position", "size")  # "all attributes" of the issue
-_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}  # area / bounding-box area
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def _read_object(
     cx, cy = (x0 + x1) / 2 * scale, (y0 + y1) / 2 * scale
     # Extent from the area, which blur does not change, and the fill ratio of the shape read
     # (the caption's when the classifier reads none).
-    fill = _FILL[reading.shape if reading.shape in _FILL else shape]
+    fill = FILL_RATIO[reading.shape if reading.shape in FILL_RATIO else shape]
     extent = float(np.sqrt(soft.sum() / fill)) * scale
     position = min(anchors, key=lambda p: (anchors[p][0] - cx) ** 2 + (anchors[p][1] - cy) ** 2)
     return {
