@@ -44,6 +44,7 @@ _TRAIN_FIELDS = {
     "vae_lr": float,
     "large_every": int,
     "large_pool_size": int,
+    "v2_share": float,
 }
 
 
@@ -62,6 +63,23 @@ def _positive(kind: type) -> Any:
         return value
 
     return parse
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed: 0..1")
+    return value
+
+
+def _flag_parser(name: str, kind: type) -> Any:
+    """The parser of the train flag of TrainConfig field `name`."""
+    if name == "seed":
+        return _non_negative_int
+    return _share if name == "v2_share" else _positive(kind)
 
 
 def _non_negative_int(text: str) -> int:
@@ -98,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         help="model size: dali-tiny (default) or micro (seconds; for tests)",
     )
     for name, kind in _TRAIN_FIELDS.items():
-        parse = _non_negative_int if name == "seed" else _positive(kind)
+        parse = _flag_parser(name, kind)
         train.add_argument(
             "--" + name.replace("_", "-"), type=parse, default=None, help=f"TrainConfig.{name}"
         )
@@ -144,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     everything.add_argument("--judge-count", type=_positive(int), default=300)
     everything.add_argument("--judge-steps", type=_positive(int), default=20)
     for name, kind in _TRAIN_FIELDS.items():
-        parse = _non_negative_int if name == "seed" else _positive(kind)
+        parse = _flag_parser(name, kind)
         everything.add_argument(
             "--" + name.replace("_", "-"), type=parse, default=None, help=f"TrainConfig.{name}"
         )
@@ -215,6 +233,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive(float),
         default=1.0,
         help="loss weight of the plain background beyond the ring (default 1)",
+    )
+    finetune.add_argument(
+        "--v2-share",
+        type=_share,
+        default=0.0,
+        help="share of the posterior batches rendered from v2 captions (default 0)",
     )
     finetune.add_argument("--no-eval", action="store_true")
     finetune.add_argument(
@@ -498,6 +522,7 @@ def _finetune(args: argparse.Namespace) -> int:
         command=command,
         samples=args.samples,
         background_weight=args.background_weight,
+        v2_share=args.v2_share,
     )
     print(json.dumps(record))
     if not args.no_eval:

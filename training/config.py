@@ -93,6 +93,11 @@ class TrainConfig:
     # with it off, a run draws exactly the random numbers it drew before.
     large_every: int = 0
     large_pool_size: int = 0
+    # The v2 grammar (issue 17: "outline"/"filled", two objects), off at 0: this share of every
+    # autoencoder batch, of the 64-px latent pool and of the decoder fine-tune's posterior
+    # batches is drawn from v2 training captions (`shapes.random_v2_scene`), the rest from v1
+    # ones. At 0 no extra random number is drawn, so the v1 recipe is unchanged.
+    v2_share: float = 0.0
     # Evaluation (held-out captions through sd_core's pipeline).
     eval_count: int = 300
     eval_steps: int = 20

@@ -45,12 +45,14 @@ def finetune_decoder(
     sample_steps: int = 20,
     sampled_share: float = 0.75,
     background_weight: float = 1.0,
+    v2_share: float = 0.0,
 ) -> dict[str, Any]:
     """Train the decoder (and post_quant_conv) of `source`; write the result to `target`.
 
     `samples` > 0: first draw that many training captions with `source` (its default sampler
     and recorded guidance, `sample_steps` steps) and give `sampled_share` of every batch to
-    them.
+    them. `v2_share`: the share of the posterior samples' renders of v2 captions
+    (`weighted_training_batch`); the drawings are of v1 captions only.
     Everything else in the file (text encoder, UNet, encoder, config, metadata) is kept, except
     the evaluation and judge records, which no longer describe the new file; a previous
     fine-tune's record is kept inside the new one (`previous`). Returns the run's record.
@@ -72,7 +74,8 @@ def finetune_decoder(
     bar = tqdm(range(steps), desc="decoder", unit="step", dynamic_ncols=True)
     for step in bar:
         images, weight_np = weighted_training_batch(rng, own, shape_weight, ring,
-                                                    elsewhere=background_weight)  # fmt: skip
+                                                    elsewhere=background_weight,
+                                                    v2_share=v2_share)  # fmt: skip
         weight = torch.from_numpy(weight_np).to(device)[:, None]
         x = images_to_tensor(images, device)
         with torch.no_grad():
@@ -106,6 +109,7 @@ def finetune_decoder(
         "shape_weight": shape_weight,
         "ring": ring,
         "background_weight": background_weight,
+        "v2_share": v2_share,
         "seed": seed,
         "final_loss": smoothed,
         "source": source.name,

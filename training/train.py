@@ -43,7 +43,15 @@ from sd_core.config import ModelConfig
 from sd_core.schedule import NoiseSchedule
 from sd_core.tokenizer import CLIPTokenizer
 from training.config import TrainConfig
-from training.shapes import BACKGROUND_COLORS, EVAL_SEED_BASE, render, train_scenes
+from training.shapes import (
+    BACKGROUND_COLORS,
+    EVAL_SEED_BASE,
+    PairScene,
+    Scene,
+    random_v2_scene,
+    render,
+    train_scenes,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "dali-tiny.safetensors"
@@ -100,17 +108,39 @@ def weighted_training_batch(
     ring: int = 0,
     image_size: int = 64,
     elsewhere: float = 1.0,
+    v2_share: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`size` training images of random captions and seeds, drawn from `rng`, and their
-    `shape_weights`: ((B, S, S, 3) uint8, (B, S, S) float32), S = `image_size`."""
-    scenes = train_scenes()
-    picks = rng.integers(0, len(scenes), size=size)
+    `shape_weights`: ((B, S, S, 3) uint8, (B, S, S) float32), S = `image_size`.
+
+    `v2_share` > 0: each image is, with that probability, of a random v2 training caption
+    instead (`random_v2_scene`); at 0 `rng` draws exactly what it drew before v2.
+    """
+    v1 = train_scenes()
+    picks = rng.integers(0, len(v1), size=size)
     seeds = rng.integers(0, EVAL_SEED_BASE, size=size)
+    scenes: list[Scene | PairScene] = [v1[i] for i in picks]
+    if v2_share > 0:
+        for i in np.flatnonzero(rng.random(size) < v2_share):
+            scenes[i] = random_v2_scene(rng, held_out=False)
     images = np.stack(
-        [render(scenes[i], int(s), image_size) for i, s in zip(picks, seeds, strict=True)]
+        [render(scene, int(s), image_size) for scene, s in zip(scenes, seeds, strict=True)]
     )
-    backgrounds = [scenes[i].background for i in picks]
+    backgrounds = [scene.background for scene in scenes]
     return images, shape_weights(images, backgrounds, weight, ring, elsewhere)
+
+
+def pool_scenes(count: int, seed: int, v2_share: float) -> list[Scene | PairScene]:
+    """The latent pool's captions: the v1 training captions in turn, and for `v2_share` > 0 a
+    share of the places (chosen by an RNG of `seed` alone) given to random v2 training
+    captions, so a resumed run rebuilds the same pool."""
+    v1 = train_scenes()
+    scenes: list[Scene | PairScene] = [v1[i % len(v1)] for i in range(count)]
+    if v2_share > 0:
+        rng = np.random.default_rng([seed, 5])
+        for i in np.flatnonzero(rng.random(count) < v2_share):
+            scenes[i] = random_v2_scene(rng, held_out=False)
+    return scenes
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> Tensor:
@@ -268,7 +298,11 @@ class Trainer:
         cfg, vae = self.config, self.models["vae"]
         image_size = 128 if self._large_step() else 64
         images, weights = weighted_training_batch(
-            self.np_rng, cfg.vae_batch, cfg.vae_shape_weight, image_size=image_size
+            self.np_rng,
+            cfg.vae_batch,
+            cfg.vae_shape_weight,
+            image_size=image_size,
+            v2_share=cfg.v2_share,
         )
         crop = cfg.vae_crop
         if crop < images.shape[1]:
@@ -310,7 +344,7 @@ class Trainer:
 
     @torch.no_grad()
     def build_pool(self) -> None:
-        """Render `pool_size` training images (captions in turn) and encode them once.
+        """Render `pool_size` training images (`pool_scenes`) and encode them once.
 
         The pool's own RNG is seeded from the run seed alone, so a resumed run rebuilds the
         same pool from the same autoencoder weights.
@@ -319,7 +353,7 @@ class Trainer:
         vae.eval()
         rng = np.random.default_rng([cfg.seed, 2])
         captions = train_scenes()
-        scenes = [captions[i % len(captions)] for i in range(cfg.pool_size)]
+        scenes = pool_scenes(cfg.pool_size, cfg.seed, cfg.v2_share)
         seeds = rng.integers(0, EVAL_SEED_BASE, size=len(scenes))
         means, logvars = [], []
         for start in range(0, len(scenes), _POOL_CHUNK):

@@ -91,7 +91,7 @@ def train_all(
     from training import evaluate as ev
     from training import train as tr
     from training.finetune import finetune_decoder
-    from training.judge.report import judge_model
+    from training.judge.report import judge_model, judge_model_v2
 
     state = _state(out)
     if resume and not (out / STATE_NAME).is_file():
@@ -137,7 +137,8 @@ def train_all(
                              settings.decoder_batch, seed=config.seed, command=command,
                              samples=settings.decoder_samples,
                              background_weight=settings.decoder_background_weight,
-                             sample_steps=settings.judge_steps)  # fmt: skip
+                             sample_steps=settings.judge_steps,
+                             v2_share=config.v2_share)  # fmt: skip
         elif phase == "evaluate":
             ev.evaluate_and_record(final, str(device), config, out / "eval.json")
         else:
@@ -150,8 +151,15 @@ def train_all(
             report = judge_model(pipe, count, settings.judge_steps,
                                  pipe.config.default_sampler, guidance)  # fmt: skip
             print(report.table())
-            (out / "judge.json").write_text(json.dumps(report.as_dict(), indent=1) + "\n")
-            summary = {k: v for k, v in report.as_dict().items() if k != "images"}
+            result = report.as_dict()
+            summary = {k: v for k, v in result.items() if k != "images"}
+            if config.v2_share > 0:  # a model taught the v2 words is judged on them too
+                v2 = judge_model_v2(pipe, count, settings.judge_steps,
+                                    pipe.config.default_sampler, guidance)  # fmt: skip
+                print(v2.table())
+                result["v2"] = v2.as_dict()
+                summary["v2"] = {k: v for k, v in v2.as_dict().items() if k != "images"}
+            (out / "judge.json").write_text(json.dumps(result, indent=1) + "\n")
             record_judge(final, {**summary, "device": str(device)})
         finish(phase, started)
     return final
