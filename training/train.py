@@ -130,14 +130,14 @@ def weighted_training_batch(
     return images, shape_weights(images, backgrounds, weight, ring, elsewhere)
 
 
-def pool_scenes(count: int, seed: int, v2_share: float) -> list[Scene | PairScene]:
-    """The latent pool's captions: the v1 training captions in turn, and for `v2_share` > 0 a
-    share of the places (chosen by an RNG of `seed` alone) given to random v2 training
-    captions, so a resumed run rebuilds the same pool."""
+def pool_scenes(count: int, seed: int, v2_share: float, stream: int = 5) -> list[Scene | PairScene]:
+    """A latent pool's captions: the v1 training captions in turn, and for `v2_share` > 0 a
+    share of the places (chosen by an RNG of `seed` and `stream` alone) given to random v2
+    training captions, so a resumed run rebuilds the same pool."""
     v1 = train_scenes()
     scenes: list[Scene | PairScene] = [v1[i % len(v1)] for i in range(count)]
     if v2_share > 0:
-        rng = np.random.default_rng([seed, 5])
+        rng = np.random.default_rng([seed, stream])
         for i in np.flatnonzero(rng.random(count) < v2_share):
             scenes[i] = random_v2_scene(rng, held_out=False)
     return scenes
@@ -352,7 +352,6 @@ class Trainer:
         cfg, vae = self.config, self.models["vae"]
         vae.eval()
         rng = np.random.default_rng([cfg.seed, 2])
-        captions = train_scenes()
         scenes = pool_scenes(cfg.pool_size, cfg.seed, cfg.v2_share)
         seeds = rng.integers(0, EVAL_SEED_BASE, size=len(scenes))
         means, logvars = [], []
@@ -366,9 +365,9 @@ class Trainer:
         self.pool = {"mean": torch.cat(means), "logvar": torch.cat(logvars), "ids": ids}
         self.pool["empty"] = self.tokenizer.encode_batch([""]).to(self.device)
         if cfg.large_every and cfg.large_pool_size:
-            # The 128-px pool: its own seeded RNG, captions in turn, 64 images encoded at a time.
+            # The 128-px pool: its own seeded RNG, `pool_scenes`, 64 images encoded at a time.
             large_rng = np.random.default_rng([cfg.seed, 4])
-            large = [captions[i % len(captions)] for i in range(cfg.large_pool_size)]
+            large = pool_scenes(cfg.large_pool_size, cfg.seed, cfg.v2_share, stream=6)
             large_seeds = large_rng.integers(0, EVAL_SEED_BASE, size=len(large))
             means, logvars = [], []
             for start in range(0, len(large), 64):
