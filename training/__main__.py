@@ -193,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
         help="v1: the held-out v1 captions (default); v2: held-out styled and two-object ones",
     )
     judge.add_argument(
+        "--size",
+        type=int,
+        choices=(64, 128),
+        default=64,
+        help="image width and height in pixels (default 64; the detector reads 64 only)",
+    )
+    judge.add_argument(
         "--autoencoder",
         action="store_true",
         help="judge held-out renders through the autoencoder alone (encode, decode; no UNet)",
@@ -461,23 +468,28 @@ def _judge(args: argparse.Namespace) -> int:
     if args.autoencoder and (args.grammar == "v2" or args.gallery or args.record):
         raise ValueError("--autoencoder judges v1 renders without a gallery or record; leave "
                          "out --grammar v2, --gallery and --record")  # fmt: skip
-    if args.record and args.grammar == "v2":
-        raise ValueError("--record keeps the v1 judge's figures; leave out --grammar v2")
+    if args.record and (args.grammar == "v2" or args.size != 64):
+        raise ValueError("--record keeps the v1 judge's figures at 64 px; leave out "
+                         "--grammar v2 and --size")  # fmt: skip
+    if args.size != 64 and (args.autoencoder or args.gallery):
+        raise ValueError(f"--size {args.size}: --autoencoder and --gallery judge 64-px "
+                         "images; leave out --size")  # fmt: skip
     if args.autoencoder:
         report = judge_autoencoder(pipe, args.count)
     elif args.grammar == "v2":
-        report = judge_model_v2(pipe, args.count, args.steps, sampler, _guidance(args, record))
+        report = judge_model_v2(pipe, args.count, args.steps, sampler, _guidance(args, record),
+                                size=args.size)  # fmt: skip
     else:
         report = judge_model(pipe, args.count, args.steps, sampler, _guidance(args, record),
-                             keep=gallery.add if gallery else None)  # fmt: skip
+                             keep=gallery.add if gallery else None, size=args.size)  # fmt: skip
     if args.negative_pairs and not args.autoencoder:
         report.figures.update(negative_check(pipe, args.negative_pairs, args.steps, sampler,
                                              _guidance(args, record)))  # fmt: skip
     if args.autoencoder:
         print(f"{report.count} held-out renders through the autoencoder alone")
     else:
-        print(f"{report.count} held-out captions, {report.steps} steps of {report.sampler}, "
-              f"guidance {report.guidance:g}")  # fmt: skip
+        print(f"{report.count} held-out captions, {report.size} px, {report.steps} steps of "
+              f"{report.sampler}, guidance {report.guidance:g}")  # fmt: skip
     print(report.table())
     summary = {k: v for k, v in report.as_dict().items() if k != "images"}
     print(json.dumps(summary))

@@ -13,7 +13,9 @@ Four phases in one run folder, each recorded in `train-all.json` when it ends, s
 3. `evaluate`: sampler and guidance chosen on training captions, the detector's held-out
    evaluation, written into the file (`training.evaluate.evaluate_and_record`);
 4. `judge`: the independent judge (`training.judge.report`) on held-out captions, its figures
-   and targets written into the file's metadata (`dali_judge`) and `judge.json`.
+   and targets written into the file's metadata (`dali_judge`) and `judge.json`; a model
+   trained on the v2 grammar (`v2_share`) is judged on held-out v2 captions too, and one
+   trained at 128 px (`large_every`) on 128-px images too, beside the v1 figures.
 
 Every phase shows a progress bar (tqdm). On a GPU pass `--device cuda`: every phase runs there.
 """
@@ -159,6 +161,12 @@ def train_all(
                 print(v2.table())
                 result["v2"] = v2.as_dict()
                 summary["v2"] = {k: v for k, v in v2.as_dict().items() if k != "images"}
+            if config.large_every > 0:  # a model taught 128 px is judged there too
+                large = judge_model(pipe, count, settings.judge_steps,
+                                    pipe.config.default_sampler, guidance, size=128)  # fmt: skip
+                print(large.table())
+                result["128"] = large.as_dict()
+                summary["128"] = {k: v for k, v in large.as_dict().items() if k != "images"}
             (out / "judge.json").write_text(json.dumps(result, indent=1) + "\n")
             record_judge(final, {**summary, "device": str(device)})
         finish(phase, started)

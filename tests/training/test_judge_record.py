@@ -120,10 +120,42 @@ class _PerfectPipe:
         def __init__(self, image: Image.Image) -> None:
             self.images = [image]
 
+    def __init__(self) -> None:
+        self.sizes: set[tuple[int, int]] = set()
+
     def generate(self, params):  # type: ignore[no-untyped-def]
         from training.shapes import parse_any, render
 
-        return self._Result(Image.fromarray(render(parse_any(params.prompt), params.seed)))
+        self.sizes.add((params.width, params.height))
+        image = render(parse_any(params.prompt), params.seed, params.width)
+        return self._Result(Image.fromarray(image))
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_perfect_drawings_score_perfectly_at_either_size(size: int) -> None:
+    from training.judge.report import judge_model_v2
+
+    pipe = _PerfectPipe()
+    v1 = judge_model(pipe, 12, 20, "euler", 5.0, progress=False, size=size)
+    v2 = judge_model_v2(pipe, 12, 20, "euler", 5.0, progress=False, size=size)
+    assert pipe.sizes == {(size, size)} and v1.size == v2.size == size
+    assert all(v1.meets_targets().values()) and all(v2.meets_targets().values())
+    assert v1.as_dict()["size"] == size
+    # The detector reads 64-px images only: at 128 its figures are left out, not made up.
+    assert ("detector_shape" in v1.figures) == (size == 64)
+
+
+def test_the_size_flag_refuses_what_judges_64_px_only(capsys) -> None:  # type: ignore[no-untyped-def]
+    from training.__main__ import main
+
+    base = ["judge", "--checkpoint", str(sd_core.BUILTIN_MODEL_PATH), "--size", "128"]
+    for extra in (["--record"], ["--autoencoder"], ["--gallery", "g.png"]):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert extra[0] in err and "--size" in err
+    with pytest.raises(SystemExit):
+        main([*base[:-1], "96"])
+    assert "invalid choice: 96" in capsys.readouterr().err
 
 
 def test_v2_report_scores_perfect_drawings_perfectly_and_the_model_poorly() -> None:

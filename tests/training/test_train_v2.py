@@ -76,15 +76,17 @@ def test_the_share_flag_is_checked(value: str, tmp_path: Path, capsys) -> None:
     assert e.value.code == 2 and "--v2-share" in err and repr(value) in err
 
 
-def test_train_all_with_v2_records_the_share_and_judges_v2_captions(tmp_path: Path) -> None:
+def test_train_all_with_v2_and_128_px_judges_both_beside_v1(tmp_path: Path) -> None:
     out = tmp_path / "run"
     flags = ["--preset", "micro", "--decoder-steps", "2", "--decoder-batch", "2",
              "--decoder-samples", "4", "--judge-count", "3", "--judge-steps", "2",
-             "--threads", "1", "--v2-share", "0.5"]  # fmt: skip
+             "--threads", "1", "--v2-share", "0.5", "--large-every", "2",
+             "--large-pool-size", "4"]  # fmt: skip
     assert main(["train-all", "--out", str(out), *flags]) == 0
     metadata = TensorSource(out / "dali-tiny.safetensors").metadata
     assert json.loads(metadata["dali_decoder_finetune"])["v2_share"] == 0.5
     assert json.loads(metadata["dali_train_config"])["v2_share"] == 0.5
     judge = json.loads(metadata["dali_judge"])
     assert judge["v2"]["count"] == 3 and "style" in judge["v2"]["figures"]
-    assert "v2" in json.loads((out / "judge.json").read_text())
+    assert judge["128"]["size"] == 128 and judge["128"]["count"] == 3
+    assert {"v2", "128"} <= set(json.loads((out / "judge.json").read_text()))

@@ -60,6 +60,7 @@ class JudgeReport:
     guidance: float
     figures: dict[str, float]
     images: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 64  # pixels, square
 
     def meets_targets(self) -> dict[str, bool]:
         return {name: self.figures[name] >= target for name, target in TARGETS.items()}
@@ -70,6 +71,7 @@ class JudgeReport:
             "steps": self.steps,
             "sampler": self.sampler,
             "guidance": self.guidance,
+            "size": self.size,
             "figures": self.figures,
             "targets": TARGETS,
             "meets_targets": self.meets_targets(),
@@ -125,9 +127,11 @@ def judge_model(
     guidance: float,
     progress: bool = True,
     keep: Callable[[Scene, np.ndarray, IdealFit, Verdict], None] | None = None,
+    size: int = 64,
 ) -> JudgeReport:
-    """Draw and judge the first `count` held-out captions. `keep(scene, image, fit, verdict)`
-    is called for each image in order (the gallery uses it)."""
+    """Draw and judge the first `count` held-out captions, `size` × `size` pixels.
+    `keep(scene, image, fit, verdict)` is called for each image in order (the gallery uses
+    it). The detector reads 64-px images: at another size its figures are left out."""
     from sd_core.params import GenerationParams
     from training.detector import detect
 
@@ -139,23 +143,25 @@ def judge_model(
     for i in tqdm(range(count), desc="judge", disable=not progress):
         scene, seed = scenes[i], eval_seed(i)
         params = GenerationParams(scene.caption, seed=seed, steps=steps, sampler=sampler,
-                                  guidance=guidance)  # fmt: skip
+                                  guidance=guidance, width=size, height=size)  # fmt: skip
         started = time.perf_counter()
         image = np.asarray(pipe.generate(params).images[0].convert("RGB"))
         times.append(time.perf_counter() - started)
         verdict, fit = judge_image(image, scene)
         verdicts.append(verdict)
-        seen = detect(image).matches(scene)
-        detector_shape += seen["shape"]
-        detector_four += all(seen[a] for a in ALL)
+        if size == 64:
+            seen = detect(image).matches(scene)
+            detector_shape += seen["shape"]
+            detector_four += all(seen[a] for a in ALL)
         images.append({"caption": scene.caption, "seed": seed, **verdict.as_dict()})
         if keep is not None:
             keep(scene, image, fit, verdict)
     out = figures(verdicts, scenes)
-    out["detector_shape"] = detector_shape / count
-    out["detector_all_four"] = detector_four / count
+    if size == 64:
+        out["detector_shape"] = detector_shape / count
+        out["detector_all_four"] = detector_four / count
     out["seconds_per_image"] = float(statistics.median(times))
-    return JudgeReport(count, steps, sampler, guidance, out, images)
+    return JudgeReport(count, steps, sampler, guidance, out, images, size)
 
 
 AUTOENCODER = "autoencoder"  # a report's "sampler" when it judged round trips, not samples
@@ -221,10 +227,16 @@ def negative_check(
 
 
 def judge_model_v2(
-    pipe: Any, count: int, steps: int, sampler: str, guidance: float, progress: bool = True
+    pipe: Any,
+    count: int,
+    steps: int,
+    sampler: str,
+    guidance: float,
+    progress: bool = True,
+    size: int = 64,
 ) -> JudgeReport:
     """Draw and judge `count` held-out v2 captions (`random_v2_scene`, seeded 17: half styled
-    one-object, half two-object), image i with `eval_seed(30_000 + i)`.
+    one-object, half two-object), image i with `eval_seed(30_000 + i)`, `size` px square.
 
     Per object: IoU, colour, shape, size, style; "position" is the anchor for one object and
     the relation for two; "all_attributes": every object's colour, shape, size and style and
@@ -244,7 +256,7 @@ def judge_model_v2(
     for i, scene in enumerate(tqdm(scenes, desc="judge v2", disable=not progress)):
         seed = eval_seed(30_000 + i)
         params = GenerationParams(scene.caption, seed=seed, steps=steps, sampler=sampler,
-                                  guidance=guidance)  # fmt: skip
+                                  guidance=guidance, width=size, height=size)  # fmt: skip
         started = time.perf_counter()
         image = np.asarray(pipe.generate(params).images[0].convert("RGB"))
         times.append(time.perf_counter() - started)
@@ -279,4 +291,4 @@ def judge_model_v2(
         "flat": flat / count,
         "seconds_per_image": float(statistics.median(times)),
     }
-    return JudgeReport(count, steps, sampler, guidance, figures, images)
+    return JudgeReport(count, steps, sampler, guidance, figures, images, size)
