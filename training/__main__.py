@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-_PRESETS = ("dali-tiny", "micro")
+_PRESETS = ("dali-tiny", "dali-tiny-f4", "micro")
 # Train flags that map one-to-one onto TrainConfig fields (flag --vae-steps → vae_steps).
 _TRAIN_FIELDS = {
     "seed": int,
@@ -75,6 +75,15 @@ def _share(text: str) -> float:
     return value
 
 
+def _preset(name: str) -> Any:
+    """The TrainConfig a --preset names (before the train flags are applied)."""
+    from training.config import DALI_TINY_F4, MICRO_TRAIN, TrainConfig
+
+    if name == "micro":
+        return MICRO_TRAIN
+    return TrainConfig(model=DALI_TINY_F4) if name == "dali-tiny-f4" else TrainConfig()
+
+
 def _flag_parser(name: str, kind: type) -> Any:
     """The parser of the train flag of TrainConfig field `name`."""
     if name == "seed":
@@ -113,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
         "--preset",
         choices=_PRESETS,
         default="dali-tiny",
-        help="model size: dali-tiny (default) or micro (seconds; for tests)",
+        help="model: dali-tiny (default), dali-tiny-f4 (its f=4 autoencoder: 16×16 latents at "
+        "64 px) or micro (seconds; for tests)",
     )
     for name, kind in _TRAIN_FIELDS.items():
         parse = _flag_parser(name, kind)
@@ -154,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     everything.add_argument("--resume", action="store_true", help="continue the run in --out")
     everything.add_argument("--export", type=Path, help="also copy the final model here")
     everything.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
-    everything.add_argument("--preset", choices=_PRESETS, default="dali-tiny")
+    everything.add_argument(
+        "--preset", choices=_PRESETS, default="dali-tiny", help="as train's --preset"
+    )
     everything.add_argument("--decoder-steps", type=_positive(int), default=2000)
     everything.add_argument("--decoder-batch", type=_positive(int), default=16)
     everything.add_argument("--decoder-samples", type=_non_negative_int, default=3200)
@@ -327,7 +339,6 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from sd_core.devices import resolve_device
     from training import train as tr
-    from training.config import MICRO_TRAIN, TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -340,7 +351,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as e:
         parser.error(f"--device: {e}")
     overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    base = MICRO_TRAIN if args.preset == "micro" else TrainConfig()
+    base = _preset(args.preset)
     config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
     command = "python -m training " + shlex.join(args.argv)
     trainer = tr.open_run(args.out, device, config, args.resume, command, overrides)
@@ -370,7 +381,6 @@ def _train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import torch
 
     from sd_core.devices import resolve_device
-    from training.config import MICRO_TRAIN, TrainConfig
     from training.train_all import AllConfig, train_all
 
     if args.threads:
@@ -381,7 +391,7 @@ def _train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except ValueError as e:
         parser.error(f"--device: {e}")
     overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    base = MICRO_TRAIN if args.preset == "micro" else TrainConfig()
+    base = _preset(args.preset)
     config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
     settings = AllConfig(args.decoder_steps, args.decoder_batch, args.decoder_samples,
                          args.decoder_background_weight, args.judge_count,

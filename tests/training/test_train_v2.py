@@ -90,3 +90,21 @@ def test_train_all_with_v2_and_128_px_judges_both_beside_v1(tmp_path: Path) -> N
     assert judge["v2"]["count"] == 3 and "style" in judge["v2"]["figures"]
     assert judge["128"]["size"] == 128 and judge["128"]["count"] == 3
     assert {"v2", "128"} <= set(json.loads((out / "judge.json").read_text()))
+
+
+def test_the_f4_preset_gives_16_by_16_latents_at_64_px() -> None:
+    import torch
+
+    from sd_core.checkpoint import build_models
+    from training.__main__ import _preset
+    from training.config import DALI_TINY, DALI_TINY_F4
+
+    config = _preset("dali-tiny-f4")
+    assert config.model == DALI_TINY_F4 and _preset("dali-tiny").model == DALI_TINY
+    assert DALI_TINY_F4.vae.downsample_factor == 4 and DALI_TINY.vae.downsample_factor == 8
+    # Only the autoencoder's depth differs: text encoder and UNet are dali-tiny's.
+    assert (DALI_TINY_F4.clip, DALI_TINY_F4.unet) == (DALI_TINY.clip, DALI_TINY.unet)
+    vae = build_models(DALI_TINY_F4, device=torch.device("meta"))["vae"]
+    mean, _ = vae.encode(torch.empty(1, 3, 64, 64, device="meta"))  # type: ignore[operator]
+    assert mean.shape == (1, 4, 16, 16)
+    assert vae.decode(mean).shape == (1, 3, 64, 64)  # type: ignore[operator]
