@@ -125,19 +125,19 @@ def _crop(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int
 
 
 def upscale_latents(
-    latents: Tensor, mode: str, cover: tuple[int, int], target: tuple[int, int]
+    latents: Tensor, mode: str, cover: tuple[int, int], target: tuple[int, int], factor: int = 8
 ) -> Tensor:
-    """(B, C, h, w) latents resized by latent mode `mode` to cover/8, centre cropped to
-    target/8 (sizes in pixels, as (width, height))."""
+    """(B, C, h, w) latents resized by latent mode `mode` to cover/`factor`, centre cropped to
+    target/`factor` (sizes in pixels, as (width, height); `factor`: the VAE's downsampling)."""
     how, antialias = LATENT_MODES[mode]
-    size = (cover[1] // 8, cover[0] // 8)
+    size = (cover[1] // factor, cover[0] // factor)
     if how.startswith("nearest"):
         resized = F.interpolate(latents, size=size, mode=how)
     else:
         resized = F.interpolate(
             latents, size=size, mode=how, antialias=antialias, align_corners=False
         )
-    left, top, right, bottom = _crop((size[1], size[0]), (target[0] // 8, target[1] // 8))
+    left, top, right, bottom = _crop((size[1], size[0]), (target[0] // factor, target[1] // factor))
     return resized[:, :, top:bottom, left:right]
 
 
@@ -234,7 +234,8 @@ def hires_latents(
         on_step=second_step, cancel=hooks.cancel, interrupt=hooks.interrupt
     )
     if p.hires_upscaler in LATENT_MODES:
-        latents = upscale_latents(first.latents, p.hires_upscaler, cover, target)
+        latents = upscale_latents(first.latents, p.hires_upscaler, cover, target,
+                                  pipe.config.vae.downsample_factor)  # fmt: skip
         done = pipe._latents(second, None, None, second_hooks, init_latents=latents)
     else:
         images = tensor_to_images(pipe.decode_latents(first.latents, first.vae))

@@ -73,7 +73,8 @@ def starting_latent(
     posterior]; the variation seed's noise comes from its own generators.
     """
     assert p.width is not None and p.height is not None
-    h, w = p.height // 8, p.width // 8
+    factor = pipe.config.vae.downsample_factor  # 8 for every SD v1 checkpoint
+    h, w = p.height // factor, p.width // factor
     shape = (1, pipe.config.vae.embed_dim, h, w)
     # σ's stay on the CPU: samplers read them as Python floats, never waiting for the device.
     sigmas = spec.sigmas(pipe.schedule, p.steps, p.scheduler).to(torch.float32)
