@@ -58,7 +58,9 @@ def test_images_equal_the_pre_refactor_engine(pipe: Any, case: dict[str, Any]) -
             expected = np.where(keep, np.asarray(init_image()), expected)
         got = np.asarray(image.convert("RGB"))
         diff = np.abs(got.astype(int) - expected.astype(int))
-        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (
+        # Up to 2 % of values one level off: the CPU's float kernels differ between machines
+        # (made on one AMD EPYC; another, with AVX-512, puts dpm2's 1.16 % one level off).
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.02, (
             f"{case['name']}[{i}]: {int((diff > 0).sum())} values differ, max {diff.max()}"
         )
         assert image.info["parameters"] == case["infotext"][i]
