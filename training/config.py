@@ -43,8 +43,9 @@ DALI_TINY = ModelConfig(
 # at 64 px). Small shapes (11–14 px) cover under two of f=8's latent cells and an outline's
 # 1.5-px band a fifth of one; through f=8 the autoencoder alone already lost them. Measured
 # (docs/dali-tiny.md, "A full run with the v2 grammar and 128 px"): the same 3,000 autoencoder
-# steps kept 91.7 % of held-out shapes at f=4 against 56.3 % at f=8, and a 64-px image was no
-# slower (16×16 UNet calls cost little more than 8×8 ones, and the decoder has a level less).
+# steps kept 91.7 % of held-out shapes at f=4 against 56.3 % at f=8. A 64-px image costs more
+# (0.442 s against 0.337 s on 2 cores with this UNet; 0.324 s with a three-level UNet attending
+# at factors 2 and 4 only), so the shipped v2 needs a lighter UNet than this preset's.
 DALI_TINY_F4 = dataclasses.replace(
     DALI_TINY, vae=dataclasses.replace(DALI_TINY.vae, channel_mult=(1, 2, 4))
 )
