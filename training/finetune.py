@@ -26,8 +26,9 @@ import torch
 from tqdm import tqdm
 
 from sd_core.checkpoint import checkpoint_state_dict, load_models, save_checkpoint
+from training.batches import shape_weights, weighted_training_batch
 from training.sampled_targets import SampledTargets, sample_targets
-from training.train import images_to_tensor, shape_weights, weighted_training_batch
+from training.train import images_to_tensor
 
 
 def finetune_decoder(

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from training.batches import grow
 from training.shapes import (
     ANCHORS,
     BACKGROUND_COLORS,
@@ -38,7 +39,6 @@ from training.shapes import (
     coverage,
     train_scenes,
 )
-from training.train import grow
 
 SLACK = 3.0  # px a drawing's centre may lie outside its anchor's jitter box and still be used
 

@@ -12,6 +12,7 @@ import torch
 
 import sd_core
 from sd_core.tensor_source import TensorSource
+from training import batches
 from training import train as tr
 from training.__main__ import main
 from training.config import MICRO_TRAIN
@@ -233,10 +234,10 @@ def test_shape_weights_mark_the_shape_and_optionally_a_ring_around_it() -> None:
     images[:] = BACKGROUND_COLORS["gray"]
     images[0, 4, 4] = BACKGROUND_COLORS["red"]
     images[0, 0, 0] = np.array(BACKGROUND_COLORS["gray"]) + 5  # within the colour tolerance
-    plain = tr.shape_weights(images, ["gray"], 4.0)
+    plain = batches.shape_weights(images, ["gray"], 4.0)
     assert plain.dtype == np.float32 and plain.shape == (1, 9, 9)
     assert plain[0, 4, 4] == 4.0 and (plain == 4.0).sum() == 1 and (plain == 1.0).sum() == 80
-    ringed = tr.shape_weights(images, ["gray"], 4.0, ring=2)
+    ringed = batches.shape_weights(images, ["gray"], 4.0, ring=2)
     assert (ringed[0, 2:7, 2:7] == 4.0).all() and (ringed == 4.0).sum() == 25
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sd_core.tensor_source import TensorSource
-from training import train as tr
+from training import batches
 from training.__main__ import main
 from training.shapes import (
     EVAL_SEED_BASE,
@@ -28,8 +28,8 @@ def _is_v2(scene: Scene | PairScene) -> bool:
 
 def test_the_pool_gives_a_share_of_its_places_to_v2_training_captions() -> None:
     v1 = train_scenes()
-    assert tr.pool_scenes(10, seed=0, v2_share=0.0) == [v1[i] for i in range(10)]
-    scenes = tr.pool_scenes(2000, seed=0, v2_share=0.4)
+    assert batches.pool_scenes(10, seed=0, v2_share=0.0) == [v1[i] for i in range(10)]
+    scenes = batches.pool_scenes(2000, seed=0, v2_share=0.4)
     v2 = [s for s in scenes if _is_v2(s)]
     assert 0.35 < len(v2) / len(scenes) < 0.45
     assert any(isinstance(s, PairScene) for s in v2)
@@ -37,12 +37,12 @@ def test_the_pool_gives_a_share_of_its_places_to_v2_training_captions() -> None:
     assert not any(is_held_out(s.caption) for s in v2)
     # The v1 places keep the captions in turn, so every v1 caption is still in the pool.
     assert all(s == v1[i % len(v1)] for i, s in enumerate(scenes) if not _is_v2(s))
-    assert tr.pool_scenes(2000, seed=0, v2_share=0.4) == scenes  # rebuilt alike on resume
-    assert tr.pool_scenes(2000, seed=1, v2_share=0.4) != scenes
+    assert batches.pool_scenes(2000, seed=0, v2_share=0.4) == scenes  # rebuilt alike on resume
+    assert batches.pool_scenes(2000, seed=1, v2_share=0.4) != scenes
 
 
 def test_batches_without_v2_draw_what_the_v1_recipe_drew() -> None:
-    images, _ = tr.weighted_training_batch(np.random.default_rng(7), 6, 4.0, v2_share=0.0)
+    images, _ = batches.weighted_training_batch(np.random.default_rng(7), 6, 4.0, v2_share=0.0)
     rng = np.random.default_rng(7)
     picks = rng.integers(0, len(train_scenes()), size=6)
     seeds = rng.integers(0, EVAL_SEED_BASE, size=6)
@@ -58,8 +58,10 @@ def test_batches_with_v2_render_v2_training_captions(monkeypatch: pytest.MonkeyP
         drawn.append(scene)
         return render(scene, seed, size)
 
-    monkeypatch.setattr(tr, "render", spy)
-    images, weights = tr.weighted_training_batch(np.random.default_rng(3), 40, 4.0, v2_share=1.0)
+    monkeypatch.setattr(batches, "render", spy)
+    images, weights = batches.weighted_training_batch(
+        np.random.default_rng(3), 40, 4.0, v2_share=1.0
+    )
     assert images.shape == (40, 64, 64, 3) and weights.shape == (40, 64, 64)
     assert all(_is_v2(s) and not is_held_out(s.caption) for s in drawn)
     assert any(isinstance(s, PairScene) for s in drawn)
@@ -96,11 +98,11 @@ def test_the_f4_preset_gives_16_by_16_latents_at_64_px() -> None:
     import torch
 
     from sd_core.checkpoint import build_models
-    from training.__main__ import _preset
+    from training.arguments import preset_config
     from training.config import DALI_TINY, DALI_TINY_F4
 
-    config = _preset("dali-tiny-f4")
-    assert config.model == DALI_TINY_F4 and _preset("dali-tiny").model == DALI_TINY
+    config = preset_config("dali-tiny-f4")
+    assert config.model == DALI_TINY_F4 and preset_config("dali-tiny").model == DALI_TINY
     assert DALI_TINY_F4.vae.downsample_factor == 4 and DALI_TINY.vae.downsample_factor == 8
     # Only the autoencoder's depth differs: text encoder and UNet are dali-tiny's.
     assert (DALI_TINY_F4.clip, DALI_TINY_F4.unet) == (DALI_TINY.clip, DALI_TINY.unet)
