@@ -28,77 +28,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-_PRESETS = ("dali-tiny", "dali-tiny-f4", "micro")
-# Train flags that map one-to-one onto TrainConfig fields (flag --vae-steps → vae_steps).
-_TRAIN_FIELDS = {
-    "seed": int,
-    "vae_steps": int,
-    "vae_batch": int,
-    "unet_steps": int,
-    "unet_batch": int,
-    "pool_size": int,
-    "checkpoint_every": int,
-    "eval_count": int,
-    "tune_count": int,
-    "lr": float,
-    "vae_lr": float,
-    "large_every": int,
-    "large_pool_size": int,
-    "v2_share": float,
-}
+from training.arguments import (
+    PRESETS,
+    TRAIN_FIELDS,
+    flag_parser,
+    non_negative_int,
+    positive,
+    preset_config,
+    share,
+)
 
 
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; the trainer saved its state at a step boundary."""
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    return parse
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed: 0..1")
-    return value
-
-
-def _preset(name: str) -> Any:
-    """The TrainConfig a --preset names (before the train flags are applied)."""
-    from training.config import DALI_TINY_F4, MICRO_TRAIN, TrainConfig
-
-    if name == "micro":
-        return MICRO_TRAIN
-    return TrainConfig(model=DALI_TINY_F4) if name == "dali-tiny-f4" else TrainConfig()
-
-
-def _flag_parser(name: str, kind: type) -> Any:
-    """The parser of the train flag of TrainConfig field `name`."""
-    if name == "seed":
-        return _non_negative_int
-    return _share if name == "v2_share" else _positive(kind)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,16 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--export", type=Path, help="also copy the final model file to this path")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    train.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
+    train.add_argument("--threads", type=positive(int), help="CPU threads for torch")
     train.add_argument(
         "--preset",
-        choices=_PRESETS,
+        choices=PRESETS,
         default="dali-tiny",
         help="model: dali-tiny (default), dali-tiny-f4 (its f=4 autoencoder: 16×16 latents at "
         "64 px) or micro (seconds; for tests)",
     )
-    for name, kind in _TRAIN_FIELDS.items():
-        parse = _flag_parser(name, kind)
+    for name, kind in TRAIN_FIELDS.items():
+        parse = flag_parser(name, kind)
         train.add_argument(
             "--" + name.replace("_", "-"), type=parse, default=None, help=f"TrainConfig.{name}"
         )
@@ -134,16 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="judge a checkpoint on held-out captions")
     evaluate.add_argument("--checkpoint", required=True, type=Path)
     evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--count", type=_positive(int), default=300)
-    evaluate.add_argument("--steps", type=_positive(int), default=20)
+    evaluate.add_argument("--count", type=positive(int), default=300)
+    evaluate.add_argument("--steps", type=positive(int), default=20)
     evaluate.add_argument("--sampler", help="default: the model's default sampler")
     evaluate.add_argument("--guidance", type=float, help="default: the one the file records")
-    evaluate.add_argument("--threads", type=_positive(int))
+    evaluate.add_argument("--threads", type=positive(int))
     evaluate.add_argument("--json", type=Path, help="write the figures here")
     evaluate.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     evaluate.add_argument(
         "--tune-count",
-        type=_positive(int),
+        type=positive(int),
         default=16,
         help="training captions per sampler/guidance pair (with --record)",
     )
@@ -163,18 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     everything.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     everything.add_argument("--resume", action="store_true", help="continue the run in --out")
     everything.add_argument("--export", type=Path, help="also copy the final model here")
-    everything.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
+    everything.add_argument("--threads", type=positive(int), help="CPU threads for torch")
     everything.add_argument(
-        "--preset", choices=_PRESETS, default="dali-tiny", help="as train's --preset"
+        "--preset", choices=PRESETS, default="dali-tiny", help="as train's --preset"
     )
-    everything.add_argument("--decoder-steps", type=_positive(int), default=2000)
-    everything.add_argument("--decoder-batch", type=_positive(int), default=16)
-    everything.add_argument("--decoder-samples", type=_non_negative_int, default=3200)
-    everything.add_argument("--decoder-background-weight", type=_positive(float), default=3.0)
-    everything.add_argument("--judge-count", type=_positive(int), default=300)
-    everything.add_argument("--judge-steps", type=_positive(int), default=20)
-    for name, kind in _TRAIN_FIELDS.items():
-        parse = _flag_parser(name, kind)
+    everything.add_argument("--decoder-steps", type=positive(int), default=2000)
+    everything.add_argument("--decoder-batch", type=positive(int), default=16)
+    everything.add_argument("--decoder-samples", type=non_negative_int, default=3200)
+    everything.add_argument("--decoder-background-weight", type=positive(float), default=3.0)
+    everything.add_argument("--judge-count", type=positive(int), default=300)
+    everything.add_argument("--judge-steps", type=positive(int), default=20)
+    for name, kind in TRAIN_FIELDS.items():
+        parse = flag_parser(name, kind)
         everything.add_argument(
             "--" + name.replace("_", "-"), type=parse, default=None, help=f"TrainConfig.{name}"
         )
@@ -185,11 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     judge.add_argument("--checkpoint", required=True, type=Path)
     judge.add_argument("--device", default="cpu")
-    judge.add_argument("--count", type=_positive(int), default=300)
-    judge.add_argument("--steps", type=_positive(int), default=20)
+    judge.add_argument("--count", type=positive(int), default=300)
+    judge.add_argument("--steps", type=positive(int), default=20)
     judge.add_argument("--sampler", help="default: the model's default sampler")
     judge.add_argument("--guidance", type=float, help="default: the one the file records")
-    judge.add_argument("--threads", type=_positive(int))
+    judge.add_argument("--threads", type=positive(int))
     judge.add_argument("--json", type=Path, help="write the figures and every verdict here")
     judge.add_argument("--gallery", type=Path, help="PNG of the first 64 images beside ideals")
     judge.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
@@ -218,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     judge.add_argument(
         "--negative-pairs",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=16,
         help="captions drawn with and without their colour word as negative prompt (0: none)",
     )
@@ -229,33 +171,33 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--checkpoint", required=True, type=Path, help="the model to start from")
     finetune.add_argument("--out", required=True, type=Path, help="the new model file")
     finetune.add_argument("--device", default="cpu")
-    finetune.add_argument("--threads", type=_positive(int))
-    finetune.add_argument("--steps", type=_positive(int), default=2000)
-    finetune.add_argument("--batch", type=_positive(int), default=8)
-    finetune.add_argument("--lr", type=_positive(float), default=5e-4)
-    finetune.add_argument("--shape-weight", type=_positive(float), default=10.0)
+    finetune.add_argument("--threads", type=positive(int))
+    finetune.add_argument("--steps", type=positive(int), default=2000)
+    finetune.add_argument("--batch", type=positive(int), default=8)
+    finetune.add_argument("--lr", type=positive(float), default=5e-4)
+    finetune.add_argument("--shape-weight", type=positive(float), default=10.0)
     finetune.add_argument(
         "--ring",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=2,
         help="pixels around the shape weighted like the shape (default 2)",
     )
     finetune.add_argument(
         "--samples",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="first draw this many training captions with the model; 3/4 of every batch "
         "decodes those latents to the renderings their captions allow (default 0: none)",
     )
     finetune.add_argument(
         "--background-weight",
-        type=_positive(float),
+        type=positive(float),
         default=1.0,
         help="loss weight of the plain background beyond the ring (default 1)",
     )
     finetune.add_argument(
         "--v2-share",
-        type=_share,
+        type=share,
         default=0.0,
         help="share of the posterior batches rendered from v2 captions (default 0)",
     )
@@ -268,9 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True, type=Path)
     sample.add_argument("--prompt", required=True)
     sample.add_argument("--out", required=True, type=Path, help="PNG path (out-1.png, … for more)")
-    sample.add_argument("--seed", type=_non_negative_int, default=0)
-    sample.add_argument("--count", type=_positive(int), default=1)
-    sample.add_argument("--steps", type=_positive(int), default=20)
+    sample.add_argument("--seed", type=non_negative_int, default=0)
+    sample.add_argument("--count", type=positive(int), default=1)
+    sample.add_argument("--steps", type=positive(int), default=20)
     sample.add_argument("--sampler")
     sample.add_argument("--guidance", type=float)
     sample.add_argument("--device", default="cpu")
@@ -283,10 +225,10 @@ def _parser() -> argparse.ArgumentParser:
         help="time each part of the default training run and project its total",
     )
     bench.add_argument("--device", default="cpu")
-    bench.add_argument("--threads", type=_positive(int))
-    bench.add_argument("--steps", type=_positive(int), default=20)
+    bench.add_argument("--threads", type=positive(int))
+    bench.add_argument("--steps", type=positive(int), default=20)
     bench.add_argument("--guidance", type=float, help="default: the one the file records")
-    bench.add_argument("--repeat", type=_positive(int), default=5)
+    bench.add_argument("--repeat", type=positive(int), default=5)
     return parser
 
 
@@ -350,8 +292,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         device = resolve_device(args.device)
     except ValueError as e:
         parser.error(f"--device: {e}")
-    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    base = _preset(args.preset)
+    overrides = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
+    base = preset_config(args.preset)
     config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
     command = "python -m training " + shlex.join(args.argv)
     trainer = tr.open_run(args.out, device, config, args.resume, command, overrides)
@@ -390,8 +332,8 @@ def _train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         device = resolve_device(args.device)
     except ValueError as e:
         parser.error(f"--device: {e}")
-    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    base = _preset(args.preset)
+    overrides = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
+    base = preset_config(args.preset)
     config = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
     settings = AllConfig(args.decoder_steps, args.decoder_batch, args.decoder_samples,
                          args.decoder_background_weight, args.judge_count,
