@@ -150,23 +150,22 @@ def train_all(
             guidance = json.loads(TensorSource(final).metadata["dali_eval"])["guidance"]
             pipe = sd_core.load_pipeline(final, device=str(device), dtype="float32")
             count = min(settings.judge_count, 360)
-            report = judge_model(pipe, count, settings.judge_steps,
-                                 pipe.config.default_sampler, guidance)  # fmt: skip
-            print(report.table())
-            result = report.as_dict()
-            summary = {k: v for k, v in result.items() if k != "images"}
+            sampler, steps = pipe.config.default_sampler, settings.judge_steps
+            reports = {"": judge_model(pipe, count, steps, sampler, guidance)}
             if config.v2_share > 0:  # a model taught the v2 words is judged on them too
-                v2 = judge_model_v2(pipe, count, settings.judge_steps,
-                                    pipe.config.default_sampler, guidance)  # fmt: skip
-                print(v2.table())
-                result["v2"] = v2.as_dict()
-                summary["v2"] = {k: v for k, v in v2.as_dict().items() if k != "images"}
+                reports["v2"] = judge_model_v2(pipe, count, steps, sampler, guidance)
             if config.large_every > 0:  # a model taught 128 px is judged there too
-                large = judge_model(pipe, count, settings.judge_steps,
-                                    pipe.config.default_sampler, guidance, size=128)  # fmt: skip
-                print(large.table())
-                result["128"] = large.as_dict()
-                summary["128"] = {k: v for k, v in large.as_dict().items() if k != "images"}
+                reports["128"] = judge_model(pipe, count, steps, sampler, guidance, size=128)
+            result, summary = {}, {}
+            for name, report in reports.items():
+                print(report.table())
+                whole = report.as_dict()
+                brief = {k: v for k, v in whole.items() if k != "images"}
+                if name:  # beside the v1 figures, under its own key
+                    result[name], summary[name] = whole, brief
+                else:
+                    result.update(whole)
+                    summary.update(brief)
             (out / "judge.json").write_text(json.dumps(result, indent=1) + "\n")
             record_judge(final, {**summary, "device": str(device)})
         finish(phase, started)

@@ -119,6 +119,19 @@ def _first_held_out(count: int) -> tuple[Scene, ...]:
     return scenes[:count]
 
 
+def _draw(
+    pipe: Any, caption: str, seed: int, steps: int, sampler: str, guidance: float, size: int
+) -> tuple[np.ndarray, float]:
+    """One `size`-px image of `caption` → ((size, size, 3) uint8 RGB, seconds it took)."""
+    from sd_core.params import GenerationParams
+
+    params = GenerationParams(caption, seed=seed, steps=steps, sampler=sampler,
+                              guidance=guidance, width=size, height=size)  # fmt: skip
+    started = time.perf_counter()
+    image = np.asarray(pipe.generate(params).images[0].convert("RGB"))
+    return image, time.perf_counter() - started
+
+
 def judge_model(
     pipe: Any,
     count: int,
@@ -132,7 +145,6 @@ def judge_model(
     """Draw and judge the first `count` held-out captions, `size` × `size` pixels.
     `keep(scene, image, fit, verdict)` is called for each image in order (the gallery uses
     it). The detector reads 64-px images: at another size its figures are left out."""
-    from sd_core.params import GenerationParams
     from training.detector import detect
 
     scenes = _first_held_out(count)
@@ -142,11 +154,8 @@ def judge_model(
     images: list[dict[str, Any]] = []
     for i in tqdm(range(count), desc="judge", disable=not progress):
         scene, seed = scenes[i], eval_seed(i)
-        params = GenerationParams(scene.caption, seed=seed, steps=steps, sampler=sampler,
-                                  guidance=guidance, width=size, height=size)  # fmt: skip
-        started = time.perf_counter()
-        image = np.asarray(pipe.generate(params).images[0].convert("RGB"))
-        times.append(time.perf_counter() - started)
+        image, seconds = _draw(pipe, scene.caption, seed, steps, sampler, guidance, size)
+        times.append(seconds)
         verdict, fit = judge_image(image, scene)
         verdicts.append(verdict)
         if size == 64:
@@ -242,7 +251,6 @@ def judge_model_v2(
     the relation for two; "all_attributes": every object's colour, shape, size and style and
     the position or relation right.
     """
-    from sd_core.params import GenerationParams
     from training.judge.verdict import judge_pair
     from training.shapes import PairScene, random_v2_scene
 
@@ -255,11 +263,8 @@ def judge_model_v2(
     images: list[dict[str, Any]] = []
     for i, scene in enumerate(tqdm(scenes, desc="judge v2", disable=not progress)):
         seed = eval_seed(30_000 + i)
-        params = GenerationParams(scene.caption, seed=seed, steps=steps, sampler=sampler,
-                                  guidance=guidance, width=size, height=size)  # fmt: skip
-        started = time.perf_counter()
-        image = np.asarray(pipe.generate(params).images[0].convert("RGB"))
-        times.append(time.perf_counter() - started)
+        image, seconds = _draw(pipe, scene.caption, seed, steps, sampler, guidance, size)
+        times.append(seconds)
         if isinstance(scene, PairScene):
             pair, _ = judge_pair(image, scene)
             read = [(pair.first, scene.first), (pair.second, scene.second)]
