@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=PRESETS,
         default="dali-tiny",
         help="model: dali-tiny (default), dali-tiny-f4 (its f=4 autoencoder: 16×16 latents at "
-        "64 px) or micro (seconds; for tests)",
+        "64 px), dali-tiny-v2 (f=4 with a three-level UNet) or micro (seconds; for tests)",
     )
     for name, kind in TRAIN_FIELDS.items():
         parse = flag_parser(name, kind)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-PRESETS = ("dali-tiny", "dali-tiny-f4", "micro")
+PRESETS = ("dali-tiny", "dali-tiny-f4", "dali-tiny-v2", "micro")
 # Train flags that map one-to-one onto TrainConfig fields (flag --vae-steps → vae_steps).
 TRAIN_FIELDS = {
     "seed": int,
@@ -51,11 +51,12 @@ def share(text: str) -> float:
 
 def preset_config(name: str) -> Any:
     """The TrainConfig a --preset names (before the train flags are applied)."""
-    from training.config import DALI_TINY_F4, MICRO_TRAIN, TrainConfig
+    from training.config import DALI_TINY_F4, DALI_TINY_V2, MICRO_TRAIN, TrainConfig
 
     if name == "micro":
         return MICRO_TRAIN
-    return TrainConfig(model=DALI_TINY_F4) if name == "dali-tiny-f4" else TrainConfig()
+    models = {"dali-tiny-f4": DALI_TINY_F4, "dali-tiny-v2": DALI_TINY_V2}
+    return TrainConfig(model=models[name]) if name in models else TrainConfig()
 
 
 def flag_parser(name: str, kind: type) -> Any:

@@ -50,6 +50,16 @@ DALI_TINY_F4 = dataclasses.replace(
     DALI_TINY, vae=dataclasses.replace(DALI_TINY.vae, channel_mult=(1, 2, 4))
 )
 
+# DALI_TINY_F4 with that lighter UNet: three levels (channel_mult (1, 2, 2): 16, 8 and 4 latent
+# cells at 64 px) with cross-attention at factors 2 and 4 and in the middle block, none at the
+# full 16×16 latent (256 tokens, the costliest attention).
+DALI_TINY_V2 = dataclasses.replace(
+    DALI_TINY_F4,
+    unet=dataclasses.replace(
+        DALI_TINY.unet, channel_mult=(1, 2, 2), attention_resolutions=(2, 4)
+    ),
+)
+
 # The smallest model with the same structure, for the trainer's tests.
 MICRO_MODEL = ModelConfig(
     name="dali-micro",
