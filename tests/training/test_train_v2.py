@@ -110,3 +110,23 @@ def test_the_f4_preset_gives_16_by_16_latents_at_64_px() -> None:
     mean, _ = vae.encode(torch.empty(1, 3, 64, 64, device="meta"))  # type: ignore[operator]
     assert mean.shape == (1, 4, 16, 16)
     assert vae.decode(mean).shape == (1, 3, 64, 64)  # type: ignore[operator]
+
+
+def test_the_v2_preset_runs_its_three_level_unet_on_16_by_16_latents() -> None:
+    import torch
+
+    from sd_core.checkpoint import build_models
+    from training.arguments import preset_config
+    from training.config import DALI_TINY, DALI_TINY_F4, DALI_TINY_V2
+
+    assert preset_config("dali-tiny-v2").model == DALI_TINY_V2
+    assert DALI_TINY_V2.vae == DALI_TINY_F4.vae and DALI_TINY_V2.clip == DALI_TINY.clip
+    assert DALI_TINY_V2.unet.channel_mult == (1, 2, 2)
+    assert DALI_TINY_V2.unet.attention_resolutions == (2, 4)
+    unet = build_models(DALI_TINY_V2, device=torch.device("meta"))["unet"]
+    # Three levels: two downsamplings, so 16×16 latents reach 4×4 in the middle block.
+    downsamplers = [name for name, _ in unet.named_modules() if name.endswith(".op")]
+    assert len(downsamplers) == 2
+    context = torch.empty(1, 77, DALI_TINY_V2.unet.context_dim, device="meta")
+    out = unet(torch.empty(1, 4, 16, 16, device="meta"), torch.ones(1, device="meta"), context)
+    assert out.shape == (1, 4, 16, 16)
