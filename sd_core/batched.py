@@ -24,7 +24,7 @@ What stays per job inside the shared loop:
   True (or whose hook raises) leaves the loop: its rows skip the UNet from then on (their x0
   is taken as x itself, which keeps the sampler's arithmetic finite) and the others go on;
 - the result: the job's own params, timings (sampling is the shared loop's time), warnings,
-  decoded images and metadata (`StableDiffusionPipeline._finish`).
+  decoded images and metadata (`StableDiffusionPipeline.finish`).
 
 Bit for bit on the CPU. Run alone, a job's UNet call has 2·B rows (B without CFG); stacked
 with others it has more. Measured on the built-in model in float32 on the CPU (1 and 2
@@ -59,7 +59,7 @@ from sd_core import GenerationCancelled, shapes_grammar
 from sd_core.extra_networks import PromptNetworks, prompt_networks
 from sd_core.hooks import GenerationHooks, Interrupted
 from sd_core.params import GenerationParams
-from sd_core.result import TXT2IMG, GenerationResult, UsedAsset
+from sd_core.result import TXT2IMG, GenerationResult
 from sd_core.start import noise, starting_latent
 from sd_core.tiling import circular_padding
 from sd_core.unet import GEGLU
@@ -139,7 +139,7 @@ class _Job:
     index: int  # its place in the caller's list
     first: int = 0
     generators: list[torch.Generator] = field(default_factory=list)
-    context: Tensor | None = None  # (2B or B, 77·n, width), as `_conditioning` gives it
+    context: Tensor | None = None  # (2B or B, 77·n, width), as `encode_conditioning` gives it
     encoded: EncodedPrompts | None = None
     text_encoding_s: float = 0.0
     outcome: Outcome | None = None  # set when it left the loop early
@@ -231,7 +231,7 @@ def _encode_and_sample(pipe: StableDiffusionPipeline, group: list[_Job]) -> None
                 untagged = replace(
                     job.params, prompt=net.prompt, negative_prompt=net.negative_prompt
                 )
-                job.context, job.encoded = pipe._conditioning(untagged)
+                job.context, job.encoded = pipe.encode_conditioning(untagged)
             except Exception as error:  # noqa: BLE001 (the job's outcome)
                 job.outcome = error
                 continue
@@ -266,7 +266,7 @@ def _sample(pipe: StableDiffusionPipeline, jobs: list[_Job], vae: AutoencoderKL)
     x = torch.cat([start.x for start in starts])
     sigmas, sample = starts[0].sigmas, starts[0].sample
     shape = (1, *x.shape[1:])
-    unet = pipe._use(pipe.unet)
+    unet = pipe.on_device(pipe.unet)
     denoise = _denoiser(pipe, spec, jobs)
 
     def step_noise() -> Tensor:  # each job's rows from its own generators
@@ -302,7 +302,7 @@ def _sample(pipe: StableDiffusionPipeline, jobs: list[_Job], vae: AutoencoderKL)
     except _AllLeft:
         pass
     finally:
-        pipe._release(unet)
+        pipe.off_device(unet)
     return time.perf_counter() - began
 
 
@@ -362,24 +362,20 @@ def _result(
     lora_warnings: tuple[str, ...],
     sampling_s: float,
 ) -> Outcome:
-    """The job's GenerationResult from its latents, as a lone run's `_latents` and `_finish`
+    """The job's GenerationResult from its latents, as a lone run's `sample_latents` and `finish`
     make it (or the error decoding met)."""
-    from sd_core.pipeline import _Sampled
+    from sd_core.pipeline import SampledLatents
 
     assert job.latents is not None and job.encoded is not None
     net = job.networks
-    used = [UsedAsset("lora", u.lora.name, u.lora.short_hash) for u in net.loras]
-    used += [UsedAsset("embedding", e.name, e.short_hash) for e in job.encoded.embeddings_used]
-    if vae is not pipe.vae and pipe._separate_vae.file is not None:
-        file = pipe._separate_vae.file
-        used.append(UsedAsset("vae", file.name, file.short_hash))
+    used = pipe.used_assets(net, job.encoded, vae)
     grammar = shapes_grammar.model_warnings(pipe.config.name, net.prompt)
     warnings = (*grammar, *net.warnings, *lora_warnings, *job.encoded.warnings)
-    sampled = _Sampled(
+    sampled = SampledLatents(
         job.params, TXT2IMG, job.latents, vae, job.text_encoding_s, sampling_s,
-        warnings, tuple(used), None, job.interrupted,
+        warnings, used, None, job.interrupted,
     )  # fmt: skip
     try:
-        return pipe._finish(sampled)
+        return pipe.finish(sampled)
     except Exception as error:  # noqa: BLE001 (the job's outcome)
         return error

@@ -51,7 +51,7 @@ from sd_core.schedule_types import schedule_label, schedule_type
 
 if TYPE_CHECKING:
     from sd_core.hooks import GenerationHooks
-    from sd_core.pipeline import StableDiffusionPipeline, _Sampled
+    from sd_core.pipeline import SampledLatents, StableDiffusionPipeline
 
 # A1111's latent upscale modes: name → (interpolate mode, antialias).
 LATENT_MODES: dict[str, tuple[str, bool]] = {
@@ -201,12 +201,12 @@ def _second_pass_steps(pipe: StableDiffusionPipeline, p: GenerationParams) -> in
 
 def hires_latents(
     pipe: StableDiffusionPipeline, params: GenerationParams, hooks: GenerationHooks
-) -> _Sampled:
-    """Both passes of `params` (hires on): the pipeline's `_Sampled` with the second pass's
+) -> SampledLatents:
+    """Both passes of `params` (hires on): the pipeline's `SampledLatents` with the second pass's
     latents, the resolved params as asked (hires on, first-pass size) and both passes' times."""
     from sd_core.hooks import GenerationHooks
     from sd_core.image_tensors import image_to_tensor, tensor_to_images
-    from sd_core.pipeline import _Sampled
+    from sd_core.pipeline import SampledLatents
     from sd_core.result import TXT2IMG
 
     p = pipe.resolve(params)
@@ -225,7 +225,9 @@ def hires_latents(
         if hooks.on_step is not None:
             hooks.on_step(first_total[0] + step, first_total[0] + n, x0)
 
-    first = pipe._latents(replace(p, hires=False), None, None, replace(hooks, on_step=first_step))
+    first = pipe.sample_latents(
+        replace(p, hires=False), None, None, replace(hooks, on_step=first_step)
+    )
     n = first.interrupted[1] if first.interrupted is not None else first_total[0]
     if first.interrupted is not None or (hooks.interrupt is not None and hooks.interrupt()):
         done_steps = first.interrupted[0] if first.interrupted is not None else n
@@ -236,7 +238,7 @@ def hires_latents(
     if p.hires_upscaler in LATENT_MODES:
         latents = upscale_latents(first.latents, p.hires_upscaler, cover, target,
                                   pipe.config.vae.downsample_factor)  # fmt: skip
-        done = pipe._latents(second, None, None, second_hooks, init_latents=latents)
+        done = pipe.sample_latents(second, None, None, second_hooks, init_latents=latents)
     else:
         images = tensor_to_images(pipe.decode_latents(first.latents, first.vae))
         pixels = torch.cat(
@@ -248,8 +250,8 @@ def hires_latents(
                 for image in images
             ]
         )
-        done = pipe._latents(second, None, None, second_hooks, init_pixels=pixels)
-    return _Sampled(
+        done = pipe.sample_latents(second, None, None, second_hooks, init_pixels=pixels)
+    return SampledLatents(
         params=p,
         mode=TXT2IMG,
         latents=done.latents,

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from sd_core import BUILTIN_MODEL_NAME, BUILTIN_MODEL_PATH, GenerationCancelled, shapes_grammar
 from sd_core.config import ModelConfig
 from sd_core.devices import resolve_device, resolve_dtype
-from sd_core.extra_networks import prompt_networks
+from sd_core.extra_networks import PromptNetworks, prompt_networks
 from sd_core.hooks import GenerationHooks as GenerationHooks
 from sd_core.hooks import Interrupted, interrupted_warning
 from sd_core.image_tensors import (
@@ -67,8 +67,8 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
-class _Sampled:
-    """What `_latents` made: the resolved params, the mode (txt2img, img2img, inpaint), the
+class SampledLatents:
+    """What `sample_latents` made: the resolved params, the mode (txt2img, img2img, inpaint), the
     final (B, C, h, w) latents, the VAE that decodes them, the seconds text encoding and
     sampling took, the warnings."""
 
@@ -118,7 +118,7 @@ class StableDiffusionPipeline:
         # Textual-inversion embeddings that prompts may name (None: none installed).
         self.embeddings: FileLibrary[Embedding] | None = None
         self.assets: Assets | None = None  # where prompts' LoRAs and params' VAE are found
-        self._separate_vae = LoadedVae()
+        self.separate_vae = LoadedVae()
         # A model upscaler the hires fix may name (sd_core/hires.py); None: the built-in ones.
         self.upscale_image: UpscaleImage | None = None
         self.vae_tiling = VaeTiling()  # above which size decode_latents decodes in tiles
@@ -179,12 +179,15 @@ class StableDiffusionPipeline:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _use(self, model: ModuleT) -> ModuleT:
+    def on_device(self, model: ModuleT) -> ModuleT:
+        """`model` on the pipeline's device for a stage's work; with `low_memory` the models
+        live on the CPU between stages and `off_device` sends them back."""
         if self.low_memory:
             model.to(self.device)
         return model
 
-    def _release(self, model: nn.Module) -> None:
+    def off_device(self, model: nn.Module) -> None:
+        """Back home after `on_device` (a no-op unless `low_memory`)."""
         if self.low_memory:
             model.to(self._home)
             if self.device.type == "cuda":
@@ -201,13 +204,13 @@ class StableDiffusionPipeline:
         `sd_core.conditioning`)."""
         from sd_core.conditioning import encode_prompts
 
-        encoder = self._use(self.text_encoder)
+        encoder = self.on_device(self.text_encoder)
         try:
             return encode_prompts(
                 encoder, self.tokenizer, prompts, clip_skip, self.device, self.embeddings
             )
         finally:
-            self._release(encoder)
+            self.off_device(encoder)
 
     def vae_for(self, params: GenerationParams) -> AutoencoderKL:
         """The VAE `params.vae` names (a file in `assets.vaes`), or the checkpoint's own.
@@ -223,7 +226,7 @@ class StableDiffusionPipeline:
                 "vae", params.vae,
                 f"no VAE file named {params.vae!r} is installed (installed: {listed(installed)})",
             )  # fmt: skip
-        return self._separate_vae.get(found, self.config.vae, self._home, self.dtype)
+        return self.separate_vae.get(found, self.config.vae, self._home, self.dtype)
 
     def encode_image(
         self,
@@ -233,9 +236,9 @@ class StableDiffusionPipeline:
     ) -> Tensor:
         """(1, 3, H, W) in [-1, 1] → (B, C, H/8, W/8) scaled latents, one posterior sample per
         generator (diffusers' `latent_dist.sample(generator)`), with `vae` (the model's own)."""
-        vae = self._use(vae or self.vae)
+        vae = self.on_device(vae or self.vae)
         mean, logvar = vae_encode(vae, image.to(self.device, self.dtype), self.vae_tiling)
-        self._release(vae)
+        self.off_device(vae)
         std = torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0))
         # One image for all generators, or (the hires fix) image i for generator i.
         pick = [(0, g) for g in generators] if len(mean) == 1 else list(enumerate(generators))
@@ -250,11 +253,11 @@ class StableDiffusionPipeline:
         """(B, C, h, w) scaled latents → (B, 3, 8h, 8w) float32 images in [-1, 1] (unclamped),
         decoded by `vae` (the model's own), in tiles above `vae_tiling`'s size; an image whose
         half-precision decode overflowed is decoded in float32 (`sd_core.vae_upcast`)."""
-        vae, scale = self._use(vae or self.vae), self.latent_scale
+        vae, scale = self.on_device(vae or self.vae), self.latent_scale
         out = torch.cat(
             [decode_finite(vae, z[None].to(self.dtype) / scale, self.vae_tiling) for z in latents]
         )
-        self._release(vae)
+        self.off_device(vae)
         return out.float()
 
     # -- the main entry point --------------------------------------------------------------
@@ -276,10 +279,10 @@ class StableDiffusionPipeline:
         and GenerationCancelled when `hooks.cancel()` turns True. The result's images carry
         their metadata (`GenerationResult.annotate`).
         """
-        return self._finish(self._latents(params, init_image, mask, hooks))
+        return self.finish(self.sample_latents(params, init_image, mask, hooks))
 
-    def _finish(self, sampled: _Sampled) -> GenerationResult:
-        """Decode what `_latents` made (pasting inpainting's kept pixels back) into the
+    def finish(self, sampled: SampledLatents) -> GenerationResult:
+        """Decode what `sample_latents` made (pasting inpainting's kept pixels back) into the
         annotated result; `sd_core.batched` finishes each job of a shared loop here too."""
         began = time.perf_counter()
         images = tensor_to_images(self.decode_latents(sampled.latents, sampled.vae))
@@ -320,7 +323,7 @@ class StableDiffusionPipeline:
         """`generate` without the decode: (resolved params, (B, C, H/8, W/8) scaled latents);
         decode them with `decode_latents(latents, vae_for(params))`. `init_latents` (B, C,
         H/8, W/8), one per image, makes it img2img from those latents (as the hires fix does)."""
-        sampled = self._latents(params, init_image, mask, hooks, init_latents=init_latents)
+        sampled = self.sample_latents(params, init_image, mask, hooks, init_latents=init_latents)
         return sampled.params, sampled.latents
 
     def resolve(self, params: GenerationParams) -> GenerationParams:
@@ -336,7 +339,7 @@ class StableDiffusionPipeline:
             )  # fmt: skip
         return resolved
 
-    def _latents(
+    def sample_latents(
         self,
         params: GenerationParams,
         init_image: Image.Image | None,
@@ -344,7 +347,7 @@ class StableDiffusionPipeline:
         hooks: GenerationHooks | None,
         init_latents: Tensor | None = None,
         init_pixels: Tensor | None = None,
-    ) -> _Sampled:
+    ) -> SampledLatents:
         """Check, encode, sample. `init_latents` or `init_pixels` ((B, 3, H, W) in [-1, 1]),
         one per image, make it img2img from them (the hires fix's second pass)."""
         from sd_core.samplers import get_sampler
@@ -379,7 +382,7 @@ class StableDiffusionPipeline:
         with networks.applied(self.text_encoder, self.unet) as lora_warnings:
             # The text encoder reads the prompts without their tags; the params keep them.
             untagged = replace(p, prompt=networks.prompt, negative_prompt=networks.negative_prompt)
-            context, encoded_prompts = self._conditioning(untagged)
+            context, encoded_prompts = self.encode_conditioning(untagged)
             encoded = time.perf_counter()
             given = (init_latents, init_pixels)
             start = starting_latent(self, p, spec, generators, init_image, mask, vae, given)
@@ -387,13 +390,7 @@ class StableDiffusionPipeline:
                 p, spec, start, context, hooks, check_cancel, generators
             )
         sampling_s = time.perf_counter() - encoded
-        used = [UsedAsset("lora", u.lora.name, u.lora.short_hash) for u in networks.loras]
-        used += [
-            UsedAsset("embedding", e.name, e.short_hash) for e in encoded_prompts.embeddings_used
-        ]
-        if vae is not self.vae and self._separate_vae.file is not None:
-            file = self._separate_vae.file
-            used.append(UsedAsset("vae", file.name, file.short_hash))
+        used = self.used_assets(networks, encoded_prompts, vae)
         warnings = (
             *shapes_grammar.model_warnings(self.config.name, networks.prompt),
             *networks.warnings,
@@ -401,13 +398,25 @@ class StableDiffusionPipeline:
             *encoded_prompts.warnings,
         )
         timing = (encoded - began, sampling_s)
-        return _Sampled(
-            p, mode, latents, vae, *timing, warnings, tuple(used), inpainting, interrupted
+        return SampledLatents(
+            p, mode, latents, vae, *timing, warnings, used, inpainting, interrupted
         )
+
+    def used_assets(
+        self, networks: PromptNetworks, encoded: EncodedPrompts, vae: AutoencoderKL
+    ) -> tuple[UsedAsset, ...]:
+        """The LoRAs and embeddings a generation's prompts used, and its VAE when that is a
+        separate file rather than the checkpoint's own (the metadata's list of assets)."""
+        used = [UsedAsset("lora", u.lora.name, u.lora.short_hash) for u in networks.loras]
+        used += [UsedAsset("embedding", e.name, e.short_hash) for e in encoded.embeddings_used]
+        if vae is not self.vae and self.separate_vae.file is not None:
+            file = self.separate_vae.file
+            used.append(UsedAsset("vae", file.name, file.short_hash))
+        return tuple(used)
 
     # -- stage 1: text conditioning --------------------------------------------------------
 
-    def _conditioning(self, p: GenerationParams) -> tuple[Tensor, EncodedPrompts]:
+    def encode_conditioning(self, p: GenerationParams) -> tuple[Tensor, EncodedPrompts]:
         """(2B, 77·n, width) [negative; prompt] hidden states with CFG, else (B, 77·n, width),
         and the prompts as encoded (warnings, embeddings used). Each prompt is encoded once and
         repeated over the batch."""
@@ -476,7 +485,7 @@ class StableDiffusionPipeline:
         """
         sigmas, blend = start.sigmas, start.blend_mask
         init, start_noise = start.init_latents, start.start_noise
-        unet = self._use(self.unet)
+        unet = self.on_device(self.unet)
         denoise = self._denoiser(p, spec, unet, context, start.extra_channels, check_cancel)
         shape = (1, *start.x.shape[1:])
 
@@ -507,7 +516,7 @@ class StableDiffusionPipeline:
         except Interrupted as stop:
             result, interrupted = stop.denoised, (stop.step, len(sigmas) - 1)
         finally:
-            self._release(unet)
+            self.off_device(unet)
         if blend is not None and init is not None:
             result = (1 - blend) * init + blend * result
         return result, interrupted
