@@ -139,6 +139,9 @@ class Project(Base):
     low_memory: Mapped[bool] = mapped_column(Boolean, default=False)
     default_model: Mapped[str | None] = mapped_column(String(255))  # None → the built-in model
     defaults: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The A1111 options a client set that mean nothing to Dali, as sent (written only by
+    # `a1111.options.OptionStore`); None until the first.
+    a1111_options: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

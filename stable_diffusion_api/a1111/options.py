@@ -7,17 +7,21 @@
   the noise has no seed delta). Sending the same value is fine; another is a 422 naming the
   key, rather than a setting that silently does nothing.
 - everything else (`send_seed`, `send_size`, UI and extension settings, …) is harmless to
-  Dali: kept per project in memory, as sent, and answered back by GET /options until the
-  server restarts, so a client that writes its settings finds them again.
+  Dali: kept as sent in the project's row (`projects.a1111_options`) and answered back by
+  GET /options, so a client that writes its settings finds them again, after a restart and
+  from any web process.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
-from stable_diffusion_api.errors import InvalidField
+from sqlalchemy import select, update
+
+from stable_diffusion_api.db import Database
+from stable_diffusion_api.errors import InvalidField, NotFound
+from stable_diffusion_api.models import Project
 
 FIXED: dict[str, Any] = {
     "samples_format": "png",
@@ -46,18 +50,21 @@ def check_fixed(options: dict[str, Any], prefix: str = "") -> None:
 
 
 class OptionStore:
-    """The options without a meaning here, per project name, in memory."""
+    """The options without a meaning here, per project, in its row: the one writer of
+    `projects.a1111_options`."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, dict[str, Any]] = {}
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
-    def get(self, project: str) -> dict[str, Any]:
-        with self._lock:
-            return {**STORED_DEFAULTS, **self._values.get(project, {})}
+    @staticmethod
+    def get(project: Project) -> dict[str, Any]:
+        """The stored options of `project` (a row as read) over STORED_DEFAULTS."""
+        return {**STORED_DEFAULTS, **(project.a1111_options or {})}
 
-    def set(self, project: str, options: dict[str, Any]) -> None:
-        """Keep `options` (JSON values of at most MAX_VALUE_CHARS each, MAX_KEYS in all)."""
+    def set(self, project_id: int, options: dict[str, Any]) -> None:
+        """Merge `options` (JSON values of at most MAX_VALUE_CHARS each, MAX_KEYS in all) into
+        the project's. The row is write-locked before it is read, so two web processes setting
+        different keys at once keep both."""
         for key, value in options.items():
             try:
                 size = len(json.dumps(value))
@@ -65,8 +72,18 @@ class OptionStore:
                 size = MAX_VALUE_CHARS + 1
             if size > MAX_VALUE_CHARS:
                 raise InvalidField(key, "<value>", f"a JSON value of ≤ {MAX_VALUE_CHARS} chars")
-        with self._lock:
-            kept = {**self._values.get(project, {}), **options}
+        with self._db.session() as session:
+            # Touch the row first: its write lock is taken before the read (PostgreSQL locks
+            # the row; SQLite's writer lock makes the read see the newest commit). Options are
+            # not an edit of the project: `updated_at` (the projects list's order) stays.
+            row = update(Project).where(Project.id == project_id)
+            touched = session.execute(
+                row.values(a1111_options=Project.a1111_options, updated_at=Project.updated_at)
+            )
+            if touched.rowcount == 0:  # type: ignore[attr-defined]
+                raise NotFound("project", project_id)
+            stored = session.scalar(select(Project.a1111_options).where(Project.id == project_id))
+            kept = {**(stored or {}), **options}
             if len(kept) > MAX_KEYS:
                 raise InvalidField("options", f"{len(kept)} keys", f"at most {MAX_KEYS} options")
-            self._values[project] = kept
+            session.execute(row.values(a1111_options=kept, updated_at=Project.updated_at))

@@ -152,7 +152,7 @@ class A1111Service:
         self.settings = settings
         self.tasks = TaskTracker(studio.hub, self._interrupt)
         self.assets = A1111Assets(studio.assets)
-        self.options = OptionStore()
+        self.options = OptionStore(studio.db)
         self.extras = Extras.under(studio.settings.resolved_data_dir)
 
     def _interrupt(self, generation_id: int) -> None:
@@ -381,7 +381,7 @@ class A1111Service:
         model = self.current_model(project)
         defaults = GenerationDefaults.model_validate(project.defaults or {})
         return {
-            **self.options.get(project.name),  # kept as sent; what follows is Dali's own
+            **self.options.get(project),  # kept as sent; what follows is Dali's own
             **FIXED,
             "sd_model_checkpoint": model.title if model else None,
             "sd_checkpoint_hash": model.sha256 if model else None,
@@ -416,7 +416,7 @@ class A1111Service:
         applied = (CLIP_SKIP_OPTION, SD_VAE_OPTION, "sd_model_checkpoint", *FIXED)
         rest = {key: value for key, value in options.items() if key not in applied}
         if rest:
-            self.options.set(self.project(header).name, rest)
+            self.options.set(self.project(header).id, rest)
         if not updates and model is None:
             return
         project = self.project(header)

@@ -10,6 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from stable_diffusion_api.a1111.options import MAX_KEYS
+from stable_diffusion_api.config import Settings
+from stable_diffusion_api.sd_api import create_app
+from tests.a1111.server_app import with_a1111
 from tests.api.fakes import FakeGenerator
 
 # A1111 1.10's API paths (modules/api/api.py), under /sdapi/v1.
@@ -83,6 +87,24 @@ def test_options_keep_what_clients_write(client: TestClient) -> None:
     refused = client.post("/sdapi/v1/options", json={"samples_format": "jpg", "send_size": 0})
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "samples_format"
     assert client.get("/sdapi/v1/options").json()["send_size"] is True
+
+
+def test_options_outlive_a_restart(
+    client: TestClient, settings: Settings, fake: FakeGenerator
+) -> None:
+    sent = {"send_seed": False, "my_extension_setting": {"a": 1}}
+    assert client.post("/sdapi/v1/options", json=sent).status_code == 200
+    assert client.post("/sdapi/v1/options", json={"send_size": False}).status_code == 200
+    # A second app on the same data directory: a restart, or another web process.
+    with TestClient(with_a1111(create_app(settings, fake))) as restarted:
+        options = restarted.get("/sdapi/v1/options").json()
+        assert options["send_seed"] is False and options["send_size"] is False
+        assert options["my_extension_setting"] == {"a": 1}
+        # Too many keys: refused by name, and what was kept stays.
+        many = {f"key_{i}": i for i in range(MAX_KEYS)}
+        refused = restarted.post("/sdapi/v1/options", json=many)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "options"
+        assert restarted.get("/sdapi/v1/options").json() == options
 
 
 @pytest.mark.parametrize(
