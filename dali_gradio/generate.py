@@ -458,7 +458,7 @@ class GenerationTabs:
         """The txt2img, img2img and inpaint tabs (inside the app's `gr.Tabs`)."""
         with gr.Tab("txt2img", id="txt2img"):
             t2i, _ = self.panel("txt2img")
-            hires = hires_inputs()
+            hires = hires_inputs(self.choices.sampler_choices()[1:])  # not "Model default"
         with gr.Tab("img2img", id="img2img"):
             i2i, (init_image, strength) = self.panel("img2img", self.img2img_inputs)
         with gr.Tab("Inpaint", id="inpaint"):

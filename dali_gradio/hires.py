@@ -1,8 +1,9 @@
 """The txt2img tab's hires fix controls (sd_core/hires.py): a box that turns it on, the
 upscale factor, the upscaler, the second pass's steps and denoising strength, and (A1111's
-"Hires schedule type" and "Hires CFG Scale") its schedule type and CFG scale.
+"Hires schedule type", "Hires CFG Scale" and "Hires sampling method") its schedule type, CFG
+scale and sampler.
 
-The API takes the first five before the styles and the last two after them: they came later,
+The API takes the first five before the styles and the last three after them: they came later,
 and a positional caller written before them still sends the styles where it did."""
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ SCHEDULES = {
     "Exponential": "exponential",
     "SGM Uniform": "sgm_uniform",
 }
+SAME_SAMPLER = "Use same sampler"  # A1111's words; the value is ""
 FIRST = 5  # controls before the styles in the API; the rest come after them
 
 
-def hires_inputs() -> list[Any]:
-    """The controls, in an accordion under the txt2img panel, in `hires_fields`' order."""
+def hires_inputs(samplers: list[tuple[str, str]]) -> list[Any]:
+    """The controls, in an accordion under the txt2img panel, in `hires_fields`' order;
+    `samplers` are the (label, name) choices of the second pass's sampler."""
     with gr.Accordion("Hires fix", open=False), gr.Row():
         enabled = gr.Checkbox(value=False, label="Hires fix", info="upscale, then a second pass")
         scale = slider(1, 4, value=2.0, step=0.05, label="Upscale by")
@@ -47,7 +50,8 @@ def hires_inputs() -> list[Any]:
         strength = slider(0, 1, value=0.7, step=0.01, label="Denoising strength")
         schedule = dropdown(list(SCHEDULES), value=SAME, label="Hires schedule type")
         cfg = slider(0, 30, value=0, step=0.5, label="Hires CFG Scale", info="0 = as above")
-    return [enabled, scale, upscaler, steps, strength, schedule, cfg]
+        sampler = dropdown([(SAME_SAMPLER, ""), *samplers], value="", label="Hires sampling method")
+    return [enabled, scale, upscaler, steps, strength, schedule, cfg, sampler]
 
 
 def hires_fields(
@@ -58,9 +62,11 @@ def hires_fields(
     strength: float | None = None,
     schedule: str | None = None,
     cfg: float | None = None,
+    sampler: str | None = None,
 ) -> dict[str, Any]:
     """GenerationCreate's hires fields from the controls ({} while the box is not ticked). An
-    unknown schedule type is passed on as written, for the service to refuse by name."""
+    unknown schedule type or sampler is passed on as written, for the service to refuse by
+    name."""
     if not enabled:
         return {}
     fields: dict[str, Any] = {"hires": True, "hires_upscaler": upscaler or "Latent"}
@@ -75,4 +81,6 @@ def hires_fields(
         fields["hires_scheduler"] = scheduler
     if cfg:
         fields["hires_guidance"] = cfg
+    if sampler and sampler != SAME_SAMPLER:
+        fields["hires_sampler"] = sampler
     return fields

@@ -52,7 +52,7 @@ def test_the_api_lists_the_controls_last_with_their_defaults(ui: DaliUI) -> None
     api = ui.build().get_api_info()
     assert api is not None
     parameters = api["named_endpoints"]["/txt2img"]["parameters"]
-    hires, styles, later = parameters[-8:-3], parameters[-3], parameters[-2:]
+    hires, styles, later = parameters[-9:-4], parameters[-4], parameters[-3:]
     assert [p["label"] for p in hires] == [
         "Hires fix", "Upscale by", "Upscaler", "Hires steps", "Denoising strength",
     ]  # fmt: skip
@@ -60,8 +60,10 @@ def test_the_api_lists_the_controls_last_with_their_defaults(ui: DaliUI) -> None
     # The schedule type and CFG came later: after the styles, where positional callers written
     # before them send nothing.
     assert styles["label"] == "Styles"
-    assert [p["label"] for p in later] == ["Hires schedule type", "Hires CFG Scale"]
-    assert [p["parameter_default"] for p in later] == ["Use same scheduler", 0]
+    assert [p["label"] for p in later] == [
+        "Hires schedule type", "Hires CFG Scale", "Hires sampling method",
+    ]  # fmt: skip
+    assert [p["parameter_default"] for p in later] == ["Use same scheduler", 0, ""]
 
 
 def test_the_schedule_type_and_cfg_reach_the_engine(ui: DaliUI, fake: FakeGenerator) -> None:
@@ -74,6 +76,23 @@ def test_the_schedule_type_and_cfg_reach_the_engine(ui: DaliUI, fake: FakeGenera
     assert (same["hires_scheduler"], same["hires_guidance"]) == (None, None)
     params = fake.calls[-1].params
     assert (params.hires_scheduler, params.hires_guidance) == (None, None)
+
+
+def test_the_hires_sampler_reaches_the_engine(ui: DaliUI, fake: FakeGenerator) -> None:
+    details = run(ui, True, 1.5, "Latent", 3, 0.4, [], "Karras", 0, "dpmpp_2m")
+    assert details["hires_sampler"] == "dpmpp_2m"
+    # The first pass keeps the model's default (None until the engine resolves it).
+    assert (fake.calls[-1].params.sampler, fake.calls[-1].params.hires_sampler) == (
+        None, "dpmpp_2m",
+    )  # fmt: skip
+    # A1111's display name is taken too; "Use same sampler" ("") keeps the first pass's.
+    assert run(ui, True, 1.5, "Latent", 3, 0.4, [], "Karras", 0, "DPM++ 2M")["hires_sampler"] == (
+        "dpmpp_2m"
+    )
+    assert run(ui, True, 1.5, "Latent", 3, 0.4, [], "Karras", 0, "")["hires_sampler"] is None
+    assert fake.calls[-1].params.hires_sampler is None
+    with pytest.raises(gr.Error, match="hires_sampler.*wobbly"):
+        run(ui, True, 1.5, "Latent", 3, 0.4, [], "Karras", 0, "wobbly")
 
 
 def test_an_unknown_schedule_type_is_refused_by_name(ui: DaliUI) -> None:
