@@ -125,7 +125,7 @@ def _crop(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int
 
 
 def upscale_latents(
-    latents: Tensor, mode: str, cover: tuple[int, int], target: tuple[int, int], factor: int = 8
+    latents: Tensor, mode: str, cover: tuple[int, int], target: tuple[int, int], *, factor: int
 ) -> Tensor:
     """(B, C, h, w) latents resized by latent mode `mode` to cover/`factor`, centre cropped to
     target/`factor` (sizes in pixels, as (width, height); `factor`: the VAE's downsampling)."""
@@ -237,7 +237,7 @@ def hires_latents(
     )
     if p.hires_upscaler in LATENT_MODES:
         latents = upscale_latents(first.latents, p.hires_upscaler, cover, target,
-                                  pipe.config.vae.downsample_factor)  # fmt: skip
+                                  factor=pipe.config.vae.downsample_factor)  # fmt: skip
         done = pipe.sample_latents(second, None, None, second_hooks, init_latents=latents)
     else:
         images = tensor_to_images(pipe.decode_latents(first.latents, first.vae))

@@ -58,7 +58,10 @@ def test_latent_hires_equals_the_two_passes_by_hand(pipe: Any, mode: str) -> Non
         strength=0.6,
     )  # fmt: skip
     done, final = pipe.generate_latents(
-        second, init_latents=upscale_latents(latents, mode, cover, target)
+        second,
+        init_latents=upscale_latents(
+            latents, mode, cover, target, factor=pipe.config.vae.downsample_factor
+        ),
     )
     assert second_pass_params(result.params) == replace(done, hires_scale=1.5, hires_steps=2,
         hires_strength=0.6, hires_prompt="a blue house", hires_upscaler=mode)  # fmt: skip
@@ -160,7 +163,7 @@ def test_hires_off_writes_nothing() -> None:
 def test_every_latent_mode_keeps_a_constant_latent() -> None:
     latents = torch.full((1, 4, 8, 8), 0.5)
     for mode in LATENT_MODES:
-        up = upscale_latents(latents, mode, (128, 96), (96, 96))
+        up = upscale_latents(latents, mode, (128, 96), (96, 96), factor=8)
         assert up.shape == (1, 4, 12, 12)
         assert torch.allclose(up, latents[:, :, :1, :1].expand_as(up)), mode
 
@@ -180,7 +183,10 @@ def test_hires_schedule_type_and_cfg_run_the_second_pass(pipe: Any) -> None:
         height=96, strength=0.6,
     )  # fmt: skip
     _, final = pipe.generate_latents(
-        second, init_latents=upscale_latents(latents, "Latent", cover, target)
+        second,
+        init_latents=upscale_latents(
+            latents, "Latent", cover, target, factor=pipe.config.vae.downsample_factor
+        ),
     )
     by_hand = tensor_to_images(pipe.decode_latents(final))[0]
     assert np.array_equal(_pixels(result.images[0]), _pixels(by_hand))
