@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument(
         "--record",
         action="store_true",
-        help="write the figures into the file's metadata (dali_judge), as train-all does",
+        help="write the figures into the file's metadata (dali_judge), as train-all does "
+        "(its v2 and 128-px figures kept)",
     )
     judge.add_argument(
         "--grammar",
@@ -452,9 +453,13 @@ def _judge(args: argparse.Namespace) -> int:
         gallery.save(args.gallery)
         print(f"wrote {args.gallery}")
     if args.record:
+        from sd_core.tensor_source import TensorSource
         from training.train_all import record_judge
 
-        record_judge(args.checkpoint, {**summary, "device": args.device})
+        # The v1 figures at 64 px are replaced; the v2 and 128-px ones train-all recorded stay.
+        before = json.loads(TensorSource(args.checkpoint).metadata.get("dali_judge", "{}"))
+        kept = {key: before[key] for key in ("v2", "128") if key in before}
+        record_judge(args.checkpoint, {**kept, **summary, "device": args.device})
         print(f"recorded the figures in {args.checkpoint}")
     return 1 if args.strict and not all(report.meets_targets().values()) else 0
 

@@ -55,9 +55,7 @@ DALI_TINY_F4 = dataclasses.replace(
 # full 16×16 latent (256 tokens, the costliest attention).
 DALI_TINY_V2 = dataclasses.replace(
     DALI_TINY_F4,
-    unet=dataclasses.replace(
-        DALI_TINY.unet, channel_mult=(1, 2, 2), attention_resolutions=(2, 4)
-    ),
+    unet=dataclasses.replace(DALI_TINY.unet, channel_mult=(1, 2, 2), attention_resolutions=(2, 4)),
 )
 
 # The smallest model with the same structure, for the trainer's tests.
