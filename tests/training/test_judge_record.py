@@ -45,12 +45,15 @@ def test_docs_table_is_the_record() -> None:
     assert {n for n, ok in RECORD["meets_targets"].items() if not ok} == {
         "shape", "all_attributes", "flat"
     }  # fmt: skip
-    assert re.search(r"shape \| 78\.0 %", block)
-    # The record travels in the file too (judge --record).
+    assert re.search(r"shape \| 91\.0 %", block)
+    # The record travels in the file too (judge --record), beside train-all's v2 and 128-px
+    # figures of the same file.
     from sd_core.tensor_source import TensorSource
 
     recorded = json.loads(TensorSource(sd_core.BUILTIN_MODEL_PATH).metadata["dali_judge"])
     assert recorded["figures"] == RECORD["figures"]
+    assert recorded["v2"]["count"] == recorded["128"]["count"] == 300
+    assert recorded["128"]["size"] == 128
 
 
 def test_a_fresh_run_gives_the_recorded_verdicts() -> None:
@@ -96,21 +99,26 @@ def test_judge_command_writes_figures_verdicts_and_gallery(tmp_path: Path, capsy
     import shutil
 
     from sd_core.tensor_source import TensorSource
+    from training.train_all import record_judge
 
     copy = tmp_path / "copy.safetensors"
     shutil.copyfile(sd_core.BUILTIN_MODEL_PATH, copy)
+    # As train-all leaves it: v1 figures with the v2 and 128-px ones beside them.
+    record_judge(copy, {"figures": {"shape": 0.0}, "v2": {"figures": {"style": 0.5}},
+                        "128": {"figures": {"size": 0.25}}})  # fmt: skip
     recorded = ["judge", "--checkpoint", str(copy), "--count", "2", "--steps", "2",
                 "--threads", "1", "--negative-pairs", "0", "--json", str(report), "--record"]  # fmt: skip
     assert main(recorded) == 0
     metadata = TensorSource(copy).metadata
-    assert (
-        json.loads(metadata["dali_judge"])["figures"] == json.loads(report.read_text())["figures"]
-    )
+    kept = json.loads(metadata["dali_judge"])
+    assert kept["figures"] == json.loads(report.read_text())["figures"]
+    assert (kept["v2"], kept["128"]) == ({"figures": {"style": 0.5}}, {"figures": {"size": 0.25}})
     before, after = TensorSource(sd_core.BUILTIN_MODEL_PATH), TensorSource(copy)
     assert all(torch.equal(before.pop(k), after.pop(k)) for k in before.keys())  # noqa: SIM118
-    # In the record, the negative prompt moved the colour away on average.
+    # In the record, the negative prompt moved the colour away on average (by 2.3 ΔE for this
+    # file at its guidance 3; the previous one, 20.9: docs/dali-tiny.md says why it fell).
     figures = RECORD["figures"]
-    assert figures["negative_with_delta_e"] > figures["negative_plain_delta_e"] + 10
+    assert figures["negative_with_delta_e"] > figures["negative_plain_delta_e"] + 2
 
 
 class _PerfectPipe:
