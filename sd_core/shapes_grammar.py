@@ -1,8 +1,10 @@
 """What the built-in model (dali-tiny) understands, and a check that says when a prompt is outside it.
 
-The built-in model was trained on one sentence pattern only (docs/dali-tiny.md)::
+The built-in model was trained on two sentence patterns only (docs/dali-tiny.md)::
 
-    a [small |large ]<color> <shape>[ in the <position>] on a <background> background
+    a [small |large ]<color> [filled |outline ]<shape>[ in the <position>] on a <background> background
+    a [small ]<color> [filled |outline ]<shape> <relation> a [small ]<color> [filled |outline ]<shape>
+        on a <background> background                  relation: left of | right of | above | below
 
 Its text encoder still reads any words, so "a photo of a cat" gives an image: a shape guessed
 from the few words it knows. Nothing would tell the user why. `prompt_warning` is that message,
@@ -37,15 +39,24 @@ BACKGROUNDS: tuple[str, ...] = (*COLORS, "gray")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIZES: tuple[str, ...] = ("small", "large")  # no word: medium
 POSITIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right", "center")
+STYLES: tuple[str, ...] = ("filled", "outline")  # no word: filled
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 
-PATTERN = "a [small|large] <color> <shape> [in the <position>] on a <background> background"
+PATTERN = (
+    "a [small|large] <color> [filled|outline] <shape> [in the <position>] on a <background>"
+    " background"
+)
+PAIR_PATTERN = (
+    "a [small] <color> [filled|outline] <shape> <left of|right of|above|below>"
+    " a [small] <color> [filled|outline] <shape> on a <background> background"
+)
 
 SUGGESTIONS: tuple[str, ...] = (
     "a red circle on a blue background",
     "a small yellow triangle in the bottom right on a gray background",
-    "a large green square in the top left on a white background",
-    "a purple circle in the center on a yellow background",
-    "a black triangle in the top right on a orange background",
+    "a large green outline square in the top left on a white background",
+    "a red circle left of a blue square on a white background",
+    "a small black outline triangle above a purple circle on a yellow background",
 )
 
 
@@ -53,19 +64,43 @@ def _alternatives(words: tuple[str, ...]) -> str:
     return "|".join(re.escape(word) for word in words)
 
 
+def _thing(n: str, sizes: tuple[str, ...]) -> str:
+    """One object: article, optional size, colour, optional style, shape (groups end in `n`)."""
+    return (
+        rf"a (?:(?P<size{n}>{_alternatives(sizes)}) )?(?P<color{n}>{_alternatives(COLORS)})"
+        rf" (?:(?P<style{n}>{_alternatives(STYLES)}) )?(?P<shape{n}>{_alternatives(SHAPES)})"
+    )
+
+
+_BACKGROUND = rf" on a (?P<background>{_alternatives(BACKGROUNDS)}) background"
 _SENTENCE = re.compile(
-    rf"a (?:(?P<size>{_alternatives(SIZES)}) )?(?P<color>{_alternatives(COLORS)})"
-    rf" (?P<shape>{_alternatives(SHAPES)})(?: in the (?P<position>{_alternatives(POSITIONS)}))?"
-    rf" on a (?P<background>{_alternatives(BACKGROUNDS)}) background"
+    _thing("", SIZES) + rf"(?: in the (?P<position>{_alternatives(POSITIONS)}))?" + _BACKGROUND
 )
+# Two objects: small or medium (no "large"), of two colours, neither the background's.
+_PAIR = re.compile(
+    _thing("1", ("small",)) + rf" (?P<relation>{_alternatives(RELATIONS)}) "
+    + _thing("2", ("small",)) + _BACKGROUND
+)  # fmt: skip
 _KNOWN_WORDS = frozenset(
     {"a", "in", "the", "on", "background"}
     | {
         word
-        for phrase in (*COLORS, *BACKGROUNDS, *SHAPES, *SIZES, *POSITIONS)
+        for phrase in (*COLORS, *BACKGROUNDS, *SHAPES, *SIZES, *POSITIONS, *STYLES, *RELATIONS)
         for word in phrase.split()
     }
 )
+
+
+def _understood(text: str) -> bool:
+    """Whether `text` (already read: lower case, single spaces) is a sentence of the grammar."""
+    one = _SENTENCE.fullmatch(text)
+    if one is not None:
+        return one["color"] != one["background"]
+    two = _PAIR.fullmatch(text)
+    if two is None:
+        return False
+    colours = {two["color1"], two["color2"]}
+    return len(colours) == 2 and two["background"] not in colours
 
 
 @dataclass(frozen=True)
@@ -84,8 +119,7 @@ def read_prompt(prompt: str) -> Reading:
     untagged, _ = extract_extra_networks(prompt)
     plain = " ".join(part.text for part in parse_prompt(untagged) if not isinstance(part, Break))
     text = " ".join(plain.lower().split()).strip(" .,;!")
-    match = _SENTENCE.fullmatch(text)
-    understood = match is not None and match["color"] != match["background"]
+    understood = _understood(text)
     words = re.findall(r"[a-z]+", text)
     unknown = tuple(dict.fromkeys(word for word in words if word not in _KNOWN_WORDS))
     return Reading(text, understood, unknown)
@@ -106,10 +140,11 @@ def prompt_warning(prompt: str) -> str | None:
     else:
         why = "It knows these words but not in this order or combination, so it will guess:"
     return (
-        "The built-in model only draws one shape on a plain background. "
-        f"{why} write '{PATTERN}' — colors: {', '.join(COLORS)}; shapes: {', '.join(SHAPES)};"
-        f" positions: {', '.join(POSITIONS)}; backgrounds: the colors or gray, not the shape's"
-        f" color. For example '{SUGGESTIONS[0]}'."
+        "The built-in model only draws one or two shapes on a plain background. "
+        f"{why} write '{PATTERN}' or '{PAIR_PATTERN}' — colors: {', '.join(COLORS)}; shapes:"
+        f" {', '.join(SHAPES)}; positions: {', '.join(POSITIONS)}; two shapes differ in color;"
+        f" backgrounds: the colors or gray, not a shape's color. For example '{SUGGESTIONS[0]}'"
+        f" or '{SUGGESTIONS[3]}'."
     )
 
 

@@ -147,13 +147,16 @@ def delete_project(request: Request, project_id: Id, studio: StudioDep, form: Fo
 
 GRAMMAR_HINT = {
     "pattern": shapes_grammar.PATTERN,
+    "pair_pattern": shapes_grammar.PAIR_PATTERN,
     "suggestions": shapes_grammar.SUGGESTIONS,
     "words": (
         "a",
         *shapes_grammar.SIZES,
         *shapes_grammar.COLORS,
+        *shapes_grammar.STYLES,
         *shapes_grammar.SHAPES,
         *(f"in the {position}" for position in shapes_grammar.POSITIONS),
+        *shapes_grammar.RELATIONS,
         "on a",
         "gray",
         "background",

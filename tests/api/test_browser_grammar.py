@@ -37,7 +37,9 @@ def test_the_grammar_follows_the_model_and_a_foreign_prompt_gets_a_note(  # noqa
     page, errors = open_page(browser, f"{base}/projects/{project}")
 
     grammar = page.locator("#grammar")
-    assert grammar.is_visible() and "a [small|large] <color> <shape>" in grammar.inner_text()
+    shown = grammar.inner_text()
+    assert grammar.is_visible() and "a [small|large] <color> [filled|outline] <shape>" in shown
+    assert "<left of|right of|above|below>" in shown
     page.click(
         "#grammar button[data-prompt='a small yellow triangle in the bottom right on a gray background']"
     )
@@ -48,6 +50,12 @@ def test_the_grammar_follows_the_model_and_a_foreign_prompt_gets_a_note(  # noqa
     for word in ("a", "large", "red", "circle", "in the top left", "on a", "blue", "background"):
         page.click(f"#grammar button[data-insert='{word}']")
     assert page.input_value("#prompt") == "a large red circle in the top left on a blue background"
+    page.fill("#prompt", "")
+    for word in ("a", "red", "outline", "circle", "left of", "a", "blue", "square", "on a",
+                 "white", "background"):  # fmt: skip
+        page.click(f"#grammar button[data-insert='{word}']")
+    written = page.input_value("#prompt")
+    assert written == "a red outline circle left of a blue square on a white background"
 
     page.select_option("#model", "other-model")
     assert not grammar.is_visible()
@@ -61,7 +69,7 @@ def test_the_grammar_follows_the_model_and_a_foreign_prompt_gets_a_note(  # noqa
     page.click("#generate-button")
     note = page.locator("#jobs .job-card .job-notes")
     wait_until(page, "document.querySelector('#jobs .job-notes')?.hidden === false", 30)
-    assert "never taught 'photo', 'of', 'cat'" in note.inner_text()  # from the 202 answer
+    assert "never taught 'photo', 'cat'" in note.inner_text()  # from the 202 answer
     page.wait_for_selector("#results a.thumb img", timeout=120_000)
     assert note.is_visible() and note.inner_text().count("Note:") == 1  # kept when it ended
     shoot(page, "grammar-note")
