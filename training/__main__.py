@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from training.arguments import (
+    DEFAULT_PRESET,
     PRESETS,
     TRAIN_FIELDS,
     flag_parser,
@@ -63,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset",
         choices=PRESETS,
-        default="dali-tiny",
-        help="model: dali-tiny (default), dali-tiny-f4 (its f=4 autoencoder: 16×16 latents at "
-        "64 px), dali-tiny-v2 (f=4 with a three-level UNet) or micro (seconds; for tests)",
+        default=DEFAULT_PRESET,
+        help="model and recipe: dali-tiny-v2 (default; the shipped file's: f=4 autoencoder, "
+        "three-level UNet, v2 captions, 128 px), dali-tiny (the f=8 file of 2026-11), "
+        "dali-tiny-f4 (dali-tiny with an f=4 autoencoder) or micro (seconds; for tests)",
     )
     for name, kind in TRAIN_FIELDS.items():
         parse = flag_parser(name, kind)
@@ -107,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     everything.add_argument("--export", type=Path, help="also copy the final model here")
     everything.add_argument("--threads", type=positive(int), help="CPU threads for torch")
     everything.add_argument(
-        "--preset", choices=PRESETS, default="dali-tiny", help="as train's --preset"
+        "--preset", choices=PRESETS, default=DEFAULT_PRESET, help="as train's --preset"
     )
     everything.add_argument("--decoder-steps", type=positive(int), default=2000)
     everything.add_argument("--decoder-batch", type=positive(int), default=16)
@@ -223,7 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--train",
         action="store_true",
-        help="time each part of the default training run and project its total",
+        help="time each part of the f=8 dali-tiny recipe's training and evaluation and project "
+        "their total",
     )
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--threads", type=positive(int))

@@ -1,8 +1,10 @@
-"""How long would the default training run take here? Time a few steps of each part, multiply.
+"""How long would a training run take here? Time a few steps of each part, multiply.
 
 `python -m training bench --train --threads 2` times the autoencoder step, the pool encoding,
 the diffusion step, one evaluation image (random weights: speed does not depend on them) and
-the detector, each after a warm-up, and multiplies by the counts of `TrainConfig()`. It is an
+the detector, each after a warm-up, and multiplies by the counts of `TrainConfig()`: the f=8
+`dali-tiny` recipe's `train` and evaluation (no 128-px steps, decoder phase or judge, so not the
+shipped `dali-tiny-v2` recipe, whose measured phases are in docs/dali-tiny.md). It is an
 estimate: on a machine shared with other work it reads high, and it says how many threads ran.
 """
 

@@ -50,6 +50,7 @@ DALI_TINY_F4 = dataclasses.replace(
     DALI_TINY, vae=dataclasses.replace(DALI_TINY.vae, channel_mult=(1, 2, 4))
 )
 
+# The shipped file since 2026-12-08 (docs/dali-tiny.md, "The shipped file: dali-tiny v2"):
 # DALI_TINY_F4 with that lighter UNet: three levels (channel_mult (1, 2, 2): 16, 8 and 4 latent
 # cells at 64 px) with cross-attention at factors 2 and 4 and in the middle block, none at the
 # full 16×16 latent (256 tokens, the costliest attention).

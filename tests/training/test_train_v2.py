@@ -130,3 +130,31 @@ def test_the_v2_preset_runs_its_three_level_unet_on_16_by_16_latents() -> None:
     context = torch.empty(1, 77, DALI_TINY_V2.unet.context_dim, device="meta")
     out = unet(torch.empty(1, 4, 16, 16, device="meta"), torch.ones(1, device="meta"), context)
     assert out.shape == (1, 4, 16, 16)
+
+
+def test_the_default_preset_is_the_recipe_the_shipped_file_records() -> None:
+    import dataclasses
+    import json
+
+    import sd_core
+    from sd_core.checkpoint import config_from_metadata
+    from sd_core.tensor_source import TensorSource
+    from training.__main__ import _parser
+    from training.arguments import DEFAULT_PRESET, preset_config
+    from training.train import train_config_from_json
+
+    # `python -m training train-all --out DIR` with no flags trains what ships.
+    assert DEFAULT_PRESET == "dali-tiny-v2"
+    args = _parser().parse_args(["train-all", "--out", "x"])
+    assert args.preset == DEFAULT_PRESET
+    metadata = TensorSource(sd_core.BUILTIN_MODEL_PATH).metadata
+    preset = preset_config(DEFAULT_PRESET)
+    recorded = train_config_from_json(metadata["dali_train_config"])  # the model is not in it
+    assert dataclasses.replace(recorded, model=preset.model) == preset
+    shipped = config_from_metadata(metadata["dali_config"])
+    assert (shipped.clip, shipped.unet) == (preset.model.clip, preset.model.unet)
+    # The autoencoder's scale factor is measured by the run; its shape is the preset's.
+    assert dataclasses.replace(shipped.vae, scale_factor=preset.model.vae.scale_factor) == (
+        preset.model.vae
+    )
+    assert json.loads(metadata["dali_config"])["name"] == preset.model.name == "dali-tiny"
