@@ -70,7 +70,7 @@ class VaeTiling:
                 f"above={self.above}, tile={self.tile}, overlap={self.overlap}"
             )
 
-    def applies(self, latent_height: int, latent_width: int, factor: int = 8) -> bool:
+    def applies(self, latent_height: int, latent_width: int, *, factor: int) -> bool:
         """Whether a latent of this size decodes in tiles (it is larger than one tile and its
         image has more than `above` pixels)."""
         larger = latent_height > self.tile or latent_width > self.tile
@@ -80,21 +80,21 @@ class VaeTiling:
 def vae_decode(vae: AutoencoderKL, z: Tensor, tiling: VaeTiling) -> Tensor:
     """`vae.decode(z)`, in tiles (float32) when `tiling` applies to its size."""
     factor = vae.config.downsample_factor
-    if not tiling.applies(z.shape[2], z.shape[3], factor):
+    if not tiling.applies(z.shape[2], z.shape[3], factor=factor):
         return vae.decode(z)
-    return tiled_decode(vae.decode, z, tiling.tile, tiling.overlap, factor, norms=vae)
+    return tiled_decode(vae.decode, z, tiling.tile, tiling.overlap, factor=factor, norms=vae)
 
 
 def vae_encode(vae: AutoencoderKL, pixels: Tensor, tiling: VaeTiling) -> tuple[Tensor, Tensor]:
     """`vae.encode(pixels)` (mean, logvar), in tiles when `tiling` applies to its size."""
     factor = vae.config.downsample_factor
-    if not tiling.applies(pixels.shape[2] // factor, pixels.shape[3] // factor, factor):
+    if not tiling.applies(pixels.shape[2] // factor, pixels.shape[3] // factor, factor=factor):
         return vae.encode(pixels)
 
     def moments(x: Tensor) -> Tensor:
         return torch.cat(vae.encode(x), dim=1)
 
-    both = tiled_encode(moments, pixels, tiling.tile, tiling.overlap, factor, norms=vae)
+    both = tiled_encode(moments, pixels, tiling.tile, tiling.overlap, factor=factor, norms=vae)
     mean, logvar = both.to(pixels.dtype).chunk(2, dim=1)
     return mean, logvar
 
@@ -127,7 +127,8 @@ def tiled_decode(
     z: Tensor,
     tile: int,
     overlap: int,
-    factor: int = 8,
+    *,
+    factor: int,
     norms: nn.Module | None = None,
 ) -> Tensor:
     """(B, C, h, w) latents → (B, 3, h·f, w·f) float32 images, `decode` called on one
@@ -142,7 +143,8 @@ def tiled_encode(
     image: Tensor,
     tile: int,
     overlap: int,
-    factor: int = 8,
+    *,
+    factor: int,
     norms: nn.Module | None = None,
 ) -> Tensor:
     """(B, 3, H, W) images (multiples of f) → (B, C, H/f, W/f) float32, `encode` called on

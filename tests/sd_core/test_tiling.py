@@ -60,10 +60,11 @@ def test_circular_padding_makes_the_decoder_shift_equivariant(
         plain = pipe.decode_latents(latent)
         plain_moved = pipe.decode_latents(shifted)
     assert switched > 0
-    expected = torch.roll(image, shifts=(24, 40), dims=(2, 3))
+    f = pipe.config.vae.downsample_factor  # the latent shift (3, 5) in pixels
+    expected = torch.roll(image, shifts=(3 * f, 5 * f), dims=(2, 3))
     assert torch.allclose(moved, expected, atol=1e-4)
     assert not torch.allclose(
-        plain_moved, torch.roll(plain, shifts=(24, 40), dims=(2, 3)), atol=1e-2
+        plain_moved, torch.roll(plain, shifts=(3 * f, 5 * f), dims=(2, 3)), atol=1e-2
     )
     assert all(
         layer.padding_mode == "zeros"
