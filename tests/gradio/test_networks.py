@@ -136,7 +136,7 @@ def test_each_tab_has_the_controls_and_the_api_takes_them(ui: DaliUI) -> None:
     # After them come the tab's own controls: the hires fix (test_hires_controls.py) and the
     # mask settings (test_inpaint_controls.py), then the styles (test_styles_controls.py),
     # then txt2img's later hires controls.
-    after = {"txt2img": 5 + 1 + 2, "img2img": 1, "inpaint": 5 + 1}
+    after = {"txt2img": 5 + 1 + 3, "img2img": 1, "inpaint": 5 + 1}
     for tab in tabs:
         parameters = api["named_endpoints"][f"/{tab}"]["parameters"]
         parameters = parameters[: len(parameters) - after[tab]]

@@ -93,9 +93,9 @@ def test_the_picker_lists_the_styles_and_follows_each_tabs_first_controls(
     demo = ui.build()
     api = demo.get_api_info()
     assert api is not None
-    # Last, but for txt2img's hires schedule type and CFG, which came after the styles
+    # Last, but for txt2img's hires schedule type, CFG and sampler, which came after the styles
     # (test_hires_controls.py)
-    for tab, position in (("txt2img", -3), ("img2img", -1), ("inpaint", -1)):
+    for tab, position in (("txt2img", -4), ("img2img", -1), ("inpaint", -1)):
         styles = api["named_endpoints"][f"/{tab}"]["parameters"][position]
         assert (styles["label"], styles["parameter_default"]) == ("Styles", []), tab
     pickers = [b for b in demo.blocks.values() if (b.elem_id or "").endswith("-styles")]
