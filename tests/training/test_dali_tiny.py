@@ -44,8 +44,8 @@ def test_shipped_model_draws_what_it_is_told() -> None:
     guidance = json.loads(TensorSource(MODEL).metadata["dali_eval"])["guidance"]
     # The 60 held-out captions past the 300 of the recorded evaluation, with their own seeds:
     # the file draws what its record says, not just on the recorded images. On 60 images a
-    # share's sampling error is about 4 points (shape was 82.5 % on the first 40 of them and
-    # 91.0 % on the 300), so each may fall up to 10 points below its target here.
+    # share's sampling error is about 4 points (an earlier file's shape was 82.5 % on the first
+    # 40 of them and 91.0 % on the 300), so each may fall up to 10 points below its target here.
     scenes = held_out_scenes()[300:360]
     seeds = [eval_seed(300 + i) for i in range(len(scenes))]
     result = score(pipe, scenes, seeds, 20, pipe.config.default_sampler, guidance)
