@@ -415,11 +415,13 @@ class A1111Service:
             model = self.studio.models.resolve(wanted, "sd_model_checkpoint")
         applied = (CLIP_SKIP_OPTION, SD_VAE_OPTION, "sd_model_checkpoint", *FIXED)
         rest = {key: value for key, value in options.items() if key not in applied}
-        if rest:
-            self.options.set(self.project(header).id, rest)
-        if not updates and model is None:
+        if not rest and not updates and model is None:
             return
         project = self.project(header)
+        if rest:
+            self.options.set(project.id, rest)
+        if not updates and model is None:
+            return
         change: dict[str, Any] = {}
         if updates:
             defaults = GenerationDefaults.model_validate(project.defaults or {})
